@@ -1,0 +1,1 @@
+"""Calcium workspace."""

@@ -1,0 +1,111 @@
+"""The app's ``neurowb`` sub-commands: ``gui`` and ``demo`` (registered through the entry point
+``neurowb.commands`` so that engine/cli.py never imports Qt)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from pathlib import Path
+
+from engine.errors import InputError
+
+DEMO_TIMEOUT_S = 300
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    gui = subparsers.add_parser("gui", help="open the workbench window", description="Open the workbench, optionally with files.")
+    gui.add_argument("files", nargs="*", help="files to open (dispatched to the matching workspace by type)")
+    gui.set_defaults(run=run_gui)
+
+    demo = subparsers.add_parser("demo", help="open the workbench on the bundled demo data",
+                                 description="Generate (once) the demo datasets and open each in its workspace. "
+                                             "With --screenshots, save one PNG per workspace and exit; "
+                                             "without a display this runs on a virtual one (Xvfb).")
+    demo.add_argument("--screenshots", metavar="DIR", type=Path, help="save one screenshot per workspace to DIR, then exit")
+    demo.set_defaults(run=run_demo)
+
+
+def run_gui(args: argparse.Namespace) -> int:
+    from app.display import has_display
+
+    if not has_display():
+        raise InputError("No display found (DISPLAY is not set). Run inside a desktop session, use `ssh -X`, "
+                         "or run `neurowb demo --screenshots DIR` for a headless demo.")
+    from app.main import main
+
+    return main(args.files)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from app.display import has_display, virtual_display
+
+    headless = not has_display()
+    if headless and args.screenshots is None:
+        args.screenshots = Path("demo-output")
+    display = virtual_display() if headless else contextlib.nullcontext()
+    with display:
+        if headless:
+            print(f"No display: running the demo on a virtual display, screenshots go to {args.screenshots}/", flush=True)
+        return _demo(args.screenshots)
+
+
+def _demo(screenshot_dir: Path | None) -> int:
+    from PyQt6.QtCore import QTimer
+
+    from app.main import MainWindow, create_application
+    from app.screenshots import is_blank, save_screenshot
+
+    app = create_application()
+    window = MainWindow()
+    window.resize(1480, 900)
+    window.show()
+    outcome = {"code": 0}
+
+    def fail(message: str) -> None:
+        print(f"error: {message}", file=sys.stderr)
+        outcome["code"] = 1
+        app.quit()
+
+    def take_screenshots(index: int = 0) -> None:
+        if index == len(window.workspaces):
+            print(f"Saved {index} screenshots to {screenshot_dir}/")
+            app.quit()
+            return
+        ws = window.workspaces[index]
+        window.show_workspace(ws.key)
+
+        def grab() -> None:
+            path = screenshot_dir / f"{index + 1}-{ws.key}.png"
+            if is_blank(save_screenshot(window, path)):
+                fail(f"screenshot {path} is blank")
+                return
+            print(f"  {path}")
+            take_screenshots(index + 1)
+
+        QTimer.singleShot(700, grab)  # let OpenGL views render a few frames first
+
+    def opened(jobs) -> None:
+        pending = set(jobs)
+        if not pending:
+            fail("no workspace opened its demo data")
+
+        def ended(job) -> None:
+            pending.discard(job)
+            if job.error is not None:
+                fail(f"{job.name} failed: {job.error.message}")
+            elif not pending and screenshot_dir is not None:
+                take_screenshots()
+            elif not pending:
+                window.show_workspace(window.workspaces[0].key)
+
+        for job in jobs:
+            job.ended.connect(ended)
+
+    demo_job = window.open_demo(on_opened=opened)
+    demo_job.failed.connect(lambda error: fail(f"preparing demo data failed: {error.message}"))
+    if screenshot_dir is not None:
+        QTimer.singleShot(DEMO_TIMEOUT_S * 1000, lambda: fail(f"demo did not finish within {DEMO_TIMEOUT_S} s"))
+    app.exec()
+    window.close()
+    return outcome["code"]

@@ -1,0 +1,140 @@
+"""Dialogs of the shell: errors, About, keyboard shortcuts, preferences."""
+
+from __future__ import annotations
+
+import platform
+import sys
+
+from PyQt6.QtCore import PYQT_VERSION_STR, QT_VERSION_STR, Qt
+from PyQt6.QtGui import QAction
+from PyQt6.QtWidgets import (
+    QComboBox,
+    QDialog,
+    QDialogButtonBox,
+    QFormLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QMessageBox,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from engine import __version__
+
+
+def show_error(parent: QWidget | None, title: str, message: str, details: str | None = None) -> QMessageBox:
+    """A non-blocking error box (window-modal); technical details sit behind "Show Details…"."""
+    box = QMessageBox(parent)
+    box.setIcon(QMessageBox.Icon.Warning)
+    box.setWindowTitle(title)
+    box.setText(message)
+    if details:
+        box.setDetailedText(details)
+    box.setStandardButtons(QMessageBox.StandardButton.Ok)
+    box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose, True)
+    box.open()
+    return box
+
+
+def versions() -> list[tuple[str, str]]:
+    """Versions of what the app runs on (imported lazily: torch is slow to import)."""
+    import numpy
+    import pyqtgraph
+    import scipy
+    import sklearn
+    import torch
+    import vispy
+
+    return [
+        ("NeuroWorkbench", __version__),
+        ("Python", f"{platform.python_version()} ({sys.platform})"),
+        ("Qt / PyQt6", f"{QT_VERSION_STR} / {PYQT_VERSION_STR}"),
+        ("NumPy", numpy.__version__),
+        ("SciPy", scipy.__version__),
+        ("PyTorch", torch.__version__),
+        ("scikit-learn", sklearn.__version__),
+        ("pyqtgraph", pyqtgraph.__version__),
+        ("vispy", vispy.__version__),
+    ]
+
+
+class AboutDialog(QDialog):
+    def __init__(self, device_summary: str, settings_path: str, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.setWindowTitle("About NeuroWorkbench")
+        layout = QVBoxLayout(self)
+        title = QLabel(f"<h2>NeuroWorkbench {__version__}</h2>"
+                       "<p>Neuron morphology, spike sorting, calcium imaging and brain microarchitecture "
+                       "in one desktop workbench.<br>License: GPL-3.0-or-later.</p>")
+        title.setWordWrap(True)
+        layout.addWidget(title)
+        form = QFormLayout()
+        form.addRow("Compute device:", QLabel(device_summary, objectName="InfoValue"))
+        for name, version in versions():
+            form.addRow(f"{name}:", QLabel(version, objectName="InfoValue"))
+        form.addRow("Settings file:", QLabel(settings_path, objectName="InfoValue"))
+        for i in range(form.rowCount()):
+            item = form.itemAt(i, QFormLayout.ItemRole.FieldRole)
+            if item and item.widget():
+                item.widget().setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        layout.addLayout(form)
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
+        buttons.rejected.connect(self.reject)
+        layout.addWidget(buttons)
+
+
+class ShortcutsDialog(QDialog):
+    """Every action that has a shortcut, read from the live actions so the list cannot go stale."""
+
+    def __init__(self, actions: list[QAction], parent: QWidget | None = None):
+        super().__init__(parent)
+        self.setWindowTitle("Keyboard shortcuts")
+        self.resize(520, 460)
+        rows = []
+        for action in actions:
+            for shortcut in action.shortcuts():
+                text = shortcut.toString(shortcut.SequenceFormat.NativeText)
+                if text:
+                    rows.append((text, action.text().replace("&", "").rstrip(".…")))
+        rows = sorted(set(rows), key=lambda r: r[1].lower())
+        self.table = QTableWidget(len(rows), 2)
+        self.table.setHorizontalHeaderLabels(["Shortcut", "Action"])
+        self.table.verticalHeader().setVisible(False)
+        self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
+        for i, (key, name) in enumerate(rows):
+            self.table.setItem(i, 0, QTableWidgetItem(key))
+            self.table.setItem(i, 1, QTableWidgetItem(name))
+        self.table.horizontalHeader().setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.table)
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
+        buttons.rejected.connect(self.reject)
+        layout.addWidget(buttons)
+
+
+class PreferencesDialog(QDialog):
+    """Compute device and where batch work runs (local Dask cluster, serial, or a scheduler address)."""
+
+    def __init__(self, device: str, scheduler: str, devices: list[str], parent: QWidget | None = None):
+        super().__init__(parent)
+        self.setWindowTitle("Preferences")
+        form = QFormLayout(self)
+        self.device = QComboBox()
+        self.device.addItems(devices)
+        if device not in devices:
+            self.device.addItem(device)
+        self.device.setCurrentText(device)
+        self.device.setToolTip("The NEUROWB_DEVICE environment variable overrides this.")
+        self.scheduler = QLineEdit(scheduler)
+        self.scheduler.setPlaceholderText("local, serial, or tcp://host:8786")
+        self.scheduler.setToolTip("Batch work (chunks, patches, files) runs on a local Dask cluster, "
+                                  "in this process ('serial'), or on the Dask scheduler at this address.")
+        form.addRow("Compute device:", self.device)
+        form.addRow("Batch scheduler:", self.scheduler)
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
+        buttons.accepted.connect(self.accept)
+        buttons.rejected.connect(self.reject)
+        form.addRow(buttons)

@@ -1,0 +1,100 @@
+"""Base class of the four workspaces (one per modality).
+
+A workspace is a QWidget with its own layout; it declares the file types it opens, opens them
+through background jobs, and can load its demo dataset. It talks to the shell only through
+``window.run_job(...)``, ``window.settings`` and ``window.show_status(...)``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from PyQt6.QtCore import Qt, pyqtSignal
+from PyQt6.QtWidgets import QFormLayout, QGroupBox, QLabel, QScrollArea, QVBoxLayout, QWidget
+
+from app.jobs import Job
+
+if TYPE_CHECKING:
+    from app.main import MainWindow
+
+
+class Workspace(QWidget):
+    key: str = ""  # settings key and demo key: "morphology", "ephys", "calcium", "factors"
+    title: str = ""
+    icon_name: str = ""
+    extensions: tuple[str, ...] = ()
+    data_loaded = pyqtSignal(str)  # path of the dataset now shown
+
+    def __init__(self, window: "MainWindow"):
+        super().__init__()
+        self.window = window
+        self.current_path: Path | None = None
+
+    # -- file handling -------------------------------------------------------------------
+    def can_open(self, path: Path) -> bool:
+        """Whether this workspace opens ``path`` (by extension; override to peek inside)."""
+        return path.suffix.lower() in self.extensions
+
+    def file_filter(self) -> str:
+        patterns = " ".join(f"*{ext}" for ext in self.extensions)
+        return f"{self.title} files ({patterns})"
+
+    def open_file(self, path: Path) -> Job | None:
+        """Start loading ``path`` in the background; returns the job."""
+        raise NotImplementedError
+
+    def open_demo(self, demo_files: dict[str, Path]) -> Job | None:
+        path = demo_files.get(self.key)
+        return self.open_file(path) if path is not None else None
+
+    def loaded(self, path: Path) -> None:
+        """Call when a dataset is shown: remembers it and tells the shell."""
+        self.current_path = path
+        self.data_loaded.emit(str(path))
+
+
+def control_column(*groups: QWidget, width: int = 290) -> QScrollArea:
+    """A fixed-width scrollable column of group boxes: the controls side of a workspace."""
+    inner = QWidget()
+    layout = QVBoxLayout(inner)
+    layout.setContentsMargins(8, 4, 8, 8)
+    for group in groups:
+        layout.addWidget(group)
+    layout.addStretch(1)
+    scroll = QScrollArea()
+    scroll.setWidget(inner)
+    scroll.setWidgetResizable(True)
+    scroll.setFrameShape(QScrollArea.Shape.NoFrame)
+    scroll.setFixedWidth(width)
+    scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    return scroll
+
+
+class InfoBox(QGroupBox):
+    """A group box of read-only "name: value" rows, refreshed from a dict."""
+
+    def __init__(self, title: str, fields: list[tuple[str, str]]):
+        super().__init__(title)
+        self.form = QFormLayout(self)
+        self.values: dict[str, QLabel] = {}
+        for key, label in fields:
+            value = QLabel("—", objectName="InfoValue")
+            value.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+            value.setWordWrap(True)
+            self.values[key] = value
+            self.form.addRow(f"{label}:", value)
+
+    def update_values(self, values: dict[str, object]) -> None:
+        for key, label in self.values.items():
+            label.setText(format_value(values.get(key, "—")))
+
+
+def format_value(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:,.4g}" if abs(value) < 1e5 else f"{value:,.0f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, (tuple, list)):
+        return " × ".join(format_value(v) for v in value)
+    return str(value)

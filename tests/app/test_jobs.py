@@ -1,0 +1,135 @@
+import threading
+import time
+
+import numpy as np
+import pytest
+from PyQt6.QtCore import QCoreApplication, QElapsedTimer, QThread, QTimer
+
+from app.jobs import Job, JobManager, JobState
+from engine.errors import InputError
+
+
+def add(a, b, progress=None):
+    for i in range(5):
+        progress.report(i / 5, f"step {i}")
+        progress.check()
+        time.sleep(0.01)
+    return a + b
+
+
+def test_result_delivered_on_gui_thread(qtbot):
+    seen = {}
+    job = Job("add", add, 2, b=3)
+    job.finished.connect(lambda result: seen.update(result=result, gui=QThread.currentThread() is QCoreApplication.instance().thread()))
+    progress = []
+    job.progressed.connect(lambda f, m: progress.append((f, m)))
+    with qtbot.waitSignal(job.ended, timeout=5000):
+        job.start()
+    assert seen == {"result": 5, "gui": True}
+    assert job.state is JobState.FINISHED and job.result == 5
+    assert progress and progress[0][1] == "step 0"
+    assert job.elapsed > 0.04
+
+
+def test_input_error_reaches_failed_with_its_message(qtbot):
+    def bad(progress=None):
+        raise InputError("file has 31 channels, probe has 32: pick the matching probe", details="31 != 32")
+
+    job = Job("bad", bad)
+    with qtbot.waitSignal(job.failed, timeout=5000) as blocker:
+        job.start()
+    error = blocker.args[0]
+    assert error.is_input_error
+    assert error.message.startswith("file has 31 channels")
+    assert "31 != 32" in error.details and "Traceback" in error.details
+    assert job.state is JobState.FAILED
+
+
+def test_unexpected_exception_is_reported_not_raised(qtbot):
+    job = Job("crash", lambda progress=None: [][1])
+    with qtbot.waitSignal(job.failed, timeout=5000) as blocker:
+        job.start()
+    assert "IndexError" in blocker.args[0].message
+
+
+def test_cancel_stops_a_running_job(qtbot):
+    started = threading.Event()
+
+    def forever(progress=None):
+        started.set()
+        while True:
+            progress.check()
+            time.sleep(0.005)
+
+    job = Job("forever", forever)
+    job.start()
+    assert started.wait(5)
+    with qtbot.waitSignal(job.cancelled, timeout=2000):
+        job.cancel()
+    assert job.state is JobState.CANCELLED
+    assert job.wait(2000)
+
+
+def test_manager_tracks_and_shuts_down_jobs(qtbot):
+    manager = JobManager()
+    added, ended = [], []
+    manager.job_added.connect(added.append)
+    manager.job_ended.connect(ended.append)
+
+    def slow(progress=None):
+        for _ in range(1000):
+            progress.check()
+            time.sleep(0.01)
+
+    jobs = [manager.submit(f"slow {i}", slow) for i in range(2)]
+    assert added == jobs and manager.running() == jobs
+    assert manager.shutdown(3000)
+    qtbot.waitUntil(lambda: len(ended) == 2, timeout=3000)
+    assert all(job.state is JobState.CANCELLED for job in jobs)
+    assert manager.running() == []
+
+
+def test_gui_stays_responsive_during_cpu_heavy_job(qtbot):
+    """A QTimer pinging every 10 ms must never wait more than 100 ms while a CPU-bound job runs."""
+
+    def heavy(progress=None):
+        rng = np.random.default_rng(0)
+        end = time.monotonic() + 2.0
+        total = 0.0
+        while time.monotonic() < end:
+            a = rng.standard_normal((300, 300))
+            total += float(np.linalg.svd(a, compute_uv=False)[0])  # BLAS, releases the GIL
+            total += sum(i * i for i in range(20000))  # pure Python, holds the GIL
+            progress.report((2.0 - (end - time.monotonic())) / 2.0, "crunching")
+            progress.check()
+        return total
+
+    gaps = []
+    clock = QElapsedTimer()
+    clock.start()
+    last = [clock.elapsed()]
+
+    def ping():
+        now = clock.elapsed()
+        gaps.append(now - last[0])
+        last[0] = now
+
+    timer = QTimer()
+    timer.setInterval(10)
+    timer.timeout.connect(ping)
+    timer.start()
+    job = Job("heavy", heavy)
+    with qtbot.waitSignal(job.ended, timeout=15000):
+        job.start()
+    timer.stop()
+    assert job.state is JobState.FINISHED
+    assert len(gaps) > 50
+    assert max(gaps[1:]) < 100, f"event loop stalled for {max(gaps[1:])} ms"
+
+
+def test_job_cannot_start_twice(qtbot):
+    job = Job("add", add, 1, 1)
+    with qtbot.waitSignal(job.ended, timeout=5000):
+        job.start()
+    with pytest.raises(RuntimeError):
+        job.start()
