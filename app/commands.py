@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
+import subprocess
 import sys
 from pathlib import Path
 
@@ -40,14 +40,14 @@ def run_gui(args: argparse.Namespace) -> int:
 def run_demo(args: argparse.Namespace) -> int:
     from app.display import has_display, virtual_display
 
-    headless = not has_display()
-    if headless and args.screenshots is None:
-        args.screenshots = Path("demo-output")
-    display = virtual_display() if headless else contextlib.nullcontext()
-    with display:
-        if headless:
-            print(f"No display: running the demo on a virtual display, screenshots go to {args.screenshots}/", flush=True)
+    if has_display():
         return _demo(args.screenshots)
+    # No display: run this same command in a child process on a virtual one. The child's Qt
+    # must disconnect before Xvfb stops, or X aborts the process on exit.
+    screenshots = args.screenshots or Path("demo-output")
+    with virtual_display() as display:
+        print(f"No display: running the demo on a virtual display ({display}); screenshots go to {screenshots}/", flush=True)
+        return subprocess.call([sys.executable, "-m", "engine.cli", "demo", "--screenshots", str(screenshots)])
 
 
 def _demo(screenshot_dir: Path | None) -> int:

@@ -146,6 +146,10 @@ class Job(QObject):
         return (self._ended_at or time.monotonic()) - self._started_at
 
     @property
+    def elapsed_since_end(self) -> float:
+        return 0.0 if self._ended_at is None else time.monotonic() - self._ended_at
+
+    @property
     def eta(self) -> float | None:
         """Seconds left, extrapolated linearly; None until there is enough progress to tell."""
         if not self.is_running or self.fraction < 0.02:
@@ -211,8 +215,9 @@ class JobManager(QObject):
             job.failed.connect(on_error)
         job.ended.connect(self._on_ended)
         self._jobs.append(job)
-        self.job_added.emit(job)
-        return job.start()
+        job.start()
+        self.job_added.emit(job)  # after start: listeners see a running job (its signals are queued)
+        return job
 
     def running(self) -> list[Job]:
         return [job for job in self._jobs if job.is_running]

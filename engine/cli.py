@@ -28,7 +28,6 @@ from engine.errors import InputError
 from engine.progress import Cancelled, Progress
 
 ENTRY_POINT_GROUP = "neurowb.commands"
-SCHEDULER_ENV = "NEUROWB_SCHEDULER"  # same name as engine.parallel reads
 
 Register = Callable[["argparse._SubParsersAction"], None]
 
@@ -89,6 +88,8 @@ def main(argv: Sequence[str] | None = None, registrations: Sequence[Register] | 
     if args.device:
         os.environ[DEVICE_ENV] = args.device
     if args.scheduler:
+        from engine.parallel import SCHEDULER_ENV
+
         os.environ[SCHEDULER_ENV] = args.scheduler
     run = getattr(args, "run", None)
     if run is None:

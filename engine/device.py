@@ -6,9 +6,9 @@ there falls back to the CPU with a warning instead of failing later inside torch
 
 Threads: torch and the BLAS behind numpy/scipy each start one thread per core by default.
 When two such pools (or several Dask workers) share a small machine they oversubscribe it:
-measured on a busy 2-core machine, torch element-wise ops ran 700x slower with 2 threads
-than with 1, and BLAS-heavy eigensolvers 10x slower. :func:`configure_threads` sets both
-pools at once; parallel workers call it with 1.
+on a busy 2-core machine torch element-wise ops and shift-invert eigensolvers ran 2-4x slower
+with 2 threads than with 1 (``python -m benchmarks.threads``; others measured far worse, up to
+700x). :func:`configure_threads` sets both pools at once; parallel workers call it with 1.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import sys
 from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
@@ -126,9 +127,10 @@ def configure_threads(n: int | None = None) -> int:
         threadpool_limits(limits=n)
     except ImportError:  # threadpoolctl comes with scikit-learn; without it env vars must do
         pass
-    import torch
-
-    if torch.get_num_threads() != n:
+    # Only touch torch when it is already loaded: importing it costs ~1 s, and a later import
+    # picks up OMP_NUM_THREADS set above anyway.
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.get_num_threads() != n:
         torch.set_num_threads(n)
     return n
 

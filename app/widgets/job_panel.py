@@ -55,6 +55,7 @@ class JobRow(QWidget):
         self.bar.setToolTip(message)
         if message:
             self.name.setText(f"{self.job.name}: {message}" if len(message) < 40 else self.job.name)
+        self.refresh()
 
     def refresh(self) -> None:
         if self.job.is_running and not self.job.cancel_requested:
@@ -82,7 +83,6 @@ class JobPanel(QWidget):
         self.timer.setInterval(500)
         self.timer.timeout.connect(self._tick)
         manager.job_added.connect(self.add_job)
-        manager.job_ended.connect(self._job_ended)
         self.setVisible(False)
 
     def add_job(self, job: Job) -> None:
@@ -93,11 +93,10 @@ class JobPanel(QWidget):
         self.timer.start()
 
     def _tick(self) -> None:
-        for row in self.rows.values():
+        for job, row in list(self.rows.items()):
             row.refresh()
-
-    def _job_ended(self, job: Job) -> None:
-        QTimer.singleShot(KEEP_ENDED_MS, lambda: self.remove_job(job))
+            if not job.is_running and job.elapsed_since_end * 1000 > KEEP_ENDED_MS:
+                self.remove_job(job)
 
     def remove_job(self, job: Job) -> None:
         row = self.rows.pop(job, None)

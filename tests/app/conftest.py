@@ -23,6 +23,8 @@ def window(qtbot, settings) -> MainWindow:
     qtbot.addWidget(win)
     win.show()
     qtbot.waitExposed(win)
+    win.activateWindow()  # keyboard shortcuts need the active window
+    qtbot.waitActive(win)
     yield win
     win.jobs.shutdown(3000)
 
@@ -32,10 +34,3 @@ def demo_files(tmp_path_factory) -> dict[str, Path]:
     from engine.demo import ensure_demo_data
 
     return ensure_demo_data(tmp_path_factory.mktemp("demo"))
-
-
-def wait_for_job(qtbot, job, timeout=30000):
-    if job.is_running:
-        with qtbot.waitSignal(job.ended, timeout=timeout):
-            pass
-    return job

@@ -73,3 +73,13 @@ def test_input_error_message_and_details():
     assert str(error) == error.message
     assert error.details == "size 123"
     assert isinstance(error, ValueError)
+
+
+def test_atomic_write_gives_normal_permissions_and_keeps_existing_ones(tmp_path):
+    new = storage.atomic_write_text(tmp_path / "new.txt", "x")
+    assert new.stat().st_mode & 0o777 == 0o666 & ~storage._umask()
+    existing = tmp_path / "old.txt"
+    existing.write_text("a")
+    existing.chmod(0o640)
+    storage.atomic_write_text(existing, "b")
+    assert existing.stat().st_mode & 0o777 == 0o640

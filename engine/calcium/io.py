@@ -1,0 +1,457 @@
+"""Calcium-imaging movies (frames × height × width), read lazily.
+
+Sources:
+
+* ``.npy``: ``np.load(mmap_mode="r")``;
+* ``.tif``/``.tiff``: ``tifffile.memmap`` when the image data are stored contiguously and
+  uncompressed (what ImageJ, ScanImage and tifffile write by default), otherwise page by page
+  through ``TiffFile`` (one page per frame, e.g. compressed stacks);
+* ``.h5``/``.hdf5``: an h5py dataset, the one named by ``dataset`` or the first 3-D one
+  (CaImAn ``mov``, suite2p/other ``data`` ...); the file stays open until :meth:`Movie.close`.
+
+Singleton axes are dropped (a ``T×1×H×W`` stack is a ``T×H×W`` movie). Frame rate comes from
+the file when it says (ImageJ ``fps``/``finterval``, tifffile JSON ``fps``, ScanImage
+``scanFrameRate``, HDF5 ``fps``/``frame_rate`` attributes), else from the caller, else None.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from engine.errors import InputError
+from engine.progress import Progress, as_progress
+
+MOVIE_EXTENSIONS = (".tif", ".tiff", ".npy", ".h5", ".hdf5")
+_HDF5_FPS_KEYS = ("fps", "frame_rate", "framerate", "frame_rate_hz", "fr", "sampling_rate", "sample_rate")
+_SUMMARY_CHUNK_BYTES = 32 * 2**20  # float64 working set per chunk: keeps check() calls ~≤100 ms apart
+
+
+class Movie:
+    """A lazily read movie, frames × height × width.
+
+    Use :func:`open_movie` for files or :meth:`from_array` for arrays already in memory.
+    ``frames()``/``frame()`` return float32 copies; nothing else is read from disk.
+    """
+
+    def __init__(
+        self,
+        source,
+        shape: tuple[int, int, int],
+        dtype: np.dtype,
+        fps: float | None = None,
+        path: Path | None = None,
+        reader: Callable[[int, int], np.ndarray] | None = None,
+        closer: Callable[[], None] | None = None,
+    ):
+        self._source = source
+        self._shape = tuple(int(s) for s in shape)
+        self._dtype = np.dtype(dtype)
+        self.fps = fps
+        self.path = path
+        self._reader = reader
+        self._closer = closer
+        self._closed = False
+
+    @classmethod
+    def from_array(cls, array: np.ndarray, fps: float | None = None, name: str = "array") -> "Movie":
+        """Wrap a 3-D array (or memmap) as a Movie; validated like a file."""
+        if not isinstance(array, np.ndarray):
+            array = np.asarray(array)
+        return _array_movie(array, name, _check_fps(fps))
+
+    # -- facts --------------------------------------------------------------------
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self._shape
+
+    @property
+    def n_frames(self) -> int:
+        return self._shape[0]
+
+    @property
+    def height(self) -> int:
+        return self._shape[1]
+
+    @property
+    def width(self) -> int:
+        return self._shape[2]
+
+    @property
+    def dtype(self) -> np.dtype:
+        """Data type as stored in the file (frames are returned as float32)."""
+        return self._dtype
+
+    @property
+    def duration(self) -> float | None:
+        """Length in seconds, when the frame rate is known."""
+        return self.n_frames / self.fps if self.fps else None
+
+    # -- data ---------------------------------------------------------------------
+    def frames(self, start: int, stop: int) -> np.ndarray:
+        """Frames ``start:stop`` (clipped to the movie) as a float32 array (n, height, width)."""
+        return self._block(start, stop, slice(0, self.height), slice(0, self.width))
+
+    def _block(self, start: int, stop: int, rows: slice, cols: slice) -> np.ndarray:
+        """Frames ``start:stop`` (clipped) cropped to ``rows``×``cols`` (slices with explicit bounds), float32."""
+        if self._closed:
+            raise ValueError("movie is closed")
+        start = int(np.clip(int(start), 0, self.n_frames))
+        stop = int(np.clip(int(stop), start, self.n_frames))
+        h, w = rows.stop - rows.start, cols.stop - cols.start
+        if stop == start:
+            return np.zeros((0, h, w), dtype=np.float32)
+        if self._reader is not None:
+            block = self._reader(start, stop)
+            block = np.asarray(block).reshape(stop - start, self.height, self.width)[:, rows, cols]
+        else:
+            block = self._source[start:stop, rows, cols]
+        return np.array(block, dtype=np.float32).reshape(stop - start, h, w)
+
+    def frame(self, i: int) -> np.ndarray:
+        """Frame ``i`` (negative counts from the end) as float32 (height, width)."""
+        i = int(i)
+        if i < 0:
+            i += self.n_frames
+        if not 0 <= i < self.n_frames:
+            raise IndexError(f"frame {i} out of range 0..{self.n_frames - 1}")
+        return self.frames(i, i + 1)[0]
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._source = None
+        if self._closer is not None:
+            self._closer()
+
+    def __enter__(self) -> "Movie":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __len__(self) -> int:
+        return self.n_frames
+
+    def __repr__(self) -> str:
+        where = f"'{self.path.name}', " if self.path else ""
+        fps = f", {self.fps:g} fps" if self.fps else ""
+        return f"Movie({where}{self.n_frames}×{self.height}×{self.width} {self.dtype}{fps})"
+
+
+# -- opening ----------------------------------------------------------------------------
+
+def open_movie(path: str | os.PathLike, fps: float | None = None, dataset: str | None = None) -> Movie:
+    """Open a movie file lazily; ``fps`` is used when the file does not give a frame rate.
+
+    ``dataset`` names the HDF5 dataset (default: the first 3-D one). InputError for a
+    missing, empty or unreadable file, an unsupported extension, data that are not
+    frames × height × width, or a single frame.
+    """
+    path = Path(path)
+    ext = path.suffix.lower()
+    if ext not in MOVIE_EXTENSIONS:
+        raise InputError(
+            f"Cannot open '{path.name}' as a movie: extension '{path.suffix or '(none)'}' is not supported. "
+            f"Convert it to one of: {', '.join(MOVIE_EXTENSIONS)}."
+        )
+    if not path.is_file():
+        raise InputError(f"Movie file not found: '{path}'. Check the path and that the file still exists.")
+    if path.stat().st_size == 0:
+        raise InputError(f"Movie file '{path.name}' is empty (0 bytes): the copy or the acquisition failed.")
+    fps = _check_fps(fps)
+    if ext == ".npy":
+        movie = _open_npy(path)
+    elif ext in (".tif", ".tiff"):
+        movie = _open_tiff(path)
+    else:
+        movie = _open_hdf5(path, dataset)
+    movie.path = path
+    if movie.fps is None:
+        movie.fps = fps
+    return movie
+
+
+def _check_fps(fps) -> float | None:
+    if fps is None:
+        return None
+    try:
+        value = float(fps)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not math.isfinite(value) or value <= 0:
+        raise InputError(f"Frame rate must be a positive number of frames per second, got {fps!r}.")
+    return value
+
+
+def _metadata_fps(value) -> float | None:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) and value > 0 else None
+
+
+def _check_movie_shape(shape: tuple[int, ...], name: str, colour: bool = False) -> None:
+    expected = "a movie must be frames × height × width (one grayscale channel)"
+    if colour or (len(shape) == 4 and shape[-1] in (3, 4)):
+        raise InputError(
+            f"'{name}' holds colour (RGB) frames, shape {tuple(shape)}: {expected}. "
+            "Save a single channel (e.g. the green channel) as a grayscale stack."
+        )
+    if len(shape) == 2:
+        raise InputError(
+            f"'{name}' holds a single 2-D image of shape {tuple(shape)}, not a movie: {expected}. "
+            "Open the whole stack, or open still images in the microarchitecture workspace."
+        )
+    if len(shape) != 3:
+        raise InputError(
+            f"'{name}' has shape {tuple(shape)} ({len(shape)}-D): {expected}. "
+            "Export one plane/channel as a 3-D stack."
+        )
+    if min(shape) == 0:
+        raise InputError(f"'{name}' is empty (shape {tuple(shape)}): it contains no pixels.")
+    if shape[0] == 1:
+        raise InputError(
+            f"'{name}' has a single frame (shape {tuple(shape)}): a movie needs at least 2 frames. "
+            "Check that the whole stack was exported."
+        )
+    if shape[2] in (3, 4) and shape[1] > 4:
+        raise InputError(
+            f"'{name}' has shape {tuple(shape)}: the last axis of {shape[2]} looks like colour channels, "
+            f"not image width; {expected}."
+        )
+
+
+def _array_movie(array, name: str, fps: float | None, closer=None) -> Movie:
+    """A Movie over an indexable array-like (ndarray, memmap, h5py dataset) with singleton axes."""
+    shape = tuple(int(s) for s in array.shape)
+    if len(shape) > 3 and sum(s != 1 for s in shape) == 3:
+        kept_axes = [i for i, s in enumerate(shape) if s != 1]
+        core = tuple(shape[i] for i in kept_axes)
+        _check_movie_shape(core, name)
+        frame_axis = kept_axes[0]
+
+        def reader(start: int, stop: int):
+            key = tuple(slice(start, stop) if i == frame_axis else (slice(None) if i in kept_axes else 0) for i in range(len(shape)))
+            return array[key]
+
+        return Movie(array, core, array.dtype, fps=fps, reader=reader, closer=closer)
+    _check_movie_shape(shape, name)
+    return Movie(array, shape, array.dtype, fps=fps, closer=closer)
+
+
+def _open_npy(path: Path) -> Movie:
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except Exception as exc:
+        raise InputError(
+            f"Could not read '{path.name}' as a NumPy array: the file is corrupt or not a .npy file. Re-save it with numpy.save.",
+            details=f"{type(exc).__name__}: {exc}",
+        ) from exc
+    if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_) or np.iscomplexobj(array):
+        raise InputError(f"'{path.name}' holds {array.dtype} values, not real numbers: save the movie as an integer or float array.")
+    return _array_movie(array, path.name, None)
+
+
+def _tiff_fps(tif) -> float | None:
+    try:
+        ij = tif.imagej_metadata
+        if ij:
+            if _metadata_fps(ij.get("fps")):
+                return _metadata_fps(ij.get("fps"))
+            interval = _metadata_fps(ij.get("finterval"))
+            if interval:
+                return 1.0 / interval
+        shaped = tif.shaped_metadata
+        if shaped:
+            for meta in shaped:
+                if isinstance(meta, dict) and _metadata_fps(meta.get("fps")):
+                    return _metadata_fps(meta.get("fps"))
+        if getattr(tif, "is_scanimage", False):
+            si = tif.scanimage_metadata or {}
+            frame_data = si.get("FrameData", {}) if isinstance(si, dict) else {}
+            rate = _metadata_fps(frame_data.get("SI.hRoiManager.scanFrameRate"))
+            if rate:
+                return rate
+    except Exception:  # metadata is a bonus: never fail to open a movie because of it
+        return None
+    return None
+
+
+def _open_tiff(path: Path) -> Movie:
+    import tifffile
+
+    try:
+        tif = tifffile.TiffFile(path)
+    except Exception as exc:
+        raise InputError(
+            f"Could not read '{path.name}' as a TIFF: the file is corrupt or not a TIFF. Re-export the stack.",
+            details=f"{type(exc).__name__}: {exc}",
+        ) from exc
+    try:
+        if not tif.series:
+            raise InputError(f"TIFF '{path.name}' contains no images: re-export the stack.")
+        series = tif.series[0]
+        fps = _tiff_fps(tif)
+        colour = "S" in series.axes
+        shape = tuple(int(s) for s in series.shape)
+        if colour:
+            _check_movie_shape(shape, path.name, colour=True)
+        try:
+            array = tifffile.memmap(path, mode="r", series=0)
+        except Exception:
+            array = None  # compressed, tiled or scattered pages: read page by page
+        if array is not None:
+            tif.close()
+            return _array_movie(array, path.name, fps)
+        core = tuple(s for s in shape if s != 1) if len(shape) > 3 else shape
+        _check_movie_shape(core, path.name)
+        n_frames, height, width = core
+        pages = len(series.pages) if hasattr(series, "pages") else n_frames
+        page_shape = tuple(int(s) for s in series.keyframe.shape)
+        if pages != n_frames or int(np.prod(page_shape)) != height * width:
+            raise InputError(
+                f"TIFF '{path.name}' (shape {shape}, {pages} pages of {page_shape}) does not store one frame per page, "
+                "which is needed to read it lazily: re-save it uncompressed or one frame per page."
+            )
+
+        def reader(start: int, stop: int):
+            return tif.asarray(key=range(start, stop), series=0)
+
+        return Movie(tif, core, series.dtype, fps=fps, reader=reader, closer=tif.close)
+    except BaseException:
+        tif.close()
+        raise
+
+
+def _hdf5_fps(ds, f) -> float | None:
+    """Frame rate from the dataset's attributes, else the file's (first known key wins)."""
+    for attrs in (ds.attrs, f.attrs):
+        for key in _HDF5_FPS_KEYS:
+            if key in attrs:
+                values = np.asarray(attrs[key]).reshape(-1)
+                fps = _metadata_fps(values[0]) if values.size else None
+                if fps:
+                    return fps
+    return None
+
+
+def _open_hdf5(path: Path, dataset: str | None) -> Movie:
+    import h5py
+
+    try:
+        f = h5py.File(path, "r")
+    except Exception as exc:
+        raise InputError(
+            f"Could not read '{path.name}' as HDF5: the file is corrupt or not an HDF5 file.",
+            details=f"{type(exc).__name__}: {exc}",
+        ) from exc
+    try:
+        datasets: list[tuple[str, tuple]] = []
+        f.visititems(lambda name, obj: datasets.append((name, obj.shape)) if isinstance(obj, h5py.Dataset) else None)
+        listing = ", ".join(f"{n} {tuple(s)}" for n, s in datasets) or "none"
+        if dataset is not None:
+            if dataset not in f or not isinstance(f[dataset], h5py.Dataset):
+                raise InputError(f"HDF5 file '{path.name}' has no dataset '{dataset}'. Datasets found: {listing}.")
+            name = dataset
+        else:
+            three_d = [n for n, s in datasets if len(s) == 3 or (len(s) > 3 and sum(x != 1 for x in s) == 3)]
+            if not three_d:
+                raise InputError(
+                    f"HDF5 file '{path.name}' has no 3-D (frames × height × width) dataset. Datasets found: {listing}. "
+                    "Choose the dataset that holds the movie."
+                )
+            name = three_d[0]
+        ds = f[name]
+        if not (np.issubdtype(ds.dtype, np.number) or ds.dtype == np.bool_):
+            raise InputError(f"Dataset '{name}' in '{path.name}' holds {ds.dtype} values, not numbers: choose the movie dataset.")
+        return _array_movie(ds, f"{path.name}:{name}", _hdf5_fps(ds, f), closer=f.close)
+    except BaseException:
+        f.close()
+        raise
+
+
+# -- summaries --------------------------------------------------------------------------
+
+def summary_images(movie: Movie, chunk_frames: int = 500, progress: Progress | None = None) -> dict:
+    """Mean, max and standard deviation (population) images, one chunk of frames at a time.
+
+    Accumulates in float64 (chunked mean/variance merge, numerically stable); chunks hold at
+    most ``chunk_frames`` frames and about 32 MB. Returns float32 images keyed ``mean``,
+    ``max``, ``std``. InputError naming the first frame with NaN or infinite values.
+    """
+    progress = as_progress(progress)
+    if chunk_frames < 1:
+        raise ValueError("chunk_frames must be >= 1")
+    frame_bytes = movie.height * movie.width * 8
+    step = int(max(1, min(chunk_frames, _SUMMARY_CHUNK_BYTES // max(frame_bytes, 1))))
+    check_finite = not np.issubdtype(movie.dtype, np.integer)
+    count = 0
+    mean = np.zeros((movie.height, movie.width), dtype=np.float64)
+    m2 = np.zeros_like(mean)
+    peak = np.full_like(mean, -np.inf)
+    progress.report(0.0, "Summary images")
+    for start in range(0, movie.n_frames, step):
+        progress.check()
+        block = movie.frames(start, start + step).astype(np.float64)
+        if check_finite:
+            bad = ~np.isfinite(block).all(axis=(1, 2))
+            if bad.any():
+                index = start + int(np.flatnonzero(bad)[0])
+                kind = "NaN" if np.isnan(block[index - start]).any() else "infinite"
+                name = movie.path.name if movie.path else "the movie"
+                raise InputError(
+                    f"Frame {index} of {name} contains {kind} values: summary images cannot be computed. "
+                    "Fix or drop the bad frames (e.g. a failed motion correction) and try again."
+                )
+        n_b = block.shape[0]
+        mean_b = block.mean(axis=0)
+        m2_b = ((block - mean_b) ** 2).sum(axis=0)
+        total = count + n_b
+        delta = mean_b - mean
+        mean += delta * (n_b / total)
+        m2 += m2_b + delta**2 * (count * n_b / total)
+        count = total
+        np.maximum(peak, block.max(axis=0), out=peak)
+        progress.report(count / movie.n_frames, "Summary images")
+    std = np.sqrt(m2 / max(count, 1))
+    progress.report(1.0, "Summary images")
+    return {"mean": mean.astype(np.float32), "max": peak.astype(np.float32), "std": std.astype(np.float32)}
+
+
+def region_trace(movie: Movie, row: int, col: int, radius: float = 2, progress: Progress | None = None) -> np.ndarray:
+    """Mean of the pixels within ``radius`` of (``row``, ``col``) in every frame: float32 (n_frames,).
+
+    Reads only the bounding box of the disk where the source allows (memmaps, HDF5), in
+    chunks of frames with progress and cancellation. InputError when the pixel is outside the image.
+    """
+    progress = as_progress(progress)
+    row, col = int(row), int(col)
+    if not (0 <= row < movie.height and 0 <= col < movie.width):
+        raise InputError(
+            f"Pixel (row {row}, column {col}) is outside the {movie.height}×{movie.width} movie: pick a point on the image."
+        )
+    if radius < 0:
+        raise ValueError("radius must be >= 0")
+    r = int(np.floor(radius))
+    rows = slice(max(row - r, 0), min(row + r + 1, movie.height))
+    cols = slice(max(col - r, 0), min(col + r + 1, movie.width))
+    yy, xx = np.mgrid[rows, cols]
+    mask = (yy - row) ** 2 + (xx - col) ** 2 <= radius**2
+    full_frames = movie._reader is not None  # page-by-page sources read whole frames
+    frame_bytes = (movie.height * movie.width if full_frames else mask.size) * 4
+    step = int(max(1, min(2000, _SUMMARY_CHUNK_BYTES // max(frame_bytes, 1))))
+    trace = np.empty(movie.n_frames, dtype=np.float32)
+    progress.report(0.0, "Reading trace")
+    for start in range(0, movie.n_frames, step):
+        progress.check()
+        block = movie._block(start, start + step, rows, cols)
+        trace[start:start + len(block)] = block[:, mask].mean(axis=1)
+        progress.report(min(start + step, movie.n_frames) / movie.n_frames, "Reading trace")
+    return trace

@@ -1,0 +1,247 @@
+"""Large 2-D microscopy images and integer label maps.
+
+:func:`load_image` returns one grayscale 2-D array: TIFFs are memory-mapped when stored
+uncompressed (so a multi-GB slice is not read until used), ``.npy`` files are opened with
+``mmap_mode="r"``, PNG/JPEG go through Pillow with its decompression-bomb limit disabled
+(scientific images routinely exceed it). Colour images become luminance (ITU-R BT.601:
+0.299 R + 0.587 G + 0.114 B, as Pillow's "L" mode), rounded back to the input's integer type.
+
+:func:`load_labels` returns an integer label map where 0 means "unlabelled" and 1, 2, ... are
+regions or classes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from engine.errors import InputError
+
+IMAGE_EXTENSIONS = (".png", ".tif", ".tiff", ".npy", ".jpg", ".jpeg")
+LABEL_EXTENSIONS = (".npy", ".npz", ".png", ".tif", ".tiff")
+LUMINANCE_WEIGHTS = (0.299, 0.587, 0.114)
+log = logging.getLogger(__name__)
+_BLOCK_PIXELS = 8 * 2**20  # rows converted at a time when turning big colour images to gray
+
+
+def _check_file(path: Path, extensions: tuple[str, ...], what: str) -> None:
+    if path.suffix.lower() not in extensions:
+        raise InputError(
+            f"Cannot open '{path.name}' as {what}: extension '{path.suffix or '(none)'}' is not supported. "
+            f"Convert it to one of: {', '.join(extensions)}."
+        )
+    if not path.is_file():
+        raise InputError(f"File not found: '{path}'. Check the path and that the file still exists.")
+    if path.stat().st_size == 0:
+        raise InputError(f"'{path.name}' is empty (0 bytes): the copy or the export failed.")
+
+
+def _unreadable(path: Path, exc: Exception, what: str) -> InputError:
+    return InputError(
+        f"Could not read '{path.name}' as {what}: the file is corrupt or not a valid {path.suffix.lower()} file. "
+        "Re-export it and try again.",
+        details=f"{type(exc).__name__}: {exc}",
+    )
+
+
+def _read_pillow(path: Path, what: str) -> np.ndarray:
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = None  # gigapixel slices are legitimate here, not decompression bombs
+    try:
+        with Image.open(path) as im:
+            im.load()
+            mode = im.mode
+            if mode == "P":  # palette: for an image use the colours, for labels the indices
+                array = np.asarray(im) if what == "a label image" else np.asarray(im.convert("RGBA" if "transparency" in im.info else "RGB"))
+            elif mode in ("RGB", "RGBA", "CMYK", "YCbCr", "LAB", "HSV", "RGBX", "RGBa", "La", "PA"):
+                array = np.asarray(im if mode in ("RGB", "RGBA") else im.convert("RGB"))
+            elif mode == "1":
+                array = np.asarray(im, dtype=np.uint8)
+            else:
+                array = np.asarray(im)
+    except Exception as exc:
+        raise _unreadable(path, exc, what) from exc
+    return array
+
+
+def _read_tiff(path: Path, what: str, allow_memmap: bool = True) -> tuple[np.ndarray, str]:
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            if not tif.series:
+                raise InputError(f"TIFF '{path.name}' contains no images: re-export it.")
+            axes = tif.series[0].axes
+    except InputError:
+        raise
+    except Exception as exc:
+        raise _unreadable(path, exc, what) from exc
+    if allow_memmap:
+        try:
+            return tifffile.memmap(path, mode="r", series=0), axes
+        except Exception:
+            pass  # compressed or scattered: read it
+    try:
+        return tifffile.imread(path, series=0), axes
+    except Exception as exc:
+        raise _unreadable(path, exc, what) from exc
+
+
+def _squeeze(array: np.ndarray, axes: str | None = None) -> tuple[np.ndarray, str | None]:
+    if array.ndim > 2 and 1 in array.shape:
+        if axes is not None and len(axes) == array.ndim:
+            axes = "".join(a for a, s in zip(axes, array.shape) if s != 1)
+        array = array.reshape([s for s in array.shape if s != 1])
+    return array, axes
+
+
+def to_luminance(rgb: np.ndarray) -> np.ndarray:
+    """Luminance of an (h, w, 3|4) image (alpha ignored), in blocks of rows; keeps integer types."""
+    h, w = rgb.shape[:2]
+    out_dtype = rgb.dtype if np.issubdtype(rgb.dtype, np.integer) else np.float32
+    out = np.empty((h, w), dtype=out_dtype)
+    weights = np.asarray(LUMINANCE_WEIGHTS, dtype=np.float32)
+    rows = max(1, _BLOCK_PIXELS // max(w, 1))
+    for r in range(0, h, rows):
+        block = np.asarray(rgb[r:r + rows, :, :3], dtype=np.float32) @ weights
+        if np.issubdtype(out_dtype, np.integer):
+            info = np.iinfo(out_dtype)
+            block = np.clip(np.rint(block), info.min, info.max)
+        out[r:r + rows] = block
+    return out
+
+
+def load_image(path: str | os.PathLike) -> np.ndarray:
+    """A 2-D grayscale image (height × width) from PNG, JPEG, TIFF or ``.npy``.
+
+    Grayscale data keep their type (TIFF/npy possibly as a read-only memmap); colour becomes
+    luminance. InputError for a missing, empty, unreadable, non-2-D or empty image.
+    """
+    path = Path(path)
+    _check_file(path, IMAGE_EXTENSIONS, "an image")
+    ext = path.suffix.lower()
+    axes = None
+    if ext == ".npy":
+        try:
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
+        except Exception as exc:
+            raise _unreadable(path, exc, "an image") from exc
+    elif ext in (".tif", ".tiff"):
+        array, axes = _read_tiff(path, "an image")
+    else:
+        array = _read_pillow(path, "an image")
+
+    if array.dtype == np.bool_:
+        array = array.astype(np.uint8)
+    if not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):
+        raise InputError(f"'{path.name}' holds {array.dtype} values, not pixel intensities: save it as an integer or float image.")
+    array, axes = _squeeze(array, axes)
+    if array.ndim == 3:
+        channels_last = array.shape[-1] in (2, 3, 4) if axes is None else axes.endswith("S")
+        channels_first = axes is not None and axes.startswith("S") and array.shape[0] in (2, 3, 4)
+        if channels_first:
+            array = np.moveaxis(array, 0, -1)
+            channels_last = True
+        if channels_last and array.shape[-1] in (3, 4):
+            array = to_luminance(array)
+        elif channels_last and array.shape[-1] == 2:  # gray + alpha
+            array = array[..., 0]
+    if array.ndim != 2:
+        raise InputError(
+            f"'{path.name}' has shape {tuple(array.shape)}, not a single 2-D image: save one plane (one slice, "
+            "one channel) as a 2-D image. Stacks over time belong in the calcium workspace."
+        )
+    if array.size == 0:
+        raise InputError(f"'{path.name}' is an empty image (shape {tuple(array.shape)}): re-export it.")
+    return array
+
+
+def load_labels(path: str | os.PathLike, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """An integer label map (0 = unlabelled) from ``.npy``, ``.npz``, ``.png`` or ``.tif``.
+
+    ``.npz``: the array ``labels``, else the only array. Float arrays holding whole numbers are
+    accepted (cast to int32). InputError when the shape differs from ``shape`` (both shapes
+    named), the values are not whole numbers, some are negative, or nothing is labelled.
+    """
+    path = Path(path)
+    _check_file(path, LABEL_EXTENSIONS, "a label image")
+    ext = path.suffix.lower()
+    try:
+        if ext == ".npy":
+            array = np.load(path, allow_pickle=False)
+        elif ext == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                keys = list(z.files)
+                if "labels" in keys:
+                    key = "labels"
+                elif len(keys) == 1:
+                    key = keys[0]
+                else:
+                    raise InputError(
+                        f"'{path.name}' holds several arrays ({', '.join(keys) or 'none'}) and none is called 'labels': "
+                        "save the label map under the name 'labels'."
+                    )
+                array = z[key]
+        elif ext in (".tif", ".tiff"):
+            array = np.asarray(_read_tiff(path, "a label image", allow_memmap=False)[0])
+        else:
+            array = _read_pillow(path, "a label image")
+    except InputError:
+        raise
+    except Exception as exc:
+        raise _unreadable(path, exc, "a label image") from exc
+
+    array, _ = _squeeze(np.asarray(array))
+    if array.ndim != 2:
+        colour = " (it looks like a colour image)" if array.ndim == 3 and array.shape[-1] in (3, 4) else ""
+        raise InputError(
+            f"Label map '{path.name}' has shape {tuple(array.shape)}{colour}, not 2-D: save one integer label per pixel "
+            "(0 = unlabelled, 1, 2, ... = regions) as a single-channel image or array."
+        )
+    if shape is not None and tuple(array.shape) != tuple(int(s) for s in shape):
+        raise InputError(
+            f"Label map '{path.name}' is {array.shape[0]}×{array.shape[1]} (height × width) but the image is "
+            f"{int(shape[0])}×{int(shape[1])}: pick the label file that belongs to this image."
+        )
+    if array.dtype == np.bool_:
+        array = array.astype(np.uint8)
+    elif not np.issubdtype(array.dtype, np.integer):
+        if not np.issubdtype(array.dtype, np.floating) or not np.all(np.isfinite(array)) or np.any(array != np.round(array)):
+            raise InputError(
+                f"Label map '{path.name}' holds non-integer values ({array.dtype}): labels must be whole numbers "
+                "(0 = unlabelled, 1, 2, ...). Save the label map as an integer array."
+            )
+        array = array.astype(np.int32)
+    if array.size and array.min() < 0:
+        raise InputError(
+            f"Label map '{path.name}' has negative labels (minimum {int(array.min())}): use 0 for unlabelled pixels "
+            "and 1, 2, ... for regions."
+        )
+    if not np.any(array):
+        raise InputError(
+            f"Label map '{path.name}' has no labelled pixels (all 0): label at least one region (1, 2, ...) first."
+        )
+    return array
+
+
+def find_labels(path: str | os.PathLike, shape: tuple[int, int] | None = None) -> np.ndarray | None:
+    """The label map saved beside an image as ``<stem>_labels.{npz,npy,png,tif,tiff}``, or None.
+
+    A label file that exists but cannot be used (wrong shape, not integer, nothing labelled)
+    is skipped with a logged warning, so the image itself still opens; call
+    :func:`load_labels` directly to get the reason as an :class:`InputError`.
+    """
+    path = Path(path)
+    for ext in LABEL_EXTENSIONS:
+        candidate = path.with_name(f"{path.stem}_labels{ext}")
+        if candidate == path or not candidate.is_file():
+            continue
+        try:
+            return load_labels(candidate, shape)
+        except InputError as exc:
+            log.warning("ignoring label map %s: %s", candidate.name, exc.message)
+    return None

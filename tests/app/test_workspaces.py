@@ -1,0 +1,83 @@
+"""Each workspace opens its demo data through a real job and shows it."""
+
+import numpy as np
+import pytest
+from PyQt6.QtCore import QPointF, Qt, QTimer
+from PyQt6.QtWidgets import QApplication
+
+from app.ephys.params_dialog import RecordingParamsDialog
+from app.jobs import JobState
+from app.screenshots import is_blank, save_screenshot
+
+from gui_helpers import wait_for_job
+
+
+def open_in(window, qtbot, path):
+    jobs = window.open_files([path])
+    assert len(jobs) == 1
+    wait_for_job(qtbot, jobs[0], timeout=60000)
+    assert jobs[0].state is JobState.FINISHED, jobs[0].error and jobs[0].error.details
+    return window.current_workspace
+
+
+def test_morphology_shows_mesh_and_labels(window, qtbot, demo_files, tmp_path):
+    ws = open_in(window, qtbot, demo_files["morphology"])
+    assert ws.key == "morphology" and ws.center.currentWidget() is ws.view
+    assert len(ws.view.vertices) == int(ws.info.values["n_vertices"].text().replace(",", ""))
+    assert ws.labels is not None and ws.color_by.currentText() == "Labels"
+    qtbot.wait(300)
+    assert not is_blank(save_screenshot(ws.view, tmp_path / "mesh.png"))
+
+
+def test_ephys_scrolls_through_recording(window, qtbot, demo_files):
+    ws = open_in(window, qtbot, demo_files["ephys"])
+    assert ws.key == "ephys" and ws.recording is not None
+    x0 = ws.traces.curves[0].xData[0]
+    ws.scroll.setValue(ws.scroll.maximum())
+    t = ws.traces.curves[0].xData
+    assert t[0] > x0
+    assert t[-1] < ws.recording.duration and t[0] == pytest.approx(ws.recording.duration - ws.window_seconds.value())
+    # the plotted samples are the recording's, offset-free, at the channel's baseline
+    expected = ws.recording.read(len(ws.recording.raw) - len(t), len(ws.recording.raw))[:, 1]
+    np.testing.assert_allclose(ws.traces.curves[1].yData + ws.spacing.value(), expected - np.median(expected), atol=1e-3)
+    shown = sum(1 for c in ws.traces.curves if c.isVisible())
+    assert shown == ws.recording.n_channels
+
+
+def test_ephys_asks_for_layout_of_raw_file_without_sidecar(window, qtbot, tmp_path):
+    raw = tmp_path / "bare.dat"
+    np.arange(4 * 3000, dtype=np.int16).tofile(raw)
+
+    def fill_dialog():
+        dialog = next(w for w in QApplication.topLevelWidgets() if isinstance(w, RecordingParamsDialog) and w.isVisible())
+        dialog.n_channels.setValue(4)
+        dialog.sample_rate.setValue(15000)
+        dialog.accept()
+
+    QTimer.singleShot(300, fill_dialog)
+    ws = open_in(window, qtbot, raw)
+    assert ws.recording.n_channels == 4 and ws.recording.n_samples == 3000
+    assert (tmp_path / "bare.json").exists() or (tmp_path / "bare.dat.json").exists()
+
+
+def test_calcium_click_shows_pixel_trace(window, qtbot, demo_files):
+    ws = open_in(window, qtbot, demo_files["calcium"])
+    assert ws.key == "calcium"
+    assert ws.view.image.image.shape == (ws.movie.height, ws.movie.width)
+    ws.image_kind.setCurrentText("Frame")
+    ws.frame_slider.setValue(10)
+    np.testing.assert_allclose(ws.view.image.image, ws.movie.frame(10))
+    job = ws.show_trace_at(20, 30)
+    wait_for_job(qtbot, job)
+    x, y = ws.trace_curve.getData()
+    assert len(y) == ws.movie.n_frames and np.ptp(y) > 0
+
+
+def test_factors_overlay_toggles(window, qtbot, demo_files):
+    ws = open_in(window, qtbot, demo_files["factors"])
+    assert ws.key == "factors" and ws.labels is not None
+    assert ws.view.overlay.image is not None
+    ws.show_labels.setChecked(False)
+    assert ws.view.overlay.image is None
+    ws.show_labels.setChecked(True)
+    assert ws.view.overlay.image.shape[:2] == ws.labels.shape
