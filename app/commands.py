@@ -85,6 +85,13 @@ def _demo(screenshot_dir: Path | None) -> int:
 
         QTimer.singleShot(700, grab)  # let OpenGL views render a few frames first
 
+    def wait_for_idle_panel() -> None:
+        # Finished jobs linger briefly in the status bar; shoot once it has cleared.
+        if window.job_panel.rows:
+            QTimer.singleShot(200, wait_for_idle_panel)
+        else:
+            take_screenshots()
+
     def opened(jobs) -> None:
         pending = set(jobs)
         if not pending:
@@ -95,7 +102,7 @@ def _demo(screenshot_dir: Path | None) -> int:
             if job.error is not None:
                 fail(f"{job.name} failed: {job.error.message}")
             elif not pending and screenshot_dir is not None:
-                take_screenshots()
+                wait_for_idle_panel()
             elif not pending:
                 window.show_workspace(window.workspaces[0].key)
 

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 class Workspace(QWidget):
     key: str = ""  # settings key and demo key: "morphology", "ephys", "calcium", "factors"
     title: str = ""
+    sidebar_label: str = ""  # when the title is too long for the sidebar
     icon_name: str = ""
     extensions: tuple[str, ...] = ()
     data_loaded = pyqtSignal(str)  # path of the dataset now shown
@@ -91,6 +92,8 @@ class InfoBox(QGroupBox):
 
 
 def format_value(value: object) -> str:
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        return f"{int(value):,}"
     if isinstance(value, float):
         return f"{value:,.4g}" if abs(value) < 1e5 else f"{value:,.0f}"
     if isinstance(value, int):

@@ -88,6 +88,8 @@ class CalciumWorkspace(Workspace):
                                  "fps": m.fps if m.fps else "unknown", "dtype": str(m.dtype)})
         self.frame_slider.setRange(0, m.n_frames - 1)
         self.trace_curve.setData([], [])
+        self.trace_plot.setXRange(0, m.n_frames / (m.fps or 1.0), padding=0.01)
+        self.trace_plot.setLabel("bottom", "time", units="s" if m.fps else None)
         self.marker.clear()
         self.center.setCurrentIndex(1)
         self.redraw()
@@ -119,6 +121,5 @@ class CalciumWorkspace(Workspace):
         def show(trace: np.ndarray) -> None:
             self.trace_curve.setData(np.arange(len(trace)) / fps, trace)
             self.trace_plot.setTitle(f"Pixel (row {row}, column {col}), radius {TRACE_RADIUS} px")
-            self.trace_plot.setLabel("bottom", "time", units="s" if self.movie.fps else None)
 
         return self.window.run_job(f"Trace at ({row}, {col})", region_trace, self.movie, row, col, TRACE_RADIUS, on_result=show)

@@ -28,6 +28,7 @@ def load_image_for_view(path: Path, progress=None) -> dict:
 class FactorsWorkspace(Workspace):
     key = "factors"
     title = "Microarchitecture"
+    sidebar_label = "Micro-\narchitecture"
     icon_name = "factors"
     extensions = IMAGE_EXTENSIONS
 

@@ -7,7 +7,7 @@ from PyQt6.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QToolButton, QVBo
 
 from app.jobs import Job, JobManager, JobState
 
-KEEP_ENDED_MS = 4000  # an ended job's row stays this long so its outcome can be read
+KEEP_ENDED_MS = 2500  # an ended job's row stays this long so its outcome can be read
 
 
 def format_seconds(seconds: float | None) -> str:
@@ -62,7 +62,8 @@ class JobRow(QWidget):
             self.time.setText(f"{format_seconds(self.job.elapsed)} · ETA {format_seconds(self.job.eta)}")
 
     def _on_ended(self, job: Job) -> None:
-        self.cancel_button.setEnabled(False)
+        self.cancel_button.hide()
+        self.name.setText(job.name)
         outcome = {JobState.FINISHED: "done", JobState.FAILED: "failed", JobState.CANCELLED: "cancelled"}[job.state]
         if job.state is JobState.FINISHED:
             self.bar.setValue(1000)
