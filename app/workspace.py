@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from PyQt6.QtCore import Qt, pyqtSignal
-from PyQt6.QtWidgets import QFormLayout, QGroupBox, QLabel, QScrollArea, QVBoxLayout, QWidget
+from PyQt6.QtWidgets import QFormLayout, QGroupBox, QHBoxLayout, QLabel, QScrollArea, QStackedWidget, QVBoxLayout, QWidget
 
 from app.jobs import Job
+from app.widgets.empty_state import EmptyState
 
 if TYPE_CHECKING:
     from app.main import MainWindow
@@ -50,9 +51,24 @@ class Workspace(QWidget):
         return self.open_file(path) if path is not None else None
 
     def loaded(self, path: Path) -> None:
-        """Call when a dataset is shown: remembers it and tells the shell."""
+        """Call when a dataset is shown: brings the content forward, remembers the path, tells the shell."""
+        self.center.setCurrentWidget(self.content)
         self.current_path = path
         self.data_loaded.emit(str(path))
+
+    def assemble(self, controls: list[QWidget], content: QWidget, empty_title: str, empty_hint: str, open_label: str) -> None:
+        """Lay out the workspace: a control column, and the content behind an empty state until data is shown."""
+        self.empty = EmptyState(empty_title, empty_hint, self.icon_name)
+        self.empty.add_button(open_label, self.window.open_dialog, primary=True)
+        self.empty.add_button("Open demo data", self.window.open_demo)
+        self.content = content
+        self.center = QStackedWidget()
+        self.center.addWidget(self.empty)
+        self.center.addWidget(content)
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(control_column(*controls))
+        layout.addWidget(self.center, 1)
 
 
 def control_column(*groups: QWidget, width: int = 290) -> QScrollArea:

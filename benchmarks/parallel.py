@@ -73,7 +73,7 @@ def main(argv=None) -> None:
              ratio(serial_med, threads_med)],
             [f"parallel_map local ({cores} worker processes), warm", local_best, local_med,
              ratio(serial_med, local_med)],
-            [f"parallel_map local, first call incl. cluster start", cold, cold, ratio(serial_med, cold)],
+            ["parallel_map local, first call incl. cluster start", cold, cold, ratio(serial_med, cold)],
         ],
         ["how", "best s", "median s", "speed-up vs serial"],
     )  # fmt: skip

@@ -65,7 +65,8 @@ def progress_bar(description: str, disable: bool | None = None) -> Iterator[Prog
     """A Progress that drives a tqdm bar on stderr (hidden when stderr is not a terminal, unless disable=False)."""
     from tqdm import tqdm
 
-    bar = tqdm(total=1000, desc=description, unit="‰", bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}", disable=disable)
+    bar_format = "{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}"
+    bar = tqdm(total=1000, desc=description, bar_format=bar_format, disable=disable)
 
     def update(fraction: float, message: str) -> None:
         bar.n = int(round(fraction * 1000))

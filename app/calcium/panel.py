@@ -7,12 +7,11 @@ from pathlib import Path
 import numpy as np
 import pyqtgraph as pg
 from PyQt6.QtCore import Qt
-from PyQt6.QtWidgets import QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QSlider, QSplitter, QStackedWidget
+from PyQt6.QtWidgets import QComboBox, QFormLayout, QGroupBox, QSlider, QSplitter
 
 from app.jobs import Job
-from app.widgets.empty_state import EmptyState
 from app.widgets.image_view import ImageView
-from app.workspace import InfoBox, Workspace, control_column
+from app.workspace import InfoBox, Workspace
 from engine.calcium.io import MOVIE_EXTENSIONS, Movie, open_movie, region_trace, summary_images
 
 TRACE_RADIUS = 2  # pixels around a click averaged into its trace
@@ -63,17 +62,9 @@ class CalciumWorkspace(Workspace):
         splitter.addWidget(self.trace_plot)
         splitter.setSizes([650, 220])
 
-        self.empty = EmptyState("No movie open", "Open a calcium imaging movie (multi-page TIFF, NPY, HDF5; "
-                                "frames × height × width). It is read lazily, chunk by chunk.", "calcium")
-        self.empty.add_button("Open movie…", window.open_dialog, primary=True)
-        self.empty.add_button("Open demo data", window.open_demo)
-        self.center = QStackedWidget()
-        self.center.addWidget(self.empty)
-        self.center.addWidget(splitter)
-        layout = QHBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 0)
-        layout.addWidget(control_column(self.info, display))
-        layout.addWidget(self.center, 1)
+        self.assemble([self.info, display], splitter, "No movie open",
+                      "Open a calcium imaging movie (multi-page TIFF, NPY, HDF5; frames × height × width). "
+                      "It is read lazily, chunk by chunk.", "Open movie…")
 
     def open_file(self, path: Path) -> Job:
         return self.window.run_job(f"Open {path.name}", load_movie_for_view, path,
@@ -91,7 +82,6 @@ class CalciumWorkspace(Workspace):
         self.trace_plot.setXRange(0, m.n_frames / (m.fps or 1.0), padding=0.01)
         self.trace_plot.setLabel("bottom", "time", units="s" if m.fps else None)
         self.marker.clear()
-        self.center.setCurrentIndex(1)
         self.redraw()
         self.loaded(path)
 

@@ -6,13 +6,12 @@ from pathlib import Path
 
 import numpy as np
 from PyQt6.QtCore import Qt
-from PyQt6.QtWidgets import QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QScrollBar, QStackedWidget, QVBoxLayout, QWidget
+from PyQt6.QtWidgets import QDoubleSpinBox, QFormLayout, QGroupBox, QScrollBar, QVBoxLayout, QWidget
 
 from app.ephys.params_dialog import RecordingParamsDialog
 from app.jobs import Job
-from app.widgets.empty_state import EmptyState
 from app.widgets.trace_view import TraceView
-from app.workspace import InfoBox, Workspace, control_column
+from app.workspace import InfoBox, Workspace
 from engine.ephys.io import RAW_EXTENSIONS, RawRecording, RecordingParams, read_sidecar, write_sidecar
 
 SCROLL_STEPS_PER_SECOND = 100  # scroll bar resolution: 10 ms
@@ -54,17 +53,9 @@ class EphysWorkspace(Workspace):
         column.setContentsMargins(0, 0, 0, 0)
         column.addWidget(self.traces, 1)
         column.addWidget(self.scroll)
-        self.empty = EmptyState("No recording open", "Open a raw binary recording (.raw, .bin, .dat; samples × channels). "
-                                "Its layout is read from a .json sidecar, or asked for once.", "ephys")
-        self.empty.add_button("Open recording…", window.open_dialog, primary=True)
-        self.empty.add_button("Open demo data", window.open_demo)
-        self.center = QStackedWidget()
-        self.center.addWidget(self.empty)
-        self.center.addWidget(traces_panel)
-        layout = QHBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 0)
-        layout.addWidget(control_column(self.info, display))
-        layout.addWidget(self.center, 1)
+        self.assemble([self.info, display], traces_panel, "No recording open",
+                      "Open a raw binary recording (.raw, .bin, .dat; samples × channels). "
+                      "Its layout is read from a .json sidecar, or asked for once.", "Open recording…")
 
     def open_file(self, path: Path) -> Job | None:
         params = read_sidecar(path)
@@ -82,7 +73,6 @@ class EphysWorkspace(Workspace):
         p = recording.params
         self.info.update_values({"file": path.name, "n_channels": recording.n_channels, "sample_rate": recording.sample_rate,
                                  "duration": recording.duration, "dtype": p.dtype, "gain_uv": p.gain_uv})
-        self.center.setCurrentWidget(self.center.widget(1))
         self._window_changed()
         self.loaded(path)
 

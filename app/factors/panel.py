@@ -6,12 +6,11 @@ from pathlib import Path
 
 import numpy as np
 from PyQt6.QtCore import Qt
-from PyQt6.QtWidgets import QCheckBox, QFormLayout, QGroupBox, QHBoxLayout, QSlider, QStackedWidget
+from PyQt6.QtWidgets import QCheckBox, QFormLayout, QGroupBox, QSlider
 
 from app.jobs import Job
-from app.widgets.empty_state import EmptyState
 from app.widgets.image_view import ImageView
-from app.workspace import InfoBox, Workspace, control_column
+from app.workspace import InfoBox, Workspace
 from engine.factors.io import IMAGE_EXTENSIONS, find_labels, load_image
 
 
@@ -46,17 +45,9 @@ class FactorsWorkspace(Workspace):
         form.addRow(self.show_labels)
         form.addRow("Opacity:", self.opacity)
         self.view = ImageView()
-        self.empty = EmptyState("No image open", "Open a brain image (PNG, TIFF — large TIFFs are memory-mapped). "
-                                "A label map named <image>_labels.npz/.npy/.png beside it is shown as an overlay.", "factors")
-        self.empty.add_button("Open image…", window.open_dialog, primary=True)
-        self.empty.add_button("Open demo data", window.open_demo)
-        self.center = QStackedWidget()
-        self.center.addWidget(self.empty)
-        self.center.addWidget(self.view)
-        layout = QHBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 0)
-        layout.addWidget(control_column(self.info, overlay))
-        layout.addWidget(self.center, 1)
+        self.assemble([self.info, overlay], self.view, "No image open",
+                      "Open a brain image (PNG, TIFF — large TIFFs are memory-mapped). A label map named "
+                      "<image>_labels.npz/.npy/.png beside it is shown as an overlay.", "Open image…")
 
     def open_file(self, path: Path) -> Job:
         return self.window.run_job(f"Open {path.name}", load_image_for_view, path,
@@ -68,7 +59,6 @@ class FactorsWorkspace(Workspace):
         self.info.update_values({"file": path.name, "shape": image.shape, "dtype": str(image.dtype), "regions": regions})
         self.view.set_image(image)
         self._update_overlay()
-        self.center.setCurrentWidget(self.view)
         self.loaded(path)
 
     def _update_overlay(self) -> None:

@@ -5,12 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PyQt6.QtWidgets import QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QStackedWidget
+from PyQt6.QtWidgets import QComboBox, QFormLayout, QGroupBox
 
 from app.jobs import Job
-from app.widgets.empty_state import EmptyState
 from app.widgets.mesh_view import MeshView
-from app.workspace import InfoBox, Workspace, control_column
+from app.workspace import InfoBox, Workspace
 from engine.mesh.io import MESH_EXTENSIONS, find_vertex_labels, load_mesh, mesh_summary
 
 
@@ -44,17 +43,9 @@ class MorphologyWorkspace(Workspace):
         self.color_by.currentTextChanged.connect(self._recolor)
         form.addRow("Color by:", self.color_by)
         self.view = MeshView()
-        self.empty = EmptyState("No mesh open", "Open a neuron surface mesh (PLY, OBJ, OFF, STL, GLB, MeshParty HDF5) "
-                                "to view it in 3D.\nDrag to rotate, scroll to zoom, Shift-drag to pan.", "morphology")
-        self.empty.add_button("Open mesh…", window.open_dialog, primary=True)
-        self.empty.add_button("Open demo data", window.open_demo)
-        self.center = QStackedWidget()
-        self.center.addWidget(self.empty)
-        self.center.addWidget(self.view)
-        layout = QHBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 0)
-        layout.addWidget(control_column(self.info, display))
-        layout.addWidget(self.center, 1)
+        self.assemble([self.info, display], self.view, "No mesh open",
+                      "Open a neuron surface mesh (PLY, OBJ, OFF, STL, GLB, MeshParty HDF5) to view it in 3D.\n"
+                      "Drag to rotate, scroll to zoom, Shift-drag to pan.", "Open mesh…")
         self.labels: np.ndarray | None = None
 
     def open_file(self, path: Path) -> Job:
@@ -75,7 +66,6 @@ class MorphologyWorkspace(Workspace):
         if self.labels is not None:
             self.color_by.setCurrentText("Labels")
             self._recolor("Labels")
-        self.center.setCurrentWidget(self.view)
         self.loaded(path)
 
     def _recolor(self, mode: str) -> None:

@@ -1,6 +1,5 @@
 """GUI test fixtures. Tests run on a real X display: pytest-xvfb starts Xvfb when there is none."""
 
-import os
 from pathlib import Path
 
 import pytest

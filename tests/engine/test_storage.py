@@ -1,5 +1,4 @@
 import json
-import os
 
 import numpy as np
 import pytest
@@ -43,19 +42,6 @@ def test_workdir_beside_writable_data(tmp_path):
     assert (tmp_path / "rec.raw.neurowb").is_dir()
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root can write into read-only folders")
-def test_workdir_falls_back_for_read_only_data(tmp_path, monkeypatch):
-    folder = tmp_path / "ro"
-    folder.mkdir()
-    data = folder / "mesh.ply"
-    data.write_text("x")
-    folder.chmod(0o555)
-    monkeypatch.setenv("NEUROWB_DATA_DIR", str(tmp_path / "user"))
-    try:
-        work = storage.workdir_for(data)
-    finally:
-        folder.chmod(0o755)
-    assert work.parent == tmp_path / "user" / "autosave"
 
 
 def test_workdir_fallback_when_access_denied(tmp_path, monkeypatch):
