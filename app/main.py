@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -29,6 +30,8 @@ from app.settings import Settings
 from app.widgets.job_panel import JobPanel
 from app.workspace import Workspace
 from engine import __version__
+from engine.device import DEVICE_ENV
+from engine.parallel import SCHEDULER_ENV
 
 
 def workspace_classes() -> list[type[Workspace]]:
@@ -67,6 +70,8 @@ class MainWindow(QMainWindow):
             ws.data_loaded.connect(self._on_data_loaded)
         self.setCentralWidget(central)
 
+        self._user_env = {var: os.environ.get(var) for var in (DEVICE_ENV, SCHEDULER_ENV)}
+        self.apply_compute_settings()
         self._build_status_bar()
         self._build_menus()
         self._restore_state()
@@ -213,6 +218,16 @@ class MainWindow(QMainWindow):
     def show_status(self, message: str, timeout_ms: int = 6000) -> None:
         self.statusBar().showMessage(message, timeout_ms)
 
+    def apply_compute_settings(self) -> None:
+        """Hand the device and scheduler settings to the engine, as `neurowb --device/--scheduler` do.
+
+        The engine reads them from the environment (here and in worker processes); a variable
+        the user set before starting the app wins over the settings.
+        """
+        for var, value in ((DEVICE_ENV, self.settings.device()), (SCHEDULER_ENV, self.settings.scheduler())):
+            if self._user_env[var] is None:
+                os.environ[var] = value
+
     def refresh_device_label(self) -> None:
         from engine.device import describe
 
@@ -311,6 +326,7 @@ class MainWindow(QMainWindow):
         if dialog.exec():
             self.settings.set_device(dialog.device.currentText())
             self.settings.set_scheduler(dialog.scheduler.text().strip() or "local")
+            self.apply_compute_settings()
             self.refresh_device_label()
 
     def show_shortcuts(self) -> None:

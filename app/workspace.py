@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from PyQt6.QtCore import Qt, pyqtSignal
-from PyQt6.QtWidgets import QFormLayout, QGroupBox, QHBoxLayout, QLabel, QScrollArea, QStackedWidget, QVBoxLayout, QWidget
+from PyQt6.QtWidgets import QFormLayout, QGroupBox, QHBoxLayout, QLabel, QScrollArea, QSizePolicy, QStackedWidget, QVBoxLayout, QWidget
 
 from app.jobs import Job
 from app.widgets.empty_state import EmptyState
@@ -99,12 +99,16 @@ class InfoBox(QGroupBox):
             value = QLabel("—", objectName="InfoValue")
             value.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
             value.setWordWrap(True)
+            # Long values (file names) must not widen the fixed control column: clip, full text in the tooltip.
+            value.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
             self.values[key] = value
             self.form.addRow(f"{label}:", value)
 
     def update_values(self, values: dict[str, object]) -> None:
         for key, label in self.values.items():
-            label.setText(format_value(values.get(key, "—")))
+            text = format_value(values.get(key, "—"))
+            label.setText(text)
+            label.setToolTip(text)
 
 
 def format_value(value: object) -> str:

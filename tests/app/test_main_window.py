@@ -132,3 +132,20 @@ def test_screenshot_helper_detects_blank_images(window, tmp_path):
     flat = QImage(200, 100, QImage.Format.Format_RGB32)
     flat.fill(QColor("white"))
     assert is_blank(flat)
+
+
+def test_compute_settings_reach_the_engine_unless_the_environment_says_otherwise(qtbot, settings, monkeypatch):
+    import os
+
+    from engine.device import DEVICE_ENV
+    from engine.parallel import SCHEDULER_ENV
+
+    monkeypatch.delenv(DEVICE_ENV, raising=False)
+    monkeypatch.setenv(SCHEDULER_ENV, "tcp://cluster:8786")  # set by the user before starting
+    settings.set_device("cpu")
+    settings.set_scheduler("serial")
+    win = MainWindow(settings)
+    qtbot.addWidget(win)
+    assert os.environ[DEVICE_ENV] == "cpu"
+    assert os.environ[SCHEDULER_ENV] == "tcp://cluster:8786"
+    assert win.device_info.device == "cpu"
