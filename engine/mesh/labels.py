@@ -1,0 +1,161 @@
+"""Hand labels on mesh vertices: geodesic brush strokes, undo/redo, atomic autosave.
+
+:class:`LabelEditor` holds one int8 label per vertex (``UNLABELLED`` = -1, else a class code
+of :mod:`engine.mesh.spines`: 0 shaft, 1 spine, 2 soma). A stroke paints every vertex within
+a geodesic radius (shortest path along mesh edges) of the clicked vertex; each stroke is one
+undo step. After every change the labels are written atomically (temp file + rename), so
+killing the app never loses or corrupts them; reopening the mesh restores them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.sparse.csgraph import dijkstra
+
+from engine.errors import InputError
+from engine.storage import atomic_save_npy, workdir_for
+
+UNLABELLED = -1
+LABELS_FILE = "spine_labels.npy"
+
+
+def edge_graph(vertices: np.ndarray, faces: np.ndarray) -> sp.csr_matrix:
+    """Symmetric sparse graph of the mesh's unique edges, weighted by their length."""
+    faces = np.asarray(faces, dtype=np.int64)
+    edges = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
+    edges = np.unique(np.sort(edges, axis=1), axis=0)
+    edges = edges[edges[:, 0] != edges[:, 1]]  # degenerate faces repeat a vertex
+    lengths = np.linalg.norm(vertices[edges[:, 0]] - vertices[edges[:, 1]], axis=1)
+    # A zero length would read as "no edge" in a sparse matrix: keep coincident vertices connected.
+    lengths = np.maximum(lengths, np.finfo(np.float64).tiny)
+    n = len(vertices)
+    i = np.concatenate([edges[:, 0], edges[:, 1]])
+    j = np.concatenate([edges[:, 1], edges[:, 0]])
+    return sp.csr_matrix((np.concatenate([lengths, lengths]), (i, j)), shape=(n, n))
+
+
+def vertices_within(graph: sp.csr_matrix, center: int, radius: float) -> np.ndarray:
+    """Vertices whose geodesic (edge-path) distance from ``center`` is at most ``radius``."""
+    if radius <= 0:
+        return np.array([center], dtype=np.int64)
+    distances = dijkstra(graph, directed=False, indices=center, limit=radius)
+    return np.flatnonzero(np.isfinite(distances))
+
+
+@dataclass
+class _Stroke:
+    vertices: np.ndarray
+    before: np.ndarray
+    after: np.ndarray
+
+
+@dataclass
+class LabelEditor:
+    """Per-vertex labels with brush strokes, undo/redo and autosave to ``path`` (None: no autosave)."""
+
+    labels: np.ndarray
+    graph: sp.csr_matrix
+    path: Path | None = None
+    _undo: list[_Stroke] = field(default_factory=list)
+    _redo: list[_Stroke] = field(default_factory=list)
+
+    @classmethod
+    def for_mesh(cls, vertices: np.ndarray, faces: np.ndarray, path: str | os.PathLike | None = None) -> "LabelEditor":
+        """An editor for a mesh; restores labels saved at ``path`` if that file exists."""
+        n = len(vertices)
+        labels = np.full(n, UNLABELLED, dtype=np.int8)
+        path = Path(path) if path is not None else None
+        if path is not None and path.exists():
+            try:
+                saved = np.load(path, allow_pickle=False)
+            except (OSError, ValueError) as exc:
+                raise InputError(f"The saved labels {path} cannot be read ({exc}). Move the file aside to start afresh.") from exc
+            if saved.shape != (n,):
+                raise InputError(f"The saved labels {path} are for a mesh with {saved.size:,} vertices, but this mesh has {n:,}. "
+                                 "The mesh file changed since labelling: move the labels file aside to start afresh.")
+            labels = saved.astype(np.int8)
+        return cls(labels=labels, graph=edge_graph(np.asarray(vertices, dtype=np.float64), faces), path=path)
+
+    @staticmethod
+    def default_path(mesh_path: str | os.PathLike) -> Path:
+        """Where the hand labels of a mesh file live (beside it, or the user's autosave folder)."""
+        return workdir_for(mesh_path) / LABELS_FILE
+
+    # -- editing -------------------------------------------------------------------------
+    def paint(self, center: int, radius: float, label: int) -> np.ndarray:
+        """Label the vertices within ``radius`` of ``center`` (``UNLABELLED`` erases); returns them."""
+        vertices = vertices_within(self.graph, int(center), float(radius))
+        return self.assign(vertices, label)
+
+    def assign(self, vertices: np.ndarray, label: int) -> np.ndarray:
+        """Set ``label`` on ``vertices`` as one undoable step (autosaved)."""
+        vertices = np.asarray(vertices, dtype=np.int64)
+        before = self.labels[vertices].copy()
+        changed = before != label
+        if not changed.any():
+            return vertices[:0]
+        vertices, before = vertices[changed], before[changed]
+        after = np.full(len(vertices), label, dtype=np.int8)
+        self.labels[vertices] = after
+        self._undo.append(_Stroke(vertices, before, after))
+        self._redo.clear()
+        self.save()
+        return vertices
+
+    def merge_into_last(self, vertices: np.ndarray, label: int) -> np.ndarray:
+        """Extend the last step (a brush drag is one stroke, one undo)."""
+        if not self._undo:
+            return self.assign(vertices, label)
+        vertices = np.setdiff1d(np.asarray(vertices, dtype=np.int64), self._undo[-1].vertices)
+        vertices = vertices[self.labels[vertices] != label]
+        if len(vertices) == 0:
+            return vertices
+        last = self._undo[-1]
+        before = self.labels[vertices].copy()
+        self.labels[vertices] = label
+        self._undo[-1] = _Stroke(np.concatenate([last.vertices, vertices]), np.concatenate([last.before, before]),
+                                 np.concatenate([last.after, np.full(len(vertices), label, dtype=np.int8)]))
+        self.save()
+        return vertices
+
+    def undo(self) -> np.ndarray | None:
+        if not self._undo:
+            return None
+        stroke = self._undo.pop()
+        self.labels[stroke.vertices] = stroke.before
+        self._redo.append(stroke)
+        self.save()
+        return stroke.vertices
+
+    def redo(self) -> np.ndarray | None:
+        if not self._redo:
+            return None
+        stroke = self._redo.pop()
+        self.labels[stroke.vertices] = stroke.after
+        self._undo.append(stroke)
+        self.save()
+        return stroke.vertices
+
+    @property
+    def can_undo(self) -> bool:
+        return bool(self._undo)
+
+    @property
+    def can_redo(self) -> bool:
+        return bool(self._redo)
+
+    def counts(self, n_classes: int = 3) -> dict[int, int]:
+        """Number of vertices per label code (``UNLABELLED`` included)."""
+        values, counts = np.unique(self.labels, return_counts=True)
+        result = {code: 0 for code in [UNLABELLED, *range(n_classes)]}
+        result.update({int(v): int(c) for v, c in zip(values, counts)})
+        return result
+
+    def save(self) -> None:
+        if self.path is not None:
+            atomic_save_npy(self.path, self.labels)
