@@ -1,4 +1,4 @@
-"""Mesh loading (every format), errors, summaries, the demo dendrite and the real meshes."""
+"""Mesh loading (every format), errors, summaries and the real meshes (demo dendrite: test_mesh_synth.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import trimesh
 
 from engine.errors import InputError
 from engine.mesh.io import MESH_EXTENSIONS, Mesh, find_vertex_labels, guess_units, load_mesh, mesh_summary
-from engine.mesh.synth import SPINE_TYPES, demo_dendrite, demo_dendrite_spines, write_demo_dendrite
 
 
 def need(shared_data: Path, relative: str) -> Path:
@@ -210,51 +209,6 @@ def test_summary_of_sphere_matches_trimesh(sphere):
     assert s["surface_area"] == pytest.approx(sphere.area)
     assert s["n_components"] == 1 and s["n_isolated_vertices"] == 0 and s["n_degenerate_faces"] == 0
     np.testing.assert_allclose(s["bbox_min"], sphere.bounds[0])
-
-
-# -- demo dendrite ----------------------------------------------------------------------------
-
-def test_demo_dendrite_ground_truth():
-    mesh, labels = demo_dendrite(n_spines=24, length=20.0, seed=0)
-    assert mesh.units == "um"
-    assert 10_000 <= mesh.n_vertices <= 30_000
-    assert labels.shape == (mesh.n_vertices,) and set(np.unique(labels)) == {0, 1}
-    # one shaft + one closed primitive per spine, each entirely one label
-    from engine.mesh.io import vertex_components
-
-    n, comp = vertex_components(mesh)
-    assert n == 25
-    for c in range(n):
-        assert len(np.unique(labels[comp == c])) == 1
-    assert np.count_nonzero([labels[comp == c][0] == 0 for c in range(n)]) == 1
-    # every primitive is closed: each undirected edge is used by exactly two faces
-    e = np.sort(np.concatenate([mesh.faces[:, [0, 1]], mesh.faces[:, [1, 2]], mesh.faces[:, [2, 0]]]), axis=1)
-    _, counts = np.unique(e, axis=0, return_counts=True)
-    assert np.all(counts == 2)
-    # shaft runs along x for ~20 µm; spines stick out of it
-    shaft, spine = mesh.vertices[labels == 0], mesh.vertices[labels == 1]
-    assert np.ptp(shaft[:, 0]) == pytest.approx(20.0, abs=0.5)
-    assert np.abs(spine[:, 1:]).max() > np.abs(shaft[:, 1:]).max() + 0.5
-    spines = demo_dendrite_spines(24, 20.0, 0)
-    assert len(spines) == 24 and {s.kind for s in spines} == set(SPINE_TYPES)
-    assert mesh_summary(mesh)["n_degenerate_faces"] == 0
-    # deterministic
-    again, labels2 = demo_dendrite(seed=0)
-    np.testing.assert_array_equal(again.vertices, mesh.vertices)
-    assert not np.array_equal(demo_dendrite(seed=1)[0].vertices[:100], mesh.vertices[:100])
-
-
-def test_write_demo_dendrite_round_trip(tmp_path):
-    path = write_demo_dendrite(tmp_path / "demo_dendrite.ply")
-    mesh, labels = demo_dendrite()
-    loaded = load_mesh(path)
-    assert loaded.units == "um"
-    np.testing.assert_allclose(loaded.vertices, mesh.vertices, atol=1e-6)
-    np.testing.assert_array_equal(loaded.faces, mesh.faces)
-    saved = np.load(tmp_path / "demo_dendrite_vertex_labels.npy")
-    np.testing.assert_array_equal(saved, labels)
-    np.testing.assert_array_equal(find_vertex_labels(path, loaded.n_vertices), labels)
-    assert find_vertex_labels(path, loaded.n_vertices + 1) is None  # wrong length: ignored
 
 
 # -- real data --------------------------------------------------------------------------------
