@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from PyQt6.QtCore import Qt, pyqtSignal
-from PyQt6.QtWidgets import QFormLayout, QGroupBox, QHBoxLayout, QLabel, QScrollArea, QSizePolicy, QStackedWidget, QVBoxLayout, QWidget
+from PyQt6.QtWidgets import QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QScrollArea, QSizePolicy, QStackedWidget, QVBoxLayout, QWidget
 
 from app.jobs import Job
 from app.widgets.empty_state import EmptyState
@@ -71,8 +71,12 @@ class Workspace(QWidget):
         layout.addWidget(self.center, 1)
 
 
-def control_column(*groups: QWidget, width: int = 290) -> QScrollArea:
+def control_column(*groups: QWidget, width: int = 320) -> QScrollArea:
     """A fixed-width scrollable column of group boxes: the controls side of a workspace."""
+    for group in groups:  # combo boxes must not widen the column past its width
+        for combo in group.findChildren(QComboBox):
+            combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+            combo.setMinimumContentsLength(8)
     inner = QWidget()
     layout = QVBoxLayout(inner)
     layout.setContentsMargins(8, 4, 8, 8)

@@ -1,4 +1,9 @@
-"""3D surface view (vispy, OpenGL): a shaded mesh, optionally colored by a per-vertex value."""
+"""3D surface view (vispy, OpenGL): a shaded mesh colored per vertex, with vertex picking and a brush.
+
+Navigation: drag to rotate, wheel or right-drag to zoom, Shift-drag to pan. In paint mode a
+left drag paints instead (``stroke_started`` / ``stroke_moved`` / ``stroke_ended`` with the
+picked vertex); hold Space to navigate temporarily, as in napari.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +12,22 @@ import vispy
 
 vispy.use(app="pyqt6", gl="gl2")
 
+from PyQt6.QtCore import Qt, pyqtSignal  # noqa: E402
 from PyQt6.QtWidgets import QVBoxLayout, QWidget  # noqa: E402
 from vispy import scene  # noqa: E402
-from vispy.color import get_colormap  # noqa: E402
 from vispy.visuals.filters import ShadingFilter  # noqa: E402
+
+from app.widgets.colormaps import lut, map_values  # noqa: E402
+from engine.mesh.picking import Picker  # noqa: E402
 
 BASE_COLOR = (0.78, 0.80, 0.84, 1.0)
 
 
 class MeshView(QWidget):
-    """Turntable camera (drag to rotate, wheel to zoom, shift-drag to pan)."""
+    stroke_started = pyqtSignal(int)  # vertex index under the cursor when a paint drag starts
+    stroke_moved = pyqtSignal(int)
+    stroke_ended = pyqtSignal()
+    hovered = pyqtSignal(int)  # vertex under the cursor (-1: none), in paint mode
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
@@ -25,48 +36,149 @@ class MeshView(QWidget):
         self.view.camera = scene.TurntableCamera(fov=35, elevation=25, azimuth=40)
         self.mesh: scene.visuals.Mesh | None = None
         self.shading = ShadingFilter(shading="smooth", shininess=40, specular_light=(1, 1, 1, 0.25))
+        self.cursor = scene.visuals.Markers(parent=self.view.scene)
+        self.cursor.visible = False
+        self.cursor.order = -1
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.canvas.native)
-        self.vertices = np.zeros((0, 3))
+        self.vertices = np.zeros((0, 3), dtype=np.float32)
         self.faces = np.zeros((0, 3), dtype=np.uint32)
+        self.center = np.zeros(3)
+        self.picker: Picker | None = None
+        self.paint_mode = False
+        self._painting = False
+        self._space_held = False
+        self.canvas.events.mouse_press.connect(self._on_press)
+        self.canvas.events.mouse_move.connect(self._on_move)
+        self.canvas.events.mouse_release.connect(self._on_release)
+        self.canvas.native.installEventFilter(self)
+        self.canvas.native.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
 
-    def set_mesh(self, vertices: np.ndarray, faces: np.ndarray) -> None:
-        """Show a new mesh in the base color and frame the camera on it."""
+    # -- data ----------------------------------------------------------------------------
+    def set_mesh(self, vertices: np.ndarray, faces: np.ndarray, picker: Picker | None = None) -> None:
+        """Show a new mesh in the base color and frame the camera on it.
+
+        ``picker`` (built on ``vertices`` in a background job for big meshes) enables vertex picking.
+        """
         # Center for float32 precision on the GPU (nm coordinates are large numbers).
         self.center = vertices.mean(axis=0) if len(vertices) else np.zeros(3)
         self.vertices = np.ascontiguousarray(vertices - self.center, dtype=np.float32)
         self.faces = np.ascontiguousarray(faces, dtype=np.uint32)
+        self.picker = picker if picker is not None else Picker(vertices, faces)
         if self.mesh is not None:
             self.mesh.parent = None
         self.mesh = scene.visuals.Mesh(vertices=self.vertices, faces=self.faces, color=BASE_COLOR, parent=self.view.scene)
         self.mesh.attach(self.shading)
+        self.reset_view()
+
+    def reset_view(self) -> None:
         if len(self.vertices):
             lo, hi = self.vertices.min(axis=0), self.vertices.max(axis=0)
             self.view.camera.set_range(x=(lo[0], hi[0]), y=(lo[1], hi[1]), z=(lo[2], hi[2]), margin=0.05)
         self.canvas.update()
 
-    def set_vertex_values(self, values: np.ndarray | None, cmap: str = "viridis", clim: tuple[float, float] | None = None) -> None:
-        """Color vertices by a scalar (None: back to the base color)."""
-        if self.mesh is None:
-            return
+    def set_scalar(self, values: np.ndarray | None, cmap: str = "viridis", clim: tuple[float, float] | None = None) -> tuple[float, float]:
+        """Color vertices by a scalar (None: base color); returns the color range used."""
         if values is None:
-            colors = np.tile(np.array(BASE_COLOR, dtype=np.float32), (len(self.vertices), 1))
-        else:
-            values = np.asarray(values, dtype=np.float64)
-            lo, hi = clim if clim is not None else (np.nanpercentile(values, 1), np.nanpercentile(values, 99))
-            scaled = np.clip((values - lo) / (hi - lo if hi > lo else 1.0), 0, 1)
-            colors = get_colormap(cmap).map(scaled).astype(np.float32)
-        self.set_vertex_colors(colors)
+            self.set_vertex_colors(np.tile(np.array(BASE_COLOR, dtype=np.float32), (len(self.vertices), 1)))
+            return (0.0, 1.0)
+        values = np.asarray(values)
+        if clim is None:
+            finite = values[np.isfinite(values)]
+            clim = (float(np.percentile(finite, 1)), float(np.percentile(finite, 99))) if finite.size else (0.0, 1.0)
+        self.set_vertex_colors(map_values(values, lut(cmap), *clim))
+        return clim
 
     def set_vertex_colors(self, colors: np.ndarray) -> None:
         if self.mesh is None:
             return
-        self.mesh.set_data(vertices=self.vertices, faces=self.faces, vertex_colors=colors)
+        self.mesh.mesh_data.set_vertex_colors(np.asarray(colors, dtype=np.float32))
+        self.mesh.mesh_data_changed()
         self.canvas.update()
 
     def clear(self) -> None:
         if self.mesh is not None:
             self.mesh.parent = None
             self.mesh = None
+        self.picker = None
         self.canvas.update()
+
+    # -- camera --------------------------------------------------------------------------
+    def focus_on(self, point: np.ndarray, size: float) -> None:
+        """Center the camera on ``point`` (mesh coordinates) with about ``size`` in view."""
+        self.view.camera.center = tuple(np.asarray(point, dtype=np.float64) - self.center)
+        self.view.camera.scale_factor = max(float(size), 1e-9)
+        self.show_cursor(point)
+        self.canvas.update()
+
+    def show_cursor(self, point: np.ndarray | None) -> None:
+        if point is None:
+            self.cursor.visible = False
+        else:
+            self.cursor.set_data(np.asarray([point], dtype=np.float32) - self.center.astype(np.float32), size=14,
+                                 face_color=(1, 1, 1, 0), edge_color=(0.9, 0.1, 0.1, 1), edge_width=2)
+            self.cursor.visible = True
+        self.canvas.update()
+
+    # -- picking -------------------------------------------------------------------------
+    def screen_position(self, vertex: int) -> tuple[float, float]:
+        """Canvas pixel position of a vertex (logical pixels, as mouse events use)."""
+        transform = self.view.scene.transform
+        x, y, _, w = transform.map(np.append(self.vertices[vertex], 1.0))
+        return float(x / w), float(y / w)
+
+    def ray_at(self, pos: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+        """The ray under canvas position ``pos`` as (origin, direction) in view (centered mesh) coordinates."""
+        transform = self.view.scene.transform
+        near = transform.imap([pos[0], pos[1], -1.0, 1.0])
+        far = transform.imap([pos[0], pos[1], 1.0, 1.0])
+        near, far = near[:3] / near[3], far[:3] / far[3]
+        return near, far - near
+
+    def vertex_at(self, pos: tuple[float, float]) -> int:
+        """Index of the vertex under ``pos``, or -1."""
+        if self.picker is None:
+            return -1
+        origin, direction = self.ray_at(pos)
+        hit = self.picker.pick(origin + self.center, direction)  # the picker works in mesh coordinates
+        return -1 if hit is None else hit.vertex
+
+    # -- interaction ---------------------------------------------------------------------
+    def set_paint_mode(self, on: bool) -> None:
+        self.paint_mode = on
+        self.view.camera.interactive = not on
+        self.canvas.native.setCursor(Qt.CursorShape.CrossCursor if on else Qt.CursorShape.ArrowCursor)
+
+    def eventFilter(self, obj, event) -> bool:
+        # Space held in paint mode: navigate temporarily.
+        if self.paint_mode and event.type() in (event.Type.KeyPress, event.Type.KeyRelease) and event.key() == Qt.Key.Key_Space:
+            if not event.isAutoRepeat():
+                self._space_held = event.type() == event.Type.KeyPress
+                self.view.camera.interactive = self._space_held
+            return True
+        return super().eventFilter(obj, event)
+
+    def _painting_allowed(self, event) -> bool:
+        return self.paint_mode and not self._space_held and event.button == 1
+
+    def _on_press(self, event) -> None:
+        if not self._painting_allowed(event):
+            return
+        vertex = self.vertex_at(event.pos)
+        if vertex >= 0:
+            self._painting = True
+            self.stroke_started.emit(vertex)
+
+    def _on_move(self, event) -> None:
+        if not self.paint_mode or self._space_held:
+            return
+        vertex = self.vertex_at(event.pos)
+        self.show_cursor(None if vertex < 0 else self.vertices[vertex] + self.center)
+        if self._painting and vertex >= 0:
+            self.stroke_moved.emit(vertex)
+
+    def _on_release(self, event) -> None:
+        if self._painting:
+            self._painting = False
+            self.stroke_ended.emit()

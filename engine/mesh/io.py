@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 #: Per-vertex label files looked for beside a mesh ``<stem>.<ext>`` (first match wins):
 #: ``{stem}`` is the file stem, ``{base}`` the stem without a trailing ``_surface`` (SpineTool).
 VERTEX_LABEL_PATTERNS = (
+    "{stem}_spine_labels.npy",  # class codes 0 shaft, 1 spine, 2 soma (the demo generator writes these)
     "{stem}_vertex_labels.npy",
     "{base}_spine_instance_labels.npy",
     "{stem}_spine_instance_labels.npy",
@@ -133,7 +134,13 @@ def load_mesh(path: str | os.PathLike, units: str | None = None) -> Mesh:
 
 
 def find_vertex_labels(path: str | os.PathLike, n_vertices: int) -> np.ndarray | None:
-    """Per-vertex labels saved beside a mesh (see :data:`VERTEX_LABEL_PATTERNS`), or None.
+    """Per-vertex labels saved beside a mesh (see :data:`VERTEX_LABEL_PATTERNS`), or None."""
+    found = find_vertex_label_file(path, n_vertices)
+    return None if found is None else found[1]
+
+
+def find_vertex_label_file(path: str | os.PathLike, n_vertices: int) -> tuple[Path, np.ndarray] | None:
+    """The label file beside a mesh and its labels (the file name tells their convention), or None.
 
     Files that are not a 1-D numeric array of length ``n_vertices`` are skipped (logged), so a
     stale or foreign label file never stops the mesh from opening.
@@ -155,7 +162,7 @@ def find_vertex_labels(path: str | os.PathLike, n_vertices: int) -> np.ndarray |
         if labels.ndim != 1 or len(labels) != n_vertices or not np.issubdtype(labels.dtype, np.number):
             log.warning("ignoring %s: %s %s labels for a mesh of %d vertices", candidate.name, labels.shape, labels.dtype, n_vertices)
             continue
-        return labels
+        return candidate, labels
     return None
 
 

@@ -2,8 +2,9 @@
 
 The app turns a click into a ray (origin, direction) in mesh coordinates; :func:`pick` finds
 the nearest triangle the ray hits (Möller–Trumbore) and returns its vertex closest to the hit
-point. Testable without OpenGL, and fast on big meshes because only the triangles whose
-bounding sphere the ray passes through are tested exactly.
+point. Testable without OpenGL, and fast on big meshes: faces are sorted into spatially compact
+blocks, the ray first culls whole blocks by their bounding spheres, then single faces, and only
+the survivors are tested exactly.
 """
 
 from __future__ import annotations
@@ -21,15 +22,36 @@ class Pick:
     distance: float  # along the ray, in units of ``direction``'s length
 
 
+BLOCK = 256  # faces per culling block
+
+
+def _near_ray(centers: np.ndarray, radii: np.ndarray, origin: np.ndarray, unit: np.ndarray) -> np.ndarray:
+    """Mask of spheres the ray (a half-line) passes through."""
+    rel = centers - origin
+    along = rel @ unit
+    perp2 = (rel * rel).sum(axis=1) - along * along
+    return (perp2 <= radii**2 * (1 + 1e-9)) & (along >= -radii)
+
+
 class Picker:
-    """Precomputes per-face bounding spheres once per mesh, then answers picks in milliseconds."""
+    """Precomputes face and block bounding spheres once per mesh, then answers picks in milliseconds."""
 
     def __init__(self, vertices: np.ndarray, faces: np.ndarray):
         self.vertices = np.asarray(vertices, dtype=np.float64)
-        self.faces = np.asarray(faces, dtype=np.int64)
-        corners = self.vertices[self.faces]  # (m, 3, 3)
-        self.centers = corners.mean(axis=1)
-        self.radii = np.sqrt(((corners - self.centers[:, None, :]) ** 2).sum(axis=2).max(axis=1))
+        faces = np.asarray(faces, dtype=np.int64)
+        corners = self.vertices[faces]  # (m, 3, 3)
+        centers = corners.mean(axis=1)
+        radii = np.sqrt(((corners - centers[:, None, :]) ** 2).sum(axis=2).max(axis=1))
+        # Sort faces along a Morton (Z-order) curve so consecutive faces are spatially close.
+        self.order = np.argsort(_morton(centers), kind="stable")
+        self.faces, self.centers, self.radii = faces[self.order], centers[self.order], radii[self.order]
+        n_blocks = -(-len(faces) // BLOCK)
+        pad = n_blocks * BLOCK - len(faces)
+        c = np.concatenate([self.centers, np.repeat(self.centers[-1:], pad, axis=0)]).reshape(n_blocks, BLOCK, 3)
+        r = np.concatenate([self.radii, np.repeat(self.radii[-1:], pad)]).reshape(n_blocks, BLOCK)
+        lo, hi = (c - r[..., None]).min(axis=1), (c + r[..., None]).max(axis=1)
+        self.block_centers = (lo + hi) / 2
+        self.block_radii = np.linalg.norm(hi - lo, axis=1) / 2
 
     def pick(self, origin: np.ndarray, direction: np.ndarray) -> Pick | None:
         origin = np.asarray(origin, dtype=np.float64)
@@ -38,22 +60,34 @@ class Picker:
         if norm == 0 or len(self.faces) == 0:
             return None
         unit = direction / norm
-        # Cull: distance from each face center to the ray line must not exceed its radius.
-        rel = self.centers - origin
-        along = rel @ unit
-        perp2 = (rel * rel).sum(axis=1) - along * along
-        candidates = np.flatnonzero((perp2 <= self.radii**2 * (1 + 1e-9)) & (along >= -self.radii))
+        blocks = np.flatnonzero(_near_ray(self.block_centers, self.block_radii, origin, unit))
+        if blocks.size == 0:
+            return None
+        in_blocks = (blocks[:, None] * BLOCK + np.arange(BLOCK)).ravel()
+        in_blocks = in_blocks[in_blocks < len(self.faces)]
+        candidates = in_blocks[_near_ray(self.centers[in_blocks], self.radii[in_blocks], origin, unit)]
         if candidates.size == 0:
             return None
         hit = _moller_trumbore(self.vertices, self.faces[candidates], origin, unit)
         if hit is None:
             return None
         index, t = hit
-        face = int(candidates[index])
+        sorted_face = int(candidates[index])
         point = origin + t * unit
-        corners = self.faces[face]
+        corners = self.faces[sorted_face]
         vertex = int(corners[np.argmin(((self.vertices[corners] - point) ** 2).sum(axis=1))])
-        return Pick(face=face, vertex=vertex, point=point, distance=float(t / norm))
+        return Pick(face=int(self.order[sorted_face]), vertex=vertex, point=point, distance=float(t / norm))
+
+
+def _morton(points: np.ndarray, bits: int = 10) -> np.ndarray:
+    """Z-order curve key of each point on a 2**bits grid over the bounding box."""
+    lo, hi = points.min(axis=0), points.max(axis=0)
+    cells = ((points - lo) / np.where(hi > lo, hi - lo, 1.0) * (2**bits - 1)).astype(np.uint64)
+    key = np.zeros(len(points), dtype=np.uint64)
+    for bit in range(bits):
+        for axis in range(3):
+            key |= ((cells[:, axis] >> np.uint64(bit)) & np.uint64(1)) << np.uint64(3 * bit + axis)
+    return key
 
 
 def _moller_trumbore(vertices: np.ndarray, faces: np.ndarray, origin: np.ndarray, direction: np.ndarray,

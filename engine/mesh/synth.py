@@ -574,7 +574,7 @@ def _write(path: Path, d: SpinyDendrite) -> Path:
     buffer = io.BytesIO()
     tm.export(buffer, file_type="ply", encoding="binary")
     atomic_write_bytes(path, buffer.getvalue())
-    atomic_save_npy(path.with_name(f"{path.stem}_vertex_labels.npy"), d.labels.astype(np.int64))
+    atomic_save_npy(path.with_name(f"{path.stem}_spine_labels.npy"), d.labels.astype(np.int64))
     atomic_save_npy(path.with_name(f"{path.stem}_spine_ids.npy"), d.spine_ids.astype(np.int64))
     info = {
         "units": "um",
@@ -593,7 +593,7 @@ def _write(path: Path, d: SpinyDendrite) -> Path:
 
 
 def write_demo_dendrite(path: str | os.PathLike, **kwargs) -> Path:
-    """Write a demo dendrite as binary PLY plus, beside it, ``<stem>_vertex_labels.npy``
+    """Write a demo dendrite as binary PLY plus, beside it, ``<stem>_spine_labels.npy``
     (0 shaft, 1 spine, 2 soma), ``<stem>_spine_ids.npy`` (spine instance per vertex) and
     ``<stem>_spines.json`` (spine types and sizes). Keyword arguments go to
     :func:`spiny_dendrite`. Returns the PLY path."""

@@ -24,7 +24,8 @@ def test_morphology_shows_mesh_and_labels(window, qtbot, demo_files, tmp_path):
     ws = open_in(window, qtbot, demo_files["morphology"])
     assert ws.key == "morphology" and ws.center.currentWidget() is ws.view
     assert len(ws.view.vertices) == int(ws.info.values["n_vertices"].text().replace(",", ""))
-    assert ws.labels is not None and ws.color_by.currentText() == "Labels"
+    assert ws.entry.file_labels is not None and ws.color_by.currentText() == "File labels"
+    assert set(np.unique(ws.entry.file_labels)) == {0, 1}
     qtbot.wait(300)
     assert not is_blank(save_screenshot(ws.view, tmp_path / "mesh.png"))
 

@@ -197,7 +197,7 @@ def test_write_demo_dendrite_round_trip(tmp_path, default):
     assert loaded.units == "um"
     np.testing.assert_allclose(loaded.vertices, default.mesh.vertices, atol=1e-6)
     np.testing.assert_array_equal(loaded.faces, default.mesh.faces)
-    np.testing.assert_array_equal(np.load(tmp_path / "demo_dendrite_vertex_labels.npy"), default.labels)
+    np.testing.assert_array_equal(np.load(tmp_path / "demo_dendrite_spine_labels.npy"), default.labels)
     np.testing.assert_array_equal(find_vertex_labels(path, loaded.n_vertices), default.labels)
     assert find_vertex_labels(path, loaded.n_vertices + 1) is None  # wrong length: ignored
     np.testing.assert_array_equal(np.load(tmp_path / "demo_dendrite_spine_ids.npy"), default.spine_ids)

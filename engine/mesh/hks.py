@@ -1,0 +1,430 @@
+"""Heat kernel signatures (Sun, Ovsjanikov & Guibas 2009) of neuron surface meshes.
+
+``k_t(x, x) = Σ_i exp(-λ_i t) φ_i(x)²`` over the eigenpairs of ``L φ = λ M φ`` (see
+:mod:`engine.mesh.laplacian`) with ``λ_i <= max_eigenvalue``, for a set of timescales ``t``.
+The cut-off is part of the definition (as in the published method): with the published
+defaults (t from 5e4 nm², λmax = 1e-5 nm⁻², so exp(-λmax t_min) = 0.6) it changes the small-t
+values markedly, and all methods except "chebyshev" compute exactly this truncated sum.
+
+Methods
+-------
+``"exact"``
+    Band-by-band shift-invert eigensolver on the whole mesh (:mod:`engine.mesh.spectrum`),
+    each band accumulated into the HKS and dropped. The reference.
+``"chunked"``
+    The mesh is cut into chunks of at most ``chunk_size`` vertices, each grown by a geodesic
+    ``overlap`` (:mod:`engine.mesh.chunks`); every chunk's HKS is computed exactly and
+    independently (its own Laplacian, free boundary at the cut) in parallel through
+    :func:`engine.parallel.parallel_map`, and each vertex keeps the value of its own chunk.
+``"chebyshev"``
+    Polynomial approximation of the heat operator with diagonal estimation, in torch (CUDA
+    when available); see :mod:`engine.mesh.chebyshev` for what it computes and how well.
+``"auto"``
+    ``"exact"`` up to :data:`AUTO_CHUNK_ABOVE` vertices, ``"chunked"`` above.
+
+Units
+-----
+Timescales are in squared mesh units and the maximum eigenvalue in inverse squared mesh
+units. Defaults (:func:`default_timescales`, :func:`default_max_eigenvalue`) are the published
+ones for nanometre meshes (32 log-spaced t in 5e4–2e7 nm², λmax 1e-5 nm⁻²) converted for µm
+meshes (0.05–20 µm², 10 µm⁻²), so the same surface in nm and in µm gets the same HKS up to
+the unit conversion of k (1/area: k_µm = 1e6 k_nm). Meshes of unknown units are treated as
+µm (light-microscopy and NEURD meshes are, and a nm mesh is recognised by its extent when
+loaded); the assumption is recorded in ``info["units_assumed"]``.
+
+Degenerate input
+----------------
+Every vertex gets finite, positive values. Connected components are independent problems:
+each is solved on its own, small ones (≤ spectrum.DENSE_MAX vertices) densely and exactly, so
+tiny fragments are *not dropped*: a fragment of a few triangles has no non-zero eigenvalue
+below λmax and gets ``1 / (its area)`` at all t (its constant mode). Orphan vertices (used by
+no face of non-zero area; see laplacian.orphan_vertices) get the values of the nearest
+non-orphan vertex. Counts are in ``info``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+
+from engine.errors import InputError
+from engine.mesh.io import Mesh
+from engine.progress import Progress, as_progress
+
+log = logging.getLogger(__name__)
+
+METHODS = ("auto", "exact", "chunked", "chebyshev")
+#: "auto" switches from one exact solve to chunks above this many vertices.
+AUTO_CHUNK_ABOVE = 30_000
+#: Default chunk size (vertices owned by a chunk, before the overlap is added).
+DEFAULT_CHUNK_SIZE = 20_000
+#: Default overlap as a multiple of sqrt(t_max) (the diffusion length at the largest timescale).
+OVERLAP_FACTOR = 0.5
+#: Floor of log_hks (HKS values are 1/area: ~1e-9 nm⁻² or ~1e-3 µm⁻², far above it).
+LOG_FLOOR = 1e-30
+
+_T_NM = (5e4, 2e7)  # nm², published defaults
+_LAMBDA_NM = 1e-5  # nm⁻²
+_UNIT_AREA = {"nm": 1.0, "um": 1e6}  # nm² per squared unit
+
+
+@dataclass
+class HKSResult:
+    """``hks``: n_vertices × n_timescales float32 (not log); ``timescales`` in squared mesh units;
+    ``method``: the method actually used; ``info``: counts, timings and settings."""
+
+    hks: np.ndarray
+    timescales: np.ndarray
+    method: str
+    info: dict = field(default_factory=dict)
+
+
+def _unit_area(units: str) -> float:
+    return _UNIT_AREA.get(units, _UNIT_AREA["um"])  # "unknown" is treated as µm
+
+
+def default_timescales(units: str, n: int = 32) -> np.ndarray:
+    """``n`` log-spaced timescales, 5e4–2e7 nm² expressed in ``units`` ("unknown" → µm)."""
+    if n < 1:
+        raise InputError(f"Need at least one timescale, got {n}.")
+    scale = _unit_area(units)
+    return np.geomspace(_T_NM[0] / scale, _T_NM[1] / scale, int(n))
+
+
+def default_max_eigenvalue(units: str) -> float:
+    """1e-5 nm⁻² expressed in ``units`` (10 µm⁻²; "unknown" → µm)."""
+    return _LAMBDA_NM * _unit_area(units)
+
+
+def default_overlap(timescales: np.ndarray) -> float:
+    """Default chunk overlap: :data:`OVERLAP_FACTOR` diffusion lengths at the largest timescale."""
+    return OVERLAP_FACTOR * math.sqrt(float(np.max(timescales)))
+
+
+def vertex_areas(mesh: Mesh) -> np.ndarray:
+    """Lumped vertex areas: one third of the area of every face around each vertex."""
+    from engine.mesh.io import face_areas
+
+    return np.bincount(mesh.faces.ravel(), weights=np.repeat(face_areas(mesh) / 3.0, 3), minlength=mesh.n_vertices)
+
+
+def log_hks(hks: np.ndarray) -> np.ndarray:
+    """``log(hks)`` with values below :data:`LOG_FLOOR` (and NaN) clamped, so never -inf/NaN."""
+    hks = np.asarray(hks)
+    out_dtype = hks.dtype if np.issubdtype(hks.dtype, np.floating) else np.float64
+    with np.errstate(invalid="ignore"):
+        return np.log(np.maximum(np.nan_to_num(hks, nan=LOG_FLOOR), LOG_FLOOR)).astype(out_dtype, copy=False)
+
+
+# -- the exact solver -----------------------------------------------------------------------------
+
+
+def hks_from_laplacian(
+    L: sp.spmatrix,
+    M: sp.spmatrix,
+    timescales: np.ndarray,
+    max_eigenvalue: float,
+    *,
+    dtype: str = "float32",
+    band_size: int | None = None,
+    progress: Progress | None = None,
+    stats: dict | None = None,
+    skip: np.ndarray | None = None,
+) -> np.ndarray:
+    """Exact truncated HKS (n × T, float64) for a Laplacian pair, component by component.
+
+    Orphan rows (no neighbours), and components made only of vertices flagged in ``skip``
+    (e.g. the mollified sliver of a zero-area face), are left as NaN for the caller to fill.
+    """
+    from engine.mesh.laplacian import components
+    from engine.mesh.spectrum import DENSE_MAX, iterate_bands
+
+    progress = as_progress(progress)
+    stats = stats if stats is not None else {}
+    L = sp.csr_matrix(L)
+    mass = np.asarray(M.diagonal(), dtype=np.float64)
+    n = L.shape[0]
+    t = np.asarray(timescales, dtype=np.float64)
+    out = np.full((n, len(t)), np.nan)
+    n_comp, labels = components(L)
+    order = np.argsort(labels, kind="stable")
+    bounds = np.searchsorted(labels[order], np.arange(n_comp + 1))
+    sizes = np.diff(bounds)
+    orphan_rows = np.diff(L.indptr) == 0
+    stats["n_components"] = stats.get("n_components", 0) + int(np.count_nonzero(sizes > 1))
+    stats["n_dense_components"] = stats.get("n_dense_components", 0) + int(np.count_nonzero((sizes > 1) & (sizes <= DENSE_MAX)))
+    # Work ~ size^2: weight progress stages accordingly; small components all go in one stage.
+    big = [c for c in np.argsort(-sizes) if sizes[c] > DENSE_MAX]
+    small = [c for c in range(n_comp) if 1 < sizes[c] <= DENSE_MAX]
+    weights = [float(sizes[c]) ** 1.5 for c in big] + [max(float(np.sum(sizes[small] ** 1.5)), 1.0)]
+    stages = progress.split(weights)
+    for stage, c in zip(stages, big + [None]):
+        comps = [c] if c is not None else small
+        for i, comp in enumerate(comps):
+            if c is None and i % 64 == 0:
+                stage.check()
+                stage.report(i / max(len(comps), 1))
+            idx = np.sort(order[bounds[comp] : bounds[comp + 1]])
+            if orphan_rows[idx].all() or (skip is not None and skip[idx].all()):
+                continue
+            Lc = L[idx][:, idx]
+            Mc = sp.diags(mass[idx])
+            acc = np.zeros((len(idx), len(t)), dtype=np.float64)
+            for w, phi in iterate_bands(Lc, Mc, max_eigenvalue, band_size=band_size, dtype=dtype, dense_max=DENSE_MAX,
+                                        progress=stage if c is not None else None, stats=stats):
+                # Σ_i exp(-λ_i t) φ_i(x)²: one (n × b) @ (b × T) product per band.
+                coef = np.exp(-np.outer(np.maximum(w, 0.0), t)).astype(phi.dtype)
+                acc += np.square(phi) @ coef
+            out[idx] = acc
+        stage.report(1.0)
+    return out
+
+
+def _fill_orphans(vertices: np.ndarray, values: np.ndarray, orphans: np.ndarray) -> None:
+    """Copy to each orphan row the values of the nearest non-orphan vertex (in place)."""
+    if not orphans.any():
+        return
+    from scipy.spatial import cKDTree
+
+    good = np.flatnonzero(~orphans)
+    _, nearest = cKDTree(vertices[good]).query(vertices[orphans])
+    values[orphans] = values[good[nearest]]
+
+
+def _exact(mesh: Mesh, timescales, max_eigenvalue, dtype, kind, band_size, progress, stats) -> np.ndarray:
+    from engine.mesh.laplacian import laplacian
+
+    lap_stage, solve_stage = as_progress(progress).split([1, 9], ["Laplacian", "eigenpairs"])
+    lap_stage.report(0.0)
+    L, M = laplacian(mesh, kind)
+    lap_stage.report(1.0)
+    # Vertices without any face of non-zero area (the robust Laplacian mollifies such faces
+    # into slivers of tiny area, whose 1/area HKS would be meaningless): treated as orphans.
+    scale = float(np.ptp(mesh.vertices, axis=0).max()) ** 2
+    arealess = vertex_areas(mesh) <= 1e-12 * scale
+    out = hks_from_laplacian(L, M, timescales, max_eigenvalue, dtype=dtype, band_size=band_size, progress=solve_stage,
+                             stats=stats, skip=arealess)
+    orphans = ~np.isfinite(out[:, 0])
+    stats["n_orphan_vertices"] = stats.get("n_orphan_vertices", 0) + int(orphans.sum())
+    _fill_orphans(mesh.vertices, out, orphans)
+    return out
+
+
+# -- chunks ---------------------------------------------------------------------------------------
+
+
+def _chunk_task(task: dict) -> tuple[np.ndarray, dict]:
+    """Worker: exact HKS of one grown chunk, returned for the vertices it owns (float32)."""
+    mesh = Mesh(task["vertices"], task["faces"], units="unknown")
+    stats: dict = {}
+    start = time.perf_counter()
+    values = _exact(mesh, task["timescales"], task["max_eigenvalue"], task["dtype"], task["laplacian"], task["band_size"], None, stats)
+    stats["seconds"] = time.perf_counter() - start
+    return values[task["owned"]].astype(np.float32), stats
+
+
+def _chunked(mesh, timescales, max_eigenvalue, dtype, kind, band_size, chunk_size, overlap, progress, stats, scheduler=None):
+    from engine.mesh.chunks import edge_graph, grow, partition, submesh
+    from engine.parallel import parallel_map
+
+    split_stage, solve_stage = as_progress(progress).split([1, 20], ["chunks", "HKS"])
+    split_stage.report(0.0)
+    graph = edge_graph(mesh)
+    referenced = np.zeros(mesh.n_vertices, dtype=bool)
+    referenced[mesh.faces.ravel()] = True
+    parts = [p[referenced[p]] for p in partition(graph, chunk_size)]
+    parts = [p for p in parts if len(p)]
+    tasks = []
+    for i, part in enumerate(parts):
+        split_stage.check()
+        grown = grow(graph, part, overlap)
+        sub, _ = submesh(mesh, grown)
+        tasks.append({
+            "vertices": sub.vertices, "faces": sub.faces, "owned": np.searchsorted(grown, part),
+            "timescales": np.asarray(timescales, dtype=np.float64), "max_eigenvalue": float(max_eigenvalue),
+            "dtype": dtype, "laplacian": kind, "band_size": band_size,
+        })
+        split_stage.report((i + 1) / len(parts))
+    # Biggest chunks first, so the last task to finish is a small one.
+    order = sorted(range(len(tasks)), key=lambda i: -len(tasks[i]["vertices"]))
+    results = parallel_map(_chunk_task, [tasks[i] for i in order], progress=solve_stage, label="chunks", scheduler=scheduler)
+    out = np.full((mesh.n_vertices, len(timescales)), np.nan)
+    for i, (values, chunk_stats) in zip(order, results):
+        out[parts[i]] = values
+        for key, value in chunk_stats.items():
+            if key != "seconds" and isinstance(value, (int, float)):
+                stats[key] = stats.get(key, 0) + value
+    grown_sizes = [len(t["vertices"]) for t in tasks]
+    stats.update(n_chunks=len(tasks), chunk_size=int(chunk_size), overlap=float(overlap),
+                 chunk_vertices_total=int(sum(grown_sizes)), chunk_vertices_max=int(max(grown_sizes, default=0)),
+                 chunk_seconds_total=float(sum(r[1]["seconds"] for r in results)))
+    unreferenced = ~referenced
+    stats["n_orphan_vertices"] = stats.get("n_orphan_vertices", 0) + int(unreferenced.sum())
+    _fill_orphans(mesh.vertices, out, ~np.isfinite(out[:, 0]))
+    return out
+
+
+# -- public entry point ---------------------------------------------------------------------------
+
+
+def compute_hks(
+    mesh: Mesh,
+    *,
+    timescales: np.ndarray | None = None,
+    max_eigenvalue: float | None = None,
+    method: str = "auto",
+    chunk_size: int | None = None,
+    overlap: float | None = None,
+    dtype: str = "float32",
+    laplacian: str = "robust",
+    scaled: bool = False,
+    band_size: int | None = None,
+    progress: Progress | None = None,
+) -> HKSResult:
+    """Heat kernel signature of every vertex of ``mesh`` (see the module docstring).
+
+    Parameters
+    ----------
+    timescales:
+        Diffusion times in squared mesh units (default :func:`default_timescales`).
+    max_eigenvalue:
+        Eigenvalue cut-off in inverse squared mesh units (default :func:`default_max_eigenvalue`).
+    method:
+        "auto", "exact", "chunked" or "chebyshev".
+    chunk_size, overlap:
+        Chunked method: vertices per chunk before growing (default :data:`DEFAULT_CHUNK_SIZE`)
+        and geodesic overlap in mesh units (default :func:`default_overlap`).
+    dtype:
+        "float32" or "float64": precision of the eigensolver (the output is float32 anyway).
+    laplacian:
+        "robust" or "cotangent" (:func:`engine.mesh.laplacian.laplacian`).
+    scaled:
+        Divide each column by the area-weighted sum ``Σ_x k_t(x, x) m_x`` (the heat trace),
+        which makes the signature invariant to a global scaling of the mesh.
+    band_size:
+        Eigenpairs per band of the exact solver (default spectrum.DEFAULT_BAND_SIZE).
+    """
+    start = time.perf_counter()
+    progress = as_progress(progress)
+    if method not in METHODS:
+        raise InputError(f"Unknown HKS method {method!r}: use one of {', '.join(METHODS)}.")
+    if str(dtype) not in ("float32", "float64"):
+        raise InputError(f"dtype must be 'float32' or 'float64', got {dtype!r}.")
+    dtype = str(dtype)
+    if mesh.n_faces == 0:
+        raise InputError(f"Mesh '{mesh.name or 'mesh'}' has no faces: the HKS needs a surface mesh.")
+    units = mesh.units if mesh.units in ("nm", "um") else "um"
+    t = default_timescales(units) if timescales is None else np.atleast_1d(np.asarray(timescales, dtype=np.float64))
+    if t.ndim != 1 or len(t) == 0 or not np.all(np.isfinite(t)) or np.any(t <= 0):
+        raise InputError("Timescales must be a non-empty list of positive numbers (squared mesh units).")
+    lam = default_max_eigenvalue(units) if max_eigenvalue is None else float(max_eigenvalue)
+    if not lam > 0:
+        raise InputError(f"The maximum eigenvalue must be positive, got {max_eigenvalue}.")
+    if method == "auto":
+        method = "exact" if mesh.n_vertices <= AUTO_CHUNK_ABOVE else "chunked"
+    info: dict = {"units": mesh.units, "units_assumed": units, "laplacian": laplacian, "dtype": dtype,
+                  "max_eigenvalue": lam, "n_vertices": mesh.n_vertices, "scaled": bool(scaled)}
+    if method == "exact":
+        values = _exact(mesh, t, lam, dtype, laplacian, band_size, progress, info)
+        info["n_chunks"] = 1
+    elif method == "chunked":
+        size = DEFAULT_CHUNK_SIZE if chunk_size is None else int(chunk_size)
+        ov = default_overlap(t) if overlap is None else float(overlap)
+        if size < 1 or ov < 0:
+            raise InputError(f"Chunk size must be ≥ 1 vertex and overlap ≥ 0, got {chunk_size} and {overlap}.")
+        values = _chunked(mesh, t, lam, dtype, laplacian, band_size, size, ov, progress, info)
+    else:
+        from engine.mesh.chebyshev import chebyshev_hks
+
+        values = chebyshev_hks(mesh, t, laplacian=laplacian, dtype=dtype, progress=progress, info=info)
+    if scaled:
+        # Heat trace Σ_x k_t(x, x) m_x with m the lumped (one-third face) vertex areas.
+        values = values / (vertex_areas(mesh)[:, None] * values).sum(axis=0, keepdims=True)
+    if not np.all(np.isfinite(values)):  # should not happen; never hand NaN/inf to a classifier
+        bad = int((~np.isfinite(values)).any(axis=1).sum())
+        log.warning("%d vertices got non-finite HKS values; set to the floor", bad)
+        values = np.nan_to_num(values, nan=LOG_FLOOR, posinf=np.finfo(np.float32).max, neginf=LOG_FLOOR)
+    info["seconds"] = time.perf_counter() - start
+    info["method"] = method
+    progress.report(1.0)
+    return HKSResult(hks=values.astype(np.float32), timescales=t, method=method, info=info)
+
+
+# -- features at points ---------------------------------------------------------------------------
+
+
+def read_points(path: str | os.PathLike) -> np.ndarray:
+    """Query points (k × 3 float64) from a .npy array or a CSV/TXT file of x, y, z columns.
+
+    A CSV may have a header line and more columns; then columns named x, y, z are used, or
+    the first three numeric ones. Raises InputError for a missing file or a bad shape.
+    """
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"Points file not found: '{path}'.")
+    try:
+        if path.suffix.lower() == ".npy":
+            pts = np.load(path, allow_pickle=False)
+        else:
+            pts = _read_csv_points(path)
+    except InputError:
+        raise
+    except Exception as exc:
+        raise InputError(f"Could not read points from '{path.name}': expected a .npy array or a CSV of x, y, z.",
+                         details=f"{type(exc).__name__}: {exc}") from exc
+    pts = np.asarray(pts)
+    if pts.ndim == 1 and pts.size == 3:
+        pts = pts.reshape(1, 3)
+    if pts.ndim != 2 or pts.shape[1] != 3 or not np.issubdtype(pts.dtype, np.number):
+        raise InputError(f"Points in '{path.name}' have shape {pts.shape}: expected k × 3 (x, y, z) numbers.")
+    pts = pts.astype(np.float64)
+    if not np.all(np.isfinite(pts)):
+        raise InputError(f"Points in '{path.name}' contain NaN or infinite coordinates.")
+    return pts
+
+
+def _read_csv_points(path) -> np.ndarray:
+    with open(path, encoding="utf-8-sig") as f:
+        first = f.readline()
+    delimiter = "," if "," in first else None
+    cells = [c.strip().strip('"').lower() for c in (first.split(",") if delimiter else first.split())]
+
+    def is_number(c: str) -> bool:
+        try:
+            float(c)
+            return True
+        except ValueError:
+            return False
+
+    header = not all(is_number(c) for c in cells if c)
+    data = np.loadtxt(path, delimiter=delimiter, skiprows=1 if header else 0, ndmin=2, dtype=np.float64)
+    if header and all(name in cells for name in ("x", "y", "z")):
+        return data[:, [cells.index("x"), cells.index("y"), cells.index("z")]]
+    if data.shape[1] < 3:
+        raise InputError(f"Points file '{path.name}' has {data.shape[1]} column(s): expected x, y, z.")
+    return data[:, :3]
+
+
+def hks_at_points(mesh: Mesh, hks: np.ndarray | HKSResult, points: np.ndarray) -> np.ndarray:
+    """log-HKS of the vertex nearest to each point (k × n_timescales), via a KD-tree.
+
+    ``points`` must be in the mesh's units (after any --scale).
+    """
+    from scipy.spatial import cKDTree
+
+    values = np.asarray(getattr(hks, "hks", hks))
+    if values.ndim != 2 or values.shape[0] != mesh.n_vertices:
+        raise InputError(f"The HKS has shape {values.shape} but the mesh has {mesh.n_vertices} vertices.")
+    pts = np.asarray(points, dtype=np.float64)
+    if pts.ndim != 2 or pts.shape[1] != 3:
+        raise InputError(f"Points have shape {pts.shape}: expected k × 3.")
+    _, nearest = cKDTree(mesh.vertices).query(pts)
+    return log_hks(values[nearest])

@@ -1,0 +1,101 @@
+"""The whole morphology loop in the GUI: open → HKS → click-label → undo → train → posterior → reopen."""
+
+import numpy as np
+import pytest
+from PyQt6.QtCore import QPoint, Qt
+
+from app.jobs import JobState
+from app.screenshots import is_blank, save_screenshot
+from engine.mesh.labels import UNLABELLED
+from engine.mesh.synth import write_demo_dendrite
+
+from gui_helpers import wait_for_job
+
+
+@pytest.fixture
+def dendrite(tmp_path):
+    return write_demo_dendrite(tmp_path / "dendrite.ply", n_spines=12, length=10.0)
+
+
+def front_vertex_near_center(view):
+    """The vertex closest to the camera among those drawn near the canvas center (independent of picking)."""
+    width, height = view.canvas.size
+    transform = view.view.scene.transform
+    homogeneous = np.c_[view.vertices, np.ones(len(view.vertices))]
+    mapped = transform.map(homogeneous)
+    xy = mapped[:, :2] / mapped[:, 3:4]
+    depth = mapped[:, 2] / mapped[:, 3]
+    near = np.flatnonzero(np.hypot(xy[:, 0] - width / 2, xy[:, 1] - height / 2) < 4)
+    assert len(near), "no vertex drawn at the canvas center"
+    return int(near[np.argmin(depth[near])]), xy
+
+
+def open_mesh(window, qtbot, path):
+    jobs = window.open_files([path])
+    wait_for_job(qtbot, jobs[0], timeout=60000)
+    assert jobs[0].state is JobState.FINISHED
+    return window.current_workspace
+
+
+def test_label_train_and_restore_loop(window, qtbot, dendrite, tmp_path):
+    ws = open_mesh(window, qtbot, dendrite)
+    assert ws.key == "morphology" and ws.entry is not None
+
+    # HKS in a job, then color by it and move the timescale slider
+    job = ws.compute_hks()
+    wait_for_job(qtbot, job, timeout=120000)
+    assert job.state is JobState.FINISHED, job.error and job.error.details
+    assert ws.entry.hks.hks.shape == (ws.entry.mesh.n_vertices, len(ws.entry.hks.timescales))
+    assert ws.color_by.currentText() == "HKS" and ws.colorbar.isVisible()
+    before = ws.view.mesh.mesh_data.get_vertex_colors().copy()
+    ws.timescale.setValue(0)
+    assert "t = " in ws.timescale_label.text()
+    assert not np.allclose(before, ws.view.mesh.mesh_data.get_vertex_colors())
+
+    # a real click on the canvas with the Spine brush labels the vertex under the cursor and its neighbours
+    qtbot.keyClick(ws.view.canvas.native, Qt.Key.Key_2)
+    assert ws.tool_code == 1 and ws.view.paint_mode
+    ws.view.canvas.native.setFocus()
+    qtbot.wait(200)
+    target, xy = front_vertex_near_center(ws.view)
+    x, y = xy[target]
+    qtbot.mouseClick(ws.view.canvas.native, Qt.MouseButton.LeftButton, pos=QPoint(int(round(x)), int(round(y))))
+    labels = ws.entry.editor.labels
+    assert labels[target] == 1
+    painted = np.flatnonzero(labels == 1)
+    assert len(painted) > 1  # the brush reached the neighbours
+    assert "spine" in ws.counts.text()
+    saved = ws.entry.editor.path
+    np.testing.assert_array_equal(np.load(saved), labels)  # autosaved after the stroke
+    qtbot.keyClick(ws.view.canvas.native, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)
+    assert (ws.entry.editor.labels == UNLABELLED).all()
+    ws.redo()
+    assert (ws.entry.editor.labels[painted] == 1).all()
+
+    # train from the file's labels (imported as hand labels), posterior painted on the mesh
+    ws.import_file_labels()
+    job = ws.train()
+    wait_for_job(qtbot, job, timeout=120000)
+    assert job.state is JobState.FINISHED, job.error and job.error.details
+    assert ws.color_by.currentText() == "P(spine)" and ws.entry.proba is not None
+    colors = ws.view.mesh.mesh_data.get_vertex_colors()
+    p_spine = ws._spine_probability(ws.entry)
+    truth = np.load(dendrite.with_name("dendrite_spine_labels.npy"))
+    assert p_spine[truth == 1].mean() > 0.8 and p_spine[truth == 0].mean() < 0.2
+    assert colors[truth == 1, 0].mean() > colors[truth == 0, 0].mean()  # spines red, shaft blue
+    qtbot.wait(200)
+    assert not is_blank(save_screenshot(ws, tmp_path / "posterior.png"))
+
+    # uncertain regions: erase some labels, retrain, N moves the camera
+    ws.entry.editor.assign(np.arange(ws.entry.mesh.n_vertices), UNLABELLED)
+    ws.paint_at(int(np.flatnonzero(truth == 1)[0]), 1, radius=0.5)
+    ws.paint_at(int(np.flatnonzero(truth == 0)[0]), 0, radius=2.0)
+    wait_for_job(qtbot, ws.train(), timeout=120000)
+    center_before = tuple(ws.view.view.camera.center)
+    qtbot.keyClick(ws, Qt.Key.Key_N)
+    assert ws.entry.regions and tuple(ws.view.view.camera.center) != center_before
+
+    # reopening the mesh restores the hand labels
+    expected = ws.entry.editor.labels.copy()
+    ws2 = open_mesh(window, qtbot, dendrite)
+    np.testing.assert_array_equal(ws2.entry.editor.labels, expected)
