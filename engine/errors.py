@@ -8,6 +8,8 @@ app shows it in a dialog, with `details` (e.g. the underlying exception) expanda
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 class NeuroWorkbenchError(Exception):
     """Base class for errors raised on purpose by the engine."""
@@ -31,3 +33,21 @@ class InputError(NeuroWorkbenchError, ValueError):
 
     def __str__(self) -> str:
         return self.message
+
+
+def check_input_file(path: str | Path, extensions: tuple[str, ...], what: str) -> Path:
+    """The checks every loader starts with: a supported extension, an existing and non-empty file.
+
+    ``what`` names the kind of file in messages ("a mesh", "a movie", "an image").
+    """
+    path = Path(path)
+    if path.suffix.lower() not in extensions:
+        raise InputError(
+            f"Cannot open '{path.name}' as {what}: extension '{path.suffix or '(none)'}' is not supported. "
+            f"Convert it to one of: {', '.join(extensions)}."
+        )
+    if not path.is_file():
+        raise InputError(f"File not found: '{path}'. Check the path and that the file still exists.")
+    if path.stat().st_size == 0:
+        raise InputError(f"'{path.name}' is empty (0 bytes): the copy or the export failed; copy or export it again.")
+    return path

@@ -23,7 +23,7 @@ from typing import Callable
 
 import numpy as np
 
-from engine.errors import InputError
+from engine.errors import InputError, check_input_file
 from engine.progress import Progress, as_progress
 
 MOVIE_EXTENSIONS = (".tif", ".tiff", ".npy", ".h5", ".hdf5")
@@ -153,17 +153,8 @@ def open_movie(path: str | os.PathLike, fps: float | None = None, dataset: str |
     missing, empty or unreadable file, an unsupported extension, data that are not
     frames × height × width, or a single frame.
     """
-    path = Path(path)
+    path = check_input_file(path, MOVIE_EXTENSIONS, "a movie")
     ext = path.suffix.lower()
-    if ext not in MOVIE_EXTENSIONS:
-        raise InputError(
-            f"Cannot open '{path.name}' as a movie: extension '{path.suffix or '(none)'}' is not supported. "
-            f"Convert it to one of: {', '.join(MOVIE_EXTENSIONS)}."
-        )
-    if not path.is_file():
-        raise InputError(f"Movie file not found: '{path}'. Check the path and that the file still exists.")
-    if path.stat().st_size == 0:
-        raise InputError(f"Movie file '{path.name}' is empty (0 bytes): the copy or the acquisition failed.")
     fps = _check_fps(fps)
     if ext == ".npy":
         movie = _open_npy(path)

@@ -18,25 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.errors import InputError
+from engine.errors import InputError, check_input_file
 
 IMAGE_EXTENSIONS = (".png", ".tif", ".tiff", ".npy", ".jpg", ".jpeg")
 LABEL_EXTENSIONS = (".npy", ".npz", ".png", ".tif", ".tiff")
 LUMINANCE_WEIGHTS = (0.299, 0.587, 0.114)
 log = logging.getLogger(__name__)
 _BLOCK_PIXELS = 8 * 2**20  # rows converted at a time when turning big colour images to gray
-
-
-def _check_file(path: Path, extensions: tuple[str, ...], what: str) -> None:
-    if path.suffix.lower() not in extensions:
-        raise InputError(
-            f"Cannot open '{path.name}' as {what}: extension '{path.suffix or '(none)'}' is not supported. "
-            f"Convert it to one of: {', '.join(extensions)}."
-        )
-    if not path.is_file():
-        raise InputError(f"File not found: '{path}'. Check the path and that the file still exists.")
-    if path.stat().st_size == 0:
-        raise InputError(f"'{path.name}' is empty (0 bytes): the copy or the export failed.")
 
 
 def _unreadable(path: Path, exc: Exception, what: str) -> InputError:
@@ -122,7 +110,7 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     luminance. InputError for a missing, empty, unreadable, non-2-D or empty image.
     """
     path = Path(path)
-    _check_file(path, IMAGE_EXTENSIONS, "an image")
+    check_input_file(path, IMAGE_EXTENSIONS, "an image")
     ext = path.suffix.lower()
     axes = None
     if ext == ".npy":
@@ -168,7 +156,7 @@ def load_labels(path: str | os.PathLike, shape: tuple[int, int] | None = None) -
     named), the values are not whole numbers, some are negative, or nothing is labelled.
     """
     path = Path(path)
-    _check_file(path, LABEL_EXTENSIONS, "a label image")
+    check_input_file(path, LABEL_EXTENSIONS, "a label image")
     ext = path.suffix.lower()
     try:
         if ext == ".npy":

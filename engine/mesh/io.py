@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.errors import InputError
+from engine.errors import InputError, check_input_file
 
 MESH_EXTENSIONS = (".ply", ".obj", ".off", ".stl", ".glb", ".gltf", ".h5", ".hdf5")
 HDF5_EXTENSIONS = (".h5", ".hdf5")
@@ -104,17 +104,8 @@ def load_mesh(path: str | os.PathLike, units: str | None = None) -> Mesh:
     an unreadable or corrupt file, a point cloud (no faces), an empty mesh, faces that index
     outside the vertex list, and NaN/inf vertex coordinates.
     """
-    path = Path(path)
+    path = check_input_file(path, MESH_EXTENSIONS, "a mesh")
     ext = path.suffix.lower()
-    if ext not in MESH_EXTENSIONS:
-        raise InputError(
-            f"Cannot open '{path.name}' as a mesh: extension '{path.suffix or '(none)'}' is not supported. "
-            f"Convert it to one of: {', '.join(MESH_EXTENSIONS)}."
-        )
-    if not path.is_file():
-        raise InputError(f"Mesh file not found: '{path}'. Check the path and that the file still exists.")
-    if path.stat().st_size == 0:
-        raise InputError(f"Mesh file '{path.name}' is empty (0 bytes): re-export or re-download it.")
     explicit_units = normalize_units(units) if units is not None else None
 
     file_units = None
