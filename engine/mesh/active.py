@@ -26,8 +26,8 @@ from engine.mesh.io import Mesh
 from engine.mesh.spines import CLASSES, UNLABELLED, SpineClassifier
 
 #: Default cap on trees and per-tree sample for :func:`retrain` (see its docstring).
-RETRAIN_TREES = 60
-RETRAIN_MAX_SAMPLES = 20_000
+RETRAIN_TREES = 40
+RETRAIN_MAX_SAMPLES = 10_000
 
 
 def uncertainty(proba: np.ndarray) -> np.ndarray:

@@ -50,8 +50,9 @@ def _register_hks(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--t-max", type=float, metavar="T", help="largest timescale in units² (default 2e7 nm² = 20 µm²)")
     p.add_argument("--max-eigenvalue", type=float, metavar="L", help="eigenvalue cut-off in units⁻² (default 1e-5 nm⁻² = 10 µm⁻²)")
     p.add_argument("--method", choices=METHODS, default="auto", help="exact, chunked, chebyshev or auto (default)")
-    p.add_argument("--chunk-size", type=int, metavar="N", help="vertices per chunk (chunked method; default 10000)")
-    p.add_argument("--overlap", type=float, metavar="D", help="geodesic chunk overlap in units (default sqrt(t-max))")
+    p.add_argument("--chunk-size", type=int, metavar="N",
+                   help="vertices per chunk before the overlap (chunked method; default 12k, or 24k if the overlap grows 12k chunks by > 35 %%)")
+    p.add_argument("--overlap", type=float, metavar="D", help="geodesic chunk overlap in units (default 0.5·sqrt(t-max))")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="eigensolver precision (default float32)")
     p.add_argument("--laplacian", choices=("robust", "cotangent"), default="robust", help="Laplacian (default robust)")
     p.add_argument("--points", metavar="FILE", help="also save the log-HKS at these xyz points (CSV or NPY, units after --scale)")

@@ -18,7 +18,7 @@ Crane (2020), which copes with the non-manifold, fragmented meshes of real neuro
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
@@ -32,10 +32,24 @@ _MASS_FLOOR = 1e-9
 
 @dataclass
 class Operators:
-    """Laplacian ``L`` (n×n, positive semi-definite, CSC) and lumped mass ``M`` (n,) of a mesh."""
+    """Laplacian ``L`` (n×n, positive semi-definite, CSC) and lumped mass ``M`` (n,) of a mesh.
+
+    Factorizations of ``M + r² L`` are cached per radius, so several :func:`diffuse` calls
+    at the same radius cost one sparse LU.
+    """
 
     L: sp.csc_matrix
     mass: np.ndarray
+    _lu: dict = field(default_factory=dict, repr=False)
+
+    def solver(self, radius: float):
+        """A cached ``splu`` of ``M + radius² L``."""
+        from scipy.sparse.linalg import splu
+
+        key = float(radius)
+        if key not in self._lu:
+            self._lu[key] = splu(sp.csc_matrix(sp.diags(self.mass) + key**2 * self.L))
+        return self._lu[key]
 
 
 def laplacian(mesh: Mesh, kind: str = "robust") -> Operators:
@@ -107,14 +121,10 @@ def diffuse(ops: Operators, X: np.ndarray, radius: float) -> np.ndarray:
     One implicit heat step ``(M + r² L) Y = M X``: a weighted average that decays over a
     geodesic distance of the order of ``r`` whatever the mesh resolution. Returns float64.
     """
-    from scipy.sparse.linalg import splu
-
     X = np.asarray(X, dtype=np.float64)
     squeeze = X.ndim == 1
     X2 = X[:, None] if squeeze else X
-    A = sp.diags(ops.mass) + float(radius) ** 2 * ops.L
-    lu = splu(sp.csc_matrix(A))
-    Y = lu.solve(ops.mass[:, None] * X2)
+    Y = ops.solver(radius).solve(np.ascontiguousarray(ops.mass[:, None] * X2))
     return Y[:, 0] if squeeze else Y
 
 

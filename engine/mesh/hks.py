@@ -62,8 +62,10 @@ log = logging.getLogger(__name__)
 METHODS = ("auto", "exact", "chunked", "chebyshev")
 #: "auto" switches from one exact solve to chunks above this many vertices.
 AUTO_CHUNK_ABOVE = 30_000
-#: Default chunk size (vertices owned by a chunk, before the overlap is added).
-DEFAULT_CHUNK_SIZE = 20_000
+#: Chunk sizes (vertices owned by a chunk, before the overlap) tried when none is given;
+#: the first whose chunks grow by at most MAX_GROWTH with the overlap is used.
+CHUNK_SIZES = (12_000, 24_000)
+MAX_GROWTH = 1.35
 #: Default overlap as a multiple of sqrt(t_max) (the diffusion length at the largest timescale).
 OVERLAP_FACTOR = 0.5
 #: Floor of log_hks (HKS values are 1/area: ~1e-9 nm⁻² or ~1e-3 µm⁻², far above it).
@@ -136,6 +138,7 @@ def hks_from_laplacian(
     progress: Progress | None = None,
     stats: dict | None = None,
     skip: np.ndarray | None = None,
+    solver: str = "block",
 ) -> np.ndarray:
     """Exact truncated HKS (n × T, float64) for a Laplacian pair, component by component.
 
@@ -177,7 +180,7 @@ def hks_from_laplacian(
             Mc = sp.diags(mass[idx])
             acc = np.zeros((len(idx), len(t)), dtype=np.float64)
             for w, phi in iterate_bands(Lc, Mc, max_eigenvalue, band_size=band_size, dtype=dtype, dense_max=DENSE_MAX,
-                                        progress=stage if c is not None else None, stats=stats):
+                                        solver=solver, progress=stage if c is not None else None, stats=stats):
                 # Σ_i exp(-λ_i t) φ_i(x)²: one (n × b) @ (b × T) product per band.
                 coef = np.exp(-np.outer(np.maximum(w, 0.0), t)).astype(phi.dtype)
                 acc += np.square(phi) @ coef
@@ -197,7 +200,8 @@ def _fill_orphans(vertices: np.ndarray, values: np.ndarray, orphans: np.ndarray)
     values[orphans] = values[good[nearest]]
 
 
-def _exact(mesh: Mesh, timescales, max_eigenvalue, dtype, kind, band_size, progress, stats) -> np.ndarray:
+def _exact(mesh: Mesh, timescales, max_eigenvalue, dtype, kind, band_size, progress, stats, count: np.ndarray | None = None) -> np.ndarray:
+    """Exact HKS of a whole mesh; orphans filled from their nearest vertex and counted (among ``count`` if given)."""
     from engine.mesh.laplacian import laplacian
 
     lap_stage, solve_stage = as_progress(progress).split([1, 9], ["Laplacian", "eigenpairs"])
@@ -211,7 +215,7 @@ def _exact(mesh: Mesh, timescales, max_eigenvalue, dtype, kind, band_size, progr
     out = hks_from_laplacian(L, M, timescales, max_eigenvalue, dtype=dtype, band_size=band_size, progress=solve_stage,
                              stats=stats, skip=arealess)
     orphans = ~np.isfinite(out[:, 0])
-    stats["n_orphan_vertices"] = stats.get("n_orphan_vertices", 0) + int(orphans.sum())
+    stats["n_orphan_vertices"] = stats.get("n_orphan_vertices", 0) + int(orphans[count].sum() if count is not None else orphans.sum())
     _fill_orphans(mesh.vertices, out, orphans)
     return out
 
@@ -224,27 +228,62 @@ def _chunk_task(task: dict) -> tuple[np.ndarray, dict]:
     mesh = Mesh(task["vertices"], task["faces"], units="unknown")
     stats: dict = {}
     start = time.perf_counter()
-    values = _exact(mesh, task["timescales"], task["max_eigenvalue"], task["dtype"], task["laplacian"], task["band_size"], None, stats)
+    values = _exact(mesh, task["timescales"], task["max_eigenvalue"], task["dtype"], task["laplacian"], task["band_size"], None, stats,
+                    count=task["owned"])  # the overlap's outer rim has faceless vertices: not orphans of the mesh
     stats["seconds"] = time.perf_counter() - start
     return values[task["owned"]].astype(np.float32), stats
 
 
+def _choose_chunk_size(graph, vertices, overlap: float, progress: Progress, tree=None) -> tuple[int, list[np.ndarray]]:
+    """The smallest of :data:`CHUNK_SIZES` whose chunks grow by at most :data:`MAX_GROWTH` with the overlap.
+
+    Why: the cost of a chunk grows faster than its size (every eigenpair costs ~n), so small
+    chunks are cheaper, until the overlap dominates; and a chunk whose overlap is a large part
+    of it is also less accurate (more of its vertices sit near a cut). On a thin neurite
+    (~5 µm around) 12k-vertex chunks grow by ~25 % with the default overlap; on a fat
+    SpineTool dendrite (~15 µm around) 24k-vertex chunks are needed for the same.
+    """
+    from engine.mesh.chunks import grow, partition
+
+    for size in CHUNK_SIZES:
+        progress.check()
+        parts = partition(graph, size)
+        big = [p for p in parts if len(p) >= size // 2]
+        sample = big[:: max(1, len(big) // 6)][:6]
+        if not sample:  # nothing to cut: every piece is a small component
+            return size, parts
+        growth = sum(len(grow(graph, p, overlap, vertices=vertices, tree=tree)) for p in sample) / sum(len(p) for p in sample)
+        if growth <= MAX_GROWTH:
+            return size, parts
+    return size, parts
+
+
 def _chunked(mesh, timescales, max_eigenvalue, dtype, kind, band_size, chunk_size, overlap, progress, stats, scheduler=None):
-    from engine.mesh.chunks import edge_graph, grow, partition, submesh
+    from scipy.spatial import cKDTree
+
+    from engine.mesh.chunks import edge_graph, grow, partition, submesh, vertex_faces
     from engine.parallel import parallel_map
 
+    start = time.perf_counter()
     split_stage, solve_stage = as_progress(progress).split([1, 20], ["chunks", "HKS"])
     split_stage.report(0.0)
     graph = edge_graph(mesh)
     referenced = np.zeros(mesh.n_vertices, dtype=bool)
     referenced[mesh.faces.ravel()] = True
-    parts = [p[referenced[p]] for p in partition(graph, chunk_size)]
+    tree = cKDTree(mesh.vertices)
+    if chunk_size is None:
+        chunk_size, parts = _choose_chunk_size(graph, mesh.vertices, overlap, split_stage, tree)
+        stats["chunk_size_auto"] = True
+    else:
+        parts = partition(graph, chunk_size)
+    parts = [p[referenced[p]] for p in parts]
     parts = [p for p in parts if len(p)]
     tasks = []
+    incidence = vertex_faces(mesh)
     for i, part in enumerate(parts):
         split_stage.check()
-        grown = grow(graph, part, overlap)
-        sub, _ = submesh(mesh, grown)
+        grown = grow(graph, part, overlap, vertices=mesh.vertices, tree=tree)
+        sub, _ = submesh(mesh, grown, incidence)
         tasks.append({
             "vertices": sub.vertices, "faces": sub.faces, "owned": np.searchsorted(grown, part),
             "timescales": np.asarray(timescales, dtype=np.float64), "max_eigenvalue": float(max_eigenvalue),
@@ -253,6 +292,7 @@ def _chunked(mesh, timescales, max_eigenvalue, dtype, kind, band_size, chunk_siz
         split_stage.report((i + 1) / len(parts))
     # Biggest chunks first, so the last task to finish is a small one.
     order = sorted(range(len(tasks)), key=lambda i: -len(tasks[i]["vertices"]))
+    stats["split_seconds"] = time.perf_counter() - start
     results = parallel_map(_chunk_task, [tasks[i] for i in order], progress=solve_stage, label="chunks", scheduler=scheduler)
     out = np.full((mesh.n_vertices, len(timescales)), np.nan)
     for i, (values, chunk_stats) in zip(order, results):
@@ -298,8 +338,9 @@ def compute_hks(
     method:
         "auto", "exact", "chunked" or "chebyshev".
     chunk_size, overlap:
-        Chunked method: vertices per chunk before growing (default :data:`DEFAULT_CHUNK_SIZE`)
-        and geodesic overlap in mesh units (default :func:`default_overlap`).
+        Chunked method: vertices per chunk before growing (default: chosen among
+        :data:`CHUNK_SIZES` by how much the overlap adds) and geodesic overlap in mesh units
+        (default :func:`default_overlap`).
     dtype:
         "float32" or "float64": precision of the eigensolver (the output is float32 anyway).
     laplacian:
@@ -334,9 +375,9 @@ def compute_hks(
         values = _exact(mesh, t, lam, dtype, laplacian, band_size, progress, info)
         info["n_chunks"] = 1
     elif method == "chunked":
-        size = DEFAULT_CHUNK_SIZE if chunk_size is None else int(chunk_size)
+        size = None if chunk_size is None else int(chunk_size)
         ov = default_overlap(t) if overlap is None else float(overlap)
-        if size < 1 or ov < 0:
+        if (size is not None and size < 1) or ov < 0:
             raise InputError(f"Chunk size must be ≥ 1 vertex and overlap ≥ 0, got {chunk_size} and {overlap}.")
         values = _chunked(mesh, t, lam, dtype, laplacian, band_size, size, ov, progress, info)
     else:

@@ -123,8 +123,8 @@ def _cotangent(vertices: np.ndarray, faces: np.ndarray) -> tuple[sp.csr_matrix, 
     ok = double_area > 1e-14 * scale * scale
     f, v0, v1, v2, double_area = faces[ok], v0[ok], v1[ok], v2[ok], double_area[ok]
     rows, cols, vals = [], [], []
-    # The angle at corner i is opposite the edge (j, k); cot = dot / |cross| = dot / (2 area).
-    for (i, j, k), (a, b, c) in (((0, 1, 2), (v0, v1, v2)), ((1, 2, 0), (v1, v2, v0)), ((2, 0, 1), (v2, v0, v1))):
+    # The angle at corner a is opposite the edge (j, k); cot = dot / |cross| = dot / (2 area).
+    for (j, k), (a, b, c) in (((1, 2), (v0, v1, v2)), ((2, 0), (v1, v2, v0)), ((0, 1), (v2, v0, v1))):
         cot = np.einsum("ij,ij->i", b - a, c - a) / double_area
         rows += [f[:, j], f[:, k]]
         cols += [f[:, k], f[:, j]]
