@@ -1,4 +1,4 @@
-"""`neurowb hks` and `neurowb spines ...` (registered through the neurowb.commands entry point).
+"""`neurowb hks` and `neurowb spines train|predict|evaluate` (registered through the neurowb.commands entry point).
 
 ``neurowb hks MESH -o OUT.npz`` computes the heat kernel signature of every vertex
 (:func:`engine.mesh.hks.compute_hks`) and writes ``OUT.npz`` with
@@ -16,6 +16,15 @@ other lengths (``--t-min``/``--t-max`` in units², ``--max-eigenvalue`` in units
 ``--units`` when given, otherwise guessed from the scaled extent (> 1000 across → nm, else
 µm; see engine.mesh.io.guess_units), and the default timescales and maximum eigenvalue
 follow them (5e4–2e7 nm², 1e-5 nm⁻², converted for µm). The command prints what it used.
+
+``neurowb spines train --mesh M --labels L.npy [--mesh M2 --labels L2 ...] -o MODEL`` fits a
+:class:`engine.mesh.spines.SpineClassifier` on the labelled vertices of every mesh and saves it
+with its feature spec; ``neurowb spines predict MODEL MESH -o POSTERIOR.npy`` writes the
+posterior (n_vertices × n_classes float32, columns in the model's class order, printed), or
+P(spine) alone with ``--spine-only``; ``neurowb spines evaluate`` prints per-class
+precision/recall/F1 and the confusion matrix for a halves split of each mesh or a
+leave-one-mesh-out, and ``--json OUT`` saves them (``{"split", "results": [Evaluation...]}``).
+Labels are translated by ``--label-map`` (named map or RULE:CLASS rules, see ``--help``).
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ import sys
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the morphology commands."""
     _register_hks(subparsers)
+    _register_spines(subparsers)
 
 
 def _register_hks(subparsers: argparse._SubParsersAction) -> None:
@@ -107,4 +117,187 @@ def _run_hks(args: argparse.Namespace) -> int:
     atomic_write_bytes(args.output, buffer.getvalue())
     print(f"wrote {args.output}: hks {result.hks.shape[0]:,} × {result.hks.shape[1]} by {result.method} "
           f"in {result.info.get('seconds', 0):.1f} s", file=sys.stderr)
+    return 0
+
+
+_LABEL_MAP_HELP = """\
+Label maps (--label-map) translate raw per-vertex labels to classes:
+  neurd      0:shaft,1:spine,2:spine,3:spine,-1:ignore   (NEURD: shaft, head, neck, headless spine)
+  spinetool  0:shaft,>0:spine,<0:ignore                  (SpineTool spine instance ids)
+  binary     0:shaft,1:spine,-1:ignore
+  native     0:shaft,1:spine,2:soma,-1:ignore            (NeuroWorkbench label files, the demo meshes)
+  or explicit rules RULE:CLASS separated by commas; RULE is an integer, >N, <N, >=N, <=N or *
+  (any other value), CLASS is shaft, spine, soma or ignore, e.g. '0:shaft,>0:spine,*:ignore'.
+Without --label-map it is guessed from each label file's name (*spine_instance* → spinetool,
+*spine_labels.npy → native, otherwise neurd).
+"""
+
+
+def _register_spines(subparsers: argparse._SubParsersAction) -> None:
+    from engine.mesh.hks import METHODS
+    from engine.mesh.spines import FEATURE_KINDS
+
+    spines = subparsers.add_parser(
+        "spines", help="train, apply and evaluate the per-vertex spine classifier",
+        description="Random-forest spine classifier on log-HKS features of mesh vertices.",
+        epilog=_LABEL_MAP_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = spines.add_subparsers(dest="spines_command", metavar="{train,predict,evaluate}", required=True)
+
+    def labelled_meshes(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--mesh", action="append", required=True, metavar="M", help="a labelled mesh (repeat for several)")
+        p.add_argument("--labels", action="append", required=True, metavar="L.npy",
+                       help="its per-vertex labels (.npy, or text with one value per line); one per --mesh, in order")
+        p.add_argument("--label-map", metavar="SPEC", help="how to read the labels (see below; default: guessed per file)")
+        p.add_argument("--units", choices=("nm", "um"), help="units of the meshes (default: guessed from each mesh's extent)")
+        p.add_argument("--features", choices=FEATURE_KINDS, default="hks", help="feature kind (default hks: log-HKS only)")
+        p.add_argument("--timescales", type=int, default=32, metavar="N", help="number of HKS timescales (default 32)")
+        p.add_argument("--method", choices=METHODS, default="auto", help="HKS method (default auto)")
+        p.add_argument("--n-estimators", type=int, default=100, metavar="N", help="trees in the random forest (default 100)")
+
+    train = commands.add_parser("train", help="fit a model on labelled meshes", epilog=_LABEL_MAP_HELP,
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                description="Fit the spine classifier on the labelled vertices of one or more meshes.")
+    labelled_meshes(train)
+    train.add_argument("-o", "--output", required=True, metavar="MODEL", help="model file to write (e.g. spines.nwbspine)")
+    train.set_defaults(run=_run_spines_train)
+
+    predict = commands.add_parser("predict", help="posterior per vertex of a mesh",
+                                  description="Apply a trained model to a mesh: class posterior per vertex, saved as .npy.")
+    predict.add_argument("model", metavar="MODEL", help="model file from 'neurowb spines train'")
+    predict.add_argument("mesh", metavar="MESH", help="mesh file")
+    predict.add_argument("-o", "--output", required=True, metavar="POSTERIOR.npy", help="output .npy")
+    predict.add_argument("--units", choices=("nm", "um"), help="units of the mesh (default: guessed from its extent)")
+    predict.add_argument("--method", choices=METHODS, default="auto", help="HKS method (default auto)")
+    predict.add_argument("--spine-only", action="store_true", help="save P(spine) only (n_vertices,) instead of all classes")
+    predict.set_defaults(run=_run_spines_predict)
+
+    evaluate = commands.add_parser("evaluate", help="precision/recall/F1 and confusion matrix", epilog=_LABEL_MAP_HELP,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter,
+                                   description="Evaluate the classifier on labelled meshes: a spatial split of each mesh "
+                                   "(halves along its longest axis, both ways) or leave-one-mesh-out.")
+    labelled_meshes(evaluate)
+    evaluate.add_argument("--split", choices=("halves", "leave-one-out"),
+                          help="halves (default for one mesh) or leave-one-out (default for several)")
+    evaluate.add_argument("--json", metavar="OUT", help="also save the results as JSON")
+    evaluate.set_defaults(run=_run_spines_evaluate)
+
+
+def _read_labelled(args: argparse.Namespace):
+    """(meshes, class-code labels, feature spec) from --mesh/--labels/--label-map/--units/--features/--timescales."""
+    import numpy as np
+
+    from engine.errors import InputError, check_input_file
+    from engine.mesh.io import load_mesh
+    from engine.mesh.spines import FeatureSpec, guess_label_map, map_labels
+
+    if len(args.mesh) != len(args.labels):
+        raise InputError(f"Give one --labels file per --mesh, in the same order: got {len(args.mesh)} meshes and "
+                         f"{len(args.labels)} label files.")
+    if args.timescales < 1 or args.n_estimators < 1:
+        raise InputError(f"--timescales and --n-estimators must be at least 1, got {args.timescales} and {args.n_estimators}.")
+    meshes, labels = [], []
+    for mesh_path, label_path in zip(args.mesh, args.labels):
+        mesh = load_mesh(mesh_path, units=args.units)
+        path = check_input_file(label_path, (".npy", ".txt", ".csv"), "a label file")
+        try:
+            raw = np.load(path, allow_pickle=False) if path.suffix.lower() == ".npy" else np.loadtxt(path, delimiter="," if path.suffix.lower() == ".csv" else None)
+        except Exception as exc:
+            raise InputError(f"Cannot read labels from '{path.name}': it must be a .npy array or text with one "
+                             "integer per line.", details=f"{type(exc).__name__}: {exc}") from exc
+        raw = np.asarray(raw).ravel()
+        if len(raw) != mesh.n_vertices:
+            raise InputError(f"'{path.name}' has {len(raw):,} labels but '{mesh.name}' has {mesh.n_vertices:,} vertices: "
+                             "give one label per vertex, in vertex order.")
+        meshes.append(mesh)
+        labels.append(map_labels(raw, args.label_map or guess_label_map(path)))
+    units = meshes[0].units if meshes[0].units in ("nm", "um") else "um"
+    spec = FeatureSpec.default(units, kind=args.features, n_timescales=args.timescales)
+    return meshes, labels, spec
+
+
+def _features(meshes, spec, method: str, label: str = "features"):
+    from engine.cli import progress_bar
+    from engine.mesh.spines import mesh_features
+
+    out = []
+    for i, mesh in enumerate(meshes):
+        with progress_bar(f"{label} {i + 1}/{len(meshes)} {mesh.name}") as progress:
+            out.append(mesh_features(mesh, spec, progress=progress, method=method))
+    return out
+
+
+def _class_counts(y, class_names) -> str:
+    import numpy as np
+
+    return ", ".join(f"{name} {int(np.sum(y == code)):,}" for code, name in enumerate(class_names) if np.any(y == code))
+
+
+def _run_spines_train(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from engine.errors import InputError
+    from engine.mesh.spines import CLASSES, SpineClassifier
+
+    meshes, labels, spec = _read_labelled(args)
+    Xs = _features(meshes, spec, args.method)
+    X, y = np.concatenate(Xs), np.concatenate(labels)
+    if len(np.unique(y[y >= 0])) < 2:
+        raise InputError("The labels hold fewer than two classes (after the label map): a classifier needs labelled "
+                         "shaft and spine vertices at least.")
+    clf = SpineClassifier(n_estimators=args.n_estimators).fit(X, y, feature_spec=spec)
+    clf.save(args.output, info={"meshes": [m.name for m in meshes], "label_map": args.label_map or "guessed per file"})
+    print(f"trained on {len(meshes)} mesh{'es' if len(meshes) != 1 else ''} ({_class_counts(y, CLASSES)} labelled vertices); "
+          f"features {spec.describe()}")
+    print(f"wrote {args.output}")
+    return 0
+
+
+def _run_spines_predict(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from engine.errors import InputError
+    from engine.mesh.io import load_mesh
+    from engine.mesh.spines import SpineClassifier, spine_probability
+    from engine.storage import atomic_save_npy
+
+    if not args.output.lower().endswith(".npy"):
+        raise InputError(f"The output file must end in .npy, got '{args.output}'.")
+    clf = SpineClassifier.load(args.model)
+    if clf.feature_spec_ is None:
+        raise InputError(f"Spine model '{args.model}' does not say which features it was trained on: retrain it with "
+                         "'neurowb spines train'.")
+    mesh = load_mesh(args.mesh, units=args.units)
+    (X,) = _features([mesh], clf.feature_spec_, args.method)
+    proba = clf.predict_proba(X).astype(np.float32)
+    p_spine = spine_probability(clf, proba=proba)
+    atomic_save_npy(args.output, p_spine if args.spine_only else proba)
+    what = "P(spine)" if args.spine_only else f"posterior, columns {', '.join(clf.class_names_)}"
+    print(f"{mesh.name}: {mesh.n_vertices:,} vertices, {int(np.sum(p_spine > 0.5)):,} with P(spine) > 0.5")
+    print(f"wrote {args.output}: {what}")
+    return 0
+
+
+def _run_spines_evaluate(args: argparse.Namespace) -> int:
+    from engine.errors import InputError
+    from engine.mesh.spines import SpineClassifier, evaluate_halves, evaluate_leave_one_out
+    from engine.storage import atomic_save_json
+
+    split = args.split or ("halves" if len(args.mesh) == 1 else "leave-one-out")
+    if split == "leave-one-out" and len(args.mesh) < 2:
+        raise InputError("Leave-one-out needs at least two labelled meshes (--mesh/--labels pairs); use --split halves for one.")
+    meshes, labels, spec = _read_labelled(args)
+    Xs = _features(meshes, spec, args.method)
+    template = SpineClassifier(n_estimators=args.n_estimators)
+    if split == "halves":
+        results = [(m.name, evaluate_halves(m, X, y, classifier=template)) for m, X, y in zip(meshes, Xs, labels)]
+    else:
+        results = [("all meshes", evaluate_leave_one_out(Xs, labels, names=[m.name for m in meshes], classifier=template))]
+    print(f"features {spec.describe()}; {args.n_estimators} trees")
+    for name, result in results:
+        print(f"\n## {name}\n\n{result.table(folds=True)}")
+    if args.json:
+        atomic_save_json(args.json, {"split": split, "features": spec.to_dict(), "meshes": [m.name for m in meshes],
+                                     "results": [dict(result.to_dict(), name=name) for name, result in results]})
+        print(f"\nwrote {args.json}")
     return 0
