@@ -18,6 +18,7 @@ from PyQt6.QtWidgets import (
     QButtonGroup,
     QComboBox,
     QDoubleSpinBox,
+    QFileDialog,
     QFormLayout,
     QGridLayout,
     QGroupBox,
@@ -31,6 +32,7 @@ from PyQt6.QtWidgets import (
     QWidget,
 )
 
+from app.dialogs import show_error
 from app.jobs import Job
 from app.widgets.colorbar import ColorBar
 from app.widgets.colormaps import lut
@@ -123,6 +125,56 @@ def train_on_entries(entries: list[MeshEntry], current: MeshEntry, previous=None
     return {"model": model, "probas": probas, "n_labelled": len(y)}
 
 
+def training_labels(entry: MeshEntry) -> np.ndarray:
+    """The labels a mesh contributes to evaluation: its hand labels, or the labels found beside the file if it has none."""
+    if (entry.editor.labels >= 0).any() or entry.file_labels is None:
+        return entry.editor.labels
+    return entry.file_labels
+
+
+def features_for(entries: list[MeshEntry], spec: spines.FeatureSpec, method: str, progress) -> tuple[list, dict]:
+    """Features of every mesh for ``spec``, computing the HKS where a mesh has none in those units.
+
+    Returns (features per entry, {id(entry): new HKSResult}) — new results are handed back to the
+    GUI thread, which stores them, so a job never mutates the entries it reads.
+    """
+    features, new_hks = [], {}
+    stages = progress.split([1] * len(entries), [e.path.name for e in entries])
+    for entry, stage in zip(entries, stages):
+        if entry.spec == spec:
+            hks = entry.hks
+            if hks is None:
+                hks = new_hks[id(entry)] = compute_entry_hks(entry, method, progress=stage)
+            features.append(spines.vertex_features(entry.mesh, hks, spec))
+        else:  # another unit system: rescale the mesh to the model's units (HKS depends on size)
+            features.append(spines.mesh_features(entry.mesh, spec, progress=stage, method=method))
+        stage.report(1.0)
+    return features, new_hks
+
+
+def apply_model(entries: list[MeshEntry], model, method: str, progress=None) -> dict:
+    """Job body: P(class) of every vertex of every mesh under ``model`` (HKS computed where missing)."""
+    features, new_hks = features_for(entries, model.feature_spec_, method, progress)
+    return {"probas": {id(e): model.predict_proba(X) for e, X in zip(entries, features)}, "hks": new_hks}
+
+
+def evaluate_entries(entries: list[MeshEntry], method: str, progress=None) -> dict:
+    """Job body: leave-one-mesh-out over the labelled meshes (a halves split when only one has labels)."""
+    labelled = [e for e in entries if (training_labels(e) >= 0).any()]
+    if not labelled:
+        raise InputError("No mesh has labels yet: paint shaft and spine vertices, or open meshes with label files.")
+    spec = labelled[0].spec
+    features_stage, evaluation_stage = progress.split([3, 1], ["features", "evaluation"])
+    features, new_hks = features_for(labelled, spec, method, features_stage)
+    labels = [training_labels(e) for e in labelled]
+    if len(labelled) == 1:
+        evaluation = spines.evaluate_halves(labelled[0].mesh, features[0], labels[0], progress=evaluation_stage)
+    else:
+        evaluation = spines.evaluate_leave_one_out(features, labels, names=[e.path.name for e in labelled],
+                                                   max_train_per_mesh=20_000, progress=evaluation_stage)
+    return {"evaluation": evaluation, "hks": new_hks, "spec": spec}
+
+
 class MorphologyWorkspace(Workspace):
     key = "morphology"
     title = "Morphology"
@@ -136,6 +188,7 @@ class MorphologyWorkspace(Workspace):
         self.model = None
         self.tool_code: int | None = None
         self._region_index = -1
+        self.report = None  # the last evaluation dialog
 
         self.meshes = QListWidget()
         self.meshes.setMaximumHeight(90)
@@ -226,10 +279,28 @@ class MorphologyWorkspace(Workspace):
         self.train_button.clicked.connect(self.train)
         self.next_button = QPushButton("Next uncertain region (N)")
         self.next_button.clicked.connect(self.next_uncertain_region)
+        self.apply_button = QPushButton("Apply to all meshes")
+        self.apply_button.setToolTip("Paint P(spine) on every open mesh (computes missing HKS)")
+        self.apply_button.clicked.connect(self.apply_to_all)
+        self.evaluate_button = QPushButton("Evaluate…")
+        self.evaluate_button.setToolTip("Leave-one-mesh-out over the labelled meshes (hand labels, else file labels); "
+                                        "a halves split when only one mesh has labels")
+        self.evaluate_button.clicked.connect(self.evaluate)
+        self.save_model_button = QPushButton("Save model…")
+        self.save_model_button.clicked.connect(self.save_model)
+        self.load_model_button = QPushButton("Load model…")
+        self.load_model_button.clicked.connect(self.load_model)
         self.model_status = QLabel("No model yet.")
         self.model_status.setWordWrap(True)
-        for widget in (self.train_button, self.next_button, self.model_status):
-            classifier_layout.addWidget(widget)
+        model_row = QGridLayout()
+        model_row.addWidget(self.train_button, 0, 0, 1, 2)
+        model_row.addWidget(self.next_button, 1, 0, 1, 2)
+        model_row.addWidget(self.apply_button, 2, 0)
+        model_row.addWidget(self.evaluate_button, 2, 1)
+        model_row.addWidget(self.save_model_button, 3, 0)
+        model_row.addWidget(self.load_model_button, 3, 1)
+        classifier_layout.addLayout(model_row)
+        classifier_layout.addWidget(self.model_status)
         QShortcut(QKeySequence("T"), self, activated=self.train)
         QShortcut(QKeySequence("N"), self, activated=self.next_uncertain_region)
 
@@ -427,6 +498,79 @@ class MorphologyWorkspace(Workspace):
         job.ended.connect(lambda _: self._refresh_controls())
         return job
 
+    def _take_hks(self, new_hks: dict) -> None:
+        """Store HKS results a job computed (GUI thread only)."""
+        for entry in self.entries:
+            if id(entry) in new_hks:
+                entry.hks = new_hks[id(entry)]
+        if self.entry is not None and id(self.entry) in new_hks:
+            self._setup_timescale()
+
+    def apply_to_all(self) -> Job | None:
+        if self.model is None or not self.entries:
+            self.window.show_status("Train or load a model first, then apply it to every open mesh.")
+            return None
+        model, entries = self.model, list(self.entries)
+
+        def done(result: dict) -> None:
+            self._take_hks(result["hks"])
+            for entry in entries:
+                entry.proba, entry.regions = result["probas"][id(entry)], []
+            self._region_index = -1
+            self.model_status.setText(f"Model applied to {len(entries)} mesh{'es' if len(entries) != 1 else ''}.")
+            self.color_by.setCurrentText("P(spine)")
+            self.recolor()
+
+        job = self.window.run_job("Apply spine model to all meshes", apply_model, entries, model,
+                                  self.hks_method.currentText(), on_result=done)
+        job.ended.connect(lambda _: self._refresh_controls())
+        return job
+
+    def evaluate(self) -> Job | None:
+        if not self.entries:
+            return None
+
+        def done(result: dict) -> None:
+            from app.morphology.report import EvaluationDialog
+
+            self._take_hks(result["hks"])
+            self.report = EvaluationDialog(result["evaluation"], f"Features: {result['spec'].describe()}.", self)
+            self.report.show()
+
+        job = self.window.run_job("Evaluate spine classifier", evaluate_entries, list(self.entries),
+                                  self.hks_method.currentText(), on_result=done)
+        job.ended.connect(lambda _: self._refresh_controls())
+        return job
+
+    def save_model(self) -> None:
+        if self.model is None:
+            return
+        start = str(self.entry.path.with_name("spines.nwbspine")) if self.entry else "spines.nwbspine"
+        path, _ = QFileDialog.getSaveFileName(self, "Save spine model", start, "Spine models (*.nwbspine)")
+        if path:
+            self.model.save(path, info={"meshes": [e.path.name for e in self.entries]})
+            self.window.show_status(f"Saved the spine model to {path}")
+
+    def load_model(self) -> None:
+        start = str(self.entry.path.parent) if self.entry else ""
+        path, _ = QFileDialog.getOpenFileName(self, "Load spine model", start, "Spine models (*.nwbspine);;All files (*)")
+        if path:
+            self.use_model_file(Path(path))
+
+    def use_model_file(self, path: Path) -> bool:
+        """Load a saved model (a bad file shows why); it is applied with “Apply to all meshes”."""
+        try:
+            model = spines.SpineClassifier.load(path)
+            if model.feature_spec_ is None:
+                raise InputError(f"'{path.name}' does not say which features it was trained on: retrain it.")
+        except InputError as error:
+            show_error(self, "Cannot use this model", str(error), error.details)
+            return False
+        self.model = model
+        self.model_status.setText(f"Loaded {path.name} ({model.feature_spec_.describe()}). Press “Apply to all meshes”.")
+        self._refresh_controls()
+        return True
+
     def next_uncertain_region(self) -> None:
         entry = self.entry
         if entry is None or entry.proba is None:
@@ -454,6 +598,9 @@ class MorphologyWorkspace(Workspace):
         self.compute_button.setEnabled(has)
         self.train_button.setEnabled(any(e.hks is not None for e in self.entries))
         self.next_button.setEnabled(has and entry.proba is not None)
+        self.apply_button.setEnabled(self.model is not None and has)
+        self.evaluate_button.setEnabled(has)
+        self.save_model_button.setEnabled(self.model is not None)
         self.undo_button.setEnabled(has and entry.editor.can_undo)
         self.redo_button.setEnabled(has and entry.editor.can_redo)
         self.import_button.setEnabled(has and entry.file_labels is not None)

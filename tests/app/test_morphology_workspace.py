@@ -37,6 +37,13 @@ def open_mesh(window, qtbot, path):
     return window.current_workspace
 
 
+def click_for_job(qtbot, window, button):
+    """Click a button that starts a job, and return that job."""
+    with qtbot.waitSignal(window.jobs.job_added, timeout=5000) as blocker:
+        button.click()
+    return blocker.args[0]
+
+
 def test_label_train_and_restore_loop(window, qtbot, dendrite, tmp_path):
     ws = open_mesh(window, qtbot, dendrite)
     assert ws.key == "morphology" and ws.entry is not None
@@ -99,3 +106,60 @@ def test_label_train_and_restore_loop(window, qtbot, dendrite, tmp_path):
     expected = ws.entry.editor.labels.copy()
     ws2 = open_mesh(window, qtbot, dendrite)
     np.testing.assert_array_equal(ws2.entry.editor.labels, expected)
+
+
+def test_apply_to_all_evaluate_and_model_files(window, qtbot, tmp_path, monkeypatch):
+    from PyQt6.QtWidgets import QMessageBox
+
+    from app.morphology.report import EvaluationDialog
+
+    paths = [write_demo_dendrite(tmp_path / f"d{i}.ply", n_spines=8 + 4 * i, length=8.0, seed=i) for i in range(3)]
+    for path in paths:
+        ws = open_mesh(window, qtbot, path)
+    assert ws.meshes.count() == 3 and not ws.apply_button.isEnabled()  # no model yet
+
+    # leave-one-mesh-out on the file labels: HKS computed in the job for every mesh, report dialog
+    job = click_for_job(qtbot, window, ws.evaluate_button)
+    wait_for_job(qtbot, job, timeout=180000)
+    assert job.state is JobState.FINISHED, job.error and job.error.details
+    assert all(e.hks is not None for e in ws.entries)
+    report = ws.report
+    assert isinstance(report, EvaluationDialog) and report.isVisible()
+    evaluation = report.evaluation
+    assert evaluation.split == "leave-one-out" and len(evaluation.folds) == 3 and report.folds.rowCount() == 3
+    labelled = sum(int((e.file_labels >= 0).sum()) for e in ws.entries)
+    assert evaluation.confusion.sum() == labelled  # every labelled vertex tested exactly once
+    spine_row = list(evaluation.class_names).index("spine")
+    cell = report.confusion.item(spine_row, spine_row + 1).text()
+    assert cell.startswith(f"{int(evaluation.confusion[spine_row, spine_row]):,}")
+    assert evaluation.spine_f1 > 0.7, evaluation.table()  # procedural spines are easy
+    qtbot.wait(200)
+    assert not is_blank(save_screenshot(report, tmp_path / "report.png"))
+    report.close()
+
+    # train on the first mesh only, then apply to all: every mesh gets a posterior
+    ws.meshes.setCurrentRow(0)
+    ws.import_file_labels()
+    wait_for_job(qtbot, ws.train(), timeout=120000)
+    assert ws.entries[0].proba is not None and ws.entries[2].proba is not None  # train predicts on meshes with HKS
+    for entry in ws.entries[1:]:
+        entry.proba = None
+    wait_for_job(qtbot, click_for_job(qtbot, window, ws.apply_button), timeout=120000)
+    for entry in ws.entries:
+        truth = np.load(entry.path.with_name(entry.path.stem + "_spine_labels.npy"))
+        p = ws._spine_probability(entry)
+        assert p[truth == 1].mean() > p[truth == 0].mean() + 0.4
+
+    # save, reload, refuse a corrupt file with a message
+    model_path = tmp_path / "model.nwbspine"
+    monkeypatch.setattr("app.morphology.panel.QFileDialog.getSaveFileName", lambda *a, **k: (str(model_path), ""))
+    ws.save_model_button.click()
+    assert model_path.exists()
+    ws.model = None
+    assert ws.use_model_file(model_path) and ws.model is not None and "Loaded model.nwbspine" in ws.model_status.text()
+    bad = tmp_path / "bad.nwbspine"
+    bad.write_bytes(b"not a model")
+    assert not ws.use_model_file(bad)
+    box = next(w for w in window.findChildren(QMessageBox) if w.isVisible())
+    assert "not a readable spine model" in box.text()
+    box.close()
