@@ -29,7 +29,6 @@ from PyQt6.QtWidgets import (
     QSlider,
     QToolButton,
     QVBoxLayout,
-    QWidget,
 )
 
 from app.dialogs import show_error
@@ -235,7 +234,7 @@ class MorphologyWorkspace(Workspace):
         labels_layout = QVBoxLayout(labels_box)
         tools = QGridLayout()
         self.tool_buttons = QButtonGroup(self)
-        for i, (name, code, key) in enumerate(TOOLS):
+        for i, (name, _code, key) in enumerate(TOOLS):
             button = QToolButton()
             button.setText(f"{name} ({key})")
             button.setCheckable(True)

@@ -201,7 +201,10 @@ def _read_labelled(args: argparse.Namespace):
         mesh = load_mesh(mesh_path, units=args.units)
         path = check_input_file(label_path, (".npy", ".txt", ".csv"), "a label file")
         try:
-            raw = np.load(path, allow_pickle=False) if path.suffix.lower() == ".npy" else np.loadtxt(path, delimiter="," if path.suffix.lower() == ".csv" else None)
+            if path.suffix.lower() == ".npy":
+                raw = np.load(path, allow_pickle=False)
+            else:
+                raw = np.loadtxt(path, delimiter="," if path.suffix.lower() == ".csv" else None)
         except Exception as exc:
             raise InputError(f"Cannot read labels from '{path.name}': it must be a .npy array or text with one "
                              "integer per line.", details=f"{type(exc).__name__}: {exc}") from exc
