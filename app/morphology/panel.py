@@ -48,6 +48,7 @@ from engine.mesh.picking import Picker
 TOOLS = (("Navigate", None, "V"), ("Shaft", 0, "1"), ("Spine", 1, "2"), ("Soma", 2, "3"), ("Erase", UNLABELLED, "E"))
 LABEL_COLORS = {UNLABELLED: (0.80, 0.81, 0.84, 1.0), 0: (0.23, 0.45, 0.85, 1.0), 1: (0.90, 0.30, 0.20, 1.0),
                 2: (0.55, 0.35, 0.75, 1.0)}
+RANGE_MODES = ("1–99 %", "min–max", "manual")
 COLOR_MODES = ("Surface", "HKS", "Hand labels", "File labels", "P(spine)", "Uncertainty")
 
 
@@ -221,12 +222,28 @@ class MorphologyWorkspace(Workspace):
         self.cmap = QComboBox()
         self.cmap.addItems(["viridis", "hot", "grays", "coolwarm"])
         self.cmap.currentTextChanged.connect(self.recolor)
+        self.range_mode = QComboBox()
+        self.range_mode.addItems(RANGE_MODES)
+        self.range_mode.setToolTip("Color range of HKS: 1st–99th percentile, full min–max, or typed limits "
+                                   "(kept while the timescale moves, to compare timescales)")
+        self.range_mode.currentTextChanged.connect(self._range_mode_changed)
+        self.range_min = QDoubleSpinBox(minimum=-1e6, maximum=1e6, decimals=3, singleStep=0.1)
+        self.range_max = QDoubleSpinBox(minimum=-1e6, maximum=1e6, decimals=3, singleStep=0.1)
+        range_row = QGridLayout()
+        range_row.addWidget(self.range_min, 0, 0)
+        range_row.addWidget(QLabel("to"), 0, 1)
+        range_row.addWidget(self.range_max, 0, 2)
+        for box in (self.range_min, self.range_max):
+            box.setEnabled(False)
+            box.valueChanged.connect(self.recolor)
         self.colorbar = ColorBar()
         self.colorbar.setVisible(False)
         reset = QPushButton("Reset view")
         reset.clicked.connect(lambda: self.view.reset_view())
         display_form.addRow("Color by:", self.color_by)
         display_form.addRow("Colormap:", self.cmap)
+        display_form.addRow("Range:", self.range_mode)
+        display_form.addRow("", range_row)
         display_form.addRow(self.colorbar)
         display_form.addRow(reset)
 
@@ -395,12 +412,14 @@ class MorphologyWorkspace(Workspace):
         if entry is None:
             return
         mode = self.color_by.currentText()
-        self.cmap.setEnabled(mode == "HKS")  # the other modes have fixed, meaningful colormaps
+        self.cmap.setEnabled(mode == "HKS")  # the other modes have fixed, meaningful colormaps and ranges
+        self.range_mode.setEnabled(mode == "HKS")
         table = title = None
         lo, hi = 0.0, 1.0
         if mode == "HKS" and entry.hks is not None:
             cmap = self.cmap.currentText()
-            lo, hi = self.view.set_scalar(self._log_hks[:, self.timescale.value()], cmap)
+            values = self._log_hks[:, self.timescale.value()]
+            lo, hi = self.view.set_scalar(values, cmap, self._hks_range(values))
             table, title = lut(cmap), "log HKS"
         elif mode == "Hand labels":
             self._paint_labels(entry.editor.labels)
@@ -415,6 +434,27 @@ class MorphologyWorkspace(Workspace):
         else:
             self.view.set_scalar(None)
         self.colorbar.set_colormap(table, lo, hi, title or "")
+
+    def _hks_range(self, values: np.ndarray) -> tuple[float, float] | None:
+        """The color limits the Range control asks for (None: the view's 1–99 % percentiles)."""
+        mode = self.range_mode.currentText()
+        if mode == "min–max":
+            return float(np.nanmin(values)), float(np.nanmax(values))
+        if mode == "manual":
+            return self.range_min.value(), self.range_max.value()
+        return None
+
+    def _range_mode_changed(self, mode: str) -> None:
+        manual = mode == "manual"
+        if manual:  # start from the limits on screen
+            lo, hi = self.colorbar.lo, self.colorbar.hi
+            for box, value in ((self.range_min, lo), (self.range_max, hi)):
+                box.blockSignals(True)
+                box.setValue(value)
+                box.blockSignals(False)
+        self.range_min.setEnabled(manual)
+        self.range_max.setEnabled(manual)
+        self.recolor()
 
     def _spine_probability(self, entry: MeshEntry) -> np.ndarray:
         return spines.spine_probability(self.model, proba=entry.proba)

@@ -163,3 +163,20 @@ def test_apply_to_all_evaluate_and_model_files(window, qtbot, tmp_path, monkeypa
     box = next(w for w in window.findChildren(QMessageBox) if w.isVisible())
     assert "not a readable spine model" in box.text()
     box.close()
+
+
+def test_hks_color_range_controls(window, qtbot, dendrite):
+    ws = open_mesh(window, qtbot, dendrite)
+    wait_for_job(qtbot, ws.compute_hks(), timeout=120000)
+    values = ws._log_hks[:, ws.timescale.value()]
+    auto = (ws.colorbar.lo, ws.colorbar.hi)
+    assert np.isclose(auto[0], np.percentile(values, 1), rtol=1e-4)
+    ws.range_mode.setCurrentText("min–max")
+    assert np.isclose(ws.colorbar.lo, values.min()) and np.isclose(ws.colorbar.hi, values.max())
+    ws.range_mode.setCurrentText("manual")  # starts from the range on screen, then typed limits apply
+    assert ws.range_max.isEnabled() and np.isclose(ws.range_max.value(), values.max(), atol=1e-3)
+    ws.range_min.setValue(-20.0)
+    ws.range_max.setValue(-10.0)
+    assert (ws.colorbar.lo, ws.colorbar.hi) == (-20.0, -10.0)
+    ws.timescale.setValue(0)  # a manual range holds across timescales
+    assert (ws.colorbar.lo, ws.colorbar.hi) == (-20.0, -10.0)
