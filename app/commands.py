@@ -61,6 +61,7 @@ def _demo(screenshot_dir: Path | None) -> int:
     window.resize(1480, 900)
     window.show()
     outcome = {"code": 0}
+    shots = {"count": 0}
 
     def fail(message: str) -> None:
         print(f"error: {message}", file=sys.stderr)
@@ -69,28 +70,57 @@ def _demo(screenshot_dir: Path | None) -> int:
 
     def take_screenshots(index: int = 0) -> None:
         if index == len(window.workspaces):
-            print(f"Saved {index} screenshots to {screenshot_dir}/")
+            print(f"Saved {shots['count']} screenshots to {screenshot_dir}/")
             app.quit()
             return
         ws = window.workspaces[index]
         window.show_workspace(ws.key)
+        steps = list(ws.demo_steps())
 
-        def grab() -> None:
-            path = screenshot_dir / f"{index + 1}-{ws.key}.png"
+        def grab(name: str) -> bool:
+            path = screenshot_dir / f"{name}.png"
             if is_blank(save_screenshot(window, path)):
                 fail(f"screenshot {path} is blank")
-                return
+                return False
             print(f"  {path}")
-            take_screenshots(index + 1)
+            shots["count"] += 1
+            return True
 
-        QTimer.singleShot(700, grab)  # let OpenGL views render a few frames first
+        def after_render(then) -> None:
+            # Finished jobs linger briefly in the status bar, and OpenGL views need a few frames.
+            if window.job_panel.rows:
+                QTimer.singleShot(200, lambda: after_render(then))
+            else:
+                QTimer.singleShot(700, then)
 
-    def wait_for_idle_panel() -> None:
-        # Finished jobs linger briefly in the status bar; shoot once it has cleared.
-        if window.job_panel.rows:
-            QTimer.singleShot(200, wait_for_idle_panel)
-        else:
-            take_screenshots()
+        def run_step(k: int) -> None:
+            if k == len(steps):
+                take_screenshots(index + 1)
+                return
+            name, action = steps[k]
+            job = action()
+
+            def shoot() -> None:
+                if grab(f"{index + 1}-{ws.key}-{k + 1}-{name}"):
+                    run_step(k + 1)
+
+            if job is None:
+                after_render(shoot)
+                return
+
+            def ended(job) -> None:
+                if job.error is not None:
+                    fail(f"demo step {name!r} of {ws.title}: {job.error.message}")
+                else:
+                    after_render(shoot)
+
+            job.ended.connect(ended)
+
+        def first() -> None:
+            if grab(f"{index + 1}-{ws.key}"):
+                run_step(0)
+
+        after_render(first)
 
     def opened(jobs) -> None:
         pending = set(jobs)
@@ -102,7 +132,7 @@ def _demo(screenshot_dir: Path | None) -> int:
             if job.error is not None:
                 fail(f"{job.name} failed: {job.error.message}")
             elif not pending and screenshot_dir is not None:
-                wait_for_idle_panel()
+                take_screenshots()
             elif not pending:
                 window.show_workspace(window.workspaces[0].key)
 

@@ -8,7 +8,7 @@ through background jobs, and can load its demo dataset. It talks to the shell on
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from PyQt6.QtCore import Qt, pyqtSignal
 from PyQt6.QtWidgets import QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QScrollArea, QSizePolicy, QStackedWidget, QVBoxLayout, QWidget
@@ -49,6 +49,11 @@ class Workspace(QWidget):
     def open_demo(self, demo_files: dict[str, Path]) -> Job | None:
         path = demo_files.get(self.key)
         return self.open_file(path) if path is not None else None
+
+    def demo_steps(self) -> list[tuple[str, Callable[[], Job | None]]]:
+        """(name, action) pairs the demo runs after opening its data, with a screenshot after each;
+        an action may return a Job, which is waited for."""
+        return []
 
     def loaded(self, path: Path) -> None:
         """Call when a dataset is shown: brings the content forward, remembers the path, tells the shell."""

@@ -29,6 +29,7 @@ from PyQt6.QtWidgets import (
     QSlider,
     QToolButton,
     QVBoxLayout,
+    QWidget,
 )
 
 from app.dialogs import show_error
@@ -229,13 +230,16 @@ class MorphologyWorkspace(Workspace):
         self.range_mode.currentTextChanged.connect(self._range_mode_changed)
         self.range_min = QDoubleSpinBox(minimum=-1e6, maximum=1e6, decimals=3, singleStep=0.1)
         self.range_max = QDoubleSpinBox(minimum=-1e6, maximum=1e6, decimals=3, singleStep=0.1)
-        range_row = QGridLayout()
+        self.range_limits = QWidget()  # shown in manual mode only
+        range_row = QGridLayout(self.range_limits)
+        range_row.setContentsMargins(0, 0, 0, 0)
         range_row.addWidget(self.range_min, 0, 0)
         range_row.addWidget(QLabel("to"), 0, 1)
         range_row.addWidget(self.range_max, 0, 2)
         for box in (self.range_min, self.range_max):
-            box.setEnabled(False)
+            box.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)  # share the column's width
             box.valueChanged.connect(self.recolor)
+        self.range_limits.setVisible(False)
         self.colorbar = ColorBar()
         self.colorbar.setVisible(False)
         reset = QPushButton("Reset view")
@@ -243,7 +247,7 @@ class MorphologyWorkspace(Workspace):
         display_form.addRow("Color by:", self.color_by)
         display_form.addRow("Colormap:", self.cmap)
         display_form.addRow("Range:", self.range_mode)
-        display_form.addRow("", range_row)
+        display_form.addRow("", self.range_limits)
         display_form.addRow(self.colorbar)
         display_form.addRow(reset)
 
@@ -452,8 +456,7 @@ class MorphologyWorkspace(Workspace):
                 box.blockSignals(True)
                 box.setValue(value)
                 box.blockSignals(False)
-        self.range_min.setEnabled(manual)
-        self.range_max.setEnabled(manual)
+        self.range_limits.setVisible(manual)
         self.recolor()
 
     def _spine_probability(self, entry: MeshEntry) -> np.ndarray:
@@ -629,6 +632,26 @@ class MorphologyWorkspace(Workspace):
             self.color_by.setCurrentText("P(spine)")
         self.window.show_status(f"Uncertain region {self._region_index + 1} of {len(entry.regions)}: "
                                 f"{len(region.vertices):,} vertices, score {region.score:.2f}")
+
+    def demo_steps(self) -> list:
+        """The loop on the demo dendrite: HKS → labels → posterior → the most uncertain region."""
+        def labels() -> None:  # as if a person had labelled the first third of the dendrite
+            entry = self.entry
+            if entry.file_labels is None:
+                return
+            entry.editor.assign(np.arange(entry.mesh.n_vertices), UNLABELLED)  # the tour starts afresh (one undo step)
+            along = entry.mesh.vertices[:, np.argmax(np.ptp(entry.mesh.vertices, axis=0))]
+            first_third = along <= np.quantile(along, 1 / 3)
+            for code in (0, 1):
+                entry.editor.assign(np.flatnonzero(first_third & (entry.file_labels == code)), code)
+            self._labels_changed()
+            self.color_by.setCurrentText("Hand labels")
+
+        def uncertain() -> None:
+            self.next_uncertain_region()
+            self.color_by.setCurrentText("Uncertainty")
+
+        return [("hks", self.compute_hks), ("labels", labels), ("posterior", self.train), ("uncertain", uncertain)]
 
     # -- state ---------------------------------------------------------------------------
     def _refresh_controls(self) -> None:
