@@ -1,7 +1,12 @@
-"""Simulated two-photon calcium-imaging movie with ground truth (demo data and tests).
+"""Simulated calcium imaging with ground truth (demo data, tests, benchmarks).
 
-What it simulates
------------------
+* :func:`demo_movie` — a two-photon movie of somata with neuropil and drift (described below);
+* :func:`nuclear_patch` — a light-sheet patch of overlapping nuclear-localized cells, the
+  setting of the fast-NMF paper (benchmarks/fast_nmf.py);
+* :func:`calcium_traces` — fluorescence traces of the AR(1) model itself (deconvolution).
+
+What demo_movie simulates
+-------------------------
 * **Somata**: ``n_neurons`` cells at random positions (at least ~1.6 radii apart, 8 px from
   the border), each an elliptical Gaussian-ish blob (a soft-edged disk: a generalised Gaussian
   of exponent 3) of radius 4–6 px, random elongation ≤ 1.3 and orientation, peak 1. Footprint
@@ -146,3 +151,128 @@ def write_demo_movie(path: str | os.PathLike, **kwargs) -> Path:
     np.savez_compressed(gt, footprints=footprints, calcium=calcium, spikes=spikes, fps=np.float64(fps))
     atomic_write_bytes(path.with_name(f"{path.stem}_ground_truth.npz"), gt.getvalue())
     return path
+
+
+def calcium_traces(
+    n_traces: int = 1,
+    n_frames: int = 3000,
+    fps: float = 30.0,
+    tau: tuple[float, float] = (0.5, 1.5),
+    rate: tuple[float, float] = (0.2, 1.0),
+    snr: tuple[float, float] = (3.0, 8.0),
+    baseline: tuple[float, float] = (0.0, 2.0),
+    seed: int = 0,
+) -> dict:
+    """Fluorescence traces of the AR(1) model deconvolution assumes, with their ground truth.
+
+    Per trace: Poisson spikes at ``rate`` Hz (uniform in the range), per-spike amplitude
+    log-normal (median 1, ~30 % spread), calcium ``c[t] = g c[t-1] + s[t]`` with
+    ``g = exp(-1 / (tau fps))``, a constant baseline ``b`` and white Gaussian noise of standard
+    deviation ``sigma = 1 / snr`` (snr = median spike amplitude over noise). Returns a dict of
+    arrays: ``y`` (n, T) the traces, ``c`` calcium, ``s`` spike amplitudes per frame,
+    ``spikes`` spike counts, and per trace ``g``, ``sigma``, ``b``.
+    """
+    if n_traces < 1 or n_frames < 2 or fps <= 0:
+        raise ValueError("calcium_traces needs n_traces >= 1, n_frames >= 2 and fps > 0")
+    rng = np.random.default_rng(seed)
+    g = np.exp(-1.0 / (rng.uniform(*tau, n_traces) * fps))
+    rates = rng.uniform(*rate, n_traces)
+    spikes = rng.poisson(rates[:, None] / fps, size=(n_traces, n_frames)).astype(np.int32)
+    amplitude = np.exp(rng.normal(0.0, 0.3, size=spikes.shape)) * spikes
+    from scipy.signal import lfilter
+
+    calcium = np.stack([lfilter([1.0], [1.0, -gi], a) for gi, a in zip(g, amplitude)])
+    sigma = 1.0 / rng.uniform(*snr, n_traces)
+    b = rng.uniform(*baseline, n_traces)
+    y = b[:, None] + calcium + sigma[:, None] * rng.standard_normal(calcium.shape)
+    return {"y": y, "c": calcium, "s": amplitude, "spikes": spikes, "g": g, "sigma": sigma, "b": b}
+
+
+def nuclear_patch(
+    height: int = 100,
+    width: int = 100,
+    n_frames: int = 3000,
+    n_neurons: int = 40,
+    fps: float = 10.0,
+    min_distance: float = 4.0,
+    noise: float = 4.0,
+    seed: int = 0,
+) -> dict:
+    """A patch of a light-sheet movie of nuclear-localized GCaMP (the fast-NMF paper's setting).
+
+    What it simulates
+    -----------------
+    * **Nuclei**: ``n_neurons`` round-ish Gaussian blobs (σ 1.4–2.2 px, elongation ≤ 1.2, peak 1,
+      cut below 5 % of the peak: 7–11 px across), centers uniformly at random but at least
+      ``min_distance`` px apart (4 px by default, so neighbours overlap), 3 px from the border.
+    * **Activity** of neuron i: ``F0_i + dF_i c_i(t)``, F0 20–40 (nuclei are bright at rest),
+      dF 15–40 per spike, calcium AR(1) ``c[t] = g c[t-1] + s[t]`` with Poisson spikes at
+      0.05–0.5 Hz, log-normal amplitudes (median 1), tau 0.5–1.5 s (``g = exp(-1/(tau fps))``).
+    * **Background**: rank 1, a smooth spatial pattern (mean 60, ±25 %) times a slow drift in
+      time (±10 %), the model's extra component.
+    * **Noise**: Poisson shot noise on the expected intensity plus Gaussian read noise of
+      standard deviation ``noise``; no offset, so the data are non-negative in practice.
+
+    Returns a dict: ``Y`` (height, width, T) float32, pixel-major as :func:`engine.calcium.nmf.hals`
+    takes it; ground truth ``footprints`` (n, h, w), ``activity`` (n, T) = F0 + dF c (the
+    temporal components), ``calcium``, ``spikes``, ``centers`` (n, 2) as (row, col),
+    ``background_image`` (h, w), ``background_trace`` (T,), and ``noise_variance`` (the mean
+    expected intensity + noise², i.e. the MSE of the true model: what a fit should approach).
+    """
+    if n_frames < 2 or height < 8 or width < 8 or n_neurons < 1 or fps <= 0:
+        raise ValueError("nuclear_patch needs n_frames >= 2, height and width >= 8, n_neurons >= 1, fps > 0")
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
+    margin = 3.0
+    centres: list[np.ndarray] = []
+    tries = 0
+    dist = float(min_distance)
+    while len(centres) < n_neurons:
+        tries += 1
+        p = np.array([rng.uniform(margin, height - 1 - margin), rng.uniform(margin, width - 1 - margin)])
+        if all(np.hypot(*(p - q)) >= dist for q in centres):
+            centres.append(p)
+        elif tries % 2000 == 0:  # crowded: relax the spacing rather than loop forever
+            dist *= 0.95
+    centers = np.array(centres)
+    n = len(centers)
+    footprints = np.zeros((n, height, width))
+    for i, (cy, cx) in enumerate(centers):
+        s = rng.uniform(1.4, 2.2)
+        elong = rng.uniform(1.0, 1.2)
+        theta = rng.uniform(0, np.pi)
+        dy, dx = yy - cy, xx - cx
+        u = (dx * np.cos(theta) + dy * np.sin(theta)) / (s * np.sqrt(elong))
+        v = (-dx * np.sin(theta) + dy * np.cos(theta)) * np.sqrt(elong) / s
+        f = np.exp(-0.5 * (u**2 + v**2))
+        f[f < 0.05] = 0.0
+        footprints[i] = f
+
+    from scipy.signal import lfilter
+
+    rates = rng.uniform(0.05, 0.5, n)
+    spikes = rng.poisson(rates[:, None] / fps, size=(n, n_frames)).astype(np.int32)
+    amplitude = np.exp(rng.normal(0.0, 0.3, size=spikes.shape)) * spikes
+    g = np.exp(-1.0 / (rng.uniform(0.5, 1.5, n) * fps))
+    calcium = np.stack([lfilter([1.0], [1.0, -gi], a) for gi, a in zip(g, amplitude)])
+    activity = rng.uniform(20.0, 40.0, n)[:, None] + rng.uniform(15.0, 40.0, n)[:, None] * calcium
+
+    background_image = 60.0 * (1.0 + 0.25 * _smooth_field(height, width, 15.0, rng))
+    background_image = np.clip(background_image, 10.0, None)
+    tt = np.arange(n_frames) / n_frames
+    background_trace = 1.0 + 0.1 * np.sin(2 * np.pi * (tt + rng.uniform())) * np.exp(-tt)
+
+    expected = footprints.reshape(n, -1).T @ activity + background_image.reshape(-1, 1) * background_trace[None, :]
+    Y = rng.poisson(np.clip(expected, 0.0, None)).astype(np.float32)
+    Y += rng.normal(0.0, noise, size=Y.shape).astype(np.float32)
+    return {
+        "Y": Y.reshape(height, width, n_frames),
+        "footprints": footprints.astype(np.float32),
+        "activity": activity.astype(np.float32),
+        "calcium": calcium.astype(np.float32),
+        "spikes": spikes,
+        "centers": centers,
+        "background_image": background_image.astype(np.float32),
+        "background_trace": background_trace.astype(np.float32),
+        "noise_variance": float(expected.mean() + noise**2),
+    }
