@@ -393,7 +393,7 @@ class MorphologyWorkspace(Workspace):
             self.timescale.setRange(0, len(hks.timescales) - 1)
             self.timescale.setValue(len(hks.timescales) // 2)
             self.timescale.blockSignals(False)
-            self._log_hks = log_hks(hks.hks)
+            self._log_hks = np.asfortranarray(log_hks(hks.hks), dtype=np.float32)  # a timescale is one contiguous column
         self._update_timescale_label()
 
     def _update_timescale_label(self) -> None:
