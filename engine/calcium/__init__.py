@@ -11,6 +11,15 @@
     Fast localized NMF of a movie patch (shapes confined around centers, HALS, downsampling).
 ``deconvolution``
     AR(1) spike deconvolution under a noise constraint: exact fast solver and CVXPY reference.
+``motion``
+    Rigid / piecewise-rigid subpixel registration (phase correlation, torch FFT, chunked).
+``pipeline``
+    ``run_cnmf``: registration → centers → fast NMF per patch → merge → deconvolution → evaluation;
+    curation edits (add / merge / remove components).
+``export``
+    Suite2p-compatible folder, ``footprints.npz`` and ``traces.npz``.
+``cli``
+    ``neurowb cnmf``, ``neurowb deconvolve``, ``neurowb simulate-calcium``.
 ``synth``
-    Simulated movies and traces with ground truth.
+    Simulated movies and traces with ground truth (``recording``: the pipeline benchmark's movie).
 """

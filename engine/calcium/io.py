@@ -370,12 +370,15 @@ def _open_hdf5(path: Path, dataset: str | None) -> Movie:
 
 # -- summaries --------------------------------------------------------------------------
 
-def summary_images(movie: Movie, chunk_frames: int = 500, progress: Progress | None = None) -> dict:
+def summary_images(movie: Movie, chunk_frames: int = 500, progress: Progress | None = None,
+                   visit: Callable[[int, np.ndarray], None] | None = None) -> dict:
     """Mean, max and standard deviation (population) images, one chunk of frames at a time.
 
     Accumulates in float64 (chunked mean/variance merge, numerically stable); chunks hold at
     most ``chunk_frames`` frames and about 32 MB. Returns float32 images keyed ``mean``,
     ``max``, ``std``. InputError naming the first frame with NaN or infinite values.
+    ``visit(start, block)``, when given, sees every chunk (float64, frames ``start:``) after it
+    was checked, so a caller can do more with the same single pass over the file.
     """
     progress = as_progress(progress)
     if chunk_frames < 1:
@@ -401,6 +404,8 @@ def summary_images(movie: Movie, chunk_frames: int = 500, progress: Progress | N
                     f"Frame {index} of {name} contains {kind} values: summary images cannot be computed. "
                     "Fix or drop the bad frames (e.g. a failed motion correction) and try again."
                 )
+        if visit is not None:
+            visit(start, block)
         n_b = block.shape[0]
         mean_b = block.mean(axis=0)
         m2_b = ((block - mean_b) ** 2).sum(axis=0)

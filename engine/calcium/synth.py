@@ -3,7 +3,9 @@
 * :func:`demo_movie` — a two-photon movie of somata with neuropil and drift (described below);
 * :func:`nuclear_patch` — a light-sheet patch of overlapping nuclear-localized cells, the
   setting of the fast-NMF paper (benchmarks/fast_nmf.py);
-* :func:`calcium_traces` — fluorescence traces of the AR(1) model itself (deconvolution).
+* :func:`calcium_traces` — fluorescence traces of the AR(1) model itself (deconvolution);
+* :func:`recording` / :func:`write_recording` — the CNMF pipeline benchmark's movie: somata, AR(1)
+  calcium, neuropil, drift, shot and read noise, optional rigid motion; ground truth; chunked.
 
 What demo_movie simulates
 -------------------------
@@ -276,3 +278,129 @@ def nuclear_patch(
         "background_trace": background_trace.astype(np.float32),
         "noise_variance": float(expected.mean() + noise**2),
     }
+
+
+def recording(
+    n_frames: int = 3000,
+    height: int = 128,
+    width: int = 128,
+    n_cells: int = 50,
+    fps: float = 30.0,
+    motion: float = 0.0,
+    seed: int = 0,
+    out: np.ndarray | None = None,
+    chunk_frames: int = 500,
+) -> dict:
+    """A two-photon recording with ground truth, for the CNMF pipeline benchmark and tests.
+
+    What it simulates
+    -----------------
+    * **Somata**: ``n_cells`` soft-edged elliptical disks (as :func:`demo_movie`: radius 4–6 px,
+      i.e. 10–15 µm cells at ~1.2 µm/px, elongation ≤ 1.3, peak 1, cut below 2 %), centers at
+      least 1.6 × 5 px apart (neighbours may touch and overlap slightly), 8 px from the border.
+    * **Calcium**: AR(1), ``c[t] = g c[t-1] + a s[t]``, Poisson spikes at 0.1–1 Hz per cell,
+      log-normal per-spike amplitudes (median 1, ~30 % spread), tau 0.6–1.5 s (``g = exp(-1/(tau fps))``).
+    * **Fluorescence** (photons/pixel/frame): each cell ``F0 + dF c(t)`` with F0 40–80 and dF 20–50
+      (single-spike ΔF/F 0.15–0.4, GCaMP6-like), on a **neuropil** that is a smooth pattern (mean 60,
+      ±25 %) times a **slow baseline drift** (bleaching-like −10 % exponential and a ±5 % oscillation),
+      plus a weak shared neuropil activity (3 photons × a 1 s-smoothed random signal × a second pattern).
+    * **Motion** (``motion`` > 0 px): rigid, a smooth random walk (~2 s correlation) scaled to an RMS of
+      ``motion`` px per axis plus 0.1 × ``motion`` px jitter per frame, applied to the noiseless frames
+      (subpixel Fourier shift), so noise is not interpolated.
+    * **Noise**: Poisson shot noise on the expected photons, Gaussian read noise σ 3 and an offset of 100.
+
+    Frames are generated in chunks of ``chunk_frames`` and written into ``out`` (e.g. a ``.npy``
+    memmap, frames × height × width float32) when given, so a movie larger than memory can be made.
+
+    Returns a dict: ``movie`` (``out`` or a new float32 array), ground truth ``footprints`` (n, h, w)
+    float32 (peak 1), ``calcium`` (n, T) float32, ``spikes`` (n, T) int32, ``centers`` (n, 2) (row, col),
+    ``shifts`` (T, 2) (dy, dx) of each frame relative to the motionless field, and ``fps``.
+    """
+    if n_frames < 2 or height < 24 or width < 24 or n_cells < 0 or fps <= 0:
+        raise ValueError("recording needs n_frames >= 2, height and width >= 24, n_cells >= 0, fps > 0")
+    from scipy.signal import lfilter
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
+    centres = _place_centres(n_cells, height, width, 1.6 * 5.0, rng)
+    n = len(centres)
+    footprints = np.zeros((n, height, width), dtype=np.float32)
+    for i, (cy, cx) in enumerate(centres):
+        r = rng.uniform(4.0, 6.0)
+        elong = rng.uniform(1.0, 1.3)
+        theta = rng.uniform(0, np.pi)
+        y0, y1 = int(max(cy - 12, 0)), int(min(cy + 13, height))
+        x0, x1 = int(max(cx - 12, 0)), int(min(cx + 13, width))
+        dy, dx = yy[y0:y1, x0:x1] - cy, xx[y0:y1, x0:x1] - cx
+        u = (dx * np.cos(theta) + dy * np.sin(theta)) / (r * np.sqrt(elong))
+        v = (-dx * np.sin(theta) + dy * np.cos(theta)) * np.sqrt(elong) / r
+        f = np.exp(-((u**2 + v**2) ** 1.5) * 1.2)
+        f[f < 0.02] = 0.0
+        footprints[i, y0:y1, x0:x1] = f
+
+    rates = rng.uniform(0.1, 1.0, n)
+    spikes = rng.poisson(rates[:, None] / fps, size=(n, n_frames)).astype(np.int32)
+    g = np.exp(-1.0 / (rng.uniform(0.6, 1.5, n) * fps))
+    amplitude = np.exp(rng.normal(0.0, 0.3, size=(n, n_frames))) * spikes
+    calcium = np.stack([lfilter([1.0], [1.0, -gi], a) for gi, a in zip(g, amplitude)]) if n else np.zeros((0, n_frames))
+    f0 = rng.uniform(40.0, 80.0, n)
+    df = rng.uniform(20.0, 50.0, n)
+
+    tt = np.arange(n_frames) / fps
+    duration = n_frames / fps
+    drift = (0.9 + 0.1 * np.exp(-tt / max(duration / 2, 1e-3))) * (1 + 0.05 * np.sin(2 * np.pi * tt / max(duration, 1e-3) + rng.uniform(0, 6)))
+    width_s = int(max(fps, 1))
+    neuropil_activity = np.convolve(rng.standard_normal(n_frames), np.ones(width_s) / width_s, mode="same")
+    background = np.clip(60.0 * (1.0 + 0.25 * _smooth_field(height, width, 12.0, rng)), 10.0, None).astype(np.float32)
+    neuropil_pattern = np.clip(1.0 + 0.5 * _smooth_field(height, width, 3.0, rng), 0.0, None).astype(np.float32)
+
+    shifts = np.zeros((n_frames, 2), dtype=np.float32)
+    if motion > 0:
+        walk = lfilter([1.0], [1.0, -np.exp(-1.0 / (2.0 * fps))], rng.standard_normal((2, n_frames)), axis=1).T
+        walk = (walk - walk.mean(axis=0)) / (walk.std(axis=0) + 1e-12)
+        shifts = (motion * walk + 0.1 * motion * rng.standard_normal((n_frames, 2))).astype(np.float32)
+
+    movie = out if out is not None else np.empty((n_frames, height, width), dtype=np.float32)
+    if tuple(movie.shape) != (n_frames, height, width):
+        raise ValueError(f"out has shape {movie.shape}, expected {(n_frames, height, width)}")
+    flat_fp = footprints.reshape(n, -1)
+    for start in range(0, n_frames, chunk_frames):
+        stop = min(start + chunk_frames, n_frames)
+        expected = (drift[start:stop, None, None] * background[None]
+                    + 3.0 * neuropil_activity[start:stop, None, None] * neuropil_pattern[None])  # fmt: skip
+        cells = (f0[None, :] + df[None, :] * calcium[:, start:stop].T) @ flat_fp
+        expected = expected + cells.reshape(-1, height, width)
+        if motion > 0:
+            from engine.calcium.motion import shift_frames
+
+            expected = shift_frames(expected.astype(np.float32), shifts[start:stop])
+        frames = rng.poisson(np.clip(expected, 0.0, None)).astype(np.float32)
+        frames += rng.normal(0.0, READ_NOISE, size=frames.shape).astype(np.float32)
+        frames += np.float32(DARK_OFFSET)
+        movie[start:stop] = frames
+    return {
+        "movie": movie, "footprints": footprints, "calcium": calcium.astype(np.float32), "spikes": spikes,
+        "centers": centres, "shifts": shifts, "fps": float(fps),
+    }  # fmt: skip
+
+
+def write_recording(directory: str | os.PathLike, **kwargs) -> tuple[Path, Path]:
+    """Simulate :func:`recording` and write ``movie.tif`` (uint16 ImageJ TIFF, fps in its metadata)
+    and ``ground_truth.npz`` (footprints, calcium, spikes, centers, shifts, fps) into ``directory``.
+    Returns the two paths."""
+    import tifffile
+
+    from engine.storage import atomic_write_bytes
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    sim = recording(**kwargs)
+    fps = sim["fps"]
+    data = np.clip(np.round(sim["movie"]), 0, 65535).astype(np.uint16)
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, data, imagej=True, metadata={"axes": "TYX", "fps": fps, "finterval": 1.0 / fps})
+    movie_path = atomic_write_bytes(directory / "movie.tif", buffer.getvalue())
+    gt = io.BytesIO()
+    np.savez_compressed(gt, **{k: np.asarray(v) for k, v in sim.items() if k != "movie"})
+    truth_path = atomic_write_bytes(directory / "ground_truth.npz", gt.getvalue())
+    return movie_path, truth_path

@@ -1,0 +1,127 @@
+"""`neurowb cnmf`, `neurowb deconvolve` and `neurowb simulate-calcium` (registered through the
+``neurowb.commands`` entry point ``calcium``).
+
+``neurowb cnmf MOVIE -o OUT_DIR [--fs HZ] [--neuron-diameter PX] [--register rigid|piecewise|none] [--patch-size PX]``
+    runs :func:`engine.calcium.pipeline.run_cnmf` and writes the Suite2p folder, ``footprints.npz``
+    and ``traces.npz`` (:mod:`engine.calcium.export`) into OUT_DIR.
+``neurowb deconvolve TRACES.npy [--fs HZ] [--method fast|cvxpy] -o OUT.npz``
+    deconvolves every row (traces × frames; a 1-D array is one trace) and writes ``c``, ``s``,
+    ``b``, ``g``, ``sigma``, ``tau`` (s, when --fs is given).
+``neurowb simulate-calcium -o DIR [--size 128 --frames 3000 --cells 50 --seed S]``
+    writes ``movie.tif`` and ``ground_truth.npz`` (:func:`engine.calcium.synth.write_recording`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the calcium commands."""
+    p = subparsers.add_parser("cnmf", help="demix, deconvolve and evaluate the cells of a calcium movie",
+                              description="CNMF pipeline: registration, detection, fast NMF per patch, merging, "
+                              "deconvolution, evaluation.")
+    p.add_argument("movie", metavar="MOVIE", help="movie file: TIFF, NPY or HDF5 (frames × height × width)")
+    p.add_argument("-o", "--output", metavar="OUT_DIR", required=True, help="output folder (Suite2p files, footprints.npz, traces.npz)")
+    p.add_argument("--fs", type=float, metavar="HZ", help="frame rate (default: from the file, else 30)")
+    p.add_argument("--neuron-diameter", type=float, default=10.0, metavar="PX", help="typical cell diameter in pixels (default 10)")
+    p.add_argument("--register", choices=("rigid", "piecewise", "none"), default="none", help="motion correction (default none)")
+    p.add_argument("--patch-size", type=int, metavar="PX", help="patch core size in pixels (default max(64, 6 diameters))")
+    p.set_defaults(run=_run_cnmf)
+
+    p = subparsers.add_parser("deconvolve", help="AR(1) spike deconvolution of fluorescence traces",
+                              description="Deconvolve traces (rows of an .npy array) into calcium and spikes.")  # fmt: skip
+    p.add_argument("traces", metavar="TRACES.npy", help="traces × frames array (.npy)")
+    p.add_argument("-o", "--output", metavar="OUT.npz", required=True, help="output .npz (c, s, b, g, sigma)")
+    p.add_argument("--fs", type=float, metavar="HZ", help="frame rate, to report time constants in seconds")
+    p.add_argument("--method", choices=("fast", "cvxpy"), default="fast", help="exact fast solver (default) or the CVXPY reference")
+    p.set_defaults(run=_run_deconvolve)
+
+    p = subparsers.add_parser("simulate-calcium", help="write a simulated two-photon movie with its ground truth",
+                              description="Simulated movie (somata, AR(1) calcium, neuropil, drift, noise) as "
+                              "movie.tif + ground_truth.npz.")
+    p.add_argument("-o", "--output", metavar="DIR", required=True, help="output folder")
+    p.add_argument("--size", type=int, default=128, help="height and width in pixels (default 128)")
+    p.add_argument("--frames", type=int, default=3000, help="number of frames (default 3000)")
+    p.add_argument("--cells", type=int, default=50, help="number of cells (default 50)")
+    p.add_argument("--fs", type=float, default=30.0, metavar="HZ", help="frame rate (default 30)")
+    p.add_argument("--motion", type=float, default=0.0, metavar="PX", help="RMS rigid motion in pixels (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.set_defaults(run=_run_simulate)
+
+
+def _run_cnmf(args: argparse.Namespace) -> int:
+    from engine.calcium.export import export_suite2p
+    from engine.calcium.io import open_movie
+    from engine.calcium.pipeline import run_cnmf
+    from engine.cli import progress_bar
+    from engine.errors import InputError
+
+    if args.fs is not None and not args.fs > 0:
+        raise InputError(f"--fs must be a positive frame rate in Hz, got {args.fs:g}.")
+    if not args.neuron_diameter >= 2:
+        raise InputError(f"--neuron-diameter must be at least 2 px, got {args.neuron_diameter:g}.")
+    movie = open_movie(args.movie, fps=args.fs)
+    print(f"{movie!r}", file=sys.stderr)
+    with progress_bar("CNMF") as progress:
+        result = run_cnmf(movie, fs=args.fs, neuron_diameter=args.neuron_diameter, register=args.register,
+                          patch_size=args.patch_size, progress=progress)  # fmt: skip
+    export_suite2p(result, args.output, data_path=args.movie)
+    t = result.info["timings"]["total"]
+    print(f"wrote {args.output}: {result.n_components} components, {int(result.accepted.sum())} accepted, "
+          f"{result.F.shape[1]} frames at {result.fps:g} Hz, in {t:.1f} s", file=sys.stderr)
+    return 0
+
+
+def _run_deconvolve(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from engine.calcium.deconvolution import deconvolve, deconvolve_batch
+    from engine.cli import progress_bar
+    from engine.errors import InputError, check_input_file
+    from engine.storage import atomic_write_bytes
+
+    if not args.output.lower().endswith(".npz"):
+        raise InputError(f"The output file must end in .npz, got '{args.output}'.")
+    if args.fs is not None and not args.fs > 0:
+        raise InputError(f"--fs must be a positive frame rate in Hz, got {args.fs:g}.")
+    path = check_input_file(args.traces, (".npy",), "traces")
+    try:
+        Y = np.load(path, allow_pickle=False)
+    except Exception as exc:
+        raise InputError(f"Could not read '{path.name}' as a NumPy array: re-save it with numpy.save.", details=str(exc)) from exc
+    if Y.ndim == 1:
+        Y = Y[None]
+    if Y.ndim != 2 or not np.issubdtype(Y.dtype, np.number):
+        raise InputError(f"'{path.name}' must hold numbers as traces × frames (2-D) or one trace (1-D), got shape {Y.shape} {Y.dtype}.")
+    if args.method == "fast":
+        with progress_bar("Deconvolving") as progress:
+            out = deconvolve_batch(Y, progress=progress)
+        c, s, b, g, sigma = out.C, out.S, out.b, out.g, out.sigma
+    else:
+        rows = [deconvolve(y, method="cvxpy") for y in Y]
+        c, s = np.stack([r.c for r in rows]), np.stack([r.s for r in rows])
+        b, g, sigma = (np.array([getattr(r, k) for r in rows]) for k in ("b", "g", "sigma"))
+    arrays = {"c": c.astype(np.float32), "s": s.astype(np.float32), "b": b, "g": g, "sigma": sigma, "method": np.array(args.method)}
+    if args.fs:
+        arrays["tau"] = -1.0 / (np.log(np.clip(g, 1e-9, 1 - 1e-9)) * args.fs)
+        arrays["fs"] = np.float64(args.fs)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    atomic_write_bytes(args.output, buffer.getvalue())
+    print(f"wrote {args.output}: {len(c)} traces × {c.shape[1]} frames ({args.method})", file=sys.stderr)
+    return 0
+
+
+def _run_simulate(args: argparse.Namespace) -> int:
+    from engine.calcium.synth import write_recording
+    from engine.errors import InputError
+
+    if args.size < 24 or args.frames < 40 or args.cells < 0 or not args.fs > 0:
+        raise InputError("simulate-calcium needs --size >= 24, --frames >= 40, --cells >= 0 and --fs > 0.")
+    movie, truth = write_recording(args.output, n_frames=args.frames, height=args.size, width=args.size, n_cells=args.cells,
+                                   fps=args.fs, motion=args.motion, seed=args.seed)  # fmt: skip
+    print(f"wrote {movie} and {truth}", file=sys.stderr)
+    return 0

@@ -1,0 +1,597 @@
+"""The CNMF pipeline: movie → registered movie → centers → demixed, deconvolved and evaluated ROIs.
+
+Stages of :func:`run_cnmf`:
+
+1. **Registration** (optional): :func:`engine.calcium.motion.correct_motion`, rigid or piecewise.
+2. **One pass over the movie** (:func:`engine.calcium.io.summary_images`): mean, max and std images,
+   and a copy averaged over blocks of ``bin`` frames (~7.5 Hz). Detection works on that copy:
+   calcium transients last many frames, so averaging raises their SNR while the detection images
+   (:func:`engine.calcium.summary.detection_images`) cost ``bin`` times less. Small movies are
+   also kept whole in memory for the next stages.
+3. **Centers**: :func:`engine.calcium.summary.find_centers` on correlation × PNR.
+4. **Fast NMF per patch** (:func:`engine.calcium.nmf.fast_nmf`, Algorithm 1): the field of view is
+   tiled into square cores of ``patch_size`` px, each grown by one neuron diameter of overlap; a
+   patch fits every center in its grown box (so cells across the border are modelled too) with
+   ``n_background`` background components of its own. Patches go through
+   :func:`engine.parallel.parallel_map` (serial in this process for small movies; workers reopen
+   the movie file themselves).
+5. **Merging**: a cell near a border is fitted by up to four patches. Copies whose footprints
+   overlap (cosine ≥ ``merge_overlap``) and whose activities correlate (≥ ``merge_correlation``) are
+   one cell; the copy from the patch whose core holds the center is kept (its box is complete).
+   Distinct centers that pass the same test (one cell detected twice) are merged into one
+   rank-1 component. Copies that matched nothing are neighbours fitted only for the patch's
+   sake and are dropped too.
+6. **Traces**: ``F`` = NMF activity + the projection of the residual on the footprint (CNMF's
+   "C + YrA", raw demixed fluorescence, background removed), ``Fneu`` the background under the
+   footprint; one chunked pass over the movie.
+7. **Deconvolution** of ``F``: :func:`engine.calcium.deconvolution.deconvolve_batch` (AR(1), noise
+   constrained): ``C`` calcium above baseline, ``S`` spikes.
+8. **Evaluation**: SNR of the trace (peak of ``C`` over the noise σ of ``F``), spatial correlation
+   of the footprint with the data (``r_value``: the background-subtracted movie averaged with the
+   component's activity as weights, against the footprint, in the NMF box), and size (pixels of
+   the footprint ≥ 20 % of its peak); accepted when all three pass.
+
+Footprints ``A`` are a scipy.sparse matrix pixels × K with pixel index ``y * width + x`` and each
+column scaled to a peak of 1, so ``F`` is in the movie's units at the cell's brightest pixel.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+from scipy import sparse
+
+from engine.calcium.io import Movie, open_movie, summary_images
+from engine.errors import InputError
+from engine.progress import Progress, as_progress
+
+REGISTER = ("none", "rigid", "piecewise")
+DETECTION_RATE_HZ = 7.5  # frames are averaged down to about this rate for detection
+MAX_DETECTION_FRAMES = 2000
+IN_MEMORY_BYTES = 2 * 2**30  # float32 movies up to this size are held whole for the patches
+SIZE_THRESHOLD = 0.2  # a footprint's size counts pixels at ≥ 20 % of its peak
+
+
+@dataclass
+class CNMFResult:
+    """Everything :func:`run_cnmf` found; arrays with one row (or column of ``A``) per component.
+
+    ``A`` sparse pixels × K footprints (peak 1, pixel ``y * width + x``); ``C`` deconvolved calcium
+    (above baseline), ``S`` spikes, ``F`` raw demixed fluorescence (background removed), ``Fneu``
+    background under each footprint, all K × T float32; ``b`` sparse pixels × P background images
+    (one per patch, on its core) and ``f`` P × T their activities; ``baseline``, ``g``, ``sigma``
+    per component (deconvolution); ``centers`` (K, 2) (row, col); ``metrics`` {"snr", "r_value",
+    "size"}; ``accepted`` bool (K,); ``shifts`` (T, 2) registration shifts or None; ``images``
+    {"mean", "max", "std", "correlation", "pnr", "noise"} (h × w float32).
+    """
+
+    A: sparse.csc_matrix
+    C: np.ndarray
+    S: np.ndarray
+    F: np.ndarray
+    Fneu: np.ndarray
+    b: sparse.csc_matrix
+    f: np.ndarray
+    baseline: np.ndarray
+    g: np.ndarray
+    sigma: np.ndarray
+    centers: np.ndarray
+    metrics: dict
+    accepted: np.ndarray
+    image_shape: tuple[int, int]
+    fps: float
+    shifts: np.ndarray | None = None
+    images: dict = field(default_factory=dict)
+    params: dict = field(default_factory=dict)
+    info: dict = field(default_factory=dict)
+
+    @property
+    def n_components(self) -> int:
+        return self.A.shape[1]
+
+    def footprint(self, k: int) -> np.ndarray:
+        """Footprint ``k`` as an image (h × w)."""
+        return np.asarray(self.A[:, k].toarray()).reshape(self.image_shape)
+
+    def roi_mask(self, k: int, threshold: float = SIZE_THRESHOLD) -> np.ndarray:
+        """Boolean image of the pixels of footprint ``k`` at ≥ ``threshold`` × its peak."""
+        img = self.footprint(k)
+        return img >= threshold * img.max() if img.max() > 0 else np.zeros(self.image_shape, bool)
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+def _as_movie(movie, fs) -> Movie:
+    if isinstance(movie, Movie):
+        if fs is not None and movie.fps is None:
+            movie.fps = float(fs)
+        return movie
+    if isinstance(movie, (str, Path)):
+        return open_movie(movie, fps=fs)
+    return Movie.from_array(movie, fps=fs)
+
+
+def _tiles(n: int, core: int, overlap: int) -> list[tuple[int, int, int, int]]:
+    """(core start, core stop, grown start, grown stop) along one axis."""
+    count = max(1, int(round(n / core)))
+    edges = np.linspace(0, n, count + 1).round().astype(int)
+    return [(a, b, max(0, a - overlap), min(n, b + overlap)) for a, b in zip(edges[:-1], edges[1:])]
+
+
+def _read_box(source, rows: slice, cols: slice) -> np.ndarray:
+    """All frames of a box, frames × rows × cols float32, from an array or a movie file."""
+    if isinstance(source, np.ndarray):
+        return source[:, rows, cols]
+    path, fps = source
+    with open_movie(path, fps=fps) as movie:
+        return movie._block(0, movie.n_frames, rows, cols)
+
+
+def _patch_r_values(Y3: np.ndarray, res, boxes: np.ndarray) -> np.ndarray:
+    """Spatial correlation of each footprint with the data it explains: the movie minus the
+    background, averaged over time with weights max(c - median c, 0) (the frames where the
+    component is active), against the footprint over its NMF box (zeros included, so a
+    footprint that does not look like the active data scores low)."""
+    h, w, T = Y3.shape
+    out = np.zeros(len(res.centers), dtype=np.float32)
+    for k, (r0, r1, c0, c1) in enumerate(boxes):
+        c = res.C[k].astype(np.float64)
+        weights = np.maximum(c - np.median(c), 0.0)
+        total = weights.sum()
+        if total <= 0:
+            continue
+        weights /= total
+        mean_img = Y3[r0:r1, c0:c1] @ weights.astype(np.float32)
+        bg = (res.b.reshape(h, w, -1)[r0:r1, c0:c1] @ (res.f @ weights)).astype(np.float64)
+        img = (mean_img - bg).ravel()
+        a = res.A[:, k].reshape(h, w)[r0:r1, c0:c1].ravel().astype(np.float64)
+        if a.std() > 0 and img.std() > 0:
+            out[k] = np.corrcoef(a, img)[0, 1]
+    return out
+
+
+def _fit_patch(task: dict) -> dict:
+    """Fast NMF of one patch (runs in a worker): local footprints, activities, background, r-values."""
+    from engine.calcium.nmf import fast_nmf
+
+    r0, r1, c0, c1 = task["box"]
+    block = _read_box(task["source"], slice(r0, r1), slice(c0, c1))
+    Y3 = np.ascontiguousarray(block.transpose(1, 2, 0))
+    del block
+    h, w, T = Y3.shape
+    centers = task["centers"]
+    if len(centers) == 0:  # background only: the 20th-percentile image and its least-squares activity
+        sample = Y3[:, :, :: max(1, T // 200)]
+        bimg = np.percentile(sample, 20, axis=2).reshape(-1).astype(np.float32)
+        f = (bimg @ Y3.reshape(h * w, T)) / max(float(bimg @ bimg), 1e-12)
+        return {**task, "A": np.zeros((h * w, 0), np.float32), "C": np.zeros((0, T), np.float32), "b": bimg[:, None],
+                "f": f[None].astype(np.float32), "r_value": np.zeros(0, np.float32)}  # fmt: skip
+    temporal = int(max(1, min(30, T // 20)))
+    res = fast_nmf(Y3, centers, neuron_radius=task["radius"], n_background=task["n_background"],
+                   temporal_factor=temporal, backend=task.get("backend", "auto"))  # fmt: skip
+    return {**task, "A": res.A, "C": res.C, "b": res.b, "f": res.f, "r_value": _patch_r_values(Y3, res, res.patches)}
+
+
+def _cosine(A: sparse.csc_matrix) -> sparse.coo_matrix:
+    norms = np.sqrt(np.asarray(A.multiply(A).sum(axis=0))).ravel()
+    G = (A.T @ A).tocoo()
+    G.data = G.data / (norms[G.row] * norms[G.col] + 1e-12)
+    return G
+
+
+def _correlation(C: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    Z = C - C.mean(axis=1, keepdims=True)
+    Z /= np.linalg.norm(Z, axis=1, keepdims=True) + 1e-12
+    return np.einsum("ij,ij->i", Z[rows], Z[cols])
+
+
+def _rank_one(a_list, c_list) -> tuple[sparse.csc_matrix, np.ndarray]:
+    """Best rank-1 non-negative approximation of Σ a_i c_i over the union of the supports (HALS)."""
+    stacked = sparse.hstack(a_list).tocsr()
+    support = np.unique(stacked.nonzero()[0])
+    M = np.asarray(stacked[support].toarray(), dtype=np.float64) @ np.vstack(c_list).astype(np.float64)
+    c = np.vstack(c_list).sum(axis=0).astype(np.float64)
+    for _ in range(15):
+        a = np.maximum(M @ c, 0) / max(c @ c, 1e-12)
+        c = np.maximum(a @ M, 0) / max(a @ a, 1e-12)
+    scale = a.max() if a.max() > 0 else 1.0
+    n_pix = stacked.shape[0]
+    col = sparse.csc_matrix((a / scale, (support, np.zeros(len(support), int))), shape=(n_pix, 1))
+    return col, (c * scale).astype(np.float32)
+
+
+def _normalize(A: sparse.csc_matrix, C: np.ndarray) -> tuple[sparse.csc_matrix, np.ndarray]:
+    peak = np.asarray(A.max(axis=0).toarray()).ravel()
+    peak[peak <= 0] = 1.0
+    return (A @ sparse.diags(1.0 / peak)).tocsc().astype(np.float32), (C * peak[:, None]).astype(np.float32)
+
+
+# -- the stages -----------------------------------------------------------------------------------
+
+def _merge(parts: list[dict], shape, overlap_thr: float, corr_thr: float) -> tuple:
+    """Global components from the patch fits: cross-border copies merged, duplicate cells merged."""
+    H, W = shape
+    cols, acts, cids, owned, rvals, patch_of = [], [], [], [], [], []
+    for p, part in enumerate(parts):
+        r0, r1, c0, c1 = part["box"]
+        yy, xx = np.mgrid[r0:r1, c0:c1]
+        gpix = (yy * W + xx).ravel()
+        A = part["A"]
+        q0, q1, s0, s1 = part["core"]
+        for k in range(A.shape[1]):
+            nz = np.flatnonzero(A[:, k])
+            cols.append(sparse.csc_matrix((A[nz, k], (gpix[nz], np.zeros(len(nz), int))), shape=(H * W, 1)))
+            acts.append(part["C"][k])
+            cid = part["center_ids"][k]
+            cids.append(cid)
+            cy, cx = part["global_centers"][k]
+            owned.append(q0 <= round(cy) < q1 and s0 <= round(cx) < s1)
+            rvals.append(part["r_value"][k])
+            patch_of.append(p)
+    n = len(cols)
+    if n == 0:
+        n_frames = parts[0]["f"].shape[1] if parts else 0
+        return (sparse.csc_matrix((H * W, 0), dtype=np.float32), np.zeros((0, n_frames), np.float32), np.zeros(0, int),
+                np.zeros(0, np.float32), {"copies_merged": 0, "cells_merged": 0})
+    A = sparse.hstack(cols).tocsc()
+    C = np.vstack(acts).astype(np.float32)
+    cids, owned, rvals = np.array(cids), np.array(owned), np.array(rvals, dtype=np.float32)
+    G = _cosine(A)
+    upper = G.row < G.col
+    rows, cols_ = G.row[upper], G.col[upper]
+    cos = G.data[upper]
+    near = cos >= overlap_thr
+    rows, cols_ = rows[near], cols_[near]
+    corr = _correlation(C, rows, cols_)
+    same = corr >= corr_thr
+    rows, cols_ = rows[same], cols_[same]
+    # Union-find over the matched pairs.
+    parent = np.arange(n)
+
+    def find(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, j in zip(rows, cols_):
+        ri, rj = find(i), find(j)
+        if ri != rj:
+            parent[max(ri, rj)] = min(ri, rj)
+    groups: dict[int, list[int]] = {}
+    for i in range(n):
+        groups.setdefault(find(i), []).append(i)
+    out_a, out_c, out_id, out_r = [], [], [], []
+    copies = cells = 0
+    for members in groups.values():
+        keep = [i for i in members if owned[i]]
+        copies += len(members) - len(keep) if keep else 0
+        if not keep:  # neighbours fitted for a patch's sake only
+            continue
+        if len(keep) == 1:
+            k = keep[0]
+            out_a.append(A[:, k])
+            out_c.append(C[k])
+        else:
+            cells += len(keep) - 1
+            col, act = _rank_one([A[:, k] for k in keep], [C[k] for k in keep])
+            out_a.append(col)
+            out_c.append(act)
+        best = max(keep, key=lambda i: rvals[i])
+        out_id.append(cids[best])
+        out_r.append(rvals[keep].max())
+    order = np.argsort(out_id, kind="stable")
+    A = sparse.hstack([out_a[i] for i in order]).tocsc() if out_a else sparse.csc_matrix((H * W, 0))
+    C = np.vstack([out_c[i] for i in order]) if out_c else np.zeros((0, C.shape[1]), np.float32)
+    return A, C, np.array(out_id)[order], np.array(out_r, dtype=np.float32)[order], {"copies_merged": int(copies), "cells_merged": int(cells)}
+
+
+def _project(movie: Movie, data, A: sparse.csc_matrix, C: np.ndarray, b: sparse.csc_matrix, f: np.ndarray,
+             progress: Progress) -> tuple[np.ndarray, np.ndarray]:
+    """(F, Fneu): NMF activity plus the residual projected on each footprint; background under it."""
+    n, h, w = movie.shape
+    K = A.shape[1]
+    At = A.T.tocsr()
+    AtY = np.zeros((K, n), dtype=np.float64)
+    step = int(max(1, 64 * 2**20 // (h * w * 4)))
+    for start in range(0, n, step):
+        progress.check()
+        block = data[start:start + step] if data is not None else movie.frames(start, start + step)
+        AtY[:, start:start + len(block)] = At @ block.reshape(len(block), -1).T
+        progress.report(min(start + step, n) / n, "Projecting traces")
+    AtA = (At @ A).toarray()
+    d = np.maximum(np.diag(AtA), 1e-12)[:, None]
+    background = (At @ b).toarray() @ f
+    F = C + (AtY - AtA @ C - background) / d
+    return F.astype(np.float32), (background / d).astype(np.float32)
+
+
+def _deconvolve(F: np.ndarray, scheduler, progress: Progress):
+    from engine.calcium.deconvolution import deconvolve_batch
+
+    if len(F) == 0:
+        z = np.zeros_like(F)
+        return z, z, np.zeros(0), np.zeros(0), np.zeros(0)
+    sched = scheduler if scheduler is not None else ("serial" if F.size < 2e7 else None)
+    out = deconvolve_batch(F.astype(np.float64), scheduler=sched, progress=progress)
+    return out.C.astype(np.float32), out.S.astype(np.float32), out.b, out.g, out.sigma
+
+
+def evaluate_components(A: sparse.csc_matrix, C: np.ndarray, sigma: np.ndarray, r_value: np.ndarray,
+                        neuron_diameter: float, min_snr: float = 3.0, min_r: float = 0.5,
+                        size_range: tuple[float, float] = (0.25, 2.5)) -> tuple[dict, np.ndarray]:
+    """(metrics, accepted). ``snr`` = peak of the deconvolved calcium / noise σ of F; ``size`` =
+    pixels ≥ 20 % of the footprint's peak, accepted within ``size_range`` × the area of a disk of
+    ``neuron_diameter``; ``r_value`` ≥ ``min_r``; ``snr`` ≥ ``min_snr``."""
+    peak = C.max(axis=1) if C.size else np.zeros(len(sigma))
+    snr = np.where(sigma > 0, peak / np.maximum(sigma, 1e-12), 0.0).astype(np.float32)
+    Ad = A.tocsc()
+    size = np.array([np.count_nonzero(Ad[:, k].data >= SIZE_THRESHOLD * Ad[:, k].data.max()) if Ad[:, k].nnz else 0
+                     for k in range(Ad.shape[1])], dtype=np.int32)  # fmt: skip
+    area = math.pi * (neuron_diameter / 2.0) ** 2
+    accepted = (snr >= min_snr) & (np.asarray(r_value) >= min_r) & (size >= size_range[0] * area) & (size <= size_range[1] * area)
+    return {"snr": snr, "r_value": np.asarray(r_value, dtype=np.float32), "size": size}, accepted
+
+
+def run_cnmf(
+    movie,
+    fs: float | None = None,
+    neuron_diameter: float = 10.0,
+    register: str = "none",
+    patch_size: int | None = None,
+    *,
+    n_background: int = 2,
+    centers: np.ndarray | None = None,
+    min_pnr: float = 5.0,
+    min_correlation: float = 0.03,
+    merge_overlap: float = 0.5,
+    merge_correlation: float = 0.8,
+    min_snr: float = 3.0,
+    min_r: float = 0.5,
+    scheduler: str | None = None,
+    work_dir: str | Path | None = None,
+    backend: str = "auto",
+    progress: Progress | None = None,
+) -> CNMFResult:
+    """Run the whole pipeline (see the module docstring) on a movie, a path or a frames × h × w array.
+
+    ``fs`` frame rate in Hz (default: the file's, else 30 and said so in ``info``);
+    ``neuron_diameter`` px; ``register`` "none", "rigid" or "piecewise"; ``patch_size`` px of a
+    patch core (default max(64, 6 diameters)); ``centers`` (row, col) skip detection;
+    ``scheduler`` for the patches and deconvolution (as :func:`engine.parallel.parallel_map`;
+    default serial in this process for movies held in memory); ``work_dir`` where a registered
+    movie too big for memory is written (default a temporary file).
+    """
+    progress = as_progress(progress)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    if register not in REGISTER:
+        raise InputError(f"Unknown registration {register!r}: use one of {', '.join(REGISTER)}.")
+    if not (neuron_diameter and neuron_diameter >= 2):
+        raise InputError(f"neuron_diameter must be at least 2 px, got {neuron_diameter!r}.")
+    movie = _as_movie(movie, fs)
+    fps = float(fs or movie.fps or 30.0)
+    info: dict = {"fps_assumed": not (fs or movie.fps)}
+    n, h, w = movie.shape
+    if n < 40:
+        raise InputError(f"The movie has {n} frames; the pipeline needs at least 40 (noise and deconvolution estimates).")
+    radius = neuron_diameter / 2.0
+    if patch_size is None:
+        patch_size = int(max(64, round(6 * neuron_diameter)))
+    if patch_size < 2 * neuron_diameter:
+        raise InputError(f"patch_size ({patch_size} px) must be at least two neuron diameters ({2 * neuron_diameter:g} px).")
+    weights = [3 if register != "none" else 0.001, 2, 1, 4, 1, 1]
+    s_reg, s_scan, s_detect, s_nmf, s_proj, s_dec = progress.split(weights, ["Registration", "Summary images", "Detecting cells",
+                                                                             "Demixing patches", "Traces", "Deconvolution"])  # fmt: skip
+    shifts = None
+    if register != "none":
+        from engine.calcium.motion import correct_motion
+
+        out = Path(work_dir) / "registered.npy" if work_dir is not None and n * h * w * 4 > IN_MEMORY_BYTES else None
+        mc = correct_motion(movie, register, out=out, progress=s_reg)
+        shifts = mc.shifts
+        movie = mc.movie(fps)
+        timings["registration"] = time.perf_counter() - t0
+
+    # 2. One pass: summary images, the binned movie for detection, the whole movie when small.
+    t = time.perf_counter()
+    bin_ = int(max(1, round(fps / DETECTION_RATE_HZ), math.ceil(n / MAX_DETECTION_FRAMES)))
+    n_bins = n // bin_
+    binned = np.zeros((n_bins, h, w), dtype=np.float32)
+    in_memory = n * h * w * 4 <= IN_MEMORY_BYTES
+    data = None
+    if in_memory:
+        src = getattr(movie, "_source", None)
+        in_memory = isinstance(src, np.ndarray) and src.dtype == np.float32 and src.ndim == 3 and movie._reader is None
+        data = src if in_memory else np.empty((n, h, w), np.float32)
+    copy = data is not None and data is not getattr(movie, "_source", None)
+
+    def visit(start: int, block: np.ndarray) -> None:
+        if copy:
+            data[start:start + len(block)] = block
+        for i in range(start // bin_, min((start + len(block)) // bin_, n_bins)):
+            lo, hi = max(i * bin_, start) - start, min((i + 1) * bin_, start + len(block)) - start
+            binned[i] += block[lo:hi].sum(axis=0) / bin_
+
+    chunk = int(max(bin_, (500 // bin_) * bin_))
+    images = summary_images(movie, chunk_frames=chunk, progress=s_scan, visit=visit)
+    timings["summary"] = time.perf_counter() - t
+
+    # 3. Centers.
+    t = time.perf_counter()
+    from engine.calcium.summary import detection_images, find_centers
+
+    det = detection_images(Movie.from_array(binned), neuron_radius=radius, progress=s_detect)
+    images.update(correlation=det["correlation"], pnr=det["pnr"], noise=(det["noise"] * math.sqrt(bin_)).astype(np.float32))
+    if centers is None:
+        # A suppression radius below the cell's finds touching neighbours (at d/2 about 1 cell in
+        # 10 was missed on simulated movies); a cell found twice is merged again in step 5.
+        centers = find_centers(det["correlation"], det["pnr"], neuron_radius=0.3 * neuron_diameter,
+                               min_correlation=min_correlation, min_pnr=min_pnr)  # fmt: skip
+    centers = np.asarray(centers, dtype=np.float64).reshape(-1, 2)
+    timings["detection"] = time.perf_counter() - t
+    info["centers_detected"] = len(centers)
+
+    # 4. Patches.
+    t = time.perf_counter()
+    overlap = int(math.ceil(neuron_diameter))
+    if data is not None and (scheduler in (None, "serial")):
+        source, sched = data, "serial"
+    elif movie.path is not None:
+        source, sched = (str(movie.path), fps), scheduler
+    else:
+        source, sched = (data if data is not None else movie.frames(0, n)), "serial"
+    tasks = []
+    for q0, q1, g0, g1 in _tiles(h, patch_size, overlap):
+        for s0, s1, e0, e1 in _tiles(w, patch_size, overlap):
+            inside = np.flatnonzero((centers[:, 0] >= g0) & (centers[:, 0] <= g1 - 1) & (centers[:, 1] >= e0) & (centers[:, 1] <= e1 - 1))
+            tasks.append({"box": (g0, g1, e0, e1), "core": (q0, q1, s0, s1), "source": source, "center_ids": inside,
+                          "global_centers": centers[inside], "centers": centers[inside] - [g0, e0], "radius": radius,
+                          "n_background": n_background, "backend": backend})  # fmt: skip
+    from engine.parallel import parallel_map
+
+    parts = parallel_map(_fit_patch, tasks, scheduler=sched, progress=s_nmf, label="patches")
+    timings["patches"] = time.perf_counter() - t
+
+    # 5. Merge.
+    t = time.perf_counter()
+    A, C_nmf, ids, r_value, merge_info = _merge(parts, (h, w), merge_overlap, merge_correlation)
+    info.update(merge_info)
+    A, C_nmf = _normalize(A, C_nmf)
+    centers_out = centers[ids] if len(ids) else np.zeros((0, 2))
+    # Backgrounds: each patch's, on its core only (the cores tile the image once).
+    b_cols, f_rows = [], []
+    for part in parts:
+        g0, g1, e0, e1 = part["box"]
+        q0, q1, s0, s1 = part["core"]
+        bh, bw = g1 - g0, e1 - e0
+        for j in range(part["b"].shape[1]):
+            img = np.zeros((h, w), np.float32)
+            img[q0:q1, s0:s1] = part["b"][:, j].reshape(bh, bw)[q0 - g0:q1 - g0, s0 - e0:s1 - e0]
+            b_cols.append(sparse.csc_matrix(img.reshape(-1, 1)))
+            f_rows.append(part["f"][j])
+    b = sparse.hstack(b_cols).tocsc().astype(np.float32)
+    f = np.vstack(f_rows).astype(np.float32)
+    timings["merge"] = time.perf_counter() - t
+
+    # 6-7. Traces and deconvolution.
+    t = time.perf_counter()
+    F, Fneu = _project(movie, data, A, C_nmf, b, f, s_proj)
+    C, S, baseline, g, sigma = _deconvolve(F, scheduler, s_dec)
+    timings["traces_and_deconvolution"] = time.perf_counter() - t
+    metrics, accepted = evaluate_components(A, C, sigma, r_value, neuron_diameter, min_snr, min_r)
+    timings["total"] = time.perf_counter() - t0
+    info["timings"] = timings
+    params = {"fs": fps, "neuron_diameter": float(neuron_diameter), "register": register, "patch_size": int(patch_size),
+              "n_background": n_background, "min_snr": min_snr, "min_r": min_r, "detection_bin": bin_,
+              "merge_overlap": merge_overlap, "merge_correlation": merge_correlation}  # fmt: skip
+    progress.report(1.0, "Done")
+    return CNMFResult(A=A, C=C, S=S, F=F, Fneu=Fneu, b=b, f=f, baseline=np.asarray(baseline), g=np.asarray(g),
+                      sigma=np.asarray(sigma), centers=centers_out, metrics=metrics, accepted=accepted, image_shape=(h, w),
+                      fps=fps, shifts=shifts, images=images, params=params, info=info)  # fmt: skip
+
+
+# -- curation: the GUI's edits ------------------------------------------------------------------
+
+def _append(result: CNMFResult, a: sparse.csc_matrix, F_new: np.ndarray, Fneu_new: np.ndarray, center, r_value: float,
+            accepted: bool | None = None) -> CNMFResult:
+    C, S, baseline, g, sigma = _deconvolve(F_new[None], "serial", as_progress(None))
+    A = sparse.hstack([result.A, a]).tocsc()
+    r = np.append(result.metrics["r_value"], np.float32(r_value))
+    sig = np.append(result.sigma, sigma)
+    Call = np.vstack([result.C, C])
+    metrics, acc = evaluate_components(A, Call, sig, r, result.params["neuron_diameter"], result.params["min_snr"], result.params["min_r"])
+    accepted_all = np.append(result.accepted, acc[-1] if accepted is None else bool(accepted))
+    return replace(result, A=A, C=Call, S=np.vstack([result.S, S]), F=np.vstack([result.F, F_new[None]]),
+                   Fneu=np.vstack([result.Fneu, Fneu_new[None]]), baseline=np.append(result.baseline, baseline),
+                   g=np.append(result.g, g), sigma=sig, centers=np.vstack([result.centers, np.asarray(center, float)[None]]),
+                   metrics=metrics, accepted=accepted_all)  # fmt: skip
+
+
+def _drop(result: CNMFResult, keep: np.ndarray) -> CNMFResult:
+    return replace(result, A=result.A[:, keep].tocsc(), C=result.C[keep], S=result.S[keep], F=result.F[keep],
+                   Fneu=result.Fneu[keep], baseline=result.baseline[keep], g=result.g[keep], sigma=result.sigma[keep],
+                   centers=result.centers[keep], metrics={k: v[keep] for k, v in result.metrics.items()},
+                   accepted=result.accepted[keep])  # fmt: skip
+
+
+def remove_components(result: CNMFResult, indices) -> CNMFResult:
+    """A new result without the given components (the GUI's delete)."""
+    keep = np.setdiff1d(np.arange(result.n_components), np.atleast_1d(indices))
+    return _drop(result, keep)
+
+
+def merge_components(result: CNMFResult, i: int, j: int) -> CNMFResult:
+    """A new result where components ``i`` and ``j`` are one: the best rank-1 fit of
+    ``a_i F_i + a_j F_j`` (footprint over both supports), deconvolved again; appended last,
+    the two originals removed. Accepted if either was."""
+    K = result.n_components
+    if not (0 <= i < K and 0 <= j < K) or i == j:
+        raise InputError(f"Pick two different components among 0..{K - 1} to merge, got {i} and {j}.")
+    a, F_new = _rank_one([result.A[:, i], result.A[:, j]], [result.F[i], result.F[j]])
+    # The background under the new footprint, from the two old ones weighted by overlap.
+    Fneu_new = (result.Fneu[i] + result.Fneu[j]) / 2.0
+    w = np.array([result.C[i].max(), result.C[j].max()])
+    center = (result.centers[i] * w[0] + result.centers[j] * w[1]) / max(w.sum(), 1e-12)
+    merged = _append(result, a, F_new, Fneu_new.astype(np.float32), center,
+                     max(result.metrics["r_value"][i], result.metrics["r_value"][j]),
+                     accepted=bool(result.accepted[i] or result.accepted[j]))  # fmt: skip
+    return remove_components(merged, [i, j])
+
+
+def add_component(result: CNMFResult, movie, center, progress: Progress | None = None) -> CNMFResult:
+    """A new result with one more ROI at ``center`` (row, col), e.g. clicked in the GUI.
+
+    A local fast NMF around the click (a box of ±2 diameters, all frames) with the existing
+    components whose centers fall in the box and the new one; the new footprint and its traces
+    come from that local model (the existing components' own traces are left as they were).
+    The ROI is accepted (a person asked for it); its metrics are computed as for the others.
+    """
+    from engine.calcium.nmf import fast_nmf
+
+    progress = as_progress(progress)
+    movie = _as_movie(movie, result.fps)
+    h, w = result.image_shape
+    if movie.shape[1:] != (h, w):
+        raise InputError(f"The movie is {movie.shape[1]} × {movie.shape[2]} px but the result is for {h} × {w} px: open the same movie.")
+    cy, cx = (float(v) for v in center)
+    if not (0 <= cy <= h - 1 and 0 <= cx <= w - 1):
+        raise InputError(f"The point (row {cy:g}, col {cx:g}) is outside the {h} × {w} image: click on the image.")
+    d = result.params["neuron_diameter"]
+    half = int(math.ceil(2 * d))
+    g0, g1, e0, e1 = max(0, int(cy) - half), min(h, int(cy) + half + 1), max(0, int(cx) - half), min(w, int(cx) + half + 1)
+    if result.shifts is not None:
+        from engine.calcium.motion import shift_frames
+
+        block = movie._block(0, movie.n_frames, slice(0, h), slice(0, w))
+        block = shift_frames(block, -result.shifts)[:, g0:g1, e0:e1]  # the same correction the pipeline applied
+    else:
+        block = movie._block(0, movie.n_frames, slice(g0, g1), slice(e0, e1))
+    progress.check()
+    Y3 = np.ascontiguousarray(block.transpose(1, 2, 0))
+    existing = np.flatnonzero((result.centers[:, 0] >= g0) & (result.centers[:, 0] < g1) & (result.centers[:, 1] >= e0)
+                              & (result.centers[:, 1] < e1)) if result.n_components else np.zeros(0, int)  # fmt: skip
+    local_centers = np.vstack([result.centers[existing] - [g0, e0], [[cy - g0, cx - e0]]])
+    T = Y3.shape[2]
+    res = fast_nmf(Y3, local_centers, neuron_radius=d / 2.0, n_background=result.params["n_background"],
+                   temporal_factor=int(max(1, min(30, T // 20))))  # fmt: skip
+    progress.check()
+    bh, bw = g1 - g0, e1 - e0
+    k = len(local_centers) - 1
+    a_local = res.A[:, k].astype(np.float64)
+    Yflat = Y3.reshape(bh * bw, T)
+    resid_proj = a_local @ Yflat - (a_local @ res.A) @ res.C - (a_local @ res.b) @ res.f
+    norm2 = max(a_local @ a_local, 1e-12)
+    F_new = res.C[k] + resid_proj / norm2
+    Fneu_new = (a_local @ res.b) @ res.f / norm2
+    r_value = _patch_r_values(Y3, res, res.patches)[k]
+    yy, xx = np.mgrid[g0:g1, e0:e1]
+    nz = np.flatnonzero(a_local)
+    peak = a_local.max() if a_local.max() > 0 else 1.0
+    col = sparse.csc_matrix((a_local[nz] / peak, ((yy * w + xx).ravel()[nz], np.zeros(len(nz), int))), shape=(h * w, 1))
+    return _append(result, col.astype(np.float32), (F_new * peak).astype(np.float32), (Fneu_new * peak).astype(np.float32),
+                   (cy, cx), float(r_value), accepted=True)  # fmt: skip

@@ -1,0 +1,139 @@
+"""CNMF pipeline on a small simulated movie: cells found (F1 vs ground truth), copies across patch
+borders merged, curation edits, the Suite2p export (fields, shapes, dtypes, pixel index) and the CLI."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import sparse
+from scipy.optimize import linear_sum_assignment
+
+from engine.calcium import pipeline, synth
+from engine.calcium.export import SUITE2P_FILES, export_suite2p
+from engine.cli import main
+from engine.errors import InputError
+
+
+def iou_matrix(result, footprints):
+    est = np.stack([result.roi_mask(k) for k in range(result.n_components)]).reshape(result.n_components, -1).astype(float)
+    true = (footprints >= 0.2 * footprints.max(axis=(1, 2), keepdims=True)).reshape(len(footprints), -1).astype(float)
+    inter = est @ true.T
+    return inter / (est.sum(1)[:, None] + true.sum(1)[None] - inter)
+
+
+def f1(iou):
+    rows, cols = linear_sum_assignment(-iou)
+    tp = int((iou[rows, cols] >= 0.5).sum())
+    return 2 * tp / sum(iou.shape), rows, cols
+
+
+@pytest.fixture(scope="module")
+def run():
+    sim = synth.recording(900, 96, 96, 14, seed=5)
+    # Small patches (3 × 3 of 32 px) so that cells sit across patch borders.
+    result = pipeline.run_cnmf(sim["movie"], fs=30, neuron_diameter=10, patch_size=32)
+    return sim, result
+
+
+def test_finds_the_cells(run):
+    sim, result = run
+    accepted = np.flatnonzero(result.accepted)
+    iou = iou_matrix(result, sim["footprints"])[accepted]
+    score, rows, cols = f1(iou)
+    assert score >= 0.8
+    ok = iou[rows, cols] >= 0.5
+    corr = [np.corrcoef(result.C[accepted[r]], sim["calcium"][c])[0, 1] for r, c in zip(rows[ok], cols[ok])]
+    assert np.median(corr) > 0.9
+    assert result.A.shape == (96 * 96, result.n_components) and sparse.issparse(result.A)
+    for name in ("C", "S", "F", "Fneu"):
+        assert getattr(result, name).shape == (result.n_components, 900)
+    assert set(result.images) >= {"mean", "max", "std", "correlation", "pnr", "noise"}
+
+
+def test_copies_across_patch_borders_are_merged(run):
+    sim, result = run
+    assert result.info["copies_merged"] > 0  # cells near borders were fitted in several patches
+    iou = iou_matrix(result, sim["footprints"])
+    # No true cell is claimed twice by accepted components.
+    hits = (iou[result.accepted] >= 0.5).sum(axis=0)
+    assert hits.max() <= 1
+
+
+def test_merge_add_remove(run):
+    sim, result = run
+    K = result.n_components
+    merged = pipeline.merge_components(result, 0, 1)
+    assert merged.n_components == K - 1 and merged.A.shape[1] == K - 1 and merged.C.shape[0] == K - 1
+    fewer = pipeline.remove_components(result, [2])
+    assert fewer.n_components == K - 1
+    # Add back a true cell that is removed: the new ROI lands on it.
+    iou = iou_matrix(result, sim["footprints"])
+    k = int(np.argmax(iou.max(axis=1)))
+    j = int(np.argmax(iou[k]))
+    without = pipeline.remove_components(result, [k])
+    added = pipeline.add_component(without, sim["movie"], sim["centers"][j])
+    assert added.n_components == K and added.accepted[-1]
+    assert iou_matrix(added, sim["footprints"][j:j + 1])[-1, 0] >= 0.5
+    with pytest.raises(InputError, match="outside"):
+        pipeline.add_component(result, sim["movie"], (500, 3))
+
+
+def test_suite2p_export(run, tmp_path):
+    sim, result = run
+    export_suite2p(result, tmp_path)
+    for name in SUITE2P_FILES + ("footprints.npz", "traces.npz"):
+        assert (tmp_path / name).exists()
+    K, T = result.n_components, 900
+    stat = np.load(tmp_path / "stat.npy", allow_pickle=True)
+    assert stat.dtype == object and len(stat) == K
+    for s in stat:
+        for key in ("ypix", "xpix", "lam", "med", "npix", "npix_norm", "radius", "aspect_ratio", "compact", "overlap", "footprint", "skew", "std"):
+            assert key in s
+        assert s["ypix"].dtype == np.int32 and s["xpix"].dtype == np.int32 and s["lam"].dtype == np.float32
+        assert len(s["ypix"]) == len(s["xpix"]) == len(s["lam"]) == s["npix"] == len(s["overlap"])
+        assert abs(float(s["lam"].sum()) - 1) < 1e-4
+    for name in ("F.npy", "Fneu.npy", "spks.npy"):
+        a = np.load(tmp_path / name)
+        assert a.shape == (K, T) and a.dtype == np.float32
+    iscell = np.load(tmp_path / "iscell.npy")
+    assert iscell.shape == (K, 2) and np.array_equal(iscell[:, 0].astype(bool), result.accepted)
+    ops = np.load(tmp_path / "ops.npy", allow_pickle=True).item()
+    assert (ops["Ly"], ops["Lx"], ops["nframes"], ops["fs"]) == (96, 96, T, 30.0)
+    assert ops["meanImg"].shape == (96, 96)
+    # Pixel index convention of footprints.npz: y * width + x, the same pixels as stat's ypix/xpix.
+    A = sparse.load_npz(tmp_path / "footprints.npz").tocsc()
+    assert A.shape == (96 * 96, K)
+    pix = A[:, 0].indices
+    np.testing.assert_array_equal(np.sort(pix), np.sort(stat[0]["ypix"] * 96 + stat[0]["xpix"]))
+    img = np.asarray(A[:, 0].toarray()).reshape(96, 96)
+    y, x = np.unravel_index(np.argmax(img), img.shape)
+    assert np.hypot(y - result.centers[0, 0], x - result.centers[0, 1]) < 6
+    traces = np.load(tmp_path / "traces.npz")
+    for key in ("C", "S", "F", "b", "f"):
+        assert key in traces
+    assert traces["C"].shape == (K, T)
+
+
+def test_cli_round_trip_and_bad_input(tmp_path, capsys):
+    from engine.calcium.cli import register
+
+    regs = [register]
+    assert main(["simulate-calcium", "-o", str(tmp_path / "sim"), "--size", "48", "--frames", "300", "--cells", "4", "--seed", "1"], regs) == 0
+    assert (tmp_path / "sim" / "movie.tif").exists() and (tmp_path / "sim" / "ground_truth.npz").exists()
+    assert main(["cnmf", str(tmp_path / "sim" / "movie.tif"), "-o", str(tmp_path / "out"), "--neuron-diameter", "10"], regs) == 0
+    assert (tmp_path / "out" / "stat.npy").exists()
+    F = np.load(tmp_path / "out" / "F.npy")
+    np.save(tmp_path / "traces.npy", F)
+    assert main(["deconvolve", str(tmp_path / "traces.npy"), "--fs", "30", "-o", str(tmp_path / "dec.npz")], regs) == 0
+    dec = np.load(tmp_path / "dec.npz")
+    assert dec["c"].shape == F.shape and "tau" in dec
+    capsys.readouterr()
+    # Bad input: one line, exit 2.
+    assert main(["cnmf", str(tmp_path / "missing.tif"), "-o", str(tmp_path / "x")], regs) == 2
+    assert "not found" in capsys.readouterr().err
+    np.save(tmp_path / "bad.npy", np.zeros((2, 3, 4)))
+    assert main(["deconvolve", str(tmp_path / "bad.npy"), "-o", str(tmp_path / "d.npz")], regs) == 2
+    err = capsys.readouterr().err.strip()
+    assert "traces × frames" in err and "\n" not in err
+    assert main(["cnmf", str(tmp_path / "sim" / "movie.tif"), "-o", str(tmp_path / "y"), "--patch-size", "5"], regs) == 2
+    assert "patch_size" in capsys.readouterr().err
