@@ -1,27 +1,75 @@
-"""Calcium workspace: imaging movies, summary images and pixel traces (CNMF demixing to come)."""
+"""Calcium workspace: imaging movies → CNMF (background job) → ROI and trace QC → Suite2p export.
+
+The loop: open a movie → Run CNMF (per-stage progress, Cancel) → ROI contours on the summary
+image (accepted green, rejected red dashed, selected yellow) → click an ROI or a table row →
+its F / C / S traces → accept (A) / reject (R), Left / Right to the next ROI in table order,
+merge two (M), delete (Del), add one by clicking its center (N, then click), undo (Ctrl+Z) →
+Export (Suite2p folder). Every decision is autosaved (app.calcium.session) and restored when the
+movie is opened or run again.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-import pyqtgraph as pg
-from PyQt6.QtCore import Qt
-from PyQt6.QtWidgets import QComboBox, QFormLayout, QGroupBox, QSlider, QSplitter
+from PyQt6.QtCore import Qt, QTimer
+from PyQt6.QtGui import QColor, QKeySequence, QShortcut
+from PyQt6.QtWidgets import (
+    QAbstractItemView,
+    QApplication,
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QGridLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QSizePolicy,
+    QSlider,
+    QSplitter,
+    QTableWidget,
+    QTableWidgetItem,
+    QToolButton,
+    QVBoxLayout,
+)
 
+from app.calcium import session
+from app.calcium.session import MOVIE_SOURCES, Curation
+from app.calcium.views import FieldOfView, TracePanel
 from app.jobs import Job
-from app.widgets.image_view import ImageView
 from app.workspace import InfoBox, Workspace
-from engine.calcium.io import MOVIE_EXTENSIONS, Movie, open_movie, region_trace, summary_images
+from engine.calcium.io import MOVIE_EXTENSIONS, Movie, region_trace
+from engine.calcium.pipeline import REGISTER
+from engine.storage import workdir_for
 
-TRACE_RADIUS = 2  # pixels around a click averaged into its trace
+TRACE_RADIUS = 2  # pixels around a click averaged into its trace (movies without ROIs)
+IMAGE_KINDS = ("Mean", "Max", "Correlation", "Std", "Frame")
+TABLE_COLUMNS = ("ROI", "SNR", "r", "Size", "Accepted")
+KEYS_HELP = ("A accept · R reject · ←/→ previous/next ROI (table order) · M merge two (Ctrl-click the second) · "
+             "Del delete · N add (click a center) · Esc leave add mode · Ctrl+Z undo · Space play/pause")
 
 
 def load_movie_for_view(path: Path, progress=None) -> dict:
-    """Job body: open the movie lazily and compute its summary images chunk by chunk."""
-    movie = open_movie(path)
-    summaries = summary_images(movie, progress=progress)
-    return {"movie": movie, "summaries": summaries}
+    """Job body (kept for callers of the old viewer): see :func:`app.calcium.session.open_movie_job`."""
+    return session.open_movie_job(path, progress=progress)
+
+
+class NumberItem(QTableWidgetItem):
+    """A table cell that sorts by its number, not its text."""
+
+    def __init__(self, value: float, text: str):
+        super().__init__(text)
+        self.value = float(value)
+        self.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+
+    def __lt__(self, other):
+        return self.value < other.value if isinstance(other, NumberItem) else super().__lt__(other)
 
 
 class CalciumWorkspace(Workspace):
@@ -34,82 +82,609 @@ class CalciumWorkspace(Workspace):
         super().__init__(window)
         self.movie: Movie | None = None
         self.summaries: dict[str, np.ndarray] = {}
+        self.curation: Curation | None = None
+        self.selected: list[int] = []  # ROI indices, the current one first
+        self.cnmf_job: Job | None = None
+        self.edit_job: Job | None = None  # add or merge in flight: other edits wait for it
+        self._shown_kind = None  # (image kind, source) on screen: contrast resets when it changes
+        self._hover = (-1, -1)  # the pixel under the mouse, to refresh its description after a decision
+
         self.info = InfoBox("Movie", [("file", "File"), ("n_frames", "Frames"), ("size", "Size (px)"), ("fps", "Frame rate (Hz)"),
                                       ("dtype", "Data type")])
+        self.info.setMaximumHeight(170)
+
+        cnmf_box = QGroupBox("CNMF")
+        cnmf_form = QFormLayout(cnmf_box)
+        self.diameter = QDoubleSpinBox(minimum=2.0, maximum=200.0, value=10.0, decimals=1, singleStep=1.0, suffix=" px")
+        self.diameter.setToolTip("Typical soma diameter; sets the search radius, patch overlap and the size limits")
+        self.register = QComboBox()
+        self.register.addItems(REGISTER)
+        self.register.setToolTip("Motion correction before demixing: none, rigid (phase correlation) or piecewise-rigid")
+        self.fps = QDoubleSpinBox(minimum=0.0, maximum=10000.0, value=0.0, decimals=2, suffix=" Hz")
+        self.fps.setSpecialValueText("from file")
+        self.fps.setToolTip("Frame rate; “from file” uses the movie's metadata (30 Hz when it has none)")
+        self.run_button = QPushButton("Run CNMF", objectName="Primary")
+        self.run_button.clicked.connect(self.run_cnmf)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.clicked.connect(self.cancel_cnmf)
+        run_row = QHBoxLayout()
+        run_row.addWidget(self.run_button, 2)
+        run_row.addWidget(self.cancel_button, 1)
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setRange(0, 1000)
+        self.progress_bar.setTextVisible(False)
+        self.progress_bar.setFixedHeight(8)
+        self.stage_label = QLabel("Not run yet.")
+        self.stage_label.setWordWrap(True)
+        cnmf_form.addRow("Cell diameter:", self.diameter)
+        cnmf_form.addRow("Registration:", self.register)
+        cnmf_form.addRow("Frame rate:", self.fps)
+        cnmf_form.addRow(run_row)
+        cnmf_form.addRow(self.progress_bar)
+        cnmf_form.addRow(self.stage_label)
+
         display = QGroupBox("Display")
         form = QFormLayout(display)
         self.image_kind = QComboBox()
-        self.image_kind.addItems(["Mean", "Max", "Std", "Frame"])
-        self.image_kind.currentTextChanged.connect(self.redraw)
+        self.image_kind.addItems(IMAGE_KINDS)
+        self.image_kind.setToolTip("Summary image behind the ROIs, or “Frame” for the movie player")
+        self.image_kind.currentTextChanged.connect(self._kind_changed)
+        self.source = QComboBox()
+        self.source.addItems(MOVIE_SOURCES)
+        self.source.setToolTip("What the player shows: the raw movie, the model's cells A·C, the residual "
+                               "(raw − cells − background) or the background b·f")
+        self.source.currentTextChanged.connect(self._source_changed)
         self.frame_slider = QSlider(Qt.Orientation.Horizontal)
         self.frame_slider.valueChanged.connect(self._frame_changed)
+        self.play_button = QToolButton()
+        self.play_button.setText("▶")
+        self.play_button.setCheckable(True)
+        self.play_button.setToolTip("Play / pause the movie (Space)")
+        self.play_button.toggled.connect(self._play_toggled)
+        frame_row = QHBoxLayout()
+        frame_row.addWidget(self.play_button)
+        frame_row.addWidget(self.frame_slider, 1)
+        self.frame_label = QLabel("—")
+        self.contrast_button = QPushButton("Auto contrast")
+        self.contrast_button.setToolTip("Reset the gray levels to the 0.5–99.8 % percentiles of the image on screen; "
+                                        "drag the levels in the histogram beside the image to set them by hand")
+        self.contrast_button.clicked.connect(lambda: self.redraw(reset_levels=True))
+        self.show_contours = QCheckBox("Show ROI contours")
+        self.show_contours.setChecked(True)
+        self.show_contours.toggled.connect(self._contours_toggled)
         form.addRow("Image:", self.image_kind)
-        form.addRow("Frame:", self.frame_slider)
+        form.addRow("Movie:", self.source)
+        form.addRow("Frame:", frame_row)
+        form.addRow("", self.frame_label)
+        form.addRow(self.contrast_button)
+        form.addRow(self.show_contours)
+        self.play_timer = QTimer(self)
+        self.play_timer.timeout.connect(self._next_frame)
 
-        self.view = ImageView()
-        self.view.clicked.connect(self.show_trace_at)
-        self.trace_plot = pg.PlotWidget()
-        self.trace_plot.setLabel("bottom", "time", units="s")
-        self.trace_plot.setLabel("left", "fluorescence")
-        self.trace_plot.setTitle("Click a pixel to see its trace")
-        self.trace_curve = self.trace_plot.plot(pen=pg.mkPen("#1f6f3a", width=1.2))
-        self.frame_line = pg.InfiniteLine(angle=90, pen=pg.mkPen("#b42318", width=1))
-        self.trace_plot.addItem(self.frame_line)
-        self.marker = pg.ScatterPlotItem(size=12, pen=pg.mkPen("#ff3b30", width=2), brush=None, symbol="o")
-        self.view.viewbox.addItem(self.marker)
+        qc = QGroupBox("ROI curation")
+        qc_layout = QVBoxLayout(qc)
+        self.counts = QLabel("No ROIs yet.")
+        self.counts.setWordWrap(True)
+        qc_layout.addWidget(self.counts)
+        buttons = QGridLayout()
+        self.accept_button = self._button("Accept (A)", lambda: self.set_accepted(True))
+        self.reject_button = self._button("Reject (R)", lambda: self.set_accepted(False))
+        self.merge_button = self._button("Merge (M)", self.merge_selected)
+        self.merge_button.setToolTip("Merge the two selected ROIs (Ctrl-click the second one) into one")
+        self.delete_button = self._button("Delete (Del)", self.delete_selected)
+        self.add_button = self._button("Add ROI (N)", None)
+        self.add_button.setCheckable(True)
+        self.add_button.setToolTip("Then click the center of a cell the pipeline missed: a local NMF fits it in the background")
+        self.add_button.toggled.connect(self._add_mode_toggled)
+        self.undo_button = self._button("Undo (Ctrl+Z)", self.undo)
+        self.export_button = self._button("Export Suite2p…", self.export)
+        self.export_button.setToolTip("Write stat.npy, F.npy, Fneu.npy, spks.npy, iscell.npy, ops.npy, "
+                                      "footprints.npz and traces.npz into a folder")
+        for i, button in enumerate((self.accept_button, self.reject_button, self.merge_button, self.delete_button,
+                                    self.add_button, self.undo_button)):
+            buttons.addWidget(button, i // 2, i % 2)
+        buttons.addWidget(self.export_button, 3, 0, 1, 2)
+        qc_layout.addLayout(buttons)
+        keys = QLabel(KEYS_HELP, objectName="Hint")
+        keys.setWordWrap(True)
+        qc_layout.addWidget(keys)
+
+        self.fov = FieldOfView()
+        self.fov.clicked.connect(self._image_clicked)
+        self.fov.hovered.connect(self._hovered)
+        self.view = self.fov.view  # the image view (tests and the old API)
+        self.table = QTableWidget(0, len(TABLE_COLUMNS))
+        self.table.setHorizontalHeaderLabels(TABLE_COLUMNS)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.verticalHeader().setVisible(False)
+        header = self.table.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        for column in (0, 4):
+            header.setSectionResizeMode(column, QHeaderView.ResizeMode.ResizeToContents)
+        self.table.horizontalHeaderItem(2).setToolTip("Spatial correlation of the footprint with the data")
+        self.table.horizontalHeaderItem(3).setToolTip("Pixels of the footprint at ≥ 20 % of its peak")
+        self.table.sortItems(0, Qt.SortOrder.AscendingOrder)
+        self.table.setSortingEnabled(True)
+        self.table.itemSelectionChanged.connect(self._table_selection_changed)
+        self.table.setMinimumWidth(300)
+        self.traces = TracePanel()
+        self.traces.frame_picked.connect(self._time_picked)
+        self.trace_curve = self.traces.pixel_curve  # the click-a-pixel trace (movies without ROIs)
+        top = QSplitter(Qt.Orientation.Horizontal)
+        top.addWidget(self.fov)
+        top.addWidget(self.table)
+        top.setStretchFactor(0, 3)
+        top.setStretchFactor(1, 1)
+        top.setSizes([700, 330])
         splitter = QSplitter(Qt.Orientation.Vertical)
-        splitter.addWidget(self.view)
-        splitter.addWidget(self.trace_plot)
-        splitter.setSizes([650, 220])
+        splitter.addWidget(top)
+        splitter.addWidget(self.traces)
+        splitter.setSizes([560, 330])
 
-        self.assemble([self.info, display], splitter, "No movie open",
+        for key, slot in (("A", lambda: self.set_accepted(True)), ("R", lambda: self.set_accepted(False)),
+                          ("Right", lambda: self.step_roi(1)), ("Left", lambda: self.step_roi(-1)),
+                          ("M", self.merge_selected), ("Del", self.delete_selected), ("Backspace", self.delete_selected),
+                          ("N", self.add_button.toggle), ("Esc", lambda: self.add_button.setChecked(False)),
+                          ("Space", self.play_button.toggle)):
+            QShortcut(QKeySequence(key), self, activated=slot)
+        QShortcut(QKeySequence.StandardKey.Undo, self, activated=self.undo)
+
+        self.assemble([self.info, cnmf_box, display, qc], splitter, "No movie open",
                       "Open a calcium imaging movie (multi-page TIFF, NPY, HDF5; frames × height × width). "
-                      "It is read lazily, chunk by chunk.", "Open movie…")
+                      "It is read lazily, chunk by chunk; Run CNMF finds, demixes and deconvolves the cells.", "Open movie…")
+        self._refresh_controls()
 
+    def _button(self, text: str, slot) -> QPushButton:
+        button = QPushButton(text)
+        button.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)  # share the column's width
+        if slot is not None:
+            button.clicked.connect(lambda checked=False: slot())
+        return button
+
+    # -- opening -------------------------------------------------------------------------
     def open_file(self, path: Path) -> Job:
-        return self.window.run_job(f"Open {path.name}", load_movie_for_view, path,
+        return self.window.run_job(f"Open {path.name}", session.open_movie_job, path,
                                    on_result=lambda result: self._show(path, result))
 
     def _show(self, path: Path, result: dict) -> None:
+        self.play_button.setChecked(False)
         if self.movie is not None:
             self.movie.close()
         self.movie, self.summaries = result["movie"], result["summaries"]
+        self.current_path = path
         m = self.movie
         self.info.update_values({"file": path.name, "n_frames": m.n_frames, "size": (m.height, m.width),
                                  "fps": m.fps if m.fps else "unknown", "dtype": str(m.dtype)})
+        self.frame_slider.blockSignals(True)
         self.frame_slider.setRange(0, m.n_frames - 1)
-        self.trace_curve.setData([], [])
-        self.trace_plot.setXRange(0, m.n_frames / (m.fps or 1.0), padding=0.01)
-        self.trace_plot.setLabel("bottom", "time", units="s" if m.fps else None)
-        self.marker.clear()
-        self.redraw()
+        self.frame_slider.setValue(0)
+        self.frame_slider.blockSignals(False)
+        self.frame_label.setText(f"1 / {m.n_frames}")
+        self.traces.set_time_range(m.n_frames / (m.fps or 1.0))
+        self.fov.marker.clear()
+        self.stage_label.setText("Not run yet: press Run CNMF." if result["curation"] is None else
+                                 "Restored the saved CNMF result and decisions.")
+        self.progress_bar.setValue(0)
+        self._set_curation(result["curation"], skipped=result.get("skipped", 0))
         self.loaded(path)
+
+    def _set_curation(self, curation: Curation | None, skipped: int = 0) -> None:
+        self.curation = curation
+        self.selected = []
+        self.add_button.setChecked(False)
+        if curation is not None and self.image_kind.currentText() in ("Mean", "Std"):
+            self.image_kind.setCurrentText("Correlation")  # cells stand out best there
+        self._shown_kind = None
+        self.redraw()
+        self._fill_table()
+        self._roi_changed()
+        if curation is not None and curation.decisions:
+            note = f"; {skipped} could not be matched to an ROI and were dropped" if skipped else ""
+            self.window.show_status(f"Restored {len(curation.decisions)} curation decisions{note}.", 10000)
+
+    # -- CNMF ----------------------------------------------------------------------------
+    def run_cnmf(self) -> Job | None:
+        if self.current_path is None or self.movie is None:
+            self.window.show_status("Open a movie first.")
+            return None
+        if self.cnmf_job is not None and self.cnmf_job.is_running:
+            return self.cnmf_job
+        path = self.current_path
+        fs = self.fps.value() or None
+        job = self.window.run_job(f"CNMF on {path.name}", session.run_cnmf_job, path, fs, self.diameter.value(),
+                                  self.register.currentText(), on_result=lambda out: self._cnmf_done(path, out))
+        self.cnmf_job = job
+        job.progressed.connect(self._cnmf_progress)
+        job.ended.connect(self._cnmf_ended)
+        self.stage_label.setText("Starting…")
+        self._refresh_controls()
+        return job
+
+    def cancel_cnmf(self) -> None:
+        if self.cnmf_job is not None and self.cnmf_job.is_running:
+            self.cnmf_job.cancel()
+            self.stage_label.setText("Cancelling…")
+
+    def _cnmf_progress(self, fraction: float, message: str) -> None:
+        self.progress_bar.setValue(int(fraction * 1000))
+        self.stage_label.setText(f"{message or 'Working'} — {fraction:.0%}")
+
+    def _cnmf_ended(self, job: Job) -> None:
+        if job.state.value == "cancelled":
+            self.stage_label.setText("Cancelled; the previous ROIs (if any) are kept.")
+            self.progress_bar.setValue(0)
+        elif job.error is not None:
+            self.stage_label.setText("Failed: see the error message.")
+        self._refresh_controls()
+
+    def _cnmf_done(self, path: Path, out: dict) -> None:
+        if path != self.current_path:
+            return  # another movie was opened meanwhile
+        curation = out["curation"]
+        r = curation.result
+        seconds = r.info.get("timings", {}).get("total", 0.0)
+        self.stage_label.setText(f"Done in {seconds:.1f} s: {r.n_components} ROIs "
+                                 f"({int(r.accepted.sum())} accepted by the metrics).")
+        self.progress_bar.setValue(1000)
+        self._set_curation(curation, skipped=out.get("skipped", 0))
+
+    # -- image ----------------------------------------------------------------------------
+    def _kind_changed(self, kind: str) -> None:
+        if kind != "Frame":
+            self.play_button.setChecked(False)
+        self.redraw()
+        self._refresh_controls()
+
+    def _source_changed(self, _source: str) -> None:
+        if self.image_kind.currentText() != "Frame":
+            self.image_kind.setCurrentText("Frame")  # choosing a movie source means watching it
+        else:
+            self.redraw()
 
     def _frame_changed(self, index: int) -> None:
         if self.movie is None:
             return
-        self.frame_line.setValue(index / (self.movie.fps or 1.0))
+        fps = self._fps()
+        self.traces.set_cursor(index / fps)
+        self.frame_label.setText(f"{index + 1} / {self.movie.n_frames} · {index / fps:.2f} s")
         if self.image_kind.currentText() == "Frame":
             self.redraw()
 
-    def redraw(self) -> None:
+    def _fps(self) -> float:
+        if self.curation is not None:
+            return self.curation.result.fps
+        return self.movie.fps if self.movie is not None and self.movie.fps else 1.0
+
+    def redraw(self, reset_levels: bool = False) -> None:
+        """Draw the chosen image; the contrast is kept while scrubbing, reset when the kind changes."""
         if self.movie is None:
             return
         kind = self.image_kind.currentText()
+        result = self.curation.result if self.curation is not None else None
         if kind == "Frame":
-            self.view.set_image(self.movie.frame(self.frame_slider.value()), autorange=False)
+            image = session.player_frame(self.source.currentText(), self.movie, result, self.frame_slider.value())
         else:
-            self.view.set_image(self.summaries[kind.lower()], autorange=False)
+            images = result.images if result is not None else {}
+            name = kind.lower()
+            image = images.get(name, self.summaries.get(name))
+            if image is None:  # the correlation image comes with the CNMF run
+                self.window.show_status("The correlation image is computed by Run CNMF; showing the mean image.")
+                image = self.summaries["mean"]
+        shown = (kind, self.source.currentText() if kind == "Frame" else None)
+        levels = None
+        if not reset_levels and shown == self._shown_kind and self.view.shape == image.shape:
+            levels = tuple(self.view.histogram.getLevels())
+        self.view.set_image(image, levels=levels, autorange=False)
+        self._shown_kind = shown
 
+    def _contours_toggled(self, on: bool) -> None:
+        self.fov.show_contours = on
+        self._draw_rois()
+
+    def _play_toggled(self, playing: bool) -> None:
+        if playing and self.movie is None:
+            self.play_button.setChecked(False)
+            return
+        self.play_button.setText("❚❚" if playing else "▶")
+        if playing:
+            if self.image_kind.currentText() != "Frame":
+                self.image_kind.setCurrentText("Frame")
+            self.play_timer.start(int(max(33, 1000 / self._fps())))  # at most ~30 redraws per second
+        else:
+            self.play_timer.stop()
+
+    def _next_frame(self) -> None:
+        if self.movie is None:
+            self.play_button.setChecked(False)
+            return
+        step = max(1, int(round(self._fps() / 30)))  # real time for fast movies, frames skipped
+        self.frame_slider.setValue((self.frame_slider.value() + step) % self.movie.n_frames)
+
+    def _time_picked(self, seconds: float) -> None:
+        if self.movie is not None:
+            self.frame_slider.setValue(int(np.clip(round(seconds * self._fps()), 0, self.movie.n_frames - 1)))
+
+    # -- selection -------------------------------------------------------------------------
+    def _image_clicked(self, row: int, col: int) -> None:
+        if self.movie is None:
+            return
+        if self.add_button.isChecked():
+            self.add_roi((float(row), float(col)))
+            return
+        if self.curation is None:
+            self.show_trace_at(row, col)
+            return
+        k = int(self.curation.geometry.owner[row, col])
+        extend = bool(QApplication.keyboardModifiers() & (Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.ShiftModifier))
+        if k < 0:
+            if not extend:
+                self.select([])
+            return
+        if extend and self.selected:
+            self.select([i for i in self.selected if i != k] + [k] if k not in self.selected else
+                        [i for i in self.selected if i != k])
+        else:
+            self.select([k])
+
+    def select(self, indices: list[int]) -> None:
+        """Select ROIs (the first is the current one): table rows, contours and traces follow."""
+        n = self.curation.result.n_components if self.curation is not None else 0
+        self.selected = [int(k) for k in dict.fromkeys(indices) if 0 <= k < n]
+        self.table.blockSignals(True)
+        self.table.clearSelection()
+        rows = self._rows_by_roi()
+        mode = self.table.selectionMode()
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.MultiSelection)  # selectRow adds, not replaces
+        for k in reversed(self.selected):  # the current ROI last: it becomes the table's current row
+            self.table.selectRow(rows[k])
+        self.table.setSelectionMode(mode)
+        if self.selected:
+            self.table.scrollToItem(self.table.item(rows[self.selected[0]], 0))
+        self.table.blockSignals(False)
+        self._roi_changed()
+
+    def _table_selection_changed(self) -> None:
+        if self.curation is None:
+            return
+        chosen = sorted({index.row() for index in self.table.selectionModel().selectedRows()})
+        rois = [self._roi_at_row(r) for r in chosen]
+        current = self._roi_at_row(self.table.currentRow()) if self.table.currentRow() >= 0 else None
+        if current in rois:
+            rois.remove(current)
+            rois.insert(0, current)
+        self.selected = rois
+        self._roi_changed()
+
+    def _rows_by_roi(self) -> dict[int, int]:
+        return {self._roi_at_row(r): r for r in range(self.table.rowCount())}
+
+    def _roi_at_row(self, row: int) -> int:
+        return int(self.table.item(row, 0).data(Qt.ItemDataRole.UserRole))
+
+    def step_roi(self, step: int) -> None:
+        """Select the next (+1) or previous (-1) ROI in the table's current order."""
+        if self.curation is None or self.table.rowCount() == 0:
+            return
+        rows = self._rows_by_roi()
+        row = rows[self.selected[0]] + step if self.selected else (0 if step > 0 else self.table.rowCount() - 1)
+        self.select([self._roi_at_row(row % self.table.rowCount())])
+
+    def _hovered(self, row: int, col: int) -> None:
+        self._hover = (row, col)
+        if self.curation is None or row < 0:
+            self.fov.hint.setText("")
+            return
+        k = int(self.curation.geometry.owner[row, col])
+        if k < 0:
+            self.fov.hint.setText(f"(row {row}, col {col}): no ROI")
+            return
+        text = f"ROI #{k} at (row {row}, col {col}): {self._describe(k)}"
+        self.fov.hint.setText(text)
+        self.window.show_status(text, 3000)
+
+    def _describe(self, k: int) -> str:
+        r = self.curation.result
+        m = r.metrics
+        status = "accepted" if r.accepted[k] else "rejected"
+        return f"SNR {m['snr'][k]:.1f}, spatial r {m['r_value'][k]:.2f}, size {int(m['size'][k])} px, {status}"
+
+    # -- drawing ---------------------------------------------------------------------------
+    def _fill_table(self) -> None:
+        self.table.blockSignals(True)
+        self.table.setSortingEnabled(False)  # filling a sorted table moves rows under the loop
+        self.table.clearContents()
+        result = self.curation.result if self.curation is not None else None
+        n = result.n_components if result is not None else 0
+        self.table.setRowCount(n)
+        for k in range(n):
+            m = result.metrics
+            roi = NumberItem(k, f"#{k}")
+            roi.setData(Qt.ItemDataRole.UserRole, k)
+            self.table.setItem(k, 0, roi)
+            self.table.setItem(k, 1, NumberItem(m["snr"][k], f"{m['snr'][k]:.1f}"))
+            self.table.setItem(k, 2, NumberItem(m["r_value"][k], f"{m['r_value'][k]:.2f}"))
+            self.table.setItem(k, 3, NumberItem(m["size"][k], f"{int(m['size'][k])}"))
+            self.table.setItem(k, 4, QTableWidgetItem())
+            self._style_status(k, k, bool(result.accepted[k]))
+        self.table.setSortingEnabled(True)
+        self.table.blockSignals(False)
+
+    def _style_status(self, row: int, k: int, accepted: bool) -> None:
+        item = self.table.item(row, 4)
+        item.setText("yes" if accepted else "no")
+        item.setForeground(QColor("#15803d" if accepted else "#be123c"))
+        item.setData(Qt.ItemDataRole.UserRole, int(accepted))
+
+    def _roi_changed(self) -> None:
+        """After any selection or decision: contours, traces, counts, buttons."""
+        self._draw_rois()
+        result = self.curation.result if self.curation is not None else None
+        if result is not None:
+            self.traces.show_rois(result, self.selected)
+            row, col = self._hover
+            if 0 <= row < result.image_shape[0] and 0 <= col < result.image_shape[1]:
+                self._hovered(row, col)
+            accepted, rejected = self.curation.counts()
+            current = f" Selected #{self.selected[0]}: {self._describe(self.selected[0])}." if self.selected else ""
+            self.counts.setText(f"{result.n_components} ROIs: {accepted} accepted, {rejected} rejected; "
+                                f"{len(self.curation.decisions)} decisions (autosaved).{current}")
+        else:
+            self.traces.show_rois(None, [])
+            self.counts.setText("No ROIs yet: run CNMF.")
+        self._refresh_controls()
+
+    def _draw_rois(self) -> None:
+        c = self.curation
+        if c is None:
+            self.fov.set_rois(None, None, [])
+        else:
+            self.fov.set_rois(c.geometry, c.result.accepted, self.selected, c.result.centers)
+
+    def _refresh_controls(self) -> None:
+        has_movie = self.movie is not None
+        has_rois = self.curation is not None and self.curation.result.n_components > 0
+        running = self.cnmf_job is not None and self.cnmf_job.is_running
+        editing = self.edit_job is not None and self.edit_job.is_running
+        self.run_button.setEnabled(has_movie and not running)
+        self.cancel_button.setEnabled(running)
+        self.source.setEnabled(has_movie)
+        self.frame_slider.setEnabled(has_movie)
+        self.play_button.setEnabled(has_movie)
+        for button in (self.accept_button, self.reject_button, self.delete_button):
+            button.setEnabled(has_rois and bool(self.selected) and not editing)
+        self.merge_button.setEnabled(has_rois and len(self.selected) == 2 and not editing)
+        self.add_button.setEnabled(self.curation is not None and not editing)
+        self.undo_button.setEnabled(self.curation is not None and self.curation.can_undo and not editing)
+        self.export_button.setEnabled(self.curation is not None and not editing)
+
+    # -- decisions -------------------------------------------------------------------------
+    def _editable(self) -> bool:
+        if self.curation is None:
+            return False
+        if self.edit_job is not None and self.edit_job.is_running:
+            self.window.show_status(f"Wait for “{self.edit_job.name}” to finish.")
+            return False
+        return True
+
+    def set_accepted(self, accept: bool) -> None:
+        if not self._editable() or not self.selected:
+            return
+        decision = self.curation.set_accepted(self.selected, accept)
+        if decision is None:
+            return
+        rows = self._rows_by_roi()
+        self.table.setSortingEnabled(False)
+        for k in self.selected:
+            self._style_status(rows[k], k, accept)
+        self.table.setSortingEnabled(True)
+        self._roi_changed()
+        self.window.show_status(f"{'Accepted' if accept else 'Rejected'} ROI {', '.join(f'#{k}' for k in self.selected)}.")
+
+    def delete_selected(self) -> None:
+        if not self._editable() or not self.selected:
+            return
+        gone = list(self.selected)
+        self.curation.delete(gone)
+        self._fill_table()
+        self.select([min(min(gone), self.curation.result.n_components - 1)] if self.curation.result.n_components else [])
+        self.window.show_status(f"Deleted ROI {', '.join(f'#{k}' for k in gone)} (Ctrl+Z to undo).")
+
+    def merge_selected(self) -> Job | None:
+        if not self._editable():
+            return None
+        if len(self.selected) != 2:
+            self.window.show_status("Select exactly two ROIs to merge: click one, Ctrl-click the other.")
+            return None
+        i, j = self.selected
+        decision = self.curation.decision("merge", [i, j])
+        return self._edit_job(f"Merge ROIs #{i} and #{j}", decision, session.merge_rois_job, self.curation.result, i, j)
+
+    def add_roi(self, center: tuple[float, float]) -> Job | None:
+        """Fit a new ROI at ``center`` (row, col) in the background; it is selected when it appears."""
+        if not self._editable():
+            return None
+        decision = {"op": "add", "center": [round(float(v), 3) for v in center]}
+        return self._edit_job(f"Add ROI at ({center[0]:.0f}, {center[1]:.0f})", decision, session.add_roi_job,
+                              self.curation.result, self.current_path, center)
+
+    def _edit_job(self, name: str, decision: dict, func, *args) -> Job:
+        curation = self.curation
+
+        def done(out: dict) -> None:
+            if curation is not self.curation:
+                return  # the movie or the run changed meanwhile
+            curation.commit(decision, out["result"], out["geometry"])
+            self._fill_table()
+            self.select([curation.result.n_components - 1])  # add and merge append the new ROI last
+            self.window.show_status(f"{name}: done (Ctrl+Z to undo).")
+
+        self.edit_job = self.window.run_job(name, func, *args, on_result=done)
+        self.edit_job.ended.connect(lambda _: self._refresh_controls())
+        self._refresh_controls()
+        return self.edit_job
+
+    def _add_mode_toggled(self, on: bool) -> None:
+        if on and self.curation is None:
+            self.add_button.setChecked(False)
+            self.window.show_status("Run CNMF first: added ROIs are fitted together with the others.")
+            return
+        self.fov.set_cross_cursor(on)
+        if on:
+            self.window.show_status("Add mode: click the center of a cell (Esc to leave).", 10000)
+
+    def undo(self) -> None:
+        if not self._editable():
+            return
+        decision = self.curation.undo()
+        if decision is None:
+            return
+        self._fill_table()
+        self.select([k for k in self.selected if k < self.curation.result.n_components])
+        self.window.show_status(f"Undid {self.curation.describe(decision)}.")
+
+    # -- export -----------------------------------------------------------------------------
+    def export(self, directory: str | Path | None = None) -> Job | None:
+        if self.curation is None:
+            return None
+        if directory is None:
+            start = str(workdir_for(self.current_path) / "suite2p")
+            directory = QFileDialog.getExistingDirectory(self, "Export a Suite2p folder", start)
+            if not directory:
+                return None
+        directory = Path(directory)
+        return self.window.run_job(f"Export Suite2p to {directory.name}", session.export_job, self.curation.result, directory,
+                                   self.current_path,
+                                   on_result=lambda out: self.window.show_status(f"Exported the ROIs to {out}", 10000))
+
+    # -- pixel traces (before CNMF) ---------------------------------------------------------
     def show_trace_at(self, row: int, col: int) -> Job | None:
         """Extract the mean trace of a small disk around the clicked pixel (a job: it reads every frame)."""
         if self.movie is None:
             return None
-        self.marker.setData([col + 0.5], [row + 0.5])
+        self.fov.marker.setData([col + 0.5], [row + 0.5])
         fps = self.movie.fps or 1.0
 
         def show(trace: np.ndarray) -> None:
-            self.trace_curve.setData(np.arange(len(trace)) / fps, trace)
-            self.trace_plot.setTitle(f"Pixel (row {row}, column {col}), radius {TRACE_RADIUS} px")
+            self.traces.show_pixel_trace(trace, fps, f"Pixel (row {row}, column {col}), radius {TRACE_RADIUS} px")
 
         return self.window.run_job(f"Trace at ({row}, {col})", region_trace, self.movie, row, col, TRACE_RADIUS, on_result=show)
+
+    # -- demo ---------------------------------------------------------------------------------
+    def demo_steps(self) -> list:
+        """Run CNMF on the demo movie, pick its best ROI, then watch the model at that ROI's peak."""
+        def best_roi() -> None:
+            r = self.curation.result
+            snr = np.where(r.accepted, r.metrics["snr"], -np.inf)
+            self.image_kind.setCurrentText("Correlation")
+            self.select([int(np.argmax(snr))])
+
+        def denoised() -> None:
+            k = self.selected[0]
+            self.source.setCurrentText(MOVIE_SOURCES[1])
+            self.image_kind.setCurrentText("Frame")
+            self.frame_slider.setValue(int(np.argmax(self.curation.result.C[k])))
+            self.redraw(reset_levels=True)
+
+        return [("cnmf", self.run_cnmf), ("roi", best_roi), ("denoised", denoised)]

@@ -1,0 +1,162 @@
+"""The calcium loop in the GUI: open → Run CNMF → click an ROI → reject (R) → add one by clicking
+(N) → undo → reopen and find the decisions → export; screenshots not blank."""
+
+import json
+
+import numpy as np
+import pytest
+from PyQt6.QtCore import Qt
+
+from app.calcium.session import CURATION_FILE
+from app.jobs import JobState
+from app.screenshots import is_blank, save_screenshot
+from engine.calcium.synth import write_recording
+from engine.storage import workdir_for
+
+from gui_helpers import wait_for_job
+
+
+@pytest.fixture
+def movie(tmp_path):
+    path, truth = write_recording(tmp_path / "rec", n_frames=400, height=64, width=64, n_cells=8, seed=1)
+    return path
+
+
+def open_movie(window, qtbot, path):
+    jobs = window.open_files([path])
+    wait_for_job(qtbot, jobs[0], timeout=60000)
+    assert jobs[0].state is JobState.FINISHED, jobs[0].error and jobs[0].error.details
+    return window.current_workspace
+
+
+def click_image(qtbot, ws, row, col, modifier=Qt.KeyboardModifier.NoModifier):
+    qtbot.mouseClick(ws.fov.click_target(), Qt.MouseButton.LeftButton, modifier, ws.fov.scene_position(row, col))
+
+
+def wait_for_edit(qtbot, ws):
+    if ws.edit_job is not None:
+        wait_for_job(qtbot, ws.edit_job, timeout=60000)
+        assert ws.edit_job.state is JobState.FINISHED, ws.edit_job.error and ws.edit_job.error.details
+
+
+def test_run_select_reject_add_undo_and_restore(window, qtbot, movie, tmp_path):
+    ws = open_movie(window, qtbot, movie)
+    assert ws.key == "calcium" and ws.curation is None
+
+    # Run CNMF through its button: a job with per-stage progress
+    messages = []
+    with qtbot.waitSignal(window.jobs.job_added, timeout=5000) as blocker:
+        qtbot.mouseClick(ws.run_button, Qt.MouseButton.LeftButton)
+    job = blocker.args[0]
+    job.progressed.connect(lambda f, m: messages.append(m))
+    assert ws.cancel_button.isEnabled()
+    wait_for_job(qtbot, job, timeout=120000)
+    assert job.state is JobState.FINISHED, job.error and job.error.details
+    result = ws.curation.result
+    n = result.n_components
+    assert n >= 5 and ws.table.rowCount() == n
+    assert {"Summary images", "Demixing patches"} & set(messages)
+    assert ws.image_kind.currentText() == "Correlation"
+    assert len(ws.fov.curves["accepted"].getData()[0]) > 0  # contours drawn
+
+    # click on an accepted ROI's center: it is selected in the view, the table and the traces
+    k = int(np.flatnonzero(result.accepted)[0])
+    row, col = (int(round(v)) for v in result.centers[k])
+    assert ws.curation.geometry.owner[row, col] == k
+    click_image(qtbot, ws, row, col)
+    assert ws.selected == [k]
+    assert ws._roi_at_row(ws.table.currentRow()) == k
+    np.testing.assert_allclose(ws.traces.curves["C"][0].getData()[1], result.C[k])
+    assert len(ws.fov.curves["selected"].getData()[0]) > 0
+
+    # hovering names the ROI and its metrics
+    qtbot.mouseMove(ws.fov.click_target(), ws.fov.scene_position(row, col))
+    qtbot.waitUntil(lambda: f"ROI #{k}" in ws.fov.hint.text(), timeout=3000)
+    assert "SNR" in ws.fov.hint.text()
+
+    # reject it with the key; the decision is autosaved
+    qtbot.keyClick(ws, Qt.Key.Key_R)
+    assert not ws.curation.result.accepted[k]
+    saved = json.loads((workdir_for(movie) / CURATION_FILE).read_text())
+    assert [d["op"] for d in saved["decisions"]] == ["reject"]
+
+    # Right moves to the next ROI in table order; sorting the table changes that order
+    ws.table.sortItems(1, Qt.SortOrder.DescendingOrder)  # by SNR, highest first
+    ws.select([ws._roi_at_row(0)])
+    qtbot.keyClick(ws, Qt.Key.Key_Right)
+    assert ws.selected == [ws._roi_at_row(1)]
+    snr = ws.curation.result.metrics["snr"]
+    assert snr[ws._roi_at_row(0)] >= snr[ws._roi_at_row(1)]
+
+    # add an ROI by clicking a point far from every center, in Add mode (N)
+    far = np.array([(r, c) for r in range(8, 56) for c in range(8, 56)], float)
+    distance = np.min(np.hypot(*(far[:, None, :] - result.centers[None]).transpose(2, 0, 1)), axis=1)
+    add_at = far[np.argmax(distance)]
+    qtbot.keyClick(ws, Qt.Key.Key_N)
+    assert ws.add_button.isChecked()
+    click_image(qtbot, ws, *add_at)
+    wait_for_edit(qtbot, ws)
+    assert ws.curation.result.n_components == n + 1 and ws.table.rowCount() == n + 1
+    assert ws.selected == [n] and ws.curation.result.accepted[n]
+    np.testing.assert_allclose(ws.curation.result.centers[n], add_at)
+    qtbot.keyClick(ws, Qt.Key.Key_Escape)
+    assert not ws.add_button.isChecked()
+
+    # merge two ROIs (Ctrl-click the second), then undo the merge
+    a, b = 0, 1 if k != 1 else 2
+    ws.select([a])
+    click_image(qtbot, ws, *ws.curation.result.centers[b].round(), Qt.KeyboardModifier.ControlModifier)
+    assert ws.selected == [a, b]
+    qtbot.keyClick(ws, Qt.Key.Key_M)
+    wait_for_edit(qtbot, ws)
+    assert ws.curation.result.n_components == n
+    qtbot.keyClick(ws, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)
+    assert ws.curation.result.n_components == n + 1
+    assert [d["op"] for d in json.loads((workdir_for(movie) / CURATION_FILE).read_text())["decisions"]] == ["reject", "add"]
+
+    # delete, then undo restores the ROI
+    ws.select([a])
+    qtbot.keyClick(ws, Qt.Key.Key_Delete)
+    assert ws.curation.result.n_components == n
+    ws.undo()
+    assert ws.curation.result.n_components == n + 1
+
+    # the movie player: denoised frame is A·C at that frame
+    ws.source.setCurrentText("Denoised (A·C)")
+    assert ws.image_kind.currentText() == "Frame"
+    ws.frame_slider.setValue(50)
+    assert ws.view.image.image.shape == (64, 64) and np.ptp(ws.view.image.image) > 0
+    ws.image_kind.setCurrentText("Correlation")
+    ws.select([k])
+    qtbot.wait(200)
+    shot = save_screenshot(window, tmp_path / "calcium.png")
+    assert not is_blank(shot)
+
+    # reopen: the saved result and the decisions are back, without running again
+    expected_accepted = ws.curation.result.accepted.copy()
+    ws2 = open_movie(window, qtbot, movie)
+    assert ws2.curation is not None and ws2.curation.result.n_components == n + 1
+    np.testing.assert_array_equal(ws2.curation.result.accepted, expected_accepted)
+    assert [d["op"] for d in ws2.curation.decisions] == ["reject", "add"]
+
+    # running again replays the decisions on the fresh result
+    job = ws2.run_cnmf()
+    wait_for_job(qtbot, job, timeout=120000)
+    assert job.state is JobState.FINISHED, job.error and job.error.details
+    assert ws2.curation.result.n_components == n + 1 and not ws2.curation.result.accepted[k]
+
+    # export writes a Suite2p folder
+    job = ws2.export(tmp_path / "suite2p")
+    wait_for_job(qtbot, job)
+    assert job.state is JobState.FINISHED, job.error and job.error.details
+    iscell = np.load(tmp_path / "suite2p" / "iscell.npy")
+    assert iscell.shape == (n + 1, 2) and iscell[k, 0] == 0
+
+
+def test_cancel_cnmf_keeps_the_window_usable(window, qtbot, movie):
+    ws = open_movie(window, qtbot, movie)
+    job = ws.run_cnmf()
+    ws.cancel_button.click()
+    wait_for_job(qtbot, job, timeout=60000)
+    assert job.state in (JobState.CANCELLED, JobState.FINISHED)  # a very fast run may finish first
+    assert ws.run_button.isEnabled() and not ws.cancel_button.isEnabled()
