@@ -1,0 +1,111 @@
+"""`neurowb sort`, `neurowb qc` and `neurowb simulate-ephys` (registered through the neurowb.commands entry point).
+
+``neurowb sort RAW --n-channels N --fs F [--dtype int16] [--gain G] [--offset O] [--probe PROBE.json] -o PHY_DIR``
+    sorts a flat binary recording (samples × channels) into a Phy folder. Without ``--probe`` the
+    channels are assumed to form one straight column 20 µm apart (a warning says so).
+``neurowb qc PHY_DIR [-o metrics.csv]``
+    prints the per-unit quality table (definitions in engine/ephys/qc.py) and optionally saves it.
+``neurowb simulate-ephys -o DIR [--channels 32 --units 16 --duration 60 --seed S --noise 10]``
+    writes ``DIR/recording.raw`` (int16, with its JSON sidecar), ``DIR/probe.json``
+    (probeinterface) and ``DIR/recording_ground_truth.npz`` (spike_times, spike_units, templates).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from engine.ephys.io import DTYPES
+
+    p = subparsers.add_parser("sort", help="spike-sort a raw recording into a Phy folder",
+                              description="Spike sorting by deconvolution (engine/ephys/sorter.py); output opens in Phy.")
+    p.add_argument("raw", metavar="RAW", help="flat binary file, samples × channels, C order")
+    p.add_argument("--n-channels", type=int, required=True, metavar="N", help="channels in the file")
+    p.add_argument("--fs", type=float, required=True, metavar="F", help="sample rate in Hz")
+    p.add_argument("--dtype", default="int16", choices=DTYPES, help="sample type (default int16)")
+    p.add_argument("--gain", type=float, default=1.0, metavar="G", help="µV per unit after subtracting the offset (default 1)")
+    p.add_argument("--offset", type=float, default=0.0, metavar="O", help="value subtracted first, e.g. 2056 for offset-binary ADCs")
+    p.add_argument("--probe", metavar="PROBE", help="probeinterface .json or Kilosort channel map (.json / .mat)")
+    p.add_argument("-o", "--output", metavar="PHY_DIR", required=True, help="output folder (created)")
+    p.add_argument("--threshold", type=float, help="spike score threshold in noise SDs (default 6)")
+    p.set_defaults(run=_run_sort)
+
+    q = subparsers.add_parser("qc", help="quality metrics of every unit in a Phy folder")
+    q.add_argument("phy_dir", metavar="PHY_DIR")
+    q.add_argument("-o", "--output", metavar="metrics.csv", help="also save the table as CSV")
+    q.set_defaults(run=_run_qc)
+
+    s = subparsers.add_parser("simulate-ephys", help="write a simulated probe recording with ground truth")
+    s.add_argument("-o", "--output", metavar="DIR", required=True)
+    s.add_argument("--channels", type=int, default=32)
+    s.add_argument("--units", type=int, default=16)
+    s.add_argument("--duration", type=float, default=60.0, help="seconds (default 60)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--noise", type=float, default=10.0, help="noise SD in µV (default 10)")
+    s.add_argument("--fs", type=float, default=30000.0)
+    s.set_defaults(run=_run_simulate)
+
+
+def _run_sort(args: argparse.Namespace) -> int:
+    import logging
+
+    from engine.cli import progress_bar
+    from engine.ephys.io import RawRecording, RecordingParams
+    from engine.ephys.phy import write_phy
+    from engine.ephys.probe import linear_probe, read_probe
+    from engine.ephys.sorter import SortParams, sort_recording
+
+    params = RecordingParams(n_channels=args.n_channels, sample_rate=args.fs, dtype=args.dtype, gain_uv=args.gain, offset=args.offset)
+    rec = RawRecording(args.raw, params)
+    if args.probe:
+        probe = read_probe(args.probe, rec.n_channels)
+    else:
+        print(f"warning: no --probe given: assuming a linear probe, {rec.n_channels} channels 20 µm apart", file=sys.stderr)
+        probe = linear_probe(rec.n_channels, warn=False)
+    sort_params = SortParams()
+    if args.threshold is not None:
+        sort_params.threshold = args.threshold
+    logging.getLogger("engine.ephys").setLevel(logging.WARNING)
+    with progress_bar("sorting") as progress:
+        result = sort_recording(rec, probe, sort_params, progress=progress)
+    folder = write_phy(result, args.output, raw_path=args.raw, recording_params=params)
+    info = result.info
+    print(f"{result.n_units} units, {len(result.spike_times)} spikes in {info['duration_s']:.1f} s of recording; "
+          f"sorted in {info['total_s']:.1f} s on {info['device']} ({info['duration_s'] / max(info['total_s'], 1e-9):.1f}x real time)")
+    print(f"Phy folder: {folder}")
+    return 0
+
+
+def _run_qc(args: argparse.Namespace) -> int:
+    from engine.ephys.qc import compute_metrics, format_table, write_csv
+
+    rows = compute_metrics(args.phy_dir)
+    print(format_table(rows))
+    if args.output:
+        write_csv(rows, args.output)
+        print(f"saved {args.output}")
+    return 0
+
+
+def _run_simulate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from engine.ephys.probe import Probe, write_probe
+    from engine.ephys.synth import demo_probe, write_demo_recording
+    from engine.errors import InputError
+
+    if args.channels < 1 or args.units < 0 or args.duration <= 0:
+        raise InputError("simulate-ephys needs --channels ≥ 1, --units ≥ 0 and --duration > 0.")
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    raw = out / "recording.raw"
+    params = write_demo_recording(raw, duration=args.duration, n_channels=args.channels, n_units=args.units,
+                                  noise_uv=args.noise, seed=args.seed, sample_rate=args.fs)
+    write_probe(out / "probe.json", Probe(demo_probe(args.channels), range(args.channels), name="neurowb demo probe"))
+    print(f"wrote {raw} ({params.n_channels} ch, {params.sample_rate:g} Hz, int16, gain {params.gain_uv} µV), "
+          f"{out / 'probe.json'}, {out / 'recording_ground_truth.npz'}")
+    print(f"sort it with: neurowb sort {raw} --n-channels {params.n_channels} --fs {params.sample_rate:g} "
+          f"--gain {params.gain_uv} --probe {out / 'probe.json'} -o {out / 'phy'}")
+    return 0

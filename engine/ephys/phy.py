@@ -1,0 +1,182 @@
+"""Phy-compatible output folder (the Kilosort layout read by Phy and ``phylib.io.model.TemplateModel``).
+
+Written by :func:`write_phy`:
+
+``params.py``                 dat_path, n_channels_dat, dtype, offset (header bytes: 0), sample_rate, hp_filtered
+``spike_times.npy``           (n,) uint64 trough sample of each spike
+``spike_templates.npy``       (n,) uint32 template that fit the spike
+``spike_clusters.npy``        (n,) uint32 cluster (= template until curated)
+``amplitudes.npy``            (n,) float32 amplitude a of the spike (the model is Σ a · template)
+``templates.npy``             (K, D, C) float32 whitened, unit Frobenius norm (rank R)
+``channel_map.npy``           (C,) int32 file column of each template channel
+``channel_positions.npy``     (C, 2) float32 µm
+``whitening_mat.npy``/``whitening_mat_inv.npy``  (C, C): unwhitened template = template @ inv
+``similar_templates.npy``     (K, K) float32 best-lag cosine similarity
+``pc_features.npy``           (n, 3, P) float32 temporal-PC features on the template's P channels
+``pc_feature_ind.npy``        (K, P) uint32 those channels (indices into channel_map)
+``cluster_group.tsv``         cluster_id, group (unsorted / good / mua / noise)
+``neurowb_sort.json``         ours: preprocessing (to rebuild traces and residuals), raw scaling, timings
+
+Curation writes only ``spike_clusters.npy`` and ``cluster_group.tsv`` (atomically), as Phy does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from engine.errors import InputError
+from engine.storage import atomic_save_json, atomic_save_npy, atomic_write_text
+
+GROUPS = ("good", "mua", "noise", "unsorted")
+REQUIRED = ("params.py", "spike_times.npy", "spike_templates.npy", "amplitudes.npy", "templates.npy", "channel_map.npy", "channel_positions.npy")
+
+
+def write_phy(sorting, folder: str | os.PathLike, raw_path: str | os.PathLike | None = None, recording_params=None) -> Path:
+    """Write ``sorting`` (:class:`engine.ephys.sorter.Sorting`) as a Phy folder; returns the folder."""
+    from engine.ephys.clustering import template_similarity
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    n_ch = len(sorting.channels)
+    dat_path = str(Path(raw_path).resolve()) if raw_path is not None else ""
+    dtype = recording_params.dtype if recording_params is not None else "float32"
+    n_channels_dat = recording_params.n_channels if recording_params is not None else n_ch
+    params_py = (
+        f"dat_path = {dat_path!r}\n"
+        f"n_channels_dat = {int(n_channels_dat)}\n"
+        f"dtype = {dtype!r}\n"
+        f"offset = 0\n"
+        f"sample_rate = {float(sorting.sample_rate)!r}\n"
+        f"hp_filtered = False\n"
+    )
+    atomic_write_text(folder / "params.py", params_py)
+    atomic_save_npy(folder / "spike_times.npy", sorting.spike_times.astype(np.uint64))
+    atomic_save_npy(folder / "spike_templates.npy", sorting.spike_units.astype(np.uint32))
+    atomic_save_npy(folder / "spike_clusters.npy", sorting.spike_units.astype(np.uint32))
+    atomic_save_npy(folder / "amplitudes.npy", sorting.amplitudes.astype(np.float32))
+    atomic_save_npy(folder / "templates.npy", np.ascontiguousarray(np.transpose(sorting.templates, (0, 2, 1))).astype(np.float32))
+    atomic_save_npy(folder / "channel_map.npy", sorting.channels.astype(np.int32))
+    atomic_save_npy(folder / "channel_positions.npy", sorting.positions.astype(np.float32))
+    atomic_save_npy(folder / "whitening_mat.npy", sorting.whitening.astype(np.float32))
+    atomic_save_npy(folder / "whitening_mat_inv.npy", sorting.whitening_inverse.astype(np.float32))
+    sim = template_similarity(sorting.templates.astype(np.float64)) if sorting.n_units else np.zeros((0, 0))
+    atomic_save_npy(folder / "similar_templates.npy", sim.astype(np.float32))
+    if sorting.pc_features is not None and sorting.pc_feature_ind is not None:
+        atomic_save_npy(folder / "pc_features.npy", sorting.pc_features.astype(np.float32))
+        atomic_save_npy(folder / "pc_feature_ind.npy", sorting.pc_feature_ind.astype(np.uint32))
+    write_cluster_groups(folder, {k: "unsorted" for k in range(sorting.n_units)})
+    meta = {
+        "template_troughs": sorting.template_troughs.tolist(),
+        "preprocess": sorting.preprocess_state,
+        "recording": None if recording_params is None else {
+            "n_channels": recording_params.n_channels, "sample_rate": recording_params.sample_rate, "dtype": recording_params.dtype,
+            "gain_uv": recording_params.gain_uv, "offset": recording_params.offset,
+        },
+        "info": {k: v for k, v in sorting.info.items()},
+    }
+    atomic_save_json(folder / "neurowb_sort.json", json.loads(json.dumps(meta, default=_jsonable)))
+    return folder
+
+
+def _jsonable(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
+
+
+def write_cluster_groups(folder: str | os.PathLike, groups: dict[int, str]) -> Path:
+    """Write ``cluster_group.tsv`` (Phy's label file) atomically."""
+    bad = {g for g in groups.values() if g not in GROUPS}
+    if bad:
+        raise InputError(f"Unknown cluster label(s) {sorted(bad)}: use one of {', '.join(GROUPS)}.")
+    lines = ["cluster_id\tgroup"] + [f"{int(k)}\t{v}" for k, v in sorted(groups.items())]
+    return atomic_write_text(Path(folder) / "cluster_group.tsv", "\n".join(lines) + "\n")
+
+
+def read_cluster_groups(folder: str | os.PathLike) -> dict[int, str]:
+    path = Path(folder) / "cluster_group.tsv"
+    if not path.is_file():
+        return {}
+    out = {}
+    for line in path.read_text(encoding="utf-8").splitlines()[1:]:
+        parts = line.strip().split("\t")
+        if len(parts) >= 2 and parts[0].strip().lstrip("-").isdigit():
+            out[int(parts[0])] = parts[1].strip()
+    return out
+
+
+@dataclass
+class PhyFolder:
+    """A loaded Phy folder: arrays by file stem, params.py values, labels, our metadata."""
+
+    path: Path
+    arrays: dict
+    params: dict
+    groups: dict
+    meta: dict
+
+    @property
+    def spike_times(self) -> np.ndarray:
+        return self.arrays["spike_times"].astype(np.int64)
+
+    @property
+    def spike_clusters(self) -> np.ndarray:
+        return self.arrays.get("spike_clusters", self.arrays["spike_templates"]).astype(np.int64)
+
+    @property
+    def sample_rate(self) -> float:
+        return float(self.params["sample_rate"])
+
+    def templates_uv(self) -> np.ndarray:
+        """(K, D, C) unwhitened templates (unit amplitude)."""
+        inv = self.arrays.get("whitening_mat_inv")
+        t = self.arrays["templates"]
+        return t if inv is None else t @ inv
+
+
+def read_params_py(path: Path) -> dict:
+    """Values of a Phy params.py (a few assignments), without running it."""
+    import ast
+
+    out = {}
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+    except SyntaxError as exc:
+        raise InputError(f"'{path}' is not a valid params.py: fix the line it reports.", details=str(exc)) from exc
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            try:
+                out[node.targets[0].id] = ast.literal_eval(node.value)
+            except ValueError:
+                pass
+    return out
+
+
+def read_phy(folder: str | os.PathLike) -> PhyFolder:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"Phy folder not found: '{folder}'. Give the folder that holds params.py and spike_times.npy.")
+    missing = [f for f in REQUIRED if not (folder / f).is_file()]
+    if missing:
+        raise InputError(f"'{folder}' is not a complete Phy folder: missing {', '.join(missing)}. Sort again or pick the right folder.")
+    arrays = {p.stem: np.load(p, mmap_mode=None, allow_pickle=False) for p in sorted(folder.glob("*.npy"))}
+    n = len(arrays["spike_times"])
+    for name in ("spike_templates", "spike_clusters", "amplitudes"):
+        if name in arrays and len(arrays[name]) != n:
+            raise InputError(f"'{folder}': {name}.npy has {len(arrays[name])} entries, spike_times.npy {n}; the folder is inconsistent.")
+    meta_path = folder / "neurowb_sort.json"
+    meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
+    return PhyFolder(folder, arrays, read_params_py(folder / "params.py"), read_cluster_groups(folder), meta)
+
+
+def save_curation(folder: str | os.PathLike, spike_clusters: np.ndarray, groups: dict[int, str]) -> None:
+    """Persist a curation (merge/split relabelling and labels) the way Phy does."""
+    atomic_save_npy(Path(folder) / "spike_clusters.npy", np.asarray(spike_clusters).astype(np.uint32))
+    write_cluster_groups(folder, groups)

@@ -1,0 +1,580 @@
+"""Spike sorting by deconvolution (the Kilosort-like model of the project's seed notes).
+
+Model (on whitened data X, channels × time, noise variance σ² = 1 per channel)::
+
+    X = Σ_k a_k ⊛ W_k + noise,   a_{k,t} ~ Exp(λ),   ‖W_k‖_F = 1,   rank W_k = R
+
+MAP inference by coordinate ascent:
+
+* **Amplitudes of unit k** with the others fixed: on the residual R (X minus every other
+  unit's spikes) the score is μ_k = R ⋆ W_k, computed as [(U_kᵀR) ⋆ (S_k V_kᵀ)] — project the
+  residual on the template's R spatial components, then cross-correlate with its R temporal
+  ones (torch ``conv1d``; CUDA when available). The optimum is a_{k,t} = max(0, μ_{k,t} − σ²λ)
+  under the approximation that one unit's spikes do not overlap; we enforce that with
+  ``find_peaks(distance = template length)``. σ²λ = ``prior_shrinkage`` × the robust SD of μ_k.
+  In the pure MAP a spike exists wherever μ > σ²λ; a λ large enough to reject noise (≈ 6 SD)
+  would also shrink every amplitude by 6 SD and leave that much of each spike in the residual,
+  where similar units pick it up. So detection uses its own heuristic height ``threshold``
+  (6 SD) and the prior a mild shrinkage (1 SD).
+  A spike is also required to reach ``min_amplitude_fraction`` × the unit's median amplitude, so
+  a large unit's template does not claim the leftovers of small ones.
+* **Bookkeeping**: scores of *all* units are computed once per time batch with a grouped conv1d;
+  adding or removing a spike of unit j at time τ then changes unit k's score only within
+  ±(D−1) samples, by a·(W_j ⋆ W_k), the precomputed template cross-correlations (as Kilosort).
+  So each coordinate step costs O(spikes × K × D), not a new convolution.
+* **Templates of unit k** with amplitudes fixed: W_k ∝ Σ_t a_{k,t} R_t (residual windows with
+  unit k added back), truncated to rank R by SVD with the singular values renormalized to unit
+  norm.
+* **Initialization**: templates from threshold crossings and clustering
+  (:mod:`engine.ephys.clustering`; the number of units is what clustering finds), amplitudes in
+  each batch by greedy matching pursuit (at each time the best-matching unit takes the whole
+  spike). Started from A = 0, unit-by-unit coordinate ascent lets similar templates share one
+  spike (a local optimum that left 25-35 % of big spikes in the residual on SpikeInterface's
+  simulations); from the greedy start, the coordinate-ascent sweeps only refine.
+
+* **Clean-up**: units with < ``min_spikes`` spikes, and "shadow" units (≥ 70 % of their spikes
+  within 0.5 ms of a nearby unit's: they fit another unit's misfit, not a neuron) are dropped;
+  near-duplicate templates are merged between template passes.
+
+Batches: time is cut into ``batch_seconds`` batches read with D-sample margins; spikes are kept
+only when their window starts in the batch's own range. Drift: **not tracked** — templates are
+fixed over the recording (fine for the simulations and the 29 s locust trials; long probe
+recordings with drift would need Kilosort's drift correction).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from engine.ephys.clustering import detect_peaks, initial_templates
+from engine.ephys.preprocess import PreprocessParams, Preprocessor
+from engine.ephys.probe import Probe, linear_probe
+from engine.errors import InputError
+from engine.progress import as_progress
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SortParams:
+    """Sorter settings; amplitudes and thresholds are in whitened noise SDs."""
+
+    template_ms: float = 3.0  # long enough for the repolarization; 2 ms left 10-20 % of big spikes in the residual
+    trough_fraction: float = 0.35  # where the trough sits within the template window
+    rank: int = 3
+    detect_threshold: float = 5.5  # threshold crossings for initialization
+    threshold: float = 6.0  # in score SDs: a spike needs μ above it (find_peaks height)
+    prior_shrinkage: float = 1.0  # σ²λ in score SDs: the exponential prior's shrinkage, a = μ − σ²λ
+    min_amplitude_fraction: float = 0.35
+    amplitude_prior: float = 1.0  # λ of Kilosort 2's amplitude regularizer, used to pick the unit of a spike
+    neighbour_radius: float = 60.0  # µm: channels in a unit's snippet for clustering
+    exclusion_radius: float = 100.0  # µm: one detection per spike within this distance (big units reach far)
+    exclusion_ms: float = 0.4
+    min_cluster: int = 25
+    max_per_channel: int = 1500
+    valley_ratio: float = 0.4
+    merge_similarity: float = 0.9
+    n_iterations: int = 2  # template updates (a third changed nothing on the benchmarks, +40 % time)
+    learn_seconds: float = 24.0  # of recording used by the passes before the last
+    n_sweeps: int = 2  # coordinate-ascent sweeps over units per batch
+    batch_seconds: float = 4.0
+    min_spikes: int = 20
+    max_shadow_fraction: float = 0.7  # drop units firing ≥ 70 % within 0.5 ms of a nearby unit
+    n_pc_channels: int = 8
+    seed: int = 0
+    device: str | None = None
+
+
+@dataclass
+class Sorting:
+    """A sorting result. Templates are whitened, unit-norm, (K, C, D); spike times are trough samples."""
+
+    spike_times: np.ndarray
+    spike_units: np.ndarray
+    amplitudes: np.ndarray
+    templates: np.ndarray
+    template_troughs: np.ndarray
+    sample_rate: float
+    channels: np.ndarray
+    positions: np.ndarray
+    whitening: np.ndarray
+    preprocess_state: dict
+    pc_features: np.ndarray | None = None
+    pc_feature_ind: np.ndarray | None = None
+    info: dict = field(default_factory=dict)
+
+    @property
+    def n_units(self) -> int:
+        return len(self.templates)
+
+    @property
+    def n_samples_template(self) -> int:
+        return self.templates.shape[2]
+
+    @property
+    def whitening_inverse(self) -> np.ndarray:
+        return np.linalg.pinv(self.whitening.astype(np.float64)).astype(np.float32)
+
+    def spike_starts(self) -> np.ndarray:
+        return self.spike_times - self.template_troughs[self.spike_units]
+
+    def templates_uv(self) -> np.ndarray:
+        """Unwhitened unit-amplitude templates (K, D, C): multiply by an amplitude to get µV."""
+        return np.einsum("kcd,ec->kde", self.templates, self.whitening_inverse)
+
+    def reconstruct(self, start: int, stop: int, whitened: bool = False) -> np.ndarray:
+        """The model Σ a_k ⊛ W_k for samples ``start:stop`` (samples × channels; µV unless ``whitened``)."""
+        start, stop = int(start), int(stop)
+        d = self.n_samples_template
+        out = np.zeros((max(stop - start, 0), len(self.channels)), np.float32)
+        starts = self.spike_starts()
+        sel = np.flatnonzero((starts > start - d) & (starts < stop))
+        for i in sel:
+            a = int(starts[i]) - start
+            lo, hi = max(a, 0), min(a + d, len(out))
+            out[lo:hi] += self.amplitudes[i] * self.templates[self.spike_units[i]][:, lo - a: hi - a].T
+        return out if whitened else out @ self.whitening_inverse.T
+
+    def residual(self, recording, start: int, stop: int, whitened: bool = False) -> np.ndarray:
+        """Preprocessed data minus the model for samples ``start:stop`` (the GUI's residual trace)."""
+        pre = Preprocessor.from_state(self.preprocess_state, self.positions)
+        data = pre.read(recording, start, stop, whiten=whitened)
+        return data - self.reconstruct(start, start + len(data), whitened=whitened)
+
+
+def _low_rank(w: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(U (C,R), s (R), Vt (R,D)) of W truncated to ``rank`` with ‖s‖ = 1."""
+    u, s, vt = np.linalg.svd(w.astype(np.float64), full_matrices=False)
+    r = min(rank, len(s))
+    s = s[:r] / max(np.linalg.norm(s[:r]), 1e-12)
+    return u[:, :r], s, vt[:r]
+
+
+class _Templates:
+    """Low-rank templates on a torch device with their pairwise cross-correlations."""
+
+    def __init__(self, templates: np.ndarray, rank: int, device):
+        import torch
+
+        self.k, self.c, self.d = templates.shape
+        us, ss, vts, ws = [], [], [], []
+        for w in templates:
+            u, s, vt = _low_rank(w, rank)
+            pad = rank - len(s)
+            u = np.pad(u, ((0, 0), (0, pad)))
+            s = np.pad(s, (0, pad))
+            vt = np.pad(vt, ((0, pad), (0, 0)))
+            us.append(u)
+            ss.append(s)
+            vts.append(vt)
+            ws.append((u * s) @ vt)
+        self.rank = rank
+        self.w = np.stack(ws).astype(np.float32)  # (K, C, D) unit norm
+        self.device = device
+        # projection (K·R, C) and temporal filters (K, R, D) for the grouped conv
+        self.u_t = torch.as_tensor(np.concatenate([u.T for u in us]).astype(np.float32), device=device)
+        self.sv = torch.as_tensor(np.stack([s[:, None] * vt for s, vt in zip(ss, vts)]).astype(np.float32), device=device)
+        w_t = torch.as_tensor(self.w, device=device)
+        # wtw[j, k, lag + D - 1] = <W_j at τ, W_k at τ + lag>
+        self.wtw = torch.nn.functional.conv1d(w_t, w_t, padding=self.d - 1)
+        self.w_t = w_t
+
+    def scores(self, x):
+        """x: (C, T) tensor → (K, T - D + 1) scores μ_k(t) = <X[:, t:t+D], W_k> = [(U_kᵀX) ⋆ (S_k V_kᵀ)]_t.
+
+        The temporal part is a depthwise conv1d (one filter per projected row, then a sum over
+        the R rows): on CPU it runs ~10x faster than the equivalent conv with groups=K.
+        """
+        import torch
+
+        proj = self.u_t @ x  # (K·R, T)
+        out = torch.nn.functional.conv1d(proj[None], self.sv.reshape(self.k * self.rank, 1, self.d), groups=self.k * self.rank)[0]
+        return out.reshape(self.k, self.rank, -1).sum(1)
+
+
+def _update_scores(padded, tpl: _Templates, unit: int, starts, amps) -> None:
+    """Subtract spikes (τ, a) of ``unit`` from every unit's score: padded[k, P + τ + lag] -= a · wtw[unit, k, lag].
+
+    ``padded`` holds the scores with P = D - 1 spare columns on both sides, so every index is valid.
+    """
+    import torch
+
+    if len(starts) == 0:
+        return
+    d = tpl.d
+    cols = (starts[:, None] + torch.arange(0, 2 * d - 1, device=padded.device)[None, :]).reshape(-1)  # P + τ + lag
+    vals = (-amps[:, None, None] * tpl.wtw[unit][None]).permute(1, 0, 2).reshape(tpl.k, -1)  # (K, n·L)
+    padded.index_add_(1, cols, vals)
+
+
+def _deconvolve_batch(x, tpl: _Templates, core: tuple[int, int], params: SortParams, typical_amp, sigma=None, max_passes: int = 4):
+    """Coordinate ascent on one batch; returns (starts, units, amps, mu) of spikes in ``core``.
+
+    ``x``: whitened batch (C, T) tensor; ``core``: the batch's own range of window starts.
+    """
+    import torch
+    from scipy.signal import find_peaks
+
+    raw = tpl.scores(x)
+    t_len = raw.shape[1]
+    padded = torch.zeros((tpl.k, t_len + 2 * (tpl.d - 1)), device=raw.device)
+    scores = padded[:, tpl.d - 1: tpl.d - 1 + t_len]
+    scores.copy_(raw)
+    del raw
+    if sigma is None:
+        med = scores.median(dim=1, keepdim=True).values
+        sigma = ((scores - med).abs().median(dim=1).values / 0.6745).clamp_min(1e-6)
+    thr = (params.threshold * sigma).cpu().numpy()
+    shrink = (params.prior_shrinkage * sigma).cpu().numpy()
+    min_amp = params.min_amplitude_fraction * np.asarray(typical_amp)
+    dev = scores.device
+    spikes = {k: (torch.zeros(0, dtype=torch.long, device=dev), torch.zeros(0, device=dev)) for k in range(tpl.k)}
+    height = torch.as_tensor(np.maximum(thr, min_amp), dtype=scores.dtype, device=dev)
+    # Initialization by greedy matching pursuit: at each time the best-matching unit takes the
+    # whole spike, so similar templates do not end up sharing one spike between them (coordinate
+    # ascent started from A = 0 converges to such shared solutions). Peaks of the best score are
+    # ≥ D apart, so spikes accepted in one pass do not interact; overlaps are found next pass.
+    # Which unit takes a spike: the largest gain of the log-likelihood, with Kilosort 2's amplitude
+    # regularizer once each unit's typical amplitude m_k is known: gain = (μ + λm)²/(1+λ) − λm²
+    # (λ = 0: μ², plain matching pursuit). Two units with nearly the same shape but different
+    # sizes then each get the spikes of their own size.
+    lam = float(params.amplitude_prior)
+    m_typ = torch.as_tensor(np.asarray(typical_amp, dtype=np.float32), device=dev)[:, None]
+    lam_k = torch.where(m_typ > 0, torch.full_like(m_typ, lam), torch.zeros_like(m_typ))
+    for _ in range(max_passes):
+        ok = scores >= height[:, None]
+        gain = (scores + lam_k * m_typ) ** 2 / (1 + lam_k) - lam_k * m_typ ** 2
+        gain = torch.where(ok & (gain > 0), gain, torch.zeros_like(scores))
+        best_gain, best_unit = gain.max(dim=0)
+        peaks, _props = find_peaks(best_gain.cpu().numpy(), height=1e-6, distance=tpl.d)
+        if len(peaks) == 0:
+            break
+        pk = torch.as_tensor(peaks, dtype=torch.long, device=dev)
+        units_p = best_unit[pk]
+        amps_p = (scores[units_p, pk] - torch.as_tensor(shrink, device=dev)[units_p]).clamp_min(0)
+        for k in torch.unique(units_p).tolist():
+            m = units_p == k
+            _update_scores(padded, tpl, k, pk[m], amps_p[m])
+            st0, a0 = spikes[k]
+            spikes[k] = (torch.cat([st0, pk[m]]), torch.cat([a0, amps_p[m]]))
+    mu_final = {}
+    for _ in range(params.n_sweeps):
+        for k in range(tpl.k):
+            st_old, a_old = spikes[k]
+            _update_scores(padded, tpl, k, st_old, -a_old)  # add unit k back: residual without k
+            mu = scores[k].cpu().numpy()
+            height = max(float(thr[k]), float(min_amp[k]))
+            peaks, props = find_peaks(mu, height=height, distance=tpl.d)
+            mu_k = props["peak_heights"].astype(np.float32)
+            a = np.maximum(mu_k - shrink[k], 0).astype(np.float32)  # MAP amplitude under the exponential prior
+            st_new = torch.as_tensor(peaks, dtype=torch.long, device=dev)
+            a_new = torch.as_tensor(a, device=dev)
+            _update_scores(padded, tpl, k, st_new, a_new)
+            spikes[k] = (st_new, a_new)
+            mu_final[k] = mu_k
+    starts, units, amps, mus = [], [], [], []
+    for k in range(tpl.k):
+        st, a = spikes[k]
+        st = st.cpu().numpy()
+        a = a.cpu().numpy()
+        mu = mu_final.get(k, a + shrink[k])
+        keep = (st >= core[0]) & (st < core[1]) & (a > 0)
+        starts.append(st[keep])
+        units.append(np.full(keep.sum(), k))
+        amps.append(a[keep])
+        mus.append(mu[keep])
+    return np.concatenate(starts), np.concatenate(units), np.concatenate(amps), np.concatenate(mus), sigma
+
+
+def _residual_snippets(x, tpl: _Templates, starts: np.ndarray, units: np.ndarray, amps: np.ndarray):
+    """Residual windows (n, C, D) of each spike with its own template added back."""
+    import torch
+
+    dev = x.device
+    c, t_len = x.shape
+    d = tpl.d
+    st = torch.as_tensor(starts, dtype=torch.long, device=dev)
+    un = torch.as_tensor(units, dtype=torch.long, device=dev)
+    a = torch.as_tensor(amps, dtype=torch.float32, device=dev)
+    model = torch.zeros_like(x)
+    cols = st[:, None] + torch.arange(d, device=dev)[None]  # (n, D)
+    contrib = a[:, None, None] * tpl.w_t[un]  # (n, C, D)
+    model.index_add_(1, cols.reshape(-1), contrib.permute(1, 0, 2).reshape(c, -1))
+    resid = x - model
+    snippets = resid[:, cols].permute(1, 0, 2) + contrib  # (n, C, D)
+    return snippets
+
+
+def _merge_duplicates(templates: np.ndarray, units: np.ndarray, typical: np.ndarray, similarity: float):
+    """Merge units whose (unit-norm) templates are near-duplicates and whose amplitudes agree within 1.4x.
+
+    Deconvolution splits one neuron's spikes between duplicates; the unit with more spikes
+    keeps the template and takes the other's spikes.
+    """
+    from engine.ephys.clustering import template_similarity
+
+    k = len(templates)
+    if k < 2:
+        return templates, units, typical
+    sim = template_similarity(templates)
+    counts = np.bincount(units.astype(int), minlength=k)
+    target = np.arange(k)
+    for i, j in sorted(zip(*np.nonzero(np.triu(sim, 1) >= similarity)), key=lambda ij: -sim[ij]):
+        ri, rj = target[i], target[j]
+        amp = max(typical[i], typical[j]) / max(min(typical[i], typical[j]), 1e-6)
+        if ri == rj or amp > 1.2 or target[ri] != ri or target[rj] != rj:
+            continue
+        keep, drop = (ri, rj) if counts[ri] >= counts[rj] else (rj, ri)
+        target[target == drop] = keep
+        counts[keep] += counts[drop]
+    if np.all(target == np.arange(k)):
+        return templates, units, typical
+    kept = np.unique(target)
+    remap = np.full(k, -1)
+    remap[kept] = np.arange(len(kept))
+    log.info("merged %d duplicate units", k - len(kept))
+    return templates[kept], remap[target[units.astype(int)]], typical[kept]
+
+
+def _shadow_units(templates: np.ndarray, starts: np.ndarray, units: np.ndarray, positions: np.ndarray, window: int,
+                  max_fraction: float, radius: float = 150.0) -> np.ndarray:
+    """Boolean mask of "shadow" units: units whose spikes fall within ±``window`` samples of a spike of a
+    unit peaking within ``radius`` µm in ≥ ``max_fraction`` of cases. Independent neurons coincide by
+    chance a few % of the time (1 ms × the neighbours' summed rate); a unit near 100 % is explaining
+    another unit's misfit. Removed one at a time, the worst first, and recounted: the real unit a
+    shadow rides on is then no longer flagged because of its shadow."""
+    k = len(templates)
+    shadow = np.zeros(k, bool)
+    if k < 2 or len(starts) == 0:
+        return shadow
+    peak = np.abs(templates).max(axis=2).argmax(axis=1)
+    centre = positions[peak]
+    troughs = np.abs(templates[np.arange(k), peak]).argmax(axis=1)  # compare trough times, not window starts
+    times = starts + troughs[units]
+    order = np.argsort(times, kind="stable")
+    times, units = times[order], units[order]
+    close = np.linalg.norm(centre[:, None] - centre[None], axis=2) <= radius
+    np.fill_diagonal(close, False)
+
+    def fraction(u: int) -> float:
+        mine = times[units == u]
+        others = times[np.isin(units, np.flatnonzero(close[u] & ~shadow))]
+        if len(mine) == 0 or len(others) == 0:
+            return 0.0
+        idx = np.clip(np.searchsorted(others, mine), 1, len(others) - 1)
+        gap = np.minimum(np.abs(mine - others[idx - 1]), np.abs(others[idx] - mine))
+        return float((gap <= window).mean())
+
+    while True:
+        frac = np.array([0.0 if shadow[u] else fraction(u) for u in range(k)])
+        worst = int(frac.argmax())
+        if frac[worst] < max_fraction:
+            return shadow
+        shadow[worst] = True
+
+
+def sort_recording(
+    recording,
+    probe: Probe | None = None,
+    params: SortParams | None = None,
+    preprocess: PreprocessParams | None = None,
+    workdir: str | Path | None = None,
+    progress=None,
+) -> Sorting:
+    """Sort a recording (RawRecording or ArrayRecording): preprocess → initialize → deconvolve.
+
+    ``workdir`` receives the whitened data (``whitened.npy``, float32, deleted afterwards unless it
+    was asked for); default a temporary folder.
+    """
+    import torch
+
+    from engine.device import select_device
+
+    progress = as_progress(progress)
+    params = params or SortParams()
+    timings = {}
+    t_start = time.perf_counter()
+    if probe is None:
+        probe = linear_probe(recording.n_channels)
+    probe.check_recording(recording.n_channels)
+    fs = recording.sample_rate
+    d = int(round(params.template_ms * 1e-3 * fs)) | 1
+    trough = int(round(params.trough_fraction * d))
+    if recording.n_samples < 4 * d:
+        raise InputError(f"The recording has {recording.n_samples} samples, too short to sort (need at least {4 * d}).")
+    device = select_device(params.device)
+    p_pre, p_detect, p_cluster, p_deconv = progress.split([2, 1, 2, 6], ["Filtering", "Detecting", "Clustering", "Deconvolving"])
+
+    tmp = None
+    if workdir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="neurowb_sort_")
+        workdir = tmp.name
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        # -- preprocessing -------------------------------------------------------------------------
+        pre = Preprocessor(fs, probe.channel_map, probe.positions, preprocess)
+        fit_p, write_p = p_pre.split([1, 3])
+        pre.fit(recording, max_seconds=6.0, progress=fit_p)
+        xw = pre.write(recording, workdir / "whitened.npy", progress=write_p)
+        n_t, n_ch = xw.shape
+        timings["preprocess_s"] = time.perf_counter() - t_start
+
+        # -- detection -----------------------------------------------------------------------------
+        t0 = time.perf_counter()
+        excl = probe.neighbours(params.exclusion_radius)
+        half = max(1, int(round(params.exclusion_ms * 1e-3 * fs)))
+        batch = int(params.batch_seconds * fs)
+        det_t, det_c = [], []
+        bounds = list(range(0, n_t, batch))
+        sd = None
+        for i, a in enumerate(bounds):
+            p_detect.check()
+            lo, hi = max(0, a - half), min(n_t, a + batch + half)
+            block = np.asarray(xw[lo:hi])
+            if sd is None:  # whitened noise is ~1 SD; measure it once to be safe
+                sd = np.maximum(np.median(np.abs(block), axis=0) / 0.6745, 1e-6)
+            t, c, _ = detect_peaks(block / sd, params.detect_threshold, excl, half)
+            t = t + lo
+            keep = (t >= a) & (t < a + batch) & (t >= trough) & (t < n_t - (d - trough))
+            det_t.append(t[keep])
+            det_c.append(c[keep])
+            p_detect.report((i + 1) / len(bounds), "threshold crossings")
+        det_t, det_c = np.concatenate(det_t), np.concatenate(det_c)
+        timings["detect_s"] = time.perf_counter() - t0
+
+        # -- initialization ------------------------------------------------------------------------
+        t0 = time.perf_counter()
+        nbrs = probe.neighbours(params.neighbour_radius)
+        templates, tpcs, det_labels = initial_templates(
+            xw, det_t, det_c, nbrs, d, trough, min_cluster=params.min_cluster, max_per_channel=params.max_per_channel,
+            valley_ratio=params.valley_ratio, merge_similarity=params.merge_similarity, seed=params.seed, progress=p_cluster,
+        )
+        # drop clusters whose template is not above the detection threshold (noise clusters)
+        if len(templates):
+            keep_units = np.abs(templates).max(axis=(1, 2)) >= 0.8 * params.detect_threshold
+            remap = np.cumsum(keep_units) - 1
+            det_labels = np.where((det_labels >= 0) & keep_units[np.maximum(det_labels, 0)], remap[np.maximum(det_labels, 0)], -1)
+            templates = templates[keep_units]
+        timings["cluster_s"] = time.perf_counter() - t0
+        timings["n_detections"] = int(len(det_t))
+        timings["n_initial_units"] = int(len(templates))
+
+        # -- deconvolution -------------------------------------------------------------------------
+        t0 = time.perf_counter()
+        k_units = len(templates)
+        starts = units = amps = mus = np.zeros(0)
+        pc_features = pc_ind = None
+        troughs = np.full(k_units, trough)
+        if k_units:
+            typical = np.full(k_units, 0.0)
+            stages = p_deconv.split([1] * params.n_iterations)
+            for it in range(params.n_iterations):
+                tpl = _Templates(templates, params.rank, device)
+                last = it == params.n_iterations - 1
+                acc = np.zeros((tpl.k, n_ch, d))
+                all_s, all_u, all_a, all_m = [], [], [], []
+                feats = []
+                sigma = None
+                # Template-learning passes use evenly spaced batches covering ~learn_seconds (as
+                # Kilosort learns templates on a subset of batches); the final pass covers everything.
+                n_learn = max(1, int(math.ceil(params.learn_seconds / params.batch_seconds)))
+                spread = np.unique(np.linspace(0, len(bounds) - 1, n_learn).round().astype(int))
+                use = bounds if last or n_learn >= len(bounds) else [bounds[j] for j in spread]
+                for i, a in enumerate(use):
+                    stages[it].check()
+                    lo, hi = max(0, a - d), min(n_t, a + batch + 2 * d)
+                    x = torch.as_tensor(np.ascontiguousarray(np.asarray(xw[lo:hi]).T), device=device)
+                    core = (a - lo, min(a + batch, n_t) - lo)
+                    s_b, u_b, a_b, m_b, sigma = _deconvolve_batch(x, tpl, core, params, typical, sigma)
+                    if len(s_b):
+                        snips = _residual_snippets(x, tpl, s_b, u_b, a_b)
+                        acc_t = torch.zeros((tpl.k, n_ch, d), device=device)
+                        acc_t.index_add_(0, torch.as_tensor(u_b, device=device), snips * torch.as_tensor(a_b, device=device)[:, None, None])
+                        acc += acc_t.cpu().numpy()
+                        if last:
+                            feats.append(snips.cpu().numpy())
+                    all_s.append(s_b + lo)
+                    all_u.append(u_b)
+                    all_a.append(a_b)
+                    all_m.append(m_b)
+                    stages[it].report((i + 1) / len(use), f"pass {it + 1}/{params.n_iterations}")
+                starts, units, amps, mus = (np.concatenate(v) for v in (all_s, all_u, all_a, all_m))
+                order = np.argsort(starts, kind="stable")
+                starts, units, amps, mus = starts[order], units[order], amps[order], mus[order]
+                if last:
+                    feats = np.concatenate(feats)[order] if feats else np.zeros((0, n_ch, d))
+                prev_u = units
+                for k in range(tpl.k):
+                    mk = mus[units == k]
+                    typical[k] = np.median(mk) if len(mk) else 0.0
+                # template update: W_k ∝ Σ a R_t, low rank, unit norm (keep the old one if unit k found nothing)
+                new = tpl.w.copy()
+                for k in range(tpl.k):
+                    if np.abs(acc[k]).sum() > 0:
+                        u, s, vt = _low_rank(acc[k], params.rank)
+                        new[k] = (u * s) @ vt
+                templates = new if not last else tpl.w
+                if not last:
+                    templates, prev_u, typical = _merge_duplicates(templates, prev_u, typical, max(params.merge_similarity, 0.97))
+            # drop units with too few spikes, and "shadow" units: units that fire almost only
+            # together with a nearby unit are fitting what that unit's template leaves behind
+            counts = np.bincount(units.astype(int), minlength=len(templates))
+            shadow = _shadow_units(templates, starts, units.astype(int), probe.positions, int(round(0.5e-3 * fs)), params.max_shadow_fraction)
+            keep_units = (counts >= params.min_spikes) & ~shadow
+            timings["n_shadow_units"] = int(shadow.sum())
+            remap = np.cumsum(keep_units) - 1
+            keep = keep_units[units.astype(int)]
+            starts, units, amps, mus = starts[keep], remap[units[keep].astype(int)], amps[keep], mus[keep]
+            feats = feats[keep] if len(feats) else feats
+            templates = templates[keep_units]
+            # trough = largest |value| on the peak channel: report spike times there
+            peak_ch = np.abs(templates).max(axis=2).argmax(axis=1)
+            troughs = np.array([int(np.abs(templates[k, peak_ch[k]]).argmax()) for k in range(len(templates))], dtype=np.int64)
+            # Kilosort-style PC features: 3 temporal PCs on each unit's n_pc_channels largest channels
+            n_pc = min(params.n_pc_channels, n_ch)
+            pc_ind = np.argsort(-np.abs(templates).max(axis=2), axis=1)[:, :n_pc].astype(np.uint32)
+            if len(feats):
+                chans = pc_ind[units.astype(int)].astype(np.int64)  # (n, n_pc)
+                sn = np.take_along_axis(feats, chans[:, :, None], axis=1)  # (n, n_pc, D)
+                pc_features = np.einsum("ncd,pd->npc", sn, tpcs).astype(np.float32)
+            else:
+                pc_features = np.zeros((0, tpcs.shape[0], n_pc), np.float32)
+        timings["deconvolve_s"] = time.perf_counter() - t0
+        timings["total_s"] = time.perf_counter() - t_start
+        timings["device"] = str(device)
+        timings["drift_correction"] = False
+        spike_units = units.astype(np.int64)
+        spike_times = (starts.astype(np.int64) + troughs[spike_units]) if len(spike_units) else np.zeros(0, np.int64)
+        order = np.argsort(spike_times, kind="stable")
+        result = Sorting(
+            spike_times=spike_times[order],
+            spike_units=spike_units[order],
+            amplitudes=amps[order].astype(np.float32),
+            templates=np.asarray(templates, np.float32),
+            template_troughs=troughs,
+            sample_rate=fs,
+            channels=probe.channel_map.copy(),
+            positions=probe.positions.copy(),
+            whitening=pre.whitening.copy(),
+            preprocess_state=pre.state(),
+            pc_features=None if pc_features is None else pc_features[order],
+            pc_feature_ind=pc_ind,
+            info={**timings, "params": asdict(params), "duration_s": recording.n_samples / fs},
+        )
+        progress.report(1.0, f"{result.n_units} units")
+        del xw
+        return result
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+
+
+__all__ = ["SortParams", "Sorting", "sort_recording"]

@@ -1,0 +1,57 @@
+"""`neurowb simulate-ephys` → `neurowb sort` → `neurowb qc`, and the messages for bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from engine.cli import main
+from engine.ephys.cli import register
+from engine.ephys.probe import linear_probe, write_probe
+
+
+def run(argv):
+    return main(argv, registrations=[register])
+
+
+def test_round_trip(tmp_path, capsys):
+    out = tmp_path / "sim"
+    assert run(["simulate-ephys", "-o", str(out), "--channels", "8", "--units", "3", "--duration", "6", "--seed", "4"]) == 0
+    raw = out / "recording.raw"
+    assert raw.is_file() and (out / "probe.json").is_file() and (out / "recording_ground_truth.npz").is_file()
+    assert json.loads((out / "probe.json").read_text())["specification"] == "probeinterface"
+    phy = tmp_path / "phy"
+    assert run(["sort", str(raw), "--n-channels", "8", "--fs", "30000", "--gain", "0.195", "--probe", str(out / "probe.json"), "-o", str(phy)]) == 0
+    text = capsys.readouterr().out
+    assert "units" in text and "real time" in text
+    gt = np.load(out / "recording_ground_truth.npz")
+    n_sorted = len(np.unique(np.load(phy / "spike_clusters.npy")))
+    assert n_sorted == len(np.unique(gt["spike_units"]))
+    assert run(["qc", str(phy), "-o", str(tmp_path / "metrics.csv")]) == 0
+    table = capsys.readouterr().out
+    assert "SNR" in table and "ISI viol" in table
+    lines = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert lines[0].startswith("cluster_id,n_spikes,firing_rate") and len(lines) == n_sorted + 1
+    # without a probe: linear with a warning
+    assert run(["sort", str(raw), "--n-channels", "8", "--fs", "30000", "-o", str(tmp_path / "phy2")]) == 0
+    assert "linear probe" in capsys.readouterr().err
+
+
+def test_bad_inputs(tmp_path, capsys):
+    raw = tmp_path / "odd.raw"
+    np.zeros(8 * 1000 + 3, np.int16).tofile(raw)
+    assert run(["sort", str(raw), "--n-channels", "8", "--fs", "30000", "-o", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "not a multiple of n_channels × bytes per sample" in err and err.count("\n") == 1
+    good = tmp_path / "rec.raw"
+    np.zeros((1000, 8), np.int16).tofile(good)
+    write_probe(tmp_path / "p16.json", linear_probe(16, warn=False))
+    assert run(["sort", str(good), "--n-channels", "8", "--fs", "30000", "--probe", str(tmp_path / "p16.json"), "-o", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "16 channels" in err and "the recording has 8" in err
+    assert run(["qc", str(tmp_path / "nothing")]) == 2
+    assert "Phy folder not found" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        run(["sort", str(good), "--n-channels", "8", "--fs", "30000", "--dtype", "int8", "-o", "x"])
