@@ -102,3 +102,29 @@ def atomic_save_npy(path: str | os.PathLike, array) -> Path:
     buffer = io.BytesIO()
     np.save(buffer, np.asarray(array), allow_pickle=False)
     return atomic_write_bytes(path, buffer.getvalue())
+
+
+def read_model_file(path: str | os.PathLike, load, model_format: str, max_version: int, what: str, train_hint: str) -> dict:
+    """The payload of a saved model, or an InputError naming what is wrong and what to do.
+
+    ``load(path)`` reads the file (joblib, torch...); the payload must be a dict whose
+    ``format`` is ``model_format`` and whose ``format_version`` is at most ``max_version``.
+    ``what`` names the kind of model ("spine model") and ``train_hint`` says how to make one.
+    """
+    from engine.errors import InputError
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{what[0].upper() + what[1:]} file not found: '{path}'. Check the path, or {train_hint}.")
+    try:
+        payload = load(path)
+    except Exception as exc:
+        raise InputError(f"'{path.name}' is not a readable {what} (corrupt, or made by another program). "
+                         f"{train_hint[0].upper() + train_hint[1:]}.", details=f"{type(exc).__name__}: {exc}") from exc
+    if not isinstance(payload, dict) or payload.get("format") != model_format:
+        raise InputError(f"'{path.name}' is not a NeuroWorkbench {what}. {train_hint[0].upper() + train_hint[1:]}.")
+    version = int(payload.get("format_version", 0))
+    if version > max_version:
+        raise InputError(f"'{path.name}' was written by a newer NeuroWorkbench (model format {version}, this one reads "
+                         f"up to {max_version}): update NeuroWorkbench or retrain the model.")
+    return payload

@@ -43,6 +43,7 @@ from engine.factors.patches import (
     BlockSplit, block_split, check_image_and_labels, labelled_centers, read_patches, sample_balanced,
 )
 from engine.progress import Progress, as_progress
+from engine.storage import read_model_file
 
 log = logging.getLogger(__name__)
 
@@ -264,19 +265,8 @@ class PatchModel:
         torch = _torch()
 
         path = Path(path)
-        if not path.is_file():
-            raise InputError(f"Model file not found: '{path}'. Check the path, or train one first.")
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise InputError(f"'{path.name}' is not a readable microarchitecture model (corrupt, or made by another "
-                             "program). Train a new one.", details=f"{type(exc).__name__}: {exc}") from exc
-        if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
-            raise InputError(f"'{path.name}' is not a NeuroWorkbench microarchitecture (factors) model. Train one first.")
-        version = int(payload.get("format_version", 0))
-        if version > MODEL_FORMAT_VERSION:
-            raise InputError(f"'{path.name}' was written by a newer NeuroWorkbench (model format {version}, this one reads "
-                             f"up to {MODEL_FORMAT_VERSION}): update NeuroWorkbench or retrain the model.")
+        payload = read_model_file(path, lambda p: torch.load(p, map_location="cpu", weights_only=True), MODEL_FORMAT,
+                                  MODEL_FORMAT_VERSION, "microarchitecture (factors) model", "train one first")
         prep = Preprocessing.from_dict(payload["preprocessing"])
         if expected is not None:
             diffs = prep.differences(expected)

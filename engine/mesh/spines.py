@@ -639,20 +639,11 @@ class SpineClassifier(ClassifierMixin, BaseEstimator):
         """Read a model saved by :meth:`save`; with ``expected_spec``, refuse a model made for other features."""
         import joblib
 
+        from engine.storage import read_model_file
+
         path = Path(path)
-        if not path.is_file():
-            raise InputError(f"Spine model file not found: '{path}'. Check the path, or train one with 'neurowb spines train'.")
-        try:
-            payload = joblib.load(path)
-        except Exception as exc:
-            raise InputError(f"'{path.name}' is not a readable spine model (corrupt, or made by another program). "
-                             "Train a new one with 'neurowb spines train'.", details=f"{type(exc).__name__}: {exc}") from exc
-        if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
-            raise InputError(f"'{path.name}' is not a NeuroWorkbench spine model. Train one with 'neurowb spines train'.")
-        version = int(payload.get("format_version", 0))
-        if version > MODEL_FORMAT_VERSION:
-            raise InputError(f"'{path.name}' was written by a newer NeuroWorkbench (model format {version}, this one reads "
-                             f"up to {MODEL_FORMAT_VERSION}): update NeuroWorkbench or retrain the model.")
+        payload = read_model_file(path, joblib.load, MODEL_FORMAT, MODEL_FORMAT_VERSION, "spine model",
+                                  "train one with 'neurowb spines train'")
         import sklearn
 
         saved_sklearn = payload.get("versions", {}).get("sklearn")
