@@ -4,7 +4,7 @@ The loop: open a movie → Run CNMF (per-stage progress, Cancel) → ROI contour
 image (accepted green, rejected red dashed, selected yellow) → click an ROI or a table row →
 its F / C / S traces → accept (A) / reject (R), Left / Right to the next ROI in table order,
 merge two (M), delete (Del), add one by clicking its center (N, then click), undo (Ctrl+Z) →
-Export (Suite2p folder). Every decision is autosaved (app.calcium.session) and restored when the
+Export (Suite2p folder). Every decision is autosaved (engine.calcium.curation) and restored when the
 movie is opened or run again.
 """
 
@@ -39,8 +39,8 @@ from PyQt6.QtWidgets import (
     QVBoxLayout,
 )
 
-from app.calcium import session
-from app.calcium.session import MOVIE_SOURCES, Curation
+from engine.calcium import curation
+from engine.calcium.curation import MOVIE_SOURCES, Curation
 from app.calcium.views import FieldOfView, TracePanel
 from app.jobs import Job
 from app.workspace import InfoBox, Workspace
@@ -56,8 +56,8 @@ KEYS_HELP = ("A accept · R reject · ←/→ previous/next ROI (table order) ·
 
 
 def load_movie_for_view(path: Path, progress=None) -> dict:
-    """Job body (kept for callers of the old viewer): see :func:`app.calcium.session.open_movie_job`."""
-    return session.open_movie_job(path, progress=progress)
+    """Job body (kept for callers of the old viewer): see :func:`engine.calcium.curation.open_movie_job`."""
+    return curation.open_movie_job(path, progress=progress)
 
 
 class NumberItem(QTableWidgetItem):
@@ -245,7 +245,7 @@ class CalciumWorkspace(Workspace):
 
     # -- opening -------------------------------------------------------------------------
     def open_file(self, path: Path) -> Job:
-        return self.window.run_job(f"Open {path.name}", session.open_movie_job, path,
+        return self.window.run_job(f"Open {path.name}", curation.open_movie_job, path,
                                    on_result=lambda result: self._show(path, result))
 
     def _show(self, path: Path, result: dict) -> None:
@@ -293,7 +293,7 @@ class CalciumWorkspace(Workspace):
             return self.cnmf_job
         path = self.current_path
         fs = self.fps.value() or None
-        job = self.window.run_job(f"CNMF on {path.name}", session.run_cnmf_job, path, fs, self.diameter.value(),
+        job = self.window.run_job(f"CNMF on {path.name}", curation.run_cnmf_job, path, fs, self.diameter.value(),
                                   self.register.currentText(), on_result=lambda out: self._cnmf_done(path, out))
         self.cnmf_job = job
         job.progressed.connect(self._cnmf_progress)
@@ -364,7 +364,7 @@ class CalciumWorkspace(Workspace):
         kind = self.image_kind.currentText()
         result = self.curation.result if self.curation is not None else None
         if kind == "Frame":
-            image = session.player_frame(self.source.currentText(), self.movie, result, self.frame_slider.value())
+            image = curation.player_frame(self.source.currentText(), self.movie, result, self.frame_slider.value())
         else:
             images = result.images if result is not None else {}
             name = kind.lower()
@@ -599,14 +599,14 @@ class CalciumWorkspace(Workspace):
             return None
         i, j = self.selected
         decision = self.curation.decision("merge", [i, j])
-        return self._edit_job(f"Merge ROIs #{i} and #{j}", decision, session.merge_rois_job, self.curation.result, i, j)
+        return self._edit_job(f"Merge ROIs #{i} and #{j}", decision, curation.merge_rois_job, self.curation.result, i, j)
 
     def add_roi(self, center: tuple[float, float]) -> Job | None:
         """Fit a new ROI at ``center`` (row, col) in the background; it is selected when it appears."""
         if not self._editable():
             return None
         decision = {"op": "add", "center": [round(float(v), 3) for v in center]}
-        return self._edit_job(f"Add ROI at ({center[0]:.0f}, {center[1]:.0f})", decision, session.add_roi_job,
+        return self._edit_job(f"Add ROI at ({center[0]:.0f}, {center[1]:.0f})", decision, curation.add_roi_job,
                               self.curation.result, self.current_path, center)
 
     def _edit_job(self, name: str, decision: dict, func, *args) -> Job:
@@ -654,7 +654,7 @@ class CalciumWorkspace(Workspace):
             if not directory:
                 return None
         directory = Path(directory)
-        return self.window.run_job(f"Export Suite2p to {directory.name}", session.export_job, self.curation.result, directory,
+        return self.window.run_job(f"Export Suite2p to {directory.name}", curation.export_job, self.curation.result, directory,
                                    self.current_path,
                                    on_result=lambda out: self.window.show_status(f"Exported the ROIs to {out}", 10000))
 

@@ -8,7 +8,7 @@ import pyqtgraph as pg
 from PyQt6.QtCore import QPointF, Qt, pyqtSignal
 from PyQt6.QtWidgets import QLabel, QVBoxLayout, QWidget
 
-from app.calcium.session import RoiGeometry
+from engine.calcium.curation import RoiGeometry
 from app.widgets.image_view import ImageView
 
 ACCEPTED_COLOR = "#22c55e"

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PyQt6.QtCore import Qt
 
-from app.calcium.session import CURATION_FILE
+from engine.calcium.curation import CURATION_FILE
 from app.jobs import JobState
 from app.screenshots import is_blank, save_screenshot
 from engine.calcium.synth import write_recording

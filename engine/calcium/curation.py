@@ -1,4 +1,4 @@
-"""The calcium workspace's state outside Qt: job bodies, ROI geometry, curation with undo, autosave.
+"""Curation of CNMF results outside Qt: job bodies, ROI geometry, decisions with undo, autosave.
 
 Curation is a log of decisions (accept, reject, delete, merge, add) applied one after the other
 to the CNMF result. Each decision names its ROIs by their centers, not by index, so the log can
