@@ -44,6 +44,7 @@ from pathlib import Path
 
 import numpy as np
 from scipy import sparse
+from scipy.sparse.csgraph import connected_components
 
 from engine.calcium.io import Movie, open_movie, summary_images
 from engine.errors import InputError
@@ -249,25 +250,13 @@ def _merge(parts: list[dict], shape, overlap_thr: float, corr_thr: float) -> tup
     corr = _correlation(C, rows, cols_)
     same = corr >= corr_thr
     rows, cols_ = rows[same], cols_[same]
-    # Union-find over the matched pairs.
-    parent = np.arange(n)
-
-    def find(i):
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for i, j in zip(rows, cols_):
-        ri, rj = find(i), find(j)
-        if ri != rj:
-            parent[max(ri, rj)] = min(ri, rj)
-    groups: dict[int, list[int]] = {}
-    for i in range(n):
-        groups.setdefault(find(i), []).append(i)
+    # Copies of one cell: the connected components of the matched pairs (labelled by their first member).
+    pairs = sparse.coo_matrix((np.ones(len(rows)), (rows, cols_)), shape=(n, n))
+    labels = connected_components(pairs, directed=False)[1]
     out_a, out_c, out_id, out_r = [], [], [], []
     copies = cells = 0
-    for members in groups.values():
+    for g in range(labels.max() + 1):
+        members = np.flatnonzero(labels == g)
         keep = [i for i in members if owned[i]]
         copies += len(members) - len(keep) if keep else 0
         if not keep:  # neighbours fitted for a patch's sake only

@@ -20,6 +20,8 @@
 from __future__ import annotations
 
 import numpy as np
+from scipy import sparse
+from scipy.sparse.csgraph import connected_components
 
 from engine.progress import as_progress
 
@@ -176,21 +178,9 @@ def merge_templates(templates: np.ndarray, similarity: float = 0.9, amplitude_ra
         return np.zeros(0, int)
     sim = template_similarity(templates)
     norms = np.linalg.norm(templates.reshape(k, -1), axis=1)
-    parent = np.arange(k)
-
-    def root(i):
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for i in range(k):
-        for j in range(i + 1, k):
-            r = max(norms[i], norms[j]) / max(min(norms[i], norms[j]), 1e-12)
-            if sim[i, j] >= similarity and r <= amplitude_ratio:
-                parent[root(j)] = root(i)
-    roots = np.array([root(i) for i in range(k)])
-    return np.unique(roots, return_inverse=True)[1]
+    ratio = np.maximum.outer(norms, norms) / np.maximum(np.minimum.outer(norms, norms), 1e-12)
+    duplicates = (sim >= similarity) & (ratio <= amplitude_ratio)
+    return connected_components(sparse.csr_matrix(duplicates), directed=False)[1]
 
 
 def _split_unimodal_groups(data, times, labels, templates, group, tpcs, trough, n_samples, valley_ratio, rng) -> np.ndarray:
