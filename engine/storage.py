@@ -114,15 +114,16 @@ def read_model_file(path: str | os.PathLike, load, model_format: str, max_versio
     from engine.errors import InputError
 
     path = Path(path)
+    advice = train_hint[:1].upper() + train_hint[1:] + "."
     if not path.is_file():
-        raise InputError(f"{what[0].upper() + what[1:]} file not found: '{path}'. Check the path, or {train_hint}.")
+        raise InputError(f"{what[:1].upper() + what[1:]} file not found: '{path}'. Check the path, or {train_hint}.")
     try:
         payload = load(path)
     except Exception as exc:
-        raise InputError(f"'{path.name}' is not a readable {what} (corrupt, or made by another program). "
-                         f"{train_hint[0].upper() + train_hint[1:]}.", details=f"{type(exc).__name__}: {exc}") from exc
+        raise InputError(f"'{path.name}' is not a readable {what} (corrupt, or made by another program). {advice}",
+                         details=f"{type(exc).__name__}: {exc}") from exc
     if not isinstance(payload, dict) or payload.get("format") != model_format:
-        raise InputError(f"'{path.name}' is not a NeuroWorkbench {what}. {train_hint[0].upper() + train_hint[1:]}.")
+        raise InputError(f"'{path.name}' is not a NeuroWorkbench {what}. {advice}")
     version = int(payload.get("format_version", 0))
     if version > max_version:
         raise InputError(f"'{path.name}' was written by a newer NeuroWorkbench (model format {version}, this one reads "

@@ -55,11 +55,6 @@ KEYS_HELP = ("A accept · R reject · ←/→ previous/next ROI (table order) ·
              "Del delete · N add (click a center) · Esc leave add mode · Ctrl+Z undo · Space play/pause")
 
 
-def load_movie_for_view(path: Path, progress=None) -> dict:
-    """Job body (kept for callers of the old viewer): see :func:`engine.calcium.curation.open_movie_job`."""
-    return curation.open_movie_job(path, progress=progress)
-
-
 class NumberItem(QTableWidgetItem):
     """A table cell that sorts by its number, not its text."""
 
