@@ -355,6 +355,9 @@ def create_application(argv: Sequence[str] | None = None) -> QApplication:
     app.setWindowIcon(icon("neuroworkbench"))
     app.setStyle("Fusion")
     app.setStyleSheet(style_sheet())
+    import pyqtgraph as pg
+
+    pg.setConfigOptions(antialias=False, background="w", foreground="#2d3748")  # every plot matches the light theme
     return app
 
 

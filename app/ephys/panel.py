@@ -1,28 +1,44 @@
-"""Ephys workspace: raw extracellular recordings as scrollable multi-channel traces (sorting to come)."""
+"""Ephys workspace: raw recording → Sort (background job) → Phy folder → traces with model and
+residual, unit table, unit views, curation with Phy's keys.
+
+The loop: open a raw recording (its layout from a sidecar, or asked once) → Sort (per-stage
+progress, Cancel) writes ``<raw stem>_phy/`` beside the raw and loads it → pick units in the table
+(Ctrl-click a second one) → look at waveforms, correlograms, amplitudes, and at the traces with the
+model Σ a·W and the residual → merge (G), split (Ctrl-click a lasso on the amplitude view, then K),
+label good / mua / noise (Alt+G / Alt+M / Alt+N), undo (Ctrl+Z) / redo (Ctrl+Shift+Z, Ctrl+Y).
+Each change rewrites spike_clusters.npy and cluster_group.tsv in the Phy folder (atomically), so
+the folder opens in Phy as it is. An existing Phy folder opens directly (its params.py, or the
+folder), and opening a raw file that has a ``_phy`` folder beside it loads that folder's curation.
+All curation logic lives in engine/ephys/curation.py; this file only draws and dispatches.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-from PyQt6.QtCore import Qt
-from PyQt6.QtWidgets import QDoubleSpinBox, QFormLayout, QGroupBox, QScrollBar, QVBoxLayout, QWidget
+from PyQt6.QtCore import Qt, QTimer
+from PyQt6.QtGui import QKeySequence, QShortcut
+from PyQt6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGridLayout, QGroupBox, QHBoxLayout,
+                             QLabel, QProgressBar, QPushButton, QSizePolicy, QSpinBox, QSplitter, QVBoxLayout)
 
+from app.dialogs import show_error
 from app.ephys.params_dialog import RecordingParamsDialog
+from app.ephys.traces import TracePanel
+from app.ephys.views import SimilarList, UnitTable, UnitViews, selection_color
 from app.jobs import Job
-from app.widgets.trace_view import TraceView
 from app.workspace import InfoBox, Workspace
-from engine.ephys.io import RAW_EXTENSIONS, RawRecording, RecordingParams, read_sidecar, write_sidecar
+from engine.ephys import curation as engine_curation
+from engine.ephys.curation import Curation, TraceSource, is_phy_folder, phy_folder_for
+from engine.ephys.io import RAW_EXTENSIONS, RawRecording, read_sidecar
+from engine.ephys.sorter import SortParams
+from engine.errors import InputError
 
 SCROLL_STEPS_PER_SECOND = 100  # scroll bar resolution: 10 ms
-
-
-def open_recording(path: Path, params: RecordingParams, save_sidecar: bool = False, progress=None) -> RawRecording:
-    """Job body: validate and memory-map the recording (optionally remembering its layout)."""
-    recording = RawRecording(path, params)
-    if save_sidecar:
-        write_sidecar(path, params)
-    return recording
+MAX_WINDOW_VALUES = 40_000_000  # samples × channels read per redraw at most (~80 MB of int16)
+DATA_KINDS = ("Preprocessed", "Raw")
+KEYS_HELP = ("G merge · K split (Ctrl-click a lasso on the amplitudes first) · Alt+G good · Alt+M mua · Alt+N noise · "
+             "Ctrl+Z undo · Ctrl+Shift+Z / Ctrl+Y redo · Esc clear lasso · ←/→ scroll traces")
 
 
 class EphysWorkspace(Workspace):
@@ -34,30 +50,224 @@ class EphysWorkspace(Workspace):
     def __init__(self, window):
         super().__init__(window)
         self.recording: RawRecording | None = None
-        self.info = InfoBox("Recording", [("file", "File"), ("n_channels", "Channels"), ("sample_rate", "Sample rate (Hz)"),
-                                          ("duration", "Duration (s)"), ("dtype", "Data type"), ("gain_uv", "Gain (µV/bit)")])
-        display = QGroupBox("Display")
-        form = QFormLayout(display)
-        self.window_seconds = QDoubleSpinBox(minimum=0.01, maximum=10.0, value=0.5, decimals=2, singleStep=0.1, suffix=" s")
-        self.spacing = QDoubleSpinBox(minimum=1.0, maximum=100_000.0, value=150.0, decimals=0, singleStep=25, suffix=" µV")
-        form.addRow("Time window:", self.window_seconds)
-        form.addRow("Channel spacing:", self.spacing)
-        self.window_seconds.valueChanged.connect(self._window_changed)
-        self.spacing.valueChanged.connect(self.redraw)
+        self.source: TraceSource | None = None
+        self.curation: Curation | None = None
+        self.raw_path: Path | None = None
+        self.probe_path: Path | None = None
+        self.selected: list[int] = []
+        self.sort_job: Job | None = None
+        self._waveforms: dict[int, dict] = {}
+        self.view_start = 0.0  # s: left edge of the trace window
 
-        self.traces = TraceView()
-        self.scroll = QScrollBar(Qt.Orientation.Horizontal)
-        self.scroll.valueChanged.connect(self.redraw)
-        traces_panel = QWidget()
-        column = QVBoxLayout(traces_panel)
-        column.setContentsMargins(0, 0, 0, 0)
-        column.addWidget(self.traces, 1)
-        column.addWidget(self.scroll)
-        self.assemble([self.info, display], traces_panel, "No recording open",
-                      "Open a raw binary recording (.raw, .bin, .dat; samples × channels). "
-                      "Its layout is read from a .json sidecar, or asked for once.", "Open recording…")
+        self.info = InfoBox("Recording", [("file", "File"), ("n_channels", "Channels"), ("sample_rate", "Sample rate (Hz)"),
+                                          ("duration", "Duration (s)"), ("dtype", "Data type"), ("gain_uv", "Gain (µV/bit)"),
+                                          ("probe", "Probe")])
+        self.info.setMaximumHeight(230)
+        self._build_sort_box()
+        self._build_display_box()
+        self._build_curation_box()
+
+        self.traces = TracePanel()
+        self.scroll = self.traces.scroll
+        self.scroll.valueChanged.connect(self._scrolled)
+        self.traces.view_changed.connect(self._view_changed)
+        self.traces.spike_clicked.connect(lambda c: self.select([c]))
+        self.units = UnitTable()
+        self.units.selection_changed.connect(self._selection_changed)
+        self.table = self.units.table
+        self.similar = SimilarList()
+        self.similar.picked.connect(self._similar_picked)
+        self.views = UnitViews()
+        self.views.lasso_changed.connect(lambda _n: self._refresh_controls())
+
+        # traces (large) beside the unit table and similar units; the unit views span the width below
+        right = QSplitter(Qt.Orientation.Vertical)
+        right.addWidget(self.units)
+        right.addWidget(self.similar)
+        right.setSizes([380, 160])
+        top = QSplitter(Qt.Orientation.Horizontal)
+        top.addWidget(self.traces)
+        top.addWidget(right)
+        top.setStretchFactor(0, 1)
+        top.setStretchFactor(1, 0)
+        top.setCollapsible(0, False)
+        top.setSizes([700, 440])
+        main = QSplitter(Qt.Orientation.Vertical)
+        main.addWidget(top)
+        main.addWidget(self.views)
+        main.setStretchFactor(0, 3)
+        main.setStretchFactor(1, 2)
+        main.setSizes([540, 320])
+        self.table_splitter = top
+        self.splitter = main
+
+        self.redraw_timer = QTimer(self)  # mouse pans/zooms arrive in bursts: draw once they settle
+        self.redraw_timer.setSingleShot(True)
+        self.redraw_timer.setInterval(40)
+        self.redraw_timer.timeout.connect(self.redraw)
+
+        for key, slot in (("G", self.merge_selected), ("K", self.split_selected),
+                          ("Alt+G", lambda: self.label_selected("good")), ("Alt+M", lambda: self.label_selected("mua")),
+                          ("Alt+N", lambda: self.label_selected("noise")), ("Ctrl+Shift+Z", self.redo), ("Ctrl+Y", self.redo),
+                          ("Esc", self.views.clear_lasso), ("Right", lambda: self.step_time(0.5)),
+                          ("Left", lambda: self.step_time(-0.5))):
+            QShortcut(QKeySequence(key), self, activated=slot)
+        QShortcut(QKeySequence.StandardKey.Undo, self, activated=self.undo)
+
+        self.assemble([self.info, self.sort_box, self.curation_box, self.display_box], main, "No recording open",
+                      "Open a raw binary recording (.raw, .bin, .dat; samples × channels) — its layout is read from a "
+                      ".json sidecar, or asked for once — or a Phy folder (its params.py).", "Open recording…")
+        self.empty.add_button("Open Phy folder…", self.open_phy_dialog)
+        self._refresh_controls()
+
+    # -- control boxes ---------------------------------------------------------------------------
+    def _build_sort_box(self) -> None:
+        defaults = SortParams()
+        self.sort_box = QGroupBox("Spike sorting")
+        form = QFormLayout(self.sort_box)
+        self.probe_label = QLabel("linear (assumed)")
+        self.probe_label.setWordWrap(True)
+        self.probe_label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        probe_button = QPushButton("Probe…")
+        probe_button.setToolTip("A probeinterface .json or a Kilosort channel map (.json / .mat). Without one, the channels are "
+                                "taken as one straight column 20 µm apart. A file named <raw stem>.probe.json, probe.json or "
+                                "chanMap.mat beside the recording is picked up by itself.")
+        probe_button.clicked.connect(self.choose_probe)
+        self.probe_button = probe_button
+        probe_row = QHBoxLayout()
+        probe_row.addWidget(self.probe_label, 1)
+        probe_row.addWidget(probe_button)
+        self.threshold = QDoubleSpinBox(minimum=3.0, maximum=20.0, value=defaults.threshold, decimals=1, singleStep=0.5,
+                                        suffix=" SD")
+        self.threshold.setToolTip("Deconvolution: a spike needs a template score above this many noise SDs (lower finds "
+                                  "smaller spikes, and more noise)")
+        self.detect_threshold = QDoubleSpinBox(minimum=3.0, maximum=20.0, value=defaults.detect_threshold, decimals=1,
+                                               singleStep=0.5, suffix=" SD")
+        self.detect_threshold.setToolTip("Threshold crossings that seed the templates (whitened noise SDs)")
+        self.template_ms = QDoubleSpinBox(minimum=1.0, maximum=6.0, value=defaults.template_ms, decimals=1, singleStep=0.5,
+                                          suffix=" ms")
+        self.template_ms.setToolTip("Template length; also the shortest interval between two spikes of one unit")
+        self.output_label = QLabel("—", objectName="Hint")
+        self.output_label.setWordWrap(True)
+        self.sort_button = QPushButton("Sort", objectName="Primary")
+        self.sort_button.setToolTip("Filter, whiten, find templates and deconvolve (a background job), then write a Phy folder")
+        self.sort_button.clicked.connect(self.run_sort)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.clicked.connect(self.cancel_sort)
+        run_row = QHBoxLayout()
+        run_row.addWidget(self.sort_button, 2)
+        run_row.addWidget(self.cancel_button, 1)
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setRange(0, 1000)
+        self.progress_bar.setTextVisible(False)
+        self.progress_bar.setFixedHeight(8)
+        self.stage_label = QLabel("Not sorted yet.")
+        self.stage_label.setWordWrap(True)
+        self.open_phy_button = QPushButton("Open Phy folder…")
+        self.open_phy_button.setToolTip("Curate an existing Phy / Kilosort output folder; the raw file comes from its params.py")
+        self.open_phy_button.clicked.connect(self.open_phy_dialog)
+        form.addRow("Probe:", probe_row)
+        form.addRow("Threshold:", self.threshold)
+        form.addRow("Detection:", self.detect_threshold)
+        form.addRow("Template:", self.template_ms)
+        form.addRow(self.output_label)
+        form.addRow(run_row)
+        form.addRow(self.progress_bar)
+        form.addRow(self.stage_label)
+        form.addRow(self.open_phy_button)
+
+    def _build_display_box(self) -> None:
+        self.display_box = QGroupBox("Traces")
+        form = QFormLayout(self.display_box)
+        self.data_kind = QComboBox()
+        self.data_kind.addItems(DATA_KINDS)
+        self.data_kind.setToolTip("Preprocessed: band-pass + common median reference (what the sorter sees, unwhitened, µV)")
+        self.show_data = QCheckBox("Data")
+        self.show_data.setChecked(True)
+        self.show_model = QCheckBox("Model Σa⊛W")
+        self.show_model.setToolTip("The sorter's reconstruction: every spike's template × its amplitude (orange)")
+        self.show_residual = QCheckBox("Residual")
+        self.show_residual.setToolTip("Preprocessed data minus the model (green): what the sorter left unexplained")
+        self.show_spikes = QCheckBox("Spikes")
+        self.show_spikes.setChecked(True)
+        self.show_spikes.setToolTip("A marker under each spike's peak channel: selected units in color, others gray; click one "
+                                    "to select its unit")
+        for box in (self.show_data, self.show_model, self.show_residual, self.show_spikes):
+            box.toggled.connect(self._layers_toggled)
+        self.data_kind.currentTextChanged.connect(lambda _t: self.redraw())
+        layers = QGridLayout()
+        layers.addWidget(self.show_data, 0, 0)
+        layers.addWidget(self.show_model, 0, 1)
+        layers.addWidget(self.show_residual, 1, 0)
+        layers.addWidget(self.show_spikes, 1, 1)
+        self.window_seconds = QDoubleSpinBox(minimum=0.01, maximum=10.0, value=0.5, decimals=2, singleStep=0.1, suffix=" s")
+        self.window_seconds.setToolTip("Width of the time window (the mouse wheel over the traces zooms it too)")
+        self.spacing = QDoubleSpinBox(minimum=1.0, maximum=100_000.0, value=150.0, decimals=0, singleStep=25, suffix=" µV")
+        self.spacing.setToolTip("Vertical distance between channels: smaller makes the traces taller")
+        self.first_channel = QSpinBox(minimum=0, maximum=0)
+        self.n_shown = QSpinBox(minimum=1, maximum=1)
+        channel_row = QHBoxLayout()
+        channel_row.addWidget(self.first_channel)
+        channel_row.addWidget(QLabel("count"))
+        channel_row.addWidget(self.n_shown)
+        self.window_seconds.valueChanged.connect(self._window_changed)
+        self.spacing.valueChanged.connect(lambda _v: self.redraw())
+        self.first_channel.valueChanged.connect(lambda _v: self.redraw())
+        self.n_shown.valueChanged.connect(lambda _v: self.redraw())
+        form.addRow("Show:", self.data_kind)
+        form.addRow(layers)
+        form.addRow("Window:", self.window_seconds)
+        form.addRow("Spacing:", self.spacing)
+        form.addRow("Channels:", channel_row)
+
+    def _build_curation_box(self) -> None:
+        self.curation_box = QGroupBox("Curation")
+        column = QVBoxLayout(self.curation_box)
+        self.counts = QLabel("Sort, or open a Phy folder, to curate units.")
+        self.counts.setWordWrap(True)
+        column.addWidget(self.counts)
+        grid = QGridLayout()
+        self.merge_button = self._button("Merge (G)", self.merge_selected)
+        self.split_button = self._button("Split (K)", self.split_selected)
+        self.split_button.setToolTip("Ctrl-click at least three points around spikes on the amplitude view, then split the "
+                                     "unit into the spikes inside and the rest")
+        self.good_button = self._button("Good", lambda: self.label_selected("good"))
+        self.mua_button = self._button("MUA", lambda: self.label_selected("mua"))
+        self.noise_button = self._button("Noise", lambda: self.label_selected("noise"))
+        self.undo_button = self._button("Undo", self.undo)
+        self.redo_button = self._button("Redo", self.redo)
+        grid.addWidget(self.merge_button, 0, 0, 1, 3)
+        grid.addWidget(self.split_button, 0, 3, 1, 3)
+        grid.addWidget(self.good_button, 1, 0, 1, 2)
+        grid.addWidget(self.mua_button, 1, 2, 1, 2)
+        grid.addWidget(self.noise_button, 1, 4, 1, 2)
+        grid.addWidget(self.undo_button, 2, 0, 1, 3)
+        grid.addWidget(self.redo_button, 2, 3, 1, 3)
+        self.merge_button.setToolTip("Merge the selected units into a new one (Ctrl-click to select several)")
+        column.addLayout(grid)
+        self.saved_label = QLabel("", objectName="Hint")
+        self.saved_label.setWordWrap(True)
+        column.addWidget(self.saved_label)
+        keys = QLabel(KEYS_HELP, objectName="Hint")
+        keys.setWordWrap(True)
+        column.addWidget(keys)
+
+    def _button(self, text: str, slot) -> QPushButton:
+        button = QPushButton(text)
+        button.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+        button.clicked.connect(lambda checked=False: slot())
+        return button
+
+    # -- opening -------------------------------------------------------------------------------
+    def can_open(self, path: Path) -> bool:
+        return path.suffix.lower() in self.extensions or is_phy_folder(path)
+
+    def file_filter(self) -> str:
+        return "Ephys recordings and Phy folders (*.raw *.bin *.dat params.py)"
 
     def open_file(self, path: Path) -> Job | None:
+        if is_phy_folder(path):
+            return self.open_phy(path)
         params = read_sidecar(path)
         save = False
         if params is None:
@@ -65,32 +275,440 @@ class EphysWorkspace(Workspace):
             if not dialog.exec():
                 return None
             params, save = dialog.params(), dialog.save_sidecar.isChecked()
-        return self.window.run_job(f"Open {path.name}", open_recording, path, params, save,
-                                   on_result=lambda recording: self._show(path, recording))
+        return self.window.run_job(f"Open {path.name}", engine_curation.open_recording_job, path, params, save,
+                                   on_result=lambda out: self._show_recording(path, out))
 
-    def _show(self, path: Path, recording: RawRecording) -> None:
-        self.recording = recording
+    def open_phy_dialog(self) -> None:
+        start = str(self.raw_path.parent) if self.raw_path else self.window.settings.last_folder("open")
+        folder = QFileDialog.getExistingDirectory(self, "Open a Phy folder (with params.py)", start)
+        if folder:
+            self.window.open_files([folder])
+
+    def open_phy(self, folder: Path) -> Job:
+        folder = Path(folder)
+        return self.window.run_job(f"Open Phy folder {folder.name if folder.name != 'params.py' else folder.parent.name}",
+                                   engine_curation.open_phy_job, folder, on_result=self._show_phy)
+
+    def _show_recording(self, path: Path, out: dict) -> None:
+        self._set_recording(path, out["recording"], TraceSource(out["recording"]))
+        self.probe_path = out["probe"]
+        self._set_curation(None)
+        self.stage_label.setText("Not sorted yet: press Sort.")
+        self.progress_bar.setValue(0)
+        self.loaded(path)
+        if out["phy_folder"] is not None:  # an earlier sort of this file: show it and its curation
+            self.stage_label.setText(f"Loading the earlier sort in {out['phy_folder'].name}/ …")
+            self.open_phy(out["phy_folder"])
+
+    def _set_recording(self, path: Path, recording: RawRecording, source: TraceSource) -> None:
+        if self.recording is not None and self.recording is not recording:
+            self.recording.close()
+        self.recording, self.source, self.raw_path = recording, source, path
         p = recording.params
         self.info.update_values({"file": path.name, "n_channels": recording.n_channels, "sample_rate": recording.sample_rate,
-                                 "duration": recording.duration, "dtype": p.dtype, "gain_uv": p.gain_uv})
+                                 "duration": recording.duration, "dtype": p.dtype, "gain_uv": p.gain_uv,
+                                 "probe": self._probe_text()})
+        n = source.n_channels
+        for spin, maximum in ((self.first_channel, n - 1), (self.n_shown, n)):
+            spin.blockSignals(True)
+            spin.setMaximum(maximum)
+            spin.blockSignals(False)
+        self.n_shown.blockSignals(True)
+        self.n_shown.setValue(min(n, 64))
+        self.n_shown.blockSignals(False)
+        self.first_channel.setValue(min(self.first_channel.value(), n - 1))
+        folder = phy_folder_for(path)
+        self.output_label.setText(f"Output: {folder.name}/ beside the recording (Phy folder; an earlier curated one is "
+                                  "kept under a dated name).")
+        self.output_label.setToolTip(str(folder))
         self._window_changed()
-        self.loaded(path)
+
+    def _probe_text(self) -> str:
+        return self.probe_path.name if self.probe_path is not None else "linear (assumed)"
+
+    def choose_probe(self) -> None:
+        start = str(self.raw_path.parent) if self.raw_path else ""
+        path, _ = QFileDialog.getOpenFileName(self, "Probe geometry", start, "Probe files (*.json *.mat);;All files (*)")
+        if path:
+            self.set_probe(Path(path))
+
+    def set_probe(self, path: Path | None) -> None:
+        self.probe_path = path
+        self.probe_label.setText(self._probe_text())
+        self.info.values["probe"].setText(self._probe_text())
+
+    def _show_phy(self, out: dict) -> None:
+        curation, recording = out["curation"], out["recording"]
+        if recording is not None:
+            path = recording.path
+            if self.recording is not None and self.recording.path == recording.path:
+                recording = self.recording  # keep the open memmap
+                out["source"].recording = recording
+            self._set_recording(path, recording, out["source"])
+        if out["note"]:
+            show_error(self, "Raw recording not found", out["note"])
+        self._set_curation(curation)
+        counts = curation.counts()
+        labelled = sum(v for k, v in counts.items() if k != "unsorted")
+        self.stage_label.setText(f"{len(curation.cluster_ids)} units in {curation.folder.name}/"
+                                 + (f" ({labelled} labelled)." if labelled else "."))
+        self.progress_bar.setValue(1000)
+        if self.recording is not None:
+            self.loaded(self.recording.path)
+        else:
+            self.loaded(curation.folder)
+
+    # -- sorting -------------------------------------------------------------------------------------
+    def sort_params(self) -> SortParams:
+        return SortParams(threshold=self.threshold.value(), detect_threshold=self.detect_threshold.value(),
+                          template_ms=self.template_ms.value())
+
+    def run_sort(self) -> Job | None:
+        if self.recording is None:
+            self.window.show_status("Open a recording first.")
+            return None
+        if self.sort_job is not None and self.sort_job.is_running:
+            return self.sort_job
+        path, params = self.raw_path, self.recording.params
+        job = self.window.run_job(f"Sort {path.name}", engine_curation.sort_job, path, params, self.probe_path,
+                                  self.sort_params(), phy_folder_for(path), on_result=self._sorted)
+        job.progressed.connect(self._sort_progress)
+        job.ended.connect(self._sort_ended)
+        self.sort_job = job
+        self.stage_label.setText("Starting…")
+        self.progress_bar.setValue(0)
+        self._refresh_controls()
+        return job
+
+    def cancel_sort(self) -> None:
+        if self.sort_job is not None and self.sort_job.is_running:
+            self.sort_job.cancel()
+            self.stage_label.setText("Cancelling…")
+
+    def _sort_progress(self, fraction: float, message: str) -> None:
+        self.progress_bar.setValue(int(fraction * 1000))
+        self.stage_label.setText(f"{message} — {fraction:.0%}")
+
+    def _sort_ended(self, job: Job) -> None:
+        if job.error is not None:
+            self.stage_label.setText("Sorting failed (see the message).")
+        elif job.cancel_requested and job.result is None:
+            self.stage_label.setText("Cancelled: the previous result (if any) is unchanged.")
+            self.progress_bar.setValue(0)
+        self._refresh_controls()
+
+    def _sorted(self, out: dict) -> None:
+        self._show_phy(out)
+        backup = out.get("backup")
+        note = f" The earlier curated folder was kept as {backup.name}/." if backup else ""
+        self.window.show_status(f"Sorted: {len(out['curation'].cluster_ids)} units written to {out['folder']}.{note}", 10000)
+
+    # -- curation state --------------------------------------------------------------------------
+    def _set_curation(self, curation: Curation | None) -> None:
+        self.curation = curation
+        self._waveforms = {}
+        self.selected = []
+        if curation is not None:
+            if self.source is not None and not self.source.has_model and self.recording is not None:
+                self.source = TraceSource(self.recording, curation.phy)
+            self.saved_label.setText(f"Autosaved to {curation.folder}")
+            self.saved_label.setToolTip(str(curation.folder))
+        else:
+            self.saved_label.setText("")
+        self._fill_table([])
+        first = self.units.visible_clusters()[:1]
+        if curation is not None and first:
+            self.select(first)
+        else:
+            self._selection_changed([])
+        self.redraw()
+
+    def _fill_table(self, selected: list[int]) -> None:
+        self.units.set_rows(self.curation.rows() if self.curation is not None else [], selected)
+        left, right = self.table_splitter.sizes()
+        needed = self.units.minimumWidth()
+        if 0 < right < needed:  # widen the table until every column shows
+            self.table_splitter.setSizes([max(left + right - needed, 300), needed])
+
+    def select(self, clusters: list[int]) -> None:
+        """Select units (the first is the current one): the table, views and trace markers follow."""
+        self.units.select([int(c) for c in dict.fromkeys(clusters)], emit=True)
+
+    def _similar_picked(self, cluster: int) -> None:
+        if self.selected:
+            self.select([self.selected[0], cluster])
+
+    def _selection_changed(self, clusters: list[int]) -> None:
+        self.selected = list(clusters)
+        c = self.curation
+        if c is not None:
+            for cid in self.selected[:3]:
+                if cid not in self._waveforms:
+                    self._waveforms[cid] = c.waveforms(self.source if self.source is not None and self.source.has_model else None,
+                                                       cid, n_spikes=40 if c.templates_uv.shape[2] <= 64 else 20)
+        self.views.show_units(c, self.selected[:3], self._waveforms)
+        if c is not None and self.selected:
+            self.similar.show_similar([(cid, s, c.groups.get(cid, "unsorted")) for cid, s in c.similar(self.selected[0])])
+        else:
+            self.similar.show_similar([])
+        self._update_counts()
+        self._refresh_controls()
+        self.redraw()
+
+    def _update_counts(self) -> None:
+        c = self.curation
+        if c is None:
+            self.counts.setText("Sort, or open a Phy folder, to curate units.")
+            return
+        n = c.counts()
+        current = ""
+        if self.selected:
+            r = c.row(self.selected[0])
+            current = (f"\nUnit {r['cluster_id']}: {r['n_spikes']:,} spikes, {r['firing_rate']:.1f} Hz, "
+                       f"{r['amplitude_uv']:.0f} µV, SNR {r['snr']:.1f}, {r['group']}.")
+        self.counts.setText(f"{len(c.cluster_ids)} units: {n['good']} good, {n['mua']} mua, {n['noise']} noise, "
+                            f"{n['unsorted']} unsorted.{current}")
+
+    def _refresh_controls(self) -> None:
+        has_rec = self.recording is not None
+        running = self.sort_job is not None and self.sort_job.is_running
+        has_units = self.curation is not None
+        self.sort_button.setEnabled(has_rec and not running)
+        self.cancel_button.setEnabled(running)
+        self.probe_button.setEnabled(has_rec and not running)
+        self.merge_button.setEnabled(has_units and len(self.selected) >= 2)
+        self.split_button.setEnabled(has_units and len(self.selected) >= 1 and len(self.views.lasso) >= 3)
+        for button in (self.good_button, self.mua_button, self.noise_button):
+            button.setEnabled(has_units and bool(self.selected))
+        self.undo_button.setEnabled(has_units and self.curation.can_undo)
+        self.redo_button.setEnabled(has_units and self.curation.can_redo)
+        model = self.source is not None and self.source.has_model
+        for box in (self.show_model, self.show_residual):
+            box.setEnabled(model)
+            box.setToolTip(box.toolTip().split("\n")[0] + ("" if model else "\nSort first: there is no model yet."))
+
+    # -- curation actions ---------------------------------------------------------------------------
+    def _edit(self, action, *args):
+        """Run a curation change; InputError (bad selection, unwritable folder) goes to the user."""
+        if self.curation is None:
+            return None
+        try:
+            return action(*args)
+        except InputError as exc:  # a selection that does not fit the action: the status bar says why
+            self.window.show_status(exc.message, 8000)
+            return None
+        except OSError as exc:  # the folder vanished or the disk is full: say so, keep the window alive
+            show_error(self, "Cannot save the curation", f"Saving into {self.curation.folder} failed: {exc}")
+            return None
+
+    def _after_change(self, selection: list[int], message: str) -> None:
+        present = set(self.curation.cluster_ids.tolist())
+        self._fill_table([])
+        self.select([c for c in selection if c in present])
+        self.window.show_status(message, 8000)
+
+    def merge_selected(self) -> None:
+        if self.curation is None:
+            return
+        if len(self.selected) < 2:
+            self.window.show_status("Select two or more units to merge: click one, Ctrl-click the others.")
+            return
+        ids = list(self.selected)
+        new = self._edit(self.curation.merge, ids)
+        if new is not None:
+            self._after_change([new], f"Merged {', '.join(map(str, ids))} into unit {new} (Ctrl+Z undoes). Saved.")
+
+    def split_selected(self) -> None:
+        if self.curation is None or not self.selected:
+            return
+        cluster = self.selected[0]
+        mask = self.views.lasso_mask(cluster)
+        if mask is None:
+            self.window.show_status("Draw the lasso first: Ctrl-click three or more points around spikes on the amplitude view.")
+            return
+        parts = self._edit(self.curation.split, cluster, mask)
+        if parts is not None:
+            self.views.clear_lasso()
+            self._after_change(list(parts), f"Split unit {cluster} into {parts[0]} (lasso, {int(mask.sum())} spikes) and "
+                                            f"{parts[1]} (the rest). Saved.")
+
+    def label_selected(self, group: str) -> None:
+        if self.curation is None or not self.selected:
+            return
+        ids = list(self.selected)
+        if self._edit(self.curation.label, ids, group) is None:
+            return
+        self._after_change(ids, f"Labelled {', '.join(map(str, ids))} {group}. Saved.")
+
+    def undo(self) -> None:
+        change = self._edit(self.curation.undo) if self.curation is not None else None
+        if change is not None:
+            old = list(dict.fromkeys(change.old.tolist())) or change.selection
+            self._after_change(old, f"Undid the {change.description}.")
+
+    def redo(self) -> None:
+        change = self._edit(self.curation.redo) if self.curation is not None else None
+        if change is not None:
+            self._after_change(change.selection, f"Redid the {change.description}.")
+
+    # -- traces ---------------------------------------------------------------------------------
+    def _max_window(self) -> float:
+        if self.source is None:
+            return 10.0
+        return min(10.0, MAX_WINDOW_VALUES / max(self.source.n_channels, 1) / self.recording.sample_rate)
 
     def _window_changed(self) -> None:
         if self.recording is None:
             return
-        steps = int(max(0.0, self.recording.duration - self.window_seconds.value()) * SCROLL_STEPS_PER_SECOND)
+        width = min(self.window_seconds.value(), self._max_window(), self.recording.duration)
+        steps = int(max(0.0, self.recording.duration - width) * SCROLL_STEPS_PER_SECOND)
+        self.scroll.blockSignals(True)
         self.scroll.setRange(0, steps)
-        self.scroll.setPageStep(int(self.window_seconds.value() * SCROLL_STEPS_PER_SECOND))
+        self.scroll.setPageStep(max(1, int(width * SCROLL_STEPS_PER_SECOND)))
+        self.scroll.setSingleStep(max(1, int(width * SCROLL_STEPS_PER_SECOND / 10)))
+        self.view_start = min(self.view_start, steps / SCROLL_STEPS_PER_SECOND)
+        self.scroll.setValue(int(round(self.view_start * SCROLL_STEPS_PER_SECOND)))
+        self.scroll.blockSignals(False)
+        self.redraw()
+
+    def _scrolled(self, value: int) -> None:
+        self.view_start = value / SCROLL_STEPS_PER_SECOND
+        self.redraw()
+
+    def _view_changed(self, start: float, width: float) -> None:
+        """The mouse panned or zoomed the traces: follow it (clamped), read the new window a moment later."""
+        if self.recording is None:
+            return
+        width = float(np.clip(width, 0.005, min(self._max_window(), self.recording.duration)))
+        self.view_start = float(np.clip(start, 0.0, max(self.recording.duration - width, 0.0)))
+        self.window_seconds.blockSignals(True)
+        self.window_seconds.setValue(width)
+        self.window_seconds.blockSignals(False)
+        self.scroll.blockSignals(True)
+        steps = int(max(0.0, self.recording.duration - width) * SCROLL_STEPS_PER_SECOND)
+        self.scroll.setRange(0, steps)
+        self.scroll.setPageStep(max(1, int(width * SCROLL_STEPS_PER_SECOND)))
+        self.scroll.setValue(int(round(self.view_start * SCROLL_STEPS_PER_SECOND)))
+        self.scroll.blockSignals(False)
+        self.redraw_timer.start()
+
+    def step_time(self, fraction: float) -> None:
+        """Scroll by ``fraction`` of the window (←/→)."""
+        self.scroll.setValue(self.scroll.value() + int(round(fraction * self.scroll.pageStep())))
+
+    def go_to(self, seconds: float) -> None:
+        """Center the trace window on ``seconds``."""
+        half = self.window_seconds.value() / 2
+        self.scroll.setValue(int(round(max(seconds - half, 0.0) * SCROLL_STEPS_PER_SECOND)))
+
+    def _layers_toggled(self) -> None:
+        if (self.show_model.isChecked() or self.show_residual.isChecked()) and self.data_kind.currentText() == "Raw":
+            self.data_kind.setCurrentText("Preprocessed")  # the model lives in the preprocessed signal
+            self.window.show_status("Showing preprocessed data: the model and residual are band-passed and re-referenced.")
         self.redraw()
 
     def redraw(self) -> None:
-        """Read the visible window from the memory map (bounded: ≤ 10 s) and draw it."""
-        if self.recording is None:
+        """Read the visible window (bounded) from the memory map and draw the chosen layers and spikes."""
+        if self.source is None or self.recording is None:
             return
         rate = self.recording.sample_rate
-        start = int(self.scroll.value() / SCROLL_STEPS_PER_SECOND * rate)
-        stop = start + int(self.window_seconds.value() * rate)
-        data = self.recording.read(start, stop)
-        data = data - np.median(data, axis=0)  # remove each channel's offset for display
-        self.traces.set_traces(data, start / rate, rate, self.spacing.value())
+        width = min(self.window_seconds.value(), self._max_window())
+        start = int(round(self.view_start * rate))
+        stop = min(start + int(round(width * rate)), self.recording.n_samples)
+        first = self.first_channel.value()
+        count = min(self.n_shown.value(), self.source.n_channels - first)
+        rows = slice(first, first + count)
+        model_on = self.source.has_model and (self.show_model.isChecked() or self.show_residual.isChecked())
+        kind = self.data_kind.currentText().lower()
+        layers = {"data": None, "model": None, "residual": None}
+        pre = None
+        if kind == "preprocessed" and (self.show_data.isChecked() or model_on):
+            pre = self.source.preprocessed(start, stop)
+        if self.show_data.isChecked():
+            layers["data"] = pre[:, rows] if pre is not None else self.source.window(kind, start, stop, rows)
+        if model_on:
+            model = self.source.model(start, stop)
+            if self.show_model.isChecked():
+                layers["model"] = model[:, rows]
+            if self.show_residual.isChecked():
+                base = pre if pre is not None else self.source.preprocessed(start, stop)
+                layers["residual"] = (base - model[: len(base)])[:, rows]
+        labels = [f"{self.source.channels[i]}" for i in range(first, first + count)]
+        self.traces.show_window(start, rate, layers, self.spacing.value(), labels, (start / rate, stop / rate))
+        self._draw_spikes(start, stop, first, count)
+        self._highlight_spikes(layers["data"], start, rate, first, count)
+        legend = []
+        if layers["data"] is not None:
+            legend.append(f"<span style='color:#1f3a68'>■</span> {self.data_kind.currentText().lower()}")
+        if layers["model"] is not None:
+            legend.append("<span style='color:#e4572e'>■</span> model Σa⊛W")
+        if layers["residual"] is not None:
+            legend.append("<span style='color:#0f8b6e'>■</span> residual")
+        self.traces.set_legend(" &nbsp; ".join(legend))
+        self.traces.position.setText(f"{start / rate:.3f}–{stop / rate:.3f} s / {self.recording.duration:.1f} s · "
+                                     f"ch {first}–{first + count - 1} / {self.source.n_channels}")
+
+    def _draw_spikes(self, start: int, stop: int, first: int, count: int) -> None:
+        c = self.curation
+        if c is None or not self.show_spikes.isChecked():
+            self.traces.show_spikes(np.zeros(0), np.zeros(0), np.zeros(0, np.int64), {})
+            return
+        lo, hi = np.searchsorted(c.spike_times, [start, stop])
+        clusters = c.spike_clusters[lo:hi]
+        peak = {int(k): c.row(int(k))["peak_channel"] for k in np.unique(clusters)}
+        rows = np.array([peak[int(k)] for k in clusters], dtype=np.int64) - first
+        keep = (rows >= 0) & (rows < count)
+        colors = {cid: selection_color(i) for i, cid in enumerate(self.selected)}
+        self.traces.show_spikes(c.spike_times[lo:hi][keep] / c.sample_rate, rows[keep], clusters[keep], colors)
+
+    def _highlight_spikes(self, data: np.ndarray | None, start: int, rate: float, first: int, count: int) -> None:
+        """Redraw the selected units' spikes in their colors, on the channels of their footprint (as Phy does)."""
+        c = self.curation
+        segments = []
+        if c is not None and data is not None and len(data):
+            spacing = self.spacing.value()
+            d = c.templates_uv.shape[1]
+            for i, cid in enumerate(self.selected[:3]):
+                foot = c.footprint(cid)
+                channels = np.flatnonzero(foot >= 0.3 * foot.max())
+                channels = channels[(channels >= first) & (channels < first + count)]
+                trough = self._waveforms[cid]["trough"] if cid in self._waveforms else d // 3
+                times = c.spike_times[c.spikes(cid)]
+                lo, hi = np.searchsorted(times, [start - d + trough, start + len(data) + trough])
+                xs, ys = [], []
+                for t in times[lo:hi]:
+                    a = int(t) - trough - start
+                    s0, s1 = max(a, 0), min(a + d, len(data))
+                    if s1 <= s0:
+                        continue
+                    tt = (start + np.arange(s0, s1)) / rate
+                    for ch in channels:
+                        xs += [tt, [np.nan]]
+                        ys += [data[s0:s1, ch - first] - (ch - first) * spacing, [np.nan]]
+                if xs:
+                    segments.append((np.concatenate(xs), np.concatenate(ys), selection_color(i)))
+                else:
+                    segments.append((np.zeros(0), np.zeros(0), selection_color(i)))
+        self.traces.show_highlights(segments)
+
+    # -- demo -----------------------------------------------------------------------------------
+    def demo_steps(self) -> list:
+        """Sort the demo recording, pick its best unit, then look at the model and residual around one of its spikes."""
+        def best_unit() -> None:
+            rows = self.curation.rows()
+            best = max(rows, key=lambda r: r["snr"])["cluster_id"]
+            similar = self.curation.similar(best, n=1)
+            self.select([best] + [similar[0][0]] if similar else [best])
+            t = self.curation.spike_times[self.curation.spikes(best)[len(self.curation.spikes(best)) // 2]] / self.curation.sample_rate
+            self.window_seconds.setValue(0.2)
+            self.go_to(t)
+
+        def model() -> None:
+            self.select(self.selected[:1])
+            self.show_model.setChecked(True)
+
+        def residual() -> None:
+            self.show_data.setChecked(False)
+            self.show_residual.setChecked(True)
+
+        return [("sort", self.run_sort), ("units", best_unit), ("model", model), ("residual", residual)]

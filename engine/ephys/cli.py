@@ -6,7 +6,7 @@
 ``neurowb qc PHY_DIR [-o metrics.csv]``
     prints the per-unit quality table (definitions in engine/ephys/qc.py) and optionally saves it.
 ``neurowb simulate-ephys -o DIR [--channels 32 --units 16 --duration 60 --seed S --noise 10]``
-    writes ``DIR/recording.raw`` (int16, with its JSON sidecar), ``DIR/probe.json``
+    writes ``DIR/recording.raw`` (int16, with its JSON sidecar), ``DIR/recording.probe.json``
     (probeinterface) and ``DIR/recording_ground_truth.npz`` (spike_times, spike_units, templates).
 """
 
@@ -92,8 +92,7 @@ def _run_qc(args: argparse.Namespace) -> int:
 def _run_simulate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from engine.ephys.probe import Probe, write_probe
-    from engine.ephys.synth import demo_probe, write_demo_recording
+    from engine.ephys.synth import probe_path, write_demo_recording
     from engine.errors import InputError
 
     if args.channels < 1 or args.units < 0 or args.duration <= 0:
@@ -103,9 +102,8 @@ def _run_simulate(args: argparse.Namespace) -> int:
     raw = out / "recording.raw"
     params = write_demo_recording(raw, duration=args.duration, n_channels=args.channels, n_units=args.units,
                                   noise_uv=args.noise, seed=args.seed, sample_rate=args.fs)
-    write_probe(out / "probe.json", Probe(demo_probe(args.channels), range(args.channels), name="neurowb demo probe"))
     print(f"wrote {raw} ({params.n_channels} ch, {params.sample_rate:g} Hz, int16, gain {params.gain_uv} µV), "
-          f"{out / 'probe.json'}, {out / 'recording_ground_truth.npz'}")
+          f"{probe_path(raw)}, {out / 'recording_ground_truth.npz'}")
     print(f"sort it with: neurowb sort {raw} --n-channels {params.n_channels} --fs {params.sample_rate:g} "
-          f"--gain {params.gain_uv} --probe {out / 'probe.json'} -o {out / 'phy'}")
+          f"--gain {params.gain_uv} --probe {probe_path(raw)} -o {out / 'phy'}")
     return 0

@@ -134,11 +134,20 @@ def demo_recording(
     return data.astype(np.float32), spike_times[order], spike_units[order], templates.astype(np.float32)
 
 
+def probe_path(raw_path: str | os.PathLike) -> Path:
+    """Where :func:`write_demo_recording` puts the probe: ``<stem>.probe.json`` beside the raw file
+    (a name the ephys workspace finds by itself)."""
+    raw_path = Path(raw_path)
+    return raw_path.with_name(f"{raw_path.stem}.probe.json")
+
+
 def write_demo_recording(path: str | os.PathLike, gain_uv: float = DEMO_GAIN_UV, **kwargs) -> RecordingParams:
-    """Write an int16 raw file, its sidecar JSON and ``<stem>_ground_truth.npz``.
+    """Write an int16 raw file, its sidecar JSON, its probe ``<stem>.probe.json`` (probeinterface) and
+    ``<stem>_ground_truth.npz``.
 
     Keyword arguments go to :func:`demo_recording`. Returns the parameters in the sidecar.
     """
+    from engine.ephys.probe import Probe, write_probe
     from engine.storage import atomic_write_bytes
 
     path = Path(path)
@@ -148,6 +157,7 @@ def write_demo_recording(path: str | os.PathLike, gain_uv: float = DEMO_GAIN_UV,
     atomic_write_bytes(path, counts.tobytes(order="C"))
     params = RecordingParams(n_channels=data.shape[1], sample_rate=sample_rate, dtype="int16", gain_uv=gain_uv, offset=0.0)
     write_sidecar(path, params)
+    write_probe(probe_path(path), Probe(demo_probe(data.shape[1]), range(data.shape[1]), name="neurowb demo probe"))
     buffer = io.BytesIO()
     np.savez_compressed(
         buffer,

@@ -33,16 +33,23 @@ def test_morphology_shows_mesh_and_labels(window, qtbot, demo_files, tmp_path):
 def test_ephys_scrolls_through_recording(window, qtbot, demo_files):
     ws = open_in(window, qtbot, demo_files["ephys"])
     assert ws.key == "ephys" and ws.recording is not None
-    x0 = ws.traces.curves[0].xData[0]
+    ws.data_kind.setCurrentText("Raw")
+    x0 = ws.traces.curves["data"].getData()[0][0]
     ws.scroll.setValue(ws.scroll.maximum())
-    t = ws.traces.curves[0].xData
-    assert t[0] > x0
-    assert t[-1] < ws.recording.duration and t[0] == pytest.approx(ws.recording.duration - ws.window_seconds.value())
-    # the plotted samples are the recording's, offset-free, at the channel's baseline
-    expected = ws.recording.read(len(ws.recording.raw) - len(t), len(ws.recording.raw))[:, 1]
-    np.testing.assert_allclose(ws.traces.curves[1].yData + ws.spacing.value(), expected - np.median(expected), atol=1e-3)
-    shown = sum(1 for c in ws.traces.curves if c.isVisible())
-    assert shown == ws.recording.n_channels
+    n = ws.n_shown.value()
+    assert n == ws.recording.n_channels
+    x, y = (v.reshape(n, -1) for v in ws.traces.curves["data"].getData())
+    assert x[0, 0] > x0
+    assert x[0, -1] < ws.recording.duration
+    assert x[0, 0] == pytest.approx(ws.recording.duration - ws.window_seconds.value(), abs=2 / ws.recording.sample_rate)
+    # the plotted samples are the recording's (min/max-decimated to the screen), offset-free, at each channel's baseline
+    start = int(round(x[0, 0] * ws.recording.sample_rate))
+    stop = start + int(round(ws.window_seconds.value() * ws.recording.sample_rate))
+    expected = ws.recording.read(start, stop)[:, 1]
+    shown = y[1] + ws.spacing.value()
+    assert np.ptp(shown) == pytest.approx(float(np.ptp(expected)), abs=1e-3)
+    assert shown.max() == pytest.approx(float((expected - np.median(expected)).max()), abs=3.0)  # offset removed (±3 µV)
+    assert ws.traces.curves["data"].isVisible()
 
 
 def test_ephys_asks_for_layout_of_raw_file_without_sidecar(window, qtbot, tmp_path):

@@ -1,0 +1,442 @@
+"""The ephys workspace's unit views: the unit table (sortable, filterable, colored by label), the
+similar-units list, and the plots of the selected units — waveforms on the probe, template
+footprint, auto/cross-correlogram, ISI histogram, amplitudes over time (with the split lasso).
+
+The views only draw: every number comes from :class:`engine.ephys.curation.Curation` getters.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyqtgraph as pg
+from PyQt6.QtCore import QPointF, Qt, pyqtSignal
+from PyQt6.QtGui import QBrush, QColor
+from PyQt6.QtWidgets import (QAbstractItemView, QHeaderView, QLabel, QLineEdit, QSizePolicy, QTableWidget, QTableWidgetItem,
+                             QVBoxLayout, QWidget)
+
+from engine.ephys.curation import REFRACTORY_S, filter_rows
+from engine.errors import InputError
+
+# Colors of the selected units, in selection order (the first is the current unit), as Phy.
+SELECTION_COLORS = ("#1f77d0", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf")
+LABEL_BACKGROUNDS = {"good": "#dcfce7", "mua": "#fef3c7", "noise": "#e5e7eb", "unsorted": None}
+LABEL_FOREGROUNDS = {"good": "#166534", "mua": "#92400e", "noise": "#6b7280", "unsorted": "#1f2937"}
+COLUMNS = (("cluster_id", "ID", "{:d}", "Cluster id (Phy's)"),
+           ("n_spikes", "Spikes", "{:,d}", "Number of spikes"),
+           ("firing_rate", "Hz", "{:.2f}", "Firing rate (Hz): spikes / recording duration"),
+           ("amplitude_uv", "µV", "{:.0f}", "Amplitude (µV): peak |value| of the mean waveform on the peak channel"),
+           ("snr", "SNR", "{:.1f}", "Amplitude / noise SD of the peak channel"),
+           ("isi_violations_ratio", "ISI", "{:.2f}",
+            "ISI violations ratio (Hill 2011, 1.5 ms): violations relative to a Poisson unit at this rate; 0 is clean"),
+           ("presence_ratio", "Pres", "{:.2f}", "Presence ratio: fraction of 100 time bins with at least one spike"),
+           ("peak_channel", "Ch", "{:d}", "Peak channel (index into the probe's channel map)"),
+           ("group", "Label", "{}", "good / mua / noise / unsorted (Alt+G, Alt+M, Alt+N)"))
+
+
+def selection_color(i: int) -> str:
+    return SELECTION_COLORS[i % len(SELECTION_COLORS)]
+
+
+class NumberItem(QTableWidgetItem):
+    """A table cell that sorts by its number, not its text."""
+
+    def __init__(self, value: float, text: str):
+        super().__init__(text)
+        self.value = float(value) if np.isfinite(value) else -np.inf
+        self.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+
+    def __lt__(self, other):
+        return self.value < other.value if isinstance(other, NumberItem) else super().__lt__(other)
+
+
+class UnitTable(QWidget):
+    """The units, one row each; selection (Ctrl-click adds) emits ``selection_changed`` (ids, current first)."""
+
+    selection_changed = pyqtSignal(list)
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.filter = QLineEdit()
+        self.filter.setPlaceholderText("Filter: good, snr>5, rate>=1, isi<0.5, ch=12 …")
+        self.filter.setClearButtonEnabled(True)
+        self.filter.setToolTip("Terms separated by spaces (all must hold): a label (good, mua, noise, unsorted), a cluster id, "
+                               "or column<op>number with columns id, spikes, rate, amp, snr, isi, presence, ch, depth")
+        self.filter.textChanged.connect(self._apply_filter)
+        self.table = QTableWidget(0, len(COLUMNS))
+        self.table.setHorizontalHeaderLabels([c[1] for c in COLUMNS])
+        for i, column in enumerate(COLUMNS):
+            self.table.horizontalHeaderItem(i).setToolTip(column[3])
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.verticalHeader().setVisible(False)
+        self.table.verticalHeader().setDefaultSectionSize(22)
+        self.table.setStyleSheet("QHeaderView::section { padding: 3px 2px; }")  # compact: every column fits beside the traces
+        self.table.setHorizontalScrollMode(QAbstractItemView.ScrollMode.ScrollPerPixel)
+        header = self.table.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        header.setStretchLastSection(True)
+        self.table.setSortingEnabled(True)
+        self.table.sortItems(0, Qt.SortOrder.AscendingOrder)
+        self.table.itemSelectionChanged.connect(self._selection_changed)
+        self.status = QLabel("", objectName="Hint")
+        self.status.setWordWrap(True)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(3)
+        layout.addWidget(self.filter)
+        layout.addWidget(self.table, 1)
+        layout.addWidget(self.status)
+        self.rows: list[dict] = []
+        self.selected: list[int] = []
+
+    def set_rows(self, rows: list[dict], selected: list[int]) -> None:
+        """Refill (keeps the sort column) and select ``selected``."""
+        self.rows = rows
+        self.table.blockSignals(True)
+        self.table.setSortingEnabled(False)  # filling a sorted table moves rows under the loop
+        self.table.clearContents()
+        self.table.setRowCount(len(rows))
+        for r, row in enumerate(rows):
+            for c, (key, _, fmt, _) in enumerate(COLUMNS):
+                value = row[key]
+                item = QTableWidgetItem(value) if key == "group" else NumberItem(value, fmt.format(value))
+                if key == "cluster_id":
+                    item.setData(Qt.ItemDataRole.UserRole, int(value))
+                self.table.setItem(r, c, item)
+            self._style_row(r, row["group"])
+        self.table.setSortingEnabled(True)
+        self.table.blockSignals(False)
+        self.table.resizeColumnsToContents()
+        header = self.table.horizontalHeader()
+        columns = sum(max(self.table.sizeHintForColumn(i), header.sectionSizeHint(i)) for i in range(len(COLUMNS)))
+        needed = columns + self.table.verticalScrollBar().sizeHint().width() + 6
+        self.setMinimumWidth(min(needed, 600))  # every column visible without scrolling sideways
+        self._apply_filter()
+        self.select(selected, emit=False)
+
+    def _style_row(self, r: int, group: str) -> None:
+        background = LABEL_BACKGROUNDS.get(group)
+        for c in range(self.table.columnCount()):
+            item = self.table.item(r, c)
+            item.setBackground(QBrush(QColor(background)) if background else QBrush())
+            item.setForeground(QBrush(QColor(LABEL_FOREGROUNDS.get(group, "#1f2937"))))
+
+    def cluster_at(self, row: int) -> int:
+        return int(self.table.item(row, 0).data(Qt.ItemDataRole.UserRole))
+
+    def row_of(self, cluster: int) -> int | None:
+        for r in range(self.table.rowCount()):
+            if self.cluster_at(r) == cluster:
+                return r
+        return None
+
+    def visible_clusters(self) -> list[int]:
+        """Clusters in table order, filtered rows left out."""
+        return [self.cluster_at(r) for r in range(self.table.rowCount()) if not self.table.isRowHidden(r)]
+
+    def select(self, clusters: list[int], emit: bool = True) -> None:
+        self.table.blockSignals(True)
+        self.table.clearSelection()
+        mode = self.table.selectionMode()
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.MultiSelection)  # selectRow adds, not replaces
+        rows = [self.row_of(c) for c in clusters]
+        for r in reversed([r for r in rows if r is not None]):  # the current unit last: it becomes current
+            self.table.selectRow(r)
+        self.table.setSelectionMode(mode)
+        if rows and rows[0] is not None:
+            self.table.scrollToItem(self.table.item(rows[0], 0))
+        self.table.blockSignals(False)
+        self.selected = [c for c, r in zip(clusters, rows) if r is not None]
+        if emit:
+            self.selection_changed.emit(list(self.selected))
+
+    def _selection_changed(self) -> None:
+        rows = sorted({index.row() for index in self.table.selectionModel().selectedRows()})
+        clusters = [self.cluster_at(r) for r in rows]
+        current = self.cluster_at(self.table.currentRow()) if self.table.currentRow() >= 0 else None
+        if current in clusters:  # the clicked row first: it is the "current" unit
+            clusters.remove(current)
+            clusters.insert(0, current)
+        # keep the earlier order of units still selected (Ctrl-click adds the new one second)
+        kept = [c for c in self.selected if c in clusters]
+        added = [c for c in clusters if c not in kept]
+        self.selected = kept + added if kept else clusters
+        self.selection_changed.emit(list(self.selected))
+
+    def _apply_filter(self) -> None:
+        text = self.filter.text()
+        try:
+            keep = {r["cluster_id"] for r in filter_rows(self.rows, text)} if text.strip() else None
+            self.filter.setStyleSheet("")
+            self.filter.setToolTip(self.filter.toolTip().split("\n\n")[0])
+        except InputError as exc:
+            keep = None
+            self.filter.setStyleSheet("QLineEdit { border: 1px solid #dc2626; }")
+            self.filter.setToolTip(self.filter.toolTip().split("\n\n")[0] + "\n\n" + exc.message)
+        for r in range(self.table.rowCount()):
+            self.table.setRowHidden(r, keep is not None and self.cluster_at(r) not in keep)
+        shown = len(self.rows) if keep is None else len(keep)
+        self.status.setText(f"{shown} of {len(self.rows)} units shown" if keep is not None else f"{len(self.rows)} units")
+
+
+class SimilarList(QTableWidget):
+    """Units most similar to the current one (template similarity); clicking one selects the pair."""
+
+    picked = pyqtSignal(int)
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(0, 3, parent)
+        self.setHorizontalHeaderLabels(["Similar", "Similarity", "Label"])
+        self.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.verticalHeader().setVisible(False)
+        self.verticalHeader().setDefaultSectionSize(22)
+        self.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        self.setToolTip("Units whose templates resemble the current unit's (best-lag cosine similarity): merge candidates. "
+                        "Click one to show it beside the current unit.")
+        self.cellClicked.connect(lambda row, _col: self.picked.emit(int(self.item(row, 0).data(Qt.ItemDataRole.UserRole))))
+
+    def show_similar(self, items: list[tuple[int, float, str]]) -> None:
+        self.setRowCount(len(items))
+        for r, (cid, sim, group) in enumerate(items):
+            item = NumberItem(cid, str(cid))
+            item.setData(Qt.ItemDataRole.UserRole, int(cid))
+            self.setItem(r, 0, item)
+            self.setItem(r, 1, NumberItem(sim, f"{sim:.2f}"))
+            label = QTableWidgetItem(group)
+            label.setForeground(QBrush(QColor(LABEL_FOREGROUNDS.get(group, "#1f2937"))))
+            self.setItem(r, 2, label)
+
+
+def points_in_polygon(x: np.ndarray, y: np.ndarray, polygon: np.ndarray) -> np.ndarray:
+    """Even-odd rule: which points (x, y) lie inside the closed polygon (m, 2)."""
+    inside = np.zeros(len(x), dtype=bool)
+    if len(polygon) < 3:
+        return inside
+    px, py = polygon[:, 0], polygon[:, 1]
+    for i in range(len(polygon)):
+        x1, y1, x2, y2 = px[i - 1], py[i - 1], px[i], py[i]
+        crosses = (y1 > y) != (y2 > y)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            at = x1 + (y - y1) * (x2 - x1) / (y2 - y1)
+        inside ^= crosses & (x < at)
+    return inside
+
+
+def _plot(layout: pg.GraphicsLayout, row: int, col: int, title: str, rowspan: int = 1) -> pg.PlotItem:
+    plot = layout.addPlot(row=row, col=col, rowspan=rowspan)
+    plot.setTitle(title, size="9pt")
+    plot.setMenuEnabled(False)
+    plot.hideButtons()
+    plot.getAxis("left").setWidth(40)
+    return plot
+
+
+class UnitViews(QWidget):
+    """Plots of the selected units; Ctrl-click on the amplitude view draws the split lasso."""
+
+    lasso_changed = pyqtSignal(int)  # number of lasso points
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.graphics = pg.GraphicsLayoutWidget()
+        layout = self.graphics.ci
+        self.waveforms = _plot(layout, 0, 0, "Waveforms", rowspan=2)
+        self.waveforms.setLabel("left", "depth", units="µm")
+        self.waveforms.getAxis("bottom").setStyle(showValues=False)
+        self.footprint = _plot(layout, 0, 1, "Footprint", rowspan=2)
+        self.footprint.getAxis("bottom").setStyle(showValues=False)
+        self.footprint.setAspectLocked(False)
+        self.correlogram = _plot(layout, 0, 2, "Autocorrelogram")
+        self.correlogram.setLabel("bottom", "lag (ms)")
+        self.isi = _plot(layout, 1, 2, "ISI histogram")
+        self.isi.setLabel("bottom", "ISI (ms)")
+        self.amplitude = _plot(layout, 0, 3, "Amplitudes", rowspan=2)
+        self.amplitude.setLabel("bottom", "time", units="s")
+        self.amplitude.setLabel("left", "amplitude", units="V")
+        for col, stretch in enumerate((3, 1, 2, 3)):
+            layout.layout.setColumnStretchFactor(col, stretch)
+        self.refractory_lines = []
+        for plot, values in ((self.correlogram, (-REFRACTORY_S * 1e3, REFRACTORY_S * 1e3)), (self.isi, (REFRACTORY_S * 1e3,))):
+            for v in values:
+                line = pg.InfiniteLine(v, angle=90, pen=pg.mkPen("#dc2626", width=1, style=Qt.PenStyle.DashLine))
+                line.setZValue(20)
+                plot.addItem(line)
+                self.refractory_lines.append(line)
+        self.lasso_curve = pg.PlotCurveItem(pen=pg.mkPen("#111827", width=1.5, style=Qt.PenStyle.DashLine))
+        self.lasso_curve.setZValue(50)
+        self.amplitude.addItem(self.lasso_curve)
+        self.lasso: list[tuple[float, float]] = []
+        self._items: list = []  # (plot, item) drawn for the current selection
+        self.amplitude_points: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # cluster → (t, amp V, spike idx)
+        self.hint = QLabel("Select a unit in the table.", objectName="Hint")
+        self.hint.setWordWrap(True)
+        self.hint.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)  # never widens the views
+        box = QVBoxLayout(self)
+        box.setContentsMargins(0, 0, 0, 0)
+        box.setSpacing(2)
+        box.addWidget(self.graphics, 1)
+        box.addWidget(self.hint)
+        self.graphics.scene().sigMouseClicked.connect(self._clicked)
+
+    # -- drawing ------------------------------------------------------------------------------------
+    def clear(self) -> None:
+        for plot, item in self._items:
+            plot.removeItem(item)
+        self._items = []
+        self.amplitude_points = {}
+        self.clear_lasso()
+
+    def show_units(self, curation, clusters: list[int], waveforms: dict[int, dict]) -> None:
+        """Draw every view for ``clusters`` (the first is the current unit); ``waveforms``: cluster →
+        :meth:`Curation.waveforms` output."""
+        self.clear()
+        if curation is None or not clusters:
+            self.hint.setText("Select a unit in the table (Ctrl-click a second one for the cross-correlogram).")
+            return
+        self._draw_waveforms(curation, clusters, waveforms)
+        self._draw_footprint(curation, clusters)
+        self._draw_correlograms(curation, clusters)
+        self._draw_amplitudes(curation, clusters)
+        names = ", ".join(str(c) for c in clusters)
+        self.hint.setText(f"Unit {names}. Split: Ctrl-click points around spikes on the amplitude view, then K "
+                          f"(Esc clears). Merge the selection: G.")
+
+    def _draw_waveforms(self, curation, clusters, waveforms) -> None:
+        pos = curation.positions
+        channels = curation.best_channels(clusters[0], n=12)
+        xs, ys = np.unique(pos[:, 0]), np.unique(pos[:, 1])
+        dx = np.diff(xs).min() if len(xs) > 1 else 40.0
+        dy = np.diff(ys).min() if len(ys) > 1 else 20.0
+        width = 0.85 * dx
+        peak = max((np.abs(waveforms[c]["mean"][:, channels]).max() for c in clusters if c in waveforms), default=1.0)
+        scale = 1.6 * dy / max(peak, 1e-9)  # the largest deflection spans ~1.6 rows: overlaps a little, like Phy
+        for i, c in reversed(list(enumerate(clusters))):  # the current unit drawn last, on top
+            w = waveforms.get(c)
+            if w is None:
+                continue
+            d = w["mean"].shape[0]
+            x_local = np.linspace(-width / 2, width / 2, d)
+            color = QColor(selection_color(i))
+            samples = w["samples"]
+            if len(samples) and i < 2:
+                faint = QColor(color)
+                faint.setAlpha(40)
+                xs_all, ys_all = [], []
+                for ch in channels:
+                    for s in samples[:, :, ch]:
+                        xs_all += [pos[ch, 0] + x_local, [np.nan]]
+                        ys_all += [pos[ch, 1] + s * scale, [np.nan]]
+                self._add(self.waveforms, pg.PlotCurveItem(np.concatenate(xs_all), np.concatenate(ys_all), connect="finite",
+                                                        pen=pg.mkPen(faint, width=1)))
+            xm, ym = [], []
+            for ch in channels:
+                xm += [pos[ch, 0] + x_local, [np.nan]]
+                ym += [pos[ch, 1] + w["mean"][:, ch] * scale, [np.nan]]
+            self._add(self.waveforms, pg.PlotCurveItem(np.concatenate(xm), np.concatenate(ym), connect="finite",
+                                                    pen=pg.mkPen(color, width=2)))
+        for ch in channels:
+            label = pg.TextItem(str(ch), color="#6b7280", anchor=(1.0, 0.5))
+            label.setPos(pos[ch, 0] - width / 2, pos[ch, 1])
+            self._add(self.waveforms, label)
+        shown = pos[channels]
+        self.waveforms.setXRange(shown[:, 0].min() - 0.8 * width, shown[:, 0].max() + 0.55 * width, padding=0)  # room for labels
+        self.waveforms.setYRange(shown[:, 1].min() - dy, shown[:, 1].max() + dy, padding=0)
+
+    def _draw_footprint(self, curation, clusters) -> None:
+        pos = curation.positions
+        foot = curation.footprint(clusters[0])
+        rel = foot / max(foot.max(), 1e-9)
+        color = QColor(selection_color(0))
+        brushes = []
+        for r in rel:
+            c = QColor(color)
+            c.setAlpha(int(25 + 230 * r))
+            brushes.append(pg.mkBrush(c))
+        self._add(self.footprint, pg.ScatterPlotItem(pos[:, 0], pos[:, 1], size=6 + 12 * rel, brush=brushes,
+                                                  pen=pg.mkPen("#9ca3af", width=0.5), symbol="s"))
+        if len(clusters) > 1:
+            other = curation.footprint(clusters[1])
+            top = np.argsort(-other)[:3]
+            self._add(self.footprint, pg.ScatterPlotItem(pos[top, 0], pos[top, 1], size=20, brush=None,
+                                                      pen=pg.mkPen(selection_color(1), width=2), symbol="o"))
+        self.footprint.setXRange(pos[:, 0].min() - 20, pos[:, 0].max() + 20, padding=0)
+        self.footprint.setYRange(pos[:, 1].min() - 20, pos[:, 1].max() + 20, padding=0)
+
+    def _draw_correlograms(self, curation, clusters) -> None:
+        a = clusters[0]
+        b = clusters[1] if len(clusters) > 1 else a
+        centers, counts = curation.correlogram(a, b)
+        self.correlogram.setTitle("Autocorrelogram" if a == b else f"Cross-correlogram {a} → {b}", size="9pt")
+        color = selection_color(0) if a == b else "#6b21a8"
+        self._bars(self.correlogram, centers * 1e3, counts, color)
+        for i, c in enumerate(clusters[:2]):
+            edges, isi_counts = curation.isi_histogram(c)
+            centers_ms = (edges[:-1] + edges[1:]) / 2 * 1e3
+            self._bars(self.isi, centers_ms, isi_counts, selection_color(i), alpha=180 if i == 0 else 110)
+        row = curation.row(a)
+        self.isi.setTitle(f"ISI histogram · {row['isi_violations']} below 1.5 ms", size="9pt")
+
+    def _add(self, plot, item) -> None:
+        plot.addItem(item)
+        self._items.append((plot, item))
+
+    def _bars(self, plot, centers, counts, color, alpha=200) -> None:
+        if len(centers) == 0:
+            return
+        width = float(np.median(np.diff(centers))) if len(centers) > 1 else 1.0
+        c = QColor(color)
+        c.setAlpha(alpha)
+        self._add(plot, pg.BarGraphItem(x=centers, height=counts, width=width * 0.95, brush=pg.mkBrush(c), pen=pg.mkPen(None)))
+        plot.setXRange(centers[0] - width, centers[-1] + width, padding=0)
+        plot.setYRange(0, max(float(np.max(counts)) * 1.1, 1.0), padding=0)
+
+    def _draw_amplitudes(self, curation, clusters) -> None:
+        for i, c in enumerate(reversed(clusters)):  # the current unit drawn last, on top
+            t, amp_uv, spikes = curation.amplitudes_of(c)
+            amp = amp_uv * 1e-6  # volts: the axis shows µV with its SI prefix
+            self.amplitude_points[c] = (t, amp, spikes)
+            color = QColor(selection_color(len(clusters) - 1 - i))
+            color.setAlpha(170)
+            self._add(self.amplitude, pg.ScatterPlotItem(t, amp, size=4, pen=None, brush=pg.mkBrush(color)))
+        self.amplitude.setXRange(0, curation.duration, padding=0.01)
+        top = max((float(v[1].max()) for v in self.amplitude_points.values() if len(v[1])), default=1e-6)
+        self.amplitude.setYRange(0, top * 1.08, padding=0)
+
+    # -- lasso ---------------------------------------------------------------------------------------
+    def add_lasso_point(self, x: float, y: float) -> None:
+        self.lasso.append((float(x), float(y)))
+        closed = self.lasso + self.lasso[:1]
+        self.lasso_curve.setData([p[0] for p in closed], [p[1] for p in closed])
+        self.lasso_changed.emit(len(self.lasso))
+
+    def clear_lasso(self) -> None:
+        self.lasso = []
+        self.lasso_curve.setData([], [])
+        self.lasso_changed.emit(0)
+
+    def lasso_mask(self, cluster: int) -> np.ndarray | None:
+        """Which of ``cluster``'s spikes lie in the lasso (None when it is not drawn or not shown)."""
+        if len(self.lasso) < 3 or cluster not in self.amplitude_points:
+            return None
+        t, amp, _ = self.amplitude_points[cluster]
+        return points_in_polygon(t, amp, np.asarray(self.lasso))
+
+    def amplitude_position(self, t: float, amp_uv: float) -> QPointF:
+        """Where (time s, amplitude µV) is, in the coordinates of the widget that takes clicks (tests, demo)."""
+        scene = self.amplitude.vb.mapViewToScene(QPointF(t, amp_uv * 1e-6))
+        return self.graphics.mapFromScene(scene)
+
+    def click_target(self) -> QWidget:
+        return self.graphics.viewport()
+
+    def _clicked(self, event) -> None:
+        if event.button() != Qt.MouseButton.LeftButton or not (event.modifiers() & Qt.KeyboardModifier.ControlModifier):
+            return
+        if not self.amplitude.sceneBoundingRect().contains(event.scenePos()) or not self.amplitude_points:
+            return
+        point = self.amplitude.vb.mapSceneToView(event.scenePos())
+        self.add_lasso_point(point.x(), point.y())
+        event.accept()

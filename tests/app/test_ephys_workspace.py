@@ -1,0 +1,173 @@
+"""The ephys loop in the GUI: open a simulated recording → Sort (button, job) → select a unit in the
+table → model and residual on the traces → merge two (G) → undo (Ctrl+Z) → split by a lasso (K) →
+label (Alt+G) → filter the table → reopen the Phy folder and find the curation; screenshot not blank."""
+
+import numpy as np
+import pytest
+from PyQt6.QtCore import QPoint, Qt
+
+from app.jobs import JobState
+from app.screenshots import is_blank, save_screenshot
+from engine.ephys.phy import read_cluster_groups
+from engine.ephys.synth import write_demo_recording
+
+from gui_helpers import wait_for_job
+
+
+@pytest.fixture
+def recording(tmp_path):
+    raw = tmp_path / "sim.raw"
+    write_demo_recording(raw, duration=12.0, n_channels=12, n_units=5, seed=3)
+    return raw
+
+
+def open_path(window, qtbot, path):
+    jobs = window.open_files([path])
+    assert len(jobs) == 1
+    wait_for_job(qtbot, jobs[0], timeout=60000)
+    assert jobs[0].state is JobState.FINISHED, jobs[0].error and jobs[0].error.details
+    return window.current_workspace
+
+
+def click_row(qtbot, ws, cluster, modifier=Qt.KeyboardModifier.NoModifier):
+    row = ws.units.row_of(cluster)
+    rect = ws.table.visualItemRect(ws.table.item(row, 0))
+    qtbot.mouseClick(ws.table.viewport(), Qt.MouseButton.LeftButton, modifier, rect.center())
+
+
+def click_check(qtbot, box):
+    qtbot.mouseClick(box, Qt.MouseButton.LeftButton, pos=QPoint(8, box.height() // 2))  # on the indicator
+
+
+def layer(ws, name, n_channels):
+    x, y = ws.traces.curves[name].getData()
+    return x.reshape(n_channels, -1), y.reshape(n_channels, -1)
+
+
+def test_sort_view_curate_and_reload(window, qtbot, recording, tmp_path):
+    ws = open_path(window, qtbot, recording)
+    assert ws.key == "ephys" and ws.curation is None and ws.sort_button.isEnabled()
+    assert "sim_phy/" in ws.output_label.text()
+    assert not ws.show_model.isEnabled()  # no model before sorting
+
+    # Sort through the button: a background job with per-stage progress
+    messages = []
+    with qtbot.waitSignal(window.jobs.job_added, timeout=5000) as blocker:
+        qtbot.mouseClick(ws.sort_button, Qt.MouseButton.LeftButton)
+    job = blocker.args[0]
+    job.progressed.connect(lambda f, m: messages.append(m))
+    assert ws.cancel_button.isEnabled() and not ws.sort_button.isEnabled()
+    wait_for_job(qtbot, job, timeout=120000)
+    assert job.state is JobState.FINISHED, job.error and job.error.details
+    folder = tmp_path / "sim_phy"
+    assert (folder / "params.py").is_file() and ws.curation is not None and ws.curation.folder == folder
+    assert len(set(messages)) >= 3, messages  # the stages report
+    c = ws.curation
+    ids = [int(i) for i in c.cluster_ids]
+    assert len(ids) >= 3 and ws.table.rowCount() == len(ids)
+    assert ws.show_model.isEnabled() and not ws.cancel_button.isEnabled()
+
+    # select the biggest unit by clicking its row: the views follow
+    rows = {r["cluster_id"]: r for r in c.rows()}
+    a = max(rows, key=lambda k: rows[k]["snr"])
+    click_row(qtbot, ws, a)
+    assert ws.selected == [a]
+    assert a in ws.views.amplitude_points and len(ws.views.amplitude_points[a][0]) == rows[a]["n_spikes"]
+    assert ws.views._items  # waveforms, footprint, correlograms drawn
+    assert ws.similar.rowCount() == len(ids) - 1
+
+    # go to one of its spikes with a short window (no decimation), then toggle model and residual
+    ws.window_seconds.setValue(0.02)
+    ws.go_to(c.spike_times[c.spikes(a)[3]] / c.sample_rate)
+    click_check(qtbot, ws.show_model)
+    click_check(qtbot, ws.show_residual)
+    assert ws.show_model.isChecked() and ws.show_residual.isChecked()
+    assert ws.data_kind.currentText() == "Preprocessed"
+    n_ch = ws.n_shown.value()
+    for name in ("data", "model", "residual"):
+        assert ws.traces.curves[name].isVisible() and len(ws.traces.curves[name].getData()[0]) > 0
+    _, data = layer(ws, "data", n_ch)
+    _, model = layer(ws, "model", n_ch)
+    _, resid = layer(ws, "residual", n_ch)
+    offsets = -np.arange(n_ch)[:, None] * ws.spacing.value()
+    np.testing.assert_allclose(resid, data - model + offsets, atol=1e-2)  # residual = data − model
+    peak = rows[a]["peak_channel"]
+    assert np.ptp(model[peak]) > 0.5 * np.ptp(data[peak])  # the model holds the unit's spike
+    assert len(ws.traces.markers.data) > 0  # spike markers
+    click_check(qtbot, ws.show_residual)
+    assert not ws.traces.curves["residual"].isVisible()
+
+    # merge two units with G (Ctrl-click the second row), then undo with Ctrl+Z
+    b = next(k for k in ids if k != a)
+    click_row(qtbot, ws, b, Qt.KeyboardModifier.ControlModifier)
+    assert ws.selected == [a, b]
+    qtbot.keyClick(ws, Qt.Key.Key_G)
+    new = max(ids) + 1
+    assert ws.selected == [new] and set(ws.curation.cluster_ids) == set(ids) - {a, b} | {new}
+    assert ws.table.rowCount() == len(ids) - 1
+    assert set(np.load(folder / "spike_clusters.npy")) == set(ids) - {a, b} | {new}  # autosaved
+    qtbot.keyClick(ws, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)
+    assert set(ws.curation.cluster_ids) == set(ids) and set(ws.selected) == {a, b}
+    assert set(np.load(folder / "spike_clusters.npy")) == set(ids)
+    qtbot.keyClick(ws, Qt.Key.Key_Y, Qt.KeyboardModifier.ControlModifier)  # redo, then undo again
+    assert new in ws.curation.cluster_ids
+    qtbot.keyClick(ws, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)
+
+    # split unit a with a lasso around its larger-amplitude spikes (Ctrl-clicks on the amplitude view), K
+    click_row(qtbot, ws, a)
+    t, amp, _ = ws.views.amplitude_points[a]
+    amp_uv = amp * 1e6
+    cut = float(np.median(amp_uv))
+    top = float(amp_uv.max()) * 1.05
+    end = ws.curation.duration
+    for x, y in ((0.0, cut), (end, cut), (end, top), (0.0, top)):
+        qtbot.mouseClick(ws.views.click_target(), Qt.MouseButton.LeftButton, Qt.KeyboardModifier.ControlModifier,
+                         ws.views.amplitude_position(x, y))
+    assert len(ws.views.lasso) == 4 and ws.split_button.isEnabled()
+    expected = int((amp_uv > cut).sum())
+    qtbot.keyClick(ws, Qt.Key.Key_K)
+    inside, rest = new + 1, new + 2  # ids are never reused, even after an undo
+    assert ws.selected == [inside, rest]
+    assert abs(len(ws.curation.spikes(inside)) - expected) <= 2  # points on the lasso's edge may go either way
+    assert len(ws.curation.spikes(inside)) + len(ws.curation.spikes(rest)) == rows[a]["n_spikes"]
+    assert not ws.views.lasso
+
+    # label b good with Alt+G: table row and file follow
+    click_row(qtbot, ws, b)
+    qtbot.keyClick(ws, Qt.Key.Key_G, Qt.KeyboardModifier.AltModifier)
+    assert read_cluster_groups(folder)[b] == "good"
+    row = ws.units.row_of(b)
+    assert ws.table.item(row, ws.table.columnCount() - 1).text() == "good"
+    assert ws.table.item(row, 0).background().color().name() == "#dcfce7"
+    qtbot.keyClick(ws, Qt.Key.Key_N, Qt.KeyboardModifier.AltModifier)  # relabel noise, then undo back to good
+    assert read_cluster_groups(folder)[b] == "noise"
+    qtbot.keyClick(ws, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)
+    assert read_cluster_groups(folder)[b] == "good"
+
+    # the filter box keeps matching rows only
+    qtbot.keyClicks(ws.units.filter, "good")
+    assert ws.units.visible_clusters() == [b]
+    ws.units.filter.clear()
+    assert len(ws.units.visible_clusters()) == ws.table.rowCount()
+
+    qtbot.wait(200)
+    assert not is_blank(save_screenshot(window, tmp_path / "ephys.png"))
+
+    # reopen the folder (its params.py): the curation is there, and the raw is found from dat_path
+    clusters_before = ws.curation.spike_clusters.copy()
+    ws = open_path(window, qtbot, folder / "params.py")
+    assert ws.curation is not None and ws.recording is not None and ws.recording.path == recording
+    np.testing.assert_array_equal(ws.curation.spike_clusters, clusters_before)
+    assert ws.curation.groups[b] == "good" and {inside, rest} <= set(ws.curation.cluster_ids)
+    assert ws.table.rowCount() == len(ws.curation.cluster_ids)
+
+
+def test_sort_can_be_cancelled(window, qtbot, recording):
+    ws = open_path(window, qtbot, recording)
+    job = ws.run_sort()
+    qtbot.mouseClick(ws.cancel_button, Qt.MouseButton.LeftButton)
+    wait_for_job(qtbot, job, timeout=60000)
+    assert job.state is JobState.CANCELLED  # the sort takes seconds; the click lands in milliseconds
+    assert ws.curation is None and "Cancelled" in ws.stage_label.text()
+    assert not (recording.parent / "sim_phy").exists()
+    assert ws.sort_button.isEnabled() and not ws.cancel_button.isEnabled()

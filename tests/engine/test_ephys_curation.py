@@ -1,0 +1,208 @@
+"""Curation of a Phy folder: merge / split / label with undo-redo and autosave, reload, metrics
+getters, correlograms against brute force, and the model / residual of a real sort."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from engine.ephys.curation import (Curation, TraceSource, correlogram, filter_rows, is_curated, isi_histogram, open_phy_job,
+                                   phy_folder_for, sort_job)
+from engine.ephys.io import RecordingParams
+from engine.ephys.phy import read_cluster_groups, read_phy, write_phy
+from engine.ephys.sorter import SortParams, Sorting
+from engine.errors import InputError
+from engine.progress import Cancelled, Progress
+
+
+def _folder(tmp_path, n_units=4, n_ch=6, d=31, n_spikes=400, seed=0):
+    rng = np.random.default_rng(seed)
+    templates = rng.standard_normal((n_units, n_ch, d)).astype(np.float32)
+    templates /= np.linalg.norm(templates.reshape(n_units, -1), axis=1)[:, None, None]
+    units = rng.integers(0, n_units, n_spikes)
+    times = np.sort(rng.choice(np.arange(100, 299_000), n_spikes, replace=False))
+    s = Sorting(spike_times=times, spike_units=units, amplitudes=rng.uniform(8, 12, n_spikes).astype(np.float32),
+                templates=templates, template_troughs=np.full(n_units, 10), sample_rate=30000.0, channels=np.arange(n_ch),
+                positions=np.c_[np.zeros(n_ch), 20 * np.arange(n_ch)], whitening=np.eye(n_ch, dtype=np.float32) * 0.1,
+                preprocess_state={"sample_rate": 30000.0}, info={"duration_s": 10.0})
+    raw = tmp_path / "rec.raw"
+    np.zeros((300_000, n_ch), np.int16).tofile(raw)
+    return write_phy(s, tmp_path / "phy", raw_path=raw, recording_params=RecordingParams(n_ch, 30000.0)), s
+
+
+def test_merge_split_label_undo_redo_autosave_and_reload(tmp_path):
+    folder, s = _folder(tmp_path)
+    c = Curation(folder)
+    assert list(c.cluster_ids) == [0, 1, 2, 3] and not is_curated(folder)
+    n0, n1 = len(c.spikes(0)), len(c.spikes(1))
+
+    new = c.merge([0, 1])
+    assert new == 4  # Phy: max + 1
+    assert len(c.spikes(4)) == n0 + n1 and list(c.cluster_ids) == [2, 3, 4]
+    on_disk = np.load(folder / "spike_clusters.npy")
+    np.testing.assert_array_equal(on_disk, c.spike_clusters)  # autosaved
+    assert set(read_cluster_groups(folder)) == {2, 3, 4} and is_curated(folder)
+
+    c.label([4], "good")
+    assert read_cluster_groups(folder)[4] == "good"
+
+    spikes = c.spikes(2)
+    inside = np.arange(len(spikes)) % 3 == 0
+    a, b = c.split(2, inside)
+    assert (a, b) == (5, 6)
+    np.testing.assert_array_equal(c.spikes(5), spikes[inside])
+    np.testing.assert_array_equal(c.spikes(6), spikes[~inside])
+    with pytest.raises(InputError, match="none"):
+        c.split(3, np.zeros(len(c.spikes(3)), bool))
+    with pytest.raises(InputError, match="two clusters"):
+        c.merge([3])
+
+    # undo the split, the label, then redo the label; a new change clears the redo stack
+    assert c.undo().description.startswith("split")
+    assert list(c.cluster_ids) == [2, 3, 4]
+    c.undo()
+    assert read_cluster_groups(folder)[4] == "unsorted"
+    c.redo()
+    assert read_cluster_groups(folder)[4] == "good" and c.can_redo
+    merged_again = c.merge([2, 3])
+    assert merged_again == 7 and not c.can_redo  # ids are never reused, not even after an undo
+
+    # reopen: the curation is what is on disk; labels survive; phylib-compatible arrays
+    again = Curation(folder)
+    np.testing.assert_array_equal(again.spike_clusters, c.spike_clusters)
+    assert again.groups == {4: "good", 7: "unsorted"}
+    assert read_phy(folder).arrays["spike_templates"].tolist() == s.spike_units.tolist()  # the model is untouched
+    # undo everything back to the sorter's output
+    while c.undo() is not None:
+        pass
+    np.testing.assert_array_equal(np.load(folder / "spike_clusters.npy"), s.spike_units)
+
+
+def test_merged_label_and_rows(tmp_path):
+    folder, _ = _folder(tmp_path)
+    c = Curation(folder)
+    c.label([0, 1], "mua")
+    new = c.merge([0, 1])
+    assert c.groups[new] == "mua"  # both were mua
+    rows = {r["cluster_id"]: r for r in c.rows()}
+    assert rows[new]["n_spikes"] == len(c.spikes(new))
+    assert rows[new]["firing_rate"] == pytest.approx(len(c.spikes(new)) / 10.0)
+    assert rows[new]["snr"] > 0 and 0 < rows[new]["presence_ratio"] <= 1
+    assert [r["cluster_id"] for r in filter_rows(c.rows(), "mua")] == [new]
+    assert {r["cluster_id"] for r in filter_rows(c.rows(), f"spikes > {rows[2]['n_spikes'] - 1}, label=unsorted")} >= {2}
+    assert filter_rows(c.rows(), "id = 3")[0]["cluster_id"] == 3
+    with pytest.raises(InputError, match="Unknown column"):
+        filter_rows(c.rows(), "colour>3")
+    assert c.similar(2)[0][0] in c.cluster_ids and len(c.similar(2)) == len(c.cluster_ids) - 1
+
+
+def test_correlogram_matches_brute_force():
+    rng = np.random.default_rng(3)
+    fs = 30000.0
+    a = np.sort(rng.choice(300_000, 500, replace=False))
+    b = np.sort(np.concatenate([rng.choice(300_000, 300, replace=False), a[:50] + 45]))  # b follows a by 1.5 ms sometimes
+    for x, y, same in ((a, a, True), (a, b, False)):
+        centers, counts = correlogram(x, y, fs, bin_s=0.001, window_s=0.02, same=same)
+        edges = (np.arange(-20, 22) - 0.5) * 30
+        lags = (y[None, :] - x[:, None]).ravel()
+        if same:
+            lags = lags[~np.eye(len(x), dtype=bool).ravel()]
+        brute = [np.sum((lags >= lo) & (lags < hi)) for lo, hi in zip(edges[:-1], edges[1:])]  # half-open bins
+        np.testing.assert_array_equal(counts, brute)
+        assert len(centers) == 41 and centers[20] == 0
+    # lag +45 samples = 1.5 ms → bin centred on +1 or +2 ms has the 50 planted pairs
+    _, counts = correlogram(a, b, fs, bin_s=0.001, window_s=0.02)
+    assert counts[21] + counts[22] >= 50
+    # duplicated spike times (possible after a merge) pair with each other, never with themselves
+    _, counts = correlogram(np.array([100, 100, 400]), np.array([100, 100, 400]), fs, bin_s=0.001, window_s=0.02, same=True)
+    assert counts[20] == 2
+
+
+def test_isi_histogram():
+    t = np.array([0.0, 0.001, 0.0035, 0.010, 0.0101])
+    edges, counts = isi_histogram(t, bin_s=0.001, max_s=0.01)
+    assert len(edges) == 11 and counts.sum() == 4
+    assert counts[0] == 1 and counts[1] == 1 and counts[2] == 1 and counts[6] == 1  # 0.1, 1, 2.5, 6.5 ms
+
+
+@pytest.fixture(scope="module")
+def sorted_folder(tmp_path_factory):
+    from engine.ephys.synth import write_demo_recording
+
+    d = tmp_path_factory.mktemp("sorted")
+    raw = d / "rec.raw"
+    params = write_demo_recording(raw, duration=8.0, n_channels=8, n_units=4, seed=1)
+    out = sort_job(raw, params, None, SortParams())
+    return raw, params, out
+
+
+def test_sort_job_writes_folder_and_model_explains_data(sorted_folder):
+    raw, params, out = sorted_folder
+    assert out["folder"] == phy_folder_for(raw) and out["folder"].name == "rec_phy"
+    c, source = out["curation"], out["source"]
+    assert len(c.cluster_ids) >= 3 and source is not None and source.has_model
+    # around the biggest unit's spikes the model explains most of the preprocessed signal
+    best = max(c.rows(), key=lambda r: r["snr"])
+    t = int(c.spike_times[c.spikes(best["cluster_id"])[5]])
+    pre = source.preprocessed(t - 300, t + 300)
+    model = source.model(t - 300, t + 300)
+    resid = source.residual(t - 300, t + 300)
+    np.testing.assert_allclose(resid, pre - model, atol=1e-3)
+    ch = best["peak_channel"]
+    assert np.abs(model[:, ch]).max() > 0.5 * np.abs(pre[:, ch]).max()
+    assert np.abs(resid[280:340, ch]).max() < 0.5 * np.abs(pre[280:340, ch]).max()
+    # a window without spikes has a zero model
+    assert source.model(0, 10).shape == (10, 8)
+    w = c.waveforms(source, best["cluster_id"], n_spikes=12)
+    assert w["samples"].shape[0] == 12 and w["mean"].shape == w["samples"].shape[1:]
+    assert np.abs(w["mean"][:, ch]).max() > 0.5 * best["amplitude_uv"]
+
+
+def test_reopened_folder_gives_same_model(sorted_folder):
+    raw, params, out = sorted_folder
+    again = open_phy_job(out["folder"] / "params.py")
+    assert again["recording"].path == raw and again["note"] == ""
+    np.testing.assert_allclose(again["source"].model(1000, 4000), out["source"].model(1000, 4000))
+
+
+def test_sort_keeps_curated_folder_and_cancels(tmp_path):
+    from engine.ephys.synth import write_demo_recording
+
+    raw = tmp_path / "r.raw"
+    params = write_demo_recording(raw, duration=6.0, n_channels=8, n_units=3, seed=1)
+    progress = Progress()
+    progress.cancel()
+    with pytest.raises(Cancelled):
+        sort_job(raw, params, None, progress=progress)
+    out = sort_job(raw, params, None, SortParams(min_spikes=5))
+    assert len(out["curation"].cluster_ids) >= 1 and out["backup"] is None
+    out["curation"].label(out["curation"].cluster_ids[:1], "good")
+    again = sort_job(raw, params, None, SortParams(min_spikes=5))  # sorting again never overwrites hand work
+    assert again["backup"] is not None and (again["backup"] / "cluster_group.tsv").is_file()
+    assert "good" in (again["backup"] / "cluster_group.tsv").read_text()
+    assert not is_curated(again["folder"])
+
+
+def test_trace_source_before_sorting(tmp_path):
+    from engine.ephys.io import RawRecording
+
+    raw = tmp_path / "x.raw"
+    (np.arange(4000 * 3, dtype=np.int16).reshape(4000, 3) % 100).tofile(raw)
+    src = TraceSource(RawRecording(raw, RecordingParams(3, 20000.0)))
+    assert not src.has_model and src.window("raw", 0, 100, slice(1, 3)).shape == (100, 2)
+    assert src.window("preprocessed", 0, 100).shape == (100, 3)
+    assert not np.any(src.model(0, 50))
+
+
+def test_phylib_loads_curated_folder(tmp_path):
+    model_mod = pytest.importorskip("phylib.io.model")
+    folder, s = _folder(tmp_path)
+    c = Curation(folder)
+    new = c.merge([0, 1])
+    c.label([new], "good")
+    model = model_mod.load_model(folder / "params.py")
+    try:
+        np.testing.assert_array_equal(model.spike_clusters, c.spike_clusters)
+        assert model.metadata["group"][new] == "good"
+    finally:
+        model.close()
