@@ -1,4 +1,14 @@
-"""Microarchitecture workspace: large brain images with region labels (CNN features and NMF factors to come)."""
+"""Microarchitecture workspace: the NMF factor heatmap browser.
+
+The loop: open a large brain image (the label map beside it, if any, gives the first regions)
+→ draw named regions by polygon (P: click vertices, double-click or Enter to close) or brush
+(B; E erases) → Train the patch CNN → Extract dense latents at a stride → NMF (k factors) →
+the coverage–leakage selection (instant for any λ and p) → GMM clusters inside one region.
+Each step is a background job with progress and Cancel; its result is saved in the image's
+project folder (engine.factors.workflow) and restored on opening. Browse: click a factor (list
+or score matrix) to overlay its heatmap, or show an RGB composite of three factors, or the
+cluster map; hover for every factor's value and the region there; export the view.
+"""
 
 from __future__ import annotations
 
@@ -6,22 +16,33 @@ from pathlib import Path
 
 import numpy as np
 from PyQt6.QtCore import Qt
-from PyQt6.QtWidgets import QCheckBox, QFormLayout, QGroupBox, QSlider
+from PyQt6.QtGui import QColor, QIcon, QKeySequence, QPixmap, QShortcut
+from PyQt6.QtWidgets import (
+    QButtonGroup, QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGridLayout, QGroupBox, QHBoxLayout,
+    QInputDialog, QLabel, QListWidget, QListWidgetItem, QProgressBar, QPushButton, QSizePolicy, QSlider, QSpinBox,
+    QSplitter, QVBoxLayout, QWidget,
+)
 
+from app.factors.views import (
+    CLUSTER_COLORS, COLORMAPS, FactorList, HoverBars, RegionCanvas, ScoreMatrix, cluster_rgba, colormap_table,
+    composite_rgba, heat_rgba,
+)
 from app.jobs import Job
-from app.widgets.image_view import ImageView
 from app.workspace import InfoBox, Workspace
-from engine.factors.io import IMAGE_EXTENSIONS, find_labels, load_image
+from engine.errors import InputError
+from engine.factors import workflow
+from engine.factors.io import IMAGE_EXTENSIONS, LABEL_EXTENSIONS
+from engine.factors.rois import RegionSet
+
+OVERLAYS = ("Regions only", "Factor heatmap", "RGB composite", "Clusters")
+KEYS_HELP = ("P polygon · B brush · E eraser · V pan · Enter/double-click closes a polygon · Backspace drops a vertex · "
+             "Esc cancels · Ctrl+Z undoes the region's last shape · wheel zooms, drag pans")
 
 
-def load_image_for_view(path: Path, progress=None) -> dict:
-    """Job body: the image and, when a label map lies beside it, the labels."""
-    progress.report(0.1, "reading image")
-    image = load_image(path)
-    progress.check()
-    progress.report(0.7, "looking for a label map")
-    labels = find_labels(path, image.shape)
-    return {"image": np.asarray(image), "labels": labels}
+def _spin(minimum, maximum, value, tip, step=1, suffix=""):
+    box = QSpinBox(minimum=minimum, maximum=maximum, value=value, singleStep=step, suffix=suffix)
+    box.setToolTip(tip)
+    return box
 
 
 class FactorsWorkspace(Workspace):
@@ -33,34 +54,749 @@ class FactorsWorkspace(Workspace):
 
     def __init__(self, window):
         super().__init__(window)
-        self.labels: np.ndarray | None = None
-        self.info = InfoBox("Image", [("file", "File"), ("shape", "Size (px)"), ("dtype", "Data type"), ("regions", "Labelled regions")])
-        overlay = QGroupBox("Region overlay")
-        form = QFormLayout(overlay)
-        self.show_labels = QCheckBox("Show labels")
+        self.image: np.ndarray | None = None
+        self.folder: Path | None = None
+        self.regions: RegionSet | None = None
+        self.labels: np.ndarray | None = None  # the regions as a label image (0 = none)
+        self.model = None
+        self.latents = None
+        self.factors: workflow.Factors | None = None
+        self.selection = None
+        self.clusters = None
+        self.current_factor: int | None = None
+        self.job: Job | None = None
+        self._outlines = None  # (labels, their outlines)
+        self._build_views()
+        self._build_controls()
+        for key, slot in (("P", lambda: self.set_tool("polygon")), ("B", lambda: self.set_tool("brush")),
+                          ("E", lambda: self.set_tool("erase")), ("V", lambda: self.set_tool("pan"))):
+            QShortcut(QKeySequence(key), self, activated=slot)
+        QShortcut(QKeySequence.StandardKey.Undo, self, activated=self.undo_shape)
+        self.assemble([self.info, self.region_box, self.pipeline_box, self.select_box, self.cluster_box, self.display_box],
+                      self.splitter, "No image open",
+                      "Open a brain image (PNG, TIFF — large TIFFs are memory-mapped). Draw regions on it (or keep the "
+                      "label map <image>_labels.npz/.npy/.png found beside it), then Train → Extract → NMF → Cluster.",
+                      "Open image…")
+        self._refresh_controls()
+
+    # -- layout ----------------------------------------------------------------------------
+    def _build_controls(self) -> None:
+        self.info = InfoBox("Image", [("file", "File"), ("shape", "Size (px)"), ("folder", "Project")])
+        self.info.setMaximumHeight(130)
+
+        self.region_box = QGroupBox("Regions")
+        box = QVBoxLayout(self.region_box)
+        self.region_list = QListWidget()
+        self.region_list.setMaximumHeight(120)
+        self.region_list.currentRowChanged.connect(lambda _row: self._refresh_controls())
+        self.region_list.itemDoubleClicked.connect(lambda _item: self.rename_region())
+        box.addWidget(self.region_list)
+        grid = QGridLayout()
+        self.tools = QButtonGroup(self)
+        self.tool_buttons = {}
+        for i, (mode, text, tip) in enumerate((("pan", "Pan (V)", "Drag pans, the wheel zooms"),
+                                               ("polygon", "Polygon (P)", "Click vertices; double-click or Enter closes"),
+                                               ("brush", "Brush (B)", "Drag to paint the current region"),
+                                               ("erase", "Eraser (E)", "Drag to unlabel pixels"))):
+            button = self._button(text, None)
+            button.setCheckable(True)
+            button.setToolTip(tip)
+            self.tools.addButton(button)
+            self.tool_buttons[mode] = button
+            button.toggled.connect(lambda on, m=mode: on and self.canvas.set_mode(m))
+            grid.addWidget(button, i // 2, i % 2)
+        self.tool_buttons["pan"].setChecked(True)
+        self.add_region_button = self._button("New region", self.add_region)
+        self.rename_button = self._button("Rename…", self.rename_region)
+        self.delete_region_button = self._button("Delete", self.delete_region)
+        self.load_labels_button = self._button("Load labels…", self.load_labels_dialog)
+        self.load_labels_button.setToolTip("Use a label image (.npz/.npy/.png/.tif, 0 = unlabelled) as regions")
+        for i, button in enumerate((self.add_region_button, self.rename_button, self.delete_region_button,
+                                    self.load_labels_button)):
+            grid.addWidget(button, 2 + i // 2, i % 2)
+        box.addLayout(grid)
+        form = QFormLayout()
+        self.brush_radius = _spin(1, 500, 25, "Brush radius in image pixels", suffix=" px")
+        self.brush_radius.valueChanged.connect(lambda v: setattr(self.canvas, "brush_radius", float(v)))
+        self.show_labels = QCheckBox("Show regions")
         self.show_labels.setChecked(True)
         self.show_labels.toggled.connect(self._update_overlay)
         self.opacity = QSlider(Qt.Orientation.Horizontal, minimum=0, maximum=100, value=35)
         self.opacity.valueChanged.connect(lambda v: self.view.set_overlay_opacity(v / 100))
+        form.addRow("Brush:", self.brush_radius)
         form.addRow(self.show_labels)
         form.addRow("Opacity:", self.opacity)
-        self.view = ImageView()
-        self.assemble([self.info, overlay], self.view, "No image open",
-                      "Open a brain image (PNG, TIFF — large TIFFs are memory-mapped). A label map named "
-                      "<image>_labels.npz/.npy/.png beside it is shown as an overlay.", "Open image…")
+        box.addLayout(form)
+        keys = QLabel(KEYS_HELP, objectName="Hint")
+        keys.setWordWrap(True)
+        box.addWidget(keys)
 
+        self.pipeline_box = QGroupBox("Pipeline")
+        form = QFormLayout(self.pipeline_box)
+        self.patch_size = _spin(54, 512, 128, "Patch side in pixels (128 ≈ 150 µm at 1.17 µm/px, the paper's)", 2, " px")
+        self.epochs = _spin(1, 500, 4, "Passes over freshly drawn patches; a few are enough to see factors on a CPU")
+        self.patches = _spin(32, 100000, 1024, "Patches drawn per epoch, balanced over the regions", 64)
+        self.pixel_size = QDoubleSpinBox(minimum=0.0, maximum=1000.0, value=0.0, decimals=3, suffix=" µm")
+        self.pixel_size.setSpecialValueText("unknown")
+        self.pixel_size.setToolTip("Pixel size, saved with the model (later images must match it)")
+        self.train_button = self._button("Train", self.train, primary=True)
+        self.stride = _spin(1, 64, 8, "Pixels between latent positions (1 = every pixel; 8–16 for a whole slice on a CPU)")
+        self.stride.valueChanged.connect(lambda _v: self._update_estimate())
+        self.estimate = QLabel("", objectName="Hint")
+        self.estimate.setWordWrap(True)
+        self.extract_button = self._button("Extract", self.extract, primary=True)
+        self.k = _spin(1, 64, 15, "Number of NMF factors (15 in the paper)")
+        self.nmf_button = self._button("NMF", self.run_nmf, primary=True)
+        self.cancel_button = self._button("Cancel", self.cancel)
+        self.progress_bar = QProgressBar(textVisible=False)
+        self.progress_bar.setRange(0, 1000)
+        self.progress_bar.setFixedHeight(8)
+        self.stage_label = QLabel("Draw at least two regions, then Train.")
+        self.stage_label.setWordWrap(True)
+        form.addRow("Patch size:", self.patch_size)
+        form.addRow("Epochs:", self.epochs)
+        form.addRow("Patches/epoch:", self.patches)
+        form.addRow("Pixel size:", self.pixel_size)
+        form.addRow(self.train_button)
+        form.addRow("Stride:", self.stride)
+        form.addRow(self.estimate)
+        form.addRow(self.extract_button)
+        form.addRow("Factors k:", self.k)
+        form.addRow(self.nmf_button)
+        form.addRow(self.progress_bar)
+        form.addRow(self.stage_label)
+        form.addRow(self.cancel_button)
+
+        self.select_box = QGroupBox("Factor selection")
+        form = QFormLayout(self.select_box)
+        self.lam = QDoubleSpinBox(minimum=0.0, maximum=100.0, value=0.5, decimals=2, singleStep=0.1)
+        self.lam.setToolTip("λ: weight of leakage (positive codes outside the region) against coverage inside it")
+        self.lam.valueChanged.connect(lambda _v: self.update_selection(recount=False))
+        self.p = _spin(1, 64, 1, "p: how many (factor, region) pairs to pick greedily")
+        self.p.valueChanged.connect(lambda _v: self.update_selection(recount=False))
+        self.selection_label = QLabel("Run NMF first.")
+        self.selection_label.setWordWrap(True)
+        form.addRow("λ (leakage):", self.lam)
+        form.addRow("p (pairs):", self.p)
+        form.addRow(self.selection_label)
+
+        self.cluster_box = QGroupBox("Clusters (GMM)")
+        form = QFormLayout(self.cluster_box)
+        self.cluster_region = QComboBox()
+        self.cluster_region.setToolTip("Cluster the factor codes inside this region (eroded by half a patch)")
+        self.n_clusters = _spin(0, 12, 4, "Number of clusters; 0 = choose 2–8 by the lowest BIC")
+        self.n_clusters.setSpecialValueText("best BIC")
+        self.cluster_button = self._button("Cluster", self.cluster, primary=True)
+        self.cluster_label = QLabel("")
+        self.cluster_label.setWordWrap(True)
+        self.cluster_label.setTextFormat(Qt.TextFormat.RichText)
+        form.addRow("Region:", self.cluster_region)
+        form.addRow("Clusters:", self.n_clusters)
+        form.addRow(self.cluster_button)
+        form.addRow(self.cluster_label)
+
+        self.display_box = QGroupBox("Display")
+        form = QFormLayout(self.display_box)
+        self.overlay_kind = QComboBox()
+        self.overlay_kind.addItems(OVERLAYS)
+        self.overlay_kind.currentTextChanged.connect(lambda _t: (self.redraw_layer(), self._update_overlay()))
+        self.colormap = QComboBox()
+        self.colormap.addItems(COLORMAPS)
+        self.colormap.currentTextChanged.connect(lambda _t: self.redraw_layer())
+        self.heat_opacity = QSlider(Qt.Orientation.Horizontal, minimum=0, maximum=100, value=85)
+        self.heat_opacity.valueChanged.connect(lambda v: self.view.heatmap.setOpacity(v / 100))
+        self.threshold = QSlider(Qt.Orientation.Horizontal, minimum=0, maximum=95, value=5)
+        self.threshold.setToolTip("Codes below this fraction of the factor's display scale are transparent")
+        self.threshold.valueChanged.connect(lambda _v: self.redraw_layer())
+        rgb_row = QHBoxLayout()
+        self.rgb = []
+        for i, color in enumerate(("red", "green", "blue")):
+            box = _spin(0, 63, i, f"Factor shown in {color}")
+            box.valueChanged.connect(lambda _v: self._composite_changed())
+            rgb_row.addWidget(box)
+            self.rgb.append(box)
+        self.export_button = self._button("Export view…", self.export_dialog)
+        self.export_button.setToolTip("Save what the image view shows as PNG or SVG")
+        form.addRow("Layer:", self.overlay_kind)
+        form.addRow("Colour map:", self.colormap)
+        form.addRow("Opacity:", self.heat_opacity)
+        form.addRow("Threshold:", self.threshold)
+        form.addRow("R G B:", rgb_row)
+        form.addRow(self.export_button)
+
+    def _build_views(self) -> None:
+        self.canvas = RegionCanvas()
+        self.view = self.canvas.view
+        self.canvas.polygon_finished.connect(self._polygon_drawn)
+        self.canvas.stroke_finished.connect(self._stroke_drawn)
+        self.canvas.hovered.connect(self._hovered)
+        self.factor_list = FactorList()
+        self.factor_list.factor_clicked.connect(self.show_factor)
+        self.scores = ScoreMatrix()
+        self.scores.factor_clicked.connect(self.show_factor)
+        self.bars = HoverBars()
+        self.legend = QLabel("")
+        self.legend.setTextFormat(Qt.TextFormat.RichText)
+        self.legend.setWordWrap(True)
+        side = QSplitter(Qt.Orientation.Vertical)
+        factor_panel = QWidget()
+        layout = QVBoxLayout(factor_panel)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(QLabel("Factors (click to show)"))
+        layout.addWidget(self.factor_list, 1)
+        layout.addWidget(self.legend)
+        side.addWidget(factor_panel)
+        side.addWidget(self.scores)
+        side.addWidget(self.bars)
+        side.setSizes([380, 260, 200])
+        self.splitter = QSplitter(Qt.Orientation.Horizontal)
+        self.splitter.addWidget(self.canvas)
+        self.splitter.addWidget(side)
+        self.splitter.setStretchFactor(0, 4)
+        self.splitter.setStretchFactor(1, 1)
+        self.splitter.setSizes([900, 290])
+
+    def _button(self, text: str, slot, primary: bool = False) -> QPushButton:
+        button = QPushButton(text, objectName="Primary" if primary else "")
+        button.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+        if slot is not None:
+            button.clicked.connect(lambda checked=False: slot())
+        return button
+
+    # -- opening ---------------------------------------------------------------------------
     def open_file(self, path: Path) -> Job:
-        return self.window.run_job(f"Open {path.name}", load_image_for_view, path,
+        return self.window.run_job(f"Open {path.name}", workflow.open_project_job, path,
                                    on_result=lambda result: self._show(path, result))
 
     def _show(self, path: Path, result: dict) -> None:
-        image, self.labels = result["image"], result["labels"]
-        regions = "none" if self.labels is None else ", ".join(str(v) for v in np.unique(self.labels) if v != 0)
-        self.info.update_values({"file": path.name, "shape": image.shape, "dtype": str(image.dtype), "regions": regions})
-        self.view.set_image(image)
-        self._update_overlay()
+        project: workflow.Project = result["project"]
+        self.image = result["image"]
+        self.folder = workflow.project_folder(path)
+        self.regions = project.regions
+        self.model, self.latents, self.factors = project.model, project.latents, project.factors
+        self.clusters = project.clusters
+        self.selection = None
+        self.current_factor = None
+        self.info.update_values({"file": path.name, "shape": self.image.shape, "folder": str(self.folder)})
+        if self.min_side() < 1024:  # small images (the demo mosaic): smaller patches, so there are enough of them
+            self.patch_size.setValue(64)
+        self.view.set_image(self.image)
         self.loaded(path)
+        self._regions_changed(save=False)
+        self._factors_changed()
+        if self.clusters is not None:
+            self.overlay_kind.setCurrentText("Clusters")
+            self._show_cluster_legend()
+        restored = [name for name, thing in (("model", self.model), ("latents", self.latents), ("factors", self.factors),
+                                             ("clusters", self.clusters)) if thing is not None]
+        self.stage_label.setText(f"Restored {', '.join(restored)} from the project folder." if restored else
+                                 "Draw at least two regions, then Train.")
+        for problem in project.problems:
+            self.window.show_status(problem, 15000)
+        self._update_estimate()
+        self._refresh_controls()
+
+    def min_side(self) -> int:
+        return int(min(self.image.shape)) if self.image is not None else 0
+
+    # -- regions ---------------------------------------------------------------------------
+    def set_tool(self, mode: str) -> None:
+        if self.image is not None:
+            self.tool_buttons[mode].setChecked(True)
+            self.canvas.setFocus()
+
+    def current_region(self) -> int | None:
+        item = self.region_list.currentItem()
+        return int(item.data(Qt.ItemDataRole.UserRole)) if item is not None else None
+
+    def add_region(self, name: str | None = None) -> int | None:
+        if self.regions is None:
+            return None
+        region = self.regions.add_region(name)
+        self._regions_changed()
+        self._select_region(region.label)
+        return region.label
+
+    def rename_region(self, name: str | None = None) -> None:
+        label = self.current_region()
+        if label is None:
+            return
+        if name is None:
+            name, ok = QInputDialog.getText(self, "Rename region", "Name:", text=self.regions.region(label).name)
+            if not ok:
+                return
+        try:
+            self.regions.rename(label, name)
+        except InputError as exc:
+            self.window.show_status(exc.message)
+            return
+        self._regions_changed()
+
+    def delete_region(self) -> None:
+        label = self.current_region()
+        if label is None:
+            return
+        name = self.regions.region(label).name
+        self.regions.delete(label)
+        self._regions_changed()
+        self.window.show_status(f"Deleted region “{name}”.")
+
+    def undo_shape(self) -> None:
+        label = self.current_region()
+        if label is not None and self.regions.undo_shape(label):
+            self._regions_changed()
+
+    def load_labels_dialog(self) -> None:
+        if self.image is None:
+            return
+        patterns = " ".join(f"*{e}" for e in LABEL_EXTENSIONS)
+        path, _ = QFileDialog.getOpenFileName(self, "Load a label image", str(self.current_path.parent),
+                                              f"Label images ({patterns})")
+        if path:
+            self.load_labels(Path(path))
+
+    def load_labels(self, path: Path) -> None:
+        """Use a label file as the regions' first layer (drawn shapes of other regions are kept on top)."""
+        try:
+            base = workflow.regions_from_label_file(path, self.image.shape)
+        except InputError as exc:
+            self.window.show_job_error("Load labels", _as_job_error(exc))
+            return
+        self.regions.set_base(base.base, base.names)
+        self._regions_changed()
+
+    def _ensure_region(self) -> int:
+        label = self.current_region()
+        return label if label is not None else self.add_region()
+
+    def _polygon_drawn(self, vertices: list) -> None:
+        if self.regions is None:
+            return
+        label = self._ensure_region()
+        self.regions.add_polygon(label, vertices)
+        self._regions_changed()
+        self.window.show_status(f"Polygon added to “{self.regions.region(label).name}” (Ctrl+Z undoes it).")
+
+    def _stroke_drawn(self, points: list, radius: float, erase: bool) -> None:
+        if self.regions is None:
+            return
+        self.regions.add_stroke(self._ensure_region(), points, radius, erase)
+        self._regions_changed()
+
+    def _select_region(self, label: int) -> None:
+        for row in range(self.region_list.count()):
+            if int(self.region_list.item(row).data(Qt.ItemDataRole.UserRole)) == label:
+                self.region_list.setCurrentRow(row)
+
+    def _regions_changed(self, save: bool = True) -> None:
+        """After every edit: save atomically, rasterize, refresh the list, overlay and selection."""
+        if self.regions is None:
+            return
+        if save and self.folder is not None:
+            self.regions.save(self.folder)
+        raster = self.regions.rasterize()
+        self.labels = raster if raster.any() else None
+        current = self.current_region()
+        counts = np.bincount(raster.ravel(), minlength=self.regions.next_label())
+        self.region_list.blockSignals(True)
+        self.region_list.clear()
+        for region in self.regions.regions:
+            swatch = QPixmap(14, 14)
+            swatch.fill(QColor(region.color))
+            item = QListWidgetItem(QIcon(swatch), f"{region.name}  ({counts[region.label]:,} px)")
+            item.setData(Qt.ItemDataRole.UserRole, region.label)
+            self.region_list.addItem(item)
+        self.region_list.blockSignals(False)
+        if current is not None and any(r.label == current for r in self.regions.regions):
+            self._select_region(current)
+        elif self.regions.regions:
+            self.region_list.setCurrentRow(self.region_list.count() - 1)
+        self.cluster_region.blockSignals(True)
+        chosen = self.cluster_region.currentData()
+        self.cluster_region.clear()
+        for region in self.regions.regions:
+            self.cluster_region.addItem(region.name, region.label)
+        if chosen is not None and self.cluster_region.findData(chosen) >= 0:
+            self.cluster_region.setCurrentIndex(self.cluster_region.findData(chosen))
+        self.cluster_region.blockSignals(False)
+        self._update_overlay()
+        self.update_selection(recount=True)
+        self._refresh_controls()
+
+    def region_colors(self) -> np.ndarray:
+        table = np.zeros((self.regions.next_label() + 1, 4), dtype=np.uint8)
+        for region in self.regions.regions:
+            table[region.label] = [*QColor(region.color).getRgb()[:3], 255]
+        return table
 
     def _update_overlay(self) -> None:
-        show = self.show_labels.isChecked() and self.labels is not None
-        self.view.set_labels(self.labels if show else None, opacity=self.opacity.value() / 100)
+        """Regions filled; over a factor layer only their outlines, so the heatmap stays readable."""
+        show = self.show_labels.isChecked() and self.labels is not None and self.regions is not None
+        if not show:
+            self.view.set_labels(None)
+            return
+        labels = self.labels
+        if self.overlay_kind.currentText() != OVERLAYS[0] and self.factors is not None:
+            if self._outlines is None or self._outlines[0] is not labels:  # computed once per region edit
+                # ~1/600 of the long side: still visible when a whole slice fits the screen
+                self._outlines = (labels, outlines(labels, width=max(1, max(labels.shape) // 600)))
+            self.view.set_labels(self._outlines[1], opacity=0.9, colors=self.region_colors())
+        else:
+            self.view.set_labels(labels, opacity=self.opacity.value() / 100, colors=self.region_colors())
+
+    def _region_name(self, label: int) -> str:
+        try:
+            return self.regions.region(label).name
+        except (InputError, AttributeError):
+            return f"region {label}"
+
+    # -- jobs ------------------------------------------------------------------------------
+    def _start(self, name: str, func, *args, on_result, **kwargs) -> Job | None:
+        if self.job is not None and self.job.is_running:
+            self.window.show_status(f"Wait for “{self.job.name}” to finish (or cancel it).")
+            return None
+        job = self.window.run_job(name, func, *args, on_result=on_result, **kwargs)
+        self.job = job
+        job.progressed.connect(self._progress)
+        job.ended.connect(self._ended)
+        self.stage_label.setText(f"{name}: starting…")
+        self.progress_bar.setValue(0)
+        self._refresh_controls()
+        return job
+
+    def cancel(self) -> None:
+        if self.job is not None and self.job.is_running:
+            self.job.cancel()
+            self.stage_label.setText("Cancelling…")
+
+    def _progress(self, fraction: float, message: str) -> None:
+        self.progress_bar.setValue(int(fraction * 1000))
+        self.stage_label.setText(f"{self.job.name if self.job else ''}: {message or 'working'} — {fraction:.0%}")
+
+    def _ended(self, job: Job) -> None:
+        if job.state.value == "cancelled":
+            self.stage_label.setText(f"{job.name}: cancelled; earlier results are kept.")
+            self.progress_bar.setValue(0)
+        elif job.error is not None:
+            self.stage_label.setText(f"{job.name} failed: {job.error.message}")
+        self._refresh_controls()
+
+    def pixel_size_um(self) -> float | None:
+        return self.pixel_size.value() or None
+
+    def train(self) -> Job | None:
+        if self.image is None or self.labels is None:
+            self.window.show_status("Draw at least two regions first.")
+            return None
+        return self._start("Train CNN", workflow.train_job, self.image, self.labels.copy(), self.folder,
+                           names=self.regions.names, patch_size=self.patch_size.value(), epochs=self.epochs.value(),
+                           patches_per_epoch=self.patches.value(), batch_size=32, pixel_size_um=self.pixel_size_um(),
+                           on_result=self._trained)
+
+    def _trained(self, result) -> None:
+        self.model = result.model
+        self.latents = self.factors = self.clusters = None
+        self._factors_changed()
+        acc = result.val_accuracy
+        self.stage_label.setText(f"Trained: validation accuracy {acc:.0%} (held-out blocks, epoch {result.best_epoch} of "
+                                 f"{len(result.history)}; chance {1 / max(1, result.model.n_classes):.0%}). Now Extract.")
+        self.progress_bar.setValue(1000)
+
+    def extract(self) -> Job | None:
+        if self.model is None:
+            self.window.show_status("Train the CNN first.")
+            return None
+        return self._start("Dense latents", workflow.extract_job, self.model, self.image, self.folder,
+                           stride=self.stride.value(), pixel_size_um=self.pixel_size_um(), on_result=self._extracted)
+
+    def _extracted(self, latents) -> None:
+        self.latents = latents
+        self.factors = self.clusters = None
+        self._factors_changed()
+        rows, cols = latents.grid_shape
+        self.stage_label.setText(f"Latents: {rows} × {cols} positions × 64 at stride {latents.stride} in "
+                                 f"{latents.seconds:.0f} s. Now NMF.")
+        self.progress_bar.setValue(1000)
+
+    def run_nmf(self) -> Job | None:
+        if self.latents is None:
+            self.window.show_status("Extract the latents first.")
+            return None
+        return self._start("NMF", workflow.nmf_job, self.latents, self.folder, k=self.k.value(), on_result=self._factorized)
+
+    def _factorized(self, factors) -> None:
+        self.factors = factors
+        self.clusters = None
+        self._factors_changed()
+        self.stage_label.setText(f"NMF: {factors.k} factors, relative error {factors.error:.3f} after {factors.n_iter} "
+                                 f"iterations ({factors.seconds:.1f} s).")
+        self.progress_bar.setValue(1000)
+        if self.selection is not None and self.selection.pairs:
+            self.show_factor(self.selection.pairs[0][0])
+
+    def cluster(self) -> Job | None:
+        if self.factors is None or self.cluster_region.currentData() is None:
+            self.window.show_status("Run NMF and pick a region first.")
+            return None
+        n = self.n_clusters.value() or None
+        return self._start("GMM clusters", workflow.cluster_job, self.factors, self.labels.copy(),
+                           int(self.cluster_region.currentData()), self.folder, n_clusters=n, on_result=self._clustered)
+
+    def _clustered(self, clusters) -> None:
+        self.clusters = clusters
+        self.overlay_kind.setCurrentText("Clusters")
+        self.redraw_layer()
+        self._show_cluster_legend()
+        self.progress_bar.setValue(1000)
+        self.stage_label.setText(f"Clusters: {clusters.n_clusters} in {self.cluster_region.currentText()}.")
+
+    def _update_estimate(self) -> None:
+        if self.image is None:
+            self.estimate.setText("")
+            return
+        stride = self.stride.value()
+        rows, cols = -(-self.image.shape[0] // stride), -(-self.image.shape[1] // stride)
+        seconds = workflow.estimate_extract_seconds(self.image.shape, stride)
+        when = f"~{seconds:.0f} s" if seconds < 120 else f"~{seconds / 60:.0f} min"
+        self.estimate.setText(f"{rows:,} × {cols:,} positions: {when} on this CPU (much less on a GPU)")
+
+    # -- factors ----------------------------------------------------------------------------
+    def _factors_changed(self) -> None:
+        """New (or no) NMF result: thumbnails, spin box ranges, selection, layer."""
+        f = self.factors
+        if f is None:
+            self.factor_list.set_factors([])
+            self.current_factor = None
+            self.update_selection(recount=True)
+            self.redraw_layer()
+            self._refresh_controls()
+            return
+        table = colormap_table(self.colormap.currentText())
+        thumbs = []
+        step = max(1, max(f.grid_shape) // 96)
+        # the image at the thumbnail's grid positions, in gray, under each heatmap (as in the paper's figure)
+        gray = np.asarray(self.image[::f.stride * step, ::f.stride * step], dtype=np.float32)
+        lo, hi = np.percentile(gray, [0.5, 99.5])
+        gray = np.clip((gray - lo) / max(hi - lo, 1e-6) * 200 + 40, 0, 255)[..., None]
+        for i in range(f.k):
+            heat = heat_rgba(f.heatmap(i)[::step, ::step], table).astype(np.float32)
+            h, w = min(gray.shape[0], heat.shape[0]), min(gray.shape[1], heat.shape[1])
+            alpha = heat[:h, :w, 3:] / 255
+            rgb = heat[:h, :w, :3] * alpha + gray[:h, :w] * (1 - alpha)
+            thumbs.append(np.concatenate([rgb, np.full((h, w, 1), 255.0)], axis=-1).astype(np.uint8))
+        self.factor_list.set_factors(thumbs)
+        for box in self.rgb:
+            box.setMaximum(f.k - 1)
+        self.update_selection(recount=True)
+        if self.current_factor is None or self.current_factor >= f.k:
+            self.current_factor = self.selection.pairs[0][0] if self.selection and self.selection.pairs else 0
+        self.factor_list.select_factor(self.current_factor)
+        self.redraw_layer()
+        self._update_overlay()
+        self._refresh_controls()
+
+    def show_factor(self, i: int) -> None:
+        if self.factors is None or not 0 <= i < self.factors.k:
+            return
+        self.current_factor = int(i)
+        self.factor_list.select_factor(i)
+        self.overlay_kind.setCurrentText("Factor heatmap")
+        self.redraw_layer()
+
+    def _composite_changed(self) -> None:
+        if self.factors is not None:
+            self.overlay_kind.setCurrentText("RGB composite")
+            self.redraw_layer()
+
+    def redraw_layer(self) -> None:
+        kind = self.overlay_kind.currentText()
+        f = self.factors
+        threshold = self.threshold.value() / 100
+        opacity = self.heat_opacity.value() / 100
+        if kind == "Factor heatmap" and f is not None and self.current_factor is not None:
+            rgba = heat_rgba(f.heatmap(self.current_factor), colormap_table(self.colormap.currentText()), threshold)
+            self.view.set_heatmap(rgba, f.stride, opacity)
+            self.canvas.hint.setText(f"Factor {self.current_factor}: {self._factor_caption(self.current_factor)}")
+        elif kind == "RGB composite" and f is not None:
+            chosen = tuple(box.value() for box in self.rgb)
+            self.view.set_heatmap(composite_rgba(f.composite(chosen), threshold), f.stride, opacity)
+            self.canvas.hint.setText(f"Red = factor {chosen[0]}, green = factor {chosen[1]}, blue = factor {chosen[2]}")
+        elif kind == "Clusters" and self.clusters is not None and f is not None:
+            self.view.set_heatmap(cluster_rgba(self.clusters.cluster_map), f.stride, opacity)
+            self.canvas.hint.setText("GMM clusters (legend beside the factor list)")
+        else:
+            self.view.set_heatmap(None)
+            self.canvas.hint.setText("")
+
+    def _factor_caption(self, i: int) -> str:
+        if self.selection is not None:
+            for factor, region, score in self.selection.pairs:
+                if factor == i:
+                    return f"chosen for {self._region_name(region)} (score {score:,.0f})"
+        return "not chosen"
+
+    def update_selection(self, recount: bool = True) -> None:
+        """Coverage counts are recounted only when the regions or factors change; λ and p just rescore (instant)."""
+        f = self.factors
+        if f is None or self.labels is None:
+            self.selection = None
+            self.scores.set_scores(None, [], [])
+            self.selection_label.setText("Run NMF first." if f is None else "Draw regions to score the factors.")
+            return
+        try:
+            if recount or self.selection is None:
+                self.selection = workflow.select(f, self.labels, p=1, lam=self.lam.value())
+                n_regions = len(self.selection.roi_labels)
+                self.p.blockSignals(True)
+                self.p.setMaximum(min(f.k, n_regions))
+                if recount:
+                    self.p.setValue(min(f.k, n_regions))
+                self.p.blockSignals(False)
+            self.selection = self.selection.rescore(lam=self.lam.value(), p=self.p.value())
+        except InputError as exc:
+            self.selection = None
+            self.scores.set_scores(None, [], [])
+            self.selection_label.setText(exc.message)
+            return
+        sel = self.selection
+        column = {label: a for a, label in enumerate(sel.roi_labels)}
+        self.scores.set_scores(sel.scores, [self._region_name(v) for v in sel.roi_labels],
+                               [(fi, column[region]) for fi, region, _ in sel.pairs])
+        self.selection_label.setText("; ".join(f"{self._region_name(region)} → factor {fi}" for fi, region, _ in sel.pairs))
+        self.factor_list.set_captions({fi: f"→ {self._region_name(region)}" for fi, region, _ in sel.pairs})
+        if self.overlay_kind.currentText() == "Factor heatmap" and self.current_factor is not None:
+            self.canvas.hint.setText(f"Factor {self.current_factor}: {self._factor_caption(self.current_factor)}")
+
+    def _show_cluster_legend(self) -> None:
+        c = self.clusters
+        if c is None:
+            self.legend.setText("")
+            self.cluster_label.setText("")
+            return
+        total = max(1, int(np.sum(c.sizes)))
+        rows = [f"<span style='color:{CLUSTER_COLORS[i % len(CLUSTER_COLORS)]}'>■</span> cluster {i}: "
+                f"{int(c.sizes[i]) / total:.0%}" for i in range(c.n_clusters)]
+        self.legend.setText("<b>Clusters</b><br>" + "<br>".join(rows))
+        bic = ", ".join(f"{n}: {b:,.0f}" + (" ◀" if n == c.n_clusters else "") for n, b in sorted(c.bic.items()))
+        self.cluster_label.setText(f"BIC (lower is better) — {bic}")
+
+    # -- hover -------------------------------------------------------------------------------
+    def _hovered(self, row: int, col: int) -> None:
+        if row < 0 or self.image is None:
+            return
+        label = int(self.labels[row, col]) if self.labels is not None else 0
+        where = f"(row {row}, col {col}) · {self._region_name(label) if label else 'no region'}"
+        if self.factors is None:
+            self.bars.show_values(None, where)
+            return
+        values = self.factors.values_at(row, col) / self.factors.scales
+        colors = ["#64748b"] * self.factors.k
+        if self.selection is not None:
+            for fi, region, _ in self.selection.pairs:
+                try:
+                    colors[fi] = self.regions.region(region).color
+                except InputError:
+                    pass
+        if self.current_factor is not None:
+            colors[self.current_factor] = "#facc15"
+        self.bars.show_values(values, where, colors)
+        self.window.show_status(where, 3000)
+
+    # -- export ------------------------------------------------------------------------------
+    def export_dialog(self) -> None:
+        if self.image is None:
+            return
+        path, _ = QFileDialog.getSaveFileName(self, "Export view", str(self.current_path.with_suffix("")) + "_view.png",
+                                              "PNG image (*.png);;SVG drawing (*.svg)")
+        if path:
+            self.export_view(Path(path))
+
+    def export_view(self, path: Path) -> Path:
+        """Save the image view as it is on screen: PNG (pixels) or SVG (the scene painted into an SVG
+        generator: images embedded, outlines as vectors; pyqtgraph's own SVG exporter fails on Qt 6 paths)."""
+        path = Path(path)
+        if path.suffix.lower() == ".svg":
+            from PyQt6.QtCore import QRectF, QSize
+            from PyQt6.QtGui import QPainter
+            from PyQt6.QtSvg import QSvgGenerator
+
+            widget = self.view.graphics
+            generator = QSvgGenerator()
+            generator.setFileName(str(path))
+            generator.setSize(QSize(widget.width(), widget.height()))
+            generator.setViewBox(QRectF(0, 0, widget.width(), widget.height()))
+            generator.setTitle(f"{self.current_path.name if self.current_path else 'view'} — NeuroWorkbench")
+            painter = QPainter(generator)
+            widget.render(painter)
+            painter.end()
+        else:
+            if not self.view.graphics.grab().save(str(path.with_suffix(".png") if not path.suffix else path)):
+                raise OSError(f"could not write {path}")
+        self.window.show_status(f"Exported the view to {path}.")
+        return path
+
+    # -- state -------------------------------------------------------------------------------
+    def _refresh_controls(self) -> None:
+        has_image = self.image is not None
+        running = self.job is not None and self.job.is_running
+        n_regions = len([v for v in np.unique(self.labels) if v > 0]) if self.labels is not None else 0
+        for button in self.tool_buttons.values():
+            button.setEnabled(has_image)
+        for button in (self.add_region_button, self.load_labels_button):
+            button.setEnabled(has_image)
+        for button in (self.rename_button, self.delete_region_button):
+            button.setEnabled(has_image and self.current_region() is not None)
+        self.train_button.setEnabled(has_image and n_regions >= 2 and not running)
+        self.extract_button.setEnabled(self.model is not None and not running)
+        self.nmf_button.setEnabled(self.latents is not None and not running)
+        self.cluster_button.setEnabled(self.factors is not None and self.cluster_region.count() > 0 and not running)
+        self.cancel_button.setEnabled(running)
+        for box in (self.lam, self.p, *self.rgb):
+            box.setEnabled(self.factors is not None)
+        self.export_button.setEnabled(has_image)
+
+    # -- demo ----------------------------------------------------------------------------------
+    def demo_steps(self) -> list:
+        """On the demo mosaic: a quick train (64-px patches, 2 short epochs), stride-4 latents, NMF,
+        the best factor per texture, and clusters in the first region."""
+        def settings() -> None:
+            self.patch_size.setValue(64)
+            self.epochs.setValue(2)
+            self.patches.setValue(384)
+            self.stride.setValue(4)
+            self.k.setValue(8)
+
+        def composite() -> None:
+            chosen = [fi for fi, _, _ in self.selection.pairs][:3] if self.selection else [0, 1, 2]
+            for box, fi in zip(self.rgb, chosen + [0, 1, 2][len(chosen):]):
+                box.blockSignals(True)
+                box.setValue(fi)
+                box.blockSignals(False)
+            self._composite_changed()
+
+        def cluster() -> Job | None:
+            self.n_clusters.setValue(3)
+            return self.cluster()
+
+        return [("regions", settings), ("train", self.train), ("extract", self.extract), ("nmf", self.run_nmf),
+                ("composite", composite), ("clusters", cluster)]
+
+
+def outlines(labels: np.ndarray, width: int = 1) -> np.ndarray:
+    """The label map kept only on region borders (``width`` px inside each region), 0 elsewhere."""
+    from scipy.ndimage import maximum_filter
+
+    edge = np.zeros(labels.shape, dtype=np.uint8)
+    edge[:, 1:] |= labels[:, 1:] != labels[:, :-1]
+    edge[1:, :] |= labels[1:, :] != labels[:-1, :]
+    if width > 1:
+        edge = maximum_filter(edge, size=2 * width - 1)
+    return np.where(edge.astype(bool), labels, 0)
+
+
+def _as_job_error(exc: Exception):
+    import traceback
+
+    from app.jobs import JobError
+
+    return JobError(exc, "".join(traceback.format_exception(exc)))

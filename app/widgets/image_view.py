@@ -1,10 +1,15 @@
-"""2D image view (pyqtgraph): pan/zoom, a histogram with contrast levels, an optional label overlay."""
+"""2D image view (pyqtgraph): pan/zoom, a histogram with contrast levels, an optional label overlay,
+and an optional heatmap layer on a coarser grid (e.g. one value per stride-th pixel).
+
+Large images (a 5805 × 1420 slice) stay smooth because the ImageItem downsamples automatically
+to the screen's resolution when zoomed out.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import pyqtgraph as pg
-from PyQt6.QtCore import pyqtSignal
+from PyQt6.QtCore import QPointF, QRectF, pyqtSignal
 from PyQt6.QtWidgets import QHBoxLayout, QWidget
 
 # Distinct colors for label overlays (label 0 = transparent).
@@ -16,16 +21,21 @@ LABEL_COLORS = np.array([
 
 class ImageView(QWidget):
     clicked = pyqtSignal(int, int)  # row, column of a left click on the image
+    double_clicked = pyqtSignal(int, int)  # row, column of a left double click (after its clicked)
+    hovered = pyqtSignal(int, int)  # row, column under the mouse (-1, -1 off the image)
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
         self.graphics = pg.GraphicsLayoutWidget()
         self.viewbox = self.graphics.addViewBox(lockAspect=True, invertY=True)
-        self.image = pg.ImageItem(axisOrder="row-major")
-        self.overlay = pg.ImageItem(axisOrder="row-major")
+        self.image = pg.ImageItem(axisOrder="row-major", autoDownsample=True)
+        self.overlay = pg.ImageItem(axisOrder="row-major", autoDownsample=True)
         self.overlay.setZValue(10)
         self.overlay.setOpacity(0.35)
+        self.heatmap = pg.ImageItem(axisOrder="row-major")  # below the label overlay
+        self.heatmap.setZValue(5)
         self.viewbox.addItem(self.image)
+        self.viewbox.addItem(self.heatmap)
         self.viewbox.addItem(self.overlay)
         self.histogram = pg.HistogramLUTWidget(image=self.image)
         self.histogram.setFixedWidth(110)
@@ -34,6 +44,7 @@ class ImageView(QWidget):
         layout.addWidget(self.graphics, 1)
         layout.addWidget(self.histogram)
         self.image.mouseClickEvent = self._on_click
+        self.graphics.scene().sigMouseMoved.connect(self._mouse_moved)
         self.shape: tuple[int, int] | None = None
 
     def set_image(self, image: np.ndarray, levels: tuple[float, float] | None = None, autorange: bool = True) -> None:
@@ -48,16 +59,38 @@ class ImageView(QWidget):
             self.viewbox.autoRange(padding=0.01)
         self.shape = image.shape[:2]
 
-    def set_labels(self, labels: np.ndarray | None, opacity: float | None = None) -> None:
+    def set_labels(self, labels: np.ndarray | None, opacity: float | None = None, colors: np.ndarray | None = None) -> None:
+        """Colour each label value (0 transparent); ``colors`` an optional (n, 4) uint8 table indexed by label."""
         if labels is None:
             self.overlay.clear()
             return
-        self.overlay.setImage(LABEL_COLORS[np.asarray(labels) % len(LABEL_COLORS)], autoLevels=False)
+        table = LABEL_COLORS if colors is None else np.asarray(colors, dtype=np.ubyte)
+        # levels: auto-downsampling averages the colours into floats, which need explicit levels
+        self.overlay.setImage(table[np.asarray(labels) % len(table)], autoLevels=False, levels=(0, 255))
         if opacity is not None:
             self.overlay.setOpacity(opacity)
 
     def set_overlay_opacity(self, opacity: float) -> None:
         self.overlay.setOpacity(opacity)
+
+    def set_heatmap(self, rgba: np.ndarray | None, stride: int = 1, opacity: float | None = None) -> None:
+        """An RGBA (rows, cols, 4) layer whose value [i, j] is centred on pixel (i·stride, j·stride); None hides it."""
+        if rgba is None:
+            self.heatmap.clear()
+            return
+        self.heatmap.setImage(np.asarray(rgba), autoLevels=False, levels=(0, 255))
+        rows, cols = rgba.shape[:2]
+        self.heatmap.setRect(QRectF(-stride / 2 + 0.5, -stride / 2 + 0.5, cols * stride, rows * stride))
+        if opacity is not None:
+            self.heatmap.setOpacity(opacity)
+
+    def scene_position(self, row: float, col: float):
+        """Where image pixel (row, col) is in the coordinates of :meth:`click_target` (tests, scripts)."""
+        scene = self.viewbox.mapViewToScene(QPointF(col + 0.5, row + 0.5))
+        return self.graphics.mapFromScene(scene)
+
+    def click_target(self) -> QWidget:
+        return self.graphics.viewport()
 
     def _on_click(self, event) -> None:
         if self.shape is None:
@@ -66,4 +99,14 @@ class ImageView(QWidget):
         row, col = int(pos.y()), int(pos.x())
         if 0 <= row < self.shape[0] and 0 <= col < self.shape[1]:
             self.clicked.emit(row, col)
+            if event.double():
+                self.double_clicked.emit(row, col)
             event.accept()
+
+    def _mouse_moved(self, scene_pos) -> None:
+        if self.shape is None:
+            return
+        point = self.viewbox.mapSceneToView(scene_pos)
+        row, col = int(np.floor(point.y())), int(np.floor(point.x()))
+        inside = 0 <= row < self.shape[0] and 0 <= col < self.shape[1]
+        self.hovered.emit(row if inside else -1, col if inside else -1)

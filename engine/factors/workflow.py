@@ -1,0 +1,427 @@
+"""The microarchitecture workflow as job bodies, and the project folder that keeps its results.
+
+One image, one project folder (:func:`project_folder`): ``<image stem>_factors/`` beside the
+image, or, when that folder cannot be written (read-only data), the same name inside the
+image's work folder (:func:`engine.storage.workdir_for`). It holds, each written atomically
+as soon as it exists, so that no step's work is lost::
+
+    rois.json, rois_base.npz   the hand-drawn regions (engine.factors.rois)
+    model.pt                   the trained patch classifier (its best epoch; a checkpoint while training)
+    latents.npy                dense 64-d latents on the grid of one stride
+    factors.npz                NMF codes on that grid (rows, cols, k), factors H (k, 64), stride, patch size
+    clusters.npz               the last Gaussian-mixture clustering (map, BIC per number of clusters, region)
+
+Each step's result makes the later files stale, so a step removes them when it finishes
+(a retrained model invalidates the latents, the factors and the clusters).
+
+The job bodies (``train_job``, ``extract_job``, ``nmf_job``, ``cluster_job``) take
+``progress=`` like every long engine function and are what the GUI runs in the background
+and the tests call directly. The selection is not a job: on precomputed coverage counts a
+new λ or p is a few array operations (:meth:`engine.factors.selection.Selection.rescore`).
+
+Grid: codes[i, j] belong to the patch centred at pixel (i·stride, j·stride) (dense mode
+"same"); :func:`grid_labels` samples a label map at those centres.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from engine.errors import InputError
+from engine.factors.cnn import PatchModel, TrainResult, train
+from engine.factors.dense import dense_latents, grid_centers
+from engine.factors.rois import RegionSet
+from engine.progress import Progress, as_progress
+from engine.storage import atomic_save_json, atomic_write_bytes, workdir_for
+
+MODEL_FILE = "model.pt"
+LATENTS_FILE = "latents.npy"
+LATENTS_META = "latents.json"
+FACTORS_FILE = "factors.npz"
+CLUSTERS_FILE = "clusters.npz"
+DOWNSTREAM = {"model": (LATENTS_FILE, LATENTS_META, FACTORS_FILE, CLUSTERS_FILE), "latents": (FACTORS_FILE, CLUSTERS_FILE),
+              "factors": (CLUSTERS_FILE,)}
+#: Dense throughput on the loaded 2-core CPU, in positions per second of the native (power-of-two)
+#: grid, 128-px patches; used only for the estimate shown before a run.
+#: (Measured at 8 and 16 on a 1420 × 1420 crop of the slice, one thread: 6.0k and 1.9k/s; the
+#: finer strides are extrapolated from the 9–10k/s at stride 1 in engine.factors.dense.)
+DENSE_POSITIONS_PER_S = {1: 8_000, 2: 7_500, 4: 7_000, 8: 6_000, 16: 1_900}
+
+
+def project_folder(image_path: str | os.PathLike, create: bool = True) -> Path:
+    """Where the results of ``image_path`` live (see the module docstring)."""
+    image_path = Path(image_path).absolute()
+    name = f"{image_path.stem}_factors"
+    beside = image_path.parent / name
+    if (beside.is_dir() and os.access(beside, os.W_OK)) or (not beside.exists() and os.access(image_path.parent, os.W_OK)):
+        if create:
+            beside.mkdir(exist_ok=True)
+        return beside
+    folder = workdir_for(image_path, create=create) / name
+    if create:
+        folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _atomic_npy(path: Path, array: np.ndarray) -> Path:
+    """np.save straight into a temp file beside ``path``, then rename (no in-memory copy of big latents)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, np.asarray(array), allow_pickle=False)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _atomic_npz(path: Path, **arrays) -> Path:
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
+def invalidate(folder: str | os.PathLike, after: str) -> None:
+    """Remove the files made stale by a new result of step ``after`` ("model", "latents", "factors")."""
+    for name in DOWNSTREAM[after]:
+        try:
+            (Path(folder) / name).unlink()
+        except FileNotFoundError:
+            pass
+
+
+# ---------------------------------------------------------------------------------------------
+# results
+
+@dataclass
+class Latents:
+    values: np.ndarray  # (rows, cols, 64) float32, possibly a read-only memmap
+    stride: int
+    patch_size: int
+    seconds: float = 0.0
+
+    @property
+    def grid_shape(self) -> tuple[int, int]:
+        return tuple(self.values.shape[:2])
+
+
+@dataclass
+class Factors:
+    """NMF of the latents: ``codes`` (rows, cols, k) ≥ 0 on the latent grid and ``H`` (k, 64)."""
+
+    codes: np.ndarray
+    H: np.ndarray
+    stride: int
+    patch_size: int
+    error: float = float("nan")
+    n_iter: int = 0
+    seconds: float = 0.0
+    scales: np.ndarray = field(default=None)  # per factor: the value shown at full colour
+
+    def __post_init__(self):
+        if self.scales is None:
+            self.scales = display_scales(self.codes)
+
+    @property
+    def k(self) -> int:
+        return int(self.codes.shape[-1])
+
+    @property
+    def grid_shape(self) -> tuple[int, int]:
+        return tuple(self.codes.shape[:2])
+
+    def heatmap(self, factor: int) -> np.ndarray:
+        """Factor ``factor`` on the grid, scaled to 0..1 (1 = its 99.5th percentile of positive values)."""
+        return np.clip(self.codes[..., factor] / self.scales[factor], 0.0, 1.0).astype(np.float32)
+
+    def composite(self, factors: tuple[int, int, int]) -> np.ndarray:
+        """(rows, cols, 3) in 0..1: three factors as red, green and blue."""
+        return np.stack([self.heatmap(f) for f in factors], axis=-1)
+
+    def values_at(self, row: int, col: int) -> np.ndarray:
+        """All k codes at the grid position nearest to image pixel (row, col)."""
+        i = min(max(int(round(row / self.stride)), 0), self.codes.shape[0] - 1)
+        j = min(max(int(round(col / self.stride)), 0), self.codes.shape[1] - 1)
+        return np.asarray(self.codes[i, j])
+
+
+def display_scales(codes: np.ndarray) -> np.ndarray:
+    """Per factor the 99.5th percentile of its positive codes (1 for a factor that is never positive)."""
+    flat = np.asarray(codes).reshape(-1, codes.shape[-1])
+    step = max(1, len(flat) // 500_000)
+    sample = flat[::step]
+    scales = np.ones(flat.shape[1], dtype=np.float32)
+    for f in range(flat.shape[1]):
+        pos = sample[:, f][sample[:, f] > 0]
+        if pos.size:
+            scales[f] = max(float(np.percentile(pos, 99.5)), 1e-12)
+    return scales
+
+
+def grid_labels(labels: np.ndarray, stride: int, patch_size: int) -> np.ndarray:
+    """The label map sampled at the latent grid's pixel centres (int64, like the codes' grid)."""
+    rows, cols = grid_centers(labels.shape, stride, patch_size)
+    return np.asarray(labels)[np.ix_(rows, cols)].astype(np.int64)
+
+
+def default_block_size(shape: tuple[int, int], patch_size: int) -> int:
+    """Training/validation blocks: 4 patches (the engine's default), smaller on small images so there are several."""
+    return int(max(patch_size + patch_size // 2, min(4 * patch_size, min(shape) // 3)))
+
+
+def estimate_extract_seconds(shape: tuple[int, int], stride: int) -> float:
+    """Rough wall time of :func:`extract_job` on this machine's CPU (see DENSE_POSITIONS_PER_S)."""
+    native = max(s for s in DENSE_POSITIONS_PER_S if stride % s == 0)  # the grid actually computed
+    positions = -(-shape[0] // native) * -(-shape[1] // native)
+    return positions / DENSE_POSITIONS_PER_S[native] + 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# job bodies
+
+def train_job(image: np.ndarray, labels: np.ndarray, folder: str | os.PathLike, *, names: dict[int, str] | None = None,
+              patch_size: int = 128, epochs: int = 4, patches_per_epoch: int = 1024, batch_size: int = 32,
+              pixel_size_um: float | None = None, device=None, seed: int = 0,
+              progress: Progress | None = None) -> TrainResult:
+    """Train the patch classifier on the drawn regions; the model is saved (and checkpointed) as model.pt."""
+    progress = as_progress(progress)
+    folder = Path(folder)
+    path = folder / MODEL_FILE
+    present = {int(v) for v in np.unique(labels) if v > 0}
+    result = train(image, labels, pixel_size_um=pixel_size_um, patch_size=patch_size, epochs=epochs,
+                   patches_per_epoch=patches_per_epoch, batch_size=batch_size,
+                   block_size=default_block_size(image.shape, patch_size),
+                   class_names={k: v for k, v in (names or {}).items() if k in present} or None,
+                   checkpoint=path, device=device, seed=seed, progress=progress)
+    result.model.save(path)  # the best epoch, with the full history
+    invalidate(folder, "model")
+    return result
+
+
+def extract_job(model: PatchModel, image: np.ndarray, folder: str | os.PathLike, *, stride: int = 8,
+                pixel_size_um: float | None = None, progress: Progress | None = None) -> Latents:
+    """Dense latents at ``stride``, saved as latents.npy (+ latents.json with the stride and patch size)."""
+    start = time.perf_counter()
+    folder = Path(folder)
+    values = dense_latents(model, image, stride=stride, pixel_size_um=pixel_size_um, progress=progress)
+    _atomic_npy(folder / LATENTS_FILE, values)
+    atomic_save_json(folder / LATENTS_META, {"stride": int(stride), "patch_size": int(model.patch_size),
+                                             "image_shape": [int(s) for s in image.shape]})
+    invalidate(folder, "latents")
+    return Latents(values, int(stride), int(model.patch_size), time.perf_counter() - start)
+
+
+def nmf_job(latents: Latents, folder: str | os.PathLike, *, k: int = 15, device=None,
+            progress: Progress | None = None) -> Factors:
+    """NMF (HALS, NNDSVD start) of the latents with ``k`` factors, saved as factors.npz."""
+    from engine.factors.nmf import nmf
+
+    fit = nmf(latents.values, k, device=device, progress=progress)
+    codes = fit.W.reshape(*latents.grid_shape, k)
+    factors = Factors(codes, fit.H, latents.stride, latents.patch_size, fit.final_error, fit.n_iter, fit.seconds)
+    _atomic_npz(Path(folder) / FACTORS_FILE, codes=codes, H=fit.H, stride=latents.stride, patch_size=latents.patch_size,
+                error=fit.final_error, n_iter=fit.n_iter, seconds=fit.seconds)
+    invalidate(folder, "factors")
+    return factors
+
+
+def select(factors: Factors, labels: np.ndarray, p: int | None = None, lam: float = 0.5):
+    """Coverage–leakage selection of the factors for the regions of ``labels`` (full-image map); fast."""
+    from engine.factors.selection import select_factors
+
+    grid = grid_labels(labels, factors.stride, factors.patch_size)
+    regions = [v for v in np.unique(grid) if v > 0]
+    if not regions:
+        raise InputError("No region covers any latent position: draw regions larger than the stride.")
+    p = min(factors.k, len(regions)) if p is None else min(int(p), factors.k, len(regions))
+    return select_factors(factors.codes, grid, p=p, lam=lam)
+
+
+def cluster_job(factors: Factors, labels: np.ndarray, roi: int, folder: str | os.PathLike | None = None, *,
+                n_clusters=4, progress: Progress | None = None):
+    """Gaussian-mixture clusters of the codes inside region ``roi`` (None/sequence: best BIC); saved as clusters.npz."""
+    from engine.factors.clusters import cluster_roi
+
+    grid = grid_labels(labels, factors.stride, factors.patch_size)
+    result = cluster_roi(factors.codes, grid, int(roi), n_clusters, patch_size=factors.patch_size, stride=factors.stride,
+                         progress=progress)
+    if folder is not None:
+        bic = sorted(result.bic.items())
+        _atomic_npz(Path(folder) / CLUSTERS_FILE, cluster_map=result.cluster_map, roi=int(roi), n_clusters=result.n_clusters,
+                    bic_n=np.array([n for n, _ in bic]), bic=np.array([b for _, b in bic]), sizes=result.sizes)
+    return result
+
+
+@dataclass
+class SavedClusters:
+    """A clustering read back from clusters.npz (what the browser shows; the mixture itself is not kept)."""
+
+    cluster_map: np.ndarray
+    n_clusters: int
+    bic: dict[int, float]
+    sizes: np.ndarray
+    roi: int
+
+
+@dataclass
+class Project:
+    """What :func:`load_project` found in the project folder (None for steps not run yet)."""
+
+    folder: Path
+    regions: RegionSet | None = None
+    model: PatchModel | None = None
+    latents: Latents | None = None
+    factors: Factors | None = None
+    clusters: SavedClusters | None = None
+    problems: list[str] = field(default_factory=list)
+
+
+def load_project(image_path: str | os.PathLike, shape: tuple[int, int], device=None) -> Project:
+    """Everything saved for this image; a damaged or mismatched file is skipped and named in ``problems``."""
+    folder = project_folder(image_path, create=False)
+    project = Project(folder)
+    if not folder.is_dir():
+        return project
+    try:
+        project.regions = RegionSet.load(folder, shape)
+    except InputError as exc:
+        project.problems.append(exc.message)
+    if (folder / MODEL_FILE).is_file():
+        try:
+            project.model = PatchModel.load(folder / MODEL_FILE, device=device)
+        except InputError as exc:
+            project.problems.append(exc.message)
+    try:
+        if (folder / LATENTS_FILE).is_file() and (folder / LATENTS_META).is_file():
+            meta = json.loads((folder / LATENTS_META).read_text())
+            if tuple(meta["image_shape"]) == tuple(shape):
+                values = np.load(folder / LATENTS_FILE, mmap_mode="r", allow_pickle=False)
+                project.latents = Latents(values, int(meta["stride"]), int(meta["patch_size"]))
+        if (folder / FACTORS_FILE).is_file():
+            with np.load(folder / FACTORS_FILE, allow_pickle=False) as z:
+                stride, patch = int(z["stride"]), int(z["patch_size"])
+                if z["codes"].shape[:2] == (len(grid_centers(shape, stride, patch)[0]), len(grid_centers(shape, stride, patch)[1])):
+                    project.factors = Factors(z["codes"], z["H"], stride, patch, float(z["error"]), int(z["n_iter"]),
+                                              float(z["seconds"]))
+        if project.factors is not None and (folder / CLUSTERS_FILE).is_file():
+            with np.load(folder / CLUSTERS_FILE, allow_pickle=False) as z:
+                if z["cluster_map"].shape == project.factors.grid_shape:
+                    project.clusters = SavedClusters(z["cluster_map"], int(z["n_clusters"]),
+                                                     {int(n): float(b) for n, b in zip(z["bic_n"], z["bic"])},
+                                                     z["sizes"], int(z["roi"]))
+    except Exception as exc:  # a damaged result file: the image still opens, the step can be rerun
+        project.problems.append(f"Some saved results in '{folder}' could not be read ({type(exc).__name__}: {exc}); "
+                                "rerun those steps.")
+    return project
+
+
+def run_pipeline(image: np.ndarray, labels: np.ndarray, folder: str | os.PathLike, *, names=None, patch_size=128,
+                 epochs=4, patches_per_epoch=1024, batch_size=32, stride=8, k=15, lam=0.5, cluster_roi=None,
+                 n_clusters=4, pixel_size_um=None, device=None, progress: Progress | None = None) -> dict:
+    """Every step in a row (scripts and tests): train → extract → NMF → selection → clusters, with timings."""
+    progress = as_progress(progress)
+    stages = progress.split([4, 3, 2, 1], ["Training", "Dense latents", "NMF", "Clusters"])
+    timings = {}
+    t = time.perf_counter()
+    trained = train_job(image, labels, folder, names=names, patch_size=patch_size, epochs=epochs,
+                        patches_per_epoch=patches_per_epoch, batch_size=batch_size, pixel_size_um=pixel_size_um,
+                        device=device, progress=stages[0])
+    timings["train"] = time.perf_counter() - t
+    t = time.perf_counter()
+    latents = extract_job(trained.model, image, folder, stride=stride, pixel_size_um=pixel_size_um, progress=stages[1])
+    timings["extract"] = time.perf_counter() - t
+    t = time.perf_counter()
+    factors = nmf_job(latents, folder, k=k, device=device, progress=stages[2])
+    timings["nmf"] = time.perf_counter() - t
+    t = time.perf_counter()
+    selection = select(factors, labels, lam=lam)
+    timings["select"] = time.perf_counter() - t
+    clusters = None
+    if cluster_roi is not None:
+        t = time.perf_counter()
+        clusters = cluster_job(factors, labels, cluster_roi, folder, n_clusters=n_clusters, progress=stages[3])
+        timings["cluster"] = time.perf_counter() - t
+    progress.report(1.0, "done")
+    return {"train": trained, "latents": latents, "factors": factors, "selection": selection, "clusters": clusters,
+            "timings": timings}
+
+
+# ---------------------------------------------------------------------------------------------
+# opening an image
+
+def label_file_names(path: str | os.PathLike, labels: np.ndarray) -> tuple[np.ndarray, dict[int, str]]:
+    """(labels, names) for a label file, using the ``classes`` array an .npz may carry.
+
+    ``classes[v - 1]`` names label v (the demo mosaic). A file whose ``classes`` has one name per
+    value 0..max (0-based classes, like the real texture mosaic: 0 brick, 1 grass, 2 gravel) has
+    every label shifted up by one, because 0 means "unlabelled" here.
+    """
+    path = Path(path)
+    names: dict[int, str] = {}
+    if path.suffix.lower() == ".npz":
+        with np.load(path, allow_pickle=False) as z:
+            classes = [str(c) for c in z["classes"]] if "classes" in z.files else []
+        top = int(labels.max())
+        if classes and len(classes) == top + 1 and np.any(labels == 0):
+            labels = labels.astype(np.int32) + 1
+            names = {i + 1: c for i, c in enumerate(classes)}
+        elif classes:
+            names = {i + 1: c for i, c in enumerate(classes)}
+    return labels, names
+
+
+def find_label_file(image_path: str | os.PathLike) -> Path | None:
+    from engine.factors.io import LABEL_EXTENSIONS
+
+    image_path = Path(image_path)
+    for ext in LABEL_EXTENSIONS:
+        candidate = image_path.with_name(f"{image_path.stem}_labels{ext}")
+        if candidate != image_path and candidate.is_file():
+            return candidate
+    return None
+
+
+def regions_from_label_file(path: str | os.PathLike, shape: tuple[int, int]) -> RegionSet:
+    """A RegionSet whose base layer is the label file at ``path`` (InputError when it does not fit)."""
+    from engine.factors.io import load_labels
+
+    labels, names = label_file_names(path, load_labels(path, shape))
+    rset = RegionSet(tuple(shape))
+    rset.set_base(labels, names)
+    return rset
+
+
+def open_project_job(path: str | os.PathLike, device=None, progress: Progress | None = None) -> dict:
+    """Job body: the image, and everything saved for it; regions from a label file beside it when none were drawn."""
+    from engine.factors.io import load_image
+
+    progress = as_progress(progress)
+    progress.report(0.05, "reading image")
+    image = np.asarray(load_image(path))
+    progress.check()
+    progress.report(0.6, "reading saved results")
+    project = load_project(path, image.shape, device=device)
+    if project.regions is None:
+        label_file = find_label_file(path)
+        if label_file is not None:
+            try:
+                project.regions = regions_from_label_file(label_file, image.shape)
+            except InputError as exc:
+                project.problems.append(f"Label map '{label_file.name}' not used: {exc.message}")
+    if project.regions is None:
+        project.regions = RegionSet(tuple(image.shape))
+    progress.report(1.0, "done")
+    return {"image": image, "project": project}

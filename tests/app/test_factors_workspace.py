@@ -1,0 +1,234 @@
+"""The factor browser in the GUI: open a small mosaic (its label file gives 3 regions) → draw a
+polygon region by clicking → Train → Extract → NMF → click a factor → change λ and p → hover →
+cluster → export → reopen and find everything restored; screenshots not blank."""
+
+import json
+
+import numpy as np
+import pytest
+from PyQt6.QtCore import Qt
+
+from app.jobs import JobState
+from app.screenshots import is_blank, save_screenshot
+from engine.factors import workflow
+from engine.factors.synth import write_demo_mosaic
+
+from gui_helpers import wait_for_job
+
+
+@pytest.fixture
+def mosaic(tmp_path):
+    return write_demo_mosaic(tmp_path / "mosaic.png", size=256, n_cells=9, seed=1)
+
+
+def open_image(window, qtbot, path):
+    jobs = window.open_files([path])
+    wait_for_job(qtbot, jobs[0], timeout=60000)
+    assert jobs[0].state is JobState.FINISHED, jobs[0].error and jobs[0].error.details
+    ws = window.current_workspace
+    assert ws.key == "factors"
+    return ws
+
+
+def click(qtbot, ws, row, col, double=False):
+    target, pos = ws.view.click_target(), ws.view.scene_position(row, col)
+    qtbot.mouseClick(target, Qt.MouseButton.LeftButton, pos=pos)
+    if double:  # what Qt delivers for the second press of a double click, then its release
+        qtbot.mouseDClick(target, Qt.MouseButton.LeftButton, pos=pos)
+        qtbot.mouseRelease(target, Qt.MouseButton.LeftButton, pos=pos)
+
+
+def run_button(qtbot, ws, button, timeout=120000):
+    assert button.isEnabled()
+    qtbot.mouseClick(button, Qt.MouseButton.LeftButton)
+    job = ws.job
+    assert ws.cancel_button.isEnabled()
+    wait_for_job(qtbot, job, timeout=timeout)
+    assert job.state is JobState.FINISHED, job.error and job.error.details
+    return job
+
+
+def draw_square(qtbot, ws, top, left, bottom, right, close_by_double_click=False):
+    corners = [(top, left), (top, right), (bottom, right), (bottom, left)]
+    for row, col in corners[:-1]:
+        click(qtbot, ws, row, col)
+    if close_by_double_click:
+        click(qtbot, ws, *corners[-1], double=True)
+    else:
+        click(qtbot, ws, *corners[-1])
+        qtbot.keyClick(ws.canvas, Qt.Key.Key_Return)
+
+
+def test_draw_train_browse_select_cluster_export_restore(window, qtbot, mosaic, tmp_path):
+    ws = open_image(window, qtbot, mosaic)
+    assert [r.name for r in ws.regions.regions] == ["stripes", "blobs", "fine noise"]
+    assert ws.patch_size.value() == 64  # a small image gets small patches
+    overlay_before = ws.view.overlay.image.copy()
+
+    # a new region drawn by clicking four vertices and Enter (P = polygon tool)
+    qtbot.mouseClick(ws.add_region_button, Qt.MouseButton.LeftButton)
+    drawn = ws.current_region()
+    assert drawn == 4
+    qtbot.keyClick(ws, Qt.Key.Key_P)
+    assert ws.canvas.mode == "polygon"
+    draw_square(qtbot, ws, 20, 30, 60, 90)
+    assert ws.labels[40, 60] == drawn and ws.labels[20, 30] == drawn and ws.labels[19, 60] != drawn
+    assert int((ws.labels == drawn).sum()) == 41 * 61
+    assert not np.array_equal(ws.view.overlay.image, overlay_before)
+    saved = json.loads((ws.folder / "rois.json").read_text())
+    assert [s["kind"] for s in saved["regions"][-1]["shapes"]] == ["polygon"]
+    ws.rename_region("drawn square")
+    assert "drawn square" in ws.region_list.currentItem().text()
+    # Ctrl+Z drops the polygon again: the pipeline below learns the three textures only
+    qtbot.keyClick(ws, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)
+    assert not (ws.labels == drawn).any()
+
+    # the pipeline through its buttons, each a background job
+    ws.epochs.setValue(1)
+    ws.patches.setValue(96)
+    ws.stride.setValue(8)
+    ws.k.setValue(5)
+    assert "32 × 32 positions" in ws.estimate.text()
+    assert not ws.extract_button.isEnabled()
+    run_button(qtbot, ws, ws.train_button)
+    assert ws.model is not None and "validation accuracy" in ws.stage_label.text()
+    run_button(qtbot, ws, ws.extract_button)
+    assert ws.latents.values.shape == (32, 32, 64)
+    run_button(qtbot, ws, ws.nmf_button)
+    f = ws.factors
+    assert f.codes.shape == (32, 32, 5) and ws.factor_list.count() == 5
+    assert ws.view.heatmap.image is not None  # the best factor is shown at once
+    sel = ws.selection
+    assert sel.scores.shape == (5, 3) and len(sel.pairs) == 3 and ws.p.value() == 3
+    assert len(ws.scores.marks.data) == 3
+
+    # clicking a factor in the list overlays its heatmap
+    shown = ws.view.heatmap.image.copy()
+    other = next(i for i in range(5) if i != ws.current_factor and np.ptp(f.codes[..., i]) > 0)
+    item = ws.factor_list.item(other)
+    qtbot.mouseClick(ws.factor_list.viewport(), Qt.MouseButton.LeftButton, pos=ws.factor_list.visualItemRect(item).center())
+    assert ws.current_factor == other and ws.overlay_kind.currentText() == "Factor heatmap"
+    assert not np.array_equal(ws.view.heatmap.image, shown)
+    assert ws.view.heatmap.image.shape == (32, 32, 4)
+    visible = (ws.view.heatmap.image[..., 3] > 0).sum()
+    ws.threshold.setValue(60)  # codes at or below 60 % of the display scale become transparent
+    alpha = ws.view.heatmap.image[..., 3]
+    assert not alpha[f.heatmap(other) <= 0.6].any() and (alpha > 0).sum() <= visible
+
+    # λ and p rescore at once (no job): the matrix shown is coverage − λ·outside
+    jobs_before = len(window.jobs.jobs) if hasattr(window.jobs, "jobs") else None
+    ws.lam.setValue(3.0)
+    np.testing.assert_allclose(ws.scores.image.image, sel.coverage - 3.0 * sel.outside)
+    assert ws.selection.lam == 3.0
+    ws.p.setValue(1)
+    assert len(ws.selection.pairs) == 1 and len(ws.scores.marks.data) == 1
+    assert ws.selection.pairs[0][0] == int(np.unravel_index(np.argmax(ws.selection.scores), sel.scores.shape)[0])
+    if jobs_before is not None:
+        assert len(window.jobs.jobs) == jobs_before
+    ws.p.setValue(3)
+
+    # hovering shows every factor's value there and the region
+    def hovered():  # moving onto the spot again until Qt delivers a move event there
+        qtbot.mouseMove(ws.view.click_target(), ws.view.scene_position(90, 140))
+        qtbot.mouseMove(ws.view.click_target(), ws.view.scene_position(100, 150))
+        return "row 100, col 150" in ws.bars.plotItem.titleLabel.text
+
+    qtbot.waitUntil(hovered, timeout=5000)
+    region = ws._region_name(int(ws.labels[100, 150]))
+    assert region in ws.bars.plotItem.titleLabel.text
+    np.testing.assert_allclose(ws.bars.bars.opts["height"], f.values_at(100, 150) / f.scales, rtol=1e-6)
+
+    # RGB composite of three factors
+    ws.rgb[2].setValue(4)
+    assert ws.overlay_kind.currentText() == "RGB composite"
+    np.testing.assert_array_equal(ws.view.heatmap.image[..., 2],
+                                  np.clip(f.heatmap(4) * 255, 0, 255).astype(np.uint8))
+
+    # clusters inside the first region, with BIC and a legend
+    ws.cluster_region.setCurrentIndex(0)
+    ws.n_clusters.setValue(2)
+    run_button(qtbot, ws, ws.cluster_button)
+    assert ws.clusters.n_clusters == 2 and "BIC" in ws.cluster_label.text()
+    assert ws.overlay_kind.currentText() == "Clusters" and "cluster 1" in ws.legend.text()
+    shot = save_screenshot(window, tmp_path / "factors.png")
+    assert not is_blank(shot)
+
+    # a polygon closed by double-click adds a region: the score matrix gains a column at once
+    ws._select_region(drawn)
+    qtbot.keyClick(ws, Qt.Key.Key_P)
+    draw_square(qtbot, ws, 150, 150, 230, 230, close_by_double_click=True)
+    assert (ws.labels == drawn).sum() == 81 * 81
+    assert ws.selection.scores.shape == (5, 4) and drawn in ws.selection.roi_labels
+
+    # export the view
+    png = ws.export_view(tmp_path / "view.png")
+    svg = ws.export_view(tmp_path / "view.svg")
+    assert png.stat().st_size > 1000 and "<svg" in svg.read_text()[:2000]
+
+    # reopen: regions, model, latents, factors and clusters come back from the project folder
+    codes = f.codes.copy()
+    ws2 = open_image(window, qtbot, mosaic)
+    assert ws2.factors is not None and np.allclose(ws2.factors.codes, codes)
+    assert ws2.model is not None and ws2.latents is not None and ws2.clusters is not None
+    assert ws2.regions.names[drawn] == "drawn square" and (ws2.labels == drawn).sum() == 81 * 81
+    assert "Restored" in ws2.stage_label.text()
+    assert workflow.project_folder(mosaic) == ws2.folder == mosaic.parent / "mosaic_factors"
+
+
+def test_cancel_training_keeps_the_window_usable(window, qtbot, mosaic):
+    ws = open_image(window, qtbot, mosaic)
+    ws.epochs.setValue(200)
+    qtbot.mouseClick(ws.train_button, Qt.MouseButton.LeftButton)
+    job = ws.job
+    qtbot.waitUntil(lambda: job.fraction > 0, timeout=30000)
+    qtbot.mouseClick(ws.cancel_button, Qt.MouseButton.LeftButton)
+    wait_for_job(qtbot, job, timeout=30000)
+    assert job.state is JobState.CANCELLED and ws.model is None
+    assert "cancelled" in ws.stage_label.text() and ws.train_button.isEnabled()
+
+
+def test_brush_eraser_and_labels_from_a_file(window, qtbot, tmp_path):
+    from PIL import Image
+    from PyQt6.QtWidgets import QMessageBox
+
+    from engine.factors.synth import demo_mosaic
+
+    image, labels = demo_mosaic(size=128, n_cells=4, seed=3)
+    path = tmp_path / "plain.png"
+    Image.fromarray(image).save(path)  # no label file beside it
+    ws = open_image(window, qtbot, path)
+    assert ws.regions.regions == [] and ws.labels is None and not ws.train_button.isEnabled()
+
+    # brush: a click paints a disc of the brush radius into a new region; a drag paints a stroke
+    qtbot.keyClick(ws, Qt.Key.Key_B)
+    assert ws.canvas.mode == "brush"
+    ws.brush_radius.setValue(5)
+    click(qtbot, ws, 30, 30)
+    painted = ws.labels == 1
+    assert painted[30, 30] and painted[30, 35] and not painted[30, 37] and 60 < painted.sum() < 130
+    target = ws.view.click_target()
+    qtbot.mousePress(target, Qt.MouseButton.LeftButton, pos=ws.view.scene_position(80, 20))
+    for col in range(24, 100, 4):
+        qtbot.mouseMove(target, ws.view.scene_position(80, col))
+    qtbot.mouseRelease(target, Qt.MouseButton.LeftButton, pos=ws.view.scene_position(80, 100))
+    assert (ws.labels[80, 25:95] == 1).all()
+    # the eraser takes pixels back out of every region
+    qtbot.keyClick(ws, Qt.Key.Key_E)
+    click(qtbot, ws, 80, 60)
+    assert ws.labels[80, 60] == 0 and ws.labels[80, 40] == 1
+    shapes = json.loads((ws.folder / "rois.json").read_text())["regions"][0]["shapes"]
+    assert [(s["kind"], s["erase"]) for s in shapes] == [("brush", False), ("brush", False), ("brush", True)]
+
+    # a label file of another size is refused with a message; the right one adds its regions
+    wrong = tmp_path / "wrong_labels.npy"
+    np.save(wrong, np.ones((50, 50), np.uint8))
+    ws.load_labels(wrong)
+    boxes = [w for w in window.findChildren(QMessageBox) if w.isVisible()]
+    assert boxes and "50×50" in boxes[-1].text()
+    boxes[-1].close()
+    good = tmp_path / "good_labels.npy"
+    np.save(good, labels)
+    ws.load_labels(good)
+    # the drawn region moves to a free label and stays painted over the file's regions
+    assert ws.regions.names == {1: "Region 1", 2: "Region 2", 3: "Region 3", 4: "Region 4"} and ws.train_button.isEnabled()
+    assert ws.labels[80, 40] == 4 and ws.labels[80, 60] == 0 and ws.labels[120, 5] == labels[120, 5] > 0
