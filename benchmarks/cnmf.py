@@ -8,7 +8,15 @@ Scoring: footprints and true cells binarized at 20 % of their peak; IoU; Hungari
 components; Pearson correlation of each matched component's deconvolved calcium ``C`` with the
 true calcium. Scale: ``--scale`` runs a larger memmapped movie and extrapolates linearly in pixels × frames.
 
-    .venv/bin/python -m benchmarks.cnmf [--frames 3000] [--scale 256x256x3000]
+    .venv/bin/python -m benchmarks.cnmf [--frames 3000] [--scale 256x256x3000] [--suite2p /work/s2penv/bin/python [--suite2p-register]]
+
+Suite2p side by side (``--suite2p PYTHON``, the interpreter of a separate environment where
+``pip install suite2p`` worked; never our .venv): the same simulated movie is written as an int16
+TIFF and :func:`run_suite2p` runs ``suite2p.run_s2p`` on it in a subprocess (fs 30, tau 1.0,
+diameter [10, 10], 1 thread, CPU, ``do_registration`` 0, or 1 with ``nonrigid`` False when
+``--suite2p-register``). Its accepted ROIs (``iscell``) are scored the same way: masks = stat
+pixels with ``lam`` ≥ 20 % of the ROI's peak, trace = ``F - 0.7 Fneu`` (its closest output to the
+calcium). Its wall time counts ``run_s2p`` (TIFF → binary included), not the interpreter start.
 """
 
 from __future__ import annotations
@@ -24,22 +32,80 @@ from scipy.optimize import linear_sum_assignment
 from benchmarks.common import machine_header, markdown_table, peak_rss_mb
 
 
-def score(result, sim) -> dict:
+def score_masks(masks: np.ndarray, traces: np.ndarray, sim) -> dict:
+    """F1 at IoU ≥ 0.5 (Hungarian) of accepted ROI masks (n × pixels, bool) against the true cells
+    (binarized at 20 % of their peak), and the median correlation of matched traces with the true calcium."""
     true = sim["footprints"]
     tm = (true >= 0.2 * true.max(axis=(1, 2), keepdims=True)).reshape(len(true), -1).astype(np.float32)
-    acc = np.flatnonzero(result.accepted)
-    if len(acc) == 0:
+    if len(masks) == 0:
         return {"f1": 0.0, "precision": 0.0, "recall": 0.0, "median_corr": float("nan"), "accepted": 0}
-    em = np.stack([result.roi_mask(k) for k in acc]).reshape(len(acc), -1).astype(np.float32)
+    em = masks.reshape(len(masks), -1).astype(np.float32)
     inter = em @ tm.T
     iou = inter / (em.sum(1)[:, None] + tm.sum(1)[None] - inter)
     rows, cols = linear_sum_assignment(-iou)
     ok = iou[rows, cols] >= 0.5
     tp = int(ok.sum())
-    corr = [np.corrcoef(result.C[acc[r]], sim["calcium"][c])[0, 1] for r, c in zip(rows[ok], cols[ok])]
-    return {"f1": 2 * tp / (len(acc) + len(true)), "precision": tp / len(acc), "recall": tp / len(true),
-            "median_corr": float(np.median(corr)) if corr else float("nan"), "accepted": len(acc),
-            "components": result.n_components}  # fmt: skip
+    corr = [np.corrcoef(traces[r], sim["calcium"][c])[0, 1] for r, c in zip(rows[ok], cols[ok])]
+    return {"f1": 2 * tp / (len(masks) + len(true)), "precision": tp / len(masks), "recall": tp / len(true),
+            "median_corr": float(np.median(corr)) if corr else float("nan"), "accepted": len(masks)}  # fmt: skip
+
+
+def score(result, sim) -> dict:
+    acc = np.flatnonzero(result.accepted)
+    masks = np.stack([result.roi_mask(k) for k in acc]) if len(acc) else np.zeros((0,) + result.image_shape, bool)
+    return {**score_masks(masks, result.C[acc], sim), "components": result.n_components}
+
+
+# Runs in the Suite2p environment (its own interpreter): argv = tiff folder, save folder, do_registration.
+SUITE2P_RUNNER = """
+import json, sys, time
+import torch
+torch.set_num_threads(1)
+from suite2p import default_settings, run_s2p, version
+settings = default_settings()
+settings.update(fs=30.0, tau=1.0, diameter=[10.0, 10.0], torch_device="cpu")
+settings["run"]["do_registration"] = int(sys.argv[3])
+settings["registration"]["nonrigid"] = False
+start = time.perf_counter()
+run_s2p(db={"data_path": [sys.argv[1]], "save_path0": sys.argv[2], "input_format": "tif"}, settings=settings)
+print("SUITE2P_RESULT " + json.dumps({"wall": time.perf_counter() - start, "version": version}))
+"""
+
+
+def run_suite2p(python: str, sim, register: bool) -> dict:
+    """Suite2p's whole pipeline (TIFF → binary, registration if asked, detection, extraction,
+    deconvolution, classification) on the same movie in a subprocess; its ROIs scored like ours:
+    masks = stat pixels with lam ≥ 20 % of the ROI's peak, accepted = iscell, trace = F - 0.7 Fneu."""
+    import json
+    import subprocess
+
+    import tifffile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data = os.path.join(tmp, "data")
+        os.makedirs(data)
+        tifffile.imwrite(os.path.join(data, "movie.tif"), np.clip(np.round(sim["movie"]), -32768, 32767).astype(np.int16))
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+        start = time.perf_counter()
+        proc = subprocess.run([python, "-c", SUITE2P_RUNNER, data, tmp, str(int(register))], capture_output=True, text=True, env=env)
+        process_wall = time.perf_counter() - start
+        line = [ln for ln in proc.stdout.splitlines() if ln.startswith("SUITE2P_RESULT ")]
+        if proc.returncode != 0 or not line:
+            raise RuntimeError(f"Suite2p failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+        info = json.loads(line[-1].split(" ", 1)[1])
+        plane = os.path.join(tmp, "suite2p", "plane0")
+        stat = np.load(os.path.join(plane, "stat.npy"), allow_pickle=True)
+        iscell = np.load(os.path.join(plane, "iscell.npy"))
+        F, Fneu = np.load(os.path.join(plane, "F.npy")), np.load(os.path.join(plane, "Fneu.npy"))
+    _, h, w = sim["movie"].shape
+    acc = np.flatnonzero(iscell[:, 0] > 0.5)
+    masks = np.zeros((len(acc), h, w), bool)
+    for i, k in enumerate(acc):
+        s = stat[k]
+        keep = s["lam"] >= 0.2 * s["lam"].max()
+        masks[i, s["ypix"][keep], s["xpix"][keep]] = True
+    out = score_masks(masks, (F - 0.7 * Fneu)[acc], sim)
+    return {**out, "components": len(stat), "wall": info["wall"], "process_wall": process_wall, "version": info["version"]}
 
 
 def main() -> None:
@@ -53,6 +119,9 @@ def main() -> None:
     parser.add_argument("--cells", type=int, default=50)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--scale", default=None, help="HxWxT of a memmapped scale run, e.g. 256x256x3000")
+    parser.add_argument("--suite2p", default=None, metavar="PYTHON",
+                        help="interpreter of a separate environment with suite2p, e.g. /work/s2penv/bin/python: run it side by side")
+    parser.add_argument("--suite2p-register", action="store_true", help="also run Suite2p with rigid registration (slow)")
     args = parser.parse_args()
     configure_threads(1)
     print(machine_header("CNMF pipeline (benchmarks.cnmf)"))
@@ -65,15 +134,24 @@ def main() -> None:
         wall = time.perf_counter() - start
         s = score(result, sim)
         t = result.info["timings"]
-        rows.append({"registration": register, "motion RMS px": motion, "wall s": wall, "F1": s["f1"], "precision": s["precision"],
-                     "recall": s["recall"], "median corr C": s["median_corr"], "accepted / components": f"{s['accepted']} / {s.get('components', 0)}",
+        rows.append({"method": "neurowb run_cnmf", "registration": register, "motion RMS px": motion, "wall s": wall, "F1": s["f1"],
+                     "precision": s["precision"], "recall": s["recall"], "median corr C": s["median_corr"],
+                     "accepted / components": f"{s['accepted']} / {s.get('components', 0)}",
                      "stages s": ", ".join(f"{k} {v:.2f}" for k, v in t.items() if k != "total")})  # fmt: skip
         if register == "rigid":
             err = result.shifts - sim["shifts"]
             err -= np.median(err, axis=0)
             rows[-1]["shift RMS error px"] = float(np.sqrt((err**2).mean()))
-    markdown_table(rows, ["registration", "motion RMS px", "wall s", "F1", "precision", "recall", "median corr C",
-                          "accepted / components", "shift RMS error px", "stages s"])  # fmt: skip
+        if args.suite2p and (register == "none" or args.suite2p_register):
+            ours = rows[-1]
+            s2p = run_suite2p(args.suite2p, sim, register == "rigid")
+            rows.append({"method": f"Suite2p {s2p['version']}", "registration": register, "motion RMS px": motion,
+                         "wall s": s2p["wall"], "F1": s2p["f1"], "precision": s2p["precision"], "recall": s2p["recall"],
+                         "median corr C": s2p["median_corr"], "accepted / components": f"{s2p['accepted']} / {s2p['components']}",
+                         "stages s": f"process incl. imports {s2p['process_wall']:.1f}",
+                         "time ratio Suite2p / ours": s2p["wall"] / ours["wall s"]})  # fmt: skip
+    markdown_table(rows, ["method", "registration", "motion RMS px", "wall s", "F1", "precision", "recall", "median corr C",
+                          "accepted / components", "shift RMS error px", "time ratio Suite2p / ours", "stages s"])  # fmt: skip
     if args.scale:
         h, w, T = (int(v) for v in args.scale.lower().split("x"))
         with tempfile.TemporaryDirectory() as tmp:

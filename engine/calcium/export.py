@@ -1,13 +1,15 @@
 """Write a CNMF result as a Suite2p ``plane0`` folder plus our own sparse footprints and traces.
 
-Suite2p folder (what ``suite2p.io`` and its GUI read; field by field as Suite2p 0.14 writes them):
+Suite2p folder (what Suite2p 1.1's ``gui/io.py`` ``load_files``, its GUI, ``extraction.masks.create_masks``
+and its classifier read; checked with Suite2p itself by ``benchmarks/suite2p_check.py``):
 
 ``stat.npy``   object array of dicts, one per ROI: ``ypix``, ``xpix`` (int32 pixel rows/cols), ``lam``
-               (float32 weights, here the footprint, summing to 1 like Suite2p's), ``med`` [row, col]
-               (median pixel), ``npix``, ``npix_norm`` (npix / mean npix), ``radius``, ``aspect_ratio``,
-               ``compact``, ``footprint`` (0/1/2 Suite2p uses 1), ``overlap`` (bool per pixel: shared
-               with another ROI), ``soma_crop`` (all True), ``npix_soma`` (= npix), ``skew``, ``std``
-               (of F - 0.7 Fneu, as Suite2p computes them), ``iplane`` (0).
+               (float32 weights, here the footprint's pixels ≥ 10 % of its peak, summing to 1), ``npix``, ``overlap`` (bool per pixel:
+               shared with another ROI, as ``assign_overlaps``), and, computed exactly as Suite2p's
+               ``detection.stats.roi_stats`` with diameter [d, d]: ``med`` (the ROI pixel nearest the median),
+               ``soma_crop``, ``npix_soma``, ``mrs``, ``mrs0``, ``compact``, ``radius``, ``aspect_ratio``,
+               ``npix_norm``, ``npix_norm_no_crop``; ``footprint`` 0 (no sparsery scale); ``snr``, ``skew``,
+               ``std`` of dF = F - 0.7 Fneu (as ``pipeline_s2p``); ``iplane`` 0.
 ``F.npy``      ROIs × frames float32: fluorescence *with* the background under the ROI (F + Fneu here),
                as Suite2p's F includes neuropil.
 ``Fneu.npy``   ROIs × frames float32: the background under the ROI (our neuropil estimate).
@@ -17,7 +19,9 @@ Suite2p folder (what ``suite2p.io`` and its GUI read; field by field as Suite2p 
                ``meanImg``, ``meanImgE`` (here the local correlation image's contrast-normalized mean),
                ``max_proj``, ``Vcorr`` (correlation image), ``yrange``, ``xrange``, ``xoff``, ``yoff``
                (rigid shifts, Suite2p's sign: the shift applied), ``corrXY``, ``nchannels``, ``nplanes``,
-               ``tau``, ``save_path``, ``data_path``.
+               ``tau``, ``diameter`` [d, d], ``save_path``, ``data_path``, ``reg_file`` (absent: the GUI falls
+               back), ``batch_size``, ``extraction`` {``neuropil_coefficient``} and ``detection``
+               {``soma_crop``} (Suite2p 1.x's GUI merge reads these nested settings).
 
 Our own files: ``footprints.npz`` (``scipy.sparse.save_npz`` of A, pixels × components, pixel index
 ``y * width + x``) and ``traces.npz`` (``C`` calcium, ``S`` spikes, ``F`` raw demixed fluorescence
@@ -37,6 +41,10 @@ from scipy import sparse
 
 from engine.storage import atomic_write_bytes
 
+NEUROPIL_COEFFICIENT = 0.7  # Suite2p's default: dF = F - 0.7 Fneu
+# Footprints keep faint weights across their whole fitting box; below this fraction of the peak
+# they are box tails, not cell, and Suite2p's GUI would draw each ROI as a square.
+STAT_MIN_WEIGHT = 0.1
 SUITE2P_FILES = ("stat.npy", "F.npy", "Fneu.npy", "spks.npy", "iscell.npy", "ops.npy")
 
 
@@ -46,41 +54,98 @@ def _save_npy(path: Path, array, allow_pickle: bool = False) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def _stat(result, neuropil_corrected: np.ndarray) -> np.ndarray:
+def _median_pix(ypix: np.ndarray, xpix: np.ndarray) -> list[int]:
+    """Suite2p's ``med`` (detection/stats.py ``median_pix``): the ROI pixel nearest the median."""
+    ym, xm = np.median(ypix), np.median(xpix)
+    i = int(((xpix - xm) ** 2 + (ypix - ym) ** 2).argmin())
+    return [int(ypix[i]), int(xpix[i])]
+
+
+def _soma_crop(ypix, xpix, lam, med) -> np.ndarray:
+    """Suite2p's ``soma_crop`` (detection/stats.py): drop pixels beyond the radius where the
+    weight gained per 1-px ring falls below a third of its peak."""
+    crop = np.ones(ypix.size, bool)
+    if len(ypix) > 10:
+        dists = np.hypot(ypix - med[0], xpix - med[1])
+        radii = np.arange(0, dists.max(), 1)
+        area = np.array([lam[dists < r].sum() for r in radii])
+        darea = np.diff(area)
+        radius = radii[-1]
+        if len(darea):
+            threshold = darea.max() / 3
+            above = np.flatnonzero(darea > threshold)
+            if len(above):
+                below = np.flatnonzero(darea[above[0]:] < threshold)
+                if len(below):
+                    radius = radii[below[0] + above[0]]
+        crop = dists < radius
+    return crop if crop.any() else np.ones(ypix.size, bool)
+
+
+def _shape_stats(ypix, xpix, lam, diameter: float) -> dict:
+    """``med``, ``soma_crop``, ``npix_soma``, ``mrs``, ``mrs0``, ``compact``, ``radius`` and
+    ``aspect_ratio`` as Suite2p 1.1 ``detection.stats.roi_stats`` computes them (diameter [d, d])."""
+    med = _median_pix(ypix, xpix)
+    crop = _soma_crop(ypix, xpix, lam, med)
+    y, x, lw = ypix[crop].astype(np.float64), xpix[crop].astype(np.float64), lam[crop].astype(np.float64)
+    d = float(diameter)
+    dists = np.hypot(y - np.median(y), x - np.median(x)) / d
+    grid = np.arange(-d * 3, d * 3 + 1) / d
+    disk = np.sort(np.hypot(*np.meshgrid(grid, grid, indexing="ij")).ravel())
+    mrs, mrs0 = float(dists.mean()), float(disk[: y.size].mean())
+    # fitMVGaus(thres=2) on coordinates in diameters: weighted covariance → ellipse radii.
+    keep = lw > 0
+    if keep.sum() >= 2:
+        yx = np.stack([y[keep], x[keep]]) / d
+        wk = lw[keep] / lw[keep].sum()
+        yx = (yx - (wk * yx).sum(axis=1, keepdims=True)) * np.sqrt(wk)
+        radii = np.sort(2 * np.sqrt(np.maximum(np.linalg.eigvalsh(yx @ yx.T), 0)))[::-1]
+    else:
+        radii = np.zeros(2)
+    return {"med": med, "soma_crop": crop, "npix_soma": int(crop.sum()), "mrs": mrs, "mrs0": mrs0,
+            "compact": max(1.0, mrs / (1e-10 + mrs0)), "radius": float(radii[0] * d),
+            "aspect_ratio": float(2 * radii[0] / (0.01 + radii[0] + radii[1]))}  # fmt: skip
+
+
+def _stat(result, dF: np.ndarray) -> np.ndarray:
+    """Suite2p's stat.npy: one dict per ROI, fields as Suite2p 1.1's detection (roi_stats,
+    assign_overlaps) and extraction (snr/skew/std of dF = F - 0.7 Fneu, pipeline_s2p) write them."""
     from scipy.stats import skew
 
     h, w = result.image_shape
     A = result.A.tocsc()
-    stats = []
-    counts = np.zeros(h * w, dtype=np.int32)
-    for k in range(A.shape[1]):
-        counts[A[:, k].indices] += 1
+    pixels = []  # (pixel indices, weights) of each ROI: its footprint without the box tails
     for k in range(A.shape[1]):
         col = A[:, k]
-        pix, val = col.indices, col.data.astype(np.float32)
-        ypix, xpix = np.divmod(pix, w)
-        lam = val / max(val.sum(), 1e-12)
-        med = [int(np.median(ypix)), int(np.median(xpix))] if len(pix) else [0, 0]
-        if len(pix) > 2:
-            cov = np.cov(np.stack([ypix, xpix]), aweights=np.maximum(lam, 1e-12))
-            ev = np.sort(np.linalg.eigvalsh(cov))[::-1]
-            radius = float(2 * np.sqrt(max(ev.mean(), 0)))
-            aspect = float(np.sqrt(ev[0] / max(ev[1], 1e-12)))
-            dist = np.hypot(ypix - med[0], xpix - med[1])
-            compact = float(np.mean(dist) / max(np.mean(np.sort(np.hypot(*np.mgrid[-20:21, -20:21]).ravel())[: len(pix)]), 1e-12))
+        keep = col.data >= STAT_MIN_WEIGHT * col.data.max() if col.nnz else np.zeros(0, bool)
+        pixels.append((col.indices[keep], col.data[keep].astype(np.float32)))
+    counts = np.zeros(h * w, dtype=np.int32)
+    for pix, _ in pixels:
+        counts[pix] += 1
+    diameter = float(result.params.get("neuron_diameter", 10.0))
+    var = dF.var(axis=1)
+    snr = np.where(var > 0, 1 - 0.5 * np.diff(dF, axis=1).var(axis=1) / np.maximum(var, 1e-30), 0.0)
+    stats = []
+    for k, (pix, val) in enumerate(pixels):
+        ypix, xpix = (v.astype(np.int32) for v in np.divmod(pix, w))
+        lam = (val / max(float(val.sum()), 1e-12)).astype(np.float32)
+        if len(pix):
+            shape = _shape_stats(ypix, xpix, lam, diameter)
         else:
-            radius, aspect, compact = 1.0, 1.0, 1.0
-        trace = neuropil_corrected[k]
-        stats.append({
-            "ypix": ypix.astype(np.int32), "xpix": xpix.astype(np.int32), "lam": lam.astype(np.float32),
-            "med": med, "npix": int(len(pix)), "npix_soma": int(len(pix)), "soma_crop": np.ones(len(pix), bool),
-            "radius": radius, "aspect_ratio": aspect, "compact": compact, "footprint": 1,
-            "overlap": counts[pix] > 1, "skew": float(skew(trace)) if trace.std() > 0 else 0.0,
-            "std": float(trace.std()), "iplane": 0,
-        })  # fmt: skip
-    mean_npix = np.mean([s["npix"] for s in stats]) if stats else 1.0
-    for s in stats:
-        s["npix_norm"] = s["npix"] / max(mean_npix, 1e-12)
+            shape = {"med": [0, 0], "soma_crop": np.ones(0, bool), "npix_soma": 0, "mrs": 0.0, "mrs0": 0.0,
+                     "compact": 1.0, "radius": 0.0, "aspect_ratio": 0.0}  # fmt: skip
+        trace = dF[k]
+        stats.append({"ypix": ypix, "xpix": xpix, "lam": lam, "npix": int(len(pix)), **shape, "footprint": 0,
+                      "overlap": counts[pix] > 1, "snr": float(snr[k]),
+                      "skew": float(skew(trace)) if trace.std() > 0 else 0.0, "std": float(trace.std()),
+                      "iplane": 0})  # fmt: skip
+    # npix_norm: npix_soma over the median of the first 100 ROIs' (roi_stats, median=False).
+    if stats:
+        norm_soma = float(np.median([s["npix_soma"] for s in stats[:100]])) + 1e-10
+        norm_all = float(np.median([s["npix"] for s in stats[:100]])) + 1e-10
+        for s in stats:
+            s["npix_norm"] = np.float32(s["npix_soma"] / norm_soma)
+            s["npix_norm_no_crop"] = np.float32(s["npix"] / norm_all)
     out = np.empty(len(stats), dtype=object)
     out[:] = stats
     return out
@@ -92,7 +157,8 @@ def export_suite2p(result, directory: str | os.PathLike, data_path: str | None =
     directory.mkdir(parents=True, exist_ok=True)
     h, w = result.image_shape
     F_total = (result.F + result.Fneu).astype(np.float32)
-    corrected = F_total - 0.7 * result.Fneu
+    corrected = F_total - NEUROPIL_COEFFICIENT * result.Fneu
+    diameter = float(result.params.get("neuron_diameter", 10.0))
     _save_npy(directory / "stat.npy", _stat(result, corrected), allow_pickle=True)
     _save_npy(directory / "F.npy", F_total)
     _save_npy(directory / "Fneu.npy", result.Fneu.astype(np.float32))
@@ -112,7 +178,11 @@ def export_suite2p(result, directory: str | os.PathLike, data_path: str | None =
         "yoff": (-shifts[:, 0]).astype(np.float32), "xoff": (-shifts[:, 1]).astype(np.float32),
         "corrXY": np.ones(len(shifts), np.float32),
         "tau": float(np.median(-1.0 / (np.log(np.clip(result.g, 1e-6, 0.999999)) * result.fps))) if len(result.g) else 1.0,
-        "save_path": str(directory), "data_path": [str(data_path)] if data_path else [], "diameter": result.params.get("neuron_diameter"),
+        "save_path": str(directory), "data_path": [str(data_path)] if data_path else [], "diameter": [diameter, diameter],
+        "reg_file": str(directory / "data.bin"), "batch_size": 500, "aspect": 1.0,
+        # Suite2p 1.x's GUI reads these nested settings (gui/merge.py: neuropil_coefficient, soma_crop).
+        "extraction": {"neuropil_coefficient": NEUROPIL_COEFFICIENT, "batch_size": 500, "snr_threshold": 0.0},
+        "detection": {"soma_crop": True},
         "neurowb": {"params": result.params, "info": {k: v for k, v in result.info.items() if isinstance(v, (int, float, str, bool, dict))}},
     }  # fmt: skip
     _save_npy(directory / "ops.npy", np.array(ops, dtype=object), allow_pickle=True)

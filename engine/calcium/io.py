@@ -28,7 +28,7 @@ from engine.progress import Progress, as_progress
 
 MOVIE_EXTENSIONS = (".tif", ".tiff", ".npy", ".h5", ".hdf5")
 _HDF5_FPS_KEYS = ("fps", "frame_rate", "framerate", "frame_rate_hz", "fr", "sampling_rate", "sample_rate")
-_SUMMARY_CHUNK_BYTES = 32 * 2**20  # float64 working set per chunk: keeps check() calls ~≤100 ms apart
+_SUMMARY_CHUNK_BYTES = 32 * 2**20  # working set per chunk (counted as float64): keeps check() calls ~≤100 ms apart
 
 
 class Movie:
@@ -374,11 +374,12 @@ def summary_images(movie: Movie, chunk_frames: int = 500, progress: Progress | N
                    visit: Callable[[int, np.ndarray], None] | None = None) -> dict:
     """Mean, max and standard deviation (population) images, one chunk of frames at a time.
 
-    Accumulates in float64 (chunked mean/variance merge, numerically stable); chunks hold at
-    most ``chunk_frames`` frames and about 32 MB. Returns float32 images keyed ``mean``,
-    ``max``, ``std``. InputError naming the first frame with NaN or infinite values.
-    ``visit(start, block)``, when given, sees every chunk (float64, frames ``start:``) after it
-    was checked, so a caller can do more with the same single pass over the file.
+    Chunks are float32 (the movie's frames); per-chunk sums and the chunked mean/variance merge
+    are float64 (numerically stable); chunks hold at most ``chunk_frames`` frames and about
+    32 MB. Returns float32 images keyed ``mean``, ``max``, ``std``. InputError naming the first
+    frame with NaN or infinite values. ``visit(start, block)``, when given, sees every chunk
+    (float32, frames ``start:``) after it was checked, so a caller can do more with the same
+    single pass over the file.
     """
     progress = as_progress(progress)
     if chunk_frames < 1:
@@ -393,7 +394,7 @@ def summary_images(movie: Movie, chunk_frames: int = 500, progress: Progress | N
     progress.report(0.0, "Summary images")
     for start in range(0, movie.n_frames, step):
         progress.check()
-        block = movie.frames(start, start + step).astype(np.float64)
+        block = movie.frames(start, start + step)  # float32: half the memory traffic of float64
         if check_finite:
             bad = ~np.isfinite(block).all(axis=(1, 2))
             if bad.any():
@@ -407,8 +408,9 @@ def summary_images(movie: Movie, chunk_frames: int = 500, progress: Progress | N
         if visit is not None:
             visit(start, block)
         n_b = block.shape[0]
-        mean_b = block.mean(axis=0)
-        m2_b = ((block - mean_b) ** 2).sum(axis=0)
+        mean_b = block.mean(axis=0, dtype=np.float64)
+        centred = block - mean_b.astype(np.float32)
+        m2_b = np.einsum("tij,tij->ij", centred, centred, dtype=np.float64)
         total = count + n_b
         delta = mean_b - mean
         mean += delta * (n_b / total)

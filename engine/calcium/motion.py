@@ -94,9 +94,10 @@ def _taper(h: int, w: int, slope: float, torch, device):
 
 
 def _gaussian_spectrum(h: int, w: int, sigma: float, torch, device):
-    """Fourier transform of a Gaussian of σ px (real, centered at 0): smooths the correlation."""
+    """Fourier transform of a Gaussian of σ px (real, centered at 0), on the rfft2 half-spectrum
+    (h × (w//2 + 1)): smooths the correlation."""
     fy = torch.fft.fftfreq(h, device=device)[:, None]
-    fx = torch.fft.fftfreq(w, device=device)[None, :]
+    fx = torch.fft.rfftfreq(w, device=device)[None, :]
     return torch.exp(-2.0 * math.pi**2 * sigma**2 * (fy**2 + fx**2))
 
 
@@ -105,17 +106,18 @@ def _whiten(spectrum, torch):
 
 
 def _reference(template, mask, smooth, torch):
-    """Conjugate, whitened, smoothed spectrum of the tapered template."""
+    """Conjugate, whitened, smoothed half-spectrum (rfft2) of the tapered template."""
     offset = template.mean() * (1 - mask)
-    ref = torch.fft.fft2(template * mask + offset)
+    ref = torch.fft.rfft2(template * mask + offset)
     return torch.conj(_whiten(ref, torch)) * smooth, offset
 
 
 def _phase_correlate(frames, ref, mask, offset, max_shift: tuple[int, int], torch):
     """(shifts (n, 2) float, peak (n,)) of each frame relative to the reference spectrum."""
     n, h, w = frames.shape
-    X = _whiten(torch.fft.fft2(frames * mask + offset), torch) * ref
-    r = torch.fft.ifft2(X).real
+    # Real frames: half-spectra (rfft2) carry everything and cost half (the correlation is real).
+    X = _whiten(torch.fft.rfft2(frames * mask + offset), torch) * ref
+    r = torch.fft.irfft2(X, s=(h, w))
     my, mx = max_shift
     # Only shifts within max_shift: gather the (2my+1) × (2mx+1) window around 0 (wrapped).
     ys = torch.arange(-my, my + 1, device=frames.device) % h
@@ -145,9 +147,9 @@ def _fourier_shift(frames, shifts, torch):
     """Move each frame by ``shifts`` (n, 2) px with a phase ramp (circular, subpixel)."""
     n, h, w = frames.shape
     fy = torch.fft.fftfreq(h, device=frames.device)[None, :, None]
-    fx = torch.fft.fftfreq(w, device=frames.device)[None, None, :]
+    fx = torch.fft.rfftfreq(w, device=frames.device)[None, None, :]
     ramp = torch.exp(-2j * math.pi * (shifts[:, 0, None, None] * fy + shifts[:, 1, None, None] * fx))
-    return torch.fft.ifft2(torch.fft.fft2(frames) * ramp).real
+    return torch.fft.irfft2(torch.fft.rfft2(frames) * ramp, s=(h, w))
 
 
 # -- template ---------------------------------------------------------------------------------

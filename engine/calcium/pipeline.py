@@ -132,6 +132,16 @@ def _read_box(source, rows: slice, cols: slice) -> np.ndarray:
         return movie._block(0, movie.n_frames, rows, cols)
 
 
+def _pixels_by_time(block: np.ndarray) -> np.ndarray:
+    """frames × rows × cols → rows × cols × frames float32, C-contiguous. Copied 16 frames at a
+    time: the transposed writes then stay in cache (2x faster than one strided copy)."""
+    n, h, w = block.shape
+    out = np.empty((h, w, n), dtype=np.float32)
+    for start in range(0, n, 16):
+        out[:, :, start:start + 16] = block[start:start + 16].transpose(1, 2, 0)
+    return out
+
+
 def _patch_r_values(Y3: np.ndarray, res, boxes: np.ndarray) -> np.ndarray:
     """Spatial correlation of each footprint with the data it explains: the movie minus the
     background, averaged over time with weights max(c - median c, 0) (the frames where the
@@ -161,7 +171,7 @@ def _fit_patch(task: dict) -> dict:
 
     r0, r1, c0, c1 = task["box"]
     block = _read_box(task["source"], slice(r0, r1), slice(c0, c1))
-    Y3 = np.ascontiguousarray(block.transpose(1, 2, 0))
+    Y3 = _pixels_by_time(block)
     del block
     h, w, T = Y3.shape
     centers = task["centers"]
@@ -287,10 +297,14 @@ def _project(movie: Movie, data, A: sparse.csc_matrix, C: np.ndarray, b: sparse.
     At = A.T.tocsr()
     AtY = np.zeros((K, n), dtype=np.float64)
     step = int(max(1, 64 * 2**20 // (h * w * 4)))
+    # Few components: frames @ dense footprints in BLAS (3.5x faster on 128² × 47: the sparse
+    # product needs the frames transposed, a strided copy that costs more than the dense flops).
+    dense = A.toarray().astype(np.float32) if K <= 128 and h * w * K * 4 <= 256 * 2**20 else None
     for start in range(0, n, step):
         progress.check()
         block = data[start:start + step] if data is not None else movie.frames(start, start + step)
-        AtY[:, start:start + len(block)] = At @ block.reshape(len(block), -1).T
+        flat = block.reshape(len(block), -1)
+        AtY[:, start:start + len(block)] = (flat @ dense).T if dense is not None else At @ flat.T
         progress.report(min(start + step, n) / n, "Projecting traces")
     AtA = (At @ A).toarray()
     d = np.maximum(np.diag(AtA), 1e-12)[:, None]

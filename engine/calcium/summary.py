@@ -18,6 +18,8 @@ rows (all frames) for the noise spectrum.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from engine.calcium.io import Movie
@@ -47,15 +49,37 @@ def _shifted(a: np.ndarray, dr: int, dc: int) -> tuple[tuple[slice, slice], tupl
     return (rows_a, cols_a), (rows_b, cols_b)
 
 
+@functools.lru_cache(maxsize=16)
+def _gaussian_matrix(n: int, sigma: float) -> np.ndarray:
+    """M (n × n, float32) with M @ x == scipy's gaussian_filter1d(x, sigma, mode="nearest") along
+    axis 0: the filter applied to the identity's columns. As a matrix product the blur runs in BLAS,
+    ~20x faster than ndimage's tap loop at these sizes (σ 2·radius has 8·radius + 1 taps)."""
+    from scipy.ndimage import gaussian_filter1d
+
+    m = gaussian_filter1d(np.eye(n), sigma, axis=0, mode="nearest").astype(np.float32)
+    m.flags.writeable = False  # cached and shared
+    return m
+
+
+def _blur(block: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian blur of each frame (n × h × w, float32) along both spatial axes, mode "nearest"."""
+    n, h, w = block.shape
+    if max(h, w) > 2048:  # the dense matrices would be big: ndimage's taps instead
+        from scipy.ndimage import gaussian_filter
+
+        return gaussian_filter(block, (0, sigma, sigma), mode="nearest")
+    rows = np.matmul(_gaussian_matrix(h, sigma), block)  # batched over frames
+    return (rows.reshape(n * h, w) @ _gaussian_matrix(w, sigma).T).reshape(n, h, w)
+
+
 def _filter(block: np.ndarray, neuron_radius: float) -> tuple[np.ndarray, np.ndarray]:
     """(high-passed, band-passed) frames. High-pass: minus a Gaussian blur of σ 2·radius, which
     removes the smooth background (neuropil, bleaching drift) but keeps pixel noise independent,
     as correlations need. Band-pass: that, blurred at σ radius/2, keeps cell-sized structure
     and averages out noise, as peaks need."""
-    from scipy.ndimage import gaussian_filter
-
-    high = block - gaussian_filter(block, (0, 2.0 * neuron_radius, 2.0 * neuron_radius), mode="nearest")
-    return high, gaussian_filter(high, (0, neuron_radius / 2.0, neuron_radius / 2.0), mode="nearest")
+    block = np.asarray(block, dtype=np.float32)
+    high = block - _blur(block, 2.0 * neuron_radius)
+    return high, _blur(high, neuron_radius / 2.0)
 
 
 def detection_images(movie, neuron_radius: float = 4.0, noise_method: str = "mean", progress: Progress | None = None) -> dict:
@@ -86,7 +110,8 @@ def detection_images(movie, neuron_radius: float = 4.0, noise_method: str = "mea
     previous = None
     for start in range(0, n, step):
         first.check()
-        block = movie.frames(start, start + step).astype(np.float64)
+        # float32 filtering (1.6x faster than float64, same images to ~1e-7); sums go to float64.
+        block = movie.frames(start, start + step).astype(np.float32, copy=False)
         if not np.isfinite(block).all():
             bad = start + int(np.flatnonzero(~np.isfinite(block).all(axis=(1, 2)))[0])
             raise InputError(f"Frame {bad} contains NaN or infinite values: fix or drop the bad frames first.")

@@ -9,7 +9,7 @@ from scipy import sparse
 from scipy.optimize import linear_sum_assignment
 
 from engine.calcium import pipeline, synth
-from engine.calcium.export import SUITE2P_FILES, export_suite2p
+from engine.calcium.export import STAT_MIN_WEIGHT, SUITE2P_FILES, export_suite2p
 from engine.cli import main
 from engine.errors import InputError
 
@@ -100,10 +100,13 @@ def test_suite2p_export(run, tmp_path):
     ops = np.load(tmp_path / "ops.npy", allow_pickle=True).item()
     assert (ops["Ly"], ops["Lx"], ops["nframes"], ops["fs"]) == (96, 96, T, 30.0)
     assert ops["meanImg"].shape == (96, 96)
-    # Pixel index convention of footprints.npz: y * width + x, the same pixels as stat's ypix/xpix.
+    # Pixel index convention of footprints.npz: y * width + x; stat holds the same footprint without
+    # its faint box tails (weights below STAT_MIN_WEIGHT of the peak).
     A = sparse.load_npz(tmp_path / "footprints.npz").tocsc()
     assert A.shape == (96 * 96, K)
-    pix = A[:, 0].indices
+    col = A[:, 0]
+    pix = col.indices[col.data >= STAT_MIN_WEIGHT * col.data.max()]
+    assert 0 < len(pix) < col.nnz
     np.testing.assert_array_equal(np.sort(pix), np.sort(stat[0]["ypix"] * 96 + stat[0]["xpix"]))
     img = np.asarray(A[:, 0].toarray()).reshape(96, 96)
     y, x = np.unravel_index(np.argmax(img), img.shape)
