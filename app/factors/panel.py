@@ -215,6 +215,10 @@ class FactorsWorkspace(Workspace):
             box.valueChanged.connect(lambda _v: self._composite_changed())
             rgb_row.addWidget(box)
             self.rgb.append(box)
+        self.rotate = QCheckBox("Rotate 90°")
+        self.rotate.setToolTip("Show the image turned counter-clockwise (a wide slice as a vertical strip); "
+                               "display only, positions stay image pixels")
+        self.rotate.toggled.connect(self._rotate_view)
         self.export_button = self._button("Export view…", self.export_dialog)
         self.export_button.setToolTip("Save what the image view shows as PNG or SVG")
         form.addRow("Layer:", self.overlay_kind)
@@ -222,6 +226,7 @@ class FactorsWorkspace(Workspace):
         form.addRow("Opacity:", self.heat_opacity)
         form.addRow("Threshold:", self.threshold)
         form.addRow("R G B:", rgb_row)
+        form.addRow(self.rotate)
         form.addRow(self.export_button)
 
     def _build_views(self) -> None:
@@ -278,15 +283,16 @@ class FactorsWorkspace(Workspace):
         self.selection = None
         self.current_factor = None
         self.info.update_values({"file": path.name, "shape": self.image.shape, "folder": str(self.folder)})
-        if self.min_side() < 1024:  # small images (the demo mosaic): smaller patches, so there are enough of them
-            self.patch_size.setValue(64)
+        # small images (the demo mosaic): smaller patches, so there are enough of them
+        self.patch_size.setValue(64 if self.min_side() < 1024 else 128)
         self.view.set_image(self.image)
+        self.canvas.set_rotated(self.rotate.isChecked())  # the turn depends on the image's width
         self.loaded(path)
         self._regions_changed(save=False)
         self._factors_changed()
         if self.clusters is not None:
             self.overlay_kind.setCurrentText("Clusters")
-            self._show_cluster_legend()
+        self._show_cluster_legend()  # or clear the previous image's
         restored = [name for name, thing in (("model", self.model), ("latents", self.latents), ("factors", self.factors),
                                              ("clusters", self.clusters)) if thing is not None]
         self.stage_label.setText(f"Restored {', '.join(restored)} from the project folder." if restored else
@@ -528,7 +534,7 @@ class FactorsWorkspace(Workspace):
         self.factors = factors
         self.clusters = None
         self._factors_changed()
-        self.stage_label.setText(f"NMF: {factors.k} factors, relative error {factors.error:.3f} after {factors.n_iter} "
+        self.stage_label.setText(f"NMF: {factors.k} factors, relative error {factors.relative_error:.3f} after {factors.n_iter} "
                                  f"iterations ({factors.seconds:.1f} s).")
         self.progress_bar.setValue(1000)
         if self.selection is not None and self.selection.pairs:
@@ -571,20 +577,7 @@ class FactorsWorkspace(Workspace):
             self.redraw_layer()
             self._refresh_controls()
             return
-        table = colormap_table(self.colormap.currentText())
-        thumbs = []
-        step = max(1, max(f.grid_shape) // 96)
-        # the image at the thumbnail's grid positions, in gray, under each heatmap (as in the paper's figure)
-        gray = np.asarray(self.image[::f.stride * step, ::f.stride * step], dtype=np.float32)
-        lo, hi = np.percentile(gray, [0.5, 99.5])
-        gray = np.clip((gray - lo) / max(hi - lo, 1e-6) * 200 + 40, 0, 255)[..., None]
-        for i in range(f.k):
-            heat = heat_rgba(f.heatmap(i)[::step, ::step], table).astype(np.float32)
-            h, w = min(gray.shape[0], heat.shape[0]), min(gray.shape[1], heat.shape[1])
-            alpha = heat[:h, :w, 3:] / 255
-            rgb = heat[:h, :w, :3] * alpha + gray[:h, :w] * (1 - alpha)
-            thumbs.append(np.concatenate([rgb, np.full((h, w, 1), 255.0)], axis=-1).astype(np.uint8))
-        self.factor_list.set_factors(thumbs)
+        self._update_thumbnails()
         for box in self.rgb:
             box.setMaximum(f.k - 1)
         self.update_selection(recount=True)
@@ -594,6 +587,34 @@ class FactorsWorkspace(Workspace):
         self.redraw_layer()
         self._update_overlay()
         self._refresh_controls()
+
+    def _update_thumbnails(self) -> None:
+        """One heatmap thumbnail per factor over the image in gray, turned like the view."""
+        f = self.factors
+        table = colormap_table(self.colormap.currentText())
+        thumbs = []
+        step = max(1, max(f.grid_shape) // 96)
+        # the image at the thumbnail's grid positions, in gray, under each heatmap (as in the paper's figure)
+        (r0, c0), every = f.grid.offset, f.stride * step
+        gray = np.asarray(self.image[r0::every, c0::every], dtype=np.float32)
+        lo, hi = np.percentile(gray, [0.5, 99.5])
+        gray = np.clip((gray - lo) / max(hi - lo, 1e-6) * 200 + 40, 0, 255)[..., None]
+        for i in range(f.k):
+            heat = heat_rgba(f.heatmap(i)[::step, ::step], table).astype(np.float32)
+            h, w = min(gray.shape[0], heat.shape[0]), min(gray.shape[1], heat.shape[1])
+            alpha = heat[:h, :w, 3:] / 255
+            rgb = heat[:h, :w, :3] * alpha + gray[:h, :w] * (1 - alpha)
+            thumb = np.concatenate([rgb, np.full((h, w, 1), 255.0)], axis=-1).astype(np.uint8)
+            thumbs.append(np.rot90(thumb) if self.canvas.rotated else thumb)  # rot90: counter-clockwise, as the view
+        self.factor_list.set_factors(thumbs)
+
+    def _rotate_view(self, rotated: bool) -> None:
+        self.canvas.set_rotated(rotated)
+        if self.factors is not None:
+            self._update_thumbnails()
+            self.update_selection(recount=False)  # the captions of the chosen factors
+            if self.current_factor is not None:
+                self.factor_list.select_factor(self.current_factor)
 
     def show_factor(self, i: int) -> None:
         if self.factors is None or not 0 <= i < self.factors.k:
@@ -615,17 +636,17 @@ class FactorsWorkspace(Workspace):
         opacity = self.heat_opacity.value() / 100
         if kind == "Factor heatmap" and f is not None and self.current_factor is not None:
             rgba = heat_rgba(f.heatmap(self.current_factor), colormap_table(self.colormap.currentText()), threshold)
-            self.view.set_heatmap(rgba, f.stride, opacity)
+            self.canvas.set_layer(rgba, f.grid, opacity)
             self.canvas.hint.setText(f"Factor {self.current_factor}: {self._factor_caption(self.current_factor)}")
         elif kind == "RGB composite" and f is not None:
             chosen = tuple(box.value() for box in self.rgb)
-            self.view.set_heatmap(composite_rgba(f.composite(chosen), threshold), f.stride, opacity)
+            self.canvas.set_layer(composite_rgba(f.composite(chosen), threshold), f.grid, opacity)
             self.canvas.hint.setText(f"Red = factor {chosen[0]}, green = factor {chosen[1]}, blue = factor {chosen[2]}")
         elif kind == "Clusters" and self.clusters is not None and f is not None:
-            self.view.set_heatmap(cluster_rgba(self.clusters.cluster_map), f.stride, opacity)
+            self.canvas.set_layer(cluster_rgba(self.clusters.cluster_map), f.grid, opacity)
             self.canvas.hint.setText("GMM clusters (legend beside the factor list)")
         else:
-            self.view.set_heatmap(None)
+            self.canvas.set_layer(None)
             self.canvas.hint.setText("")
 
     def _factor_caption(self, i: int) -> str:
@@ -754,6 +775,7 @@ class FactorsWorkspace(Workspace):
         for box in (self.lam, self.p, *self.rgb):
             box.setEnabled(self.factors is not None)
         self.export_button.setEnabled(has_image)
+        self.rotate.setEnabled(has_image)
 
     # -- demo ----------------------------------------------------------------------------------
     def demo_steps(self) -> list:

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 import pyqtgraph as pg
-from PyQt6.QtCore import QSize, Qt, pyqtSignal
-from PyQt6.QtGui import QColor, QIcon, QImage, QPixmap
+from PyQt6.QtCore import QPointF, QRectF, QSize, Qt, pyqtSignal
+from PyQt6.QtGui import QColor, QIcon, QImage, QPixmap, QTransform
 from PyQt6.QtWidgets import QLabel, QListWidget, QListWidgetItem, QVBoxLayout, QWidget
 
 from app.widgets.image_view import ImageView
@@ -73,6 +73,11 @@ class RegionCanvas(QWidget):
     vertex. Brush/eraser mode: drag to paint. Pan mode: drag to pan, wheel to zoom (always).
     The same methods the mouse calls (:meth:`add_vertex`, :meth:`finish_polygon`,
     :meth:`paint_stroke`) let scripts draw.
+
+    :meth:`set_rotated` turns the picture 90° counter-clockwise (a wide slice becomes a vertical
+    strip, as in the paper's figures). Display only: the image, its layers and the drawing sit in
+    one group that is rotated, and every position (click, drag, hover) is read in the image item's
+    own coordinates, so rows and columns stay image pixels either way.
     """
 
     polygon_finished = pyqtSignal(list)  # [(x, y), ...] pixel vertices
@@ -93,9 +98,14 @@ class RegionCanvas(QWidget):
         for item in (self.outline, self.dots):
             item.mouseClickEvent = lambda event: event.ignore()  # clicks on a vertex dot reach the image
             self.view.viewbox.addItem(item)
+        self.content = pg.ItemGroup()  # what turns with the view; the items stay in the view box's list (autorange)
+        self.view.viewbox.addItem(self.content)
+        for item in (self.view.image, self.view.heatmap, self.view.overlay, self.outline, self.dots):
+            item.setParentItem(self.content)
+        self.rotated = False
         self.view.clicked.connect(self._clicked)
         self.view.double_clicked.connect(lambda r, c: self.finish_polygon())
-        self.view.hovered.connect(self.hovered)
+        self.view.graphics.scene().sigMouseMoved.connect(self._mouse_moved)
         self.view.image.mouseDragEvent = self._dragged
         self.hint = QLabel("", objectName="Hint")
         self.hint.setWordWrap(True)
@@ -105,6 +115,40 @@ class RegionCanvas(QWidget):
         layout.addWidget(self.view, 1)
         layout.addWidget(self.hint)
         self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
+
+    def set_layer(self, rgba: np.ndarray | None, grid=None, opacity: float | None = None) -> None:
+        """An RGBA layer on the latent ``grid`` (engine.factors.files.Grid): value [i, j] covers the stride × stride
+        pixels around grid centre (offset + i·stride, offset + j·stride); None hides it."""
+        self.view.set_heatmap(rgba, 1 if grid is None else grid.stride, opacity)
+        if rgba is not None and grid is not None:
+            (r0, c0), s = grid.offset, grid.stride
+            rows, cols = rgba.shape[:2]
+            self.view.heatmap.setRect(QRectF(c0 - s / 2 + 0.5, r0 - s / 2 + 0.5, cols * s, rows * s))
+
+    def set_rotated(self, rotated: bool) -> None:
+        """Show the image turned 90° counter-clockwise (its right edge on top), or upright."""
+        self.rotated = bool(rotated)
+        width = self.view.shape[1] if self.view.shape is not None else 0
+        # (x = col, y = row) → (x' = row, y' = width − col); y points down in the view
+        self.content.setTransform(QTransform(0, -1, 1, 0, 0, width) if self.rotated else QTransform())
+        self.view.viewbox.autoRange(padding=0.01)
+        self.view.viewbox.updateMatrix()  # now, not at the next paint: positions read before it must be right
+
+    def pixel_at(self, scene_pos) -> tuple[int, int]:
+        """Image (row, col) under a scene position, rotated or not; (-1, -1) off the image."""
+        point = self.view.image.mapFromScene(scene_pos)
+        row, col = int(np.floor(point.y())), int(np.floor(point.x()))
+        shape = self.view.shape
+        inside = shape is not None and 0 <= row < shape[0] and 0 <= col < shape[1]
+        return (row, col) if inside else (-1, -1)
+
+    def scene_position(self, row: float, col: float):
+        """Where image pixel (row, col) is in the coordinates of the view's click target, rotated or not (tests)."""
+        return self.view.graphics.mapFromScene(self.view.image.mapToScene(QPointF(col + 0.5, row + 0.5)))
+
+    def _mouse_moved(self, scene_pos) -> None:
+        if self.view.shape is not None:
+            self.hovered.emit(*self.pixel_at(scene_pos))
 
     def set_mode(self, mode: str) -> None:
         self.mode = mode

@@ -7,7 +7,7 @@ heatmaps, the chosen factor per region, and clusters inside one region.
     and confusion matrix of the spatial-block split, and saves the model with its preprocessing.
 ``neurowb factors extract MODEL IMAGE -o LATENTS.npy [--stride 4 --memory-mb MB]``
     writes the dense latents (grid rows × grid cols × 64, float32, memory-mapped while written)
-    and ``LATENTS.grid.json`` beside it: the grid geometry (:class:`Grid`) that maps grid
+    and ``LATENTS.grid.json`` beside it: the grid geometry (:class:`~engine.factors.files.Grid`) that maps grid
     position (i, j) to image pixel (offset_row + i·stride, offset_col + j·stride).
 ``neurowb factors nmf LATENTS.npy -k 15 -o FACTORS.npz``
     factorizes the latents (:func:`engine.factors.nmf.nmf`) and writes ``W`` (grid rows × grid
@@ -19,6 +19,11 @@ heatmaps, the chosen factor per region, and clusters inside one region.
     Gaussian-mixture clusters of the codes inside one region (BIC per number of clusters printed),
     with the per-cluster composition over the regions of ``--labels``.
 
+The files are those of :mod:`engine.factors.files`, the same the GUI keeps in an image's project
+folder (``<stem>_factors/latents.npy``, ``factors.npz``): either reads what the other wrote. Label
+maps are read as the GUI reads them (:func:`engine.factors.files.read_labels`: region names from
+an .npz's ``classes``; 0-based classes shifted up by one).
+
 Results go to stdout, "wrote ..." lines and progress bars to stderr. Every file is written
 atomically (temporary file, then rename), so an interrupted run never leaves half a file.
 """
@@ -26,238 +31,30 @@ atomically (temporary file, then rename), so an interrupted run never leaves hal
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
-import os
 import re
 import sys
-import tempfile
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
-from engine.errors import InputError, check_input_file
+from engine.errors import InputError
+from engine.factors.files import Factors, Grid, grid_file, load_factors, load_latents, read_labels, save_factors
 
-LATENTS_FORMAT = "neurowb.factors_latents"
-FACTORS_FORMAT = "neurowb.factors_nmf"
-FORMAT_VERSION = 1
 MAX_BIC_RANGE = 20  # "-n 2-200" would fit for hours: refuse it with a message instead
 #: Colours of clusters 0, 1, ... in a PNG cluster map (matplotlib's tab10).
 CLUSTER_COLOURS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
                    (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207))
 
 
-# ---------------------------------------------------------------------------------------------
-# files: latent grid geometry, latents, factors
-
-@dataclass(frozen=True)
-class Grid:
-    """Where the latent grid lies on the image: grid (i, j) is centred on pixel
-    (offset[0] + i·stride, offset[1] + j·stride) of an image of ``image_shape``."""
-
-    stride: int
-    offset: tuple[int, int]
-    shape: tuple[int, int]
-    image_shape: tuple[int, int]
-    patch_size: int
-    mode: str = "same"
-    pixel_size_um: float | None = None
-
-    def centers(self) -> tuple[np.ndarray, np.ndarray]:
-        """Pixel rows and columns of the grid."""
-        return (self.offset[0] + self.stride * np.arange(self.shape[0]),
-                self.offset[1] + self.stride * np.arange(self.shape[1]))
-
-    def sample(self, labels: np.ndarray) -> np.ndarray:
-        """A label map of ``image_shape`` read at the grid positions (grid rows × grid cols, int64)."""
-        rows, cols = self.centers()
-        return np.asarray(labels)[np.ix_(rows, cols)].astype(np.int64)
-
-    def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, d: dict, source: str) -> "Grid":
-        try:
-            grid = cls(stride=int(d["stride"]), offset=(int(d["offset"][0]), int(d["offset"][1])),
-                       shape=(int(d["shape"][0]), int(d["shape"][1])),
-                       image_shape=(int(d["image_shape"][0]), int(d["image_shape"][1])),
-                       patch_size=int(d["patch_size"]), mode=str(d.get("mode", "same")),
-                       pixel_size_um=None if d.get("pixel_size_um") is None else float(d["pixel_size_um"]))
-        except (KeyError, TypeError, ValueError, IndexError) as exc:
-            raise InputError(f"The grid description in '{source}' is incomplete or damaged: run "
-                             "`neurowb factors extract` again.", details=f"{type(exc).__name__}: {exc}") from exc
-        rows, cols = grid.centers()
-        if grid.stride < 1 or min(grid.shape) < 1 or rows[-1] >= grid.image_shape[0] or cols[-1] >= grid.image_shape[1] \
-                or min(grid.offset) < 0:
-            raise InputError(f"The grid description in '{source}' does not fit its image "
-                             f"({grid.image_shape[0]}×{grid.image_shape[1]} px): run `neurowb factors extract` again.")
-        return grid
-
-
-def grid_file(latents_path: str | os.PathLike) -> Path:
-    """The geometry file written beside a latents file: ``x.npy`` → ``x.grid.json``."""
-    path = Path(latents_path)
-    return path.with_name(f"{path.stem}.grid.json")
-
-
-@contextlib.contextmanager
-def _replacing(path: str | os.PathLike) -> Iterator[Path]:
-    """A temporary path in the target's folder that replaces ``path`` when the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _wrong_kind_hint(path: Path) -> str:
-    """What a file given in the wrong place probably is, to say so in the message."""
-    if path.suffix.lower() == ".npz":
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                if "format" in z.files and str(z["format"]) == FACTORS_FORMAT:
-                    return " It is a factors file from `neurowb factors nmf`."
-        except Exception:
-            pass
-    if path.suffix.lower() == ".npy" and grid_file(path).is_file():
-        return " It is a latents file from `neurowb factors extract`."
-    return ""
-
-
-def load_latents(path: str | os.PathLike) -> tuple[np.ndarray, Grid]:
-    """Latents (grid rows × grid cols × d, memory-mapped) and their grid, as written by ``extract``."""
-    path = Path(path)
-    if path.suffix.lower() != ".npy":
-        hint = _wrong_kind_hint(path) if path.is_file() else ""
-        raise InputError(f"'{path.name}' is not a latents file: give the .npy written by `neurowb factors extract`.{hint}")
-    check_input_file(path, (".npy",), "latents")
-    sidecar = grid_file(path)
-    if not sidecar.is_file():
-        raise InputError(f"'{path.name}' has no grid file '{sidecar.name}' beside it, so its rows cannot be placed on the "
-                         "image: give latents written by `neurowb factors extract` (keep the two files together).")
-    try:
-        meta = json.loads(sidecar.read_text(encoding="utf-8"))
-    except Exception as exc:
-        raise InputError(f"'{sidecar.name}' is not readable JSON: run `neurowb factors extract` again.", details=str(exc)) from exc
-    if not isinstance(meta, dict) or meta.get("format") != LATENTS_FORMAT:
-        raise InputError(f"'{sidecar.name}' is not a NeuroWorkbench latent grid file: run `neurowb factors extract` again.")
-    grid = Grid.from_dict(meta.get("grid", {}), sidecar.name)
-    try:
-        latents = np.load(path, mmap_mode="r", allow_pickle=False)
-    except Exception as exc:
-        raise InputError(f"Could not read '{path.name}' as a NumPy array: run `neurowb factors extract` again.",
-                         details=str(exc)) from exc
-    if latents.ndim != 3 or tuple(latents.shape[:2]) != grid.shape or not np.issubdtype(latents.dtype, np.floating):
-        raise InputError(f"'{path.name}' holds a {latents.dtype} array of shape {tuple(latents.shape)} but its grid file "
-                         f"describes a {grid.shape[0]}×{grid.shape[1]} grid of float latents: the two files do not belong "
-                         "together; run `neurowb factors extract` again.")
-    return latents, grid
-
-
-@dataclass
-class Factors:
-    """An NMF of dense latents: ``codes`` (grid rows × grid cols × k), ``H`` (k × d) and the grid."""
-
-    codes: np.ndarray
-    H: np.ndarray
-    grid: Grid
-    relative_error: float
-    errors: np.ndarray
-    n_iter: int
-    converged: bool
-
-    @property
-    def k(self) -> int:
-        return int(self.H.shape[0])
-
-
-def save_factors(path: str | os.PathLike, result, grid: Grid) -> Path:
-    """Write an :class:`~engine.factors.nmf.NMFResult` on ``grid`` as FACTORS.npz (atomically)."""
-    k = result.H.shape[0]
-    arrays = {
-        "format": np.array(FACTORS_FORMAT), "format_version": np.int64(FORMAT_VERSION),
-        "W": np.asarray(result.W, dtype=np.float32).reshape(grid.shape[0], grid.shape[1], k),
-        "H": np.asarray(result.H, dtype=np.float32),
-        "relative_error": np.float64(result.final_error), "errors": np.asarray(result.errors, dtype=np.float64),
-        "n_iter": np.int64(result.n_iter), "converged": np.bool_(result.converged),
-        "grid": np.array(json.dumps(grid.to_dict())),
-    }
-    with _replacing(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-    return Path(path)
-
-
-def load_factors(path: str | os.PathLike) -> Factors:
-    """A FACTORS.npz written by ``neurowb factors nmf``; InputError for anything else."""
-    path = Path(path)
-    if path.suffix.lower() != ".npz":
-        hint = _wrong_kind_hint(path) if path.is_file() else ""
-        raise InputError(f"'{path.name}' is not a factors file: give the .npz written by `neurowb factors nmf`.{hint}")
-    check_input_file(path, (".npz",), "factors")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            if "format" not in z.files or str(z["format"]) != FACTORS_FORMAT:
-                raise InputError(f"'{path.name}' is not a NeuroWorkbench factors file: make one with `neurowb factors nmf`.")
-            if int(z["format_version"]) > FORMAT_VERSION:
-                raise InputError(f"'{path.name}' was written by a newer NeuroWorkbench: update it, or run "
-                                 "`neurowb factors nmf` again.")
-            grid = Grid.from_dict(json.loads(str(z["grid"])), path.name)
-            factors = Factors(codes=z["W"], H=z["H"], grid=grid, relative_error=float(z["relative_error"]),
-                              errors=z["errors"], n_iter=int(z["n_iter"]), converged=bool(z["converged"]))
-    except InputError:
-        raise
-    except Exception as exc:
-        raise InputError(f"'{path.name}' is damaged or incomplete: run `neurowb factors nmf` again.",
-                         details=f"{type(exc).__name__}: {exc}") from exc
-    if factors.codes.ndim != 3 or tuple(factors.codes.shape[:2]) != grid.shape or factors.H.ndim != 2 \
-            or factors.H.shape[0] != factors.codes.shape[2]:
-        raise InputError(f"'{path.name}' is inconsistent (codes {factors.codes.shape}, factors {factors.H.shape}, grid "
-                         f"{grid.shape}): run `neurowb factors nmf` again.")
-    return factors
-
-
-def region_names(labels_path: str | os.PathLike) -> dict[int, str]:
-    """Region names stored with a label map: ``classes`` (or ``names``) in an .npz, entry k-1 naming label k."""
-    path = Path(labels_path)
-    if path.suffix.lower() != ".npz":
-        return {}
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            key = "classes" if "classes" in z.files else "names" if "names" in z.files else None
-            if key is None:
-                return {}
-            return {k + 1: str(name) for k, name in enumerate(np.atleast_1d(z[key]))}
-    except Exception:
-        return {}  # names are a nicety; load_labels reports a broken file
-
-
-def _load_grid_labels(path: str, grid: Grid, what: str = "labels") -> np.ndarray:
-    """A label map of the grid's image, read at the grid positions; InputError when none survives the sampling."""
-    from engine.factors.io import load_labels
-
-    labels = load_labels(path, shape=grid.image_shape)
+def _load_grid_labels(path: str, grid: Grid) -> tuple[np.ndarray, dict[int, str]]:
+    """A label map of the grid's image read at the grid positions, and its region names; InputError when no
+    label survives the sampling."""
+    labels, names = read_labels(path, shape=grid.image_shape)
     sampled = grid.sample(labels)
     if not np.any(sampled):
         raise InputError(f"No labelled pixel of '{Path(path).name}' falls on the latent grid (every {grid.stride}th "
                          f"pixel): label larger regions, or extract the latents with a smaller --stride.")
-    return sampled
+    return sampled, names
 
 
 # ---------------------------------------------------------------------------------------------
@@ -370,7 +167,7 @@ def _region_title(label: int, names: dict[int, str]) -> str:
 def _run_train(args: argparse.Namespace) -> int:
     from engine.cli import progress_bar
     from engine.factors.cnn import MIN_PATCH, train
-    from engine.factors.io import load_image, load_labels
+    from engine.factors.io import load_image
 
     _positive(args.epochs, "--epochs")
     _positive(args.patches_per_epoch, "--patches-per-epoch")
@@ -381,8 +178,7 @@ def _run_train(args: argparse.Namespace) -> int:
     if args.pixel_size is not None and not args.pixel_size > 0:
         raise InputError(f"--pixel-size must be a positive size in µm, got {args.pixel_size:g}.")
     image = load_image(args.image)
-    labels = load_labels(args.labels, shape=image.shape)
-    names = region_names(args.labels)
+    labels, names = read_labels(args.labels, shape=image.shape)
     with progress_bar("Training") as progress:
         result = train(image, labels, pixel_size_um=args.pixel_size, patch_size=args.patch_size, epochs=args.epochs,
                        patches_per_epoch=args.patches_per_epoch, batch_size=args.batch_size,
@@ -410,9 +206,9 @@ def _run_train(args: argparse.Namespace) -> int:
 def _run_extract(args: argparse.Namespace) -> int:
     from engine.cli import progress_bar
     from engine.factors.cnn import LATENT_DIM, PatchModel
-    from engine.factors.dense import dense_latents, grid_centers
+    from engine.factors.dense import dense_latents
+    from engine.factors.files import writing_latents
     from engine.factors.io import load_image
-    from engine.storage import atomic_save_json
 
     _require_suffix(args.output, (".npy",), "latents file (-o)")
     _positive(args.stride, "--stride")
@@ -422,24 +218,14 @@ def _run_extract(args: argparse.Namespace) -> int:
     prep = model.preprocessing
     pixel_size = args.pixel_size if args.pixel_size is not None else prep.pixel_size_um
     prep.check_image(image, args.pixel_size, what=f"'{Path(args.image).name}'")
-    rows, cols = grid_centers(image.shape, args.stride, prep.patch_size, args.mode)
-    if len(rows) == 0 or len(cols) == 0:
-        raise InputError(f"'{Path(args.image).name}' ({image.shape[0]}×{image.shape[1]} px) is smaller than one "
-                         f"{prep.patch_size}-px patch, so --mode valid has no positions: use --mode same.")
-    grid = Grid(stride=int(args.stride), offset=(int(rows[0]), int(cols[0])), shape=(len(rows), len(cols)),
-                image_shape=(int(image.shape[0]), int(image.shape[1])), patch_size=prep.patch_size, mode=args.mode,
-                pixel_size_um=pixel_size)
-    with _replacing(args.output) as tmp:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(*grid.shape, LATENT_DIM))
+    grid = Grid.for_image(image.shape, args.stride, prep.patch_size, args.mode, pixel_size,
+                          what=f"'{Path(args.image).name}'")
+    with writing_latents(args.output, grid, LATENT_DIM, model=str(Path(args.model).resolve()),
+                         image=str(Path(args.image).resolve())) as out:
         with progress_bar("Dense latents") as progress:
             dense_latents(model, image, stride=args.stride, mode=args.mode, pixel_size_um=args.pixel_size,
                           memory_mb=args.memory_mb, out=out, progress=progress)
-        out.flush()
         silent = int(np.count_nonzero(np.asarray(out).reshape(-1, LATENT_DIM).max(0) <= 0))
-        del out
-    meta = {"format": LATENTS_FORMAT, "format_version": FORMAT_VERSION, "grid": grid.to_dict(),
-            "model": str(Path(args.model).resolve()), "image": str(Path(args.image).resolve())}
-    atomic_save_json(grid_file(args.output), meta)
     print(f"latents: {grid.shape[0]}×{grid.shape[1]} grid (every {grid.stride} px from pixel {grid.offset}) × "
           f"{LATENT_DIM} units, {silent} units zero everywhere")
     print(f"wrote {args.output} and {grid_file(args.output).name}", file=sys.stderr)
@@ -451,11 +237,11 @@ def _run_nmf(args: argparse.Namespace) -> int:
     from engine.factors.nmf import nmf
 
     _require_suffix(args.output, (".npz",), "factors file (-o)")
-    latents, grid = load_latents(args.latents)
+    latents = load_latents(args.latents)
     with progress_bar("NMF") as progress:
-        result = nmf(latents, args.k, max_iter=args.max_iter, tol=args.tol, device=getattr(args, "device", None),
+        result = nmf(latents.values, args.k, max_iter=args.max_iter, tol=args.tol, device=getattr(args, "device", None),
                      progress=progress)
-    save_factors(args.output, result, grid)
+    save_factors(args.output, Factors.from_nmf(result, latents.grid))
     state = "converged" if result.converged else "stopped at --max-iter"
     print(f"NMF k={args.k}: relative error {result.final_error:.4f} after {result.n_iter} iterations ({state}), "
           f"{result.seconds:.1f} s on {result.device}")
@@ -472,8 +258,7 @@ def _run_select(args: argparse.Namespace) -> int:
     if args.json:
         _require_suffix(args.json, (".json",), "--json file")
     factors = load_factors(args.factors)
-    grid_labels = _load_grid_labels(args.labels, factors.grid)
-    names = region_names(args.labels)
+    grid_labels, names = _load_grid_labels(args.labels, factors.grid)
     sel = select_factors(factors.codes, grid_labels, p=args.p, lam=args.lam)
 
     k, r = sel.scores.shape
@@ -511,7 +296,6 @@ def parse_cluster_numbers(text: str) -> list[int]:
 def _run_cluster(args: argparse.Namespace) -> int:
     from engine.cli import progress_bar
     from engine.factors.clusters import cluster_roi
-    from engine.factors.io import load_labels
 
     if args.output:
         _require_suffix(args.output, (".npy", ".png"), "cluster map (-o)")
@@ -520,7 +304,7 @@ def _run_cluster(args: argparse.Namespace) -> int:
         raise InputError(f"--erode must be ≥ 0 pixels, got {args.erode}.")
     factors = load_factors(args.factors)
     grid = factors.grid
-    mask = grid.sample(load_labels(args.mask, shape=grid.image_shape))
+    mask = grid.sample(read_labels(args.mask, shape=grid.image_shape)[0])
     if args.roi is None:
         region, roi, where = (mask > 0).astype(np.int64), 1, "the non-zero pixels of the mask"
     else:
@@ -531,8 +315,7 @@ def _run_cluster(args: argparse.Namespace) -> int:
         present = [int(v) for v in np.unique(mask) if v > 0]
         raise InputError(f"No grid position lies in {where} of '{Path(args.mask).name}' (regions on the grid: "
                          f"{present or 'none'}): pick one of those, or extract with a smaller --stride.")
-    composition = _load_grid_labels(args.labels, grid) if args.labels else None
-    names = region_names(args.labels) if args.labels else {}
+    composition, names = _load_grid_labels(args.labels, grid) if args.labels else (None, {})
     with progress_bar("Clustering") as progress:
         result = cluster_roi(factors.codes, region, roi, candidates, patch_size=grid.patch_size, stride=grid.stride,
                              erode_px=args.erode, composition_labels=composition, seed=args.seed, progress=progress)

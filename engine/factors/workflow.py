@@ -7,9 +7,14 @@ as soon as it exists, so that no step's work is lost::
 
     rois.json, rois_base.npz   the hand-drawn regions (engine.factors.rois)
     model.pt                   the trained patch classifier (its best epoch; a checkpoint while training)
-    latents.npy                dense 64-d latents on the grid of one stride
-    factors.npz                NMF codes on that grid (rows, cols, k), factors H (k, 64), stride, patch size
+    latents.npy                dense 64-d latents on the grid of one stride,
+    latents.grid.json            with that grid's geometry beside them
+    factors.npz                NMF codes on that grid (rows, cols, k), factors H (k, 64), the grid
     clusters.npz               the last Gaussian-mixture clustering (map, BIC per number of clusters, region)
+
+The latents and factors files are those of ``neurowb factors extract|nmf`` (engine.factors.files):
+``neurowb factors select <folder>/factors.npz --labels ...`` reads the GUI's factors, and CLI
+outputs renamed into the folder open in the GUI.
 
 Each step's result makes the later files stale, so a step removes them when it finishes
 (a retrained model invalidates the latents, the factors and the clusters).
@@ -19,16 +24,14 @@ The job bodies (``train_job``, ``extract_job``, ``nmf_job``, ``cluster_job``) ta
 and the tests call directly. The selection is not a job: on precomputed coverage counts a
 new λ or p is a few array operations (:meth:`engine.factors.selection.Selection.rescore`).
 
-Grid: codes[i, j] belong to the patch centred at pixel (i·stride, j·stride) (dense mode
-"same"); :func:`grid_labels` samples a label map at those centres.
+Grid: codes[i, j] belong to the patch centred at pixel (offset_row + i·stride, offset_col +
+j·stride) (:class:`engine.factors.files.Grid`; offset 0 for the GUI's dense mode "same");
+``grid.sample(labels)`` reads a label map at those centres.
 """
 
 from __future__ import annotations
 
-import io
-import json
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,15 +39,17 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import InputError
-from engine.factors.cnn import PatchModel, TrainResult, train
-from engine.factors.dense import dense_latents, grid_centers
+from engine.factors import files
+from engine.factors.cnn import LATENT_DIM, PatchModel, TrainResult, train
+from engine.factors.dense import dense_latents
+from engine.factors.files import Grid, Latents
 from engine.factors.rois import RegionSet
 from engine.progress import Progress, as_progress
-from engine.storage import atomic_save_json, atomic_write_bytes, workdir_for
+from engine.storage import workdir_for
 
 MODEL_FILE = "model.pt"
 LATENTS_FILE = "latents.npy"
-LATENTS_META = "latents.json"
+LATENTS_META = files.grid_file(LATENTS_FILE).name
 FACTORS_FILE = "factors.npz"
 CLUSTERS_FILE = "clusters.npz"
 DOWNSTREAM = {"model": (LATENTS_FILE, LATENTS_META, FACTORS_FILE, CLUSTERS_FILE), "latents": (FACTORS_FILE, CLUSTERS_FILE),
@@ -71,29 +76,6 @@ def project_folder(image_path: str | os.PathLike, create: bool = True) -> Path:
     return folder
 
 
-def _atomic_npy(path: Path, array: np.ndarray) -> Path:
-    """np.save straight into a temp file beside ``path``, then rename (no in-memory copy of big latents)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, np.asarray(array), allow_pickle=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def _atomic_npz(path: Path, **arrays) -> Path:
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, **arrays)
-    return atomic_write_bytes(path, buffer.getvalue())
-
-
 def invalidate(folder: str | os.PathLike, after: str) -> None:
     """Remove the files made stale by a new result of step ``after`` ("model", "latents", "factors")."""
     for name in DOWNSTREAM[after]:
@@ -106,42 +88,15 @@ def invalidate(folder: str | os.PathLike, after: str) -> None:
 # ---------------------------------------------------------------------------------------------
 # results
 
-@dataclass
-class Latents:
-    values: np.ndarray  # (rows, cols, 64) float32, possibly a read-only memmap
-    stride: int
-    patch_size: int
-    seconds: float = 0.0
+@dataclass(eq=False)
+class Factors(files.Factors):
+    """The NMF result with what the browser shows: per factor ``scales``, the code shown at full colour."""
 
-    @property
-    def grid_shape(self) -> tuple[int, int]:
-        return tuple(self.values.shape[:2])
-
-
-@dataclass
-class Factors:
-    """NMF of the latents: ``codes`` (rows, cols, k) ≥ 0 on the latent grid and ``H`` (k, 64)."""
-
-    codes: np.ndarray
-    H: np.ndarray
-    stride: int
-    patch_size: int
-    error: float = float("nan")
-    n_iter: int = 0
-    seconds: float = 0.0
-    scales: np.ndarray = field(default=None)  # per factor: the value shown at full colour
+    scales: np.ndarray | None = None
 
     def __post_init__(self):
         if self.scales is None:
             self.scales = display_scales(self.codes)
-
-    @property
-    def k(self) -> int:
-        return int(self.codes.shape[-1])
-
-    @property
-    def grid_shape(self) -> tuple[int, int]:
-        return tuple(self.codes.shape[:2])
 
     def heatmap(self, factor: int) -> np.ndarray:
         """Factor ``factor`` on the grid, scaled to 0..1 (1 = its 99.5th percentile of positive values)."""
@@ -153,9 +108,7 @@ class Factors:
 
     def values_at(self, row: int, col: int) -> np.ndarray:
         """All k codes at the grid position nearest to image pixel (row, col)."""
-        i = min(max(int(round(row / self.stride)), 0), self.codes.shape[0] - 1)
-        j = min(max(int(round(col / self.stride)), 0), self.codes.shape[1] - 1)
-        return np.asarray(self.codes[i, j])
+        return np.asarray(self.codes[self.grid.nearest(row, col)])
 
 
 def display_scales(codes: np.ndarray) -> np.ndarray:
@@ -169,12 +122,6 @@ def display_scales(codes: np.ndarray) -> np.ndarray:
         if pos.size:
             scales[f] = max(float(np.percentile(pos, 99.5)), 1e-12)
     return scales
-
-
-def grid_labels(labels: np.ndarray, stride: int, patch_size: int) -> np.ndarray:
-    """The label map sampled at the latent grid's pixel centres (int64, like the codes' grid)."""
-    rows, cols = grid_centers(labels.shape, stride, patch_size)
-    return np.asarray(labels)[np.ix_(rows, cols)].astype(np.int64)
 
 
 def default_block_size(shape: tuple[int, int], patch_size: int) -> int:
@@ -213,15 +160,17 @@ def train_job(image: np.ndarray, labels: np.ndarray, folder: str | os.PathLike, 
 
 def extract_job(model: PatchModel, image: np.ndarray, folder: str | os.PathLike, *, stride: int = 8,
                 pixel_size_um: float | None = None, progress: Progress | None = None) -> Latents:
-    """Dense latents at ``stride``, saved as latents.npy (+ latents.json with the stride and patch size)."""
+    """Dense latents at ``stride``, written straight into latents.npy (+ latents.grid.json with their grid)."""
     start = time.perf_counter()
     folder = Path(folder)
-    values = dense_latents(model, image, stride=stride, pixel_size_um=pixel_size_um, progress=progress)
-    _atomic_npy(folder / LATENTS_FILE, values)
-    atomic_save_json(folder / LATENTS_META, {"stride": int(stride), "patch_size": int(model.patch_size),
-                                             "image_shape": [int(s) for s in image.shape]})
+    pixel_size = pixel_size_um if pixel_size_um is not None else model.preprocessing.pixel_size_um
+    grid = Grid.for_image(image.shape, stride, model.patch_size, pixel_size_um=pixel_size)
+    with files.writing_latents(folder / LATENTS_FILE, grid, LATENT_DIM, model=str((folder / MODEL_FILE).resolve())) as out:
+        dense_latents(model, image, stride=stride, pixel_size_um=pixel_size_um, out=out, progress=progress)
     invalidate(folder, "latents")
-    return Latents(values, int(stride), int(model.patch_size), time.perf_counter() - start)
+    latents = files.load_latents(folder / LATENTS_FILE)
+    latents.seconds = time.perf_counter() - start
+    return latents
 
 
 def nmf_job(latents: Latents, folder: str | os.PathLike, *, k: int = 15, device=None,
@@ -230,10 +179,8 @@ def nmf_job(latents: Latents, folder: str | os.PathLike, *, k: int = 15, device=
     from engine.factors.nmf import nmf
 
     fit = nmf(latents.values, k, device=device, progress=progress)
-    codes = fit.W.reshape(*latents.grid_shape, k)
-    factors = Factors(codes, fit.H, latents.stride, latents.patch_size, fit.final_error, fit.n_iter, fit.seconds)
-    _atomic_npz(Path(folder) / FACTORS_FILE, codes=codes, H=fit.H, stride=latents.stride, patch_size=latents.patch_size,
-                error=fit.final_error, n_iter=fit.n_iter, seconds=fit.seconds)
+    factors = Factors.from_nmf(fit, latents.grid)
+    files.save_factors(Path(folder) / FACTORS_FILE, factors)
     invalidate(folder, "factors")
     return factors
 
@@ -242,7 +189,7 @@ def select(factors: Factors, labels: np.ndarray, p: int | None = None, lam: floa
     """Coverage–leakage selection of the factors for the regions of ``labels`` (full-image map); fast."""
     from engine.factors.selection import select_factors
 
-    grid = grid_labels(labels, factors.stride, factors.patch_size)
+    grid = factors.grid.sample(labels)
     regions = [v for v in np.unique(grid) if v > 0]
     if not regions:
         raise InputError("No region covers any latent position: draw regions larger than the stride.")
@@ -255,12 +202,12 @@ def cluster_job(factors: Factors, labels: np.ndarray, roi: int, folder: str | os
     """Gaussian-mixture clusters of the codes inside region ``roi`` (None/sequence: best BIC); saved as clusters.npz."""
     from engine.factors.clusters import cluster_roi
 
-    grid = grid_labels(labels, factors.stride, factors.patch_size)
+    grid = factors.grid.sample(labels)
     result = cluster_roi(factors.codes, grid, int(roi), n_clusters, patch_size=factors.patch_size, stride=factors.stride,
                          progress=progress)
     if folder is not None:
         bic = sorted(result.bic.items())
-        _atomic_npz(Path(folder) / CLUSTERS_FILE, cluster_map=result.cluster_map, roi=int(roi), n_clusters=result.n_clusters,
+        files.save_npz(Path(folder) / CLUSTERS_FILE, cluster_map=result.cluster_map, roi=int(roi), n_clusters=result.n_clusters,
                     bic_n=np.array([n for n, _ in bic]), bic=np.array([b for _, b in bic]), sizes=result.sizes)
     return result
 
@@ -304,25 +251,28 @@ def load_project(image_path: str | os.PathLike, shape: tuple[int, int], device=N
             project.model = PatchModel.load(folder / MODEL_FILE, device=device)
         except InputError as exc:
             project.problems.append(exc.message)
+    for name, load, attribute in ((LATENTS_FILE, files.load_latents, "latents"),
+                                  (FACTORS_FILE, lambda p: Factors.like(files.load_factors(p)), "factors")):
+        if not (folder / name).is_file():
+            continue
+        try:
+            result = load(folder / name)
+        except InputError as exc:
+            project.problems.append(f"Saved {attribute} not used: {exc.message}")
+            continue
+        if result.grid.image_shape != tuple(shape):
+            project.problems.append(f"Saved {attribute} '{name}' belong to a {result.grid.image_shape[0]}×"
+                                    f"{result.grid.image_shape[1]} image, not this {shape[0]}×{shape[1]} one: not used.")
+        else:
+            setattr(project, attribute, result)
     try:
-        if (folder / LATENTS_FILE).is_file() and (folder / LATENTS_META).is_file():
-            meta = json.loads((folder / LATENTS_META).read_text())
-            if tuple(meta["image_shape"]) == tuple(shape):
-                values = np.load(folder / LATENTS_FILE, mmap_mode="r", allow_pickle=False)
-                project.latents = Latents(values, int(meta["stride"]), int(meta["patch_size"]))
-        if (folder / FACTORS_FILE).is_file():
-            with np.load(folder / FACTORS_FILE, allow_pickle=False) as z:
-                stride, patch = int(z["stride"]), int(z["patch_size"])
-                if z["codes"].shape[:2] == (len(grid_centers(shape, stride, patch)[0]), len(grid_centers(shape, stride, patch)[1])):
-                    project.factors = Factors(z["codes"], z["H"], stride, patch, float(z["error"]), int(z["n_iter"]),
-                                              float(z["seconds"]))
         if project.factors is not None and (folder / CLUSTERS_FILE).is_file():
             with np.load(folder / CLUSTERS_FILE, allow_pickle=False) as z:
                 if z["cluster_map"].shape == project.factors.grid_shape:
                     project.clusters = SavedClusters(z["cluster_map"], int(z["n_clusters"]),
                                                      {int(n): float(b) for n, b in zip(z["bic_n"], z["bic"])},
                                                      z["sizes"], int(z["roi"]))
-    except Exception as exc:  # a damaged result file: the image still opens, the step can be rerun
+    except Exception as exc:  # a damaged clusters file: the image still opens, the step can be rerun
         project.problems.append(f"Some saved results in '{folder}' could not be read ({type(exc).__name__}: {exc}); "
                                 "rerun those steps.")
     return project
@@ -362,27 +312,6 @@ def run_pipeline(image: np.ndarray, labels: np.ndarray, folder: str | os.PathLik
 # ---------------------------------------------------------------------------------------------
 # opening an image
 
-def label_file_names(path: str | os.PathLike, labels: np.ndarray) -> tuple[np.ndarray, dict[int, str]]:
-    """(labels, names) for a label file, using the ``classes`` array an .npz may carry.
-
-    ``classes[v - 1]`` names label v (the demo mosaic). A file whose ``classes`` has one name per
-    value 0..max (0-based classes, like the real texture mosaic: 0 brick, 1 grass, 2 gravel) has
-    every label shifted up by one, because 0 means "unlabelled" here.
-    """
-    path = Path(path)
-    names: dict[int, str] = {}
-    if path.suffix.lower() == ".npz":
-        with np.load(path, allow_pickle=False) as z:
-            classes = [str(c) for c in z["classes"]] if "classes" in z.files else []
-        top = int(labels.max())
-        if classes and len(classes) == top + 1 and np.any(labels == 0):
-            labels = labels.astype(np.int32) + 1
-            names = {i + 1: c for i, c in enumerate(classes)}
-        elif classes:
-            names = {i + 1: c for i, c in enumerate(classes)}
-    return labels, names
-
-
 def find_label_file(image_path: str | os.PathLike) -> Path | None:
     from engine.factors.io import LABEL_EXTENSIONS
 
@@ -396,9 +325,7 @@ def find_label_file(image_path: str | os.PathLike) -> Path | None:
 
 def regions_from_label_file(path: str | os.PathLike, shape: tuple[int, int]) -> RegionSet:
     """A RegionSet whose base layer is the label file at ``path`` (InputError when it does not fit)."""
-    from engine.factors.io import load_labels
-
-    labels, names = label_file_names(path, load_labels(path, shape))
+    labels, names = files.read_labels(path, shape)
     rset = RegionSet(tuple(shape))
     rset.set_base(labels, names)
     return rset

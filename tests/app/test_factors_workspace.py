@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from PyQt6.QtCore import Qt
+from PyQt6.QtCore import QPoint, Qt
 
 from app.jobs import JobState
 from app.screenshots import is_blank, save_screenshot
@@ -232,3 +232,57 @@ def test_brush_eraser_and_labels_from_a_file(window, qtbot, tmp_path):
     # the drawn region moves to a free label and stays painted over the file's regions
     assert ws.regions.names == {1: "Region 1", 2: "Region 2", 3: "Region 3", 4: "Region 4"} and ws.train_button.isEnabled()
     assert ws.labels[80, 40] == 4 and ws.labels[80, 60] == 0 and ws.labels[120, 5] == labels[120, 5] > 0
+
+
+def test_rotated_view_keeps_image_pixels(window, qtbot, tmp_path):
+    """With "Rotate 90°" a wide image stands upright, yet clicks, polygons, brush strokes and hover
+    still land on the image pixel under the mouse."""
+    from PIL import Image
+
+    from engine.factors.synth import demo_mosaic
+
+    image, _ = demo_mosaic(size=256, n_cells=4, seed=2)
+    wide = image[:120]  # 120 rows × 256 columns
+    path = tmp_path / "wide.png"
+    Image.fromarray(wide).save(path)
+    ws = open_image(window, qtbot, path)
+    upright = ws.canvas.scene_position(10, 250)
+    box = QPoint(8, ws.rotate.height() // 2)  # on the check box's square
+    qtbot.mouseClick(ws.rotate, Qt.MouseButton.LeftButton, pos=box)
+    assert ws.rotate.isChecked() and ws.canvas.rotated
+    # counter-clockwise: the right end of the image is on top now, its first row on the left
+    right, left = ws.canvas.scene_position(60, 250), ws.canvas.scene_position(60, 5)
+    assert right.y() < left.y() - 100 and abs(right.x() - left.x()) < 2
+    assert ws.canvas.scene_position(110, 128).x() > ws.canvas.scene_position(5, 128).x() + 50
+    assert ws.canvas.scene_position(10, 250) != upright
+
+    # a brush click paints around the pixel clicked
+    qtbot.keyClick(ws, Qt.Key.Key_B)
+    ws.brush_radius.setValue(3)
+    target = ws.view.click_target()
+    qtbot.mouseClick(target, Qt.MouseButton.LeftButton, pos=ws.canvas.scene_position(20, 200))
+    painted = np.argwhere(ws.labels == 1)
+    assert ws.labels[20, 200] == 1 and painted.min(0).tolist() == [17, 197] and painted.max(0).tolist() == [23, 203]
+
+    # a polygon clicked vertex by vertex covers the same pixels as upright
+    qtbot.mouseClick(ws.add_region_button, Qt.MouseButton.LeftButton)
+    qtbot.keyClick(ws, Qt.Key.Key_P)
+    for row, col in ((40, 30), (40, 90), (100, 90), (100, 30)):
+        qtbot.mouseClick(target, Qt.MouseButton.LeftButton, pos=ws.canvas.scene_position(row, col))
+    qtbot.keyClick(ws.canvas, Qt.Key.Key_Return)
+    drawn = np.argwhere(ws.labels == 2)
+    assert drawn.min(0).tolist() == [40, 30] and drawn.max(0).tolist() == [100, 90] and len(drawn) == 61 * 61
+
+    # hover names the pixel under the mouse
+    def hovered():
+        qtbot.mouseMove(target, ws.canvas.scene_position(65, 170))
+        qtbot.mouseMove(target, ws.canvas.scene_position(70, 180))
+        return "row 70, col 180" in ws.bars.plotItem.titleLabel.text
+
+    qtbot.waitUntil(hovered, timeout=5000)
+    save_screenshot(window, tmp_path / "rotated.png")
+
+    # turned back, the same pixel is where it was
+    qtbot.mouseClick(ws.rotate, Qt.MouseButton.LeftButton, pos=box)
+    assert not ws.canvas.rotated
+    assert ws.canvas.scene_position(10, 250) == ws.view.scene_position(10, 250)

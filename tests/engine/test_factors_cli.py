@@ -19,7 +19,8 @@ from PIL import Image
 
 from engine.cli import build_parser, main
 from engine.device import DEVICE_ENV
-from engine.factors.cli import Grid, grid_file, load_factors, load_latents, register
+from engine.factors.cli import register
+from engine.factors.files import Grid, grid_file, load_factors, load_latents
 from engine.factors.cnn import PatchModel
 from engine.factors.dense import grid_centers
 from engine.factors.synth import demo_mosaic
@@ -93,7 +94,8 @@ def test_extract_writes_latents_and_their_grid(chain):
     paths, outputs = chain
     code, out, err = outputs["extract"]
     assert code == 0, err
-    latents, grid = load_latents(paths["latents"])
+    loaded = load_latents(paths["latents"])
+    latents, grid = loaded.values, loaded.grid
     assert latents.shape == (*GRID, 64) and latents.dtype == np.float32 and latents.min() >= 0
     assert grid_file(paths["latents"]).is_file()
     assert grid == Grid(stride=STRIDE, offset=(0, 0), shape=GRID, image_shape=(256, WIDTH), patch_size=64,
@@ -249,3 +251,44 @@ def test_installed_console_command_reports_bad_input_with_exit_code_2(tmp_path):
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip().splitlines() == [f"error: File not found: '{tmp_path / 'missing.npz'}'. Check the path "
                                                 "and that the file still exists."]
+
+
+def test_gui_opens_cli_outputs_placed_in_its_project_folder(chain, tmp_path):
+    """CLI latents and factors on a 'valid' grid (offset half a patch) copied into an image's project folder
+    are what the GUI's loader restores, placed on the right pixels."""
+    import shutil
+
+    from engine.factors import workflow
+
+    paths, _ = chain
+    latents, factors = tmp_path / "valid.npy", tmp_path / "valid.npz"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(DEVICE_ENV, "cpu")
+        assert run(["extract", str(paths["model"]), str(paths["image"]), "-o", str(latents), "--stride", "8",
+                    "--mode", "valid"])[0] == 0
+        assert run(["nmf", str(latents), "-k", "3", "-o", str(factors), "--max-iter", "30"])[0] == 0
+    image = tmp_path / "mosaic.png"
+    shutil.copy(paths["image"], image)
+    folder = workflow.project_folder(image)
+    shutil.copy(paths["model"], folder / workflow.MODEL_FILE)
+    shutil.copy(latents, folder / workflow.LATENTS_FILE)
+    shutil.copy(grid_file(latents), folder / workflow.LATENTS_META)
+    shutil.copy(factors, folder / workflow.FACTORS_FILE)
+
+    project = workflow.load_project(image, (256, WIDTH), device="cpu")
+    assert not project.problems and project.model is not None
+    grid = project.factors.grid
+    assert grid.offset == (32, 32) and grid.shape == ((256 - 64) // 8 + 1, (WIDTH - 64) // 8 + 1)
+    assert project.latents.grid == grid
+    np.testing.assert_array_equal(project.factors.codes, load_factors(factors).codes)
+    # the codes at a pixel are those of the grid position centred nearest to it, counted from the offset
+    np.testing.assert_array_equal(project.factors.values_at(32 + 8 * 3 + 2, 32 + 8 * 5 - 3), project.factors.codes[3, 5])
+    np.testing.assert_array_equal(project.factors.values_at(0, 0), project.factors.codes[0, 0])
+    labels = mosaic()[1]
+    on_grid = labels[32::8, 32::8][:grid.shape[0], :grid.shape[1]]
+    sel = workflow.select(project.factors, labels)
+    positive_inside = [int(((project.factors.codes[..., f] > 0) & (on_grid > 0)).sum()) for f in range(3)]
+    np.testing.assert_array_equal(sel.coverage.sum(1), positive_inside)
+    # a project folder made for another image size refuses them, saying why
+    other = workflow.load_project(image, (200, 200), device="cpu")
+    assert other.factors is None and other.latents is None and any("256×208" in p for p in other.problems)

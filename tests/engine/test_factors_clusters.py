@@ -71,3 +71,47 @@ def test_bad_inputs(striped_region):
         cluster_roi(codes, labels, roi=1, n_clusters=3, patch_size=120)
     with pytest.raises(InputError, match="≥ 1"):
         cluster_roi(codes, labels, roi=1, n_clusters=0)
+
+
+def rectified_codes(seed):
+    """Codes as NMF gives them: region 1 holds two layers told apart by factors 0 and 1; factors 2-5 are
+    nearly silent there (exactly 0 at ~95 % of its positions, tiny elsewhere) but strong in region 2."""
+    rng = np.random.default_rng(seed)
+    rows, cols, k = 40, 120, 6
+    labels = np.full((rows, cols), 2, dtype=np.int32)
+    labels[:, :80] = 1
+    layers = np.zeros((rows, cols), dtype=np.int32)
+    layers[:, :40], layers[:, 40:80] = 1, 2
+    codes = np.maximum(rng.normal(1.0, 0.5, (rows, cols, k)), 0)  # region 2: every factor active
+    inside = labels == 1
+    n, layer = int(inside.sum()), layers[inside]
+    z = np.zeros((n, k))
+    z[:, 0] = np.where(layer == 1, 1.0, 0.4) + 0.1 * rng.standard_normal(n)
+    z[:, 1] = np.where(layer == 2, 1.0, 0.4) + 0.1 * rng.standard_normal(n)
+    z[:, 2:] = np.where(rng.random((n, k - 2)) < 0.05, 0.05 * rng.random((n, k - 2)), 0.0)
+    codes[inside] = np.maximum(z, 0)
+    return codes, labels, layers
+
+
+@pytest.mark.parametrize("seed", [0, 4])
+def test_bic_is_not_fooled_by_exact_zeros_of_nearly_silent_factors(seed):
+    # Z-scored inside the region, the rare tiny codes of factors 2-5 became outliers and the zero
+    # patterns extra clusters: BIC chose 4-5 clusters (ARI 0.0-0.67 against the layers).
+    from sklearn.metrics import adjusted_rand_score
+
+    codes, labels, layers = rectified_codes(seed)
+    res = cluster_roi(codes, labels, roi=1, n_clusters=[1, 2, 3, 4, 5], patch_size=2)
+    inside = res.mask
+    assert res.n_clusters == 2, res.bic
+    assert adjusted_rand_score(layers[inside], res.cluster_map[inside]) > 0.99
+
+
+def test_clusters_smaller_than_the_dimensions_are_not_chosen():
+    # three positions far out in factor 3 inside one homogeneous region: a component can sit on them,
+    # but a 3-position cluster in 4 dimensions has no covariance of its own
+    rng = np.random.default_rng(1)
+    codes = np.abs(rng.normal(1.0, 0.1, (30, 30, 4)))
+    labels = np.ones((30, 30), dtype=np.int32)
+    codes[10, 10:13, 3] = 50.0
+    res = cluster_roi(codes, labels, roi=1, n_clusters=[1, 2, 3], patch_size=1)
+    assert res.sizes.min() > 4, (res.sizes, res.bic)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from engine.factors.clusters import cluster_roi, eroded_mask
 from engine.factors.cnn import PatchModel, evaluate, train
 from engine.factors.dense import dense_latents, grid_centers
 from engine.factors.nmf import nmf
@@ -53,14 +54,19 @@ def test_saved_model_gives_the_same_latents(trained, tmp_path):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_selection_picks_one_specific_factor_per_texture(trained):
+@pytest.fixture(scope="module")
+def mosaic_codes(trained):
+    """NMF codes (k = 6) of the stride-4 latents, and the texture labels on the same grid."""
     image, labels, result = trained
     stride = 4
     latents = dense_latents(result.model, image, stride=stride, pixel_size_um=1.17)
     rows, cols = grid_centers(image.shape, stride, PATCH)
-    grid_labels = labels[np.ix_(rows, cols)].astype(np.int64)
     fit = nmf(latents, 6, device="cpu")
-    codes = fit.W.reshape(len(rows), len(cols), 6)
+    return fit.W.reshape(len(rows), len(cols), 6), labels[np.ix_(rows, cols)].astype(np.int64)
+
+
+def test_selection_picks_one_specific_factor_per_texture(mosaic_codes):
+    codes, grid_labels = mosaic_codes
     sel = select_factors(codes, grid_labels, p=3)
     assert sorted(a for _, a, _ in sel.pairs) == [1, 2, 3]
     assert len(set(sel.factors)) == 3
@@ -70,3 +76,19 @@ def test_selection_picks_one_specific_factor_per_texture(trained):
         for other in {1, 2, 3} - {region}:
             # the chosen factor is expressed more strongly in its texture than in any other
             assert inside > 1.3 * codes[..., factor][grid_labels == other].mean(), (factor, region)
+
+
+def test_bic_finds_the_textures_inside_a_region(mosaic_codes):
+    """The cores of the textures (half a patch from any other): one texture is one cluster, stripes and
+    blobs together are two, matching the textures. Before the codes were scaled over the whole map
+    with a covariance floor, BIC chose 4 clusters for each (ARI 0.45 for the pair; 6 and 3 clusters,
+    the smallest of 10 and 2 positions, with k = 8)."""
+    from sklearn.metrics import adjusted_rand_score
+
+    codes, grid_labels = mosaic_codes
+    cores = {t: eroded_mask(grid_labels, t, PATCH // 2 // 4) for t in (1, 2)}
+    one = cluster_roi(codes, cores[1].astype(np.int64), 1, range(1, 6), erode_px=0)
+    assert one.n_clusters == 1, one.bic
+    two = cluster_roi(codes, (cores[1] | cores[2]).astype(np.int64), 1, range(1, 6), erode_px=0)
+    assert two.n_clusters == 2, two.bic
+    assert adjusted_rand_score(grid_labels[two.mask], two.cluster_map[two.mask]) > 0.9

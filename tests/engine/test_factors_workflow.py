@@ -37,7 +37,7 @@ def test_stages_chain_on_the_latent_grid(run):
     assert 0 <= factors.heatmap(0).min() and factors.heatmap(0).max() <= 1
     assert factors.composite((0, 1, 2)).shape == (32, 32, 3)
     np.testing.assert_array_equal(factors.values_at(17, 30), factors.codes[2, 4])
-    grid = workflow.grid_labels(labels, 8, 64)
+    grid = factors.grid.sample(labels)
     assert grid.shape == (32, 32) and grid[1, 2] == labels[8, 16]
 
 
@@ -53,7 +53,7 @@ def test_selection_rescore_is_instant_and_changes_with_lambda(run):
 
 def test_project_folder_restores_every_step(run, tmp_path):
     image, labels, folder, out, _ = run
-    assert {p.name for p in folder.iterdir()} >= {"model.pt", "latents.npy", "latents.json", "factors.npz", "clusters.npz"}
+    assert {p.name for p in folder.iterdir()} >= {"model.pt", "latents.npy", "latents.grid.json", "factors.npz", "clusters.npz"}
     rset = RegionSet(image.shape)
     rset.set_base(labels)
     rset.save(folder)
@@ -98,3 +98,38 @@ def test_project_folder_falls_back_when_the_image_folder_is_read_only(tmp_path, 
     assert folder.name == "slice_factors" and ro not in folder.parents and folder.is_dir()
     assert tmp_path / "data" in folder.parents
     assert workflow.estimate_extract_seconds((1420, 5805), 8) > workflow.estimate_extract_seconds((1420, 5805), 16) / 10
+
+
+def test_cli_reads_the_gui_project_folder(run, tmp_path, monkeypatch):
+    """`neurowb factors nmf|select|cluster` on the files the GUI keeps in its project folder."""
+    import contextlib
+    import io
+    import json
+
+    from engine.cli import main
+    from engine.device import DEVICE_ENV
+    from engine.factors.cli import register
+
+    image, labels, folder, out, _ = run
+    monkeypatch.setenv(DEVICE_ENV, "cpu")
+    labels_npz = tmp_path / "mosaic_labels.npz"
+    np.savez(labels_npz, labels=labels, classes=np.array(["stripes", "blobs", "noise"]))
+
+    def cli(*argv):
+        stdout, stderr = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            code = main(["factors", *map(str, argv)], registrations=[register])
+        assert code == 0, stderr.getvalue()
+        return stdout.getvalue()
+
+    scores = tmp_path / "scores.json"
+    text = cli("select", folder / workflow.FACTORS_FILE, "--labels", labels_npz, "--json", scores)
+    assert "stripes" in text and "chosen pairs (3):" in text
+    saved = json.loads(scores.read_text())
+    expected = workflow.select(out["factors"], labels)
+    np.testing.assert_allclose(saved["scores"], expected.scores)
+    assert [(p["factor"], p["region"]) for p in saved["pairs"]] == [(f, a) for f, a, _ in expected.pairs]
+    text = cli("cluster", folder / workflow.FACTORS_FILE, "--mask", labels_npz, "--roi", 1, "-n", 2)
+    assert "2 clusters" in text
+    text = cli("nmf", folder / workflow.LATENTS_FILE, "-k", 3, "-o", tmp_path / "again.npz", "--max-iter", 20)
+    assert "NMF k=3" in text
