@@ -143,13 +143,10 @@ def save_npz(path: str | os.PathLike, **arrays) -> Path:
 # ---------------------------------------------------------------------------------------------
 # latents
 
-@dataclass(eq=False)
-class Latents:
-    """Dense latents (grid rows × grid cols × d, float32; a read-only memmap when loaded) on ``grid``."""
+class _OnGrid:
+    """Shortcuts to the grid of an array laid on it (``self.grid``)."""
 
-    values: np.ndarray
     grid: Grid
-    seconds: float = 0.0
 
     @property
     def stride(self) -> int:
@@ -162,6 +159,15 @@ class Latents:
     @property
     def grid_shape(self) -> tuple[int, int]:
         return self.grid.shape
+
+
+@dataclass(eq=False)
+class Latents(_OnGrid):
+    """Dense latents (grid rows × grid cols × d, float32; a read-only memmap when loaded) on ``grid``."""
+
+    values: np.ndarray
+    grid: Grid
+    seconds: float = 0.0
 
 
 @contextlib.contextmanager
@@ -225,7 +231,7 @@ def load_latents(path: str | os.PathLike) -> Latents:
 # factors
 
 @dataclass(eq=False)
-class Factors:
+class Factors(_OnGrid):
     """An NMF of dense latents: ``codes`` (grid rows × grid cols × k) ≥ 0, ``H`` (k × d), on ``grid``."""
 
     codes: np.ndarray
@@ -254,18 +260,6 @@ class Factors:
     @property
     def k(self) -> int:
         return int(self.H.shape[0])
-
-    @property
-    def stride(self) -> int:
-        return self.grid.stride
-
-    @property
-    def patch_size(self) -> int:
-        return self.grid.patch_size
-
-    @property
-    def grid_shape(self) -> tuple[int, int]:
-        return self.grid.shape
 
 
 def save_factors(path: str | os.PathLike, factors: Factors) -> Path:
