@@ -116,6 +116,19 @@ def _as_movie(movie, fs) -> Movie:
     return Movie.from_array(movie, fps=fs)
 
 
+def add_to_bins(binned: np.ndarray, bin_: int, start: int, block: np.ndarray) -> None:
+    """Add frames ``start:start + len(block)`` to ``binned`` (n_bins × h × w), the means of blocks of
+    ``bin_`` frames; frames past the last whole bin are dropped. A bin split between two blocks
+    gets its frames from both: the reader's chunks need not be multiples of ``bin_`` (summary_images
+    caps them by bytes, e.g. 16 frames of 512² px, and a bin short of frames dips in every pixel,
+    which inflated the PNR noise: recall 0.45 instead of 0.94 at 512² px × 2000 frames in bins of 5)."""
+    stop = start + len(block)
+    for i in range(start // bin_, min(-(-stop // bin_), len(binned))):
+        lo, hi = max(i * bin_, start) - start, min((i + 1) * bin_, stop) - start
+        if hi > lo:
+            binned[i] += block[lo:hi].sum(axis=0) / bin_
+
+
 def _tiles(n: int, core: int, overlap: int) -> list[tuple[int, int, int, int]]:
     """(core start, core stop, grown start, grown stop) along one axis."""
     count = max(1, int(round(n / core)))
@@ -416,9 +429,7 @@ def run_cnmf(
     def visit(start: int, block: np.ndarray) -> None:
         if copy:
             data[start:start + len(block)] = block
-        for i in range(start // bin_, min((start + len(block)) // bin_, n_bins)):
-            lo, hi = max(i * bin_, start) - start, min((i + 1) * bin_, start + len(block)) - start
-            binned[i] += block[lo:hi].sum(axis=0) / bin_
+        add_to_bins(binned, bin_, start, block)
 
     chunk = int(max(bin_, (500 // bin_) * bin_))
     images = summary_images(movie, chunk_frames=chunk, progress=s_scan, visit=visit)
