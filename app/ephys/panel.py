@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 from PyQt6.QtCore import Qt, QTimer
 from PyQt6.QtGui import QKeySequence, QShortcut
-from PyQt6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGridLayout, QGroupBox, QHBoxLayout,
+from PyQt6.QtWidgets import (QApplication, QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGridLayout, QGroupBox, QHBoxLayout,
                              QLabel, QProgressBar, QPushButton, QSizePolicy, QSpinBox, QSplitter, QVBoxLayout)
 
 from app.dialogs import show_error
 from app.ephys.params_dialog import RecordingParamsDialog
-from app.ephys.traces import TracePanel
+from app.ephys.traces import TraceLoader, TracePanel, TraceRequest, load_traces
 from app.ephys.views import SimilarList, UnitTable, UnitViews, selection_color
 from app.jobs import Job
 from app.workspace import InfoBox, Workspace
@@ -36,6 +36,7 @@ from engine.errors import InputError
 
 SCROLL_STEPS_PER_SECOND = 100  # scroll bar resolution: 10 ms
 MAX_WINDOW_VALUES = 40_000_000  # samples × channels read per redraw at most (~80 MB of int16)
+SYNC_MAX_VALUES = 500_000  # a window this cheap to read (samples × channels, a few ms) is drawn at once on the GUI thread
 DATA_KINDS = ("Preprocessed", "Raw")
 KEYS_HELP = ("G merge · K split (Ctrl-click a lasso on the amplitudes first) · Alt+G good · Alt+M mua · Alt+N noise · "
              "Ctrl+Z undo · Ctrl+Shift+Z / Ctrl+Y redo · Esc clear lasso · ←/→ scroll traces")
@@ -101,10 +102,19 @@ class EphysWorkspace(Workspace):
         self.table_splitter = top
         self.splitter = main
 
-        self.redraw_timer = QTimer(self)  # mouse pans/zooms arrive in bursts: draw once they settle
+        self.redraw_timer = QTimer(self)  # mouse pans/zooms arrive in bursts: request once per burst
         self.redraw_timer.setSingleShot(True)
-        self.redraw_timer.setInterval(40)
+        self.redraw_timer.setInterval(15)
         self.redraw_timer.timeout.connect(self.redraw)
+        # bigger windows are read, filtered and decimated off the GUI thread, latest request wins;
+        # the previous frame stays on screen until the new one arrives
+        self.async_traces = True
+        self.loader = TraceLoader(parent=self)
+        self.loader.loaded.connect(self._traces_loaded)
+        self.loader.failed.connect(self._traces_failed)
+        QApplication.instance().aboutToQuit.connect(self.loader.wait)  # no trace thread may outlive the app
+        self._request_id = 0
+        self._frame_id = 0  # the request on screen
 
         for key, slot in (("G", self.merge_selected), ("K", self.split_selected),
                           ("Alt+G", lambda: self.label_selected("good")), ("Alt+M", lambda: self.label_selected("mua")),
@@ -607,42 +617,66 @@ class EphysWorkspace(Workspace):
             self.window.show_status("Showing preprocessed data: the model and residual are band-passed and re-referenced.")
         self.redraw()
 
-    def redraw(self) -> None:
-        """Read the visible window (bounded) from the memory map and draw the chosen layers and spikes."""
+    def trace_request(self) -> TraceRequest | None:
+        """The window the controls ask for (bounded), as a request for :func:`load_traces`."""
         if self.source is None or self.recording is None:
-            return
+            return None
         rate = self.recording.sample_rate
         width = min(self.window_seconds.value(), self._max_window())
         start = int(round(self.view_start * rate))
         stop = min(start + int(round(width * rate)), self.recording.n_samples)
         first = self.first_channel.value()
         count = min(self.n_shown.value(), self.source.n_channels - first)
-        rows = slice(first, first + count)
         model_on = self.source.has_model and (self.show_model.isChecked() or self.show_residual.isChecked())
-        kind = self.data_kind.currentText().lower()
-        layers = {"data": None, "model": None, "residual": None}
-        pre = None
-        if kind == "preprocessed" and (self.show_data.isChecked() or model_on):
-            pre = self.source.preprocessed(start, stop)
-        if self.show_data.isChecked():
-            layers["data"] = pre[:, rows] if pre is not None else self.source.window(kind, start, stop, rows)
-        if model_on:
-            model = self.source.model(start, stop)
-            if self.show_model.isChecked():
-                layers["model"] = model[:, rows]
-            if self.show_residual.isChecked():
-                base = pre if pre is not None else self.source.preprocessed(start, stop)
-                layers["residual"] = (base - model[: len(base)])[:, rows]
-        labels = [f"{self.source.channels[i]}" for i in range(first, first + count)]
-        self.traces.show_window(start, rate, layers, self.spacing.value(), labels, (start / rate, stop / rate))
+        self._request_id += 1
+        return TraceRequest(self._request_id, self.source, start, stop, slice(first, first + count),
+                            self.data_kind.currentText().lower() if self.show_data.isChecked() else None,
+                            model_on and self.show_model.isChecked(), model_on and self.show_residual.isChecked(),
+                            self.spacing.value(), self.traces.pixel_width(),
+                            {"first": first, "count": count, "labels": [f"{self.source.channels[i]}" for i in range(first, first + count)]})
+
+    def _cheap(self, request: TraceRequest) -> bool:
+        n = request.stop - request.start
+        rows = request.extra["count"]
+        if (request.data == "preprocessed" or request.residual) and not request.source.is_cached(request.start, request.stop):
+            return (n + 2 * request.source.preprocessor.margin) * request.source.n_channels <= SYNC_MAX_VALUES
+        return n * rows <= SYNC_MAX_VALUES
+
+    def redraw(self) -> None:
+        """Ask for the visible window: drawn now when cheap (or ``async_traces`` is off), else loaded in the background."""
+        request = self.trace_request()
+        if request is None:
+            return
+        if not self.async_traces or self._cheap(request):
+            self.loader.drop_pending()
+            self._show_frame(request, load_traces(request))
+        else:
+            self.loader.request(request)
+
+    def _traces_loaded(self, request: TraceRequest, result: dict) -> None:
+        if request.id > self._frame_id and request.source is self.source:  # an older frame never replaces a newer one
+            self._show_frame(request, result)
+
+    def _traces_failed(self, request: TraceRequest, error) -> None:
+        if request.id > self._frame_id and request.source is self.source:
+            self.window.show_status(f"Cannot read the traces: {error.message}", 8000)
+
+    def _show_frame(self, request: TraceRequest, result: dict) -> None:
+        """Draw a loaded window: the curves, then spikes, highlights, legend and position."""
+        self._frame_id = request.id
+        start, stop, rate = request.start, request.stop, request.rate
+        first, count = request.extra["first"], request.extra["count"]
+        self.traces.show_curves(result["curves"], request.spacing, request.extra["labels"], (start / rate, stop / rate),
+                                start, stop, rate)
         self._draw_spikes(start, stop, first, count)
-        self._highlight_spikes(layers["data"], start, rate, first, count)
+        self._highlight_spikes(result["layers"]["data"], start, rate, first, count)
+        curves = result["curves"]
         legend = []
-        if layers["data"] is not None:
-            legend.append(f"<span style='color:#1f3a68'>■</span> {self.data_kind.currentText().lower()}")
-        if layers["model"] is not None:
+        if curves.get("data") is not None:
+            legend.append(f"<span style='color:#1f3a68'>■</span> {request.data}")
+        if curves.get("model") is not None:
             legend.append("<span style='color:#e4572e'>■</span> model Σa⊛W")
-        if layers["residual"] is not None:
+        if curves.get("residual") is not None:
             legend.append("<span style='color:#0f8b6e'>■</span> residual")
         self.traces.set_legend(" &nbsp; ".join(legend))
         self.traces.position.setText(f"{start / rate:.3f}–{stop / rate:.3f} s / {self.recording.duration:.1f} s · "

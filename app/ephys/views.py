@@ -244,7 +244,7 @@ class UnitViews(QWidget):
         self.graphics = pg.GraphicsLayoutWidget()
         layout = self.graphics.ci
         self.waveforms = _plot(layout, 0, 0, "Waveforms", rowspan=2)
-        self.waveforms.setLabel("left", "depth", units="µm")
+        self.waveforms.setLabel("left", "depth (µm)")  # no SI prefix: "kµm" reads badly
         self.waveforms.getAxis("bottom").setStyle(showValues=False)
         self.footprint = _plot(layout, 0, 1, "Footprint", rowspan=2)
         self.footprint.getAxis("bottom").setStyle(showValues=False)

@@ -39,9 +39,16 @@ def click_check(qtbot, box):
     qtbot.mouseClick(box, Qt.MouseButton.LeftButton, pos=QPoint(8, box.height() // 2))  # on the indicator
 
 
-def layer(ws, name, n_channels):
+def layer(ws, name, n_channels, x_grid=None):
+    """A drawn layer per channel (a channel starts where time goes back); on ``x_grid`` by linear interpolation,
+    which is exact where the panel dropped the inside of a flat run (the model's zeros between spikes)."""
     x, y = ws.traces.curves[name].getData()
-    return x.reshape(n_channels, -1), y.reshape(n_channels, -1)
+    ends = np.flatnonzero(np.diff(x) < 0) + 1
+    xs, ys = np.split(x, ends), np.split(y, ends)
+    assert len(xs) == n_channels
+    if x_grid is None:
+        return np.array(xs), np.array(ys)
+    return x_grid, np.array([np.interp(x_grid[i], xs[i], ys[i]) for i in range(n_channels)])
 
 
 def test_sort_view_curate_and_reload(window, qtbot, recording, tmp_path):
@@ -86,13 +93,14 @@ def test_sort_view_curate_and_reload(window, qtbot, recording, tmp_path):
     n_ch = ws.n_shown.value()
     for name in ("data", "model", "residual"):
         assert ws.traces.curves[name].isVisible() and len(ws.traces.curves[name].getData()[0]) > 0
-    _, data = layer(ws, "data", n_ch)
-    _, model = layer(ws, "model", n_ch)
+    x, data = layer(ws, "data", n_ch)
+    _, model = layer(ws, "model", n_ch, x)
     _, resid = layer(ws, "residual", n_ch)
     offsets = -np.arange(n_ch)[:, None] * ws.spacing.value()
     np.testing.assert_allclose(resid, data - model + offsets, atol=1e-2)  # residual = data − model
     peak = rows[a]["peak_channel"]
     assert np.ptp(model[peak]) > 0.5 * np.ptp(data[peak])  # the model holds the unit's spike
+    assert (~ws.traces.curves["model"].opts["connect"]).sum() > n_ch  # its zeros between spikes are left blank
     assert len(ws.traces.markers.data) > 0  # spike markers
     click_check(qtbot, ws.show_residual)
     assert not ws.traces.curves["residual"].isVisible()
@@ -171,3 +179,57 @@ def test_sort_can_be_cancelled(window, qtbot, recording):
     assert ws.curation is None and "Cancelled" in ws.stage_label.text()
     assert not (recording.parent / "sim_phy").exists()
     assert ws.sort_button.isEnabled() and not ws.cancel_button.isEnabled()
+
+
+def test_traces_load_in_background_latest_request_wins(window, qtbot, recording, monkeypatch):
+    import time
+
+    from app.ephys import panel as panel_module
+    from app.ephys.traces import load_traces
+
+    ws = open_path(window, qtbot, recording)
+    monkeypatch.setattr(panel_module, "SYNC_MAX_VALUES", 0)  # every window goes through the loader
+    loads = []
+
+    def slow_load(request, progress=None):  # a big probe: each window takes a while to read
+        for _ in range(15):
+            time.sleep(0.01)
+            progress.check()
+        loads.append(request.id)
+        return load_traces(request, progress)
+
+    ws.loader._load = slow_load
+    ws.window_seconds.setValue(1.0)
+    qtbot.waitUntil(lambda: not ws.loader.busy and ws._frame_id == ws._request_id, timeout=10000)
+    x_before = ws.traces.curves["data"].getData()[0][0]
+    assert x_before == 0.0
+
+    # five quick presses of → : the GUI keeps the old frame meanwhile, the three in between are never read
+    loads.clear()
+    for _ in range(5):
+        qtbot.keyClick(ws, Qt.Key.Key_Right)
+    assert ws.traces.curves["data"].getData()[0][0] == x_before  # no freeze, no partial frame
+    assert ws.view_start == pytest.approx(2.5)
+    qtbot.waitUntil(lambda: not ws.loader.busy and ws._frame_id == ws._request_id, timeout=10000)
+    # read: the latest, and the first press unless the latest (no overlap with it) cancelled it
+    assert loads[-1] == ws._frame_id == ws._request_id and len(loads) <= 2 and ws.loader.dropped >= 3
+    x, y = layer(ws, "data", ws.n_shown.value())
+    assert x[0, 0] == pytest.approx(2.5, abs=1e-4)
+    start = int(round(2.5 * ws.recording.sample_rate))
+    expected = ws.source.filtered(start, start + int(ws.recording.sample_rate), slice(0, ws.n_shown.value()))
+    assert np.ptp(y[3]) == pytest.approx(float(np.ptp(expected[:, 3])), rel=1e-5)  # min/max decimation keeps the extremes
+    assert ws.traces.position.text().startswith("2.500–3.500 s")
+
+    # a far jump while a window loads cancels that load; the jump's window is drawn
+    loads.clear()
+    cancelled = ws.loader.cancelled
+    qtbot.keyClick(ws, Qt.Key.Key_Right)
+    ws.go_to(9.0)
+    qtbot.waitUntil(lambda: not ws.loader.busy and ws._frame_id == ws._request_id, timeout=10000)
+    assert ws.loader.cancelled == cancelled + 1 and len(loads) == 1
+    assert layer(ws, "data", ws.n_shown.value())[0][0, 0] == pytest.approx(8.5, abs=1e-4)
+    # once idle, the tiles half a window around the view are filtered ahead of the next scroll
+    qtbot.waitUntil(lambda: ws.loader.prefetching is None, timeout=10000)
+    rate = ws.recording.sample_rate
+    assert ws.source.is_cached(int(8.0 * rate), int(10.0 * rate))
+    ws.loader.wait()

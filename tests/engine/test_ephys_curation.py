@@ -206,3 +206,79 @@ def test_phylib_loads_curated_folder(tmp_path):
         assert model.metadata["group"][new] == "good"
     finally:
         model.close()
+
+
+def _trace_folder(tmp_path, n_ch=10, n_samples=40_000, d=31):
+    """A Phy folder over random raw data, with a real preprocess state and two spikes on one sample (both must count)."""
+    from engine.ephys.preprocess import Preprocessor
+
+    rng = np.random.default_rng(5)
+    n_units = 3
+    templates = rng.standard_normal((n_units, n_ch, d)).astype(np.float32)
+    times = np.sort(rng.choice(np.arange(50, n_samples - 50), 150, replace=False))
+    times = np.sort(np.r_[times, times[7], times[7] + 1])  # a repeated sample: both spikes must count
+    units = rng.integers(0, n_units, len(times))
+    units[np.flatnonzero(times == times[8])] = [0, 1]
+    pre = Preprocessor(30000.0, np.arange(n_ch))
+    s = Sorting(spike_times=times, spike_units=units, amplitudes=rng.uniform(0.5, 2, len(times)).astype(np.float32),
+                templates=templates, template_troughs=np.full(n_units, 10), sample_rate=30000.0, channels=np.arange(n_ch),
+                positions=np.c_[np.zeros(n_ch), 20 * np.arange(n_ch)], whitening=np.eye(n_ch, dtype=np.float32),
+                preprocess_state=pre.state(), info={"duration_s": n_samples / 30000.0})
+    raw = tmp_path / "rec.raw"
+    (rng.standard_normal((n_samples, n_ch)) * 300).astype(np.int16).tofile(raw)
+    folder = write_phy(s, tmp_path / "phy", raw_path=raw, recording_params=RecordingParams(n_ch, 30000.0))
+    from engine.ephys.curation import recording_of
+
+    return recording_of(read_phy(folder))[0], read_phy(folder)
+
+
+def test_model_of_visible_rows_equals_brute_force_sum(tmp_path):
+    recording, phy = _trace_folder(tmp_path)
+    src = TraceSource(recording, phy)
+    d = src.templates_uv.shape[1]
+    for start, stop, rows in ((0, 40_000, slice(None)), (1234, 5678, slice(2, 7)), (39_990, 40_000, slice(0, 1))):
+        expected = np.zeros((stop - start, src.n_channels), np.float64)
+        for s0, k, a in zip(src.spike_starts, src.spike_templates, src.amplitudes):
+            for j in range(d):
+                if start <= s0 + j < stop:
+                    expected[s0 + j - start] += a * src.templates_uv[k, j]
+        np.testing.assert_allclose(src.model(start, stop, rows), expected[:, rows], atol=1e-4)
+
+
+def test_cached_tiles_equal_cold_reads_and_direct_filter(tmp_path):
+    recording, phy = _trace_folder(tmp_path)
+    warm = TraceSource(recording, phy)
+    rows = slice(3, 8)
+    # scroll through in small steps: after the first window, each step filters at most the tiles it uncovers
+    for start in range(5000, 20000, 1500):
+        before = warm.tiles_filtered
+        got = warm.layers(start, start + 6000, rows, data="preprocessed", model=True, residual=True)
+        cold = TraceSource(recording, phy).layers(start, start + 6000, rows, data="preprocessed", model=True, residual=True)
+        for name in ("data", "model", "residual"):
+            np.testing.assert_array_equal(got[name], cold[name])  # the cache never changes what is drawn
+        if start > 5000:
+            assert warm.tiles_filtered - before <= 1
+    np.testing.assert_array_equal(got["residual"], got["data"] - got["model"])
+    # the tiles equal one block filtered with its own margins, to the filter's tolerance
+    direct = warm.preprocessed(start, start + 6000)[:, rows]
+    assert np.abs(got["data"] - direct).max() < 1e-3 * np.abs(direct).max()
+    # the float32 display filter equals the sorter's float64 one to float32 rounding
+    np.testing.assert_allclose(direct, warm.preprocessor.read(recording, start, start + 6000, whiten=False)[:, rows],
+                               atol=1e-3 * np.abs(direct).max())
+    assert warm.window("raw", 0, 100, rows).shape == (100, 5)
+    assert warm.layers(0, 100, rows, data=None)["data"] is None
+
+
+def test_tile_cache_is_bounded_prefetches_and_cancels(tmp_path):
+    recording, phy = _trace_folder(tmp_path)
+    tile_bytes = TraceSource(recording, phy).tile(0).nbytes
+    src = TraceSource(recording, phy, cache_bytes=3 * tile_bytes)
+    assert src.prefetch(0, 5 * src.tile_samples) == 5 and src.tiles_filtered == 5
+    assert src._cached_bytes <= 3 * tile_bytes and not src.is_cached(0, 10) and src.is_cached(4 * src.tile_samples, 5 * src.tile_samples)
+    assert src.prefetch(3 * src.tile_samples, 5 * src.tile_samples) == 0  # already there
+    whole = src.filtered(0, recording.n_samples)  # a window bigger than the cache still comes out whole
+    np.testing.assert_array_equal(whole[:100], TraceSource(recording, phy).filtered(0, 100))
+    progress = Progress()
+    progress.cancel()
+    with pytest.raises(Cancelled):
+        src.layers(0, recording.n_samples, progress=progress)
