@@ -301,7 +301,7 @@ class EphysWorkspace(Workspace):
 
     def _show_recording(self, path: Path, out: dict) -> None:
         self._set_recording(path, out["recording"], TraceSource(out["recording"]))
-        self.probe_path = out["probe"]
+        self.set_probe(out["probe"])  # found beside the file: shown in the info and sorting boxes
         self._set_curation(None)
         self.stage_label.setText("Not sorted yet: press Sort.")
         self.progress_bar.setValue(0)

@@ -33,6 +33,8 @@ def test_morphology_shows_mesh_and_labels(window, qtbot, demo_files, tmp_path):
 def test_ephys_scrolls_through_recording(window, qtbot, demo_files):
     ws = open_in(window, qtbot, demo_files["ephys"])
     assert ws.key == "ephys" and ws.recording is not None
+    # the demo recording's probe lies beside it and is picked up for sorting
+    assert ws.probe_label.text() == ws.info.values["probe"].text() == f"{demo_files['ephys'].stem}.probe.json"
     ws.data_kind.setCurrentText("Raw")
     x0 = ws.traces.curves["data"].getData()[0][0]
     ws.scroll.setValue(ws.scroll.maximum())
