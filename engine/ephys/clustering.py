@@ -31,16 +31,29 @@ def detect_peaks(block: np.ndarray, threshold: float, neighbours: np.ndarray, ha
 
     ``neighbours``: (C, m) channel indices padded with -1 (the exclusion zone of each channel).
     """
-    from scipy.ndimage import maximum_filter1d
-
     neg = -block
-    tmax = maximum_filter1d(neg, size=2 * half_window + 1, axis=0, mode="constant", cval=-np.inf)
+    h = int(half_window)
+    # Only samples above threshold can be peaks, and they are sparse: test them by gathering
+    # their ±h windows instead of max-filtering the whole block (same result, ~10x faster).
+    padded = np.full((neg.shape[0] + 2 * h, neg.shape[1]), -np.inf, dtype=neg.dtype)
+    padded[h: h + neg.shape[0]] = neg  # -inf outside the block, as a constant-mode max filter
+    lags = np.arange(2 * h + 1)
     nb = np.where(neighbours < 0, neighbours[:, :1], neighbours)  # pad with the channel itself
-    # candidates: above threshold and the temporal maximum on their own channel (sparse), then
-    # the spatial test only at those points
-    t, c = np.nonzero((neg > threshold) & (neg >= tmax))
-    keep = neg[t, c] >= tmax[t[:, None], nb[c]].max(axis=1)
-    t, c = t[keep], c[keep]
+    t_all, c_all = np.nonzero(neg > threshold)
+    kept = []
+    for a in range(0, len(t_all), 16384):  # bounded memory: (16384, m, 2h+1) at most
+        t, c = t_all[a: a + 16384], c_all[a: a + 16384]
+        # most samples above threshold are on a spike's flanks: drop those below a direct neighbour first
+        v = neg[t, c]
+        top = (v >= padded[t + h - 1, c]) & (v >= padded[t + h + 1, c]) if h >= 1 else np.ones(len(t), bool)
+        t, c, a_idx = t[top], c[top], np.flatnonzero(top) + a
+        # the temporal maximum on its own channel (cheap, removes most), then over the exclusion zone
+        own = neg[t, c] >= padded[t[:, None] + lags, c[:, None]].max(axis=1)
+        t, c = t[own], c[own]
+        zone = padded[t[:, None, None] + lags[None, None, :], nb[c][:, :, None]].max(axis=(1, 2))
+        kept.append(a_idx[own][neg[t, c] >= zone])
+    keep = np.concatenate(kept) if kept else np.zeros(0, np.int64)
+    t, c = t_all[keep], c_all[keep]
     # ties (same value at two samples/channels) would double-detect: keep the first per window
     if len(t) > 1:
         order = np.lexsort((c, t))
@@ -243,6 +256,7 @@ def initial_templates(
     from sklearn.decomposition import PCA
 
     progress = as_progress(progress)
+    data = np.asarray(data)  # a plain view of a memmap: slicing a np.memmap per spike is ~6x slower
     rng = np.random.default_rng(seed)
     n_ch = neighbours.shape[0]
     picked = []

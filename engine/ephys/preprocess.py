@@ -68,6 +68,14 @@ def filter_margin(sos: np.ndarray, tolerance: float = 1e-7) -> int:
         n *= 2
 
 
+def median_rows(x: np.ndarray) -> np.ndarray:
+    """np.median(x, axis=1), exactly: a row sort is SIMD-vectorized in numpy and ~9x faster than the
+    per-row partition np.median does (0.004 s vs 0.034 s for 66000 × 32)."""
+    n = x.shape[1]
+    s = np.sort(x, axis=1)
+    return (s[:, (n - 1) // 2] + s[:, n // 2]) / 2 if n % 2 == 0 else s[:, n // 2].copy()
+
+
 def zca(cov: np.ndarray, eps_fraction: float = 1e-3) -> np.ndarray:
     """ZCA whitening matrix of a covariance; eps regularizes near-null directions (e.g. after CMR)."""
     d, e = np.linalg.eigh(cov)
@@ -106,12 +114,13 @@ class Preprocessor:
         if block.shape[0] == 0:
             return np.zeros(block.shape, np.float32)
         padlen = min(3 * (2 * len(self.sos) + 1), block.shape[0] - 1)
-        if float32:
-            out = sosfiltfilt(self.sos.astype(np.float32), block.astype(np.float32, copy=False), axis=0, padlen=padlen)
-        else:
-            out = sosfiltfilt(self.sos, block.astype(np.float64, copy=False), axis=0, padlen=padlen)
+        # filter channels × time (contiguous rows: what sosfilt works on anyway), then back to
+        # samples × channels contiguous, so the median's row sort and the casts run on contiguous data
+        dtype = np.float32 if float32 else np.float64
+        out = sosfiltfilt(self.sos.astype(dtype), np.array(block.T, dtype=dtype, order="C"), axis=1, padlen=padlen)
+        out = np.ascontiguousarray(out.T)
         if self.use_cmr:
-            out -= np.median(out, axis=1, keepdims=True)
+            out -= median_rows(out)[:, None]
         return out.astype(np.float32, copy=False)
 
     def read(self, recording, start: int, stop: int, whiten: bool = True, float32: bool = False) -> np.ndarray:
@@ -136,6 +145,11 @@ class Preprocessor:
         Samples within 1 ms of any |value| > 5 robust SD are left out, so large spikes do not
         inflate the covariance (the noise, not the spikes, is what whitening should flatten).
         """
+        return self._fit(lambda a, b: self.read(recording, a, b, whiten=False), recording.n_samples, max_seconds, progress)
+
+    def _fit(self, read_filtered, n_samples: int, max_seconds: float, progress=None) -> "Preprocessor":
+        """:meth:`fit` on filtered data from ``read_filtered(start, stop)`` (the recording, or a file
+        of it already filtered)."""
         from scipy.ndimage import maximum_filter1d
 
         progress = as_progress(progress)
@@ -144,14 +158,14 @@ class Preprocessor:
         if mode == "none":
             self.whitening = np.eye(n_ch, dtype=np.float32)
             return self
-        step = min(int(0.5 * self.sample_rate), recording.n_samples)
-        n_pieces = max(1, min(int(max_seconds / 0.5), recording.n_samples // max(step, 1)))
-        starts = np.linspace(0, recording.n_samples - step, n_pieces).astype(np.int64)
+        step = min(int(0.5 * self.sample_rate), n_samples)
+        n_pieces = max(1, min(int(max_seconds / 0.5), n_samples // max(step, 1)))
+        starts = np.linspace(0, n_samples - step, n_pieces).astype(np.int64)
         cov = np.zeros((n_ch, n_ch))
         count = 0
         for i, s in enumerate(starts):
             progress.check()
-            x = self.read(recording, s, s + step, whiten=False).astype(np.float64)
+            x = np.asarray(read_filtered(s, s + step), dtype=np.float64)
             sd = np.median(np.abs(x), axis=0) / 0.6745 + 1e-12
             loud = maximum_filter1d((np.abs(x) > 5 * sd).any(axis=1).astype(np.uint8), size=int(2e-3 * self.sample_rate) + 1) > 0
             quiet = x[~loud]
@@ -160,7 +174,7 @@ class Preprocessor:
             progress.report((i + 1) / len(starts), "estimating whitening")
         if count < 10 * n_ch:
             # almost everything was "loud" (tiny recording): fall back to all samples
-            x = self.read(recording, 0, min(recording.n_samples, 10 * step), whiten=False).astype(np.float64)
+            x = np.asarray(read_filtered(0, min(n_samples, 10 * step)), dtype=np.float64)
             cov, count = x.T @ x, len(x)
         cov /= max(count, 1)
         if mode == "local" and self.positions is not None:
@@ -181,16 +195,56 @@ class Preprocessor:
     def whitening_inverse(self) -> np.ndarray:
         return np.linalg.pinv(self.whitening.astype(np.float64)).astype(np.float32)
 
-    def write(self, recording, path: str | os.PathLike, progress=None) -> np.memmap:
-        """Write the whitened recording (float32, samples × channels) to ``path`` chunk by chunk."""
+    def write(self, recording, path: str | os.PathLike, progress=None, fit_seconds: float | None = None, workers: int = 1) -> np.memmap:
+        """Write the whitened recording (float32, samples × channels) to ``path`` chunk by chunk.
+
+        ``workers`` > 1 filters that many chunks at a time in threads (scipy's filters and numpy's
+        sort release the GIL: ~1.8x faster on 2 cores); chunks are independent, so the output is the same.
+
+        ``fit_seconds``: also estimate the whitening (:meth:`fit` with ``max_seconds=fit_seconds``),
+        from the filtered data as written instead of filtering those pieces a second time; the
+        file is then whitened in place (a matrix product per chunk, ~20x cheaper than filtering).
+        """
         progress = as_progress(progress)
         path = Path(path)
         out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(recording.n_samples, len(self.channels)))
         chunks = list(self.chunks(recording.n_samples))
-        for i, (a, b) in enumerate(chunks):
-            progress.check()
-            out[a:b] = self.read(recording, a, b)
-            progress.report((i + 1) / len(chunks), "filtering and whitening")
+        fitting = fit_seconds is not None
+        p_filter, p_fit, p_whiten = progress.split([8, 1, 1]) if fitting else (progress, None, None)
+        def filtered(chunk):
+            return self.read(recording, chunk[0], chunk[1], whiten=not fitting)
+
+        pool = None
+        if workers > 1 and len(chunks) > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="neurowb-filter")
+        try:
+            # at most 2 × workers chunks in flight (bounded memory)
+            ahead = 2 * workers if pool else 0
+            pending = [pool.submit(filtered, c) for c in chunks[:ahead]] if pool else []
+            for i, (a, b) in enumerate(chunks):
+                p_filter.check()
+                if pool:
+                    block = pending.pop(0).result()
+                    if i + ahead < len(chunks):
+                        pending.append(pool.submit(filtered, chunks[i + ahead]))
+                else:
+                    block = filtered((a, b))
+                out[a:b] = block
+                p_filter.report((i + 1) / len(chunks), "filtering" if fitting else "filtering and whitening")
+        finally:
+            if pool:
+                pool.shutdown(wait=True, cancel_futures=True)
+        if fitting:
+            data = np.asarray(out)  # a plain view: memmap slices are slow to make
+            self._fit(lambda a, b: data[a:b], recording.n_samples, fit_seconds, p_fit)
+            if self.params.whiten != "none":
+                w_t = self.whitening.T
+                for i, (a, b) in enumerate(chunks):
+                    p_whiten.check()
+                    data[a:b] = data[a:b] @ w_t
+                    p_whiten.report((i + 1) / len(chunks), "whitening")
         out.flush()
         return out
 

@@ -31,6 +31,23 @@ def test_chunk_borders_leave_no_artefacts(tmp_path, whiten):
     np.testing.assert_allclose(pre.read(rec, 5001, 9333), whole[5001:9333], atol=1e-5 * scale)
 
 
+@pytest.mark.parametrize("whiten", ["global", "none"])
+def test_write_fitting_from_its_own_output_equals_fit_then_write(tmp_path, whiten):
+    """write(fit_seconds=…) estimates the whitening from the filtered data it wrote (no second
+    filtering) and whitens the file in place: the same whitening and output as fit() then write()."""
+    rec = _recording()
+    params = PreprocessParams(whiten=whiten, chunk_seconds=0.07, common_reference=True)
+    pre = Preprocessor(rec.sample_rate, np.arange(8), None, params).fit(rec, max_seconds=0.6)
+    expected = np.load(pre.write(rec, tmp_path / "a.npy").filename)
+    once = Preprocessor(rec.sample_rate, np.arange(8), None, params)
+    got = np.load(once.write(rec, tmp_path / "b.npy", fit_seconds=0.6).filename)
+    np.testing.assert_allclose(once.whitening, pre.whitening, rtol=1e-4, atol=1e-6)
+    assert np.abs(got - expected).max() < 1e-4 * np.abs(expected).max()
+    # chunks filtered in parallel threads: the same file
+    threaded = Preprocessor(rec.sample_rate, np.arange(8), None, params)
+    np.testing.assert_array_equal(np.load(threaded.write(rec, tmp_path / "c.npy", fit_seconds=0.6, workers=3).filename), got)
+
+
 def test_whitening_flattens_noise_and_removes_line_noise():
     rec = _recording(n=60000)
     pre = Preprocessor(rec.sample_rate, np.arange(8), None, PreprocessParams(common_reference=False)).fit(rec)
@@ -60,3 +77,14 @@ def test_state_round_trip():
     pre = Preprocessor(rec.sample_rate, np.arange(8)).fit(rec)
     again = Preprocessor.from_state(pre.state())
     np.testing.assert_array_equal(again.read(rec, 100, 900), pre.read(rec, 100, 900))
+
+
+def test_median_rows_equals_np_median():
+    from engine.ephys.preprocess import median_rows
+
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 7, 32, 385):
+        x = rng.standard_normal((50, n))
+        x[:, : n // 2] = x[:, :1]  # ties
+        np.testing.assert_array_equal(median_rows(x), np.median(x, axis=1))
+        np.testing.assert_array_equal(median_rows(x.astype(np.float32)), np.median(x.astype(np.float32), axis=1))

@@ -8,7 +8,8 @@ import pytest
 from engine.ephys.groundtruth import compare, count_matches
 from engine.ephys.preprocess import ArrayRecording
 from engine.ephys.probe import Probe
-from engine.ephys.sorter import SortParams, _Templates, _update_scores, sort_recording
+from engine.ephys.clustering import detect_peaks
+from engine.ephys.sorter import SortParams, _net_change, _Templates, _update_scores, sort_recording
 from engine.ephys.synth import demo_probe, demo_recording
 
 
@@ -23,16 +24,56 @@ def test_score_updates_equal_recomputed_scores():
     x_res = x.copy()
     x_res[:, 50:50 + d] -= 2.5 * tpl.w[1]
     x_res[:, 55:55 + d] -= 1.5 * tpl.w[2]  # overlapping spikes of two units
-    raw = tpl.scores(torch.as_tensor(x))
+    raw = tpl.scores(torch.as_tensor(x.T))  # scores take (T, C), the whitened file's layout
     padded = torch.zeros(k, raw.shape[1] + 2 * (d - 1))
     padded[:, d - 1: d - 1 + raw.shape[1]] = raw
+    mixed = padded.clone()
     _update_scores(padded, tpl, 1, torch.tensor([50]), torch.tensor([2.5]))
     _update_scores(padded, tpl, 2, torch.tensor([55]), torch.tensor([1.5]))
-    expected = tpl.scores(torch.as_tensor(x_res))
+    expected = tpl.scores(torch.as_tensor(x_res.T))
     np.testing.assert_allclose(padded[:, d - 1: d - 1 + raw.shape[1]].numpy(), expected.numpy(), atol=1e-4)
+    # one call with each spike's unit = one call per unit
+    _update_scores(mixed, tpl, torch.tensor([1, 2]), torch.tensor([50, 55]), torch.tensor([2.5, 1.5]))
+    np.testing.assert_allclose(mixed.numpy(), padded.numpy(), atol=1e-5)
+    # replacing spikes by their net change (same time → amplitude difference, unchanged → skipped)
+    t_new, a_new = _net_change(torch.tensor([50, 80]), torch.tensor([2.5, 1.0]), torch.tensor([50, 120]), torch.tensor([3.0, 2.0]))
+    assert t_new.tolist() == [50, 80, 120] and np.allclose(a_new.numpy(), [0.5, -1.0, 2.0])
+    t_same, _ = _net_change(torch.tensor([50]), torch.tensor([2.5]), torch.tensor([50]), torch.tensor([2.5]))
+    assert len(t_same) == 0
     # templates are unit norm and of the requested rank
     assert np.allclose(np.linalg.norm(tpl.w.reshape(k, -1), axis=1), 1, atol=1e-5)
     assert all(np.linalg.matrix_rank(w, tol=1e-5) == 3 for w in tpl.w)
+
+
+def test_detect_peaks_equals_max_filter_definition():
+    """The sparse detection = the dense definition: the maximum of a max-filtered ±h window over the
+    exclusion zone's channels, above threshold, first of equal values."""
+    from scipy.ndimage import maximum_filter1d
+
+    rng = np.random.default_rng(3)
+    n_ch, h = 12, 4
+    neighbours = np.full((n_ch, 3), -1)
+    for ch in range(n_ch):
+        nb = [x for x in (ch - 1, ch, ch + 1) if 0 <= x < n_ch]
+        neighbours[ch, :len(nb)] = nb
+    block = rng.standard_normal((3000, n_ch)) * 2
+    block[[0, 1, 2999]] = -9.0  # peaks at the block's edges
+    block[500, 3] = block[502, 3] = block[501, 4] = -12.0  # ties within a window
+    neg = -block
+    tmax = maximum_filter1d(neg, size=2 * h + 1, axis=0, mode="constant", cval=-np.inf)
+    nb = np.where(neighbours < 0, neighbours[:, :1], neighbours)
+    t, c = np.nonzero((neg > 5.0) & (neg >= tmax))
+    keep = neg[t, c] >= tmax[t[:, None], nb[c]].max(axis=1)
+    t, c = t[keep], c[keep]
+    order = np.lexsort((c, t))
+    t, c = t[order], c[order]
+    first = np.ones(len(t), bool)
+    first[1:][(np.diff(t) <= h) & (neg[t[1:], c[1:]] == neg[t[:-1], c[:-1]])] = False
+    got = detect_peaks(block, 5.0, neighbours, h)
+    np.testing.assert_array_equal(got[0], t[first])
+    np.testing.assert_array_equal(got[1], c[first])
+    assert len(got[0]) > 10 and 0 in got[0] and 2999 in got[0]
+    assert len(detect_peaks(block[:0], 5.0, neighbours, h)[0]) == 0
 
 
 def test_count_matches_and_compare():
@@ -65,6 +106,30 @@ def test_sorter_recovers_simulated_units(small_sort):
     # one unit's spikes never closer than the template length (the model's constraint)
     for u in range(result.n_units):
         assert np.diff(result.spike_starts()[result.spike_units == u]).min() >= result.n_samples_template
+
+
+def test_parallel_batches_give_the_serial_result(small_sort):
+    """With 2 torch threads, filtering, detection and deconvolution batches run in 2 threads (each
+    single-threaded): the same sorting as 1 thread, and the thread setting is restored."""
+    import torch
+
+    rec = small_sort[0]
+    probe = Probe(demo_probe(12), np.arange(12))
+    params = SortParams(seed=0, batch_seconds=1.0, learn_seconds=3.0)  # several batches per pass
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        serial = sort_recording(rec, probe, params)
+        torch.set_num_threads(2)
+        parallel = sort_recording(rec, probe, params)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert serial.n_units >= 3
+    np.testing.assert_array_equal(parallel.spike_times, serial.spike_times)
+    np.testing.assert_array_equal(parallel.spike_units, serial.spike_units)
+    np.testing.assert_array_equal(parallel.amplitudes, serial.amplitudes)
+    np.testing.assert_array_equal(parallel.pc_features, serial.pc_features)
 
 
 def test_reconstruction_and_residual(small_sort):
