@@ -13,20 +13,13 @@ from app.screenshots import is_blank, save_screenshot
 from engine.calcium.synth import write_recording
 from engine.storage import workdir_for
 
-from gui_helpers import wait_for_job
+from gui_helpers import open_in, wait_for_job
 
 
 @pytest.fixture
 def movie(tmp_path):
     path, truth = write_recording(tmp_path / "rec", n_frames=400, height=64, width=64, n_cells=8, seed=1)
     return path
-
-
-def open_movie(window, qtbot, path):
-    jobs = window.open_files([path])
-    wait_for_job(qtbot, jobs[0], timeout=60000)
-    assert jobs[0].state is JobState.FINISHED, jobs[0].error and jobs[0].error.details
-    return window.current_workspace
 
 
 def click_image(qtbot, ws, row, col, modifier=Qt.KeyboardModifier.NoModifier):
@@ -40,7 +33,7 @@ def wait_for_edit(qtbot, ws):
 
 
 def test_run_select_reject_add_undo_and_restore(window, qtbot, movie, tmp_path):
-    ws = open_movie(window, qtbot, movie)
+    ws = open_in(window, qtbot, movie)
     assert ws.key == "calcium" and ws.curation is None
 
     # Run CNMF through its button: a job with per-stage progress
@@ -134,7 +127,7 @@ def test_run_select_reject_add_undo_and_restore(window, qtbot, movie, tmp_path):
 
     # reopen: the saved result and the decisions are back, without running again
     expected_accepted = ws.curation.result.accepted.copy()
-    ws2 = open_movie(window, qtbot, movie)
+    ws2 = open_in(window, qtbot, movie)
     assert ws2.curation is not None and ws2.curation.result.n_components == n + 1
     np.testing.assert_array_equal(ws2.curation.result.accepted, expected_accepted)
     assert [d["op"] for d in ws2.curation.decisions] == ["reject", "add"]
@@ -154,7 +147,7 @@ def test_run_select_reject_add_undo_and_restore(window, qtbot, movie, tmp_path):
 
 
 def test_cancel_cnmf_keeps_the_window_usable(window, qtbot, movie):
-    ws = open_movie(window, qtbot, movie)
+    ws = open_in(window, qtbot, movie)
     job = ws.run_cnmf()
     ws.cancel_button.click()
     wait_for_job(qtbot, job, timeout=60000)

@@ -11,7 +11,7 @@ from app.screenshots import is_blank, save_screenshot
 from engine.ephys.phy import read_cluster_groups
 from engine.ephys.synth import write_demo_recording
 
-from gui_helpers import wait_for_job
+from gui_helpers import open_in, wait_for_job
 
 
 @pytest.fixture
@@ -19,14 +19,6 @@ def recording(tmp_path):
     raw = tmp_path / "sim.raw"
     write_demo_recording(raw, duration=12.0, n_channels=12, n_units=5, seed=3)
     return raw
-
-
-def open_path(window, qtbot, path):
-    jobs = window.open_files([path])
-    assert len(jobs) == 1
-    wait_for_job(qtbot, jobs[0], timeout=60000)
-    assert jobs[0].state is JobState.FINISHED, jobs[0].error and jobs[0].error.details
-    return window.current_workspace
 
 
 def click_row(qtbot, ws, cluster, modifier=Qt.KeyboardModifier.NoModifier):
@@ -52,7 +44,7 @@ def layer(ws, name, n_channels, x_grid=None):
 
 
 def test_sort_view_curate_and_reload(window, qtbot, recording, tmp_path):
-    ws = open_path(window, qtbot, recording)
+    ws = open_in(window, qtbot, recording)
     assert ws.key == "ephys" and ws.curation is None and ws.sort_button.isEnabled()
     assert "sim_phy/" in ws.output_label.text()
     assert not ws.show_model.isEnabled()  # no model before sorting
@@ -163,7 +155,7 @@ def test_sort_view_curate_and_reload(window, qtbot, recording, tmp_path):
 
     # reopen the folder (its params.py): the curation is there, and the raw is found from dat_path
     clusters_before = ws.curation.spike_clusters.copy()
-    ws = open_path(window, qtbot, folder / "params.py")
+    ws = open_in(window, qtbot, folder / "params.py")
     assert ws.curation is not None and ws.recording is not None and ws.recording.path == recording
     np.testing.assert_array_equal(ws.curation.spike_clusters, clusters_before)
     assert ws.curation.groups[b] == "good" and {inside, rest} <= set(ws.curation.cluster_ids)
@@ -171,7 +163,7 @@ def test_sort_view_curate_and_reload(window, qtbot, recording, tmp_path):
 
 
 def test_sort_can_be_cancelled(window, qtbot, recording):
-    ws = open_path(window, qtbot, recording)
+    ws = open_in(window, qtbot, recording)
     job = ws.run_sort()
     qtbot.mouseClick(ws.cancel_button, Qt.MouseButton.LeftButton)
     wait_for_job(qtbot, job, timeout=60000)
@@ -187,7 +179,7 @@ def test_traces_load_in_background_latest_request_wins(window, qtbot, recording,
     from app.ephys import panel as panel_module
     from app.ephys.traces import load_traces
 
-    ws = open_path(window, qtbot, recording)
+    ws = open_in(window, qtbot, recording)
     monkeypatch.setattr(panel_module, "SYNC_MAX_VALUES", 0)  # every window goes through the loader
     loads = []
 

@@ -13,21 +13,12 @@ from app.screenshots import is_blank, save_screenshot
 from engine.factors import workflow
 from engine.factors.synth import write_demo_mosaic
 
-from gui_helpers import wait_for_job
+from gui_helpers import open_in, wait_for_job
 
 
 @pytest.fixture
 def mosaic(tmp_path):
     return write_demo_mosaic(tmp_path / "mosaic.png", size=256, n_cells=9, seed=1)
-
-
-def open_image(window, qtbot, path):
-    jobs = window.open_files([path])
-    wait_for_job(qtbot, jobs[0], timeout=60000)
-    assert jobs[0].state is JobState.FINISHED, jobs[0].error and jobs[0].error.details
-    ws = window.current_workspace
-    assert ws.key == "factors"
-    return ws
 
 
 def click(qtbot, ws, row, col, double=False):
@@ -60,7 +51,7 @@ def draw_square(qtbot, ws, top, left, bottom, right, close_by_double_click=False
 
 
 def test_draw_train_browse_select_cluster_export_restore(window, qtbot, mosaic, tmp_path):
-    ws = open_image(window, qtbot, mosaic)
+    ws = open_in(window, qtbot, mosaic)
     assert [r.name for r in ws.regions.regions] == ["stripes", "blobs", "fine noise"]
     assert ws.patch_size.value() == 64  # a small image gets small patches
     overlay_before = ws.view.overlay.image.copy()
@@ -167,7 +158,7 @@ def test_draw_train_browse_select_cluster_export_restore(window, qtbot, mosaic, 
 
     # reopen: regions, model, latents, factors and clusters come back from the project folder
     codes = f.codes.copy()
-    ws2 = open_image(window, qtbot, mosaic)
+    ws2 = open_in(window, qtbot, mosaic)
     assert ws2.factors is not None and np.allclose(ws2.factors.codes, codes)
     assert ws2.model is not None and ws2.latents is not None and ws2.clusters is not None
     assert ws2.regions.names[drawn] == "drawn square" and (ws2.labels == drawn).sum() == 81 * 81
@@ -176,7 +167,7 @@ def test_draw_train_browse_select_cluster_export_restore(window, qtbot, mosaic, 
 
 
 def test_cancel_training_keeps_the_window_usable(window, qtbot, mosaic):
-    ws = open_image(window, qtbot, mosaic)
+    ws = open_in(window, qtbot, mosaic)
     ws.epochs.setValue(200)
     qtbot.mouseClick(ws.train_button, Qt.MouseButton.LeftButton)
     job = ws.job
@@ -196,7 +187,7 @@ def test_brush_eraser_and_labels_from_a_file(window, qtbot, tmp_path):
     image, labels = demo_mosaic(size=128, n_cells=4, seed=3)
     path = tmp_path / "plain.png"
     Image.fromarray(image).save(path)  # no label file beside it
-    ws = open_image(window, qtbot, path)
+    ws = open_in(window, qtbot, path)
     assert ws.regions.regions == [] and ws.labels is None and not ws.train_button.isEnabled()
 
     # brush: a click paints a disc of the brush radius into a new region; a drag paints a stroke
@@ -245,7 +236,7 @@ def test_rotated_view_keeps_image_pixels(window, qtbot, tmp_path):
     wide = image[:120]  # 120 rows × 256 columns
     path = tmp_path / "wide.png"
     Image.fromarray(wide).save(path)
-    ws = open_image(window, qtbot, path)
+    ws = open_in(window, qtbot, path)
     upright = ws.canvas.scene_position(10, 250)
     box = QPoint(8, ws.rotate.height() // 2)  # on the check box's square
     qtbot.mouseClick(ws.rotate, Qt.MouseButton.LeftButton, pos=box)

@@ -9,7 +9,7 @@ from app.screenshots import is_blank, save_screenshot
 from engine.mesh.labels import UNLABELLED
 from engine.mesh.synth import write_demo_dendrite
 
-from gui_helpers import wait_for_job
+from gui_helpers import open_in, wait_for_job
 
 
 @pytest.fixture
@@ -30,13 +30,6 @@ def front_vertex_near_center(view):
     return int(near[np.argmin(depth[near])]), xy
 
 
-def open_mesh(window, qtbot, path):
-    jobs = window.open_files([path])
-    wait_for_job(qtbot, jobs[0], timeout=60000)
-    assert jobs[0].state is JobState.FINISHED
-    return window.current_workspace
-
-
 def click_for_job(qtbot, window, button):
     """Click a button that starts a job, and return that job."""
     with qtbot.waitSignal(window.jobs.job_added, timeout=5000) as blocker:
@@ -45,7 +38,7 @@ def click_for_job(qtbot, window, button):
 
 
 def test_label_train_and_restore_loop(window, qtbot, dendrite, tmp_path):
-    ws = open_mesh(window, qtbot, dendrite)
+    ws = open_in(window, qtbot, dendrite)
     assert ws.key == "morphology" and ws.entry is not None
 
     # HKS in a job, then color by it and move the timescale slider
@@ -104,7 +97,7 @@ def test_label_train_and_restore_loop(window, qtbot, dendrite, tmp_path):
 
     # reopening the mesh restores the hand labels
     expected = ws.entry.editor.labels.copy()
-    ws2 = open_mesh(window, qtbot, dendrite)
+    ws2 = open_in(window, qtbot, dendrite)
     np.testing.assert_array_equal(ws2.entry.editor.labels, expected)
 
 
@@ -115,7 +108,7 @@ def test_apply_to_all_evaluate_and_model_files(window, qtbot, tmp_path, monkeypa
 
     paths = [write_demo_dendrite(tmp_path / f"d{i}.ply", n_spines=8 + 4 * i, length=8.0, seed=i) for i in range(3)]
     for path in paths:
-        ws = open_mesh(window, qtbot, path)
+        ws = open_in(window, qtbot, path)
     assert ws.meshes.count() == 3 and not ws.apply_button.isEnabled()  # no model yet
 
     # leave-one-mesh-out on the file labels: HKS computed in the job for every mesh, report dialog
@@ -166,7 +159,7 @@ def test_apply_to_all_evaluate_and_model_files(window, qtbot, tmp_path, monkeypa
 
 
 def test_hks_color_range_controls(window, qtbot, dendrite):
-    ws = open_mesh(window, qtbot, dendrite)
+    ws = open_in(window, qtbot, dendrite)
     wait_for_job(qtbot, ws.compute_hks(), timeout=120000)
     values = ws._log_hks[:, ws.timescale.value()]
     auto = (ws.colorbar.lo, ws.colorbar.hi)

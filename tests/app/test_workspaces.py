@@ -6,18 +6,9 @@ from PyQt6.QtCore import QTimer
 from PyQt6.QtWidgets import QApplication
 
 from app.ephys.params_dialog import RecordingParamsDialog
-from app.jobs import JobState
 from app.screenshots import is_blank, save_screenshot
 
-from gui_helpers import wait_for_job
-
-
-def open_in(window, qtbot, path):
-    jobs = window.open_files([path])
-    assert len(jobs) == 1
-    wait_for_job(qtbot, jobs[0], timeout=60000)
-    assert jobs[0].state is JobState.FINISHED, jobs[0].error and jobs[0].error.details
-    return window.current_workspace
+from gui_helpers import open_in, wait_for_job
 
 
 def test_morphology_shows_mesh_and_labels(window, qtbot, demo_files, tmp_path):
