@@ -35,7 +35,7 @@ import numpy as np
 from engine.ephys.io import RawRecording, RecordingParams, read_sidecar
 from engine.ephys.phy import GROUPS, PhyFolder, read_phy, save_curation
 from engine.ephys.preprocess import Preprocessor
-from engine.ephys.qc import REFRACTORY_S, isi_violations, presence_ratio
+from engine.ephys.qc import REFRACTORY_S, mean_waveform, unit_metrics
 from engine.errors import InputError
 from engine.progress import as_progress
 
@@ -198,17 +198,11 @@ class TraceSource:
                 self.preprocessor = Preprocessor.from_state(state, phy.arrays.get("channel_positions"))
             else:  # a foreign (e.g. Kilosort) folder: default filter, its whitening matrix
                 self.preprocessor = Preprocessor(recording.sample_rate, self.channels, phy.arrays.get("channel_positions"))
-                if "whitening_mat" in phy.arrays:
-                    self.preprocessor.whitening = phy.arrays["whitening_mat"].astype(np.float32)
+                if "whitening_mat" in phy.arrays:  # Phy's whitened = x @ wm; the Preprocessor's is x @ Wᵀ
+                    self.preprocessor.whitening = phy.arrays["whitening_mat"].T.astype(np.float32)
             times = phy.spike_times
-            templates = phy.arrays["templates"].astype(np.float32)  # (K, D, C) whitened
-            inv = phy.arrays.get("whitening_mat_inv")
-            self.templates_uv = templates if inv is None else np.einsum("kdc,ec->kde", templates, inv.astype(np.float32))
-            troughs = phy.meta.get("template_troughs")
-            if troughs is None or len(troughs) != len(templates):
-                peak = np.abs(templates).max(axis=1).argmax(axis=1)
-                troughs = [int(np.abs(templates[k, :, peak[k]]).argmax()) for k in range(len(templates))]
-            self.template_troughs = np.asarray(troughs, dtype=np.int64)
+            self.templates_uv = phy.templates_uv().astype(np.float32)
+            self.template_troughs = phy.template_troughs(self.templates_uv)
             spike_templates = phy.arrays["spike_templates"].astype(np.int64)
             starts = times - self.template_troughs[spike_templates] if len(times) else times
             order = np.argsort(starts, kind="stable")  # sorted starts: a window's spikes by searchsorted
@@ -397,23 +391,15 @@ class Curation:
         self.spike_templates = phy.arrays["spike_templates"].astype(np.int64)
         self.amplitudes = phy.arrays["amplitudes"].astype(np.float64)
         self.spike_clusters = phy.spike_clusters.copy()
-        info = phy.meta.get("info", {})
-        n_t = len(self.spike_times)
-        self.duration = float(info.get("duration_s") or ((self.spike_times.max() + 1) / self.sample_rate if n_t else 0.0))
-        templates = phy.arrays["templates"].astype(np.float64)
-        inv = phy.arrays.get("whitening_mat_inv")
-        self.templates_uv = templates if inv is None else np.einsum("kdc,ec->kde", templates, inv)  # (K, D, C)
-        self.noise_sd = np.sqrt(np.clip(np.diag(inv.T @ inv), 1e-12, None)) if inv is not None else np.ones(templates.shape[2])
+        self.duration = phy.duration_s
+        self.templates_uv = templates = phy.templates_uv().astype(np.float64)  # (K, D, C)
+        self.noise_sd = phy.noise_sd()
         self.positions = np.asarray(phy.arrays["channel_positions"], dtype=np.float64)
         self.channel_map = np.asarray(phy.arrays["channel_map"]).reshape(-1).astype(np.int64)
-        troughs = phy.meta.get("template_troughs")
-        peak = np.abs(self.templates_uv).max(axis=1).argmax(axis=1) if len(templates) else np.zeros(0, int)
-        if troughs is None or len(troughs) != len(templates):
-            troughs = [int(np.abs(self.templates_uv[k, :, peak[k]]).argmax()) for k in range(len(templates))]
-        self.template_troughs = np.asarray(troughs, dtype=np.int64)
+        self.template_troughs = phy.template_troughs(templates)
         # a spike's amplitude in µV: its fitted amplitude × the template's peak |value|
         template_peak = np.abs(self.templates_uv).max(axis=(1, 2)) if len(templates) else np.zeros(0)
-        self.spike_amplitudes_uv = self.amplitudes * template_peak[self.spike_templates] if n_t else np.zeros(0)
+        self.spike_amplitudes_uv = self.amplitudes * template_peak[self.spike_templates] if len(self.spike_times) else np.zeros(0)
         sim = phy.arrays.get("similar_templates")
         if sim is None or sim.shape != (len(templates), len(templates)):
             from engine.ephys.clustering import template_similarity
@@ -535,11 +521,9 @@ class Curation:
 
     # -- unit table ----------------------------------------------------------------------------------
     def mean_waveform(self, cluster: int) -> np.ndarray:
-        """The cluster's model mean waveform (D, C) µV: its spikes' templates weighted by amplitude."""
+        """The cluster's model mean waveform (D, C) µV (engine.ephys.qc.mean_waveform)."""
         sel = self.spikes(cluster)
-        tids, inverse = np.unique(self.spike_templates[sel], return_inverse=True)
-        weights = np.bincount(inverse, weights=self.amplitudes[sel]) / max(len(sel), 1)
-        return np.tensordot(weights, self.templates_uv[tids], axes=1)
+        return mean_waveform(self.templates_uv, self.spike_templates[sel], self.amplitudes[sel])
 
     def row(self, cluster: int) -> dict:
         """The unit table's row of a cluster (metrics as engine.ephys.qc defines them)."""
@@ -547,16 +531,9 @@ class Curation:
         row = self._rows.get(cluster)
         if row is None:
             sel = self.spikes(cluster)
-            st = self.spike_times[sel] / self.sample_rate
-            wave = self.mean_waveform(cluster)
-            peak = int(np.abs(wave).max(axis=0).argmax()) if wave.size else 0
-            amplitude = float(np.abs(wave[:, peak]).max()) if wave.size else 0.0
-            ratio, n_v = isi_violations(st, self.duration)
-            row = {"cluster_id": cluster, "n_spikes": int(len(sel)),
-                   "firing_rate": len(sel) / self.duration if self.duration > 0 else float("nan"),
-                   "amplitude_uv": amplitude, "snr": amplitude / float(self.noise_sd[peak]),
-                   "isi_violations_ratio": ratio, "isi_violations": n_v, "presence_ratio": presence_ratio(st, self.duration),
-                   "peak_channel": peak, "depth_um": float(self.positions[peak, 1]) if len(self.positions) else 0.0}
+            row = {"cluster_id": cluster, **unit_metrics(self.spike_times[sel] / self.sample_rate, self.mean_waveform(cluster),
+                                                         self.noise_sd, self.duration)}
+            row["depth_um"] = float(self.positions[row["peak_channel"], 1]) if len(self.positions) else 0.0
             self._rows[cluster] = row
         return {**row, "group": self.groups.get(cluster, "unsorted")}
 

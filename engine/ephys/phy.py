@@ -10,7 +10,8 @@ Written by :func:`write_phy`:
 ``templates.npy``             (K, D, C) float32 whitened, unit Frobenius norm (rank R)
 ``channel_map.npy``           (C,) int32 file column of each template channel
 ``channel_positions.npy``     (C, 2) float32 µm
-``whitening_mat.npy``/``whitening_mat_inv.npy``  (C, C): unwhitened template = template @ inv
+``whitening_mat.npy``/``whitening_mat_inv.npy``  (C, C), Phy's convention: whitened = data @ whitening_mat,
+                              unwhitened template = template @ whitening_mat_inv
 ``similar_templates.npy``     (K, K) float32 best-lag cosine similarity
 ``pc_features.npy``           (n, 3, P) float32 temporal-PC features on the template's P channels
 ``pc_feature_ind.npy``        (K, P) uint32 those channels (indices into channel_map)
@@ -62,8 +63,9 @@ def write_phy(sorting, folder: str | os.PathLike, raw_path: str | os.PathLike | 
     atomic_save_npy(folder / "templates.npy", np.ascontiguousarray(np.transpose(sorting.templates, (0, 2, 1))).astype(np.float32))
     atomic_save_npy(folder / "channel_map.npy", sorting.channels.astype(np.int32))
     atomic_save_npy(folder / "channel_positions.npy", sorting.positions.astype(np.float32))
-    atomic_save_npy(folder / "whitening_mat.npy", sorting.whitening.astype(np.float32))
-    atomic_save_npy(folder / "whitening_mat_inv.npy", sorting.whitening_inverse.astype(np.float32))
+    # The sorter whitens rows as x @ Wᵀ; Phy (phylib's TemplateModel) multiplies from the right: transpose.
+    atomic_save_npy(folder / "whitening_mat.npy", sorting.whitening.T.astype(np.float32))
+    atomic_save_npy(folder / "whitening_mat_inv.npy", sorting.whitening_inverse.T.astype(np.float32))
     sim = template_similarity(sorting.templates.astype(np.float64)) if sorting.n_units else np.zeros((0, 0))
     atomic_save_npy(folder / "similar_templates.npy", sim.astype(np.float32))
     if sorting.pc_features is not None and sorting.pc_feature_ind is not None:
@@ -134,11 +136,35 @@ class PhyFolder:
     def sample_rate(self) -> float:
         return float(self.params["sample_rate"])
 
+    @property
+    def duration_s(self) -> float:
+        """Recording length: from our metadata, else up to the last spike."""
+        times = self.arrays["spike_times"]
+        return float(self.meta.get("info", {}).get("duration_s") or ((int(times.max()) + 1) / self.sample_rate if len(times) else 0.0))
+
     def templates_uv(self) -> np.ndarray:
         """(K, D, C) unwhitened templates (unit amplitude)."""
         inv = self.arrays.get("whitening_mat_inv")
         t = self.arrays["templates"]
         return t if inv is None else t @ inv
+
+    def noise_sd(self) -> np.ndarray:
+        """Unwhitened noise SD per channel: whitened noise has identity covariance, so sqrt(diag(W⁻ᵀ W⁻¹))."""
+        inv = self.arrays.get("whitening_mat_inv")
+        if inv is None:
+            return np.ones(self.arrays["templates"].shape[2])
+        inv = inv.astype(np.float64)
+        return np.sqrt(np.clip(np.diag(inv.T @ inv), 1e-12, None))
+
+    def template_troughs(self, templates_uv: np.ndarray | None = None) -> np.ndarray:
+        """Sample of each template's trough: from our metadata, else the largest |value| on its peak channel."""
+        troughs = self.meta.get("template_troughs")
+        n = len(self.arrays["templates"])
+        if troughs is None or len(troughs) != n:
+            t = np.abs(self.templates_uv() if templates_uv is None else templates_uv)
+            peak = t.max(axis=1).argmax(axis=1) if n else np.zeros(0, int)
+            troughs = [int(t[k, :, peak[k]].argmax()) for k in range(n)]
+        return np.asarray(troughs, dtype=np.int64)
 
 
 def read_params_py(path: Path) -> dict:

@@ -94,6 +94,26 @@ def l_ratio(own: np.ndarray, others: np.ndarray) -> float:
     return float(np.sum(1.0 - chi2.cdf(d2, own.shape[1])) / len(own))
 
 
+def mean_waveform(templates_uv: np.ndarray, spike_templates: np.ndarray, amplitudes: np.ndarray) -> np.ndarray:
+    """A unit's mean waveform (D, C) µV: its spikes' templates weighted by their amplitudes."""
+    tids, inverse = np.unique(spike_templates, return_inverse=True)
+    weights = np.bincount(inverse, weights=amplitudes) / max(len(spike_templates), 1)
+    return np.tensordot(weights, templates_uv[tids], axes=1)
+
+
+def unit_metrics(spike_times_s: np.ndarray, mean_wave: np.ndarray, noise_sd: np.ndarray, duration: float) -> dict:
+    """The metrics that need only a unit's spike times and mean waveform: ``n_spikes``,
+    ``firing_rate``, ``amplitude_uv``, ``snr``, ``isi_violations_ratio`` (and the count
+    ``isi_violations``), ``presence_ratio``, ``peak_channel``."""
+    n = len(spike_times_s)
+    peak = int(np.abs(mean_wave).max(axis=0).argmax()) if mean_wave.size else 0
+    amplitude = float(np.abs(mean_wave[:, peak]).max()) if mean_wave.size else 0.0
+    ratio, n_violations = isi_violations(spike_times_s, duration)
+    return {"n_spikes": int(n), "firing_rate": n / duration if duration > 0 else float("nan"), "amplitude_uv": amplitude,
+            "snr": amplitude / float(noise_sd[peak]), "isi_violations_ratio": ratio, "isi_violations": n_violations,
+            "presence_ratio": presence_ratio(spike_times_s, duration), "peak_channel": peak}
+
+
 def compute_metrics(folder: str | os.PathLike, duration: float | None = None) -> list[dict]:
     """One dict per cluster (columns :data:`COLUMNS`) for a Phy folder, curated or not."""
     from engine.ephys.phy import read_phy
@@ -105,25 +125,17 @@ def compute_metrics(folder: str | os.PathLike, duration: float | None = None) ->
     templates_of_spike = phy.arrays["spike_templates"].astype(np.int64)
     amps = phy.arrays["amplitudes"].astype(np.float64)
     if duration is None:
-        duration = float(phy.meta.get("info", {}).get("duration_s") or (times.max() + 1) / fs if len(times) else 0.0)
+        duration = phy.duration_s
     templates_uv = phy.templates_uv()  # (K, D, C)
-    inv = phy.arrays.get("whitening_mat_inv")
-    noise_sd = np.sqrt(np.clip(np.diag(inv.T @ inv), 1e-12, None)) if inv is not None else np.ones(templates_uv.shape[2])
+    noise_sd = phy.noise_sd()
     pcf, pci = phy.arrays.get("pc_features"), phy.arrays.get("pc_feature_ind")
     rows = []
     for cid in np.unique(clusters):
         sel = clusters == cid
-        st = times[sel] / fs
-        # the cluster's mean waveform: its spikes' templates weighted by their amplitudes
-        tids, inverse = np.unique(templates_of_spike[sel], return_inverse=True)
-        weights = np.bincount(inverse, weights=amps[sel]) / max(sel.sum(), 1)
-        mean_wave = np.tensordot(weights, templates_uv[tids], axes=1)  # (D, C)
-        peak_ch = int(np.abs(mean_wave).max(axis=0).argmax())
-        amplitude_uv = float(np.abs(mean_wave[:, peak_ch]).max())
-        ratio, _ = isi_violations(st, duration)
+        unit = unit_metrics(times[sel] / fs, mean_waveform(templates_uv, templates_of_spike[sel], amps[sel]), noise_sd, duration)
         lr = float("nan")
         if pcf is not None and pci is not None and len(pcf) == len(times):
-            main_t = int(tids[np.argmax(np.bincount(inverse))])
+            main_t = int(np.bincount(templates_of_spike[sel]).argmax())  # the unit's most used template
             chans = pci[main_t][:4].astype(np.int64)
             # spikes whose feature channels include all 4: pick those columns
             pos = np.full((len(pci), len(chans)), -1)
@@ -138,13 +150,9 @@ def compute_metrics(folder: str | os.PathLike, duration: float | None = None) ->
             lr = l_ratio(own, f[~sel[rows_ok]])
         rows.append({
             "cluster_id": int(cid),
-            "n_spikes": int(sel.sum()),
-            "firing_rate": sel.sum() / duration if duration > 0 else float("nan"),
-            "amplitude_uv": amplitude_uv,
-            "snr": amplitude_uv / float(noise_sd[peak_ch]),
-            "isi_violations_ratio": ratio,
-            "rp_contamination": rp_contamination(ratio),
-            "presence_ratio": presence_ratio(st, duration),
+            **{k: unit[k] for k in ("n_spikes", "firing_rate", "amplitude_uv", "snr", "isi_violations_ratio")},
+            "rp_contamination": rp_contamination(unit["isi_violations_ratio"]),
+            "presence_ratio": unit["presence_ratio"],
             "amplitude_cutoff": amplitude_cutoff(amps[sel]),
             "l_ratio": lr,
             "group": phy.groups.get(int(cid), "unsorted"),
@@ -167,7 +175,7 @@ def write_csv(rows: list[dict], path: str | os.PathLike) -> Path:
     from engine.storage import atomic_write_text
 
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(COLUMNS))
+    writer = csv.DictWriter(buffer, fieldnames=list(COLUMNS), extrasaction="ignore")
     writer.writeheader()
     for r in rows:
         writer.writerow(r)

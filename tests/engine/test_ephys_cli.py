@@ -19,11 +19,11 @@ def run(argv):
 def test_round_trip(tmp_path, capsys):
     out = tmp_path / "sim"
     assert run(["simulate-ephys", "-o", str(out), "--channels", "8", "--units", "3", "--duration", "6", "--seed", "4"]) == 0
-    raw = out / "recording.raw"
-    assert raw.is_file() and (out / "recording.probe.json").is_file() and (out / "recording_ground_truth.npz").is_file()
-    assert json.loads((out / "recording.probe.json").read_text())["specification"] == "probeinterface"
+    raw, probe = out / "recording.raw", out / "recording.probe.json"
+    assert raw.is_file() and probe.is_file() and (out / "recording_ground_truth.npz").is_file()
+    assert json.loads(probe.read_text())["specification"] == "probeinterface"
     phy = tmp_path / "phy"
-    assert run(["sort", str(raw), "--n-channels", "8", "--fs", "30000", "--gain", "0.195", "--probe", str(out / "recording.probe.json"), "-o", str(phy)]) == 0
+    assert run(["sort", str(raw), "--n-channels", "8", "--fs", "30000", "--gain", "0.195", "--probe", str(probe), "-o", str(phy)]) == 0
     text = capsys.readouterr().out
     assert "units" in text and "real time" in text
     gt = np.load(out / "recording_ground_truth.npz")
