@@ -9,6 +9,8 @@ When two such pools (or several Dask workers) share a small machine they oversub
 on a busy 2-core machine torch element-wise ops and shift-invert eigensolvers ran 2-4x slower
 with 2 threads than with 1 (``python -m benchmarks.threads``; others measured far worse, up to
 700x). :func:`configure_threads` sets both pools at once; parallel workers call it with 1.
+Code whose parallelism comes from its own worker threads wraps its work in
+:func:`single_threaded`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import logging
 import os
 import platform
 import sys
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
@@ -113,7 +117,8 @@ def configure_threads(n: int | None = None) -> int:
     """Set torch and BLAS/OpenMP thread pools to ``n`` threads (default: ``NEUROWB_THREADS`` or all cores).
 
     Returns the number used. Also exports the usual environment variables so child
-    processes (Dask workers, subprocesses) start with the same limit.
+    processes (Dask workers, subprocesses) start with the same limit. While some thread is
+    inside :func:`single_threaded`, BLAS stays at one thread and takes ``n`` when it leaves.
     """
     if n is None:
         env = os.environ.get(THREADS_ENV)
@@ -121,18 +126,124 @@ def configure_threads(n: int | None = None) -> int:
     n = max(1, int(n))
     for var in _THREAD_ENV_VARS:
         os.environ[var] = str(n)
-    try:
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(limits=n)
-    except ImportError:  # threadpoolctl comes with scikit-learn; without it env vars must do
-        pass
+    _limit("openmp", n)
     # Only touch torch when it is already loaded: importing it costs ~1 s, and a later import
     # picks up OMP_NUM_THREADS set above anyway.
     torch = sys.modules.get("torch")
     if torch is not None and torch.get_num_threads() != n:
         torch.set_num_threads(n)
+    with _blas.lock:
+        if _blas.sections:
+            _blas.restore_to = n
+        else:
+            _limit("blas", n)
     return n
+
+
+def _limit(user_api: str, n: int):
+    """threadpoolctl limits on one kind of pool (``"blas"`` or ``"openmp"``), or None without it.
+
+    OpenMP pools (and torch's) are per thread: this sets the calling thread's. OpenBLAS's pool
+    is process-wide, and threadpoolctl >= 3.8 lets only the first Python thread that set it
+    change it afterwards, silently ignoring the others (a job thread that once limited BLAS
+    froze the settings for the whole app). Callers hold ``_blas.lock``, so control is taken
+    and handed back around each change.
+    """
+    controller = _controller()
+    if controller is None:  # no threadpoolctl: the environment variables must do
+        return None
+    if user_api != "blas":
+        return controller.limit(limits=n, user_api=user_api)
+    with _openblas_control():
+        return controller.limit(limits=n, user_api=user_api)
+
+
+_controller_cache: tuple = (None, None)
+
+
+def _controller():
+    """A threadpoolctl controller of the pools loaded so far, or None without threadpoolctl.
+
+    Finding the loaded libraries costs ~2 ms, too much for the mesh solver's hundreds of
+    sections; native pools only arrive with imports, so the count of modules tells when to
+    look again.
+    """
+    global _controller_cache
+    key, controller = _controller_cache
+    if controller is None or key != len(sys.modules):
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:
+            return None
+        controller = ThreadpoolController()
+        _controller_cache = (len(sys.modules), controller)
+    return controller
+
+
+@contextmanager
+def _openblas_control():
+    try:
+        from threadpoolctl import OpenBLASController
+
+        release = OpenBLASController.clear_controlling_thread
+    except (ImportError, AttributeError):  # threadpoolctl < 3.8: any thread may set
+        yield
+        return
+    release(force=True)
+    try:
+        yield
+    finally:
+        release(force=True)
+
+
+class _BlasSections:
+    """Process-wide state of :func:`single_threaded` for BLAS: callers inside, what to restore."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.sections = 0
+        self.saved = None  # threadpoolctl limits from before the first caller entered
+        self.restore_to: int | None = None  # set by a configure_threads(n) made meanwhile
+
+
+_blas = _BlasSections()
+
+
+@contextmanager
+def single_threaded():
+    """torch, BLAS and OpenMP at one thread inside the block, for the calling thread.
+
+    For work that gets its parallelism from its own worker threads (sorter batches, mesh
+    chunks, NMF row workers): pool threads on top of those oversubscribe the cores. OpenMP and
+    torch limits belong to the calling thread and are restored on leaving. BLAS's pool is
+    shared by the whole process, so it stays at one thread while any caller is inside and is
+    restored when the last leaves; a plain ``with threadpool_limits(1)`` in each of several
+    overlapping threads would leave the count of whichever left last.
+    """
+    with _blas.lock:
+        if _blas.sections == 0:
+            _blas.saved, _blas.restore_to = _limit("blas", 1), None
+        _blas.sections += 1
+    openmp = _limit("openmp", 1)
+    torch = sys.modules.get("torch")
+    torch_threads = torch.get_num_threads() if torch is not None else None
+    if torch is not None:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if torch_threads is not None:
+            torch.set_num_threads(torch_threads)
+        if openmp is not None:
+            openmp.restore_original_limits()
+        with _blas.lock:
+            _blas.sections -= 1
+            if _blas.sections == 0:
+                if _blas.restore_to is not None:
+                    _limit("blas", _blas.restore_to)
+                elif _blas.saved is not None:
+                    with _openblas_control():
+                        _blas.saved.restore_original_limits()
 
 
 @dataclass(frozen=True)

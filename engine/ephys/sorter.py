@@ -51,7 +51,6 @@ import logging
 import math
 import tempfile
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -59,6 +58,7 @@ import numpy as np
 
 from engine.ephys.clustering import detect_peaks, initial_templates
 from engine.ephys.preprocess import PreprocessParams, Preprocessor
+from engine.device import single_threaded
 from engine.ephys.probe import Probe, linear_probe
 from engine.errors import InputError
 from engine.progress import as_progress
@@ -446,7 +446,7 @@ def _in_order(run_batch, starts, state, workers: int, check):
         return
     from concurrent.futures import ThreadPoolExecutor
 
-    with _single_threaded(), ThreadPoolExecutor(max_workers=workers, thread_name_prefix="neurowb-batch") as pool:
+    with single_threaded(), ThreadPoolExecutor(max_workers=workers, thread_name_prefix="neurowb-batch") as pool:
         futures = [pool.submit(run_batch, a, state) for a in starts[1:]]
         try:
             for f in futures:
@@ -455,26 +455,6 @@ def _in_order(run_batch, starts, state, workers: int, check):
         finally:
             for f in futures:
                 f.cancel()
-
-
-@contextmanager
-def _single_threaded():
-    """torch, BLAS and OpenMP pools at one thread inside the block (restored after)."""
-    import torch
-
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # comes with scikit-learn
-        threadpool_limits = None
-    torch_threads = torch.get_num_threads()
-    limits = threadpool_limits(limits=1) if threadpool_limits else None
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(torch_threads)
-        if limits is not None:
-            limits.restore_original_limits()
 
 
 def sort_recording(
@@ -554,7 +534,7 @@ def sort_recording(
         nbrs = probe.neighbours(params.neighbour_radius)
         # one thread: k-means on a few thousand points loses more to OpenMP overhead than it gains
         # (0.8 s → 1.2 s with 2 threads), and the clusters do not depend on the thread count
-        with _single_threaded():
+        with single_threaded():
             templates, tpcs, det_labels = initial_templates(
                 xw, det_t, det_c, nbrs, d, trough, min_cluster=params.min_cluster, max_per_channel=params.max_per_channel,
                 valley_ratio=params.valley_ratio, merge_similarity=params.merge_similarity, seed=params.seed, progress=p_cluster,

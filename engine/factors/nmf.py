@@ -45,12 +45,13 @@ import logging
 import math
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 
+from engine.device import single_threaded
 from engine.errors import InputError
 from engine.factors import resolve_device
 from engine.progress import Progress, as_progress
@@ -113,20 +114,9 @@ def _chunk_rows(n: int, d: int, k: int, chunk_rows: int | None, gpu: bool) -> in
     return int(min(n, max(1024, 2**24 // (4 * (d + 2 * k)))))
 
 
-@contextmanager
 def _serial_torch(device):
     """Torch single-threaded inside (CPU only): the parallelism comes from the row workers."""
-    import torch
-
-    if device.type != "cpu":
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+    return single_threaded() if device.type == "cpu" else nullcontext()
 
 
 class _Rows:

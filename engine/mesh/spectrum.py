@@ -42,6 +42,7 @@ import scipy.linalg as la
 import scipy.sparse as sp
 import scipy.sparse.linalg as sla
 
+from engine.device import single_threaded
 from engine.progress import Progress, as_progress
 
 log = logging.getLogger(__name__)
@@ -137,7 +138,10 @@ def iterate_bands(
     if n == 0:
         return
     if n <= dense_max:
-        with _one_thread():
+        # One BLAS thread for the many small dense operations: on a shared 2-core machine
+        # OpenBLAS with 2 threads made eigh/QR of a band (~100-300 wide) 20-80x slower whenever
+        # the other core was busy. Parallelism comes from chunks instead.
+        with single_threaded():
             w, phi = dense_spectrum(L, M, lam_max)
         stats["n_bands"] += 1
         stats["n_eigenpairs"] += len(w)
@@ -195,7 +199,7 @@ def iterate_bands(
             # Proportional step, bounded: clusters of equal eigenvalues make the count jump.
             sigma = cut + (sigma - cut) * min(max(target / max(count, 0.5), 0.3), 3.0)
         try:
-            with _one_thread():
+            with single_threaded():
                 vals, vecs = eigensolver(A, solve, sigma, k, tol, rng, dtype)
         except sla.ArpackNoConvergence as exc:
             if retries >= _MAX_RETRIES:
@@ -284,19 +288,6 @@ def iterate_bands(
             return
         verified, cut = min(split, hi), hi
         progress.report(min(max(verified, 0.0) / lam_max, 1.0), f"λ ≤ {verified:.3g}: {n_yielded} eigenpairs")
-
-
-def _one_thread():
-    """Limit BLAS/LAPACK to one thread for the solver's many small dense operations.
-
-    Why: on a shared 2-core machine, OpenBLAS with 2 threads made the small eigh/QR calls
-    of a band (~100-300 wide) 20-80x slower whenever the other core was busy (measured while
-    writing this; benchmarks/threads.py shows the same effect on larger operations). One
-    thread costs little on an idle machine; parallelism comes from chunks instead.
-    """
-    from threadpoolctl import threadpool_limits
-
-    return threadpool_limits(1)
 
 
 def _factorize(A: sp.csc_matrix, sigma: float, progress: Progress):

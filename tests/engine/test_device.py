@@ -38,11 +38,84 @@ def test_configure_threads_sets_torch_blas_and_env(monkeypatch):
     try:
         assert dev.configure_threads(1) == 1
         assert torch.get_num_threads() == 1
-        assert all(pool["num_threads"] == 1 for pool in threadpool_info())
+        assert [p["filepath"] for p in threadpool_info() if p["num_threads"] != 1] == []
         assert dev.os.environ["OMP_NUM_THREADS"] == "1"
         monkeypatch.setenv(dev.THREADS_ENV, "2")
         assert dev.configure_threads() == 2
     finally:
+        dev.configure_threads(before)
+
+
+def _pool_threads():
+    """Thread counts of the BLAS pools that can use threads: process-wide, unlike OpenMP's (and
+    torch's), which each thread keeps for itself once set. (cvxpy's SCS brings a single-threaded
+    OpenBLAS build that always reports 1.)"""
+    from threadpoolctl import threadpool_info
+
+    return {p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas" and p.get("threading_layer") != "disabled"}
+
+
+def test_overlapping_single_threaded_sections_restore_the_configured_count():
+    """Two threads entering and leaving out of order: one thread while either is inside, the
+    configured count after both (per-caller threadpool_limits left a random count behind)."""
+    import threading
+
+    before = torch.get_num_threads()
+    try:
+        dev.configure_threads(2)
+        a_in, b_in, a_may_leave, a_left = (threading.Event() for _ in range(4))
+
+        def first():
+            with dev.single_threaded():
+                a_in.set()
+                a_may_leave.wait(5)
+            a_left.set()
+
+        thread = threading.Thread(target=first)
+        thread.start()
+        assert a_in.wait(5)
+        assert _pool_threads() == {1}
+        with dev.single_threaded():  # entered second, left last
+            b_in.set()
+            a_may_leave.set()
+            assert a_left.wait(5)
+            assert _pool_threads() == {1}, "the first to leave restored the pools under the other caller"
+            dev.configure_threads(2)  # e.g. the settings dialog while a job runs
+            assert _pool_threads() == {1}
+        thread.join(5)
+        assert _pool_threads() == {2}
+    finally:
+        dev.configure_threads(before)
+
+
+def test_configure_threads_works_while_another_live_thread_holds_openblas():
+    """threadpoolctl >= 3.8 ignores OpenBLAS limits from all but the first thread that set one;
+    a job thread that once limited BLAS must not freeze the settings (the failure CI saw)."""
+    import threading
+
+    from threadpoolctl import threadpool_limits
+
+    before = torch.get_num_threads()
+    holding, release = threading.Event(), threading.Event()
+
+    def job():
+        threadpool_limits(limits=2)  # takes OpenBLAS control and keeps it while alive
+        holding.set()
+        release.wait(5)
+
+    thread = threading.Thread(target=job)
+    thread.start()
+    try:
+        assert holding.wait(5)
+        dev.configure_threads(1)
+        assert _pool_threads() == {1}
+        with dev.single_threaded():
+            assert _pool_threads() == {1}
+        dev.configure_threads(2)
+        assert _pool_threads() == {2}
+    finally:
+        release.set()
+        thread.join(5)
         dev.configure_threads(before)
 
 
