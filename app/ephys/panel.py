@@ -4,7 +4,7 @@ residual, unit table, unit views, curation with Phy's keys.
 The loop: open a raw recording (its layout from a sidecar, or asked once) → Sort (per-stage
 progress, Cancel) writes ``<raw stem>_phy/`` beside the raw and loads it → pick units in the table
 (Ctrl-click a second one) → look at waveforms, correlograms, amplitudes, and at the traces with the
-model Σ a·W and the residual → merge (G), split (Ctrl-click a lasso on the amplitude view, then K),
+model Σ a·W and the residual → merge (G), split (Ctrl-click a lasso on the amplitude or feature view, then K),
 label good / mua / noise (Alt+G / Alt+M / Alt+N), undo (Ctrl+Z) / redo (Ctrl+Shift+Z, Ctrl+Y).
 Each change rewrites spike_clusters.npy and cluster_group.tsv in the Phy folder (atomically), so
 the folder opens in Phy as it is. An existing Phy folder opens directly (its params.py, or the
@@ -38,7 +38,7 @@ SCROLL_STEPS_PER_SECOND = 100  # scroll bar resolution: 10 ms
 MAX_WINDOW_VALUES = 40_000_000  # samples × channels read per redraw at most (~80 MB of int16)
 SYNC_MAX_VALUES = 500_000  # a window this cheap to read (samples × channels, a few ms) is drawn at once on the GUI thread
 DATA_KINDS = ("Preprocessed", "Raw")
-KEYS_HELP = ("G merge · K split (Ctrl-click a lasso on the amplitudes first) · Alt+G good · Alt+M mua · Alt+N noise · "
+KEYS_HELP = ("G merge · K split (Ctrl-click a lasso on the amplitudes or features first) · Alt+G good · Alt+M mua · Alt+N noise · "
              "Ctrl+Z undo · Ctrl+Shift+Z / Ctrl+Y redo · Esc clear lasso · ←/→ scroll traces")
 
 
@@ -239,7 +239,7 @@ class EphysWorkspace(Workspace):
         grid = QGridLayout()
         self.merge_button = self._button("Merge (G)", self.merge_selected)
         self.split_button = self._button("Split (K)", self.split_selected)
-        self.split_button.setToolTip("Ctrl-click at least three points around spikes on the amplitude view, then split the "
+        self.split_button.setToolTip("Ctrl-click at least three points around spikes on the amplitude or feature view, then split the "
                                      "unit into the spikes inside and the rest")
         self.good_button = self._button("Good", lambda: self.label_selected("good"))
         self.mua_button = self._button("MUA", lambda: self.label_selected("mua"))
@@ -534,7 +534,7 @@ class EphysWorkspace(Workspace):
         cluster = self.selected[0]
         mask = self.views.lasso_mask(cluster)
         if mask is None:
-            self.window.show_status("Draw the lasso first: Ctrl-click three or more points around spikes on the amplitude view.")
+            self.window.show_status("Draw the lasso first: Ctrl-click three or more points around spikes on the amplitude or feature view.")
             return
         parts = self._edit(self.curation.split, cluster, mask)
         if parts is not None:

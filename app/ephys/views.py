@@ -1,6 +1,7 @@
 """The ephys workspace's unit views: the unit table (sortable, filterable, colored by label), the
 similar-units list, and the plots of the selected units — waveforms on the probe, template
-footprint, auto/cross-correlogram, ISI histogram, amplitudes over time (with the split lasso).
+footprint, auto/cross-correlogram, ISI histogram, amplitudes over time and Phy's feature view (first
+principal component on the unit's two best channels), either of them with the split lasso.
 
 The views only draw: every number comes from :class:`engine.ephys.curation.Curation` getters.
 """
@@ -235,7 +236,7 @@ def _plot(layout: pg.GraphicsLayout, row: int, col: int, title: str, rowspan: in
 
 
 class UnitViews(QWidget):
-    """Plots of the selected units; Ctrl-click on the amplitude view draws the split lasso."""
+    """Plots of the selected units; Ctrl-click on the amplitude or feature view draws the split lasso."""
 
     lasso_changed = pyqtSignal(int)  # number of lasso points
 
@@ -253,9 +254,10 @@ class UnitViews(QWidget):
         self.correlogram.setLabel("bottom", "lag (ms)")
         self.isi = _plot(layout, 1, 2, "ISI histogram")
         self.isi.setLabel("bottom", "ISI (ms)")
-        self.amplitude = _plot(layout, 0, 3, "Amplitudes", rowspan=2)
+        self.amplitude = _plot(layout, 0, 3, "Amplitudes")
         self.amplitude.setLabel("bottom", "time", units="s")
         self.amplitude.setLabel("left", "amplitude", units="V")
+        self.features = _plot(layout, 1, 3, "Features")
         for col, stretch in enumerate((3, 1, 2, 3)):
             layout.layout.setColumnStretchFactor(col, stretch)
         self.refractory_lines = []
@@ -265,12 +267,19 @@ class UnitViews(QWidget):
                 line.setZValue(20)
                 plot.addItem(line)
                 self.refractory_lines.append(line)
-        self.lasso_curve = pg.PlotCurveItem(pen=pg.mkPen("#111827", width=1.5, style=Qt.PenStyle.DashLine))
-        self.lasso_curve.setZValue(50)
-        self.amplitude.addItem(self.lasso_curve)
+        # The lasso lives on one of the two spike scatters; a Ctrl-click on the other starts a new one there.
+        self.lasso_curves = {}
+        for plot in (self.amplitude, self.features):
+            curve = pg.PlotCurveItem(pen=pg.mkPen("#111827", width=1.5, style=Qt.PenStyle.DashLine))
+            curve.setZValue(50)
+            plot.addItem(curve)
+            self.lasso_curves[plot] = curve
         self.lasso: list[tuple[float, float]] = []
+        self.lasso_plot = self.amplitude
         self._items: list = []  # (plot, item) drawn for the current selection
         self.amplitude_points: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # cluster → (t, amp V, spike idx)
+        self.feature_points: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # cluster → (x, y, spike idx)
+        self.feature_channels: tuple[int, int] | None = None
         self.hint = QLabel("Select a unit in the table.", objectName="Hint")
         self.hint.setWordWrap(True)
         self.hint.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)  # never widens the views
@@ -287,6 +296,8 @@ class UnitViews(QWidget):
             plot.removeItem(item)
         self._items = []
         self.amplitude_points = {}
+        self.feature_points = {}
+        self.feature_channels = None
         self.clear_lasso()
 
     def show_units(self, curation, clusters: list[int], waveforms: dict[int, dict]) -> None:
@@ -300,9 +311,10 @@ class UnitViews(QWidget):
         self._draw_footprint(curation, clusters)
         self._draw_correlograms(curation, clusters)
         self._draw_amplitudes(curation, clusters)
+        self._draw_features(curation, clusters)
         names = ", ".join(str(c) for c in clusters)
-        self.hint.setText(f"Unit {names}. Split: Ctrl-click points around spikes on the amplitude view, then K "
-                          f"(Esc clears). Merge the selection: G.")
+        self.hint.setText(f"Unit {names}. Split: Ctrl-click points around spikes on the amplitude or feature view, "
+                          f"then K (Esc clears). Merge the selection: G.")
 
     def _draw_waveforms(self, curation, clusters, waveforms) -> None:
         pos = curation.positions
@@ -405,29 +417,55 @@ class UnitViews(QWidget):
         top = max((float(v[1].max()) for v in self.amplitude_points.values() if len(v[1])), default=1e-6)
         self.amplitude.setYRange(0, top * 1.08, padding=0)
 
+    def _draw_features(self, curation, clusters) -> None:
+        """Phy's feature view: each spike's first PC on the current unit's two best channels."""
+        if not curation.has_features:
+            self.features.setTitle("Features (none in this folder)", size="9pt")
+            return
+        a, b = (int(c) for c in np.argsort(-curation.footprint(clusters[0]))[:2])
+        self.feature_channels = (a, b)
+        self.features.setTitle(f"Features · PC1 on ch {a} → ch {b}", size="9pt")
+        for i, c in enumerate(reversed(clusters)):
+            f, spikes = curation.features_of(c, [a, b])
+            self.feature_points[c] = (f[:, 0], f[:, 1], spikes)
+            color = QColor(selection_color(len(clusters) - 1 - i))
+            color.setAlpha(170)
+            shown = ~np.isnan(f).any(1)  # spikes whose template has no feature on a or b
+            self._add(self.features, pg.ScatterPlotItem(f[shown, 0], f[shown, 1], size=4, pen=None, brush=pg.mkBrush(color)))
+        self.features.enableAutoRange()
+
     # -- lasso ---------------------------------------------------------------------------------------
-    def add_lasso_point(self, x: float, y: float) -> None:
+    def add_lasso_point(self, x: float, y: float, plot=None) -> None:
+        plot = plot or self.amplitude
+        if plot is not self.lasso_plot:
+            self.clear_lasso()
+            self.lasso_plot = plot
         self.lasso.append((float(x), float(y)))
         closed = self.lasso + self.lasso[:1]
-        self.lasso_curve.setData([p[0] for p in closed], [p[1] for p in closed])
+        self.lasso_curves[plot].setData([p[0] for p in closed], [p[1] for p in closed])
         self.lasso_changed.emit(len(self.lasso))
 
     def clear_lasso(self) -> None:
         self.lasso = []
-        self.lasso_curve.setData([], [])
+        for curve in self.lasso_curves.values():
+            curve.setData([], [])
         self.lasso_changed.emit(0)
 
     def lasso_mask(self, cluster: int) -> np.ndarray | None:
         """Which of ``cluster``'s spikes lie in the lasso (None when it is not drawn or not shown)."""
-        if len(self.lasso) < 3 or cluster not in self.amplitude_points:
+        points = self.amplitude_points if self.lasso_plot is self.amplitude else self.feature_points
+        if len(self.lasso) < 3 or cluster not in points:
             return None
-        t, amp, _ = self.amplitude_points[cluster]
-        return points_in_polygon(t, amp, np.asarray(self.lasso))
+        x, y, _ = points[cluster]
+        return points_in_polygon(x, y, np.asarray(self.lasso))  # NaN features compare False: outside
 
     def amplitude_position(self, t: float, amp_uv: float) -> QPointF:
         """Where (time s, amplitude µV) is, in the coordinates of the widget that takes clicks (tests, demo)."""
-        scene = self.amplitude.vb.mapViewToScene(QPointF(t, amp_uv * 1e-6))
-        return self.graphics.mapFromScene(scene)
+        return self.plot_position(self.amplitude, t, amp_uv * 1e-6)
+
+    def plot_position(self, plot, x: float, y: float) -> QPointF:
+        """Where data point (x, y) of ``plot`` is, in the coordinates of the widget that takes clicks."""
+        return self.graphics.mapFromScene(plot.vb.mapViewToScene(QPointF(x, y)))
 
     def click_target(self) -> QWidget:
         return self.graphics.viewport()
@@ -435,8 +473,9 @@ class UnitViews(QWidget):
     def _clicked(self, event) -> None:
         if event.button() != Qt.MouseButton.LeftButton or not (event.modifiers() & Qt.KeyboardModifier.ControlModifier):
             return
-        if not self.amplitude.sceneBoundingRect().contains(event.scenePos()) or not self.amplitude_points:
-            return
-        point = self.amplitude.vb.mapSceneToView(event.scenePos())
-        self.add_lasso_point(point.x(), point.y())
-        event.accept()
+        for plot, points in ((self.amplitude, self.amplitude_points), (self.features, self.feature_points)):
+            if points and plot.sceneBoundingRect().contains(event.scenePos()):
+                point = plot.vb.mapSceneToView(event.scenePos())
+                self.add_lasso_point(point.x(), point.y(), plot)
+                event.accept()
+                return

@@ -557,6 +557,16 @@ class Curation:
         sel = self.spikes(cluster)
         return self.spike_times[sel] / self.sample_rate, self.spike_amplitudes_uv[sel], sel
 
+    @property
+    def has_features(self) -> bool:
+        return self.phy.has_features
+
+    def features_of(self, cluster: int, channels) -> tuple[np.ndarray, np.ndarray]:
+        """(first-PC features (n, len(channels)), spike indices) of the cluster, Phy's feature view
+        axes; NaN where a spike's template has no feature on a channel. Needs :attr:`has_features`."""
+        sel = self.spikes(cluster)
+        return self.phy.features_on(sel, channels)[:, 0, :], sel
+
     def best_channels(self, cluster: int, n: int = 12) -> np.ndarray:
         """The ``n`` channels with the largest footprint (sorted by channel index)."""
         foot = self.footprint(cluster)

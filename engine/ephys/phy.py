@@ -156,6 +156,24 @@ class PhyFolder:
         inv = inv.astype(np.float64)
         return np.sqrt(np.clip(np.diag(inv.T @ inv), 1e-12, None))
 
+    @property
+    def has_features(self) -> bool:
+        pcf, pci = self.arrays.get("pc_features"), self.arrays.get("pc_feature_ind")
+        return pcf is not None and pci is not None and len(pcf) == len(self.arrays["spike_times"])
+
+    def features_on(self, spikes: np.ndarray, channels) -> np.ndarray:
+        """PC features (n, n_pcs, len(channels)) of ``spikes`` on ``channels``, as Phy's feature view
+        reads them: each spike has features on its template's channels (``pc_feature_ind``); NaN
+        where that set lacks a channel. Needs :attr:`has_features`."""
+        pcf, pci = self.arrays["pc_features"], self.arrays["pc_feature_ind"].astype(np.int64)
+        channels = np.asarray(channels, dtype=np.int64).reshape(-1)
+        hit = pci[:, :, None] == channels[None, None, :]  # (K, P, c)
+        column = np.where(hit.any(1), hit.argmax(1), -1)  # (K, c): a template's column for each channel
+        spikes = np.asarray(spikes, dtype=np.int64)
+        cols = column[self.arrays["spike_templates"][spikes].astype(np.int64)]  # (n, c)
+        out = np.take_along_axis(pcf[spikes], np.maximum(cols, 0)[:, None, :].repeat(pcf.shape[1], 1), axis=2)
+        return np.where((cols >= 0)[:, None, :], out, np.nan).astype(np.float32)
+
     def template_troughs(self, templates_uv: np.ndarray | None = None) -> np.ndarray:
         """Sample of each template's trough: from our metadata, else the largest |value| on its peak channel."""
         troughs = self.meta.get("template_troughs")

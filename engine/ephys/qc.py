@@ -128,26 +128,18 @@ def compute_metrics(folder: str | os.PathLike, duration: float | None = None) ->
         duration = phy.duration_s
     templates_uv = phy.templates_uv()  # (K, D, C)
     noise_sd = phy.noise_sd()
-    pcf, pci = phy.arrays.get("pc_features"), phy.arrays.get("pc_feature_ind")
+    all_spikes = np.arange(len(times))
+    pci = phy.arrays.get("pc_feature_ind")
     rows = []
     for cid in np.unique(clusters):
         sel = clusters == cid
         unit = unit_metrics(times[sel] / fs, mean_waveform(templates_uv, templates_of_spike[sel], amps[sel]), noise_sd, duration)
         lr = float("nan")
-        if pcf is not None and pci is not None and len(pcf) == len(times):
+        if phy.has_features:
             main_t = int(np.bincount(templates_of_spike[sel]).argmax())  # the unit's most used template
-            chans = pci[main_t][:4].astype(np.int64)
-            # spikes whose feature channels include all 4: pick those columns
-            pos = np.full((len(pci), len(chans)), -1)
-            for j, c in enumerate(chans):
-                hit = pci == c
-                pos[:, j] = np.where(hit.any(1), hit.argmax(1), -1)
-            usable = (pos >= 0).all(1)[templates_of_spike]
-            feat_idx = pos[templates_of_spike]  # (n, 4)
-            rows_ok = np.flatnonzero(usable)
-            f = np.take_along_axis(pcf[rows_ok], feat_idx[rows_ok][:, None, :].repeat(pcf.shape[1], 1), axis=2).reshape(len(rows_ok), -1)
-            own = f[sel[rows_ok]]
-            lr = l_ratio(own, f[~sel[rows_ok]])
+            f = phy.features_on(all_spikes, pci[main_t][:4]).reshape(len(times), -1)
+            usable = ~np.isnan(f).any(1)  # spikes with features on all 4 of its channels
+            lr = l_ratio(f[sel & usable], f[~sel & usable])
         rows.append({
             "cluster_id": int(cid),
             **{k: unit[k] for k in ("n_spikes", "firing_rate", "amplitude_uv", "snr", "isi_violations_ratio")},

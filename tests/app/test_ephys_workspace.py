@@ -132,6 +132,34 @@ def test_sort_view_curate_and_reload(window, qtbot, recording, tmp_path):
     assert len(ws.curation.spikes(inside)) + len(ws.curation.spikes(rest)) == rows[a]["n_spikes"]
     assert not ws.views.lasso
 
+    # Phy's feature view: merge `rest` with a unit elsewhere on the probe, then take that unit back
+    # out with a lasso around its spikes in feature space (Ctrl-clicks on the feature view), K
+    c_unit = next(k for k in ids if k not in (a, b) and rows[k]["peak_channel"] != rows[a]["peak_channel"])
+    c_spikes = set(ws.curation.spikes(c_unit).tolist())
+    click_row(qtbot, ws, rest)
+    click_row(qtbot, ws, c_unit, Qt.KeyboardModifier.ControlModifier)
+    qtbot.keyClick(ws, Qt.Key.Key_G)
+    merged = rest + 1
+    assert ws.selected == [merged] and ws.views.feature_channels is not None
+    fx, fy, spikes = ws.views.feature_points[merged]
+    assert len(spikes) == len(ws.curation.spikes(merged)) and "PC1" in ws.views.features.titleLabel.text
+    of_c = np.isin(spikes, list(c_spikes)) & ~np.isnan(fx) & ~np.isnan(fy)
+    assert of_c.sum() > 0.9 * len(c_spikes)
+    qtbot.wait(50)  # the feature view's auto range settles
+    span = max(np.nanmax(fx) - np.nanmin(fx), np.nanmax(fy) - np.nanmin(fy))
+    x0, x1 = fx[of_c].min() - 0.005 * span, fx[of_c].max() + 0.005 * span
+    y0, y1 = fy[of_c].min() - 0.005 * span, fy[of_c].max() + 0.005 * span
+    for x, y in ((x0, y0), (x1, y0), (x1, y1), (x0, y1)):
+        qtbot.mouseClick(ws.views.click_target(), Qt.MouseButton.LeftButton, Qt.KeyboardModifier.ControlModifier,
+                         ws.views.plot_position(ws.views.features, x, y))
+    assert len(ws.views.lasso) == 4 and ws.views.lasso_plot is ws.views.features
+    qtbot.keyClick(ws, Qt.Key.Key_K)
+    back = set(ws.curation.spikes(merged + 1).tolist())
+    assert len(back & c_spikes) > 0.95 * len(c_spikes) and len(back - c_spikes) < 0.05 * len(c_spikes)
+    qtbot.keyClick(ws, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)  # back to the merge, then before it
+    qtbot.keyClick(ws, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)
+    assert {rest, c_unit} <= set(ws.curation.cluster_ids)
+
     # label b good with Alt+G: table row and file follow
     click_row(qtbot, ws, b)
     qtbot.keyClick(ws, Qt.Key.Key_G, Qt.KeyboardModifier.AltModifier)

@@ -282,3 +282,24 @@ def test_tile_cache_is_bounded_prefetches_and_cancels(tmp_path):
     progress.cancel()
     with pytest.raises(Cancelled):
         src.layers(0, recording.n_samples, progress=progress)
+
+
+def test_features_match_phylib_feature_view(sorted_folder):
+    """The feature view's numbers are Phy's: phylib's get_features on the same spikes and channels."""
+    model_mod = pytest.importorskip("phylib.io.model")
+    c = sorted_folder[2]["curation"]
+    assert c.has_features
+    unit = max(c.rows(), key=lambda r: r["n_spikes"])["cluster_id"]
+    channels = np.argsort(-c.footprint(unit))[:2]
+    ours, spikes = c.features_of(unit, channels)
+    assert ours.shape == (len(spikes), 2) and np.isfinite(ours[:, 0]).all()  # its own best channel is always there
+    model = model_mod.load_model(c.folder / "params.py")
+    try:
+        theirs = model.get_features(spikes, channels)[:, :, 0]  # (n, channels, pcs) → first PC
+    finally:
+        model.close()
+    np.testing.assert_allclose(np.nan_to_num(ours), theirs, rtol=1e-5, atol=1e-6)
+    # the unit's spikes stand apart from another unit's on its best channel
+    other = next(r["cluster_id"] for r in c.rows() if r["cluster_id"] != unit and r["peak_channel"] != channels[0])
+    mine = np.nanmedian(np.abs(ours[:, 0]))
+    assert mine > 2 * np.nanmedian(np.abs(c.features_of(other, channels)[0][:, 0]))
