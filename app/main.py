@@ -186,6 +186,8 @@ class MainWindow(QMainWindow):
         raise KeyError(key)
 
     def show_workspace_index(self, index: int) -> None:
+        if index != self.stack.currentIndex():
+            self.statusBar().clearMessage()  # a message about another workspace's data misleads here
         self.stack.setCurrentIndex(index)
         self.sidebar_buttons.button(index).setChecked(True)
         self.workspace_actions.actions()[index].setChecked(True)

@@ -26,9 +26,11 @@ def test_four_workspaces_switch_by_sidebar_click_and_shortcut(window, qtbot):
     qtbot.mouseClick(window.sidebar_buttons.button(2), Qt.MouseButton.LeftButton)
     assert window.current_workspace.key == "calcium"
     assert "Calcium" in window.windowTitle()
+    window.show_status("12 ROIs accepted")
     qtbot.keyClick(window, Qt.Key.Key_2, Qt.KeyboardModifier.ControlModifier)
     assert window.current_workspace.key == "ephys"
     assert window.sidebar_buttons.button(1).isChecked()
+    assert window.statusBar().currentMessage() == ""  # calcium's message does not follow into ephys
 
 
 def test_menus_have_the_promised_actions(window):
