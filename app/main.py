@@ -343,6 +343,8 @@ class MainWindow(QMainWindow):
     # -- closing -------------------------------------------------------------------------
     def closeEvent(self, event: QCloseEvent) -> None:
         self.settings.save_window(self.saveGeometry(), self.saveState(), self.current_workspace.key)
+        for ws in self.workspaces:
+            ws.closing()
         if not self.jobs.shutdown(timeout_ms=5000):
             self.show_status("Some jobs are still stopping…")
         super().closeEvent(event)

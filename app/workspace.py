@@ -55,6 +55,9 @@ class Workspace(QWidget):
         an action may return a Job, which is waited for."""
         return []
 
+    def closing(self) -> None:
+        """The window is closing: save what is still pending (hand work is saved on every change already)."""
+
     def loaded(self, path: Path) -> None:
         """Call when a dataset is shown: brings the content forward, remembers the path, tells the shell."""
         self.center.setCurrentWidget(self.content)

@@ -59,6 +59,7 @@ class EphysWorkspace(Workspace):
         self.sort_job: Job | None = None
         self._waveforms: dict[int, dict] = {}
         self.view_start = 0.0  # s: left edge of the trace window
+        self._restoring_view = False
 
         self.info = InfoBox("Recording", [("file", "File"), ("n_channels", "Channels"), ("sample_rate", "Sample rate (Hz)"),
                                           ("duration", "Duration (s)"), ("dtype", "Data type"), ("gain_uv", "Gain (µV/bit)"),
@@ -106,6 +107,10 @@ class EphysWorkspace(Workspace):
         self.redraw_timer.setSingleShot(True)
         self.redraw_timer.setInterval(15)
         self.redraw_timer.timeout.connect(self.redraw)
+        self.view_state_timer = QTimer(self)  # the view is saved once a burst of scrolling or clicking settles
+        self.view_state_timer.setSingleShot(True)
+        self.view_state_timer.setInterval(500)
+        self.view_state_timer.timeout.connect(self.save_view_state)
         # bigger windows are read, filtered and decimated off the GUI thread, latest request wins;
         # the previous frame stays on screen until the new one arrives
         self.async_traces = True
@@ -300,6 +305,7 @@ class EphysWorkspace(Workspace):
                                    engine_curation.open_phy_job, folder, on_result=self._show_phy)
 
     def _show_recording(self, path: Path, out: dict) -> None:
+        self._flush_view_state()
         self._set_recording(path, out["recording"], TraceSource(out["recording"]))
         self.set_probe(out["probe"])  # found beside the file: shown in the info and sorting boxes
         self._set_curation(None)
@@ -347,7 +353,8 @@ class EphysWorkspace(Workspace):
         self.probe_label.setText(self._probe_text())
         self.info.values["probe"].setText(self._probe_text())
 
-    def _show_phy(self, out: dict) -> None:
+    def _show_phy(self, out: dict, restore_view: bool = True) -> None:
+        self._flush_view_state()
         curation, recording = out["curation"], out["recording"]
         if recording is not None:
             path = recording.path
@@ -358,6 +365,8 @@ class EphysWorkspace(Workspace):
         if out["note"]:
             show_error(self, "Raw recording not found", out["note"])
         self._set_curation(curation)
+        if restore_view:
+            self.restore_view_state(engine_curation.read_view_state(curation.folder))
         counts = curation.counts()
         labelled = sum(v for k, v in counts.items() if k != "unsorted")
         self.stage_label.setText(f"{len(curation.cluster_ids)} units in {curation.folder.name}/"
@@ -408,10 +417,64 @@ class EphysWorkspace(Workspace):
         self._refresh_controls()
 
     def _sorted(self, out: dict) -> None:
-        self._show_phy(out)
+        self._show_phy(out, restore_view=False)
         backup = out.get("backup")
         note = f" The earlier curated folder was kept as {backup.name}/." if backup else ""
         self.window.show_status(f"Sorted: {len(out['curation'].cluster_ids)} units written to {out['folder']}.{note}", 10000)
+
+    # -- the view of a Phy folder, kept in it so reopening returns there ---------------------------------
+    def view_state(self) -> dict:
+        return {"sort": self._sort_fingerprint(), "selected": [int(c) for c in self.selected], "start_s": round(self.view_start, 4),
+                "window_s": self.window_seconds.value(), "first_channel": self.first_channel.value(),
+                "n_shown": self.n_shown.value(), "data": self.data_kind.currentText(), "show_data": self.show_data.isChecked(),
+                "model": self.show_model.isChecked(), "residual": self.show_residual.isChecked()}
+
+    def _sort_fingerprint(self) -> list[int]:
+        return [len(self.curation.spike_times), len(self.curation.templates_uv)] if self.curation is not None else []
+
+    def save_view_state(self) -> None:
+        self.view_state_timer.stop()
+        if self.curation is None or self._restoring_view:
+            return
+        try:
+            engine_curation.save_view_state(self.curation.folder, self.view_state())
+        except OSError:  # only a convenience: the curation itself is saved on every change
+            pass
+
+    def closing(self) -> None:
+        self._flush_view_state()
+
+    def _flush_view_state(self) -> None:
+        """Save a view still waiting for its timer (before the folder is left or the window closes)."""
+        if self.view_state_timer.isActive():
+            self.save_view_state()
+
+    def restore_view_state(self, state: dict) -> None:
+        """Apply a :meth:`view_state` (values out of range are clamped, unknown units dropped); a state
+        saved for another sort written to the same folder is ignored."""
+        if not state or self.curation is None or state.get("sort") != self._sort_fingerprint():
+            return
+        self._restoring_view = True
+        try:
+            if self.recording is not None:
+                for spin, key in ((self.first_channel, "first_channel"), (self.n_shown, "n_shown")):
+                    if isinstance(state.get(key), int):
+                        spin.setValue(state[key])  # QSpinBox clamps to its range
+                if state.get("data") in DATA_KINDS:
+                    self.data_kind.setCurrentText(state["data"])
+                for box, key in ((self.show_data, "show_data"), (self.show_model, "model"), (self.show_residual, "residual")):
+                    if isinstance(state.get(key), bool) and box.isEnabled():
+                        box.setChecked(state[key])
+                if isinstance(state.get("window_s"), (int, float)):
+                    self.window_seconds.setValue(float(state["window_s"]))
+                if isinstance(state.get("start_s"), (int, float)):
+                    self.scroll.setValue(int(round(float(state["start_s"]) * SCROLL_STEPS_PER_SECOND)))
+            known = set(int(c) for c in self.curation.cluster_ids)
+            selected = [c for c in state.get("selected", []) if isinstance(c, int) and c in known]
+            if selected:
+                self.select(selected)
+        finally:
+            self._restoring_view = False
 
     # -- curation state --------------------------------------------------------------------------
     def _set_curation(self, curation: Curation | None) -> None:
@@ -647,6 +710,8 @@ class EphysWorkspace(Workspace):
         request = self.trace_request()
         if request is None:
             return
+        if self.curation is not None:
+            self.view_state_timer.start()
         if not self.async_traces or self._cheap(request):
             self.loader.drop_pending()
             self._show_frame(request, load_traces(request))

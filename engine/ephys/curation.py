@@ -44,6 +44,7 @@ PROBE_NAMES = ("{stem}.probe.json", "{stem}_probe.json", "{stem}.prb.json", "pro
 MAX_UNDO = 200
 TILE_SECONDS = 0.25  # trace panel: filtered tiles; a scroll refilters only the ones it uncovers
 TRACE_CACHE_BYTES = 256 * 2**20  # filtered tiles kept (a 2 s window of 384 channels is 92 MB)
+VIEW_FILE = ".neurowb_view.json"  # the workspace's last view of a Phy folder, beside Phy's own .phy/ cache
 TABLE_COLUMNS = ("cluster_id", "n_spikes", "firing_rate", "amplitude_uv", "snr", "isi_violations_ratio", "presence_ratio",
                  "peak_channel", "depth_um", "group")
 
@@ -87,6 +88,24 @@ def is_curated(folder: str | os.PathLike) -> bool:
     except (OSError, ValueError):
         return False
     return clusters.shape != templates.shape or bool(np.any(clusters.astype(np.int64) != templates.astype(np.int64)))
+
+
+def read_view_state(folder: str | os.PathLike) -> dict:
+    """The last view of a Phy folder saved by :func:`save_view_state` ({} when none or unreadable):
+    selected units, time window, channel range, data layers. Reopening the folder returns there."""
+    import json
+
+    try:
+        state = json.loads((Path(folder) / VIEW_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
+def save_view_state(folder: str | os.PathLike, state: dict) -> None:
+    from engine.storage import atomic_save_json
+
+    atomic_save_json(Path(folder) / VIEW_FILE, state)
 
 
 def recording_of(phy: PhyFolder) -> tuple[RawRecording | None, str]:
@@ -145,6 +164,7 @@ def sort_job(raw_path: str | os.PathLike, params: RecordingParams, probe_path: s
     if is_curated(folder):
         backup = folder.with_name(f"{folder.name}_{time.strftime('%Y%m%d-%H%M%S')}")
         os.replace(folder, backup)
+    (folder / VIEW_FILE).unlink(missing_ok=True)  # a view of the old units would select the wrong ones
     p_write.report(0.0, "writing the Phy folder")
     write_phy(result, folder, raw_path=raw_path, recording_params=params)
     out = open_phy_job(folder, progress=p_load)
@@ -701,4 +721,5 @@ def filter_rows(rows: list[dict], text: str) -> list[dict]:
 
 
 __all__ = ["Curation", "TraceSource", "Change", "sort_job", "open_phy_job", "open_recording_job", "phy_folder_for", "find_probe",
-           "is_phy_folder", "is_curated", "recording_of", "correlogram", "isi_histogram", "filter_rows", "REFRACTORY_S"]
+           "is_phy_folder", "is_curated", "recording_of", "correlogram", "isi_histogram", "filter_rows", "read_view_state", "save_view_state",
+           "REFRACTORY_S"]
