@@ -39,7 +39,8 @@ MAX_WINDOW_VALUES = 40_000_000  # samples × channels read per redraw at most (~
 SYNC_MAX_VALUES = 500_000  # a window this cheap to read (samples × channels, a few ms) is drawn at once on the GUI thread
 DATA_KINDS = ("Preprocessed", "Raw")
 KEYS_HELP = ("G merge · K split (Ctrl-click a lasso on the amplitudes or features first) · Alt+G good · Alt+M mua · Alt+N noise · "
-             "Ctrl+Z undo · Ctrl+Shift+Z / Ctrl+Y redo · Esc clear lasso · ←/→ scroll traces")
+             "Ctrl+Z undo · Ctrl+Shift+Z / Ctrl+Y redo · Space / Shift+Space next / previous similar unit · Esc clear lasso · "
+             "←/→ scroll traces")
 
 
 class EphysWorkspace(Workspace):
@@ -125,7 +126,8 @@ class EphysWorkspace(Workspace):
                           ("Alt+G", lambda: self.label_selected("good")), ("Alt+M", lambda: self.label_selected("mua")),
                           ("Alt+N", lambda: self.label_selected("noise")), ("Ctrl+Shift+Z", self.redo), ("Ctrl+Y", self.redo),
                           ("Esc", self.views.clear_lasso), ("Right", lambda: self.step_time(0.5)),
-                          ("Left", lambda: self.step_time(-0.5))):
+                          ("Left", lambda: self.step_time(-0.5)), ("Space", lambda: self.next_similar(1)),
+                          ("Shift+Space", lambda: self.next_similar(-1))):
             QShortcut(QKeySequence(key), self, activated=slot)
         QShortcut(QKeySequence.StandardKey.Undo, self, activated=self.undo)
 
@@ -507,6 +509,19 @@ class EphysWorkspace(Workspace):
         """Select units (the first is the current one): the table, views and trace markers follow."""
         self.units.select([int(c) for c in dict.fromkeys(clusters)], emit=True)
 
+    def next_similar(self, step: int = 1) -> None:
+        """Phy's wizard: pair the current unit with its next (step 1) or previous (-1) most similar unit."""
+        if self.curation is None or not self.selected:
+            return
+        best = self.selected[0]
+        similar = [cid for cid, _ in self.curation.similar(best)]
+        paired = self.selected[1] if len(self.selected) > 1 and self.selected[1] in similar else None
+        i = (similar.index(paired) + step) if paired is not None else (0 if step > 0 else len(similar) - 1)
+        if not 0 <= i < len(similar):
+            self.window.show_status(f"No {'more' if step > 0 else 'earlier'} similar units for unit {best}.")
+            return
+        self.select([best, similar[i]])
+
     def _similar_picked(self, cluster: int) -> None:
         if self.selected:
             self.select([self.selected[0], cluster])
@@ -521,7 +536,8 @@ class EphysWorkspace(Workspace):
                                                        cid, n_spikes=40 if c.templates_uv.shape[2] <= 64 else 20)
         self.views.show_units(c, self.selected[:3], self._waveforms)
         if c is not None and self.selected:
-            self.similar.show_similar([(cid, s, c.groups.get(cid, "unsorted")) for cid, s in c.similar(self.selected[0])])
+            self.similar.show_similar([(cid, s, c.groups.get(cid, "unsorted")) for cid, s in c.similar(self.selected[0])],
+                                      paired=self.selected[1] if len(self.selected) > 1 else None)
         else:
             self.similar.show_similar([])
         self._update_counts()

@@ -196,10 +196,12 @@ class SimilarList(QTableWidget):
         self.verticalHeader().setDefaultSectionSize(22)
         self.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
         self.setToolTip("Units whose templates resemble the current unit's (best-lag cosine similarity): merge candidates. "
-                        "Click one to show it beside the current unit.")
+                        "Click one to show it beside the current unit; Space / Shift+Space step through them.")
         self.cellClicked.connect(lambda row, _col: self.picked.emit(int(self.item(row, 0).data(Qt.ItemDataRole.UserRole))))
 
-    def show_similar(self, items: list[tuple[int, float, str]]) -> None:
+    def show_similar(self, items: list[tuple[int, float, str]], paired: int | None = None) -> None:
+        """List ``(cluster, similarity, label)`` rows; the row of ``paired`` (the unit shown beside) is selected."""
+        self.clearSelection()
         self.setRowCount(len(items))
         for r, (cid, sim, group) in enumerate(items):
             item = NumberItem(cid, str(cid))
@@ -209,6 +211,8 @@ class SimilarList(QTableWidget):
             label = QTableWidgetItem(group)
             label.setForeground(QBrush(QColor(LABEL_FOREGROUNDS.get(group, "#1f2937"))))
             self.setItem(r, 2, label)
+            if cid == paired:
+                self.selectRow(r)
 
 
 def points_in_polygon(x: np.ndarray, y: np.ndarray, polygon: np.ndarray) -> np.ndarray:

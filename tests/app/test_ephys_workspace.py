@@ -76,6 +76,16 @@ def test_sort_view_curate_and_reload(window, qtbot, recording, tmp_path):
     assert ws.views._items  # waveforms, footprint, correlograms drawn
     assert ws.similar.rowCount() == len(ids) - 1
 
+    # Phy's wizard keys: Space pairs the unit with its most similar one, then the next; Shift+Space goes back
+    similar = [cid for cid, _ in c.similar(a)]
+    qtbot.keyClick(ws, Qt.Key.Key_Space)
+    assert ws.selected == [a, similar[0]]
+    qtbot.keyClick(ws, Qt.Key.Key_Space)
+    assert ws.selected == [a, similar[1]] and ws.similar.selectedItems()[0].row() == 1
+    qtbot.keyClick(ws, Qt.Key.Key_Space, Qt.KeyboardModifier.ShiftModifier)
+    assert ws.selected == [a, similar[0]]
+    click_row(qtbot, ws, a)
+
     # go to one of its spikes with a short window (no decimation), then toggle model and residual
     ws.window_seconds.setValue(0.02)
     ws.go_to(c.spike_times[c.spikes(a)[3]] / c.sample_rate)
