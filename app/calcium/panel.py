@@ -274,7 +274,10 @@ class CalciumWorkspace(Workspace):
         self._shown_kind = None
         self.redraw()
         self._fill_table()
-        self._roi_changed()
+        if curation is not None and curation.result.n_components:
+            self.select([self._roi_at_row(0)])  # the table's first ROI: its traces show at once, as in ephys
+        else:
+            self._roi_changed()
         if curation is not None and curation.decisions:
             note = f"; {skipped} could not be matched to an ROI and were dropped" if skipped else ""
             self.window.show_status(f"Restored {len(curation.decisions)} curation decisions{note}.", 10000)

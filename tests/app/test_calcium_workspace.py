@@ -51,9 +51,12 @@ def test_run_select_reject_add_undo_and_restore(window, qtbot, movie, tmp_path):
     assert {"Summary images", "Demixing patches"} & set(messages)
     assert ws.image_kind.currentText() == "Correlation"
     assert len(ws.fov.curves["accepted"].getData()[0]) > 0  # contours drawn
+    first = ws._roi_at_row(0)
+    assert ws.selected == [first]  # the table's first ROI is shown at once: no empty trace panel
+    np.testing.assert_allclose(ws.traces.curves["C"][0].getData()[1], result.C[first])
 
     # click on an accepted ROI's center: it is selected in the view, the table and the traces
-    k = int(np.flatnonzero(result.accepted)[0])
+    k = int(next(i for i in np.flatnonzero(result.accepted) if i != first))
     row, col = (int(round(v)) for v in result.centers[k])
     assert ws.curation.geometry.owner[row, col] == k
     click_image(qtbot, ws, row, col)
