@@ -284,6 +284,9 @@ class UnitViews(QWidget):
         self.amplitude_points: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # cluster → (t, amp V, spike idx)
         self.feature_points: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # cluster → (x, y, spike idx)
         self.feature_channels: tuple[int, int] | None = None
+        self._feature_choice: tuple[int, int] | None = None  # channels picked on the waveform view, for this unit
+        self._shown: tuple | None = None  # (curation, clusters) on display
+        self._waveform_channels = np.zeros(0, int)
         self.hint = QLabel("Select a unit in the table.", objectName="Hint")
         self.hint.setWordWrap(True)
         self.hint.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)  # never widens the views
@@ -307,7 +310,10 @@ class UnitViews(QWidget):
     def show_units(self, curation, clusters: list[int], waveforms: dict[int, dict]) -> None:
         """Draw every view for ``clusters`` (the first is the current unit); ``waveforms``: cluster →
         :meth:`Curation.waveforms` output."""
+        if self._shown is None or not clusters or not self._shown[1] or self._shown[1][0] != clusters[0]:
+            self._feature_choice = None  # as in Phy, a new current unit starts on its own best channels
         self.clear()
+        self._shown = (curation, clusters) if curation is not None and clusters else None
         if curation is None or not clusters:
             self.hint.setText("Select a unit in the table (Ctrl-click a second one for the cross-correlogram).")
             return
@@ -318,11 +324,13 @@ class UnitViews(QWidget):
         self._draw_features(curation, clusters)
         names = ", ".join(str(c) for c in clusters)
         self.hint.setText(f"Unit {names}. Split: Ctrl-click points around spikes on the amplitude or feature view, "
-                          f"then K (Esc clears). Merge the selection: G.")
+                          f"then K (Esc clears). Merge the selection: G. Feature axes: Ctrl-click (x) or Shift-click (y) "
+                          f"a channel on the waveforms.")
 
     def _draw_waveforms(self, curation, clusters, waveforms) -> None:
         pos = curation.positions
         channels = curation.best_channels(clusters[0], n=12)
+        self._waveform_channels = channels
         xs, ys = np.unique(pos[:, 0]), np.unique(pos[:, 1])
         dx = np.diff(xs).min() if len(xs) > 1 else 40.0
         dy = np.diff(ys).min() if len(ys) > 1 else 20.0
@@ -426,7 +434,7 @@ class UnitViews(QWidget):
         if not curation.has_features:
             self.features.setTitle("Features (none in this folder)", size="9pt")
             return
-        a, b = (int(c) for c in np.argsort(-curation.footprint(clusters[0]))[:2])
+        a, b = self._feature_choice or (int(c) for c in np.argsort(-curation.footprint(clusters[0]))[:2])
         self.feature_channels = (a, b)
         self.features.setTitle(f"Features · PC1 on ch {a} → ch {b}", size="9pt")
         for i, c in enumerate(reversed(clusters)):
@@ -437,6 +445,30 @@ class UnitViews(QWidget):
             shown = ~np.isnan(f).any(1)  # spikes whose template has no feature on a or b
             self._add(self.features, pg.ScatterPlotItem(f[shown, 0], f[shown, 1], size=4, pen=None, brush=pg.mkBrush(color)))
         self.features.enableAutoRange()
+
+    def set_feature_channel(self, axis: int, channel: int) -> None:
+        """Phy's way to pick the feature view's axes: ``axis`` 0 (x) or 1 (y) shows the first PC on ``channel``."""
+        if self._shown is None or self.feature_channels is None:
+            return
+        chosen = list(self.feature_channels)
+        if chosen[1 - axis] == channel:  # the other axis's channel: the axes swap
+            chosen[1 - axis] = chosen[axis]
+        chosen[axis] = int(channel)
+        self._feature_choice = (chosen[0], chosen[1])
+        for plot, item in [pi for pi in self._items if pi[0] is self.features]:
+            plot.removeItem(item)
+            self._items.remove((plot, item))
+        self.feature_points = {}
+        if self.lasso_plot is self.features:
+            self.clear_lasso()
+        self._draw_features(*self._shown)
+
+    def _waveform_channel_at(self, x: float, y: float) -> int | None:
+        """The shown waveform channel nearest to a point of the waveform view (probe µm)."""
+        if self._shown is None or not len(self._waveform_channels):
+            return None
+        pos = self._shown[0].positions[self._waveform_channels]
+        return int(self._waveform_channels[np.argmin(np.hypot(pos[:, 0] - x, pos[:, 1] - y))])
 
     # -- lasso ---------------------------------------------------------------------------------------
     def add_lasso_point(self, x: float, y: float, plot=None) -> None:
@@ -475,7 +507,17 @@ class UnitViews(QWidget):
         return self.graphics.viewport()
 
     def _clicked(self, event) -> None:
-        if event.button() != Qt.MouseButton.LeftButton or not (event.modifiers() & Qt.KeyboardModifier.ControlModifier):
+        ctrl, shift = (bool(event.modifiers() & m) for m in (Qt.KeyboardModifier.ControlModifier, Qt.KeyboardModifier.ShiftModifier))
+        if event.button() != Qt.MouseButton.LeftButton or not (ctrl or shift):
+            return
+        if self.waveforms.sceneBoundingRect().contains(event.scenePos()):
+            point = self.waveforms.vb.mapSceneToView(event.scenePos())
+            channel = self._waveform_channel_at(point.x(), point.y())
+            if channel is not None:
+                self.set_feature_channel(0 if ctrl else 1, channel)
+                event.accept()
+            return
+        if not ctrl:
             return
         for plot, points in ((self.amplitude, self.amplitude_points), (self.features, self.feature_points)):
             if points and plot.sceneBoundingRect().contains(event.scenePos()):

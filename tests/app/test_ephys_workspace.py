@@ -171,6 +171,18 @@ def test_sort_view_curate_and_reload(window, qtbot, recording, tmp_path):
     qtbot.keyClick(ws, Qt.Key.Key_K)
     back = set(ws.curation.spikes(merged + 1).tolist())
     assert len(back & c_spikes) > 0.95 * len(c_spikes) and len(back - c_spikes) < 0.05 * len(c_spikes)
+    # Phy's feature axes: Ctrl-click a channel on the waveform view for x, Shift-click another for y
+    x_ch, y_ch = [int(ch) for ch in ws.views._waveform_channels if ch not in ws.views.feature_channels][:2]
+    for modifier, ch in ((Qt.KeyboardModifier.ControlModifier, x_ch), (Qt.KeyboardModifier.ShiftModifier, y_ch)):
+        qtbot.mouseClick(ws.views.click_target(), Qt.MouseButton.LeftButton, modifier,
+                         ws.views.plot_position(ws.views.waveforms, *ws.curation.positions[ch]))
+    assert ws.views.feature_channels == (x_ch, y_ch) and f"ch {x_ch} → ch {y_ch}" in ws.views.features.titleLabel.text
+    fx, fy, _ = ws.views.feature_points[merged + 1]
+    ref, _ = ws.curation.features_of(merged + 1, [x_ch, y_ch])
+    np.testing.assert_array_equal(np.c_[fx, fy], ref)
+    qtbot.mouseClick(ws.views.click_target(), Qt.MouseButton.LeftButton, Qt.KeyboardModifier.ControlModifier,
+                     ws.views.plot_position(ws.views.waveforms, *ws.curation.positions[y_ch]))
+    assert ws.views.feature_channels == (y_ch, x_ch)  # x takes y's channel: the axes swap
     qtbot.keyClick(ws, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)  # back to the merge, then before it
     qtbot.keyClick(ws, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)
     assert {rest, c_unit} <= set(ws.curation.cluster_ids)
