@@ -472,7 +472,8 @@ class EphysWorkspace(Workspace):
                 if isinstance(state.get("start_s"), (int, float)):
                     self.scroll.setValue(int(round(float(state["start_s"]) * SCROLL_STEPS_PER_SECOND)))
             known = set(int(c) for c in self.curation.cluster_ids)
-            selected = [c for c in state.get("selected", []) if isinstance(c, int) and c in known]
+            listed = state.get("selected") if isinstance(state.get("selected"), list) else []
+            selected = [c for c in listed if isinstance(c, int) and c in known]
             if selected:
                 self.select(selected)
         finally:

@@ -321,6 +321,16 @@ def test_reopening_a_folder_returns_to_the_last_view(window, qtbot, recording, s
     third.show()
     ws3 = open_in(third, qtbot, folder / "params.py")
     assert ws3.selected == ws3.units.visible_clusters()[:1]
+
+    # a damaged view file is ignored, never an error: garbage, then the right sort with wrong types
+    import json
+
+    for text in ("{not json", json.dumps({"sort": ws3.view_state()["sort"], "selected": 5, "window_s": "wide",
+                                          "first_channel": None, "model": "yes"})):
+        ws3.view_state_timer.stop()  # nothing pending that would overwrite the damaged file
+        (folder / VIEW_FILE).write_text(text)
+        ws3 = open_in(third, qtbot, folder / "params.py")
+        assert ws3.curation is not None and ws3.selected == ws3.units.visible_clusters()[:1]
     third.jobs.shutdown(3000)
 
 
