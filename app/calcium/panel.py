@@ -178,7 +178,11 @@ class CalciumWorkspace(Workspace):
         for i, button in enumerate((self.accept_button, self.reject_button, self.merge_button, self.delete_button,
                                     self.add_button, self.undo_button)):
             buttons.addWidget(button, i // 2, i % 2)
-        buttons.addWidget(self.export_button, 3, 0, 1, 2)
+        self.export_nwb_button = self._button("Export NWB…", self.export_nwb)
+        self.export_nwb_button.setToolTip("Write one .nwb file (PlaneSegmentation, F, neuropil, denoised C, spikes S, summary "
+                                          "images) for DANDI or any NWB reader")
+        buttons.addWidget(self.export_button, 3, 0)
+        buttons.addWidget(self.export_nwb_button, 3, 1)
         qc_layout.addLayout(buttons)
         keys = QLabel(KEYS_HELP, objectName="Hint")
         keys.setWordWrap(True)
@@ -556,6 +560,7 @@ class CalciumWorkspace(Workspace):
         self.add_button.setEnabled(self.curation is not None and not editing)
         self.undo_button.setEnabled(self.curation is not None and self.curation.can_undo and not editing)
         self.export_button.setEnabled(self.curation is not None and not editing)
+        self.export_nwb_button.setEnabled(self.export_button.isEnabled())
 
     # -- decisions -------------------------------------------------------------------------
     def _editable(self) -> bool:
@@ -653,6 +658,21 @@ class CalciumWorkspace(Workspace):
                 return None
         directory = Path(directory)
         return self.window.run_job(f"Export Suite2p to {directory.name}", curation.export_job, self.curation.result, directory,
+                                   self.current_path,
+                                   on_result=lambda out: self.window.show_status(f"Exported the ROIs to {out}", 10000))
+
+    def export_nwb(self, path: str | Path | None = None) -> Job | None:
+        if self.curation is None:
+            return None
+        if path is None:
+            start = str(workdir_for(self.current_path) / f"{self.current_path.stem}.nwb")
+            path, _ = QFileDialog.getSaveFileName(self, "Export an NWB file", start, "NWB files (*.nwb)")
+            if not path:
+                return None
+        path = Path(path)
+        if path.suffix.lower() != ".nwb":
+            path = path.with_name(path.name + ".nwb")
+        return self.window.run_job(f"Export NWB {path.name}", curation.export_nwb_job, self.curation.result, path,
                                    self.current_path,
                                    on_result=lambda out: self.window.show_status(f"Exported the ROIs to {out}", 10000))
 

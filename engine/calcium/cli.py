@@ -29,6 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--neuron-diameter", type=float, default=10.0, metavar="PX", help="typical cell diameter in pixels (default 10)")
     p.add_argument("--register", choices=("rigid", "piecewise", "none"), default="none", help="motion correction (default none)")
     p.add_argument("--patch-size", type=int, metavar="PX", help="patch core size in pixels (default max(64, 6 diameters))")
+    p.add_argument("--nwb", metavar="FILE.nwb", help="also write the ROIs, traces and summary images as an NWB file")
     p.set_defaults(run=_run_cnmf)
 
     p = subparsers.add_parser("deconvolve", help="AR(1) spike deconvolution of fluorescence traces",
@@ -69,6 +70,10 @@ def _run_cnmf(args: argparse.Namespace) -> int:
         result = run_cnmf(movie, fs=args.fs, neuron_diameter=args.neuron_diameter, register=args.register,
                           patch_size=args.patch_size, progress=progress)  # fmt: skip
     export_suite2p(result, args.output, data_path=args.movie)
+    if args.nwb:
+        from engine.calcium.nwb import export_nwb
+
+        export_nwb(result, args.nwb, movie_path=args.movie)
     t = result.info["timings"]["total"]
     print(f"wrote {args.output}: {result.n_components} components, {int(result.accepted.sum())} accepted, "
           f"{result.F.shape[1]} frames at {result.fps:g} Hz, in {t:.1f} s", file=sys.stderr)

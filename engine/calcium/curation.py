@@ -333,6 +333,14 @@ def player_frame(source: str, movie, result: CNMFResult | None, t: int) -> np.nd
 
 
 
+def export_nwb_job(result: CNMFResult, path: Path, movie_path: Path, progress=None) -> Path:
+    """The curated ROIs, traces and summary images as one NWB file."""
+    from engine.calcium.nwb import export_nwb
+
+    as_progress(progress).report(0.1, "Writing the NWB file")
+    return export_nwb(result, path, movie_path=movie_path)
+
+
 def export_job(result: CNMFResult, directory: Path, movie_path: Path, progress=None) -> Path:
     """The curated ROIs as a Suite2p folder (plus footprints.npz and traces.npz)."""
     from engine.calcium.export import export_suite2p

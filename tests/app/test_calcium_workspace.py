@@ -32,7 +32,7 @@ def wait_for_edit(qtbot, ws):
         assert ws.edit_job.state is JobState.FINISHED, ws.edit_job.error and ws.edit_job.error.details
 
 
-def test_run_select_reject_add_undo_and_restore(window, qtbot, movie, tmp_path):
+def test_run_select_reject_add_undo_and_restore(window, qtbot, movie, tmp_path, monkeypatch):
     ws = open_in(window, qtbot, movie)
     assert ws.key == "calcium" and ws.curation is None
 
@@ -147,6 +147,19 @@ def test_run_select_reject_add_undo_and_restore(window, qtbot, movie, tmp_path):
     assert job.state is JobState.FINISHED, job.error and job.error.details
     iscell = np.load(tmp_path / "suite2p" / "iscell.npy")
     assert iscell.shape == (n + 1, 2) and iscell[k, 0] == 0
+
+    # Export NWB… (the button; the save dialog answered with a name without the extension)
+    import pynwb
+    from PyQt6.QtWidgets import QFileDialog
+
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", staticmethod(lambda *a, **k: (str(tmp_path / "session"), "")))
+    with qtbot.waitSignal(window.jobs.job_added, timeout=5000) as blocker:
+        qtbot.mouseClick(ws2.export_nwb_button, Qt.MouseButton.LeftButton)
+    job = wait_for_job(qtbot, blocker.args[0])
+    assert job.state is JobState.FINISHED, job.error and job.error.details
+    with pynwb.NWBHDF5IO(str(tmp_path / "session.nwb"), "r") as io:
+        table = io.read().processing["ophys"]["ImageSegmentation"]["PlaneSegmentation"]
+        np.testing.assert_array_equal(table["accepted"][:], ws2.curation.result.accepted)  # the hand decisions too
 
 
 def test_cancel_cnmf_keeps_the_window_usable(window, qtbot, movie):

@@ -123,8 +123,14 @@ def test_cli_round_trip_and_bad_input(tmp_path, capsys):
     regs = [register]
     assert main(["simulate-calcium", "-o", str(tmp_path / "sim"), "--size", "48", "--frames", "300", "--cells", "4", "--seed", "1"], regs) == 0
     assert (tmp_path / "sim" / "movie.tif").exists() and (tmp_path / "sim" / "ground_truth.npz").exists()
-    assert main(["cnmf", str(tmp_path / "sim" / "movie.tif"), "-o", str(tmp_path / "out"), "--neuron-diameter", "10"], regs) == 0
+    assert main(["cnmf", str(tmp_path / "sim" / "movie.tif"), "-o", str(tmp_path / "out"), "--neuron-diameter", "10",
+                 "--nwb", str(tmp_path / "out.nwb")], regs) == 0
     assert (tmp_path / "out" / "stat.npy").exists()
+    import pynwb
+
+    with pynwb.NWBHDF5IO(str(tmp_path / "out.nwb"), "r") as io:
+        segmentation = io.read().processing["ophys"]["ImageSegmentation"]["PlaneSegmentation"]
+        assert len(segmentation) == len(np.load(tmp_path / "out" / "iscell.npy"))
     F = np.load(tmp_path / "out" / "F.npy")
     np.save(tmp_path / "traces.npy", F)
     assert main(["deconvolve", str(tmp_path / "traces.npy"), "--fs", "30", "-o", str(tmp_path / "dec.npz")], regs) == 0
