@@ -8,6 +8,8 @@ Sources:
   through ``TiffFile`` (one page per frame, e.g. compressed stacks);
 * ``.h5``/``.hdf5``: an h5py dataset, the one named by ``dataset`` or the first 3-D one
   (CaImAn ``mov``, suite2p/other ``data`` ...); the file stays open until :meth:`Movie.close`.
+* ``.nwb``: the ``data`` of a TwoPhotonSeries (or OnePhotonSeries) — in ``acquisition`` first, the one
+  named by ``dataset`` if given — read lazily through h5py, frame rate from its ``rate`` or timestamps.
 
 Singleton axes are dropped (a ``T×1×H×W`` stack is a ``T×H×W`` movie). Frame rate comes from
 the file when it says (ImageJ ``fps``/``finterval``, tifffile JSON ``fps``, ScanImage
@@ -26,7 +28,8 @@ import numpy as np
 from engine.errors import InputError, check_input_file
 from engine.progress import Progress, as_progress
 
-MOVIE_EXTENSIONS = (".tif", ".tiff", ".npy", ".h5", ".hdf5")
+MOVIE_EXTENSIONS = (".tif", ".tiff", ".npy", ".h5", ".hdf5", ".nwb")
+_NWB_MOVIE_TYPES = (b"TwoPhotonSeries", b"OnePhotonSeries", "TwoPhotonSeries", "OnePhotonSeries")
 _HDF5_FPS_KEYS = ("fps", "frame_rate", "framerate", "frame_rate_hz", "fr", "sampling_rate", "sample_rate")
 _SUMMARY_CHUNK_BYTES = 32 * 2**20  # working set per chunk (counted as float64): keeps check() calls ~≤100 ms apart
 
@@ -160,6 +163,8 @@ def open_movie(path: str | os.PathLike, fps: float | None = None, dataset: str |
         movie = _open_npy(path)
     elif ext in (".tif", ".tiff"):
         movie = _open_tiff(path)
+    elif ext == ".nwb":
+        movie = _open_nwb(path, dataset)
     else:
         movie = _open_hdf5(path, dataset)
     movie.path = path
@@ -363,6 +368,41 @@ def _open_hdf5(path: Path, dataset: str | None) -> Movie:
         if not (np.issubdtype(ds.dtype, np.number) or ds.dtype == np.bool_):
             raise InputError(f"Dataset '{name}' in '{path.name}' holds {ds.dtype} values, not numbers: choose the movie dataset.")
         return _array_movie(ds, f"{path.name}:{name}", _hdf5_fps(ds, f), closer=f.close)
+    except BaseException:
+        f.close()
+        raise
+
+
+def _open_nwb(path: Path, name: str | None) -> Movie:
+    """An NWB file's imaging series, read with h5py (NWB files are HDF5; the data are not copied)."""
+    import h5py
+
+    try:
+        f = h5py.File(path, "r")
+    except Exception as exc:
+        raise InputError(f"Could not read '{path.name}' as an NWB (HDF5) file: it is corrupt or not NWB.",
+                         details=f"{type(exc).__name__}: {exc}") from exc
+    try:
+        series: list[str] = []
+        f.visititems(lambda key, obj: series.append(key) if isinstance(obj, h5py.Group)
+                     and obj.attrs.get("neurodata_type") in _NWB_MOVIE_TYPES else None)
+        series.sort(key=lambda key: (not key.startswith("acquisition/"), key))  # raw data before processed
+        if name is not None:
+            series = [key for key in series if key == name or key.rsplit("/", 1)[-1] == name]
+        if not series:
+            raise InputError(f"'{path.name}' holds no TwoPhotonSeries{f' named {name!r}' if name else ''}: an NWB file of "
+                             "results (ROIs and traces) has no movie to open. Open the NWB file with the raw imaging data.")
+        group = f[series[0]]
+        if "data" not in group or group["data"].ndim < 3 or group["data"].shape[0] == 0:
+            raise InputError(f"The imaging series '{series[0]}' in '{path.name}' keeps its frames in external files "
+                             "(or has none): open those files instead.")
+        fps = None
+        if "starting_time" in group and "rate" in group["starting_time"].attrs:
+            fps = _metadata_fps(group["starting_time"].attrs["rate"])
+        elif "timestamps" in group and len(group["timestamps"]) > 1:
+            step = float(np.median(np.diff(group["timestamps"][: min(len(group["timestamps"]), 1000)])))
+            fps = _metadata_fps(1.0 / step) if step > 0 else None
+        return _array_movie(group["data"], f"{path.name}:{series[0]}", fps, closer=f.close)
     except BaseException:
         f.close()
         raise

@@ -100,6 +100,38 @@ def test_hdf5_singleton_axis_is_dropped(tmp_path, stack):
         check_movie(movie, stack)
 
 
+def _nwb_file(path, frames=None, rate=None, timestamps=None):
+    """An NWB file written by pynwb itself, with a TwoPhotonSeries in acquisition (or none)."""
+    import datetime as dt
+
+    from pynwb import NWBHDF5IO, NWBFile
+    from pynwb.ophys import OpticalChannel, TwoPhotonSeries
+
+    nwb = NWBFile(session_description="test", identifier="x", session_start_time=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc))
+    device = nwb.create_device(name="scope")
+    plane = nwb.create_imaging_plane(name="plane", optical_channel=OpticalChannel(name="ch", description="", emission_lambda=520.0),
+                                     imaging_rate=rate or 10.0, description="", device=device, excitation_lambda=920.0,
+                                     indicator="GCaMP6f", location="V1")
+    if frames is not None:
+        nwb.add_acquisition(TwoPhotonSeries(name="TwoPhotonSeries", data=frames, imaging_plane=plane, unit="a.u.",
+                                            rate=rate, timestamps=timestamps, starting_time=0.0 if rate else None))
+    with NWBHDF5IO(str(path), "w") as io:
+        io.write(nwb)
+    return path
+
+
+def test_nwb_two_photon_series_read_lazily_with_its_rate(tmp_path, stack):
+    movie = open_movie(_nwb_file(tmp_path / "a.nwb", stack, rate=15.0))
+    assert movie.shape == stack.shape and movie.fps == 15.0
+    np.testing.assert_array_equal(movie.frames(2, 7), stack[2:7])
+    movie.close()
+    stamps = np.arange(len(stack)) / 7.5  # irregular files give timestamps instead of a rate
+    with open_movie(_nwb_file(tmp_path / "b.nwb", stack, timestamps=stamps)) as movie:
+        assert movie.fps == pytest.approx(7.5)
+    with pytest.raises(InputError, match="no TwoPhotonSeries"):
+        open_movie(_nwb_file(tmp_path / "results.nwb"))  # e.g. our own export: ROIs and traces, no movie
+
+
 def test_from_array(stack):
     movie = Movie.from_array(stack.astype(np.float32), fps=10)
     check_movie(movie, stack.astype(np.float32))
