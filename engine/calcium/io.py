@@ -10,6 +10,8 @@ Sources:
   (CaImAn ``mov``, suite2p/other ``data`` ...); the file stays open until :meth:`Movie.close`.
 * ``.nwb``: the ``data`` of a TwoPhotonSeries (or OnePhotonSeries) — in ``acquisition`` first, the one
   named by ``dataset`` if given — read lazily through h5py, frame rate from its ``rate`` or timestamps.
+  Axes as stored, (frames, x, y) taken as (frames, rows, columns); a writer that stored (frames, width,
+  height) gives a transposed view, which changes the display's orientation, not the ROIs found.
 
 Singleton axes are dropped (a ``T×1×H×W`` stack is a ``T×H×W`` movie). Frame rate comes from
 the file when it says (ImageJ ``fps``/``finterval``, tifffile JSON ``fps``, ScanImage
