@@ -45,6 +45,7 @@ from app.calcium.views import FieldOfView, TracePanel
 from app.jobs import Job
 from app.workspace import InfoBox, Workspace
 from engine.calcium.io import MOVIE_EXTENSIONS, Movie, region_trace
+from engine.nwb import ELECTRICAL_TYPES, has_series
 from engine.calcium.pipeline import REGISTER
 from engine.storage import workdir_for
 
@@ -243,6 +244,11 @@ class CalciumWorkspace(Workspace):
         return button
 
     # -- opening -------------------------------------------------------------------------
+    def can_open(self, path: Path) -> bool:
+        if path.suffix.lower() == ".nwb":  # an ephys recording goes to Ephys; movies, results and bad files here
+            return not has_series(path, ELECTRICAL_TYPES)
+        return super().can_open(path)
+
     def open_file(self, path: Path) -> Job:
         return self.window.run_job(f"Open {path.name}", curation.open_movie_job, path,
                                    on_result=lambda result: self._show(path, result))

@@ -31,6 +31,8 @@ from app.workspace import InfoBox, Workspace
 from engine.ephys import curation as engine_curation
 from engine.ephys.curation import Curation, TraceSource, is_phy_folder, phy_folder_for
 from engine.ephys.io import RAW_EXTENSIONS, RawRecording, read_sidecar
+from engine.ephys.nwb import nwb_recording_job
+from engine.nwb import ELECTRICAL_TYPES, has_series
 from engine.ephys.sorter import SortParams
 from engine.errors import InputError
 
@@ -47,7 +49,7 @@ class EphysWorkspace(Workspace):
     key = "ephys"
     title = "Ephys"
     icon_name = "ephys"
-    extensions = RAW_EXTENSIONS
+    extensions = RAW_EXTENSIONS + (".nwb",)
 
     def __init__(self, window):
         super().__init__(window)
@@ -277,14 +279,18 @@ class EphysWorkspace(Workspace):
 
     # -- opening -------------------------------------------------------------------------------
     def can_open(self, path: Path) -> bool:
+        if path.suffix.lower() == ".nwb":  # also the Calcium workspace's type: look inside
+            return has_series(path, ELECTRICAL_TYPES)
         return path.suffix.lower() in self.extensions or is_phy_folder(path)
 
     def file_filter(self) -> str:
-        return "Ephys recordings and Phy folders (*.raw *.bin *.dat params.py)"
+        return "Ephys recordings and Phy folders (*.raw *.bin *.dat *.nwb params.py)"
 
     def open_file(self, path: Path) -> Job | None:
         if is_phy_folder(path):
             return self.open_phy(path)
+        if path.suffix.lower() == ".nwb":
+            return self.window.run_job(f"Open {path.name}", nwb_recording_job, path, on_result=self._show_nwb)
         params = read_sidecar(path)
         save = False
         if params is None:
@@ -305,6 +311,10 @@ class EphysWorkspace(Workspace):
         folder = Path(folder)
         return self.window.run_job(f"Open Phy folder {folder.name if folder.name != 'params.py' else folder.parent.name}",
                                    engine_curation.open_phy_job, folder, on_result=self._show_phy)
+
+    def _show_nwb(self, out: dict) -> None:
+        self._show_recording(out["raw_path"], out)
+        self.window.show_status(f"{out['series']} copied to {out['raw_path'].name} for sorting. {out['note']}".strip(), 10000)
 
     def _show_recording(self, path: Path, out: dict) -> None:
         self._flush_view_state()

@@ -31,7 +31,6 @@ from engine.errors import InputError, check_input_file
 from engine.progress import Progress, as_progress
 
 MOVIE_EXTENSIONS = (".tif", ".tiff", ".npy", ".h5", ".hdf5", ".nwb")
-_NWB_MOVIE_TYPES = (b"TwoPhotonSeries", b"OnePhotonSeries", "TwoPhotonSeries", "OnePhotonSeries")
 _HDF5_FPS_KEYS = ("fps", "frame_rate", "framerate", "frame_rate_hz", "fr", "sampling_rate", "sample_rate")
 _SUMMARY_CHUNK_BYTES = 32 * 2**20  # working set per chunk (counted as float64): keeps check() calls ~≤100 ms apart
 
@@ -379,21 +378,19 @@ def _open_nwb(path: Path, name: str | None) -> Movie:
     """An NWB file's imaging series, read with h5py (NWB files are HDF5; the data are not copied)."""
     import h5py
 
+    from engine.nwb import IMAGING_TYPES, find_series
+
     try:
         f = h5py.File(path, "r")
     except Exception as exc:
         raise InputError(f"Could not read '{path.name}' as an NWB (HDF5) file: it is corrupt or not NWB.",
                          details=f"{type(exc).__name__}: {exc}") from exc
     try:
-        series: list[str] = []
-        f.visititems(lambda key, obj: series.append(key) if isinstance(obj, h5py.Group)
-                     and obj.attrs.get("neurodata_type") in _NWB_MOVIE_TYPES else None)
-        series.sort(key=lambda key: (not key.startswith("acquisition/"), key))  # raw data before processed
-        if name is not None:
-            series = [key for key in series if key == name or key.rsplit("/", 1)[-1] == name]
+        series = find_series(f, IMAGING_TYPES, name)
         if not series:
             raise InputError(f"'{path.name}' holds no TwoPhotonSeries{f' named {name!r}' if name else ''}: an NWB file of "
-                             "results (ROIs and traces) has no movie to open. Open the NWB file with the raw imaging data.")
+                             "results (ROIs and traces) has no movie to open, and an ephys recording (ElectricalSeries) "
+                             "opens in the Ephys workspace. Open the NWB file with the raw imaging data.")
         group = f[series[0]]
         if "data" not in group or group["data"].ndim < 3 or group["data"].shape[0] == 0:
             raise InputError(f"The imaging series '{series[0]}' in '{path.name}' keeps its frames in external files "

@@ -343,3 +343,45 @@ def test_points_in_polygon_hand_cases():
     np.testing.assert_array_equal(points_in_polygon(np.array([2.0, 1.0, 3.0]), np.array([2.0, 2.0, 0.5]), notch),
                                   [False, True, True])
     assert not points_in_polygon(np.array([1.0]), np.array([1.0]), square[:2]).any()  # under 3 points: no lasso
+
+
+def test_nwb_files_go_to_the_workspace_that_reads_them(window, qtbot, recording, tmp_path):
+    """An .nwb with an ElectricalSeries opens in Ephys (copied to a raw file once), even from Calcium; one
+    with a TwoPhotonSeries opens in Calcium, even from Ephys."""
+    import datetime as dt
+
+    from pynwb import NWBHDF5IO, NWBFile
+    from pynwb.ecephys import ElectricalSeries
+    from pynwb.ophys import OpticalChannel, TwoPhotonSeries
+
+    from engine.ephys.io import RawRecording
+
+    def nwb_file(name):
+        return NWBFile(session_description="t", identifier=name, session_start_time=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc))
+
+    original = RawRecording(recording)
+    ephys = nwb_file("ephys")
+    group = ephys.create_electrode_group(name="shank", description="", location="brain", device=ephys.create_device(name="probe"))
+    for i in range(original.n_channels):
+        ephys.add_electrode(group=group, location="brain", rel_x=0.0, rel_y=20.0 * i)
+    ephys.add_acquisition(ElectricalSeries(name="ElectricalSeries", data=np.asarray(original.raw), rate=original.sample_rate,
+                                           electrodes=ephys.create_electrode_table_region(list(range(original.n_channels)), "all"),
+                                           conversion=original.params.gain_uv * 1e-6))
+    imaging = nwb_file("imaging")
+    plane = imaging.create_imaging_plane(name="plane", optical_channel=OpticalChannel(name="ch", description="", emission_lambda=520.0),
+                                         imaging_rate=10.0, description="", device=imaging.create_device(name="scope"),
+                                         excitation_lambda=920.0, indicator="GCaMP", location="V1")
+    movie = np.random.default_rng(0).integers(0, 1000, (40, 24, 24)).astype(np.uint16)
+    imaging.add_acquisition(TwoPhotonSeries(name="TwoPhotonSeries", data=movie, imaging_plane=plane, rate=10.0, unit="a.u."))
+    for nwb, name in ((ephys, "ephys.nwb"), (imaging, "imaging.nwb")):
+        with NWBHDF5IO(str(tmp_path / name), "w") as io:
+            io.write(nwb)
+
+    window.show_workspace("calcium")
+    ws = open_in(window, qtbot, tmp_path / "ephys.nwb")
+    assert ws.key == "ephys" and ws.raw_path == tmp_path / "ephys.raw" and ws.sort_button.isEnabled()
+    assert ws.recording.n_channels == original.n_channels and ws.probe_path.name == "ephys.probe.json"
+    np.testing.assert_allclose(ws.recording.read(0, 300), original.read(0, 300), atol=1e-3)
+    assert "copied to ephys.raw" in window.statusBar().currentMessage()
+    ws = open_in(window, qtbot, tmp_path / "imaging.nwb")
+    assert ws.key == "calcium" and ws.movie.shape == movie.shape

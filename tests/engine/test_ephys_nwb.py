@@ -1,0 +1,86 @@
+"""An NWB ElectricalSeries (written by pynwb itself) becomes a raw recording equal to the original in
+µV, with the electrodes' positions as the probe; the copy is reused, and bad files say what is wrong."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pytest
+from pynwb import NWBHDF5IO, NWBFile
+from pynwb.ecephys import ElectricalSeries
+
+from engine.ephys.io import RawRecording
+from engine.ephys.nwb import nwb_recording_job
+from engine.ephys.probe import read_probe
+from engine.ephys.synth import demo_probe, write_demo_recording
+from engine.errors import InputError
+from engine.progress import Cancelled, Progress
+
+N_CH = 8
+
+
+@pytest.fixture(scope="module")
+def original(tmp_path_factory):
+    raw = tmp_path_factory.mktemp("orig") / "rec.raw"
+    params = write_demo_recording(raw, duration=3.0, n_channels=N_CH, n_units=3, seed=2)
+    return RawRecording(raw, params)
+
+
+def write_nwb(path, counts, rate, conversion, channel_conversion=None, positions=True, offset=0.0):
+    nwb = NWBFile(session_description="t", identifier="t", session_start_time=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc))
+    device = nwb.create_device(name="probe")
+    group = nwb.create_electrode_group(name="shank0", description="", location="brain", device=device)
+    xy = demo_probe(N_CH)
+    for x, y in xy:
+        kwargs = dict(rel_x=float(x), rel_y=float(y)) if positions else {}
+        nwb.add_electrode(group=group, location="brain", **kwargs)
+    region = nwb.create_electrode_table_region(list(range(N_CH)), "all")
+    nwb.add_acquisition(ElectricalSeries(name="ElectricalSeries", data=counts, electrodes=region, rate=rate, conversion=conversion,
+                                         channel_conversion=channel_conversion, offset=offset))
+    with NWBHDF5IO(str(path), "w") as io:
+        io.write(nwb)
+    return path
+
+
+def test_int16_series_copied_as_is_with_gain_and_probe(original, tmp_path):
+    counts = np.asarray(original.raw)
+    gain = original.params.gain_uv
+    nwb = write_nwb(tmp_path / "session.nwb", counts, original.sample_rate, gain * 1e-6, offset=5e-6)
+    out = nwb_recording_job(nwb)
+    rec = out["recording"]
+    assert rec.path == tmp_path / "session.raw" and rec.params.dtype == "int16" and rec.sample_rate == original.sample_rate
+    np.testing.assert_array_equal(np.asarray(rec.raw), counts)  # the samples themselves, not rescaled
+    np.testing.assert_allclose(rec.read(100, 900), original.read(100, 900) + 5.0, atol=1e-3)  # µV, with NWB's offset
+    probe = read_probe(out["probe"], N_CH)
+    np.testing.assert_allclose(probe.positions, demo_probe(N_CH))
+    assert out["note"] == ""
+    stamp = rec.path.stat().st_mtime_ns
+    again = nwb_recording_job(nwb)  # the copy is reused
+    assert again["recording"].path.stat().st_mtime_ns == stamp
+
+
+def test_per_channel_conversion_gives_float_microvolts_and_missing_positions_a_linear_probe(original, tmp_path):
+    counts = np.asarray(original.raw)
+    per_channel = np.linspace(0.5, 1.5, N_CH).astype(np.float32)
+    nwb = write_nwb(tmp_path / "scaled.nwb", counts, original.sample_rate, 1e-6, channel_conversion=per_channel, positions=False)
+    out = nwb_recording_job(nwb)
+    assert out["recording"].params.dtype == "float32" and "linear probe" in out["note"]
+    np.testing.assert_allclose(out["recording"].read(0, 500), counts[:500] * per_channel, rtol=1e-5, atol=1e-4)
+
+
+def test_bad_files_and_cancel(original, tmp_path):
+    (tmp_path / "junk.nwb").write_bytes(b"not hdf5")
+    with pytest.raises(InputError, match="corrupt or not NWB"):
+        nwb_recording_job(tmp_path / "junk.nwb")
+    nwb = NWBFile(session_description="t", identifier="t", session_start_time=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc))
+    with NWBHDF5IO(str(tmp_path / "empty.nwb"), "w") as io:
+        io.write(nwb)
+    with pytest.raises(InputError, match="no ElectricalSeries"):
+        nwb_recording_job(tmp_path / "empty.nwb")
+    nwb_path = write_nwb(tmp_path / "c.nwb", np.asarray(original.raw), original.sample_rate, 1e-6)
+    progress = Progress()
+    progress.cancel()
+    with pytest.raises(Cancelled):
+        nwb_recording_job(nwb_path, progress=progress)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("c.")) == ["c.nwb"]  # no half copy
