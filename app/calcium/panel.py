@@ -182,8 +182,8 @@ class CalciumWorkspace(Workspace):
         self.export_nwb_button = self._button("Export NWB…", self.export_nwb)
         self.export_nwb_button.setToolTip("Write one .nwb file (PlaneSegmentation, F, neuropil, denoised C, spikes S, summary "
                                           "images) for DANDI or any NWB reader")
-        buttons.addWidget(self.export_button, 3, 0)
-        buttons.addWidget(self.export_nwb_button, 3, 1)
+        buttons.addWidget(self.export_button, 3, 0, 1, 2)
+        buttons.addWidget(self.export_nwb_button, 4, 0, 1, 2)
         qc_layout.addLayout(buttons)
         keys = QLabel(KEYS_HELP, objectName="Hint")
         keys.setWordWrap(True)
