@@ -64,6 +64,7 @@ from engine.errors import InputError
 from engine.progress import as_progress
 
 log = logging.getLogger(__name__)
+MIN_SAMPLE_RATE = 5000.0  # Hz: below it a spike is a handful of samples (LFP, or a wrong rate entered)
 
 
 @dataclass
@@ -482,6 +483,10 @@ def sort_recording(
         probe = linear_probe(recording.n_channels)
     probe.check_recording(recording.n_channels)
     fs = recording.sample_rate
+    if fs < MIN_SAMPLE_RATE:
+        raise InputError(f"A {fs:g} Hz recording cannot be spike sorted: a spike lasts ~1 ms, so it needs the wideband "
+                         f"signal sampled at ≥ {MIN_SAMPLE_RATE / 1000:g} kHz (typically 20–30 kHz). Is this LFP, or is the "
+                         "sample rate entered wrong?")
     d = int(round(params.template_ms * 1e-3 * fs)) | 1
     trough = int(round(params.trough_fraction * d))
     if recording.n_samples < 4 * d:

@@ -7,10 +7,11 @@ import pytest
 
 from engine.ephys.groundtruth import compare, count_matches
 from engine.ephys.preprocess import ArrayRecording
-from engine.ephys.probe import Probe
+from engine.ephys.probe import Probe, linear_probe
 from engine.ephys.clustering import detect_peaks
 from engine.ephys.sorter import SortParams, _net_change, _Templates, _update_scores, sort_recording
 from engine.ephys.synth import demo_probe, demo_recording
+from engine.errors import InputError
 
 
 def test_score_updates_equal_recomputed_scores():
@@ -150,3 +151,9 @@ def test_no_spikes_gives_no_units():
     rec = ArrayRecording(rng.standard_normal((60000, 4)).astype(np.float32) * 10, 30000.0)
     result = sort_recording(rec, Probe(demo_probe(4), np.arange(4)))
     assert result.n_units == 0 and len(result.spike_times) == 0
+
+
+def test_lfp_rate_recording_is_refused_with_the_reason():
+    rec = ArrayRecording(np.random.default_rng(0).standard_normal((20000, 8)).astype(np.float32) * 100, 1000.0)
+    with pytest.raises(InputError, match="LFP"):
+        sort_recording(rec, linear_probe(8, warn=False))
