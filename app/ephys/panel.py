@@ -32,9 +32,9 @@ from engine.ephys import curation as engine_curation
 from engine.ephys.curation import Curation, TraceSource, is_phy_folder, phy_folder_for
 from engine.ephys.io import RAW_EXTENSIONS, RawRecording, read_sidecar
 from engine.ephys.nwb import nwb_recording_job
-from engine.nwb import ELECTRICAL_TYPES, has_series
 from engine.ephys.sorter import SortParams
 from engine.errors import InputError
+from engine.nwb import ELECTRICAL_TYPES, has_series
 
 SCROLL_STEPS_PER_SECOND = 100  # scroll bar resolution: 10 ms
 MAX_WINDOW_VALUES = 40_000_000  # samples × channels read per redraw at most (~80 MB of int16)

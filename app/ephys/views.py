@@ -430,7 +430,8 @@ class UnitViews(QWidget):
         self.amplitude.setYRange(0, top * 1.08, padding=0)
 
     def _draw_features(self, curation, clusters) -> None:
-        """Phy's feature view: each spike's first PC on the current unit's two best channels."""
+        """Phy's feature view: each spike's first PC on two channels (the current unit's best two, or those
+        picked on the waveform view)."""
         if not curation.has_features:
             self.features.setTitle("Features (none in this folder)", size="9pt")
             return

@@ -56,9 +56,9 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.device import single_threaded
 from engine.ephys.clustering import detect_peaks, initial_templates
 from engine.ephys.preprocess import PreprocessParams, Preprocessor
-from engine.device import single_threaded
 from engine.ephys.probe import Probe, linear_probe
 from engine.errors import InputError
 from engine.progress import as_progress
