@@ -45,8 +45,8 @@ from app.calcium.views import FieldOfView, TracePanel
 from app.jobs import Job
 from app.workspace import InfoBox, Workspace
 from engine.calcium.io import MOVIE_EXTENSIONS, Movie, region_trace
-from engine.nwb import ELECTRICAL_TYPES, has_series
 from engine.calcium.pipeline import REGISTER
+from engine.nwb import ELECTRICAL_TYPES, has_series
 from engine.storage import workdir_for
 
 TRACE_RADIUS = 2  # pixels around a click averaged into its trace (movies without ROIs)
