@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.ephys.io import RawRecording, RecordingParams, read_sidecar
-from engine.ephys.phy import GROUPS, PhyFolder, read_phy, save_curation
+from engine.ephys.phy import GROUPS, PhyFolder, read_phy, save_curation, write_cluster_metrics
 from engine.ephys.preprocess import Preprocessor
 from engine.ephys.qc import REFRACTORY_S, mean_waveform, unit_metrics
 from engine.errors import InputError
@@ -168,6 +168,7 @@ def sort_job(raw_path: str | os.PathLike, params: RecordingParams, probe_path: s
     p_write.report(0.0, "writing the Phy folder")
     write_phy(result, folder, raw_path=raw_path, recording_params=params)
     out = open_phy_job(folder, progress=p_load)
+    write_cluster_metrics(folder, out["curation"].rows())
     out["backup"] = backup
     out["probe_name"] = probe.name
     return out
@@ -536,8 +537,10 @@ class Curation:
         self.save()
 
     def save(self) -> None:
-        """Write spike_clusters.npy and cluster_group.tsv (each atomically), as Phy does."""
+        """Write spike_clusters.npy and cluster_group.tsv (each atomically), as Phy does, and the
+        metric columns Phy shows (cluster_SNR.tsv …) for the clusters as they are now."""
         save_curation(self.folder, self.spike_clusters, self.groups)
+        write_cluster_metrics(self.folder, self.rows())
 
     # -- unit table ----------------------------------------------------------------------------------
     def mean_waveform(self, cluster: int) -> np.ndarray:

@@ -17,8 +17,12 @@ Written by :func:`write_phy`:
 ``pc_feature_ind.npy``        (K, P) uint32 those channels (indices into channel_map)
 ``cluster_group.tsv``         cluster_id, group (unsorted / good / mua / noise)
 ``neurowb_sort.json``         ours: preprocessing (to rebuild traces and residuals), raw scaling, timings
+``cluster_SNR.tsv``, ``cluster_ISIViol.tsv``, ``cluster_PresenceRatio.tsv``
+                              our QC metrics per cluster (engine.ephys.qc), which Phy shows as extra columns
+                              of its cluster view as it does Kilosort's ``cluster_ContamPct.tsv``
 
-Curation writes only ``spike_clusters.npy`` and ``cluster_group.tsv`` (atomically), as Phy does.
+Curation writes ``spike_clusters.npy`` and ``cluster_group.tsv`` (atomically), as Phy does, and
+rewrites the metric files for the clusters it created.
 """
 
 from __future__ import annotations
@@ -218,6 +222,17 @@ def read_phy(folder: str | os.PathLike) -> PhyFolder:
     meta_path = folder / "neurowb_sort.json"
     meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
     return PhyFolder(folder, arrays, read_params_py(folder / "params.py"), read_cluster_groups(folder), meta)
+
+
+# Phy column name → unit-table row key; Phy has its own n_spikes, fr, amp and depth columns.
+METRIC_FILES = {"SNR": "snr", "ISIViol": "isi_violations_ratio", "PresenceRatio": "presence_ratio"}
+
+
+def write_cluster_metrics(folder: str | os.PathLike, rows: list[dict]) -> None:
+    """One ``cluster_<Name>.tsv`` per metric of :data:`METRIC_FILES` (atomically), Phy's extra-column format."""
+    for name, key in METRIC_FILES.items():
+        lines = [f"cluster_id\t{name}"] + [f"{int(r['cluster_id'])}\t{float(r[key]):.4g}" for r in rows]
+        atomic_write_text(Path(folder) / f"cluster_{name}.tsv", "\n".join(lines) + "\n")
 
 
 def save_curation(folder: str | os.PathLike, spike_clusters: np.ndarray, groups: dict[int, str]) -> None:

@@ -204,6 +204,9 @@ def test_phylib_loads_curated_folder(tmp_path):
     try:
         np.testing.assert_array_equal(model.spike_clusters, c.spike_clusters)
         assert model.metadata["group"][new] == "good"
+        # our QC metrics are Phy cluster-view columns, rewritten for the merged cluster
+        assert model.metadata["SNR"][new] == pytest.approx(c.row(new)["snr"], rel=1e-3)
+        assert set(model.metadata["PresenceRatio"]) == set(c.cluster_ids.tolist())
     finally:
         model.close()
 
