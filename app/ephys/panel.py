@@ -31,7 +31,7 @@ from app.workspace import InfoBox, Workspace
 from engine.ephys import curation as engine_curation
 from engine.ephys.curation import Curation, TraceSource, is_phy_folder, phy_folder_for
 from engine.ephys.io import RAW_EXTENSIONS, RawRecording, read_sidecar
-from engine.ephys.nwb import nwb_recording_job
+from engine.ephys.nwb import export_units, nwb_recording_job
 from engine.ephys.sorter import SortParams
 from engine.errors import InputError
 from engine.nwb import ELECTRICAL_TYPES, has_series
@@ -262,6 +262,10 @@ class EphysWorkspace(Workspace):
         grid.addWidget(self.noise_button, 1, 4, 1, 2)
         grid.addWidget(self.undo_button, 2, 0, 1, 3)
         grid.addWidget(self.redo_button, 2, 3, 1, 3)
+        self.export_nwb_button = self._button("Export units to NWB…", self.export_nwb)
+        self.export_nwb_button.setToolTip("Write the curated units (spike times, labels, metrics, mean waveforms, probe) "
+                                          "as an NWB Units table, for DANDI or any NWB reader")
+        grid.addWidget(self.export_nwb_button, 3, 0, 1, 6)
         self.merge_button.setToolTip("Merge the selected units into a new one (Ctrl-click to select several)")
         column.addLayout(grid)
         self.saved_label = QLabel("", objectName="Hint")
@@ -520,6 +524,20 @@ class EphysWorkspace(Workspace):
         """Select units (the first is the current one): the table, views and trace markers follow."""
         self.units.select([int(c) for c in dict.fromkeys(clusters)], emit=True)
 
+    def export_nwb(self, path: str | Path | None = None) -> Job | None:
+        if self.curation is None:
+            return None
+        if path is None:
+            start = str(self.curation.folder.with_name(f"{self.curation.folder.name}.nwb"))
+            path, _ = QFileDialog.getSaveFileName(self, "Export the units as NWB", start, "NWB files (*.nwb)")
+            if not path:
+                return None
+        path = Path(path)
+        if path.suffix.lower() != ".nwb":
+            path = path.with_name(path.name + ".nwb")
+        return self.window.run_job(f"Export units {path.name}", export_units, self.curation.snapshot(), path,
+                                   on_result=lambda out: self.window.show_status(f"Exported the units to {out}", 10000))
+
     def next_similar(self, step: int = 1) -> None:
         """Phy's wizard: pair the current unit with its next (step 1) or previous (-1) most similar unit."""
         if self.curation is None or not self.selected:
@@ -582,6 +600,7 @@ class EphysWorkspace(Workspace):
             button.setEnabled(has_units and bool(self.selected))
         self.undo_button.setEnabled(has_units and self.curation.can_undo)
         self.redo_button.setEnabled(has_units and self.curation.can_redo)
+        self.export_nwb_button.setEnabled(has_units)
         model = self.source is not None and self.source.has_model
         for box in (self.show_model, self.show_residual):
             box.setEnabled(model)

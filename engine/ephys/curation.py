@@ -435,6 +435,15 @@ class Curation:
         self._redo: list[Change] = []
         self._rows: dict[int, dict] = {}
 
+    def snapshot(self) -> "Curation":
+        """A frozen copy of the clusters and labels, for a background job (an export) while curation goes on."""
+        import copy
+
+        frozen = copy.copy(self)
+        frozen.spike_clusters, frozen.groups, frozen._rows = self.spike_clusters.copy(), dict(self.groups), dict(self._rows)
+        frozen._undo, frozen._redo = [], []
+        return frozen
+
     # -- state ---------------------------------------------------------------------------------
     @property
     def cluster_ids(self) -> np.ndarray:

@@ -44,7 +44,7 @@ def layer(ws, name, n_channels, x_grid=None):
     return x_grid, np.array([np.interp(x_grid[i], xs[i], ys[i]) for i in range(n_channels)])
 
 
-def test_sort_view_curate_and_reload(window, qtbot, recording, tmp_path):
+def test_sort_view_curate_and_reload(window, qtbot, recording, tmp_path, monkeypatch):
     ws = open_in(window, qtbot, recording)
     assert ws.key == "ephys" and ws.curation is None and ws.sort_button.isEnabled()
     assert "sim_phy/" in ws.output_label.text()
@@ -198,6 +198,19 @@ def test_sort_view_curate_and_reload(window, qtbot, recording, tmp_path):
     assert read_cluster_groups(folder)[b] == "noise"
     qtbot.keyClick(ws, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)
     assert read_cluster_groups(folder)[b] == "good"
+
+    # Export units to NWB… (the save dialog answered): the label is in the file's Units table
+    import pynwb
+    from PyQt6.QtWidgets import QFileDialog
+
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", staticmethod(lambda *a, **k: (str(tmp_path / "units"), "")))
+    with qtbot.waitSignal(window.jobs.job_added, timeout=5000) as blocker:
+        qtbot.mouseClick(ws.export_nwb_button, Qt.MouseButton.LeftButton)
+    job = wait_for_job(qtbot, blocker.args[0])
+    assert job.state is JobState.FINISHED, job.error and job.error.details
+    with pynwb.NWBHDF5IO(str(tmp_path / "units.nwb"), "r") as io:
+        units = io.read().units
+        assert units["quality"][list(units.id[:]).index(b)] == "good" and len(units) == len(ws.curation.cluster_ids)
 
     # the filter box keeps matching rows only
     qtbot.keyClicks(ws.units.filter, "good")

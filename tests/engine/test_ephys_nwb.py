@@ -7,6 +7,7 @@ import datetime as dt
 
 import numpy as np
 import pytest
+import pynwb
 from pynwb import NWBHDF5IO, NWBFile
 from pynwb.ecephys import ElectricalSeries
 
@@ -84,3 +85,32 @@ def test_bad_files_and_cancel(original, tmp_path):
     with pytest.raises(Cancelled):
         nwb_recording_job(nwb_path, progress=progress)
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("c.")) == ["c.nwb"]  # no half copy
+
+
+def test_curated_units_export_validates_and_reads_back(tmp_path):
+    from test_ephys_curation import _folder
+
+    from engine.ephys.curation import Curation
+    from engine.ephys.nwb import export_units
+
+    folder, _sorting = _folder(tmp_path)
+    c = Curation(folder)
+    merged = c.merge([0, 1])
+    c.label([merged], "good")
+    frozen = c.snapshot()  # what the GUI hands the export job, while curation goes on
+    c.merge([merged, 2])
+    path = export_units(frozen, tmp_path / "units.nwb")
+    c = frozen
+    errors = pynwb.validate(path=str(path))
+    assert list(errors[0] if isinstance(errors, tuple) else errors) == []
+    with NWBHDF5IO(str(path), "r") as io:
+        units = io.read().units
+        assert sorted(units.id[:]) == sorted(int(i) for i in c.cluster_ids)
+        row = list(units.id[:]).index(merged)
+        np.testing.assert_allclose(units["spike_times"][row], np.sort(c.spike_times[c.spikes(merged)]) / c.sample_rate)
+        assert units["quality"][row] == "good" and units["snr"][row] == pytest.approx(c.row(merged)["snr"])
+        np.testing.assert_allclose(units["waveform_mean"][row], c.mean_waveform(merged) * 1e-6, rtol=1e-5)
+        electrodes = units["electrodes"][row]
+        assert c.row(merged)["peak_channel"] in electrodes.index.tolist()
+    with pytest.raises(InputError, match=r"\.nwb"):
+        export_units(c, tmp_path / "units.h5")
