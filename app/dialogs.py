@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import platform
 import sys
+from pathlib import Path
 
 from PyQt6.QtCore import PYQT_VERSION_STR, QT_VERSION_STR, Qt
 from PyQt6.QtGui import QAction
@@ -11,6 +12,7 @@ from PyQt6.QtWidgets import (
     QComboBox,
     QDialog,
     QDialogButtonBox,
+    QFileDialog,
     QFormLayout,
     QHeaderView,
     QLabel,
@@ -37,6 +39,15 @@ def show_error(parent: QWidget | None, title: str, message: str, details: str | 
     box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose, True)
     box.open()
     return box
+
+
+def ask_nwb_path(parent: QWidget | None, title: str, start: Path) -> Path | None:
+    """A save dialog for an .nwb file (the extension added when the name lacks it); None when cancelled."""
+    path, _ = QFileDialog.getSaveFileName(parent, title, str(start), "NWB files (*.nwb)")
+    if not path:
+        return None
+    path = Path(path)
+    return path if path.suffix.lower() == ".nwb" else path.with_name(path.name + ".nwb")
 
 
 def versions() -> list[tuple[str, str]]:

@@ -42,6 +42,7 @@ from PyQt6.QtWidgets import (
 from engine.calcium import curation
 from engine.calcium.curation import MOVIE_SOURCES, Curation
 from app.calcium.views import FieldOfView, TracePanel
+from app.dialogs import ask_nwb_path
 from app.jobs import Job
 from app.workspace import InfoBox, Workspace
 from engine.calcium.io import MOVIE_EXTENSIONS, Movie, region_trace
@@ -670,14 +671,9 @@ class CalciumWorkspace(Workspace):
     def export_nwb(self, path: str | Path | None = None) -> Job | None:
         if self.curation is None:
             return None
+        path = Path(path) if path else ask_nwb_path(self, "Export an NWB file", workdir_for(self.current_path) / f"{self.current_path.stem}.nwb")
         if path is None:
-            start = str(workdir_for(self.current_path) / f"{self.current_path.stem}.nwb")
-            path, _ = QFileDialog.getSaveFileName(self, "Export an NWB file", start, "NWB files (*.nwb)")
-            if not path:
-                return None
-        path = Path(path)
-        if path.suffix.lower() != ".nwb":
-            path = path.with_name(path.name + ".nwb")
+            return None
         return self.window.run_job(f"Export NWB {path.name}", curation.export_nwb_job, self.curation.result, path,
                                    self.current_path,
                                    on_result=lambda out: self.window.show_status(f"Exported the ROIs to {out}", 10000))

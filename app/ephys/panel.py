@@ -22,7 +22,7 @@ from PyQt6.QtGui import QKeySequence, QShortcut
 from PyQt6.QtWidgets import (QApplication, QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGridLayout, QGroupBox, QHBoxLayout,
                              QLabel, QProgressBar, QPushButton, QSizePolicy, QSpinBox, QSplitter, QVBoxLayout)
 
-from app.dialogs import show_error
+from app.dialogs import ask_nwb_path, show_error
 from app.ephys.params_dialog import RecordingParamsDialog
 from app.ephys.traces import TraceLoader, TracePanel, TraceRequest, load_traces
 from app.ephys.views import SimilarList, UnitTable, UnitViews, selection_color
@@ -527,14 +527,10 @@ class EphysWorkspace(Workspace):
     def export_nwb(self, path: str | Path | None = None) -> Job | None:
         if self.curation is None:
             return None
+        folder = self.curation.folder
+        path = Path(path) if path else ask_nwb_path(self, "Export the units as NWB", folder.with_name(f"{folder.name}.nwb"))
         if path is None:
-            start = str(self.curation.folder.with_name(f"{self.curation.folder.name}.nwb"))
-            path, _ = QFileDialog.getSaveFileName(self, "Export the units as NWB", start, "NWB files (*.nwb)")
-            if not path:
-                return None
-        path = Path(path)
-        if path.suffix.lower() != ".nwb":
-            path = path.with_name(path.name + ".nwb")
+            return None
         return self.window.run_job(f"Export units {path.name}", export_units, self.curation.snapshot(), path,
                                    on_result=lambda out: self.window.show_status(f"Exported the units to {out}", 10000))
 
