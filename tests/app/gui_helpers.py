@@ -17,3 +17,17 @@ def open_in(window, qtbot, path):
     wait_for_job(qtbot, jobs[0], timeout=60000)
     assert jobs[0].state is JobState.FINISHED, jobs[0].error and jobs[0].error.details
     return window.current_workspace
+
+
+def save_through_button(window, qtbot, monkeypatch, button, answer):
+    """Click a button that asks for a file name to save (the dialog answered with ``answer``); wait for
+    the job it starts and check it finished."""
+    from PyQt6.QtCore import Qt
+    from PyQt6.QtWidgets import QFileDialog
+
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", staticmethod(lambda *a, **k: (str(answer), "")))
+    with qtbot.waitSignal(window.jobs.job_added, timeout=5000) as blocker:
+        qtbot.mouseClick(button, Qt.MouseButton.LeftButton)
+    job = wait_for_job(qtbot, blocker.args[0])
+    assert job.state is JobState.FINISHED, job.error and job.error.details
+    return job

@@ -13,7 +13,7 @@ from app.screenshots import is_blank, save_screenshot
 from engine.calcium.synth import write_recording
 from engine.storage import workdir_for
 
-from gui_helpers import open_in, wait_for_job
+from gui_helpers import open_in, save_through_button, wait_for_job
 
 
 @pytest.fixture
@@ -150,13 +150,8 @@ def test_run_select_reject_add_undo_and_restore(window, qtbot, movie, tmp_path, 
 
     # Export NWB… (the button; the save dialog answered with a name without the extension)
     import pynwb
-    from PyQt6.QtWidgets import QFileDialog
 
-    monkeypatch.setattr(QFileDialog, "getSaveFileName", staticmethod(lambda *a, **k: (str(tmp_path / "session"), "")))
-    with qtbot.waitSignal(window.jobs.job_added, timeout=5000) as blocker:
-        qtbot.mouseClick(ws2.export_nwb_button, Qt.MouseButton.LeftButton)
-    job = wait_for_job(qtbot, blocker.args[0])
-    assert job.state is JobState.FINISHED, job.error and job.error.details
+    save_through_button(window, qtbot, monkeypatch, ws2.export_nwb_button, tmp_path / "session")
     with pynwb.NWBHDF5IO(str(tmp_path / "session.nwb"), "r") as io:
         table = io.read().processing["ophys"]["ImageSegmentation"]["PlaneSegmentation"]
         np.testing.assert_array_equal(table["accepted"][:], ws2.curation.result.accepted)  # the hand decisions too

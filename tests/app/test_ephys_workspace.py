@@ -12,7 +12,7 @@ from app.screenshots import is_blank, save_screenshot
 from engine.ephys.phy import read_cluster_groups
 from engine.ephys.synth import write_demo_recording
 
-from gui_helpers import open_in, wait_for_job
+from gui_helpers import open_in, save_through_button, wait_for_job
 
 
 @pytest.fixture
@@ -201,13 +201,8 @@ def test_sort_view_curate_and_reload(window, qtbot, recording, tmp_path, monkeyp
 
     # Export units to NWB… (the save dialog answered): the label is in the file's Units table
     import pynwb
-    from PyQt6.QtWidgets import QFileDialog
 
-    monkeypatch.setattr(QFileDialog, "getSaveFileName", staticmethod(lambda *a, **k: (str(tmp_path / "units"), "")))
-    with qtbot.waitSignal(window.jobs.job_added, timeout=5000) as blocker:
-        qtbot.mouseClick(ws.export_nwb_button, Qt.MouseButton.LeftButton)
-    job = wait_for_job(qtbot, blocker.args[0])
-    assert job.state is JobState.FINISHED, job.error and job.error.details
+    save_through_button(window, qtbot, monkeypatch, ws.export_nwb_button, tmp_path / "units")
     with pynwb.NWBHDF5IO(str(tmp_path / "units.nwb"), "r") as io:
         units = io.read().units
         assert units["quality"][list(units.id[:]).index(b)] == "good" and len(units) == len(ws.curation.cluster_ids)
