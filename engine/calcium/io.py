@@ -376,15 +376,9 @@ def _open_hdf5(path: Path, dataset: str | None) -> Movie:
 
 def _open_nwb(path: Path, name: str | None) -> Movie:
     """An NWB file's imaging series, read with h5py (NWB files are HDF5; the data are not copied)."""
-    import h5py
+    from engine.nwb import IMAGING_TYPES, find_series, open_nwb, series_rate
 
-    from engine.nwb import IMAGING_TYPES, find_series
-
-    try:
-        f = h5py.File(path, "r")
-    except Exception as exc:
-        raise InputError(f"Could not read '{path.name}' as an NWB (HDF5) file: it is corrupt or not NWB.",
-                         details=f"{type(exc).__name__}: {exc}") from exc
+    f = open_nwb(path)
     try:
         series = find_series(f, IMAGING_TYPES, name)
         if not series:
@@ -395,13 +389,7 @@ def _open_nwb(path: Path, name: str | None) -> Movie:
         if "data" not in group or group["data"].ndim < 3 or group["data"].shape[0] == 0:
             raise InputError(f"The imaging series '{series[0]}' in '{path.name}' keeps its frames in external files "
                              "(or has none): open those files instead.")
-        fps = None
-        if "starting_time" in group and "rate" in group["starting_time"].attrs:
-            fps = _metadata_fps(group["starting_time"].attrs["rate"])
-        elif "timestamps" in group and len(group["timestamps"]) > 1:
-            step = float(np.median(np.diff(group["timestamps"][: min(len(group["timestamps"]), 1000)])))
-            fps = _metadata_fps(1.0 / step) if step > 0 else None
-        return _array_movie(group["data"], f"{path.name}:{series[0]}", fps, closer=f.close)
+        return _array_movie(group["data"], f"{path.name}:{series[0]}", _metadata_fps(series_rate(group)), closer=f.close)
     except BaseException:
         f.close()
         raise

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import InputError
+from engine.nwb import nwb_target, write_nwb
 
 MASK_MIN_WEIGHT = 0.1  # as engine.calcium.export.STAT_MIN_WEIGHT: faint fitting-box tails are not cell
 
@@ -50,16 +51,12 @@ def pixel_masks(result, min_weight: float = MASK_MIN_WEIGHT) -> list[np.ndarray]
 
 def export_nwb(result, path: str | os.PathLike, movie_path: str | os.PathLike | None = None) -> Path:
     """Write ``result`` (a CNMF result) to the NWB file ``path`` (atomically); returns the path."""
-    try:
-        from pynwb import NWBHDF5IO, NWBFile, TimeSeries
-        from pynwb.base import Images
-        from pynwb.image import GrayscaleImage
-        from pynwb.ophys import Fluorescence, ImageSegmentation, OpticalChannel
-    except ImportError as exc:  # a core dependency; only a broken install lacks it
-        raise InputError("NWB export needs the pynwb package: pip install pynwb.") from exc
-    path = Path(path)
-    if path.suffix.lower() != ".nwb":
-        raise InputError(f"'{path.name}': an NWB file name ends in .nwb.")
+    from pynwb import NWBFile, TimeSeries
+    from pynwb.base import Images
+    from pynwb.image import GrayscaleImage
+    from pynwb.ophys import Fluorescence, ImageSegmentation, OpticalChannel
+
+    path = nwb_target(path)
     n = result.A.shape[1]
     if n == 0:
         raise InputError("There are no ROIs to export: run CNMF or add ROIs first.")
@@ -112,9 +109,4 @@ def export_nwb(result, path: str | os.PathLike, movie_path: str | os.PathLike | 
         ophys.add(TimeSeries(name="MotionCorrection", data=np.asarray(result.shifts, np.float32), unit="pixels",
                              rate=float(result.fps), description="rigid shifts applied, (row, col) per frame"))
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.stem}.partial.nwb")
-    with NWBHDF5IO(str(partial), "w") as io:
-        io.write(nwb)
-    os.replace(partial, path)  # a crash never leaves a half-written file under the real name
-    return path
+    return write_nwb(nwb, path)

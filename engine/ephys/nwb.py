@@ -23,7 +23,7 @@ import numpy as np
 from engine.ephys.io import DTYPES, RecordingParams, read_sidecar, write_sidecar
 from engine.ephys.probe import Probe, linear_probe, write_probe
 from engine.errors import InputError
-from engine.nwb import ELECTRICAL_TYPES, find_series
+from engine.nwb import ELECTRICAL_TYPES, find_series, nwb_target, open_nwb, series_rate, write_nwb
 from engine.progress import as_progress
 
 CHUNK_SAMPLES = 2**16
@@ -35,16 +35,6 @@ def _target_folder(nwb_path: Path) -> Path:
     from engine.storage import workdir_for
 
     return workdir_for(nwb_path)
-
-
-def _rate(group) -> float:
-    if "starting_time" in group and "rate" in group["starting_time"].attrs:
-        return float(group["starting_time"].attrs["rate"])
-    if "timestamps" in group and len(group["timestamps"]) > 1:
-        step = float(np.median(np.diff(group["timestamps"][:10_000])))
-        if step > 0:
-            return 1.0 / step
-    raise InputError(f"The ElectricalSeries '{group.name}' gives neither a rate nor timestamps: the sample rate is unknown.")
 
 
 def _positions(f, group, n_channels: int) -> tuple[Probe, str]:
@@ -64,18 +54,11 @@ def _positions(f, group, n_channels: int) -> tuple[Probe, str]:
 def nwb_recording_job(path: str | os.PathLike, series: str | None = None, progress=None) -> dict:
     """Job body: the raw copy of the file's ElectricalSeries (made when missing or stale), then
     :func:`engine.ephys.curation.open_recording_job`'s dict plus ``note`` and ``raw_path``."""
-    import h5py
-
     from engine.ephys.curation import open_recording_job
 
     progress = as_progress(progress)
     path = Path(path)
-    try:
-        f = h5py.File(path, "r")
-    except Exception as exc:
-        raise InputError(f"Could not read '{path.name}' as an NWB (HDF5) file: it is corrupt or not NWB.",
-                         details=f"{type(exc).__name__}: {exc}") from exc
-    with f:
+    with open_nwb(path) as f:
         found = find_series(f, ELECTRICAL_TYPES, series)
         if not found:
             raise InputError(f"'{path.name}' holds no ElectricalSeries{f' named {series!r}' if series else ''} to sort.")
@@ -84,7 +67,9 @@ def nwb_recording_job(path: str | os.PathLike, series: str | None = None, progre
         if data.ndim != 2 or data.shape[0] < 2:
             raise InputError(f"The ElectricalSeries '{found[0]}' is not samples × channels (shape {data.shape}).")
         n_samples, n_channels = (int(v) for v in data.shape)
-        rate = _rate(group)
+        rate = series_rate(group)
+        if rate is None:
+            raise InputError(f"The ElectricalSeries '{found[0]}' gives neither a rate nor timestamps: the sample rate is unknown.")
         conversion = float(data.attrs.get("conversion", 1.0))
         offset_v = float(data.attrs.get("offset", 0.0))
         per_channel = np.asarray(group["channel_conversion"][:], np.float64) if "channel_conversion" in group else None
@@ -138,12 +123,10 @@ def export_units(curation, path: str | os.PathLike, progress=None) -> Path:
     import datetime as dt
     import uuid
 
-    from pynwb import NWBHDF5IO, NWBFile
+    from pynwb import NWBFile
 
     progress = as_progress(progress)
-    path = Path(path)
-    if path.suffix.lower() != ".nwb":
-        raise InputError(f"'{path.name}': an NWB file name ends in .nwb.")
+    path = nwb_target(path)
     ids = [int(c) for c in curation.cluster_ids]
     if not ids:
         raise InputError("There are no units to export: sort the recording first.")
@@ -176,9 +159,4 @@ def export_units(curation, path: str | os.PathLike, progress=None) -> Path:
                      quality=row["group"], snr=float(row["snr"]), isi_violations_ratio=float(row["isi_violations_ratio"]),
                      presence_ratio=float(row["presence_ratio"]), peak_channel=int(row["peak_channel"]))
         progress.report((i + 1) / len(ids), f"unit {cluster}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.stem}.partial.nwb")
-    with NWBHDF5IO(str(partial), "w") as io:
-        io.write(nwb)
-    os.replace(partial, path)
-    return path
+    return write_nwb(nwb, path)
