@@ -9,16 +9,27 @@ leaves either the old or the new file, never half of one.
 the data file when that folder is writable (so it travels with the data, like Phy's
 ``cluster_group.tsv``), otherwise a folder under the user's data directory keyed by the data
 file's absolute path (for read-only data such as a shared drive).
+
+Results made of several files (a Phy folder, a CNMF output folder) are written into a staging
+folder beside the target and swapped in only when complete (:func:`staged_folder`): a cancel or
+a crash at any stage leaves the previous result where it was. A hand-work file that cannot be
+read is never overwritten: :func:`set_aside_damaged` keeps it as ``<name>.damaged-<time>``
+before anything starts afresh. :func:`remove_stale_temp` clears what killed writers left behind.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import os
+import re
+import shutil
 import tempfile
+import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -60,11 +71,17 @@ def _umask() -> int:
     return mask
 
 
+def temp_file_beside(path: Path) -> tuple[int, str]:
+    """A new temporary file ``.<name>.<pid>-<random>.tmp`` in ``path``'s folder (mkstemp's (fd, name)):
+    the pid says whether its writer is still alive (:func:`remove_stale_temp`)."""
+    return tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp", dir=path.parent)
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = temp_file_beside(path)
     try:
         # mkstemp makes the file private (0600); give it the mode a plain open() would have,
         # or keep the mode of the file it replaces.
@@ -129,3 +146,133 @@ def read_model_file(path: str | os.PathLike, load, model_format: str, max_versio
         raise InputError(f"'{path.name}' was written by a newer NeuroWorkbench (model format {version}, this one reads "
                          f"up to {max_version}): update NeuroWorkbench or retrain the model.")
     return payload
+
+
+# -- cleaning up after a kill ---------------------------------------------------------------------
+
+_TEMP = re.compile(r"^\.(?P<name>.+)\.(?:(?P<pid>\d+)-)?[^.]+\.tmp$")
+_STAGING = re.compile(r"^\.(?P<name>.+)\.(?P<kind>staging|replaced)-(?P<pid>\d+)$")
+LEGACY_TEMP_AGE_S = 600  # a temp name without a pid (older versions): stale after this long
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True  # another thread of this process may be writing it
+    if os.name != "posix":
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temp(*folders: str | os.PathLike) -> list[Path]:
+    """Remove what killed writers left in ``folders``: ``.<name>.*.tmp`` files and staging folders of
+    processes no longer running. A folder swap interrupted between its two renames is finished or
+    undone (:func:`staged_folder`), so the target holds a complete result. Returns what was removed."""
+    removed = []
+    for folder in folders:
+        folder = Path(folder)
+        if not folder.is_dir():
+            continue
+        for entry in sorted(folder.iterdir()):
+            temp, staging = _TEMP.match(entry.name), _STAGING.match(entry.name)
+            try:
+                if temp and entry.is_file():
+                    pid = temp.group("pid")
+                    stale = (not _pid_alive(int(pid))) if pid else time.time() - entry.stat().st_mtime > LEGACY_TEMP_AGE_S
+                    if stale:
+                        entry.unlink()
+                        removed.append(entry)
+                elif staging and entry.is_dir() and not _pid_alive(int(staging.group("pid"))):
+                    target = folder / staging.group("name")
+                    if staging.group("kind") == "replaced" and not target.exists():
+                        os.replace(entry, target)  # killed between the swap's two renames: put the old one back
+                    else:
+                        shutil.rmtree(entry)
+                        removed.append(entry)
+            except OSError:
+                pass  # not ours to remove (permissions) or gone already
+    return removed
+
+
+# -- results made of several files: staged, then swapped in -----------------------------------------
+
+def _fsync_dir(folder: Path) -> None:
+    if os.name == "posix":
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def staged_folder(target: str | os.PathLike, keep_old: str | os.PathLike | None = None) -> Iterator[Path]:
+    """A new, empty folder ``.<name>.staging-<pid>`` beside ``target`` to write a result into.
+
+    When the block ends normally the staging folder replaces ``target`` (the old one is moved to
+    ``keep_old`` when given, else deleted); when it raises (a cancel, an error) the staging folder
+    is removed and ``target`` is untouched. The swap is two renames; a crash between them leaves
+    the old folder as ``.<name>.replaced-<pid>``, which :func:`remove_stale_temp` puts back.
+    """
+    target = Path(target).absolute()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.with_name(f".{target.name}.staging-{os.getpid()}")
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir()
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    aside = target.with_name(f".{target.name}.replaced-{os.getpid()}")
+    had_old = target.exists()
+    if had_old:
+        os.replace(target, aside)
+    os.replace(staging, target)
+    _fsync_dir(target.parent)
+    if had_old:
+        if keep_old is not None:
+            os.replace(aside, keep_old)
+        else:
+            shutil.rmtree(aside, ignore_errors=True)
+
+
+# -- damaged hand work ----------------------------------------------------------------------------
+
+def set_aside_damaged(path: str | os.PathLike) -> Path:
+    """Rename an unreadable hand-work file to ``<name>.damaged-<YYYYmmdd-HHMMSS>`` beside it (never
+    overwritten: a person can still open or restore it) and return the new path."""
+    path = Path(path)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    aside = path.with_name(f"{path.name}.damaged-{stamp}")
+    n = 1
+    while aside.exists():
+        n += 1
+        aside = path.with_name(f"{path.name}.damaged-{stamp}-{n}")
+    os.replace(path, aside)
+    return aside
+
+
+def damaged_message(what: str, path: Path, aside: Path) -> str:
+    """The one line the window's dialog and the CLI show after :func:`set_aside_damaged`."""
+    return (f"The saved {what} in '{path.name}' could not be read (damaged file). It was kept as '{aside.name}' "
+            f"in {aside.parent}; starting with no {what}. Restore it from a backup if you need it.")
+
+
+def read_hand_work(path: str | os.PathLike, parse, what: str) -> tuple[object | None, str]:
+    """``(parse(path), "")``, ``(None, "")`` when there is no file, or — when ``parse`` raises — the
+    file set aside (:func:`set_aside_damaged`) and ``(None, message)`` to show before starting fresh."""
+    path = Path(path)
+    if not path.is_file():
+        return None, ""
+    try:
+        return parse(path), ""
+    except Exception:
+        aside = set_aside_damaged(path)
+        return None, damaged_message(what, path, aside)

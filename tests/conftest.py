@@ -22,3 +22,59 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data not available: {SHARED_DATA} (../shared/data beside the repository) is absent")
     return SHARED_DATA
+
+
+# -- crash injection -----------------------------------------------------------------------------
+
+_FS_CHANGES = ("replace", "rename", "unlink", "remove", "rmdir")  # how a write becomes visible
+
+
+def killed_at_every_write(actions, prepare, max_runs: int = 400):
+    """For k = 0, 1, 2, …: ``prepare()`` (fresh files), then a forked child runs ``actions()`` and is
+    killed (``os._exit``, no cleanup, as ``kill -9``) just before its k-th file-system change — every
+    rename, replace or unlink, which is how each atomic write becomes visible. Yields k after each
+    child is gone, for the caller to reopen and check the files; stops after the first run that
+    finished without being killed. ``os.fork``: POSIX only."""
+    import os
+
+    if not hasattr(os, "fork"):
+        pytest.skip("crash injection forks the process (POSIX only)")
+    for k in range(max_runs):
+        prepare()
+        pid = os.fork()
+        if pid == 0:  # the child: count file-system changes, die before the k-th
+            code = 0
+            try:
+                count = [0]
+
+                def hooked(fn):
+                    def wrapper(*args, **kwargs):
+                        if count[0] == k:
+                            os._exit(137)
+                        count[0] += 1
+                        return fn(*args, **kwargs)
+                    return wrapper
+
+                for name in _FS_CHANGES:
+                    setattr(os, name, hooked(getattr(os, name)))
+                actions()
+            except BaseException:
+                import traceback
+
+                traceback.print_exc()
+                code = 3
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        code = os.waitstatus_to_exitcode(status)
+        assert code in (0, 137), f"the child failed (exit {code}) at write {k}: see its traceback above"
+        yield k
+        if code == 0:
+            return
+    raise AssertionError(f"still writing after {max_runs} file-system changes")
+
+
+@pytest.fixture
+def crash_every_write():
+    """:func:`killed_at_every_write` for a test."""
+    return killed_at_every_write

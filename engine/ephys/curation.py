@@ -6,8 +6,9 @@ Conventions are Phy's, so a folder curated here opens in Phy (and ``phylib``) as
 * A cluster id always names the same set of spikes. A merge or a split never reuses an id: the
   new clusters get ``max(every id seen) + 1, + 2, …`` (Phy's ``new_cluster_id``). A split gives
   *both* parts new ids (the lasso's spikes first, the rest second).
-* ``spike_clusters.npy`` and ``cluster_group.tsv`` are rewritten atomically after every change
-  (:func:`engine.ephys.phy.save_curation`); ``spike_templates.npy`` — the model — never changes.
+* ``spike_clusters.npy``, ``cluster_group.tsv`` and the metric columns are rewritten after every
+  change as one transaction (:func:`engine.ephys.phy.commit_curation`: a journal first, replayed on
+  open after a kill); ``spike_templates.npy`` — the model — never changes.
 * Undo / redo keep each change as (changed spikes, old clusters, new clusters, labels before,
   labels after), so a merge of 3 clusters costs its spikes' indices, not a copy of every spike.
 
@@ -33,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.ephys.io import RawRecording, RecordingParams, read_sidecar
-from engine.ephys.phy import GROUPS, PhyFolder, read_phy, save_curation, write_cluster_metrics
+from engine.ephys.phy import GROUPS, PhyFolder, commit_curation, read_phy, write_cluster_metrics
 from engine.ephys.preprocess import Preprocessor
 from engine.ephys.qc import REFRACTORY_S, mean_waveform, unit_metrics
 from engine.errors import InputError
@@ -434,6 +435,8 @@ class Curation:
         self._undo: list[Change] = []
         self._redo: list[Change] = []
         self._rows: dict[int, dict] = {}
+        if phy.recovered:  # a save was interrupted after its journal: finish it (files and metric columns)
+            self.save()
 
     def snapshot(self) -> "Curation":
         """A frozen copy of the clusters and labels, for a background job (an export) while curation goes on."""
@@ -543,13 +546,13 @@ class Curation:
         self.spike_clusters[spikes] = clusters
         present = set(self.cluster_ids.tolist())
         self.groups = {c: g for c, g in groups.items() if c in present}
-        self.save()
+        self.save(spikes)
 
-    def save(self) -> None:
-        """Write spike_clusters.npy and cluster_group.tsv (each atomically), as Phy does, and the
-        metric columns Phy shows (cluster_SNR.tsv …) for the clusters as they are now."""
-        save_curation(self.folder, self.spike_clusters, self.groups)
-        write_cluster_metrics(self.folder, self.rows())
+    def save(self, changed: np.ndarray | None = None) -> None:
+        """Write spike_clusters.npy and cluster_group.tsv, as Phy does, and the metric columns Phy
+        shows (cluster_SNR.tsv …) for the clusters as they are now: one transaction
+        (:func:`engine.ephys.phy.commit_curation`; ``changed``: the spikes this change moved)."""
+        commit_curation(self.folder, self.spike_clusters, self.groups, changed, self.rows)
 
     # -- unit table ----------------------------------------------------------------------------------
     def mean_waveform(self, cluster: int) -> np.ndarray:

@@ -22,7 +22,12 @@ Written by :func:`write_phy`:
                               of its cluster view as it does Kilosort's ``cluster_ContamPct.tsv``
 
 Curation writes ``spike_clusters.npy`` and ``cluster_group.tsv`` (atomically), as Phy does, and
-rewrites the metric files for the clusters it created.
+rewrites the metric files for the clusters it created. Those are several files, so each change is
+one transaction (:func:`commit_curation`): the change itself (spikes → new clusters, every label
+after it) is first written to ``.neurowb_curation_journal.npz``, then the files, then the journal
+is removed. Reading a folder with a journal left by a kill replays it (:func:`read_phy`); the
+replay is idempotent, so after a kill at any instant the folder reads as the state after the
+last change whose journal was written — never a mix of two.
 """
 
 from __future__ import annotations
@@ -127,6 +132,7 @@ class PhyFolder:
     params: dict
     groups: dict
     meta: dict
+    recovered: bool = False  # a journal left by an interrupted save was replayed (in memory: see Curation)
 
     @property
     def spike_times(self) -> np.ndarray:
@@ -221,7 +227,9 @@ def read_phy(folder: str | os.PathLike) -> PhyFolder:
             raise InputError(f"'{folder}': {name}.npy has {len(arrays[name])} entries, spike_times.npy {n}; the folder is inconsistent.")
     meta_path = folder / "neurowb_sort.json"
     meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
-    return PhyFolder(folder, arrays, read_params_py(folder / "params.py"), read_cluster_groups(folder), meta)
+    groups = read_cluster_groups(folder)
+    recovered = _replay_journal(folder, arrays, groups)
+    return PhyFolder(folder, arrays, read_params_py(folder / "params.py"), groups, meta, recovered)
 
 
 # Phy column name → unit-table row key; Phy has its own n_spikes, fr, amp and depth columns.
@@ -235,7 +243,61 @@ def write_cluster_metrics(folder: str | os.PathLike, rows: list[dict]) -> None:
         atomic_write_text(Path(folder) / f"cluster_{name}.tsv", "\n".join(lines) + "\n")
 
 
-def save_curation(folder: str | os.PathLike, spike_clusters: np.ndarray, groups: dict[int, str]) -> None:
-    """Persist a curation (merge/split relabelling and labels) the way Phy does."""
-    atomic_save_npy(Path(folder) / "spike_clusters.npy", np.asarray(spike_clusters).astype(np.uint32))
+JOURNAL_FILE = ".neurowb_curation_journal.npz"
+
+
+def commit_curation(folder: str | os.PathLike, spike_clusters: np.ndarray, groups: dict[int, str],
+                    changed: np.ndarray | None = None, rows=None) -> None:
+    """Persist a curation the way Phy does (``spike_clusters.npy``, ``cluster_group.tsv``, and the metric
+    columns of ``rows()`` when given) as one transaction: journal, files, journal removed.
+
+    ``changed``: the spikes whose cluster this change set (None: all). The journal holds their new
+    clusters and every label, so replaying it over the old or the new files gives the new state.
+    """
+    folder = Path(folder)
+    clusters = np.asarray(spike_clusters).astype(np.uint32)
+    changed = np.arange(len(clusters)) if changed is None else np.asarray(changed, dtype=np.int64)
+    bad = {g for g in groups.values() if g not in GROUPS}
+    if bad:
+        raise InputError(f"Unknown cluster label(s) {sorted(bad)}: use one of {', '.join(GROUPS)}.")
+    import io
+
+    from engine.storage import atomic_write_bytes
+
+    buffer = io.BytesIO()
+    np.savez(buffer, spikes=changed, clusters=clusters[changed], n_spikes=len(clusters),
+             groups=np.array(json.dumps({str(k): v for k, v in groups.items()})))
+    atomic_write_bytes(folder / JOURNAL_FILE, buffer.getvalue())  # the commit point
+    atomic_save_npy(folder / "spike_clusters.npy", clusters)
     write_cluster_groups(folder, groups)
+    if rows is not None:
+        write_cluster_metrics(folder, rows())
+    (folder / JOURNAL_FILE).unlink()
+
+
+def save_curation(folder: str | os.PathLike, spike_clusters: np.ndarray, groups: dict[int, str]) -> None:
+    """Persist a curation (merge/split relabelling and labels) the way Phy does, in one transaction."""
+    commit_curation(folder, spike_clusters, groups)
+
+
+def _replay_journal(folder: Path, arrays: dict, groups: dict) -> bool:
+    """Apply a journal left by an interrupted :func:`commit_curation` to the loaded ``arrays`` and
+    ``groups`` (in memory; :class:`engine.ephys.curation.Curation` writes the result). True when one was."""
+    path = folder / JOURNAL_FILE
+    if not path.is_file():
+        return False
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            spikes, clusters, n = z["spikes"], z["clusters"], int(z["n_spikes"])
+            saved = {int(k): str(v) for k, v in json.loads(str(z["groups"])).items()}
+    except Exception:
+        return False  # written atomically, so only damaged from outside: the files themselves stand
+    if n != len(arrays["spike_times"]):
+        return False  # a journal of another sort of this folder
+    current = arrays.get("spike_clusters", arrays["spike_templates"])
+    current = np.array(current, dtype=np.uint32)
+    current[spikes] = clusters
+    arrays["spike_clusters"] = current
+    groups.clear()
+    groups.update(saved)
+    return True

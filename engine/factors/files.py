@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Iterator
@@ -26,7 +25,7 @@ from typing import Iterator
 import numpy as np
 
 from engine.errors import InputError, check_input_file
-from engine.storage import atomic_save_json
+from engine.storage import atomic_save_json, temp_file_beside
 
 LATENTS_FORMAT = "neurowb.factors_latents"
 FACTORS_FORMAT = "neurowb.factors_nmf"
@@ -116,7 +115,7 @@ def replacing(path: str | os.PathLike) -> Iterator[Path]:
     """A temporary path in the target's folder that replaces ``path`` (flushed to disk) when the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = temp_file_beside(path)
     os.close(fd)
     try:
         yield Path(tmp)
