@@ -41,6 +41,18 @@ def show_error(parent: QWidget | None, title: str, message: str, details: str | 
     return box
 
 
+def confirm(parent: QWidget | None, title: str, message: str, action: str) -> bool:
+    """A modal question with the buttons ``action`` and Cancel (the default); True when ``action`` was chosen."""
+    box = QMessageBox(parent)
+    box.setIcon(QMessageBox.Icon.Question)
+    box.setWindowTitle(title)
+    box.setText(message)
+    go = box.addButton(action, QMessageBox.ButtonRole.AcceptRole)
+    box.setDefaultButton(box.addButton(QMessageBox.StandardButton.Cancel))
+    box.exec()
+    return box.clickedButton() is go
+
+
 def ask_nwb_path(parent: QWidget | None, title: str, start: Path) -> Path | None:
     """A save dialog for an .nwb file (the extension added when the name lacks it); None when cancelled."""
     path, _ = QFileDialog.getSaveFileName(parent, title, str(start), "NWB files (*.nwb)")

@@ -78,3 +78,26 @@ def killed_at_every_write(actions, prepare, max_runs: int = 400):
 def crash_every_write():
     """:func:`killed_at_every_write` for a test."""
     return killed_at_every_write
+
+
+def cancelling_at(text: str):
+    """A Progress that cancels itself the first time a message containing ``text`` is reported (every
+    report is seen: no throttling); ``.seen`` lists the messages up to then."""
+    from engine.progress import Progress
+
+    def callback(fraction, message):
+        progress.seen.append(message)
+        if text in (message or ""):
+            progress.cancel()
+
+    progress = Progress(callback, min_interval=0.0)
+    progress.seen = []
+    return progress
+
+
+def folder_bytes(folder) -> dict:
+    """Every file under ``folder`` (relative path → bytes), to compare a result before and after."""
+    from pathlib import Path
+
+    folder = Path(folder)
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}

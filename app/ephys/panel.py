@@ -22,7 +22,7 @@ from PyQt6.QtGui import QKeySequence, QShortcut
 from PyQt6.QtWidgets import (QApplication, QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGridLayout, QGroupBox, QHBoxLayout,
                              QLabel, QProgressBar, QPushButton, QSizePolicy, QSpinBox, QSplitter, QVBoxLayout)
 
-from app.dialogs import ask_nwb_path, show_error
+from app.dialogs import ask_nwb_path, confirm, show_error
 from app.ephys.params_dialog import RecordingParamsDialog
 from app.ephys.traces import TraceLoader, TracePanel, TraceRequest, load_traces
 from app.ephys.views import SimilarList, UnitTable, UnitViews, selection_color
@@ -405,6 +405,12 @@ class EphysWorkspace(Workspace):
         if self.sort_job is not None and self.sort_job.is_running:
             return self.sort_job
         path, params = self.raw_path, self.recording.params
+        folder = phy_folder_for(path)
+        if engine_curation.is_curated(folder) and not confirm(
+                self, "Sort again?", f"'{folder.name}' holds your curation (merges, splits or labels). Sorting again "
+                f"shows new, uncurated units; your curated folder is kept beside it as '{folder.name}_<date-time>'.",
+                "Sort again"):
+            return None
         job = self.window.run_job(f"Sort {path.name}", engine_curation.sort_job, path, params, self.probe_path,
                                   self.sort_params(), phy_folder_for(path), on_result=self._sorted)
         job.progressed.connect(self._sort_progress)

@@ -70,7 +70,15 @@ def _run_sort(args: argparse.Namespace) -> int:
     logging.getLogger("engine.ephys").setLevel(logging.WARNING)
     with progress_bar("sorting") as progress:
         result = sort_recording(rec, probe, sort_params, progress=progress)
-    folder = write_phy(result, args.output, raw_path=args.raw, recording_params=params)
+    from engine.ephys.curation import backup_for
+    from engine.storage import staged_folder
+
+    backup = backup_for(args.output)  # curation is never overwritten
+    with staged_folder(args.output, keep_old=backup) as staging:  # a kill while writing leaves the old folder
+        write_phy(result, staging, raw_path=args.raw, recording_params=params)
+    folder = args.output
+    if backup is not None:
+        print(f"the curated folder that was there is kept as {backup}", file=sys.stderr)
     info = result.info
     print(f"{result.n_units} units, {len(result.spike_times)} spikes in {info['duration_s']:.1f} s of recording; "
           f"sorted in {info['total_s']:.1f} s on {info['device']} ({info['duration_s'] / max(info['total_s'], 1e-9):.1f}x real time)")

@@ -91,6 +91,13 @@ def is_curated(folder: str | os.PathLike) -> bool:
     return clusters.shape != templates.shape or bool(np.any(clusters.astype(np.int64) != templates.astype(np.int64)))
 
 
+def backup_for(folder: str | os.PathLike) -> Path | None:
+    """Where a new sort keeps a Phy folder that holds curation (``<folder>_<date-time>``); None when
+    the folder holds none (it is simply replaced)."""
+    folder = Path(folder)
+    return folder.with_name(f"{folder.name}_{time.strftime('%Y%m%d-%H%M%S')}") if is_curated(folder) else None
+
+
 def read_view_state(folder: str | os.PathLike) -> dict:
     """The last view of a Phy folder saved by :func:`save_view_state` ({} when none or unreadable):
     selected units, time window, channel range, data layers. Reopening the folder returns there."""
@@ -147,12 +154,16 @@ def sort_job(raw_path: str | os.PathLike, params: RecordingParams, probe_path: s
              sort_params=None, folder: str | os.PathLike | None = None, progress=None) -> dict:
     """Job body: preprocess + sort + write the Phy folder + load it for curation.
 
-    A folder that already holds curation is moved aside first (``<folder>_<date-time>``), never
-    overwritten. Returns :func:`open_phy_job`'s dict plus ``backup`` (that moved folder, or None).
+    The folder is written (with its metric columns) into a staging folder beside it and swapped in
+    only when complete (:func:`engine.storage.staged_folder`): a cancel or a crash at any stage
+    leaves the previous folder exactly as it was. A previous folder holding curation is then kept
+    as ``<folder>_<date-time>``, never deleted. Returns :func:`open_phy_job`'s dict plus
+    ``backup`` (that kept folder, or None).
     """
     from engine.ephys.phy import write_phy
     from engine.ephys.probe import linear_probe, read_probe
     from engine.ephys.sorter import SortParams, sort_recording
+    from engine.storage import staged_folder
 
     progress = as_progress(progress)
     p_sort, p_write, p_load = progress.split([30, 1, 2], ["Sorting", "Writing the Phy folder", "Computing unit metrics"])
@@ -160,16 +171,16 @@ def sort_job(raw_path: str | os.PathLike, params: RecordingParams, probe_path: s
     probe = read_probe(probe_path, recording.n_channels) if probe_path else linear_probe(recording.n_channels, warn=False)
     result = sort_recording(recording, probe, sort_params or SortParams(), progress=p_sort)
     p_write.check()
-    folder = Path(folder) if folder is not None else phy_folder_for(raw_path)
-    backup = None
-    if is_curated(folder):
-        backup = folder.with_name(f"{folder.name}_{time.strftime('%Y%m%d-%H%M%S')}")
-        os.replace(folder, backup)
-    (folder / VIEW_FILE).unlink(missing_ok=True)  # a view of the old units would select the wrong ones
-    p_write.report(0.0, "writing the Phy folder")
-    write_phy(result, folder, raw_path=raw_path, recording_params=params)
-    out = open_phy_job(folder, progress=p_load)
-    write_cluster_metrics(folder, out["curation"].rows())
+    folder = (Path(folder) if folder is not None else phy_folder_for(raw_path)).absolute()
+    backup = backup_for(folder)
+    with staged_folder(folder, keep_old=backup) as staging:
+        p_write.report(0.0, "writing the Phy folder")
+        write_phy(result, staging, raw_path=raw_path, recording_params=params)
+        p_write.check()
+        out = open_phy_job(staging, progress=p_load)
+        write_cluster_metrics(staging, out["curation"].rows())
+        p_load.check()
+    out["curation"].folder = out["curation"].phy.path = out["folder"] = folder  # swapped in: its real place
     out["backup"] = backup
     out["probe_name"] = probe.name
     return out
@@ -736,5 +747,5 @@ def filter_rows(rows: list[dict], text: str) -> list[dict]:
 
 
 __all__ = ["Curation", "TraceSource", "Change", "sort_job", "open_phy_job", "open_recording_job", "phy_folder_for", "find_probe",
-           "is_phy_folder", "is_curated", "recording_of", "correlogram", "isi_histogram", "filter_rows", "read_view_state", "save_view_state",
+           "is_phy_folder", "is_curated", "backup_for", "recording_of", "correlogram", "isi_histogram", "filter_rows", "read_view_state", "save_view_state",
            "REFRACTORY_S"]

@@ -31,3 +31,23 @@ def save_through_button(window, qtbot, monkeypatch, button, answer):
     job = wait_for_job(qtbot, blocker.args[0])
     assert job.state is JobState.FINISHED, job.error and job.error.details
     return job
+
+
+def answer_next_question(button_text):
+    """Click the button ``button_text`` of the next modal message box (it blocks in exec(), so the click
+    is scheduled before the action that asks); returns a list that receives the box's text."""
+    from PyQt6.QtCore import QTimer
+    from PyQt6.QtWidgets import QApplication, QMessageBox
+
+    asked = []
+
+    def click():
+        box = QApplication.activeModalWidget()
+        if not isinstance(box, QMessageBox):
+            QTimer.singleShot(20, click)
+            return
+        asked.append(box.text())
+        next(b for b in box.buttons() if b.text().replace("&", "") == button_text).click()
+
+    QTimer.singleShot(0, click)
+    return asked

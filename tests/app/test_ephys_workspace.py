@@ -12,7 +12,7 @@ from app.screenshots import is_blank, save_screenshot
 from engine.ephys.phy import read_cluster_groups
 from engine.ephys.synth import write_demo_recording
 
-from gui_helpers import open_in, save_through_button, wait_for_job
+from gui_helpers import answer_next_question, open_in, save_through_button, wait_for_job
 
 
 @pytest.fixture
@@ -234,6 +234,27 @@ def test_sort_can_be_cancelled(window, qtbot, recording):
     assert ws.curation is None and "Cancelled" in ws.stage_label.text()
     assert not (recording.parent / "sim_phy").exists()
     assert ws.sort_button.isEnabled() and not ws.cancel_button.isEnabled()
+
+
+def test_resorting_over_curated_work_asks_first(window, qtbot, recording):
+    from engine.ephys.curation import is_curated
+
+    ws = open_in(window, qtbot, recording)
+    wait_for_job(qtbot, ws.run_sort(), timeout=120000)
+    folder = ws.curation.folder
+    ws.curation.label(ws.curation.cluster_ids[:2], "good")
+    before = (folder / "cluster_group.tsv").read_text()
+    asked = answer_next_question("Cancel")
+    assert ws.run_sort() is None  # cancelled: no job, nothing moved
+    assert asked and "curation" in asked[0] and "Sort again" not in ws.stage_label.text()
+    assert (folder / "cluster_group.tsv").read_text() == before and ws.curation.counts()["good"] == 2
+    asked = answer_next_question("Sort again")
+    job = ws.run_sort()
+    assert asked and job is not None
+    wait_for_job(qtbot, job, timeout=120000)
+    assert job.state is JobState.FINISHED and ws.curation.counts()["good"] == 0 and not is_curated(folder)
+    kept = [p for p in folder.parent.iterdir() if p.name.startswith(folder.name + "_")]
+    assert len(kept) == 1 and (kept[0] / "cluster_group.tsv").read_text() == before
 
 
 def test_traces_load_in_background_latest_request_wins(window, qtbot, recording, monkeypatch):
