@@ -150,7 +150,8 @@ def read_model_file(path: str | os.PathLike, load, model_format: str, max_versio
 
 # -- cleaning up after a kill ---------------------------------------------------------------------
 
-_TEMP = re.compile(r"^\.(?P<name>.+)\.(?:(?P<pid>\d+)-)?[^.]+\.tmp$")
+# ours: .<name>.<pid>-<mkstemp's 8 characters>.tmp; older versions had no pid
+_TEMP = re.compile(r"^\.(?P<name>.+)\.(?:(?P<pid>\d+)-)?[a-z0-9_]{8}\.tmp$")
 _STAGING = re.compile(r"^\.(?P<name>.+)\.(?P<kind>staging|replaced)-(?P<pid>\d+)$")
 LEGACY_TEMP_AGE_S = 600  # a temp name without a pid (older versions): stale after this long
 
@@ -245,16 +246,16 @@ def staged_folder(target: str | os.PathLike, keep_old: str | os.PathLike | None 
 
 # -- damaged hand work ----------------------------------------------------------------------------
 
-def set_aside_damaged(path: str | os.PathLike) -> Path:
-    """Rename an unreadable hand-work file to ``<name>.damaged-<YYYYmmdd-HHMMSS>`` beside it (never
-    overwritten: a person can still open or restore it) and return the new path."""
+def set_aside_damaged(path: str | os.PathLike, tag: str = "damaged") -> Path:
+    """Rename an unreadable hand-work file to ``<name>.damaged-<YYYYmmdd-HHMMSS>`` beside it (``tag``
+    for another reason; never overwritten: a person can still open or restore it); returns the new path."""
     path = Path(path)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    aside = path.with_name(f"{path.name}.damaged-{stamp}")
+    aside = path.with_name(f"{path.name}.{tag}-{stamp}")
     n = 1
     while aside.exists():
         n += 1
-        aside = path.with_name(f"{path.name}.damaged-{stamp}-{n}")
+        aside = path.with_name(f"{path.name}.{tag}-{stamp}-{n}")
     os.replace(path, aside)
     return aside
 
@@ -273,6 +274,10 @@ def read_hand_work(path: str | os.PathLike, parse, what: str) -> tuple[object | 
         return None, ""
     try:
         return parse(path), ""
-    except Exception:
+    except Exception as exc:
         aside = set_aside_damaged(path)
-        return None, damaged_message(what, path, aside)
+        message = damaged_message(what, path, aside)
+        import logging
+
+        logging.getLogger(__name__).warning("%s (%s: %s)", message, type(exc).__name__, exc)  # the CLI's line
+        return None, message

@@ -42,7 +42,7 @@ from PyQt6.QtWidgets import (
 from engine.calcium import curation
 from engine.calcium.curation import MOVIE_SOURCES, Curation
 from app.calcium.views import FieldOfView, TracePanel
-from app.dialogs import ask_nwb_path
+from app.dialogs import ask_nwb_path, show_error
 from app.jobs import Job
 from app.workspace import InfoBox, Workspace
 from engine.calcium.io import MOVIE_EXTENSIONS, Movie, region_trace
@@ -275,6 +275,7 @@ class CalciumWorkspace(Workspace):
         self.progress_bar.setValue(0)
         self._set_curation(result["curation"], skipped=result.get("skipped", 0))
         self.loaded(path)
+        self._show_notice(result.get("notice"))
 
     def _set_curation(self, curation: Curation | None, skipped: int = 0) -> None:
         self.curation = curation
@@ -338,6 +339,11 @@ class CalciumWorkspace(Workspace):
                                  f"({int(r.accepted.sum())} accepted by the metrics).")
         self.progress_bar.setValue(1000)
         self._set_curation(curation, skipped=out.get("skipped", 0))
+        self._show_notice(out.get("notice"))
+
+    def _show_notice(self, notice: str | None) -> None:
+        if notice:  # a damaged decisions file, kept aside (engine.storage.read_hand_work)
+            show_error(self, "Damaged curation file set aside", notice)
 
     # -- image ----------------------------------------------------------------------------
     def _kind_changed(self, kind: str) -> None:

@@ -27,6 +27,7 @@ from app.factors.views import (
     CLUSTER_COLORS, COLORMAPS, FactorList, HoverBars, RegionCanvas, ScoreMatrix, cluster_rgba, colormap_table,
     composite_rgba, heat_rgba,
 )
+from app.dialogs import show_error
 from app.jobs import Job
 from app.workspace import InfoBox, Workspace
 from engine.errors import InputError
@@ -299,6 +300,8 @@ class FactorsWorkspace(Workspace):
                                  "Draw at least two regions, then Train.")
         for problem in project.problems:
             self.window.show_status(problem, 15000)
+        for notice in project.notices:  # hand work set aside, never overwritten: say so plainly
+            show_error(self, "Saved regions set aside", notice)
         self._update_estimate()
         self._refresh_controls()
 

@@ -25,7 +25,7 @@ from engine.calcium.io import open_movie, summary_images
 from engine.calcium.pipeline import (SIZE_THRESHOLD, CNMFResult, add_component, merge_components, remove_components,
                                      run_cnmf)
 from engine.progress import as_progress
-from engine.storage import atomic_save_json, atomic_write_bytes, workdir_for
+from engine.storage import atomic_save_json, atomic_write_bytes, read_hand_work, remove_stale_temp, workdir_for
 
 CURATION_FILE = "calcium_curation.json"
 RESULT_FILE = "cnmf_result.npz"
@@ -187,13 +187,17 @@ def curation_path(movie_path: Path) -> Path:
     return workdir_for(movie_path) / CURATION_FILE
 
 
-def load_decisions(movie_path: Path) -> list[dict]:
-    path = curation_path(movie_path)
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return []
-    return [d for d in data.get("decisions", []) if isinstance(d, dict) and d.get("op") in DECISIONS]
+def load_decisions(movie_path: Path) -> tuple[list[dict], str]:
+    """The saved decisions, and "" — or, for a damaged file, none and the message that says where it
+    was kept (:func:`engine.storage.read_hand_work`: the next save must not overwrite the only copy)."""
+    def parse(path: Path) -> list[dict]:
+        decisions = json.loads(path.read_text(encoding="utf-8"))["decisions"]
+        if not isinstance(decisions, list):
+            raise ValueError("'decisions' is not a list")
+        return [d for d in decisions if isinstance(d, dict) and d.get("op") in DECISIONS]
+
+    decisions, notice = read_hand_work(curation_path(movie_path), parse, "curation decisions")
+    return decisions or [], notice
 
 
 class Curation:
@@ -271,16 +275,20 @@ def open_movie_job(path: Path, progress=None) -> dict:
     scan, restore = progress.split([3, 1], ["Summary images", "Restoring curation"])
     movie = open_movie(path)
     summaries = summary_images(movie, progress=scan)
-    out = {"movie": movie, "summaries": summaries, "curation": None, "skipped": 0}
+    out = {"movie": movie, "summaries": summaries, "curation": None, "skipped": 0, "notice": ""}
+    remove_stale_temp(workdir_for(path))
     base = load_result(workdir_for(path) / RESULT_FILE, movie_identity(path))
     if base is not None:
-        out["curation"], out["skipped"] = _curated(path, base, restore)
+        out["curation"], out["skipped"], out["notice"] = _curated(path, base, restore)
     return out
 
 
-def _curated(path: Path, base: CNMFResult, progress) -> tuple[Curation, int]:
-    result, applied, skipped = replay(base, load_decisions(path), path, progress=progress)
-    return Curation(path, result, roi_geometry(result), applied), skipped
+def _curated(path: Path, base: CNMFResult, progress) -> tuple[Curation, int, str]:
+    """The curation replayed on ``base``, the number of decisions that matched no ROI, and the
+    message about a damaged decisions file ("" when none)."""
+    decisions, notice = load_decisions(path)
+    result, applied, skipped = replay(base, decisions, path, progress=progress)
+    return Curation(path, result, roi_geometry(result), applied), skipped, notice
 
 
 def run_cnmf_job(path: Path, fs: float | None, neuron_diameter: float, register: str, progress=None) -> dict:
@@ -290,8 +298,8 @@ def run_cnmf_job(path: Path, fs: float | None, neuron_diameter: float, register:
     run, restore = progress.split([10, 1], [None, "Restoring decisions"])
     result = run_cnmf(path, fs=fs, neuron_diameter=neuron_diameter, register=register, progress=run)
     save_result(result, workdir_for(path) / RESULT_FILE, movie_identity(path))
-    curation, skipped = _curated(path, result, restore)
-    return {"curation": curation, "skipped": skipped}
+    curation, skipped, notice = _curated(path, result, restore)
+    return {"curation": curation, "skipped": skipped, "notice": notice}
 
 
 def add_roi_job(result: CNMFResult, path: Path, center, progress=None) -> dict:

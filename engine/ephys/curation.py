@@ -39,6 +39,7 @@ from engine.ephys.preprocess import Preprocessor
 from engine.ephys.qc import REFRACTORY_S, mean_waveform, unit_metrics
 from engine.errors import InputError
 from engine.progress import as_progress
+from engine.storage import remove_stale_temp
 
 PHY_SUFFIX = "_phy"
 PROBE_NAMES = ("{stem}.probe.json", "{stem}_probe.json", "{stem}.prb.json", "probe.json", "chanMap.mat", "chanMap.json")
@@ -144,6 +145,7 @@ def open_recording_job(path: Path, params: RecordingParams, save_sidecar: bool =
     from engine.ephys.io import write_sidecar
 
     recording = RawRecording(path, params)
+    remove_stale_temp(Path(path).parent, phy_folder_for(path))  # what a killed save or sort left
     if save_sidecar:
         write_sidecar(path, params)
     folder = phy_folder_for(path)
@@ -192,6 +194,7 @@ def open_phy_job(folder: str | os.PathLike, progress=None) -> dict:
     folder = Path(folder)
     if folder.name == "params.py":
         folder = folder.parent
+    remove_stale_temp(folder.parent, folder)  # what a killed save or sort left
     curation = Curation(folder)
     recording, note = recording_of(curation.phy)
     ids = curation.cluster_ids

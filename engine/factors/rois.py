@@ -12,8 +12,10 @@ Coordinates are pixels as (x = column, y = row): a vertex (10, 20) is pixel row 
 vertices rounded to whole pixels; the pixels on a polygon's outline belong to it, so a
 rectangle with corners (2, 1) and (6, 4) covers columns 2–6 of rows 1–4.
 
-Saved as ``rois.json`` (regions and shapes) plus ``rois_base.npz`` when there is a base map,
-each written atomically after every change by the caller (:meth:`RegionSet.save`).
+Saved as ``rois.json`` (regions and shapes) plus, when there is a base map, ``rois_base-<hash>.npz``
+named by its content, written atomically after every change by the caller (:meth:`RegionSet.save`).
+The JSON names the base file it goes with and is written last, so it is the one commit point of
+a change: a kill between the two writes leaves the previous JSON with the previous base file.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from engine.errors import InputError
 from engine.storage import atomic_save_json, atomic_write_bytes
 
 ROIS_FILE = "rois.json"
-BASE_FILE = "rois_base.npz"
+BASE_FILE = "rois_base.npz"  # older versions: one name, rewritten in place
 FORMAT = "neurowb.factors_rois"
 #: Distinct colours given to new regions in turn (label 1 gets the first).
 PALETTE = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6", "#bcf60c",
@@ -202,13 +204,24 @@ class RegionSet:
                 "has_base": self.base is not None}
 
     def save(self, folder: str | os.PathLike) -> Path:
-        """Write ``rois.json`` (and ``rois_base.npz``) into ``folder`` atomically; returns the JSON path."""
+        """Write ``rois.json`` (and the base map's file) into ``folder`` atomically; returns the JSON path."""
+        import hashlib
+
         folder = Path(folder)
+        d = self.to_dict()
         if self.base is not None:
-            buffer = io.BytesIO()
-            np.savez_compressed(buffer, labels=self.base)
-            atomic_write_bytes(folder / BASE_FILE, buffer.getvalue())
-        return atomic_save_json(folder / ROIS_FILE, self.to_dict())
+            base = np.ascontiguousarray(self.base, dtype=np.int32)
+            name = f"rois_base-{hashlib.sha1(base.tobytes() + str(base.shape).encode()).hexdigest()[:16]}.npz"
+            if not (folder / name).is_file():
+                buffer = io.BytesIO()
+                np.savez_compressed(buffer, labels=base)
+                atomic_write_bytes(folder / name, buffer.getvalue())
+            d["base_file"] = name
+        previous = _base_file_of(folder / ROIS_FILE)
+        path = atomic_save_json(folder / ROIS_FILE, d)  # the commit point
+        if previous and previous != d.get("base_file"):
+            (folder / previous).unlink(missing_ok=True)
+        return path
 
     @classmethod
     def load(cls, folder: str | os.PathLike, shape: tuple[int, int] | None = None) -> "RegionSet | None":
@@ -226,7 +239,7 @@ class RegionSet:
                 rset.regions.append(Region(int(r["label"]), str(r["name"]), str(r["color"]),
                                            [Shape.from_dict(s) for s in r["shapes"]]))
             if d.get("has_base"):
-                with np.load(folder / BASE_FILE, allow_pickle=False) as z:
+                with np.load(folder / d.get("base_file", BASE_FILE), allow_pickle=False) as z:
                     rset.base = z["labels"].astype(np.int32)
         except Exception as exc:
             raise InputError(f"The saved regions in '{path}' cannot be read (damaged file): move it away to start "
@@ -235,3 +248,12 @@ class RegionSet:
             raise InputError(f"The saved regions in '{path}' were drawn on a {rset.shape[0]}×{rset.shape[1]} image, "
                              f"this one is {shape[0]}×{shape[1]}: they belong to another image.")
         return rset
+
+
+def _base_file_of(path: Path) -> str | None:
+    """The base file a saved ``rois.json`` names (None: none, or unreadable)."""
+    try:
+        d = json.loads(path.read_text())
+        return str(d.get("base_file", BASE_FILE)) if d.get("has_base") else None
+    except (OSError, ValueError, AttributeError):
+        return None

@@ -43,9 +43,9 @@ from engine.factors import files
 from engine.factors.cnn import LATENT_DIM, PatchModel, TrainResult, train
 from engine.factors.dense import dense_latents
 from engine.factors.files import Grid, Latents
-from engine.factors.rois import RegionSet
+from engine.factors.rois import ROIS_FILE, RegionSet
 from engine.progress import Progress, as_progress
-from engine.storage import workdir_for
+from engine.storage import read_hand_work, remove_stale_temp, set_aside_damaged, workdir_for
 
 MODEL_FILE = "model.pt"
 LATENTS_FILE = "latents.npy"
@@ -234,6 +234,7 @@ class Project:
     factors: Factors | None = None
     clusters: SavedClusters | None = None
     problems: list[str] = field(default_factory=list)
+    notices: list[str] = field(default_factory=list)  # hand work set aside (damaged): said in a dialog
 
 
 def load_project(image_path: str | os.PathLike, shape: tuple[int, int], device=None) -> Project:
@@ -242,10 +243,17 @@ def load_project(image_path: str | os.PathLike, shape: tuple[int, int], device=N
     project = Project(folder)
     if not folder.is_dir():
         return project
-    try:
-        project.regions = RegionSet.load(folder, shape)
-    except InputError as exc:
-        project.problems.append(exc.message)
+    remove_stale_temp(folder)
+    regions, notice = read_hand_work(folder / ROIS_FILE, lambda p: RegionSet.load(folder), "regions")
+    if notice:
+        project.notices.append(notice)
+    elif regions is not None and tuple(regions.shape) != tuple(shape):  # drawn on another image: kept, not overwritten
+        aside = set_aside_damaged(folder / ROIS_FILE, tag="other-image")
+        project.notices.append(f"The saved regions in '{ROIS_FILE}' were drawn on a {regions.shape[0]}×{regions.shape[1]} "
+                               f"image, this one is {shape[0]}×{shape[1]}: they were kept as '{aside.name}' in {folder}; "
+                               "starting with no regions.")
+    else:
+        project.regions = regions
     if (folder / MODEL_FILE).is_file():
         try:
             project.model = PatchModel.load(folder / MODEL_FILE, device=device)

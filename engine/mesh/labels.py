@@ -18,7 +18,7 @@ import scipy.sparse as sp
 from scipy.sparse.csgraph import dijkstra
 
 from engine.errors import InputError
-from engine.storage import atomic_save_npy, workdir_for
+from engine.storage import atomic_save_npy, remove_stale_temp, workdir_for
 
 UNLABELLED = -1
 LABELS_FILE = "spine_labels.npy"
@@ -72,6 +72,8 @@ class LabelEditor:
         n = len(vertices)
         labels = np.full(n, UNLABELLED, dtype=np.int8)
         path = Path(path) if path is not None else None
+        if path is not None:
+            remove_stale_temp(path.parent)  # what a killed save left
         if path is not None and path.exists():
             try:
                 saved = np.load(path, allow_pickle=False)

@@ -67,7 +67,8 @@ def test_save_load_round_trip_with_base_map(tmp_path):
     before = rset.rasterize()
     rset.save(tmp_path)
     assert json.loads((tmp_path / ROIS_FILE).read_text())["regions"][0]["name"] == "grating"
-    assert (tmp_path / BASE_FILE).is_file()
+    base_file = json.loads((tmp_path / ROIS_FILE).read_text())["base_file"]
+    assert (tmp_path / base_file).is_file() and base_file != BASE_FILE
     assert not list(tmp_path.glob(".*tmp"))  # atomic: no temp file left
     again = RegionSet.load(tmp_path, (6, 7))
     assert again.names == {1: "grating", 2: "blobs", 3: "drawn"}
