@@ -58,6 +58,31 @@ class Workspace(QWidget):
     def closing(self) -> None:
         """The window is closing: save what is still pending (hand work is saved on every change already)."""
 
+    def run_dataset_job(self, name: str, func, *args, on_result: Callable, **kwargs) -> Job:
+        """``window.run_job`` for a job computed from the dataset shown now (``job.dataset``).
+
+        The engine saves what the job makes with that dataset; ``on_result`` runs only while that
+        dataset is still the one shown. When the user opened another meanwhile, the view stays on
+        it and the status bar says where the result went. Use :meth:`shows` in the job's progress
+        and ended handlers for the same test.
+        """
+        dataset = self.current_path
+
+        def deliver(result) -> None:
+            if self.current_path == dataset:
+                on_result(result)
+            else:
+                self.window.show_status(f"{name} of {dataset.name} finished; its result is saved with {dataset.name}: "
+                                        "open it again to see it.", 15000)
+
+        job = self.window.run_job(name, func, *args, on_result=deliver, **kwargs)
+        job.dataset = dataset
+        return job
+
+    def shows(self, job: Job) -> bool:
+        """Whether the dataset ``job`` was computed from (:meth:`run_dataset_job`) is the one shown."""
+        return getattr(job, "dataset", self.current_path) == self.current_path
+
     def loaded(self, path: Path) -> None:
         """Call when a dataset is shown: brings the content forward, remembers the path, tells the shell."""
         self.center.setCurrentWidget(self.content)

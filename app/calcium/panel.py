@@ -303,8 +303,8 @@ class CalciumWorkspace(Workspace):
             return self.cnmf_job
         path = self.current_path
         fs = self.fps.value() or None
-        job = self.window.run_job(f"CNMF on {path.name}", curation.run_cnmf_job, path, fs, self.diameter.value(),
-                                  self.register.currentText(), on_result=lambda out: self._cnmf_done(path, out))
+        job = self.run_dataset_job(f"CNMF on {path.name}", curation.run_cnmf_job, path, fs, self.diameter.value(),
+                                   self.register.currentText(), on_result=self._cnmf_done)
         self.cnmf_job = job
         job.progressed.connect(self._cnmf_progress)
         job.ended.connect(self._cnmf_ended)
@@ -318,20 +318,22 @@ class CalciumWorkspace(Workspace):
             self.stage_label.setText("Cancelling…")
 
     def _cnmf_progress(self, fraction: float, message: str) -> None:
+        if self.cnmf_job is None or not self.shows(self.cnmf_job):
+            return  # the CNMF of a movie shown before: its progress is in the job panel
         self.progress_bar.setValue(int(fraction * 1000))
         self.stage_label.setText(f"{message or 'Working'} — {fraction:.0%}")
 
     def _cnmf_ended(self, job: Job) -> None:
-        if job.state.value == "cancelled":
+        if not self.shows(job):
+            pass
+        elif job.state.value == "cancelled":
             self.stage_label.setText("Cancelled; the previous ROIs (if any) are kept.")
             self.progress_bar.setValue(0)
         elif job.error is not None:
             self.stage_label.setText("Failed: see the error message.")
         self._refresh_controls()
 
-    def _cnmf_done(self, path: Path, out: dict) -> None:
-        if path != self.current_path:
-            return  # another movie was opened meanwhile
+    def _cnmf_done(self, out: dict) -> None:
         curation = out["curation"]
         r = curation.result
         seconds = r.info.get("timings", {}).get("total", 0.0)

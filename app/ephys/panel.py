@@ -411,7 +411,7 @@ class EphysWorkspace(Workspace):
                 f"shows new, uncurated units; your curated folder is kept beside it as '{folder.name}_<date-time>'.",
                 "Sort again"):
             return None
-        job = self.window.run_job(f"Sort {path.name}", engine_curation.sort_job, path, params, self.probe_path,
+        job = self.run_dataset_job(f"Sort {path.name}", engine_curation.sort_job, path, params, self.probe_path,
                                   self.sort_params(), phy_folder_for(path), on_result=self._sorted)
         job.progressed.connect(self._sort_progress)
         job.ended.connect(self._sort_ended)
@@ -427,11 +427,15 @@ class EphysWorkspace(Workspace):
             self.stage_label.setText("Cancelling…")
 
     def _sort_progress(self, fraction: float, message: str) -> None:
+        if self.sort_job is None or not self.shows(self.sort_job):
+            return  # the sort of a recording shown before: its progress is in the job panel
         self.progress_bar.setValue(int(fraction * 1000))
         self.stage_label.setText(f"{message} — {fraction:.0%}")
 
     def _sort_ended(self, job: Job) -> None:
-        if job.error is not None:
+        if not self.shows(job):
+            pass
+        elif job.error is not None:
             self.stage_label.setText("Sorting failed (see the message).")
         elif job.cancel_requested and job.result is None:
             self.stage_label.setText("Cancelled: the previous result (if any) is unchanged.")

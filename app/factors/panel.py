@@ -27,7 +27,7 @@ from app.factors.views import (
     CLUSTER_COLORS, COLORMAPS, FactorList, HoverBars, RegionCanvas, ScoreMatrix, cluster_rgba, colormap_table,
     composite_rgba, heat_rgba,
 )
-from app.dialogs import show_error
+from app.dialogs import confirm, show_error
 from app.jobs import Job
 from app.workspace import InfoBox, Workspace
 from engine.errors import InputError
@@ -464,7 +464,7 @@ class FactorsWorkspace(Workspace):
         if self.job is not None and self.job.is_running:
             self.window.show_status(f"Wait for “{self.job.name}” to finish (or cancel it).")
             return None
-        job = self.window.run_job(name, func, *args, on_result=on_result, **kwargs)
+        job = self.run_dataset_job(name, func, *args, on_result=on_result, **kwargs)
         self.job = job
         job.progressed.connect(self._progress)
         job.ended.connect(self._ended)
@@ -479,11 +479,15 @@ class FactorsWorkspace(Workspace):
             self.stage_label.setText("Cancelling…")
 
     def _progress(self, fraction: float, message: str) -> None:
+        if self.job is None or not self.shows(self.job):
+            return  # a job of the image shown before: its progress is in the job panel
         self.progress_bar.setValue(int(fraction * 1000))
         self.stage_label.setText(f"{self.job.name if self.job else ''}: {message or 'working'} — {fraction:.0%}")
 
     def _ended(self, job: Job) -> None:
-        if job.state.value == "cancelled":
+        if not self.shows(job):
+            pass
+        elif job.state.value == "cancelled":
             self.stage_label.setText(f"{job.name}: cancelled; earlier results are kept.")
             self.progress_bar.setValue(0)
         elif job.error is not None:
@@ -496,6 +500,13 @@ class FactorsWorkspace(Workspace):
     def train(self) -> Job | None:
         if self.image is None or self.labels is None:
             self.window.show_status("Draw at least two regions first.")
+            return None
+        made = [name for name, thing in (("latents", self.latents), ("factors", self.factors), ("clusters", self.clusters))
+                if thing is not None]
+        if made and not (self.job is not None and self.job.is_running) and not confirm(
+                self, "Train a new model?", f"The {', '.join(made)} in {self.folder.name}/ come from the current model: a new "
+                "model makes them meaningless, so they are deleted once it is trained (a cancelled training keeps "
+                "everything). Your regions are kept.", "Train"):
             return None
         return self._start("Train CNN", workflow.train_job, self.image, self.labels.copy(), self.folder,
                            names=self.regions.names, patch_size=self.patch_size.value(), epochs=self.epochs.value(),
@@ -572,6 +583,7 @@ class FactorsWorkspace(Workspace):
     # -- factors ----------------------------------------------------------------------------
     def _factors_changed(self) -> None:
         """New (or no) NMF result: thumbnails, spin box ranges, selection, layer."""
+        self._show_cluster_legend()  # the clusters go with the factors they were computed from
         f = self.factors
         if f is None:
             self.factor_list.set_factors([])

@@ -54,7 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_cnmf(args: argparse.Namespace) -> int:
-    from engine.calcium.export import export_suite2p
+    from engine.calcium.export import check_output_folder, export_suite2p
     from engine.calcium.io import open_movie
     from engine.calcium.pipeline import run_cnmf
     from engine.cli import progress_bar
@@ -64,6 +64,7 @@ def _run_cnmf(args: argparse.Namespace) -> int:
         raise InputError(f"--fs must be a positive frame rate in Hz, got {args.fs:g}.")
     if not args.neuron_diameter >= 2:
         raise InputError(f"--neuron-diameter must be at least 2 px, got {args.neuron_diameter:g}.")
+    check_output_folder(args.output)  # before the work, not after it
     movie = open_movie(args.movie, fps=args.fs)
     print(f"{movie!r}", file=sys.stderr)
     with progress_bar("CNMF") as progress:

@@ -297,8 +297,9 @@ def run_cnmf_job(path: Path, fs: float | None, neuron_diameter: float, register:
     progress = as_progress(progress)
     run, restore = progress.split([10, 1], [None, "Restoring decisions"])
     result = run_cnmf(path, fs=fs, neuron_diameter=neuron_diameter, register=register, progress=run)
-    save_result(result, workdir_for(path) / RESULT_FILE, movie_identity(path))
     curation, skipped, notice = _curated(path, result, restore)
+    progress.check()  # the last moment a cancel keeps the previous result: saving it is the end of the job
+    save_result(result, workdir_for(path) / RESULT_FILE, movie_identity(path))
     return {"curation": curation, "skipped": skipped, "notice": notice}
 
 

@@ -26,8 +26,10 @@ and its classifier read; checked with Suite2p itself by ``benchmarks/suite2p_che
 Our own files: ``footprints.npz`` (``scipy.sparse.save_npz`` of A, pixels × components, pixel index
 ``y * width + x``) and ``traces.npz`` (``C`` calcium, ``S`` spikes, ``F`` raw demixed fluorescence
 (background removed), ``Fneu``, ``b`` background images (pixels × P, dense), ``f`` their activities,
-``accepted``, ``centers``, ``snr``, ``r_value``, ``size``, ``image_shape``, ``fps``). Every file is
-written atomically (temp file + rename), so a crash never leaves half a file.
+``accepted``, ``centers``, ``snr``, ``r_value``, ``size``, ``image_shape``, ``fps``). The folder is
+written into a staging folder beside it and swapped in when complete
+(:func:`engine.storage.staged_folder`): a crash never leaves half a folder, or a mix of two runs.
+A folder holding anything but these files is refused rather than replaced.
 """
 
 from __future__ import annotations
@@ -151,22 +153,48 @@ def _stat(result, dF: np.ndarray) -> np.ndarray:
     return out
 
 
+OUR_FILES = (*SUITE2P_FILES, "footprints.npz", "traces.npz")
+
+
+def check_output_folder(directory: str | os.PathLike) -> Path:
+    """``directory`` if an export may replace it (absent, empty, or only our files), else InputError."""
+    from engine.errors import InputError
+
+    directory = Path(directory).absolute()
+    if directory.exists() and not directory.is_dir():
+        raise InputError(f"'{directory}' is a file: give a folder for the output.")
+    foreign = sorted(p.name for p in directory.iterdir() if p.name not in OUR_FILES) if directory.is_dir() else []
+    if foreign:
+        raise InputError(f"'{directory}' holds other files ({', '.join(foreign[:3])}{'…' if len(foreign) > 3 else ''}), "
+                         "which the export would replace: choose a new or empty folder.")
+    return directory
+
+
 def export_suite2p(result, directory: str | os.PathLike, data_path: str | None = None) -> Path:
-    """Write the Suite2p files, ``footprints.npz`` and ``traces.npz`` into ``directory``; returns it."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    """Write the Suite2p files, ``footprints.npz`` and ``traces.npz`` as the folder ``directory`` (staged,
+    then swapped in; an earlier export there is replaced); returns it."""
+    from engine.storage import staged_folder
+
+    directory = check_output_folder(directory)
+    with staged_folder(directory) as staging:
+        _write_suite2p(result, staging, directory, data_path)
+    return directory
+
+
+def _write_suite2p(result, staging: Path, directory: Path, data_path: str | None) -> None:
+    """The files, written into ``staging``; ``directory`` is where they will be (ops' paths)."""
     h, w = result.image_shape
     F_total = (result.F + result.Fneu).astype(np.float32)
     corrected = F_total - NEUROPIL_COEFFICIENT * result.Fneu
     diameter = float(result.params.get("neuron_diameter", 10.0))
-    _save_npy(directory / "stat.npy", _stat(result, corrected), allow_pickle=True)
-    _save_npy(directory / "F.npy", F_total)
-    _save_npy(directory / "Fneu.npy", result.Fneu.astype(np.float32))
-    _save_npy(directory / "spks.npy", result.S.astype(np.float32))
+    _save_npy(staging / "stat.npy", _stat(result, corrected), allow_pickle=True)
+    _save_npy(staging / "F.npy", F_total)
+    _save_npy(staging / "Fneu.npy", result.Fneu.astype(np.float32))
+    _save_npy(staging / "spks.npy", result.S.astype(np.float32))
     margin = result.metrics["snr"] - result.params.get("min_snr", 3.0)
     probability = 1.0 / (1.0 + np.exp(-np.clip(margin, -50, 50)))
     probability = np.where(result.accepted, np.maximum(probability, 0.5), np.minimum(probability, 0.49))
-    _save_npy(directory / "iscell.npy", np.stack([result.accepted.astype(np.float32), probability.astype(np.float32)], axis=1))
+    _save_npy(staging / "iscell.npy", np.stack([result.accepted.astype(np.float32), probability.astype(np.float32)], axis=1))
     images = result.images
     shifts = result.shifts if result.shifts is not None else np.zeros((result.F.shape[1], 2), np.float32)
     corr = images.get("correlation", np.zeros((h, w), np.float32))
@@ -185,16 +213,15 @@ def export_suite2p(result, directory: str | os.PathLike, data_path: str | None =
         "detection": {"soma_crop": True},
         "neurowb": {"params": result.params, "info": {k: v for k, v in result.info.items() if isinstance(v, (int, float, str, bool, dict))}},
     }  # fmt: skip
-    _save_npy(directory / "ops.npy", np.array(ops, dtype=object), allow_pickle=True)
+    _save_npy(staging / "ops.npy", np.array(ops, dtype=object), allow_pickle=True)
     buffer = io.BytesIO()
     sparse.save_npz(buffer, result.A.tocsc().astype(np.float32))
-    atomic_write_bytes(directory / "footprints.npz", buffer.getvalue())
+    atomic_write_bytes(staging / "footprints.npz", buffer.getvalue())
     buffer = io.BytesIO()
     np.savez(buffer, C=result.C, S=result.S, F=result.F, Fneu=result.Fneu, b=result.b.toarray().astype(np.float32), f=result.f,
              accepted=result.accepted, centers=result.centers, snr=result.metrics["snr"], r_value=result.metrics["r_value"],
              size=result.metrics["size"], image_shape=np.array(result.image_shape), fps=np.float64(result.fps))  # fmt: skip
-    atomic_write_bytes(directory / "traces.npz", buffer.getvalue())
-    return directory
+    atomic_write_bytes(staging / "traces.npz", buffer.getvalue())
 
 
 def _enhanced(image: np.ndarray) -> np.ndarray:

@@ -179,13 +179,19 @@ def _run_train(args: argparse.Namespace) -> int:
         raise InputError(f"--pixel-size must be a positive size in µm, got {args.pixel_size:g}.")
     image = load_image(args.image)
     labels, names = read_labels(args.labels, shape=image.shape)
-    with progress_bar("Training") as progress:
-        result = train(image, labels, pixel_size_um=args.pixel_size, patch_size=args.patch_size, epochs=args.epochs,
-                       patches_per_epoch=args.patches_per_epoch, batch_size=args.batch_size,
-                       val_patches_per_class=args.val_patches, block_size=args.block_size, class_names=names or None,
-                       checkpoint=args.output, device=getattr(args, "device", None), seed=args.seed, progress=progress)
-    model = result.model
-    model.save(args.output)  # the final save adds the split to the metrics the checkpoints lack
+    from engine.factors.workflow import checkpoint_for
+
+    checkpoint = checkpoint_for(args.output)  # never over a previous model until this one is done
+    try:
+        with progress_bar("Training") as progress:
+            result = train(image, labels, pixel_size_um=args.pixel_size, patch_size=args.patch_size, epochs=args.epochs,
+                           patches_per_epoch=args.patches_per_epoch, batch_size=args.batch_size,
+                           val_patches_per_class=args.val_patches, block_size=args.block_size, class_names=names or None,
+                           checkpoint=checkpoint, device=getattr(args, "device", None), seed=args.seed, progress=progress)
+        model = result.model
+        model.save(args.output)  # the final save adds the split to the metrics the checkpoints lack
+    finally:
+        checkpoint.unlink(missing_ok=True)
 
     for h in result.history:
         print(f"epoch {int(h['epoch'])}: loss {h['loss']:.3f}, training accuracy {h['train_accuracy']:.1%}, "

@@ -143,19 +143,34 @@ def train_job(image: np.ndarray, labels: np.ndarray, folder: str | os.PathLike, 
               patch_size: int = 128, epochs: int = 4, patches_per_epoch: int = 1024, batch_size: int = 32,
               pixel_size_um: float | None = None, device=None, seed: int = 0,
               progress: Progress | None = None) -> TrainResult:
-    """Train the patch classifier on the drawn regions; the model is saved (and checkpointed) as model.pt."""
+    """Train the patch classifier on the drawn regions; the model is saved as model.pt when training ends.
+
+    Until then the best epoch is checkpointed beside it (``model.pt.checkpoint``, removed at the end):
+    a cancel or a failure leaves the previous model and everything made with it as they were; only
+    a finished model replaces it and removes the latents, factors and clusters of the old one."""
     progress = as_progress(progress)
     folder = Path(folder)
     path = folder / MODEL_FILE
+    checkpoint = checkpoint_for(path)
     present = {int(v) for v in np.unique(labels) if v > 0}
-    result = train(image, labels, pixel_size_um=pixel_size_um, patch_size=patch_size, epochs=epochs,
-                   patches_per_epoch=patches_per_epoch, batch_size=batch_size,
-                   block_size=default_block_size(image.shape, patch_size),
-                   class_names={k: v for k, v in (names or {}).items() if k in present} or None,
-                   checkpoint=path, device=device, seed=seed, progress=progress)
-    result.model.save(path)  # the best epoch, with the full history
+    try:
+        result = train(image, labels, pixel_size_um=pixel_size_um, patch_size=patch_size, epochs=epochs,
+                       patches_per_epoch=patches_per_epoch, batch_size=batch_size,
+                       block_size=default_block_size(image.shape, patch_size),
+                       class_names={k: v for k, v in (names or {}).items() if k in present} or None,
+                       checkpoint=checkpoint, device=device, seed=seed, progress=progress)
+        progress.check()  # a cancel that came during the last epoch still keeps the previous model
+        result.model.save(path)  # the best epoch, with the full history
+    finally:
+        checkpoint.unlink(missing_ok=True)
     invalidate(folder, "model")
     return result
+
+
+def checkpoint_for(model_path: str | os.PathLike) -> Path:
+    """Where training keeps its best epoch so far: beside the model it will replace, never over it."""
+    model_path = Path(model_path)
+    return model_path.with_name(model_path.name + ".checkpoint")
 
 
 def extract_job(model: PatchModel, image: np.ndarray, folder: str | os.PathLike, *, stride: int = 8,
@@ -167,6 +182,7 @@ def extract_job(model: PatchModel, image: np.ndarray, folder: str | os.PathLike,
     grid = Grid.for_image(image.shape, stride, model.patch_size, pixel_size_um=pixel_size)
     with files.writing_latents(folder / LATENTS_FILE, grid, LATENT_DIM, model=str((folder / MODEL_FILE).resolve())) as out:
         dense_latents(model, image, stride=stride, pixel_size_um=pixel_size_um, out=out, progress=progress)
+        as_progress(progress).check()  # (inside the block: a cancel now still keeps the previous latents)
     invalidate(folder, "latents")
     latents = files.load_latents(folder / LATENTS_FILE)
     latents.seconds = time.perf_counter() - start
@@ -179,6 +195,7 @@ def nmf_job(latents: Latents, folder: str | os.PathLike, *, k: int = 15, device=
     from engine.factors.nmf import nmf
 
     fit = nmf(latents.values, k, device=device, progress=progress)
+    as_progress(progress).check()
     factors = Factors.from_nmf(fit, latents.grid)
     files.save_factors(Path(folder) / FACTORS_FILE, factors)
     invalidate(folder, "factors")

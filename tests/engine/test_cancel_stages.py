@@ -51,3 +51,142 @@ def sorter_probe(out):
     from engine.ephys.probe import linear_probe
 
     return linear_probe(out["recording"].n_channels, warn=False)
+
+
+# -- microarchitecture: train, extract, NMF ------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    from engine.factors import workflow
+    from engine.factors.synth import demo_mosaic
+
+    folder = workflow.project_folder(tmp_path_factory.mktemp("images") / "mosaic.png")
+    image, labels = demo_mosaic(size=256, n_cells=9, seed=1)
+    labels = labels.astype(np.int32)
+    out = workflow.run_pipeline(image, labels, folder, patch_size=64, epochs=2, patches_per_epoch=64, batch_size=32,
+                                stride=16, k=3, cluster_roi=1, n_clusters=2, device="cpu")
+    assert {p.name for p in folder.iterdir()} >= {"model.pt", "latents.npy", "latents.grid.json", "factors.npz", "clusters.npz"}
+    return image, labels, folder, out
+
+
+@pytest.mark.parametrize("step, stages", [
+    ("train", ("epoch 1/2: batch 1", "epoch 2/2: batch 1", "epoch 2/2: validation")),  # before and after a checkpoint
+    ("extract", ("Dense latents",)),
+    ("nmf", ("Initializing", "HALS")),
+])
+def test_factors_cancel_at_every_stage_keeps_every_result(project, step, stages):
+    from engine.factors import workflow
+
+    image, labels, folder, out = project
+    before = folder_bytes(folder)
+    run = {"train": lambda p: workflow.train_job(image, labels, folder, patch_size=64, epochs=2, patches_per_epoch=64,
+                                                  batch_size=32, device="cpu", progress=p),
+           "extract": lambda p: workflow.extract_job(out["train"].model, image, folder, stride=8, progress=p),
+           "nmf": lambda p: workflow.nmf_job(out["latents"], folder, k=4, progress=p)}[step]
+    for stage in stages:
+        progress = cancelling_at(stage)
+        with pytest.raises(Cancelled):
+            run(progress)
+        assert any(stage in m for m in progress.seen)
+        assert folder_bytes(folder) == before, f"{step} cancelled at {stage!r}: the project folder changed"
+    project_again = workflow.load_project(folder.parent / "mosaic.png", image.shape, device="cpu")
+    assert project_again.clusters is not None and project_again.factors.k == 3 and not project_again.problems
+
+
+# -- HKS (command line) --------------------------------------------------------------------------------
+
+def test_hks_cancel_at_every_stage_keeps_the_previous_output(tmp_path, monkeypatch):
+    import trimesh
+
+    import engine.mesh.hks as hks
+    from engine.cli import main
+    from engine.progress import Progress
+
+    mesh = tmp_path / "blob.ply"
+    trimesh.creation.icosphere(subdivisions=3, radius=2.0).export(mesh)
+    out = tmp_path / "blob_hks.npz"
+    assert main(["hks", str(mesh), "-o", str(out), "--units", "um"]) == 0
+    before = out.read_bytes()
+    real = hks.compute_hks
+    for k in range(1, 100):  # cancel at the k-th progress report, for every k until a run completes
+        def cancelled_at_report(*args, progress=None, **kwargs):
+            count = [0]
+
+            def callback(fraction, message):
+                count[0] += 1
+                if count[0] == k:
+                    inner.cancel()
+
+            inner = Progress(callback, min_interval=0.0)
+            return real(*args, progress=inner, **kwargs)
+
+        monkeypatch.setattr(hks, "compute_hks", cancelled_at_report)
+        code = main(["hks", str(mesh), "-o", str(out), "--units", "um", "--t-min", "0.5"])
+        if code == 0:
+            break
+        assert out.read_bytes() == before, f"cancelled at report {k}: the output changed"
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["blob.ply", "blob_hks.npz"]
+    assert k > 2 and out.read_bytes() != before  # several stages were cancelled; the finished run replaced it
+
+
+# -- CNMF: the job (workdir) and the command line's output folder ---------------------------------------
+
+def test_cnmf_cancel_at_every_stage_keeps_the_previous_result(tmp_path):
+    from engine.calcium.curation import open_movie_job, run_cnmf_job
+    from engine.calcium.export import export_suite2p
+    from engine.calcium.synth import write_recording
+    from engine.storage import workdir_for
+
+    path, _ = write_recording(tmp_path / "rec", n_frames=200, height=48, width=48, n_cells=5, seed=1)
+    listing = cancelling_at("\0")  # never cancels: lists the stages of a run
+    done = run_cnmf_job(path, None, 8.0, "none", progress=listing)
+    done["curation"].set_accepted([0], False)
+    output = export_suite2p(done["curation"].result, tmp_path / "suite2p", data_path=str(path))
+    work, exported = folder_bytes(workdir_for(path)), folder_bytes(output)
+    stages = []
+    for message in listing.seen:
+        stage = (message or "").split(":")[0]
+        if stage and stage not in stages:
+            stages.append(stage)
+    assert len(stages) >= 3, stages
+    for stage in stages:
+        with pytest.raises(Cancelled):
+            run_cnmf_job(path, None, 8.0, "none", progress=cancelling_at(stage))
+        assert folder_bytes(workdir_for(path)) == work, f"cancelled at {stage!r}: the saved result or decisions changed"
+    assert open_movie_job(path)["curation"].decisions == done["curation"].decisions
+    assert folder_bytes(output) == exported
+
+
+def test_cnmf_output_folder_is_swapped_in_whole(tmp_path, crash_every_write):
+    """The command line's output folder: a kill at any write leaves the previous export or the new one."""
+    import shutil
+
+    from engine.calcium import synth
+    from engine.calcium.export import SUITE2P_FILES, export_suite2p
+    from engine.calcium.pipeline import run_cnmf, remove_components
+    from engine.errors import InputError
+    from engine.storage import remove_stale_temp
+
+    sim = synth.recording(200, 48, 48, 5, seed=2)
+    first = run_cnmf(sim["movie"], fs=30, neuron_diameter=8)
+    second = remove_components(first, [0])
+    original = export_suite2p(first, tmp_path / "orig")
+    folder = tmp_path / "out"
+    states = [folder_bytes(original), folder_bytes(export_suite2p(second, tmp_path / "new"))]
+    for files in states:  # ops.npy names its own folder: compare the rest
+        files.pop("ops.npy")
+
+    def prepare():
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.copytree(original, folder)
+
+    for k in crash_every_write(lambda: export_suite2p(second, folder), prepare):
+        remove_stale_temp(tmp_path)  # as opening does: a swap cut between its renames is undone
+        now = folder_bytes(folder)
+        now.pop("ops.npy")
+        assert now in states, f"killed before write {k}: a mix of two exports"
+        assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    assert now == states[1] and k > len(SUITE2P_FILES)
+    (folder / "notes.txt").write_text("mine")
+    with pytest.raises(InputError, match="notes.txt"):  # never replace what is not ours
+        export_suite2p(first, folder)
