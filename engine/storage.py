@@ -263,7 +263,7 @@ def set_aside_damaged(path: str | os.PathLike, tag: str = "damaged") -> Path:
 def damaged_message(what: str, path: Path, aside: Path) -> str:
     """The one line the window's dialog and the CLI show after :func:`set_aside_damaged`."""
     return (f"The saved {what} in '{path.name}' could not be read (damaged file). It was kept as '{aside.name}' "
-            f"in {aside.parent}; starting with no {what}. Restore it from a backup if you need it.")
+            f"in {aside.parent}, and new work starts afresh beside it. Restore it from a backup if you need it.")
 
 
 def read_hand_work(path: str | os.PathLike, parse, what: str) -> tuple[object | None, str]:
@@ -279,5 +279,6 @@ def read_hand_work(path: str | os.PathLike, parse, what: str) -> tuple[object | 
         message = damaged_message(what, path, aside)
         import logging
 
-        logging.getLogger(__name__).warning("%s (%s: %s)", message, type(exc).__name__, exc)  # the CLI's line
+        cause = getattr(exc, "details", None) or f"{type(exc).__name__}: {exc}"
+        logging.getLogger(__name__).warning("%s (%s)", message, cause)  # the CLI's line
         return None, message

@@ -414,3 +414,21 @@ def test_nwb_files_go_to_the_workspace_that_reads_them(window, qtbot, recording,
     assert "copied to ephys.raw" in window.statusBar().currentMessage()
     ws = open_in(window, qtbot, tmp_path / "imaging.nwb")
     assert ws.key == "calcium" and ws.movie.shape == movie.shape
+
+
+def test_a_sort_belongs_to_its_recording(window, qtbot, tmp_path):
+    """Opening recording B while A sorts: A's Phy folder is written beside A, the view stays on B."""
+    from engine.ephys.curation import is_phy_folder, phy_folder_for
+
+    a, b = tmp_path / "a" / "a.raw", tmp_path / "b" / "b.raw"
+    for path, seed in ((a, 3), (b, 4)):
+        path.parent.mkdir()
+        write_demo_recording(path, duration=12.0, n_channels=12, n_units=5, seed=seed)
+    ws = open_in(window, qtbot, a)
+    job = ws.run_sort()
+    assert open_in(window, qtbot, b) is ws and job.is_running
+    wait_for_job(qtbot, job, timeout=120000)
+    assert job.state is JobState.FINISHED, job.error and job.error.details
+    assert ws.current_path == b and ws.raw_path == b and ws.curation is None
+    assert is_phy_folder(phy_folder_for(a)) and not phy_folder_for(b).exists()
+    assert "a.raw" in window.statusBar().currentMessage() and ws.sort_button.isEnabled()

@@ -277,3 +277,64 @@ def test_rotated_view_keeps_image_pixels(window, qtbot, tmp_path):
     qtbot.mouseClick(ws.rotate, Qt.MouseButton.LeftButton, pos=box)
     assert not ws.canvas.rotated
     assert ws.canvas.scene_position(10, 250) == ws.view.scene_position(10, 250)
+
+
+def test_training_belongs_to_the_image_it_started_on(window, qtbot, tmp_path):
+    """Opening image B while the CNN trains on A: A's model goes to A's folder, B stays B's."""
+    a = write_demo_mosaic(tmp_path / "a" / "a.png", size=256, n_cells=9, seed=1)
+    b = write_demo_mosaic(tmp_path / "b" / "b.png", size=256, n_cells=9, seed=2)
+    ws = open_in(window, qtbot, a)
+    ws.epochs.setValue(3)
+    qtbot.mouseClick(ws.train_button, Qt.MouseButton.LeftButton)
+    job = ws.job
+    assert open_in(window, qtbot, b) is ws and job.is_running
+    wait_for_job(qtbot, job, timeout=120000)
+    assert job.state is JobState.FINISHED, job.error and job.error.details
+    assert "a.png" in window.statusBar().currentMessage()  # where the result went
+    assert ws.current_path == b and ws.model is None and ws.extract() is None  # no model of A's on B
+    assert (workflow.project_folder(a) / "model.pt").is_file() and not (workflow.project_folder(b) / "model.pt").exists()
+    assert open_in(window, qtbot, a).model is not None  # it is A's, found when A is opened
+
+
+def test_train_asks_before_discarding_results_and_clears_them(window, qtbot, mosaic):
+    from gui_helpers import answer_next_question
+    from tests.conftest import folder_bytes
+
+    opened = workflow.open_project_job(mosaic)
+    folder = workflow.project_folder(mosaic)
+    workflow.run_pipeline(opened["image"], opened["project"].regions.rasterize(), folder, patch_size=64, epochs=1,
+                          patches_per_epoch=64, stride=16, k=3, cluster_roi=1, n_clusters=2, device="cpu")
+    ws = open_in(window, qtbot, mosaic)
+    ws.regions.save(folder)  # (the regions, as the window keeps them)
+    assert ws.clusters is not None and "Clusters" in ws.legend.text()
+    ws.epochs.setValue(1)
+    before = folder_bytes(folder)
+    asked = answer_next_question("Cancel")
+    qtbot.mouseClick(ws.train_button, Qt.MouseButton.LeftButton)
+    assert asked and "latents, factors, clusters" in asked[0] and "regions are kept" in asked[0]
+    assert ws.job is None and folder_bytes(folder) == before and ws.clusters is not None  # nothing happened
+    asked = answer_next_question("Train")
+    qtbot.mouseClick(ws.train_button, Qt.MouseButton.LeftButton)
+    assert asked
+    wait_for_job(qtbot, ws.job, timeout=120000)
+    assert ws.job.state is JobState.FINISHED
+    assert ws.latents is None and ws.factors is None and ws.clusters is None and ws.legend.text() == ""
+    after = folder_bytes(folder)
+    assert {"latents.npy", "latents.grid.json", "factors.npz", "clusters.npz"}.isdisjoint(after)
+    assert after["model.pt"] != before["model.pt"] and after["rois.json"] == before["rois.json"]
+
+
+def test_a_damaged_regions_file_is_kept_aside_and_said(window, qtbot, mosaic):
+    from PyQt6.QtWidgets import QMessageBox
+
+    folder = workflow.project_folder(mosaic)
+    (folder / "rois.json").write_text('{"format": "neurowb.factors_rois", "regions": [')
+    ws = open_in(window, qtbot, mosaic)
+    (aside,) = folder.glob("rois.json.damaged-*")
+    boxes = [w for w in window.findChildren(QMessageBox) if w.isVisible()]
+    assert boxes and aside.name in boxes[-1].text() and "could not be read" in boxes[-1].text()
+    assert [r.name for r in ws.regions.regions] == ["stripes", "blobs", "fine noise"]  # afresh: the label file's
+    qtbot.mouseClick(ws.add_region_button, Qt.MouseButton.LeftButton)
+    draw_square(qtbot, ws, 150, 150, 230, 230)  # the next edit saves beside the kept copy, never over it
+    assert aside.read_text() == '{"format": "neurowb.factors_rois", "regions": ['
+    assert '"Region' in (folder / "rois.json").read_text() or "region" in (folder / "rois.json").read_text().lower()
