@@ -156,18 +156,20 @@ _STAGING = re.compile(r"^\.(?P<name>.+)\.(?P<kind>staging|replaced)-(?P<pid>\d+)
 LEGACY_TEMP_AGE_S = 600  # a temp name without a pid (older versions): stale after this long
 
 
-def _pid_alive(pid: int) -> bool:
+def _writer_gone(pid: int | None, entry: Path) -> bool:
+    """Whether the process that made ``entry`` is gone: its pid no longer runs (POSIX), or, without a
+    pid or a way to ask (older names, Windows), the entry is older than :data:`LEGACY_TEMP_AGE_S`."""
     if pid == os.getpid():
-        return True  # another thread of this process may be writing it
-    if os.name != "posix":
-        return False
+        return False  # another thread of this process may be writing it
+    if pid is None or os.name != "posix":
+        return time.time() - entry.stat().st_mtime > LEGACY_TEMP_AGE_S
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        return False
-    except PermissionError:
         return True
-    return True
+    except PermissionError:
+        return False
+    return False
 
 
 def remove_stale_temp(*folders: str | os.PathLike) -> list[Path]:
@@ -184,11 +186,10 @@ def remove_stale_temp(*folders: str | os.PathLike) -> list[Path]:
             try:
                 if temp and entry.is_file():
                     pid = temp.group("pid")
-                    stale = (not _pid_alive(int(pid))) if pid else time.time() - entry.stat().st_mtime > LEGACY_TEMP_AGE_S
-                    if stale:
+                    if _writer_gone(int(pid) if pid else None, entry):
                         entry.unlink()
                         removed.append(entry)
-                elif staging and entry.is_dir() and not _pid_alive(int(staging.group("pid"))):
+                elif staging and entry.is_dir() and _writer_gone(int(staging.group("pid")), entry):
                     target = folder / staging.group("name")
                     if staging.group("kind") == "replaced" and not target.exists():
                         os.replace(entry, target)  # killed between the swap's two renames: put the old one back
