@@ -248,6 +248,13 @@ def test_resorting_over_curated_work_asks_first(window, qtbot, recording):
     assert ws.run_sort() is None  # cancelled: no job, nothing moved
     assert asked and "curation" in asked[0] and "Sort again" not in ws.stage_label.text()
     assert (folder / "cluster_group.tsv").read_text() == before and ws.curation.counts()["good"] == 2
+    answer_next_question("Sort again")
+    job = ws.run_sort()  # confirmed, then cancelled: the curated folder and the view are as they were
+    qtbot.mouseClick(ws.cancel_button, Qt.MouseButton.LeftButton)
+    wait_for_job(qtbot, job, timeout=120000)
+    assert job.state is JobState.CANCELLED and "unchanged" in ws.stage_label.text()
+    assert (folder / "cluster_group.tsv").read_text() == before and ws.curation.counts()["good"] == 2
+    assert [p.name for p in folder.parent.iterdir() if p.name.startswith((folder.name + "_", "."))] == []
     asked = answer_next_question("Sort again")
     job = ws.run_sort()
     assert asked and job is not None
