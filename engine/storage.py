@@ -193,6 +193,8 @@ def remove_stale_temp(*folders: str | os.PathLike) -> list[Path]:
                     target = folder / staging.group("name")
                     if staging.group("kind") == "replaced" and not target.exists():
                         os.replace(entry, target)  # killed between the swap's two renames: put the old one back
+                    elif staging.group("kind") == "replaced":  # killed before the old one was kept or deleted:
+                        os.replace(entry, free_name(target.with_name(f"{target.name}_replaced-{time.strftime('%Y%m%d-%H%M%S')}")))
                     else:
                         shutil.rmtree(entry)
                         removed.append(entry)
@@ -212,6 +214,15 @@ def _fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
+def free_name(path: Path) -> Path:
+    """``path``, or ``path-2``, ``path-3``… the first that does not exist."""
+    candidate, n = path, 1
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.name}-{n}")
+    return candidate
+
+
 @contextlib.contextmanager
 def staged_folder(target: str | os.PathLike, keep_old: str | os.PathLike | None = None) -> Iterator[Path]:
     """A new, empty folder ``.<name>.staging-<pid>`` beside ``target`` to write a result into.
@@ -219,7 +230,8 @@ def staged_folder(target: str | os.PathLike, keep_old: str | os.PathLike | None 
     When the block ends normally the staging folder replaces ``target`` (the old one is moved to
     ``keep_old`` when given, else deleted); when it raises (a cancel, an error) the staging folder
     is removed and ``target`` is untouched. The swap is two renames; a crash between them leaves
-    the old folder as ``.<name>.replaced-<pid>``, which :func:`remove_stale_temp` puts back.
+    the old folder as ``.<name>.replaced-<pid>``, which :func:`remove_stale_temp` puts back (or, when
+    the new one is already in place, keeps visibly as ``<name>_replaced-<time>``: never deleted).
     """
     target = Path(target).absolute()
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -240,7 +252,7 @@ def staged_folder(target: str | os.PathLike, keep_old: str | os.PathLike | None 
     _fsync_dir(target.parent)
     if had_old:
         if keep_old is not None:
-            os.replace(aside, keep_old)
+            os.replace(aside, free_name(Path(keep_old)))
         else:
             shutil.rmtree(aside, ignore_errors=True)
 

@@ -95,8 +95,10 @@ def is_curated(folder: str | os.PathLike) -> bool:
 def backup_for(folder: str | os.PathLike) -> Path | None:
     """Where a new sort keeps a Phy folder that holds curation (``<folder>_<date-time>``); None when
     the folder holds none (it is simply replaced)."""
+    from engine.storage import free_name
+
     folder = Path(folder)
-    return folder.with_name(f"{folder.name}_{time.strftime('%Y%m%d-%H%M%S')}") if is_curated(folder) else None
+    return free_name(folder.with_name(f"{folder.name}_{time.strftime('%Y%m%d-%H%M%S')}")) if is_curated(folder) else None
 
 
 def read_view_state(folder: str | os.PathLike) -> dict:

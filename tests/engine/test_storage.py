@@ -98,7 +98,13 @@ def test_remove_stale_temp_clears_what_killed_writers_left(tmp_path):
     # a swap killed between its two renames: the previous folder is put back where it was
     (tmp_path / f".curated.replaced-{dead}").mkdir()
     (tmp_path / f".curated.replaced-{dead}" / "cluster_group.tsv").write_text("cluster_id\tgroup\n0\tgood\n")
+    # ... or after both: the old one is kept in sight, never deleted (it may have been curated work to keep)
+    (tmp_path / "done").mkdir()
+    (tmp_path / f".done.replaced-{dead}").mkdir()
+    (tmp_path / f".done.replaced-{dead}" / "old.txt").write_text("old")
     removed = storage.remove_stale_temp(tmp_path, tmp_path / "missing")
+    (kept,) = tmp_path.glob("done_replaced-*")
+    assert (kept / "old.txt").read_text() == "old"
     assert sorted(p.name for p in removed) == sorted([*(p.name for p in stale), f".phy.staging-{dead}"])
     assert all(p.exists() for p in alive) and (tmp_path / "labels.npy").read_bytes() == b"saved"
     assert "good" in (tmp_path / "curated" / "cluster_group.tsv").read_text()
@@ -117,6 +123,9 @@ def test_staged_folder_swaps_in_only_when_complete(tmp_path):
         (staging / "b.txt").write_text("new")
     assert [p.name for p in target.iterdir()] == ["b.txt"] and (tmp_path / "kept" / "a.txt").read_text() == "previous"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["kept", "out"]
+    with storage.staged_folder(target, keep_old=tmp_path / "kept") as staging:  # the name is taken: another one
+        (staging / "c.txt").write_text("newer")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept", "kept-2", "out"] and (tmp_path / "kept-2" / "b.txt").is_file()
 
 
 def test_read_hand_work_keeps_a_damaged_file_aside(tmp_path):
