@@ -412,7 +412,7 @@ class EphysWorkspace(Workspace):
                 "Sort again"):
             return None
         job = self.run_dataset_job(f"Sort {path.name}", engine_curation.sort_job, path, params, self.probe_path,
-                                  self.sort_params(), phy_folder_for(path), on_result=self._sorted)
+                                   self.sort_params(), folder, on_result=self._sorted)
         job.progressed.connect(self._sort_progress)
         job.ended.connect(self._sort_ended)
         self.sort_job = job
