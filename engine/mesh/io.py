@@ -281,6 +281,13 @@ def _validate(path: Path, vertices: np.ndarray, faces: np.ndarray) -> tuple[np.n
             f"Mesh '{path.name}' is corrupt: faces refer to vertex indices {lo}..{hi} but it has only "
             f"{len(vertices)} vertices (valid: 0..{len(vertices) - 1}). Re-export the mesh.",
         )
+    a, b, c = vertices[faces[:, 0]], vertices[faces[:, 1]], vertices[faces[:, 2]]
+    extent = float(np.ptp(vertices[faces.ravel()], axis=0).max())
+    if not np.any(np.linalg.norm(np.cross(b - a, c - a), axis=1) > 2e-12 * extent**2):
+        raise InputError(
+            f"Mesh '{path.name}' has no face of non-zero area: its {len(faces):,} faces are degenerate (collinear "
+            "or coinciding vertices), so it has no surface. Repair or re-export the mesh.",
+        )
     return vertices, faces
 
 
