@@ -203,6 +203,18 @@ def _read_trimesh(path: Path) -> tuple[np.ndarray, np.ndarray]:
     )
 
 
+def is_hdf5_mesh(path: str | os.PathLike) -> bool:
+    """Whether an .h5/.hdf5 file is a MeshParty-style mesh (a top-level 'vertices' dataset) rather than, say, a
+    movie: both workspaces take the extension, so the content decides. False when it cannot be read."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return isinstance(f.get("vertices"), h5py.Dataset)
+    except Exception:
+        return False
+
+
 def _no_faces(path: Path) -> InputError:
     return InputError(
         f"'{path.name}' is a point cloud (vertices but no faces): a surface mesh is needed. "
