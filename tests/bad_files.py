@@ -130,13 +130,20 @@ BAD_PROBES = {
     "missing": (lambda tmp: tmp / "none.json", "not found"),
     "unsupported": (lambda tmp: text(tmp, "probe.txt", "0 0\n"), "probe.txt"),
     "json-list": (lambda tmp: text(tmp, "list.json", "[1, 2, 3]"), "list.json"),
+    "nan-positions": (lambda tmp: _probe(tmp, 4, positions=[[0, float("nan")]] * 4), "NaN or infinite"),
+    "no-probes": (lambda tmp: text(tmp, "empty.json", '{"specification": "probeinterface", "probes": []}'), "empty.json"),
 }
 
 
-def _probe(tmp: Path, n: int) -> Path:
+def _probe(tmp: Path, n: int, positions=None) -> Path:
     from engine.ephys.probe import linear_probe, write_probe
 
-    return write_probe(tmp / f"probe{n}.json", linear_probe(n, warn=False))
+    path = write_probe(tmp / f"probe{n}.json", linear_probe(n, warn=False))
+    if positions is not None:  # written as the JSON a damaged export holds (the Probe class would refuse it)
+        data = json.loads(path.read_text())
+        data["probes"][0]["contact_positions"] = positions
+        path.write_text(json.dumps(data))
+    return path
 
 
 def bad_probe(tmp: Path, kind: str) -> Path:
