@@ -118,3 +118,19 @@ def test_hdf5_mesh_opened_from_calcium_goes_to_morphology(window, qtbot, tmp_pat
     assert len(jobs) == 1
     wait_for_job(qtbot, jobs[0], timeout=60000)
     assert window.current_workspace.key == "morphology" and not dialogs
+
+
+def test_sorting_a_recording_with_nan_samples_says_where(window, qtbot, tmp_path, dialogs):
+    """A float32 recording opens (NaN samples cannot be known before reading them all), and Sort ends at once
+    in a dialog naming the first bad sample, where it used to fail deep in the whitening (LinAlgError)."""
+    window.show_workspace("ephys")
+    raw = bf.float_recording(tmp_path, nan_at=(1234, 2))
+    bf.text(tmp_path, "float.raw.json", '{"n_channels": 4, "sample_rate": 30000, "dtype": "float32"}')
+    bf._probe(tmp_path, 4).rename(tmp_path / "float.probe.json")
+    for job in window.open_files([raw]):
+        wait_for_job(qtbot, job, timeout=60000)
+    assert not dialogs
+    wait_for_job(qtbot, window.current_workspace.run_sort(), timeout=60000)
+    qtbot.waitUntil(lambda: bool(dialogs), timeout=10000)
+    (title, message, details), = dialogs
+    assert title == "Cannot use this input" and "first at sample 1,234" in message and "channel 2" in message
