@@ -39,7 +39,10 @@ def run_gui(args: argparse.Namespace) -> int:
 
 def run_demo(args: argparse.Namespace) -> int:
     from app.display import has_display, virtual_display
+    from engine.cli import check_output
 
+    if args.screenshots is not None:
+        check_output(args.screenshots, folder=True)  # before generating the demo data and starting the window
     if has_display():
         return _demo(args.screenshots)
     # No display: run this same command in a child process on a virtual one. The child's Qt

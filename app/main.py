@@ -31,6 +31,7 @@ from app.widgets.job_panel import JobPanel
 from app.workspace import Workspace
 from engine import __version__
 from engine.device import DEVICE_ENV
+from engine.errors import InputError
 from engine.parallel import SCHEDULER_ENV
 
 
@@ -264,7 +265,11 @@ class MainWindow(QMainWindow):
             self.show_workspace(ws.key)
             self.settings.add_recent_file(path)
             self.settings.set_last_folder("open", path.parent)
-            job = ws.open_file(path)
+            try:
+                job = ws.open_file(path)
+            except InputError as exc:  # found before any job started (a damaged sidecar, ...): say it, as a job would
+                show_error(self, "Cannot use this input", f"Cannot open “{path.name}”.\n\n{exc.message}", exc.details)
+                continue
             if job is not None:
                 jobs.append(job)
         return jobs

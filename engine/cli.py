@@ -16,10 +16,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import math
 import os
 import sys
 import traceback
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 from engine import __version__
@@ -32,9 +34,66 @@ ENTRY_POINT_GROUP = "neurowb.commands"
 Register = Callable[["argparse._SubParsersAction"], None]
 
 
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line, like every other error of the CLI (sub-commands
+    are built with the same class)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        print(f"error: {message} (see '{self.prog} --help')", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def number(kind: type = float, low: float | None = None, high: float | None = None, *, above: bool = False,
+           nonzero: bool = False) -> Callable[[str], float]:
+    """An argparse ``type`` for a finite number of ``kind`` in [low, high] ((low, high] with ``above``):
+    NaN, inf, out-of-range and (with ``nonzero``) 0 are refused with one line before any work starts."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'a whole number' if kind is int else 'a number'}, got '{text}'") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected a finite number, got '{text}'")
+        if low is not None and (value <= low if above else value < low):
+            raise argparse.ArgumentTypeError(f"must be {'>' if above else '≥'} {low:g}, got {text}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"must be ≤ {high:g}, got {text}")
+        if nonzero and value == 0:
+            raise argparse.ArgumentTypeError("must not be 0")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+positive_int = number(int, 1)
+nonnegative_int = number(int, 0)
+positive_float = number(float, 0, above=True)
+nonnegative_float = number(float, 0)
+finite_float = number(float)
+
+
+def check_output(path: str | os.PathLike, folder: bool = False, suffixes: tuple[str, ...] = ()) -> Path:
+    """Refuse, before any work, an output that could not be written afterwards: a folder where a file goes
+    (or a file where a folder goes), a wrong extension, or a parent that is a file or is not writable."""
+    path = Path(path)
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise InputError(f"The output '{path}' must end in {' or '.join(suffixes)}.")
+    if folder and path.exists() and not path.is_dir():
+        raise InputError(f"The output folder '{path}' is an existing file: give a folder name, or remove the file.")
+    if not folder and path.is_dir():
+        raise InputError(f"The output '{path}' is an existing folder: give a file name.")
+    parent = next((p for p in path.absolute().parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise InputError(f"Cannot write '{path}': '{parent}' is a file, not a folder.")
+    if parent is not None and not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"Cannot write '{path}': the folder '{parent}' is not writable. Choose another place.")
+    return path
+
+
 def build_parser(registrations: Sequence[Register] | None = None) -> argparse.ArgumentParser:
     """The full parser; ``registrations`` defaults to every installed ``neurowb.commands`` entry point."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="neurowb",
         description="NeuroWorkbench: neuron morphology, spike sorting, calcium imaging and microarchitecture.",
     )
@@ -83,7 +142,10 @@ def progress_bar(description: str, disable: bool | None = None) -> Iterator[Prog
 
 def main(argv: Sequence[str] | None = None, registrations: Sequence[Register] | None = None) -> int:
     parser = build_parser(registrations)
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a usage error already printed as one line
+        return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 2
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # Both are read by engine.device / engine.parallel, here and in any worker processes.
     if args.device:

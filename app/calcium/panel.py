@@ -47,6 +47,7 @@ from app.jobs import Job
 from app.workspace import InfoBox, Workspace
 from engine.calcium.io import MOVIE_EXTENSIONS, Movie, region_trace
 from engine.calcium.pipeline import REGISTER
+from engine.mesh.io import HDF5_EXTENSIONS, is_hdf5_mesh
 from engine.nwb import ELECTRICAL_TYPES, has_series
 from engine.storage import workdir_for
 
@@ -248,6 +249,8 @@ class CalciumWorkspace(Workspace):
     def can_open(self, path: Path) -> bool:
         if path.suffix.lower() == ".nwb":  # an ephys recording goes to Ephys; movies, results and bad files here
             return not has_series(path, ELECTRICAL_TYPES)
+        if path.suffix.lower() in HDF5_EXTENSIONS:  # a MeshParty mesh goes to Morphology; movies and bad files here
+            return not is_hdf5_mesh(path)
         return super().can_open(path)
 
     def open_file(self, path: Path) -> Job:

@@ -29,7 +29,7 @@ from app.ephys.views import SimilarList, UnitTable, UnitViews, selection_color
 from app.jobs import Job
 from app.workspace import InfoBox, Workspace
 from engine.ephys import curation as engine_curation
-from engine.ephys.curation import Curation, TraceSource, is_phy_folder, phy_folder_for
+from engine.ephys.curation import Curation, TraceSource, phy_folder_for
 from engine.ephys.io import RAW_EXTENSIONS, RawRecording, read_sidecar
 from engine.ephys.nwb import export_units, nwb_recording_job
 from engine.ephys.sorter import SortParams
@@ -285,13 +285,14 @@ class EphysWorkspace(Workspace):
     def can_open(self, path: Path) -> bool:
         if path.suffix.lower() == ".nwb":  # also the Calcium workspace's type: look inside
             return has_series(path, ELECTRICAL_TYPES)
-        return path.suffix.lower() in self.extensions or is_phy_folder(path)
+        # A params.py (or a folder with one) is a Phy folder, complete or not: opening says what is missing.
+        return path.suffix.lower() in self.extensions or path.name == "params.py" or (path / "params.py").is_file()
 
     def file_filter(self) -> str:
         return "Ephys recordings and Phy folders (*.raw *.bin *.dat *.nwb params.py)"
 
     def open_file(self, path: Path) -> Job | None:
-        if is_phy_folder(path):
+        if path.name == "params.py" or (path / "params.py").is_file():
             return self.open_phy(path)
         if path.suffix.lower() == ".nwb":
             return self.window.run_job(f"Open {path.name}", nwb_recording_job, path, on_result=self._show_nwb)

@@ -41,7 +41,7 @@ from app.workspace import InfoBox, Workspace
 from engine.mesh import active, spines
 from engine.mesh.hks import HKSResult, compute_hks, log_hks
 from engine.errors import InputError
-from engine.mesh.io import MESH_EXTENSIONS, Mesh, find_vertex_label_file, load_mesh, mesh_summary
+from engine.mesh.io import HDF5_EXTENSIONS, MESH_EXTENSIONS, Mesh, find_vertex_label_file, is_hdf5_mesh, load_mesh, mesh_summary
 from engine.mesh.labels import UNLABELLED, LabelEditor, vertices_within
 from engine.mesh.picking import Picker
 
@@ -333,6 +333,11 @@ class MorphologyWorkspace(Workspace):
         self._refresh_controls()
 
     # -- opening -------------------------------------------------------------------------
+    def can_open(self, path: Path) -> bool:
+        if path.suffix.lower() in HDF5_EXTENSIONS:  # also a movie type: look inside
+            return is_hdf5_mesh(path)
+        return super().can_open(path)
+
     def open_file(self, path: Path) -> Job:
         return self.window.run_job(f"Open {path.name}", open_mesh_entry, path, on_result=self._add_entry)
 

@@ -20,15 +20,17 @@ import sys
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the calcium commands."""
+    from engine.cli import nonnegative_float, nonnegative_int, number, positive_float, positive_int
+
     p = subparsers.add_parser("cnmf", help="demix, deconvolve and evaluate the cells of a calcium movie",
                               description="CNMF pipeline: registration, detection, fast NMF per patch, merging, "
                               "deconvolution, evaluation.")
     p.add_argument("movie", metavar="MOVIE", help="movie file: TIFF, NPY or HDF5 (frames × height × width)")
     p.add_argument("-o", "--output", metavar="OUT_DIR", required=True, help="output folder (Suite2p files, footprints.npz, traces.npz)")
-    p.add_argument("--fs", type=float, metavar="HZ", help="frame rate (default: from the file, else 30)")
-    p.add_argument("--neuron-diameter", type=float, default=10.0, metavar="PX", help="typical cell diameter in pixels (default 10)")
+    p.add_argument("--fs", type=positive_float, metavar="HZ", help="frame rate (default: from the file, else 30)")
+    p.add_argument("--neuron-diameter", type=number(float, 2), default=10.0, metavar="PX", help="typical cell diameter in pixels (default 10)")
     p.add_argument("--register", choices=("rigid", "piecewise", "none"), default="none", help="motion correction (default none)")
-    p.add_argument("--patch-size", type=int, metavar="PX", help="patch core size in pixels (default max(64, 6 diameters))")
+    p.add_argument("--patch-size", type=positive_int, metavar="PX", help="patch core size in pixels (default max(64, 6 diameters))")
     p.add_argument("--nwb", metavar="FILE.nwb", help="also write the ROIs, traces and summary images as an NWB file")
     p.set_defaults(run=_run_cnmf)
 
@@ -36,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               description="Deconvolve traces (rows of an .npy array) into calcium and spikes.")  # fmt: skip
     p.add_argument("traces", metavar="TRACES.npy", help="traces × frames array (.npy)")
     p.add_argument("-o", "--output", metavar="OUT.npz", required=True, help="output .npz (c, s, b, g, sigma)")
-    p.add_argument("--fs", type=float, metavar="HZ", help="frame rate, to report time constants in seconds")
+    p.add_argument("--fs", type=positive_float, metavar="HZ", help="frame rate, to report time constants in seconds")
     p.add_argument("--method", choices=("fast", "cvxpy"), default="fast", help="exact fast solver (default) or the CVXPY reference")
     p.set_defaults(run=_run_deconvolve)
 
@@ -44,12 +46,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               description="Simulated movie (somata, AR(1) calcium, neuropil, drift, noise) as "
                               "movie.tif + ground_truth.npz.")
     p.add_argument("-o", "--output", metavar="DIR", required=True, help="output folder")
-    p.add_argument("--size", type=int, default=128, help="height and width in pixels (default 128)")
-    p.add_argument("--frames", type=int, default=3000, help="number of frames (default 3000)")
-    p.add_argument("--cells", type=int, default=50, help="number of cells (default 50)")
-    p.add_argument("--fs", type=float, default=30.0, metavar="HZ", help="frame rate (default 30)")
-    p.add_argument("--motion", type=float, default=0.0, metavar="PX", help="RMS rigid motion in pixels (default 0)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--size", type=number(int, 24), default=128, help="height and width in pixels (default 128)")
+    p.add_argument("--frames", type=number(int, 40), default=3000, help="number of frames (default 3000)")
+    p.add_argument("--cells", type=nonnegative_int, default=50, help="number of cells (default 50)")
+    p.add_argument("--fs", type=positive_float, default=30.0, metavar="HZ", help="frame rate (default 30)")
+    p.add_argument("--motion", type=nonnegative_float, default=0.0, metavar="PX", help="RMS rigid motion in pixels (default 0)")
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="random seed (default 0)")
     p.set_defaults(run=_run_simulate)
 
 
@@ -57,9 +59,12 @@ def _run_cnmf(args: argparse.Namespace) -> int:
     from engine.calcium.export import check_output_folder, export_suite2p
     from engine.calcium.io import open_movie
     from engine.calcium.pipeline import run_cnmf
-    from engine.cli import progress_bar
+    from engine.cli import check_output, progress_bar
     from engine.errors import InputError
 
+    check_output(args.output, folder=True)
+    if args.nwb:
+        check_output(args.nwb, suffixes=(".nwb",))
     if args.fs is not None and not args.fs > 0:
         raise InputError(f"--fs must be a positive frame rate in Hz, got {args.fs:g}.")
     if not args.neuron_diameter >= 2:
@@ -85,12 +90,11 @@ def _run_deconvolve(args: argparse.Namespace) -> int:
     import numpy as np
 
     from engine.calcium.deconvolution import deconvolve, deconvolve_batch
-    from engine.cli import progress_bar
+    from engine.cli import check_output, progress_bar
     from engine.errors import InputError, check_input_file
     from engine.storage import atomic_write_bytes
 
-    if not args.output.lower().endswith(".npz"):
-        raise InputError(f"The output file must end in .npz, got '{args.output}'.")
+    check_output(args.output, suffixes=(".npz",))
     if args.fs is not None and not args.fs > 0:
         raise InputError(f"--fs must be a positive frame rate in Hz, got {args.fs:g}.")
     path = check_input_file(args.traces, (".npy",), "traces")
@@ -123,7 +127,10 @@ def _run_deconvolve(args: argparse.Namespace) -> int:
 
 def _run_simulate(args: argparse.Namespace) -> int:
     from engine.calcium.synth import write_recording
+    from engine.cli import check_output
     from engine.errors import InputError
+
+    check_output(args.output, folder=True)
 
     if args.size < 24 or args.frames < 40 or args.cells < 0 or not args.fs > 0:
         raise InputError("simulate-calcium needs --size >= 24, --frames >= 40, --cells >= 0 and --fs > 0.")

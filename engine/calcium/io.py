@@ -281,6 +281,19 @@ def _tiff_fps(tif) -> float | None:
     return None
 
 
+def _check_imagej_complete(tif, series, name: str) -> None:
+    """InputError when an ImageJ file promises more images than could be read: a truncated stack (an
+    interrupted save or copy), which tifffile would otherwise present as its first page alone."""
+    try:
+        promised = int((tif.imagej_metadata or {}).get("images", 1))
+    except (TypeError, ValueError):
+        return
+    found = int(np.prod(series.shape)) // max(1, int(np.prod(series.keyframe.shape)))
+    if promised > found:
+        raise InputError(f"'{name}' is an ImageJ stack of {promised:,} images but only {found:,} could be read: the file is "
+                         "truncated (an interrupted save or copy?). Copy or save the stack again.")
+
+
 def _open_tiff(path: Path) -> Movie:
     import tifffile
 
@@ -295,6 +308,7 @@ def _open_tiff(path: Path) -> Movie:
         if not tif.series:
             raise InputError(f"TIFF '{path.name}' contains no images: re-export the stack.")
         series = tif.series[0]
+        _check_imagej_complete(tif, series, path.name)
         fps = _tiff_fps(tif)
         colour = "S" in series.axes
         shape = tuple(int(s) for s in series.shape)

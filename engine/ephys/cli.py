@@ -17,19 +17,20 @@ import sys
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from engine.cli import finite_float, nonnegative_float, nonnegative_int, number, positive_float, positive_int
     from engine.ephys.io import DTYPES
 
     p = subparsers.add_parser("sort", help="spike-sort a raw recording into a Phy folder",
                               description="Spike sorting by deconvolution (engine/ephys/sorter.py); output opens in Phy.")
     p.add_argument("raw", metavar="RAW", help="flat binary file, samples × channels, C order")
-    p.add_argument("--n-channels", type=int, required=True, metavar="N", help="channels in the file")
-    p.add_argument("--fs", type=float, required=True, metavar="F", help="sample rate in Hz")
+    p.add_argument("--n-channels", type=positive_int, required=True, metavar="N", help="channels in the file")
+    p.add_argument("--fs", type=positive_float, required=True, metavar="F", help="sample rate in Hz")
     p.add_argument("--dtype", default="int16", choices=DTYPES, help="sample type (default int16)")
-    p.add_argument("--gain", type=float, default=1.0, metavar="G", help="µV per unit after subtracting the offset (default 1)")
-    p.add_argument("--offset", type=float, default=0.0, metavar="O", help="value subtracted first, e.g. 2056 for offset-binary ADCs")
+    p.add_argument("--gain", type=number(float, nonzero=True), default=1.0, metavar="G", help="µV per unit after subtracting the offset (default 1)")
+    p.add_argument("--offset", type=finite_float, default=0.0, metavar="O", help="value subtracted first, e.g. 2056 for offset-binary ADCs")
     p.add_argument("--probe", metavar="PROBE", help="probeinterface .json or Kilosort channel map (.json / .mat)")
     p.add_argument("-o", "--output", metavar="PHY_DIR", required=True, help="output folder (created)")
-    p.add_argument("--threshold", type=float, help="spike score threshold in noise SDs (default 6)")
+    p.add_argument("--threshold", type=positive_float, help="spike score threshold in noise SDs (default 6)")
     p.set_defaults(run=_run_sort)
 
     q = subparsers.add_parser("qc", help="quality metrics of every unit in a Phy folder")
@@ -39,24 +40,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     s = subparsers.add_parser("simulate-ephys", help="write a simulated probe recording with ground truth")
     s.add_argument("-o", "--output", metavar="DIR", required=True)
-    s.add_argument("--channels", type=int, default=32)
-    s.add_argument("--units", type=int, default=16)
-    s.add_argument("--duration", type=float, default=60.0, help="seconds (default 60)")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--noise", type=float, default=10.0, help="noise SD in µV (default 10)")
-    s.add_argument("--fs", type=float, default=30000.0)
+    s.add_argument("--channels", type=positive_int, default=32)
+    s.add_argument("--units", type=nonnegative_int, default=16)
+    s.add_argument("--duration", type=positive_float, default=60.0, help="seconds (default 60)")
+    s.add_argument("--seed", type=nonnegative_int, default=0)
+    s.add_argument("--noise", type=nonnegative_float, default=10.0, help="noise SD in µV (default 10)")
+    s.add_argument("--fs", type=positive_float, default=30000.0)
     s.set_defaults(run=_run_simulate)
 
 
 def _run_sort(args: argparse.Namespace) -> int:
     import logging
 
-    from engine.cli import progress_bar
+    from engine.cli import check_output, progress_bar
     from engine.ephys.io import RawRecording, RecordingParams
     from engine.ephys.phy import write_phy
     from engine.ephys.probe import linear_probe, read_probe
     from engine.ephys.sorter import SortParams, sort_recording
 
+    check_output(args.output, folder=True)  # before the sort, not after it
     params = RecordingParams(n_channels=args.n_channels, sample_rate=args.fs, dtype=args.dtype, gain_uv=args.gain, offset=args.offset)
     rec = RawRecording(args.raw, params)
     if args.probe:
@@ -87,8 +89,11 @@ def _run_sort(args: argparse.Namespace) -> int:
 
 
 def _run_qc(args: argparse.Namespace) -> int:
+    from engine.cli import check_output
     from engine.ephys.qc import compute_metrics, format_table, write_csv
 
+    if args.output:
+        check_output(args.output)
     rows = compute_metrics(args.phy_dir)
     print(format_table(rows))
     if args.output:
@@ -100,8 +105,11 @@ def _run_qc(args: argparse.Namespace) -> int:
 def _run_simulate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from engine.cli import check_output
     from engine.ephys.synth import probe_path, write_demo_recording
     from engine.errors import InputError
+
+    check_output(args.output, folder=True)
 
     if args.channels < 1 or args.units < 0 or args.duration <= 0:
         raise InputError("simulate-ephys needs --channels ≥ 1, --units ≥ 0 and --duration > 0.")

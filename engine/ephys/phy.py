@@ -116,7 +116,12 @@ def read_cluster_groups(folder: str | os.PathLike) -> dict[int, str]:
     if not path.is_file():
         return {}
     out = {}
-    for line in path.read_text(encoding="utf-8").splitlines()[1:]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"'{path}' is not UTF-8 text: save the cluster labels as a UTF-8 tab-separated file "
+                         "(cluster_id, group), or delete it to start the labels afresh.", details=str(exc)) from exc
+    for line in text.splitlines()[1:]:
         parts = line.strip().split("\t")
         if len(parts) >= 2 and parts[0].strip().lstrip("-").isdigit():
             out[int(parts[0])] = parts[1].strip()
@@ -220,16 +225,61 @@ def read_phy(folder: str | os.PathLike) -> PhyFolder:
     missing = [f for f in REQUIRED if not (folder / f).is_file()]
     if missing:
         raise InputError(f"'{folder}' is not a complete Phy folder: missing {', '.join(missing)}. Sort again or pick the right folder.")
-    arrays = {p.stem: np.load(p, mmap_mode=None, allow_pickle=False) for p in sorted(folder.glob("*.npy"))}
+    arrays = {p.stem: _load_array(p) for p in sorted(folder.glob("*.npy"))}
+    _check_values(folder, arrays)
     n = len(arrays["spike_times"])
     for name in ("spike_templates", "spike_clusters", "amplitudes"):
         if name in arrays and len(arrays[name]) != n:
             raise InputError(f"'{folder}': {name}.npy has {len(arrays[name])} entries, spike_times.npy {n}; the folder is inconsistent.")
     meta_path = folder / "neurowb_sort.json"
-    meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"'{meta_path}' is damaged (not JSON): delete it (Phy does not need it) or sort again.",
+                         details=str(exc)) from exc
+    params = read_params_py(folder / "params.py")
+    rate = params.get("sample_rate")
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not np.isfinite(rate) or rate <= 0:
+        raise InputError(f"'{folder / 'params.py'}' must give a positive sample_rate (e.g. sample_rate = 30000.0), "
+                         f"got {rate!r}.")
     groups = read_cluster_groups(folder)
     recovered = _replay_journal(folder, arrays, groups)
-    return PhyFolder(folder, arrays, read_params_py(folder / "params.py"), groups, meta, recovered)
+    return PhyFolder(folder, arrays, params, groups, meta, recovered)
+
+
+def _load_array(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, mmap_mode=None, allow_pickle=False)
+    except Exception as exc:  # truncated, not .npy, or pickled objects
+        raise InputError(f"'{path}' is damaged (truncated or not a NumPy array): restore it from a copy, or sort again.",
+                         details=f"{type(exc).__name__}: {exc}") from exc
+
+
+def _check_values(folder: Path, arrays: dict) -> None:
+    """InputError when the per-spike arrays hold what no sorter writes: non-integer or negative spike times,
+    clusters or templates, templates that do not exist, or NaN amplitudes."""
+    for name in ("spike_times", "spike_templates", "spike_clusters"):
+        a = arrays.get(name)
+        if a is not None and (a.ndim != 1 and a.squeeze().ndim != 1 or not np.issubdtype(a.dtype, np.integer)
+                              or (a.size and a.min() < 0)):
+            raise InputError(f"'{folder}': {name}.npy must hold one non-negative integer per spike, got {a.dtype} "
+                             f"of shape {a.shape}; the folder is damaged: sort again.")
+        if a is not None:
+            arrays[name] = a.reshape(-1)
+    if not np.issubdtype(arrays["amplitudes"].dtype, np.number):
+        raise InputError(f"'{folder}': amplitudes.npy holds {arrays['amplitudes'].dtype}, not numbers; the folder is damaged.")
+    templates = arrays["templates"]
+    if templates.ndim != 3:
+        raise InputError(f"'{folder}': templates.npy must be templates × samples × channels, got shape {templates.shape}.")
+    used = arrays["spike_templates"]
+    if used.size and used.max() >= len(templates):
+        raise InputError(f"'{folder}': spike_templates.npy refers to template {int(used.max())} but templates.npy has "
+                         f"{len(templates)}; the folder is inconsistent: sort again.")
+    amplitudes = arrays["amplitudes"] = np.atleast_1d(arrays["amplitudes"].squeeze())
+    bad = ~np.isfinite(amplitudes.astype(np.float64))
+    if bad.any():
+        raise InputError(f"'{folder}': amplitudes.npy has {int(bad.sum()):,} NaN or infinite values (first: spike "
+                         f"{int(np.flatnonzero(bad)[0]):,}); the folder is damaged: sort again.")
 
 
 # Phy column name → unit-table row key; Phy has its own n_spikes, fr, amp and depth columns.

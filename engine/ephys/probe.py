@@ -47,6 +47,8 @@ class Probe:
             raise InputError(f"Probe '{self.name}': {len(self.positions)} positions for {n} channels; each channel needs one x, y position.")
         if n and (self.channel_map.min() < 0 or len(np.unique(self.channel_map)) != n):
             raise InputError(f"Probe '{self.name}': channel indices must be distinct and non-negative.")
+        if not np.all(np.isfinite(self.positions)):
+            raise InputError(f"Probe '{self.name}': contact positions must be finite numbers (µm); some are NaN or infinite.")
 
     @property
     def n_channels(self) -> int:

@@ -458,6 +458,30 @@ def _in_order(run_batch, starts, state, workers: int, check):
                 f.cancel()
 
 
+def check_finite(recording, progress=None, block_bytes: int = 32 * 2**20) -> None:
+    """InputError naming the first NaN or infinite sample of a floating-point recording (integer ones cannot
+    hold any). Rejected rather than treated as gaps: a filter spreads one NaN over its whole chunk, and the
+    whitening over every channel, so there is no sound sort of the rest; the message says where to look."""
+    progress = as_progress(progress)
+    values = getattr(recording, "raw", None)
+    values = recording.data if values is None else values
+    if not np.issubdtype(values.dtype, np.floating):
+        return
+    n, n_ch = values.shape
+    step = max(1, block_bytes // max(1, n_ch * values.dtype.itemsize))
+    for start in range(0, n, step):
+        progress.check()
+        bad = ~np.isfinite(values[start:start + step])
+        if bad.any():
+            row, channel = np.argwhere(bad)[0]
+            count = int(bad.sum())
+            fs = recording.sample_rate
+            raise InputError(f"The recording has NaN or infinite samples, the first at sample {start + int(row):,} "
+                             f"({(start + int(row)) / fs:.3f} s), channel {int(channel)} ({count:,} in that stretch): "
+                             "cut that part out or replace the values (e.g. by 0) before sorting.")
+        progress.report(min(1.0, (start + step) / n))
+
+
 def sort_recording(
     recording,
     probe: Probe | None = None,
@@ -491,8 +515,13 @@ def sort_recording(
     trough = int(round(params.trough_fraction * d))
     if recording.n_samples < 4 * d:
         raise InputError(f"The recording has {recording.n_samples} samples, too short to sort (need at least {4 * d}).")
+    for name in ("threshold", "detect_threshold"):
+        if not getattr(params, name) > 0:  # also NaN
+            raise InputError(f"The spike {name.replace('_', ' ')} must be a positive number of noise SDs, got {getattr(params, name)}.")
     device = select_device(params.device)
-    p_pre, p_detect, p_cluster, p_deconv = progress.split([2, 1, 2, 6], ["Filtering", "Detecting", "Clustering", "Deconvolving"])
+    p_check, p_pre, p_detect, p_cluster, p_deconv = progress.split(
+        [0.2, 2, 1, 2, 6], ["Checking samples", "Filtering", "Detecting", "Clustering", "Deconvolving"])
+    check_finite(recording, p_check)
 
     tmp = None
     if workdir is None:

@@ -62,6 +62,9 @@ def _load_grid_labels(path: str, grid: Grid) -> tuple[np.ndarray, dict[int, str]
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``neurowb factors`` with its sub-commands."""
+    from engine.cli import nonnegative_float, nonnegative_int, number, positive_float, positive_int
+    from engine.factors.cnn import MIN_PATCH
+
     factors = subparsers.add_parser(
         "factors", help="microarchitecture: CNN patch features, NMF factors, factor selection, clusters",
         description="Train the patch classifier on labelled regions, extract dense latents, factorize them (NMF), "
@@ -78,15 +81,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--labels", required=True, metavar="LABELS",
                    help="label image of the same size (0 = unlabelled, 1, 2, ... regions): NPY, NPZ, PNG or TIFF")
     p.add_argument("-o", "--output", required=True, metavar="MODEL", help="model file to write (e.g. slice.pt)")
-    p.add_argument("--patch-size", type=int, default=128, metavar="PX", help="patch side in pixels (default 128, ≥ 54)")
-    p.add_argument("--epochs", type=int, default=20, help="training epochs (default 20)")
-    p.add_argument("--pixel-size", type=float, metavar="UM", help="pixel size in µm (saved with the model and checked on use)")
-    p.add_argument("--patches-per-epoch", type=int, default=4096, metavar="N", help="training patches per epoch (default 4096)")
-    p.add_argument("--batch-size", type=int, default=64, metavar="N", help="patches per batch (default 64)")
-    p.add_argument("--block-size", type=int, metavar="PX", help="side of the spatial split blocks (default 4 patches)")
-    p.add_argument("--val-patches", type=int, default=256, metavar="N", help="validation patches per region (default 256)")
+    p.add_argument("--patch-size", type=number(int, MIN_PATCH), default=128, metavar="PX", help="patch side in pixels (default 128, ≥ 54)")
+    p.add_argument("--epochs", type=positive_int, default=20, help="training epochs (default 20)")
+    p.add_argument("--pixel-size", type=positive_float, metavar="UM", help="pixel size in µm (saved with the model and checked on use)")
+    p.add_argument("--patches-per-epoch", type=positive_int, default=4096, metavar="N", help="training patches per epoch (default 4096)")
+    p.add_argument("--batch-size", type=positive_int, default=64, metavar="N", help="patches per batch (default 64)")
+    p.add_argument("--block-size", type=positive_int, metavar="PX", help="side of the spatial split blocks (default 4 patches)")
+    p.add_argument("--val-patches", type=positive_int, default=256, metavar="N", help="validation patches per region (default 256)")
     p.add_argument("--device", default=argparse.SUPPRESS, help=device_help)
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="random seed (default 0)")
     p.set_defaults(run=_run_train)
 
     p = commands.add_parser("extract", help="dense 64-d latents on a grid over a whole image",
@@ -96,9 +99,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("image", metavar="IMAGE", help="2-D grayscale image (same pixel size and intensity type as in training)")
     p.add_argument("-o", "--output", required=True, metavar="LATENTS.npy",
                    help="latents to write (.npy, grid rows × cols × 64); the grid goes to LATENTS.grid.json beside it")
-    p.add_argument("--stride", type=int, default=4, metavar="PX", help="pixels between grid positions (default 4)")
-    p.add_argument("--memory-mb", type=float, metavar="MB", help="memory for one tile (default 512 on CPU, 2048 on GPU)")
-    p.add_argument("--pixel-size", type=float, metavar="UM", help="pixel size in µm, checked against the model's")
+    p.add_argument("--stride", type=positive_int, default=4, metavar="PX", help="pixels between grid positions (default 4)")
+    p.add_argument("--memory-mb", type=number(float, 16), metavar="MB", help="memory for one tile (default 512 on CPU, 2048 on GPU)")
+    p.add_argument("--pixel-size", type=positive_float, metavar="UM", help="pixel size in µm, checked against the model's")
     p.add_argument("--mode", choices=("same", "valid"), default="same",
                    help="same: a latent at every stride-th pixel, mirrored borders (default); valid: only whole patches")
     p.add_argument("--device", default=argparse.SUPPRESS, help=device_help)
@@ -108,10 +111,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                             description="Latents ≈ W·H with k factors: H (k × 64) the factors, W the codes whose "
                             "maps are the factor heatmaps.")
     p.add_argument("latents", metavar="LATENTS.npy", help="latents from `neurowb factors extract`")
-    p.add_argument("-k", type=int, default=15, help="number of factors (default 15)")
+    p.add_argument("-k", type=positive_int, default=15, help="number of factors (default 15)")
     p.add_argument("-o", "--output", required=True, metavar="FACTORS.npz", help="factors file to write")
-    p.add_argument("--max-iter", type=int, default=200, metavar="N", help="most iterations (default 200)")
-    p.add_argument("--tol", type=float, default=1e-4, help="stop when the error improves by less than this, relative (default 1e-4)")
+    p.add_argument("--max-iter", type=positive_int, default=200, metavar="N", help="most iterations (default 200)")
+    p.add_argument("--tol", type=nonnegative_float, default=1e-4, help="stop when the error improves by less than this, relative (default 1e-4)")
     p.add_argument("--device", default=argparse.SUPPRESS, help=device_help)
     p.set_defaults(run=_run_nmf)
 
@@ -120,8 +123,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                             "is positive, minus λ × positions outside it where it is; take the best unused pairs.")
     p.add_argument("factors", metavar="FACTORS.npz", help="factors from `neurowb factors nmf`")
     p.add_argument("--labels", required=True, metavar="LABELS", help="region label image of the original image (0 = unlabelled)")
-    p.add_argument("--lam", type=float, default=0.5, metavar="λ", help="leakage weight λ (default 0.5, as in the paper)")
-    p.add_argument("-p", type=int, metavar="P", help="number of factors to pick (default: one per region, at most k)")
+    p.add_argument("--lam", type=nonnegative_float, default=0.5, metavar="λ", help="leakage weight λ (default 0.5, as in the paper)")
+    p.add_argument("-p", type=positive_int, metavar="P", help="number of factors to pick (default: one per region, at most k)")
     p.add_argument("--json", metavar="OUT.json", help="also save the scores and chosen pairs as JSON")
     p.set_defaults(run=_run_select)
 
@@ -131,19 +134,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("factors", metavar="FACTORS.npz", help="factors from `neurowb factors nmf`")
     p.add_argument("--mask", required=True, metavar="MASK",
                    help="label image or binary mask of the original image; the region is --roi, or all non-zero pixels")
-    p.add_argument("--roi", type=int, metavar="ID", help="label of the region in MASK (default: every non-zero pixel as one region)")
+    p.add_argument("--roi", type=positive_int, metavar="ID", help="label of the region in MASK (default: every non-zero pixel as one region)")
     p.add_argument("-n", "--clusters", default="4", metavar="N|A-B", help="clusters (default 4), or a range such as 2-8 to pick by BIC")
     p.add_argument("--labels", metavar="LABELS", help="label image (e.g. layers) to report each cluster's composition over")
     p.add_argument("-o", "--output", metavar="MAP.npy|MAP.png",
                    help="cluster map on the grid: .npy (int32, -1 outside) or .png (palette, 0 outside, cluster c as c+1)")
-    p.add_argument("--erode", type=int, metavar="PX", help="border removed from the region in pixels (default half a patch)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--erode", type=nonnegative_int, metavar="PX", help="border removed from the region in pixels (default half a patch)")
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="random seed (default 0)")
     p.set_defaults(run=_run_cluster)
 
 
 def _require_suffix(path: str, suffixes: tuple[str, ...], what: str) -> None:
+    """Checked before any work: the extension, and that the file can be written (engine.cli.check_output)."""
+    from engine.cli import check_output
+
     if Path(path).suffix.lower() not in suffixes:
         raise InputError(f"The {what} must end in {' or '.join(suffixes)}, got '{path}'.")
+    check_output(path)
 
 
 def _positive(value, name: str, minimum: float = 1) -> None:
@@ -169,6 +176,9 @@ def _run_train(args: argparse.Namespace) -> int:
     from engine.factors.cnn import MIN_PATCH, train
     from engine.factors.io import load_image
 
+    from engine.cli import check_output
+
+    check_output(args.output)
     _positive(args.epochs, "--epochs")
     _positive(args.patches_per_epoch, "--patches-per-epoch")
     _positive(args.batch_size, "--batch-size")

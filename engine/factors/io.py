@@ -64,6 +64,9 @@ def _read_tiff(path: Path, what: str, allow_memmap: bool = True) -> tuple[np.nda
             if not tif.series:
                 raise InputError(f"TIFF '{path.name}' contains no images: re-export it.")
             axes = tif.series[0].axes
+            from engine.calcium.io import _check_imagej_complete
+
+            _check_imagej_complete(tif, tif.series[0], path.name)
     except InputError:
         raise
     except Exception as exc:
@@ -145,7 +148,23 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
         )
     if array.size == 0:
         raise InputError(f"'{path.name}' is an empty image (shape {tuple(array.shape)}): re-export it.")
+    _check_finite(path, array)
     return array
+
+
+def _check_finite(path: Path, image: np.ndarray) -> None:
+    """InputError naming the first NaN/inf pixel of a float image (read in blocks of rows; integer images
+    cannot hold any). A NaN would turn every patch that touches it, and the z-score of the whole image, into NaN."""
+    if not np.issubdtype(image.dtype, np.floating):
+        return
+    rows = max(1, _BLOCK_PIXELS // max(image.shape[1], 1))
+    for r in range(0, image.shape[0], rows):
+        bad = ~np.isfinite(image[r:r + rows])
+        if bad.any():
+            row, col = np.argwhere(bad)[0]
+            total = int(sum(np.count_nonzero(~np.isfinite(image[s:s + rows])) for s in range(0, image.shape[0], rows)))
+            raise InputError(f"'{path.name}' has {total:,} NaN or infinite pixels (the first at row {r + int(row)}, column "
+                             f"{int(col)}): fill them (e.g. with the background intensity) or crop them out, then open it again.")
 
 
 def load_labels(path: str | os.PathLike, shape: tuple[int, int] | None = None) -> np.ndarray:

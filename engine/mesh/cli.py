@@ -42,6 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _register_hks(subparsers: argparse._SubParsersAction) -> None:
+    from engine.cli import nonnegative_float, positive_float, positive_int
     from engine.mesh.hks import METHODS
 
     p = subparsers.add_parser(
@@ -53,16 +54,16 @@ def _register_hks(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("mesh", metavar="MESH", help="mesh file (PLY, OBJ, OFF, STL, GLB/glTF, MeshParty HDF5)")
     p.add_argument("-o", "--output", metavar="OUT.npz", required=True, help="output .npz file")
-    p.add_argument("--scale", type=float, default=1.0, metavar="S", help="multiply coordinates by S first (1000: µm → nm)")
+    p.add_argument("--scale", type=positive_float, default=1.0, metavar="S", help="multiply coordinates by S first (1000: µm → nm)")
     p.add_argument("--units", choices=("nm", "um"), help="units of the coordinates after --scale (default: guessed from the extent)")
-    p.add_argument("--timescales", type=int, default=32, metavar="N", help="number of log-spaced timescales (default 32)")
-    p.add_argument("--t-min", type=float, metavar="T", help="smallest timescale in units² (default 5e4 nm² = 0.05 µm²)")
-    p.add_argument("--t-max", type=float, metavar="T", help="largest timescale in units² (default 2e7 nm² = 20 µm²)")
-    p.add_argument("--max-eigenvalue", type=float, metavar="L", help="eigenvalue cut-off in units⁻² (default 1e-5 nm⁻² = 10 µm⁻²)")
+    p.add_argument("--timescales", type=positive_int, default=32, metavar="N", help="number of log-spaced timescales (default 32)")
+    p.add_argument("--t-min", type=positive_float, metavar="T", help="smallest timescale in units² (default 5e4 nm² = 0.05 µm²)")
+    p.add_argument("--t-max", type=positive_float, metavar="T", help="largest timescale in units² (default 2e7 nm² = 20 µm²)")
+    p.add_argument("--max-eigenvalue", type=positive_float, metavar="L", help="eigenvalue cut-off in units⁻² (default 1e-5 nm⁻² = 10 µm⁻²)")
     p.add_argument("--method", choices=METHODS, default="auto", help="exact, chunked, chebyshev or auto (default)")
-    p.add_argument("--chunk-size", type=int, metavar="N",
+    p.add_argument("--chunk-size", type=positive_int, metavar="N",
                    help="vertices per chunk before the overlap (chunked method; default 12k, or 24k if the overlap grows 12k chunks by > 35 %%)")
-    p.add_argument("--overlap", type=float, metavar="D", help="geodesic chunk overlap in units (default 0.5·sqrt(t-max))")
+    p.add_argument("--overlap", type=nonnegative_float, metavar="D", help="geodesic chunk overlap in units (default 0.5·sqrt(t-max))")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="eigensolver precision (default float32)")
     p.add_argument("--laplacian", choices=("robust", "cotangent"), default="robust", help="Laplacian (default robust)")
     p.add_argument("--points", metavar="FILE", help="also save the log-HKS at these xyz points (CSV or NPY, units after --scale)")
@@ -72,14 +73,13 @@ def _register_hks(subparsers: argparse._SubParsersAction) -> None:
 def _run_hks(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from engine.cli import progress_bar
+    from engine.cli import check_output, progress_bar
     from engine.errors import InputError
     from engine.mesh.hks import compute_hks, default_max_eigenvalue, default_timescales, hks_at_points, read_points
     from engine.mesh.io import Mesh, guess_units, load_mesh
     from engine.storage import atomic_write_bytes
 
-    if not args.output.lower().endswith(".npz"):
-        raise InputError(f"The output file must end in .npz, got '{args.output}'.")
+    check_output(args.output, suffixes=(".npz",))
     if not (args.scale > 0 and np.isfinite(args.scale)):
         raise InputError(f"--scale must be a positive number, got {args.scale}.")
     if args.timescales < 1:
@@ -134,6 +134,7 @@ Without --label-map it is guessed from each label file's name (*spine_instance* 
 
 
 def _register_spines(subparsers: argparse._SubParsersAction) -> None:
+    from engine.cli import positive_int
     from engine.mesh.hks import METHODS
     from engine.mesh.spines import FEATURE_KINDS
 
@@ -151,9 +152,9 @@ def _register_spines(subparsers: argparse._SubParsersAction) -> None:
         p.add_argument("--label-map", metavar="SPEC", help="how to read the labels (see below; default: guessed per file)")
         p.add_argument("--units", choices=("nm", "um"), help="units of the meshes (default: guessed from each mesh's extent)")
         p.add_argument("--features", choices=FEATURE_KINDS, default="hks", help="feature kind (default hks: log-HKS only)")
-        p.add_argument("--timescales", type=int, default=32, metavar="N", help="number of HKS timescales (default 32)")
+        p.add_argument("--timescales", type=positive_int, default=32, metavar="N", help="number of HKS timescales (default 32)")
         p.add_argument("--method", choices=METHODS, default="auto", help="HKS method (default auto)")
-        p.add_argument("--n-estimators", type=int, default=100, metavar="N", help="trees in the random forest (default 100)")
+        p.add_argument("--n-estimators", type=positive_int, default=100, metavar="N", help="trees in the random forest (default 100)")
 
     train = commands.add_parser("train", help="fit a model on labelled meshes", epilog=_LABEL_MAP_HELP,
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -239,9 +240,11 @@ def _class_counts(y, class_names) -> str:
 def _run_spines_train(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from engine.cli import check_output
     from engine.errors import InputError
     from engine.mesh.spines import CLASSES, SpineClassifier
 
+    check_output(args.output)
     meshes, labels, spec = _read_labelled(args)
     Xs = _features(meshes, spec, args.method)
     X, y = np.concatenate(Xs), np.concatenate(labels)
@@ -259,13 +262,13 @@ def _run_spines_train(args: argparse.Namespace) -> int:
 def _run_spines_predict(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from engine.cli import check_output
     from engine.errors import InputError
     from engine.mesh.io import load_mesh
     from engine.mesh.spines import SpineClassifier, spine_probability
     from engine.storage import atomic_save_npy
 
-    if not args.output.lower().endswith(".npy"):
-        raise InputError(f"The output file must end in .npy, got '{args.output}'.")
+    check_output(args.output, suffixes=(".npy",))
     clf = SpineClassifier.load(args.model)
     if clf.feature_spec_ is None:
         raise InputError(f"Spine model '{args.model}' does not say which features it was trained on: retrain it with "
@@ -282,10 +285,13 @@ def _run_spines_predict(args: argparse.Namespace) -> int:
 
 
 def _run_spines_evaluate(args: argparse.Namespace) -> int:
+    from engine.cli import check_output
     from engine.errors import InputError
     from engine.mesh.spines import SpineClassifier, evaluate_halves, evaluate_leave_one_out
     from engine.storage import atomic_save_json
 
+    if args.json:
+        check_output(args.json)
     split = args.split or ("halves" if len(args.mesh) == 1 else "leave-one-out")
     if split == "leave-one-out" and len(args.mesh) < 2:
         raise InputError("Leave-one-out needs at least two labelled meshes (--mesh/--labels pairs); use --split halves for one.")

@@ -196,6 +196,8 @@ def _fill_orphans(vertices: np.ndarray, values: np.ndarray, orphans: np.ndarray)
     from scipy.spatial import cKDTree
 
     good = np.flatnonzero(~orphans)
+    if len(good) == 0:  # a chunk made only of slivers: its vertices are filled from the whole mesh later
+        return
     _, nearest = cKDTree(vertices[good]).query(vertices[orphans])
     values[orphans] = values[good[nearest]]
 
@@ -369,21 +371,30 @@ def compute_hks(
         raise InputError(f"The maximum eigenvalue must be positive, got {max_eigenvalue}.")
     if method == "auto":
         method = "exact" if mesh.n_vertices <= AUTO_CHUNK_ABOVE else "chunked"
+    size = None if chunk_size is None else int(chunk_size)
+    ov = default_overlap(t) if overlap is None else float(overlap)
+    if (size is not None and size < 1) or not ov >= 0:
+        raise InputError(f"Chunk size must be ≥ 1 vertex and overlap ≥ 0, got {chunk_size} and {overlap}.")
+    edge = _check_scale(mesh, t, lam)
+    # The solvers see the mesh scaled to edges of about 1 (float32 overflowed, and the eigensolver
+    # crawled for minutes, on coordinates ~1e12). A power of 4 keeps every operation exact: the
+    # HKS of the mesh scaled by 1/s at t/s² is s² times the HKS at t, so it is only relabelled.
+    s = 4.0 ** round(math.log(edge, 4))
+    unit_mesh = Mesh(mesh.vertices / s, mesh.faces, units=mesh.units, name=mesh.name)
+    t_unit, lam_unit = t / s**2, lam * s**2
     info: dict = {"units": mesh.units, "units_assumed": units, "laplacian": laplacian, "dtype": dtype,
-                  "max_eigenvalue": lam, "n_vertices": mesh.n_vertices, "scaled": bool(scaled)}
+                  "max_eigenvalue": lam, "n_vertices": mesh.n_vertices, "scaled": bool(scaled), "solver_scale": s}
     if method == "exact":
-        values = _exact(mesh, t, lam, dtype, laplacian, band_size, progress, info)
+        values = _exact(unit_mesh, t_unit, lam_unit, dtype, laplacian, band_size, progress, info)
         info["n_chunks"] = 1
     elif method == "chunked":
-        size = None if chunk_size is None else int(chunk_size)
-        ov = default_overlap(t) if overlap is None else float(overlap)
-        if (size is not None and size < 1) or ov < 0:
-            raise InputError(f"Chunk size must be ≥ 1 vertex and overlap ≥ 0, got {chunk_size} and {overlap}.")
-        values = _chunked(mesh, t, lam, dtype, laplacian, band_size, size, ov, progress, info)
+        values = _chunked(unit_mesh, t_unit, lam_unit, dtype, laplacian, band_size, size, ov / s, progress, info)
+        info["overlap"] = ov
     else:
         from engine.mesh.chebyshev import chebyshev_hks
 
-        values = chebyshev_hks(mesh, t, laplacian=laplacian, dtype=dtype, progress=progress, info=info)
+        values = chebyshev_hks(unit_mesh, t_unit, laplacian=laplacian, dtype=dtype, progress=progress, info=info)
+    values = values / s**2
     if scaled:
         # Heat trace Σ_x k_t(x, x) m_x with m the lumped (one-third face) vertex areas.
         values = values / (vertex_areas(mesh)[:, None] * values).sum(axis=0, keepdims=True)
@@ -395,6 +406,37 @@ def compute_hks(
     info["method"] = method
     progress.report(1.0)
     return HKSResult(hks=values.astype(np.float32), timescales=t, method=method, info=info)
+
+
+def _check_scale(mesh: Mesh, t: np.ndarray, lam: float) -> float:
+    """The median edge length of the faces of non-zero area; InputError when there are none, or when the
+    units are evidently wrong: the largest timescale diffuses less than one edge (the HKS would describe
+    single triangles), or the cut-off takes more eigenpairs than the mesh has vertices (by Weyl's law,
+    area·λ/4π), which the band solver would grind through for hours on a large mesh."""
+    from engine.mesh.io import face_areas
+    from engine.mesh.spectrum import DENSE_MAX
+
+    v, f = mesh.vertices, mesh.faces
+    extent = float(np.ptp(v[f.ravel()], axis=0).max())
+    real = face_areas(mesh) > 1e-12 * extent**2
+    name = mesh.name or "mesh"
+    if not real.any():
+        raise InputError(f"Mesh '{name}' has no face of non-zero area (its vertices are collinear or coincide): "
+                         "the HKS needs a surface. Repair or re-export the mesh.")
+    edges = v[f[real]] - v[np.roll(f[real], 1, axis=1)]
+    edge = float(np.median(np.linalg.norm(edges, axis=2)))
+    if math.sqrt(float(t.max())) < edge:
+        units = mesh.units if mesh.units in ("nm", "um") else "units"
+        raise InputError(f"Mesh '{name}': its median edge is {edge:.3g} {units} but the largest timescale "
+                         f"({t.max():.3g} {units}²) diffuses only {math.sqrt(t.max()):.3g} {units}, less than one edge; "
+                         "the coordinates are probably in other units: check --scale and --units (or raise --t-max).")
+    weyl = float(face_areas(mesh).sum()) * lam / (4 * math.pi)
+    if mesh.n_vertices > DENSE_MAX and weyl > mesh.n_vertices:
+        units = mesh.units if mesh.units in ("nm", "um") else "units"
+        raise InputError(f"Mesh '{name}': the eigenvalue cut-off {lam:.3g} {units}⁻² would take about {weyl:.3g} eigenpairs, "
+                         f"more than its {mesh.n_vertices:,} vertices (median edge {edge:.3g} {units}); the coordinates are "
+                         "probably in other units: check --scale and --units (or lower --max-eigenvalue).")
+    return edge
 
 
 # -- features at points ---------------------------------------------------------------------------

@@ -203,6 +203,18 @@ def _read_trimesh(path: Path) -> tuple[np.ndarray, np.ndarray]:
     )
 
 
+def is_hdf5_mesh(path: str | os.PathLike) -> bool:
+    """Whether an .h5/.hdf5 file is a MeshParty-style mesh (a top-level 'vertices' dataset) rather than, say, a
+    movie: both workspaces take the extension, so the content decides. False when it cannot be read."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return isinstance(f.get("vertices"), h5py.Dataset)
+    except Exception:
+        return False
+
+
 def _no_faces(path: Path) -> InputError:
     return InputError(
         f"'{path.name}' is a point cloud (vertices but no faces): a surface mesh is needed. "
@@ -280,6 +292,13 @@ def _validate(path: Path, vertices: np.ndarray, faces: np.ndarray) -> tuple[np.n
         raise InputError(
             f"Mesh '{path.name}' is corrupt: faces refer to vertex indices {lo}..{hi} but it has only "
             f"{len(vertices)} vertices (valid: 0..{len(vertices) - 1}). Re-export the mesh.",
+        )
+    a, b, c = vertices[faces[:, 0]], vertices[faces[:, 1]], vertices[faces[:, 2]]
+    extent = float(np.ptp(vertices[faces.ravel()], axis=0).max())
+    if not np.any(np.linalg.norm(np.cross(b - a, c - a), axis=1) > 2e-12 * extent**2):
+        raise InputError(
+            f"Mesh '{path.name}' has no face of non-zero area: its {len(faces):,} faces are degenerate (collinear "
+            "or coinciding vertices), so it has no surface. Repair or re-export the mesh.",
         )
     return vertices, faces
 

@@ -53,5 +53,5 @@ def test_bad_inputs(tmp_path, capsys):
     assert "16 channels" in err and "the recording has 8" in err
     assert run(["qc", str(tmp_path / "nothing")]) == 2
     assert "Phy folder not found" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        run(["sort", str(good), "--n-channels", "8", "--fs", "30000", "--dtype", "int8", "-o", "x"])
+    assert run(["sort", str(good), "--n-channels", "8", "--fs", "30000", "--dtype", "int8", "-o", "x"]) == 2
+    assert "invalid choice: 'int8'" in capsys.readouterr().err

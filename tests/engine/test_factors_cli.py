@@ -229,7 +229,7 @@ def test_bad_inputs_exit_2_with_one_line(chain, tmp_path):
     fails(["select", factors, "--labels", str(small)], "128×128", f"256×{WIDTH}")
     fails(["select", factors, "--labels", str(speck)], "falls on the latent grid", "--stride")
     fails(["select", factors, "--labels", labels, "-p", "5"], "min(factors, regions) = 3")
-    fails(["select", factors, "--labels", labels, "--lam", "-1"], "λ must be")
+    fails(["select", factors, "--labels", labels, "--lam", "-1"], "--lam: must be ≥ 0")
     fails(["cluster", factors, "--mask", labels, "--roi", "7"], "No grid position lies in region 7", "[1, 2, 3]")
     fails(["cluster", factors, "--mask", labels, "-n", "many"], "-n takes a number")
     fails(["cluster", factors, "--mask", labels, "-n", "5-3"], "upwards")

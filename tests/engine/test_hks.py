@@ -250,3 +250,29 @@ def test_cli_writes_the_documented_npz(tmp_path):
         assert np.allclose(z["vertices"], s.vertices * 1000.0) and np.array_equal(z["faces"], s.faces)
         assert z["points_log_hks"].shape == (3, 5) and np.all(z["hks"] > 0)
     assert cli.main(["hks", str(tmp_path / "nope.ply"), "-o", str(out)], registrations=[register]) == 2
+
+
+@pytest.mark.parametrize("scale", [1e12, 1e-9])
+def test_coordinates_far_from_unit_scale_give_the_scaled_hks(scale, monkeypatch):
+    """A mesh in odd units (coordinates ~1e12 used to overflow float32 in the band solver for minutes) gets the
+    HKS of the same mesh at unit scale, relabelled: k(x, s²t) = k(x, t) / s²."""
+    import engine.mesh.spectrum
+
+    monkeypatch.setattr(engine.mesh.spectrum, "DENSE_MAX", 100)  # the band solver, where float32 overflowed
+    mesh = sphere(3)
+    big = Mesh(mesh.vertices * scale, mesh.faces, units="unknown", name="big")
+    ref = compute_hks(mesh, timescales=T_UNIT, max_eigenvalue=60.0, method="exact", dtype="float32").hks
+    out = compute_hks(big, timescales=T_UNIT * scale**2, max_eigenvalue=60.0 / scale**2, method="exact", dtype="float32")
+    assert out.info["n_inertia_mismatches"] == 0
+    assert np.median(rel_err(out.hks.astype(np.float64) * scale**2, ref)) <= 1e-4
+
+
+def test_degenerate_mesh_and_wrong_units_are_refused():
+    flat = Mesh(np.array([[0, 0, 0], [1, 0, 0], [2, 0, 0.0]]), np.array([[0, 1, 2]]), units="um", name="flat")
+    with pytest.raises(InputError, match="no face of non-zero area"):
+        compute_hks(flat, timescales=T_UNIT)
+    big = Mesh(sphere(3).vertices * 1e12, sphere(3).faces, units="um", name="big")
+    with pytest.raises(InputError, match="less than one edge"):
+        compute_hks(big)  # µm defaults on a mesh 1e12 µm across
+    with pytest.raises(InputError, match="eigenpairs"):
+        compute_hks(Mesh(sphere(4).vertices * 1e6, sphere(4).faces, units="um"), timescales=[1e12])
