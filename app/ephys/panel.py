@@ -148,7 +148,8 @@ class EphysWorkspace(Workspace):
         self.probe_label.setWordWrap(True)
         self.probe_label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         probe_button = QPushButton("Probe…")
-        probe_button.setToolTip("A probeinterface .json or a Kilosort channel map (.json / .mat). Without one, the channels are "
+        probe_button.setToolTip("A probeinterface .json or .prb, a Kilosort channel map (Kilosort 4 .json, MATLAB .mat), a "
+                                "SpikeGLX .meta or an Open Ephys settings.xml. Without one, the channels are "
                                 "taken as one straight column 20 µm apart. A file named <raw stem>.probe.json, probe.json or "
                                 "chanMap.mat beside the recording is picked up by itself.")
         probe_button.clicked.connect(self.choose_probe)
@@ -360,7 +361,7 @@ class EphysWorkspace(Workspace):
 
     def choose_probe(self) -> None:
         start = str(self.raw_path.parent) if self.raw_path else ""
-        path, _ = QFileDialog.getOpenFileName(self, "Probe geometry", start, "Probe files (*.json *.mat);;All files (*)")
+        path, _ = QFileDialog.getOpenFileName(self, "Probe geometry", start, "Probe files (*.json *.mat *.prb *.meta *.xml);;All files (*)")
         if path:
             self.set_probe(Path(path))
 
