@@ -1,6 +1,6 @@
 """`neurowb sort`, `neurowb qc` and `neurowb simulate-ephys` (registered through the neurowb.commands entry point).
 
-``neurowb sort RAW --n-channels N --fs F [--dtype int16] [--gain G] [--offset O] [--probe PROBE.json] -o PHY_DIR``
+``neurowb sort RAW [--n-channels N --fs F] [--dtype int16] [--gain G] [--offset O] [--probe PROBE.json] -o PHY_DIR``
     sorts a flat binary recording (samples × channels) into a Phy folder. Without ``--probe`` the
     channels are assumed to form one straight column 20 µm apart (a warning says so).
 ``neurowb qc PHY_DIR [-o metrics.csv]``
@@ -22,8 +22,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("sort", help="spike-sort a raw recording into a Phy folder",
                               description="Spike sorting by deconvolution (engine/ephys/sorter.py); output opens in Phy.")
     p.add_argument("raw", metavar="RAW", help="flat binary file, samples × channels, C order")
-    p.add_argument("--n-channels", type=int, required=True, metavar="N", help="channels in the file")
-    p.add_argument("--fs", type=float, required=True, metavar="F", help="sample rate in Hz")
+    p.add_argument("--n-channels", type=int, metavar="N", help="channels in the file (default: from its sidecar)")
+    p.add_argument("--fs", type=float, metavar="F", help="sample rate in Hz (default: from its sidecar)")
     p.add_argument("--dtype", default="int16", choices=DTYPES, help="sample type (default int16)")
     p.add_argument("--gain", type=float, default=1.0, metavar="G", help="µV per unit after subtracting the offset (default 1)")
     p.add_argument("--offset", type=float, default=0.0, metavar="O", help="value subtracted first, e.g. 2056 for offset-binary ADCs")
@@ -52,28 +52,36 @@ def _run_sort(args: argparse.Namespace) -> int:
     import logging
 
     from engine.cli import progress_bar
-    from engine.ephys.io import RawRecording, RecordingParams
-    from engine.ephys.phy import write_phy
-    from engine.ephys.probe import linear_probe, read_probe
-    from engine.ephys.sorter import SortParams, sort_recording
+    from engine.ephys.curation import sort_job
+    from engine.ephys.io import RawRecording, RecordingParams, read_sidecar
+    from engine.ephys.sorter import SortParams
+    from engine.errors import InputError
 
-    params = RecordingParams(n_channels=args.n_channels, sample_rate=args.fs, dtype=args.dtype, gain_uv=args.gain, offset=args.offset)
-    rec = RawRecording(args.raw, params)
-    if args.probe:
-        probe = read_probe(args.probe, rec.n_channels)
+    layout = [args.n_channels, args.fs]
+    if all(v is not None for v in layout):
+        params = RecordingParams(n_channels=args.n_channels, sample_rate=args.fs, dtype=args.dtype, gain_uv=args.gain, offset=args.offset)
+    elif any(v is not None for v in layout):
+        raise InputError("Give both --n-channels and --fs (or neither, when the file has a sidecar).")
     else:
-        print(f"warning: no --probe given: assuming a linear probe, {rec.n_channels} channels 20 µm apart", file=sys.stderr)
-        probe = linear_probe(rec.n_channels, warn=False)
+        params = read_sidecar(args.raw)
+        if params is None:
+            raise InputError(f"'{args.raw}' says neither its channel count nor its sample rate: give --n-channels and --fs, "
+                             f"or put a sidecar '{args.raw}.json' beside it.")
+    RawRecording(args.raw, params).close()  # a wrong layout is said before anything else
+    if not args.probe:
+        print("warning: no --probe given: assuming a linear probe 20 µm apart", file=sys.stderr)
     sort_params = SortParams()
     if args.threshold is not None:
         sort_params.threshold = args.threshold
     logging.getLogger("engine.ephys").setLevel(logging.WARNING)
     with progress_bar("sorting") as progress:
-        result = sort_recording(rec, probe, sort_params, progress=progress)
-    folder = write_phy(result, args.output, raw_path=args.raw, recording_params=params)
-    info = result.info
-    print(f"{result.n_units} units, {len(result.spike_times)} spikes in {info['duration_s']:.1f} s of recording; "
+        out = sort_job(args.raw, params, args.probe, sort_params, folder=args.output, progress=progress)
+    curation, folder = out["curation"], out["folder"]
+    info = curation.phy.meta.get("info", {})
+    print(f"{len(curation.cluster_ids)} units, {len(curation.spike_times)} spikes in {info['duration_s']:.1f} s of recording; "
           f"sorted in {info['total_s']:.1f} s on {info['device']} ({info['duration_s'] / max(info['total_s'], 1e-9):.1f}x real time)")
+    if out["backup"] is not None:
+        print(f"the earlier, curated folder was moved to {out['backup']}")
     print(f"Phy folder: {folder}")
     return 0
 

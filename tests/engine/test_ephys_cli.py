@@ -29,13 +29,19 @@ def test_round_trip(tmp_path, capsys):
     gt = np.load(out / "recording_ground_truth.npz")
     n_sorted = len(np.unique(np.load(phy / "spike_clusters.npy")))
     assert n_sorted == len(np.unique(gt["spike_units"]))
+    # the metric columns Phy shows, as the window's sort writes them, for every cluster
+    for name in ("SNR", "ISIViol", "PresenceRatio"):
+        lines = (phy / f"cluster_{name}.tsv").read_text().splitlines()
+        assert lines[0] == f"cluster_id\t{name}" and len(lines) == n_sorted + 1
+    snr = {int(a): float(b) for a, b in (line.split("\t") for line in (phy / "cluster_SNR.tsv").read_text().splitlines()[1:])}
+    assert min(snr.values()) > 3  # simulated units are well above the noise
     assert run(["qc", str(phy), "-o", str(tmp_path / "metrics.csv")]) == 0
     table = capsys.readouterr().out
     assert "SNR" in table and "ISI viol" in table
     lines = (tmp_path / "metrics.csv").read_text().splitlines()
     assert lines[0].startswith("cluster_id,n_spikes,firing_rate") and len(lines) == n_sorted + 1
-    # without a probe: linear with a warning
-    assert run(["sort", str(raw), "--n-channels", "8", "--fs", "30000", "-o", str(tmp_path / "phy2")]) == 0
+    # without a probe: linear with a warning; without layout flags: the sidecar's
+    assert run(["sort", str(raw), "-o", str(tmp_path / "phy2")]) == 0
     assert "linear probe" in capsys.readouterr().err
 
 
