@@ -42,7 +42,7 @@ from PyQt6.QtWidgets import (
 from engine.calcium import curation
 from engine.calcium.curation import MOVIE_SOURCES, Curation
 from app.calcium.views import FieldOfView, TracePanel
-from app.dialogs import ask_nwb_path
+from app.dialogs import ask_nwb_metadata, ask_nwb_path
 from app.jobs import Job
 from app.workspace import InfoBox, Workspace
 from engine.calcium.io import MOVIE_EXTENSIONS, Movie, region_trace
@@ -674,8 +674,11 @@ class CalciumWorkspace(Workspace):
         path = Path(path) if path else ask_nwb_path(self, "Export an NWB file", workdir_for(self.current_path) / f"{self.current_path.stem}.nwb")
         if path is None:
             return None
+        metadata = ask_nwb_metadata(self, self.window.settings, self.current_path.parent)
+        if metadata is None:
+            return None
         return self.window.run_job(f"Export NWB {path.name}", curation.export_nwb_job, self.curation.result, path,
-                                   self.current_path,
+                                   self.current_path, metadata,
                                    on_result=lambda out: self.window.show_status(f"Exported the ROIs to {out}", 10000))
 
     # -- pixel traces (before CNMF) ---------------------------------------------------------

@@ -22,7 +22,7 @@ from PyQt6.QtGui import QKeySequence, QShortcut
 from PyQt6.QtWidgets import (QApplication, QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGridLayout, QGroupBox, QHBoxLayout,
                              QLabel, QProgressBar, QPushButton, QSizePolicy, QSpinBox, QSplitter, QVBoxLayout)
 
-from app.dialogs import ask_nwb_path, show_error
+from app.dialogs import ask_nwb_metadata, ask_nwb_path, show_error
 from app.ephys.params_dialog import RecordingParamsDialog
 from app.ephys.traces import TraceLoader, TracePanel, TraceRequest, load_traces
 from app.ephys.views import SimilarList, UnitTable, UnitViews, selection_color
@@ -532,7 +532,10 @@ class EphysWorkspace(Workspace):
         path = Path(path) if path else ask_nwb_path(self, "Export the units as NWB", folder.with_name(f"{folder.name}.nwb"))
         if path is None:
             return None
-        return self.window.run_job(f"Export units {path.name}", export_units, self.curation.snapshot(), path,
+        metadata = ask_nwb_metadata(self, self.window.settings, folder.parent)
+        if metadata is None:
+            return None
+        return self.window.run_job(f"Export units {path.name}", export_units, self.curation.snapshot(), path, metadata,
                                    on_result=lambda out: self.window.show_status(f"Exported the units to {out}", 10000))
 
     def next_similar(self, step: int = 1) -> None:

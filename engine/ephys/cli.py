@@ -1,7 +1,7 @@
 """`neurowb sort`, `neurowb qc` and `neurowb simulate-ephys` (registered through the neurowb.commands entry point).
 
-``neurowb sort RAW [--n-channels N --fs F] [--dtype int16] [--gain G] [--offset O] [--probe PROBE.json] -o PHY_DIR``
-    sorts a flat binary recording (samples × channels) into a Phy folder. Without ``--probe`` the
+``neurowb sort RAW [--n-channels N --fs F] [--dtype int16] [--gain G] [--offset O] [--probe PROBE.json] -o PHY_DIR [--nwb UNITS.nwb] [--nwb-metadata META]``
+    sorts a flat binary recording (samples × channels) into a Phy folder (and the units into an NWB file). Without ``--probe`` the
     channels are assumed to form one straight column 20 µm apart (a warning says so).
 ``neurowb qc PHY_DIR [-o metrics.csv]``
     prints the per-unit quality table (definitions in engine/ephys/qc.py) and optionally saves it.
@@ -30,6 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--probe", metavar="PROBE", help="probeinterface .json or Kilosort channel map (.json / .mat)")
     p.add_argument("-o", "--output", metavar="PHY_DIR", required=True, help="output folder (created)")
     p.add_argument("--threshold", type=float, help="spike score threshold in noise SDs (default 6)")
+    p.add_argument("--nwb", metavar="UNITS.nwb", help="also write the units as an NWB file (as the window's Export NWB does)")
+    p.add_argument("--nwb-metadata", metavar="META", help="JSON or YAML with NWB's field names: session_description, experimenter, "
+                   "institution, lab, keywords, experiment_description, subject {subject_id, species, sex, age}, location")
     p.set_defaults(run=_run_sort)
 
     q = subparsers.add_parser("qc", help="quality metrics of every unit in a Phy folder")
@@ -56,6 +59,7 @@ def _run_sort(args: argparse.Namespace) -> int:
     from engine.ephys.io import RawRecording, RecordingParams, read_sidecar
     from engine.ephys.sorter import SortParams
     from engine.errors import InputError
+    from engine.nwb import command_metadata
 
     layout = [args.n_channels, args.fs]
     if all(v is not None for v in layout):
@@ -68,6 +72,7 @@ def _run_sort(args: argparse.Namespace) -> int:
             raise InputError(f"'{args.raw}' says neither its channel count nor its sample rate: give --n-channels and --fs, "
                              f"or put a sidecar '{args.raw}.json' beside it.")
     RawRecording(args.raw, params).close()  # a wrong layout is said before anything else
+    metadata = command_metadata(args.nwb, args.nwb_metadata)
     if not args.probe:
         print("warning: no --probe given: assuming a linear probe 20 µm apart", file=sys.stderr)
     sort_params = SortParams()
@@ -83,6 +88,10 @@ def _run_sort(args: argparse.Namespace) -> int:
     if out["backup"] is not None:
         print(f"the earlier, curated folder was moved to {out['backup']}")
     print(f"Phy folder: {folder}")
+    if args.nwb:
+        from engine.ephys.nwb import export_units
+
+        print(f"NWB units: {export_units(curation, args.nwb, metadata=metadata)}")
     return 0
 
 

@@ -23,7 +23,7 @@ import numpy as np
 from engine.ephys.io import DTYPES, RecordingParams, read_sidecar, write_sidecar
 from engine.ephys.probe import Probe, linear_probe, write_probe
 from engine.errors import InputError
-from engine.nwb import ELECTRICAL_TYPES, find_series, nwb_target, open_nwb, series_rate, write_nwb
+from engine.nwb import ELECTRICAL_TYPES, find_series, new_nwbfile, nwb_target, recorded_location, open_nwb, series_rate, write_nwb
 from engine.progress import as_progress
 
 CHUNK_SAMPLES = 2**16
@@ -110,20 +110,22 @@ def nwb_recording_job(path: str | os.PathLike, series: str | None = None, progre
     return out
 
 
-def export_units(curation, path: str | os.PathLike, progress=None) -> Path:
+def export_units(curation, path: str | os.PathLike, metadata: dict | None = None, progress=None) -> Path:
     """Write the curated units of a Phy folder (a :class:`engine.ephys.curation.Curation`) as an NWB
     file's Units table, the form DANDI takes sorted data in; returns the path.
 
     One row per cluster, id = Phy's cluster id: ``spike_times`` (s), ``quality`` (the label: good /
     mua / noise / unsorted), ``snr``, ``isi_violations_ratio``, ``presence_ratio``, ``peak_channel``,
     ``electrodes`` (the channels carrying ≥ 10 % of the unit's peak-to-peak) and ``waveform_mean``
-    (the model's mean waveform, samples × channels, volts). The electrodes table holds the probe's
-    positions as ``rel_x``/``rel_y``; the raw recording is not copied (its path is in ``notes``).
+    (the model's mean waveform, samples × channels, volts). The table's ``resolution`` is one sample,
+    1 / rate (SpikeInterface's ``read_nwb_sorting`` takes the rate from it). The electrodes table holds
+    the probe's positions as ``rel_x``/``rel_y``; the raw recording is not copied (its path is in
+    ``notes``). ``metadata``: the session's description, experimenter, subject… in NWB's field names
+    (:func:`engine.nwb.check_metadata`).
     """
     import datetime as dt
-    import uuid
 
-    from pynwb import NWBFile
+    from pynwb.misc import Units
 
     progress = as_progress(progress)
     path = nwb_target(path)
@@ -136,14 +138,17 @@ def export_units(curation, path: str | os.PathLike, progress=None) -> Path:
     if raw_path is not None and not raw_path.is_absolute():
         raw_path = curation.folder / raw_path
     stamp = raw_path.stat().st_mtime if raw_path is not None and raw_path.exists() else 0
-    nwb = NWBFile(session_description=f"Spike sorting of {raw_path.name if raw_path else 'a recording'} (NeuroWorkbench), "
-                                      f"curated in {curation.folder.name}",
-                  identifier=str(uuid.uuid4()), session_start_time=dt.datetime.fromtimestamp(stamp, tz=dt.timezone.utc),
-                  notes=f"Raw recording (not copied): {raw_path}" if raw_path else "Raw recording not recorded.")
-    device = nwb.create_device(name="probe", description="unknown: set before sharing")
-    group = nwb.create_electrode_group(name="probe", description="recording channels", location="unknown", device=device)
+    nwb = new_nwbfile(metadata, f"Spike sorting of {raw_path.name if raw_path else 'a recording'} (NeuroWorkbench), "
+                                f"curated in {curation.folder.name}",
+                      dt.datetime.fromtimestamp(stamp, tz=dt.timezone.utc),
+                      f"Raw recording (not copied): {raw_path}" if raw_path else "Raw recording not recorded.")
+    device = nwb.create_device(name="probe", description="extracellular probe (model not recorded by the sorter)")
+    location = recorded_location(metadata)
+    group = nwb.create_electrode_group(name="probe", description="recording channels", location=location, device=device)
+    nwb.units = Units(name="units", description="units sorted by NeuroWorkbench (deconvolution), curated by hand",
+                      resolution=1.0 / float(curation.sample_rate), waveform_rate=float(curation.sample_rate), waveform_unit="volts")
     for x, y in curation.positions:
-        nwb.add_electrode(group=group, location="unknown", rel_x=float(x), rel_y=float(y))
+        nwb.add_electrode(group=group, location=location, rel_x=float(x), rel_y=float(y))
     columns = {"quality": "curation label: good / mua / noise / unsorted", "snr": "amplitude / noise SD on the peak channel",
                "isi_violations_ratio": "ISI violations ratio (Hill 2011, 1.5 ms)", "presence_ratio": "fraction of 100 time bins with spikes",
                "peak_channel": "channel (row of the electrodes table) with the largest amplitude"}

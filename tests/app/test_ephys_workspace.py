@@ -202,10 +202,25 @@ def test_sort_view_curate_and_reload(window, qtbot, recording, tmp_path, monkeyp
     # Export units to NWB… (the save dialog answered): the label is in the file's Units table
     import pynwb
 
-    save_through_button(window, qtbot, monkeypatch, ws.export_nwb_button, tmp_path / "units")
+    # the session metadata form is asked once per folder: its answers are in the file, and remembered
+    form = {"session_description": "Probe recording, day 3", "experimenter": "Doe, Jane; Roe, Rick", "subject_id": "M7",
+            "species": "Mus musculus", "sex": "F", "age": "P60D", "location": "VISp"}
+    save_through_button(window, qtbot, monkeypatch, ws.export_nwb_button, tmp_path / "units", metadata=form)
     with pynwb.NWBHDF5IO(str(tmp_path / "units.nwb"), "r") as io:
-        units = io.read().units
+        nwb = io.read()
+        units = nwb.units
         assert units["quality"][list(units.id[:]).index(b)] == "good" and len(units) == len(ws.curation.cluster_ids)
+        assert list(nwb.experimenter) == ["Doe, Jane", "Roe, Rick"] and nwb.subject.age == "P60D"
+        assert nwb.session_description == "Probe recording, day 3"
+    from app.dialogs import NwbMetadataDialog
+
+    monkeypatch.setattr(NwbMetadataDialog, "exec", lambda self: pytest.fail("asked again for the same folder"))
+    from PyQt6.QtWidgets import QFileDialog
+
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", staticmethod(lambda *a, **k: (str(tmp_path / "again.nwb"), "")))
+    wait_for_job(qtbot, ws.export_nwb())
+    with pynwb.NWBHDF5IO(str(tmp_path / "again.nwb"), "r") as io:
+        assert io.read().subject.subject_id == "M7"
 
     # the filter box keeps matching rows only
     qtbot.keyClicks(ws.units.filter, "good")

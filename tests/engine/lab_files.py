@@ -37,3 +37,25 @@ def write_spikeglx(folder, data: np.ndarray, sample_rate: float = 30000.0, run: 
     }
     (run_dir / f"{stem}.meta").write_text("".join(f"{k}={v}\n" for k, v in meta.items()))
     return run_dir / f"{stem}.bin"
+
+
+#: Session metadata as a lab gives it (NWB's own field names), for the NWB exports.
+NWB_METADATA = {
+    "session_description": "Acute recording in mouse V1, drifting gratings",
+    "experimenter": ["Doe, Jane"],
+    "institution": "University of Examples",
+    "lab": "Systems Neuroscience Lab",
+    "keywords": ["V1", "mouse"],
+    "experiment_description": "Orientation tuning under anaesthesia",
+    "subject": {"subject_id": "M42", "species": "Mus musculus", "sex": "F", "age": "P90D"},
+    "location": "VISp",
+}
+
+
+def nwbinspector_problems(path) -> list[str]:
+    """nwbinspector's messages on an NWB file at CRITICAL or BEST_PRACTICE_VIOLATION importance (or worse)."""
+    from nwbinspector import Importance, inspect_nwbfile
+
+    bad = Importance.BEST_PRACTICE_VIOLATION.value
+    return [f"{m.importance.name} {m.check_function_name} {m.location}: {m.message}"
+            for m in inspect_nwbfile(nwbfile_path=str(path)) if m.importance.value >= bad]

@@ -23,7 +23,16 @@ def test_round_trip(tmp_path, capsys):
     assert raw.is_file() and probe.is_file() and (out / "recording_ground_truth.npz").is_file()
     assert json.loads(probe.read_text())["specification"] == "probeinterface"
     phy = tmp_path / "phy"
-    assert run(["sort", str(raw), "--n-channels", "8", "--fs", "30000", "--gain", "0.195", "--probe", str(probe), "-o", str(phy)]) == 0
+    from lab_files import NWB_METADATA, nwbinspector_problems
+
+    (tmp_path / "meta.json").write_text(json.dumps(NWB_METADATA))
+    assert run(["sort", str(raw), "--n-channels", "8", "--fs", "30000", "--gain", "0.195", "--probe", str(probe), "-o", str(phy),
+                "--nwb", str(tmp_path / "units.nwb"), "--nwb-metadata", str(tmp_path / "meta.json")]) == 0
+    assert nwbinspector_problems(tmp_path / "units.nwb") == []
+    from spikeinterface.extractors import read_nwb_sorting, read_phy
+
+    assert read_nwb_sorting(str(tmp_path / "units.nwb")).get_sampling_frequency() == 30000
+    assert len(read_phy(phy).unit_ids) == len(np.unique(np.load(phy / "spike_clusters.npy")))  # SpikeInterface's Phy reader
     text = capsys.readouterr().out
     assert "units" in text and "real time" in text
     gt = np.load(out / "recording_ground_truth.npz")
@@ -57,6 +66,8 @@ def test_bad_inputs(tmp_path, capsys):
     assert run(["sort", str(good), "--n-channels", "8", "--fs", "30000", "--probe", str(tmp_path / "p16.json"), "-o", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "16 channels" in err and "the recording has 8" in err
+    assert run(["sort", str(good), "--n-channels", "8", "--fs", "30000", "-o", str(tmp_path / "o"), "--nwb-metadata", "m.yaml"]) == 2
+    assert "give --nwb FILE.nwb too" in capsys.readouterr().err
     assert run(["qc", str(tmp_path / "nothing")]) == 2
     assert "Phy folder not found" in capsys.readouterr().err
     with pytest.raises(SystemExit):

@@ -114,3 +114,49 @@ def test_curated_units_export_validates_and_reads_back(tmp_path):
         assert c.row(merged)["peak_channel"] in electrodes.index.tolist()
     with pytest.raises(InputError, match=r"\.nwb"):
         export_units(c, tmp_path / "units.h5")
+
+
+def test_units_with_user_metadata_pass_nwbinspector_and_load_in_spikeinterface(tmp_path):
+    """The file DANDI would take: no CRITICAL or BEST_PRACTICE_VIOLATION from the NWB team's inspector, the
+    session metadata as the user gave it, and SpikeInterface's read_nwb_sorting finds the rate (Units.resolution)."""
+    from lab_files import NWB_METADATA, nwbinspector_problems
+    from spikeinterface.extractors import read_nwb_sorting
+    from test_ephys_curation import _folder
+
+    from engine.ephys.curation import Curation
+    from engine.ephys.nwb import export_units
+
+    folder, _sorting = _folder(tmp_path)
+    c = Curation(folder)
+    path = export_units(c, tmp_path / "units.nwb", metadata=NWB_METADATA)
+    assert nwbinspector_problems(path) == []
+    with NWBHDF5IO(str(path), "r") as io:
+        nwb = io.read()
+        assert nwb.session_description == NWB_METADATA["session_description"] and list(nwb.experimenter) == ["Doe, Jane"]
+        assert nwb.subject.species == "Mus musculus" and nwb.subject.age == "P90D" and nwb.lab == "Systems Neuroscience Lab"
+        assert nwb.units.resolution == pytest.approx(1 / c.sample_rate) and nwb.electrodes["location"][0] == "VISp"
+    sorting = read_nwb_sorting(str(path))
+    assert sorting.get_sampling_frequency() == pytest.approx(c.sample_rate)
+    assert sorted(int(u) for u in sorting.unit_ids) == sorted(int(i) for i in c.cluster_ids)
+    unit = int(c.cluster_ids[0])
+    np.testing.assert_array_equal(sorting.get_unit_spike_train(unit), np.sort(c.spike_times[c.spikes(unit)]))
+
+
+def test_nwb_metadata_file_json_or_yaml_and_bad_fields(tmp_path):
+    import json
+
+    from lab_files import NWB_METADATA
+
+    from engine.nwb import read_metadata
+
+    (tmp_path / "m.json").write_text(json.dumps(NWB_METADATA))
+    (tmp_path / "m.yaml").write_text("session_description: Acute recording in mouse V1, drifting gratings\n"
+                                     "experimenter: Doe, Jane\ninstitution: University of Examples\nlab: Systems Neuroscience Lab\n"
+                                     "keywords: [V1, mouse]\nexperiment_description: Orientation tuning under anaesthesia\n"
+                                     "subject:\n  subject_id: M42\n  species: Mus musculus\n  sex: F\n  age: P90D\nlocation: VISp\n")
+    assert read_metadata(tmp_path / "m.json") == read_metadata(tmp_path / "m.yaml") == NWB_METADATA
+    for text, message in (("experimentor: Jane", "unknown field"), ("subject: {sex: female}", "sex must be one of"),
+                          ("subject: {age: 90 days}", "ISO 8601"), ("[1, 2]", "mapping"), ("a: [", "neither valid JSON nor YAML")):
+        (tmp_path / "bad.yaml").write_text(text)
+        with pytest.raises(InputError, match=message):
+            read_metadata(tmp_path / "bad.yaml")
