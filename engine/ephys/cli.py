@@ -1,7 +1,10 @@
 """`neurowb sort`, `neurowb qc` and `neurowb simulate-ephys` (registered through the neurowb.commands entry point).
 
-``neurowb sort RAW [--n-channels N --fs F] [--dtype int16] [--gain G] [--offset O] [--probe PROBE.json] -o PHY_DIR [--nwb UNITS.nwb] [--nwb-metadata META]``
-    sorts a flat binary recording (samples × channels) into a Phy folder (and the units into an NWB file). Without ``--probe`` the
+``neurowb sort RECORDING [--probe P] -o PHY_DIR [--nwb UNITS.nwb] [--nwb-metadata META]``
+    sorts a recording into a Phy folder (and the units into an NWB file). RECORDING: any format of
+    :mod:`engine.ephys.formats` (SpikeGLX, Open Ephys, Intan, Neuralynx, Blackrock, NWB: layout, gains and
+    probe from the file), or a flat binary (samples × channels) with its sidecar or
+    ``--n-channels N --fs F [--dtype int16] [--gain G] [--offset O]``. Without ``--probe`` the
     channels are assumed to form one straight column 20 µm apart (a warning says so).
 ``neurowb qc PHY_DIR [-o metrics.csv]``
     prints the per-unit quality table (definitions in engine/ephys/qc.py) and optionally saves it.
@@ -21,7 +24,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser("sort", help="spike-sort a raw recording into a Phy folder",
                               description="Spike sorting by deconvolution (engine/ephys/sorter.py); output opens in Phy.")
-    p.add_argument("raw", metavar="RAW", help="flat binary file, samples × channels, C order")
+    p.add_argument("raw", metavar="RECORDING", help="SpikeGLX .ap.bin (or its run folder), Open Ephys structure.oebin (or its "
+                   "folder), Intan .rhd/.rhs, Neuralynx .ncs folder, Blackrock .ns5/.ns6, NWB, or a flat binary file "
+                   "(samples × channels, C order; layout from its sidecar or the flags)")
     p.add_argument("--n-channels", type=int, metavar="N", help="channels in the file (default: from its sidecar)")
     p.add_argument("--fs", type=float, metavar="F", help="sample rate in Hz (default: from its sidecar)")
     p.add_argument("--dtype", default="int16", choices=DTYPES, help="sample type (default int16)")
@@ -56,13 +61,19 @@ def _run_sort(args: argparse.Namespace) -> int:
 
     from engine.cli import progress_bar
     from engine.ephys.curation import sort_job
-    from engine.ephys.io import RawRecording, RecordingParams, read_sidecar
+    from engine.ephys.formats import ExtractorRecording, detect_format, open_recording
+    from engine.ephys.io import RecordingParams, read_sidecar
+    from engine.ephys.probe import read_probe
     from engine.ephys.sorter import SortParams
     from engine.errors import InputError
     from engine.nwb import command_metadata
 
     layout = [args.n_channels, args.fs]
-    if all(v is not None for v in layout):
+    if detect_format(args.raw) is not None:  # SpikeGLX, Open Ephys, Intan, Neuralynx, Blackrock, NWB: the file says
+        if any(v is not None for v in layout):
+            raise InputError(f"'{args.raw}' states its channel count and rate: drop --n-channels and --fs.")
+        params = None
+    elif all(v is not None for v in layout):
         params = RecordingParams(n_channels=args.n_channels, sample_rate=args.fs, dtype=args.dtype, gain_uv=args.gain, offset=args.offset)
     elif any(v is not None for v in layout):
         raise InputError("Give both --n-channels and --fs (or neither, when the file has a sidecar).")
@@ -71,10 +82,16 @@ def _run_sort(args: argparse.Namespace) -> int:
         if params is None:
             raise InputError(f"'{args.raw}' says neither its channel count nor its sample rate: give --n-channels and --fs, "
                              f"or put a sidecar '{args.raw}.json' beside it.")
-    RawRecording(args.raw, params).close()  # a wrong layout is said before anything else
+    recording = open_recording(args.raw, params)  # a wrong layout or an unreadable file is said before anything else
     metadata = command_metadata(args.nwb, args.nwb_metadata)
-    if not args.probe:
+    stated = recording.probe() if isinstance(recording, ExtractorRecording) else None
+    if args.probe:
+        read_probe(args.probe, recording.n_channels)
+    elif stated is not None:
+        print(f"probe: {stated.name}, {stated.n_channels} channels", file=sys.stderr)
+    else:
         print("warning: no --probe given: assuming a linear probe 20 µm apart", file=sys.stderr)
+    recording.close()
     sort_params = SortParams()
     if args.threshold is not None:
         sort_params.threshold = args.threshold
