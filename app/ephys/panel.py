@@ -31,7 +31,8 @@ from app.workspace import InfoBox, Workspace
 from engine.ephys import curation as engine_curation
 from engine.ephys.curation import Curation, TraceSource, is_phy_folder, phy_folder_for
 from engine.ephys.io import RAW_EXTENSIONS, RawRecording, read_sidecar
-from engine.ephys.nwb import export_units, nwb_recording_job
+from engine.ephys.formats import FORMAT_EXTENSIONS, detect_format
+from engine.ephys.nwb import export_units
 from engine.ephys.sorter import SortParams
 from engine.errors import InputError
 from engine.nwb import ELECTRICAL_TYPES, has_series
@@ -49,7 +50,7 @@ class EphysWorkspace(Workspace):
     key = "ephys"
     title = "Ephys"
     icon_name = "ephys"
-    extensions = RAW_EXTENSIONS + (".nwb",)
+    extensions = RAW_EXTENSIONS + (".nwb",) + FORMAT_EXTENSIONS
 
     def __init__(self, window):
         super().__init__(window)
@@ -286,16 +287,20 @@ class EphysWorkspace(Workspace):
     def can_open(self, path: Path) -> bool:
         if path.suffix.lower() == ".nwb":  # also the Calcium workspace's type: look inside
             return has_series(path, ELECTRICAL_TYPES)
-        return path.suffix.lower() in self.extensions or is_phy_folder(path)
+        if path.is_dir():  # a Phy folder, or a recording folder (SpikeGLX run, Open Ephys, Neuralynx)
+            return is_phy_folder(path) or detect_format(path) is not None
+        return path.suffix.lower() in self.extensions or is_phy_folder(path)  # or a Phy folder's params.py
 
     def file_filter(self) -> str:
-        return "Ephys recordings and Phy folders (*.raw *.bin *.dat *.nwb params.py)"
+        return ("Ephys recordings and Phy folders (*.raw *.bin *.dat *.nwb *.meta *.oebin *.rhd *.rhs *.ncs *.ns5 *.ns6 "
+                "*.ns4 *.ns3 *.ns2 *.ns1 params.py)")
 
     def open_file(self, path: Path) -> Job | None:
         if is_phy_folder(path):
             return self.open_phy(path)
-        if path.suffix.lower() == ".nwb":
-            return self.window.run_job(f"Open {path.name}", nwb_recording_job, path, on_result=self._show_nwb)
+        if detect_format(path) is not None:  # the file states its layout (and often its probe): nothing to ask
+            return self.window.run_job(f"Open {path.name}", engine_curation.open_recording_job, path, None,
+                                       on_result=lambda out: self._show_recording(path, out))
         params = read_sidecar(path)
         save = False
         if params is None:
@@ -308,7 +313,8 @@ class EphysWorkspace(Workspace):
 
     def open_phy_dialog(self) -> None:
         start = str(self.raw_path.parent) if self.raw_path else self.window.settings.last_folder("open")
-        folder = QFileDialog.getExistingDirectory(self, "Open a Phy folder (with params.py)", start)
+        folder = QFileDialog.getExistingDirectory(self, "Open a Phy folder (with params.py) or a recording folder "
+                                                          "(SpikeGLX run, Open Ephys, Neuralynx)", start)
         if folder:
             self.window.open_files([folder])
 
@@ -316,10 +322,6 @@ class EphysWorkspace(Workspace):
         folder = Path(folder)
         return self.window.run_job(f"Open Phy folder {folder.name if folder.name != 'params.py' else folder.parent.name}",
                                    engine_curation.open_phy_job, folder, on_result=self._show_phy)
-
-    def _show_nwb(self, out: dict) -> None:
-        self._show_recording(out["raw_path"], out)
-        self.window.show_status(f"{out['series']} copied to {out['raw_path'].name} for sorting. {out['note']}".strip(), 10000)
 
     def _show_recording(self, path: Path, out: dict) -> None:
         self._flush_view_state()
@@ -329,6 +331,8 @@ class EphysWorkspace(Workspace):
         self.stage_label.setText("Not sorted yet: press Sort.")
         self.progress_bar.setValue(0)
         self.loaded(path)
+        if out.get("note"):
+            self.window.show_status(out["note"], 10000)
         if out["phy_folder"] is not None:  # an earlier sort of this file: show it and its curation
             self.stage_label.setText(f"Loading the earlier sort in {out['phy_folder'].name}/ …")
             self.open_phy(out["phy_folder"])

@@ -48,13 +48,24 @@ def _spikeglx_meta(path: Path) -> Path | None:
     return None
 
 
+def _below(folder: Path, pattern: str, depth: int = 3) -> list[Path]:
+    """Files matching ``pattern`` in ``folder`` or up to ``depth`` levels below (a session folder of Open Ephys
+    holds Record Node / experiment / recording; a SpikeGLX run, run_g0 / run_g0_imec0), first level first;
+    bounded so that opening a large folder stays quick."""
+    for level in range(depth + 1):
+        found = sorted(folder.glob("/".join(["*"] * level + [pattern])))
+        if found:
+            return found
+    return []
+
+
 def detect_format(path: str | os.PathLike) -> tuple[str, Path] | None:
     """(format, what to hand its reader) when ``path`` is in a format that states its own layout, else None."""
     path = Path(path)
     if path.is_dir():
-        if (path / "structure.oebin").is_file() or next(path.glob("**/structure.oebin"), None) is not None:
+        if _below(path, "structure.oebin"):
             return "openephys", path
-        meta = sorted(path.glob("**/*.ap.meta")) or sorted(path.glob("**/*.meta"))
+        meta = _below(path, "*.ap.meta") or _below(path, "*.meta")
         if meta:
             return "spikeglx", meta[0]
         if next(path.glob("*.ncs"), None) is not None or next(path.glob("*.Ncs"), None) is not None:
@@ -89,8 +100,14 @@ def _read(kind: str, target: Path):
 
     if kind == "spikeglx":
         return se.read_spikeglx(target.parent, stream_id=_spikeglx_stream(target))
-    if kind == "nwb":
-        return se.read_nwb_recording(target)
+    if kind == "nwb":  # its structure first, read with h5py: a clear message for a file without an ElectricalSeries
+        from engine.nwb import ELECTRICAL_TYPES, find_series, open_nwb
+
+        with open_nwb(target) as f:
+            found = find_series(f, ELECTRICAL_TYPES)
+        if not found:
+            raise InputError(f"'{target.name}' holds no ElectricalSeries to sort.")
+        return se.read_nwb_recording(target, electrical_series_path=found[0])  # acquisition first
     reader = {"openephys": se.read_openephys, "intan": se.read_intan, "neuralynx": se.read_neuralynx,
               "blackrock": se.read_blackrock}[kind]
     neo_name = {"openephys": "openephysbinary", "intan": "intan", "neuralynx": "neuralynx", "blackrock": "blackrock"}[kind]
