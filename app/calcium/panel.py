@@ -45,7 +45,7 @@ from app.calcium.views import FieldOfView, TracePanel
 from app.dialogs import ask_nwb_metadata, ask_nwb_path
 from app.jobs import Job
 from app.workspace import InfoBox, Workspace
-from engine.calcium.io import MOVIE_EXTENSIONS, Movie, region_trace
+from engine.calcium.io import MOVIE_EXTENSIONS, Movie, is_suite2p_binary, region_trace
 from engine.calcium.pipeline import REGISTER
 from engine.nwb import ELECTRICAL_TYPES, has_series
 from engine.storage import workdir_for
@@ -248,6 +248,8 @@ class CalciumWorkspace(Workspace):
     def can_open(self, path: Path) -> bool:
         if path.suffix.lower() == ".nwb":  # an ephys recording goes to Ephys; movies, results and bad files here
             return not has_series(path, ELECTRICAL_TYPES)
+        if path.suffix.lower() == ".bin":  # Suite2p's data.bin (ops.npy beside it); other .bin files are ephys recordings
+            return is_suite2p_binary(path)
         return super().can_open(path)
 
     def open_file(self, path: Path) -> Job:

@@ -31,6 +31,7 @@ from app.workspace import InfoBox, Workspace
 from engine.ephys import curation as engine_curation
 from engine.ephys.curation import Curation, TraceSource, is_phy_folder, phy_folder_for
 from engine.ephys.io import RAW_EXTENSIONS, RawRecording, read_sidecar
+from engine.calcium.io import is_suite2p_binary
 from engine.ephys.formats import FORMAT_EXTENSIONS, detect_format
 from engine.ephys.nwb import export_units
 from engine.ephys.sorter import SortParams
@@ -289,6 +290,8 @@ class EphysWorkspace(Workspace):
             return has_series(path, ELECTRICAL_TYPES)
         if path.is_dir():  # a Phy folder, or a recording folder (SpikeGLX run, Open Ephys, Neuralynx)
             return is_phy_folder(path) or detect_format(path) is not None
+        if is_suite2p_binary(path):  # a calcium movie (Suite2p's data.bin), not a recording
+            return False
         return path.suffix.lower() in self.extensions or is_phy_folder(path)  # or a Phy folder's params.py
 
     def file_filter(self) -> str:
