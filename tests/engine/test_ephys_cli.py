@@ -29,10 +29,14 @@ def test_round_trip(tmp_path, capsys):
     assert run(["sort", str(raw), "--n-channels", "8", "--fs", "30000", "--gain", "0.195", "--probe", str(probe), "-o", str(phy),
                 "--nwb", str(tmp_path / "units.nwb"), "--nwb-metadata", str(tmp_path / "meta.json")]) == 0
     assert nwbinspector_problems(tmp_path / "units.nwb") == []
-    from spikeinterface.extractors import read_nwb_sorting, read_phy
+    from spikeinterface.extractors import read_kilosort, read_nwb_sorting, read_phy
 
     assert read_nwb_sorting(str(tmp_path / "units.nwb")).get_sampling_frequency() == 30000
-    assert len(read_phy(phy).unit_ids) == len(np.unique(np.load(phy / "spike_clusters.npy")))  # SpikeInterface's Phy reader
+    n_clusters = len(np.unique(np.load(phy / "spike_clusters.npy")))
+    assert len(read_phy(phy).unit_ids) == n_clusters  # SpikeInterface's Phy and Kilosort readers take the folder
+    ks = read_kilosort(phy)
+    assert len(ks.unit_ids) == n_clusters and ks.get_sampling_frequency() == 30000
+    assert sum(len(ks.get_unit_spike_train(u)) for u in ks.unit_ids) == len(np.load(phy / "spike_times.npy"))
     text = capsys.readouterr().out
     assert "units" in text and "real time" in text
     gt = np.load(out / "recording_ground_truth.npz")
