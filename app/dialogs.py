@@ -62,6 +62,86 @@ def ask_nwb_path(parent: QWidget | None, title: str, start: Path) -> Path | None
     return path if path.suffix.lower() == ".nwb" else path.with_name(path.name + ".nwb")
 
 
+class NwbMetadataDialog(QDialog):
+    """The session's description, experimenter, subject… for an NWB export, in NWB's own field names."""
+
+    FIELDS = (("session_description", "Session description"), ("experiment_description", "Experiment description"),
+              ("experimenter", "Experimenter(s)"), ("institution", "Institution"), ("lab", "Lab"), ("keywords", "Keywords"),
+              ("location", "Brain area"), ("subject_id", "Subject ID"), ("species", "Species"), ("age", "Age"))
+    LISTS = ("experimenter", "keywords")  # comma-separated in the form… but "Last, First" names are kept whole: ";" separates
+    SUBJECT = ("subject_id", "species", "sex", "age")
+
+    def __init__(self, metadata: dict, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.setWindowTitle("NWB session metadata")
+        form = QFormLayout(self)
+        note = QLabel("Stored in the NWB file as DANDI asks for it; remembered for every export from this folder.")
+        note.setWordWrap(True)
+        form.addRow(note)
+        subject = metadata.get("subject", {})
+        self.edits: dict[str, QLineEdit] = {}
+        hints = {"experimenter": "Last, First; Last, First", "keywords": "V1; mouse", "species": "Mus musculus",
+                 "age": "P90D (ISO 8601: 90 days)", "location": "VISp (Allen CCF term for a mouse)"}
+        for key, label in self.FIELDS:
+            value = subject.get(key) if key in self.SUBJECT else metadata.get(key)
+            edit = QLineEdit("; ".join(value) if isinstance(value, list) else (value or ""))
+            edit.setPlaceholderText(hints.get(key, ""))
+            self.edits[key] = edit
+            form.addRow(f"{label}:", edit)
+        self.sex = QComboBox()
+        self.sex.addItems(["", "F", "M", "U", "O"])
+        self.sex.setCurrentText(subject.get("sex", ""))
+        form.addRow("Sex:", self.sex)
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
+        buttons.accepted.connect(self.accept)
+        buttons.rejected.connect(self.reject)
+        form.addRow(buttons)
+
+    def metadata(self) -> dict:
+        values = {key: edit.text().strip() for key, edit in self.edits.items()}
+        for key in self.LISTS:
+            values[key] = [v.strip() for v in values[key].split(";") if v.strip()]
+        values["sex"] = self.sex.currentText()
+        out = {k: v for k, v in values.items() if k not in self.SUBJECT and v}
+        subject = {k: values[k] for k in self.SUBJECT if values[k]}
+        if subject:
+            out["subject"] = subject
+        return out
+
+
+def ask_nwb_metadata(parent: QWidget | None, settings, folder: Path) -> dict | None:
+    """The NWB session metadata for exports from ``folder``: asked once (pre-filled with the last answers
+    given anywhere) and remembered per folder in the settings; None when cancelled."""
+    import json
+
+    from engine.errors import InputError
+    from engine.nwb import check_metadata
+
+    from urllib.parse import quote
+
+    key = f"nwb_metadata/folders/{quote(Path(folder).resolve().as_posix(), safe='')}"  # one settings key, no "/" groups
+    try:
+        stored = json.loads(settings.value(key, "", type=str) or "null")
+        if stored is not None:
+            return check_metadata(stored)
+    except (ValueError, InputError):
+        pass  # unreadable: ask again
+    last = json.loads(settings.value("nwb_metadata/last", "{}", type=str) or "{}")
+    while True:
+        dialog = NwbMetadataDialog(last if isinstance(last, dict) else {}, parent)
+        if dialog.exec() != QDialog.DialogCode.Accepted:
+            return None
+        try:
+            meta = check_metadata(dialog.metadata(), "NWB metadata")
+            break
+        except InputError as exc:
+            QMessageBox.warning(parent, "NWB session metadata", exc.message)
+            last = dialog.metadata()
+    settings.set_value(key, json.dumps(meta))
+    settings.set_value("nwb_metadata/last", json.dumps(meta))
+    return meta
+
+
 def versions() -> list[tuple[str, str]]:
     """Versions of what the app runs on (imported lazily: torch is slow to import)."""
     import numpy

@@ -89,3 +89,109 @@ def write_nwb(nwb, path: os.PathLike):
         io.write(nwb)
     os.replace(partial, path)
     return path
+
+
+#: What the user says about a session, with NWB's own field names (the keys of a --nwb-metadata file).
+SESSION_FIELDS = ("session_description", "experimenter", "institution", "lab", "keywords", "experiment_description")
+SUBJECT_FIELDS = ("subject_id", "species", "sex", "age", "description", "strain", "genotype", "date_of_birth", "weight")
+SEXES = ("M", "F", "U", "O")
+#: Besides those: ``location``, the brain area recorded (the ``location`` of NWB's ElectrodeGroup, electrodes and
+#: ImagingPlane; an Allen CCF term such as "VISp" for a mouse, as nwbinspector asks).
+LOCATION_FIELD = "location"
+
+
+def check_metadata(meta, source: str = "NWB metadata") -> dict:
+    """``meta`` checked against NWB's rules (what nwbinspector checks), as a clean dict; InputError naming
+    the field otherwise. ``experimenter`` and ``keywords`` may be one string or a list; ``subject`` is a dict."""
+    from engine.errors import InputError
+
+    if meta is None:
+        return {}
+    if not isinstance(meta, dict):
+        raise InputError(f"{source} must be a mapping of NWB field names to values (session_description, experimenter, "
+                         "institution, lab, keywords, experiment_description, subject).")
+    unknown = sorted(set(meta) - set(SESSION_FIELDS) - {"subject", LOCATION_FIELD})
+    if unknown:
+        raise InputError(f"{source}: unknown field(s) {', '.join(map(str, unknown))}; use NWB's names: "
+                         f"{', '.join(SESSION_FIELDS)}, subject, location.")
+    out: dict = {}
+    for key in (*SESSION_FIELDS, LOCATION_FIELD):
+        value = meta.get(key)
+        if value in (None, "", []):
+            continue
+        if key in ("experimenter", "keywords"):
+            values = [value] if isinstance(value, str) else value
+            if not isinstance(values, (list, tuple)) or not all(isinstance(v, str) and v.strip() for v in values):
+                raise InputError(f"{source}: {key} must be a name or a list of names (text).")
+            out[key] = [v.strip() for v in values]
+        elif isinstance(value, str):
+            out[key] = value.strip()
+        else:
+            raise InputError(f"{source}: {key} must be text, got {value!r}.")
+    subject = meta.get("subject")
+    if subject not in (None, {}):
+        if not isinstance(subject, dict):
+            raise InputError(f"{source}: subject must be a mapping (subject_id, species, sex, age).")
+        unknown = sorted(set(subject) - set(SUBJECT_FIELDS))
+        if unknown:
+            raise InputError(f"{source}: unknown subject field(s) {', '.join(map(str, unknown))}; use {', '.join(SUBJECT_FIELDS)}.")
+        clean = {k: str(v).strip() for k, v in subject.items() if v not in (None, "")}
+        if "sex" in clean and clean["sex"] not in SEXES:
+            raise InputError(f"{source}: subject sex must be one of M, F, U (unknown), O (other), got {clean['sex']!r}.")
+        if "age" in clean and not clean["age"].startswith("P"):
+            raise InputError(f"{source}: subject age is an ISO 8601 duration such as P90D (90 days) or P12W, got {clean['age']!r}.")
+        out["subject"] = clean
+    return out
+
+
+def read_metadata(path: os.PathLike) -> dict:
+    """The session metadata in a JSON or YAML file (NWB's field names), checked by :func:`check_metadata`."""
+    from pathlib import Path
+
+    import yaml
+
+    from engine.errors import InputError
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"NWB metadata file not found: '{path}'. Check the path.")
+    try:
+        meta = yaml.safe_load(path.read_text(encoding="utf-8"))  # YAML is a superset of JSON: one reader for both
+    except (UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise InputError(f"'{path.name}' is neither valid JSON nor YAML: fix the line it reports.", details=str(exc)) from exc
+    return check_metadata(meta, f"'{path.name}'")
+
+
+def new_nwbfile(metadata: dict | None, description: str, session_start, notes: str):
+    """A pynwb ``NWBFile`` with the user's session metadata (:func:`check_metadata`) where given;
+    ``description`` is the session description when the user gave none."""
+    import uuid
+
+    from pynwb import NWBFile
+    from pynwb.file import Subject
+
+    meta = check_metadata(metadata)
+    subject = meta.pop("subject", None)
+    meta.pop(LOCATION_FIELD, None)
+    meta.setdefault("session_description", description)
+    nwb = NWBFile(identifier=str(uuid.uuid4()), session_start_time=session_start, notes=notes, **meta)
+    if subject:
+        nwb.subject = Subject(**subject)
+    return nwb
+
+
+
+def recorded_location(metadata: dict | None) -> str:
+    """The brain area the user named (``location``), else "unknown"."""
+    return check_metadata(metadata).get(LOCATION_FIELD, "unknown")
+
+
+def command_metadata(nwb_path: str | None, metadata_path: str | None) -> dict | None:
+    """A command's ``--nwb`` / ``--nwb-metadata``, checked before any long work: the metadata read, or None."""
+    from engine.errors import InputError
+
+    if metadata_path and not nwb_path:
+        raise InputError("--nwb-metadata describes the NWB file: give --nwb FILE.nwb too.")
+    if nwb_path:
+        nwb_target(nwb_path)
+    return read_metadata(metadata_path) if metadata_path else None

@@ -42,10 +42,10 @@ from PyQt6.QtWidgets import (
 from engine.calcium import curation
 from engine.calcium.curation import MOVIE_SOURCES, Curation
 from app.calcium.views import FieldOfView, TracePanel
-from app.dialogs import ask_nwb_path, show_error
+from app.dialogs import ask_nwb_metadata, ask_nwb_path, show_error
 from app.jobs import Job
 from app.workspace import InfoBox, Workspace
-from engine.calcium.io import MOVIE_EXTENSIONS, Movie, region_trace
+from engine.calcium.io import MOVIE_EXTENSIONS, Movie, is_suite2p_binary, region_trace
 from engine.calcium.pipeline import REGISTER
 from engine.mesh.io import HDF5_EXTENSIONS, is_hdf5_mesh
 from engine.nwb import ELECTRICAL_TYPES, has_series
@@ -251,6 +251,8 @@ class CalciumWorkspace(Workspace):
             return not has_series(path, ELECTRICAL_TYPES)
         if path.suffix.lower() in HDF5_EXTENSIONS:  # a MeshParty mesh goes to Morphology; movies and bad files here
             return not is_hdf5_mesh(path)
+        if path.suffix.lower() == ".bin":  # Suite2p's data.bin (ops.npy beside it); other .bin files are ephys recordings
+            return is_suite2p_binary(path)
         return super().can_open(path)
 
     def open_file(self, path: Path) -> Job:
@@ -685,8 +687,11 @@ class CalciumWorkspace(Workspace):
         path = Path(path) if path else ask_nwb_path(self, "Export an NWB file", workdir_for(self.current_path) / f"{self.current_path.stem}.nwb")
         if path is None:
             return None
+        metadata = ask_nwb_metadata(self, self.window.settings, self.current_path.parent)
+        if metadata is None:
+            return None
         return self.window.run_job(f"Export NWB {path.name}", curation.export_nwb_job, self.curation.result, path,
-                                   self.current_path,
+                                   self.current_path, metadata,
                                    on_result=lambda out: self.window.show_status(f"Exported the ROIs to {out}", 10000))
 
     # -- pixel traces (before CNMF) ---------------------------------------------------------

@@ -22,7 +22,7 @@ from PyQt6.QtGui import QKeySequence, QShortcut
 from PyQt6.QtWidgets import (QApplication, QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGridLayout, QGroupBox, QHBoxLayout,
                              QLabel, QProgressBar, QPushButton, QSizePolicy, QSpinBox, QSplitter, QVBoxLayout)
 
-from app.dialogs import ask_nwb_path, confirm, show_error
+from app.dialogs import ask_nwb_metadata, ask_nwb_path, confirm, show_error
 from app.ephys.params_dialog import RecordingParamsDialog
 from app.ephys.traces import TraceLoader, TracePanel, TraceRequest, load_traces
 from app.ephys.views import SimilarList, UnitTable, UnitViews, selection_color
@@ -31,7 +31,9 @@ from app.workspace import InfoBox, Workspace
 from engine.ephys import curation as engine_curation
 from engine.ephys.curation import Curation, TraceSource, phy_folder_for
 from engine.ephys.io import RAW_EXTENSIONS, RawRecording, read_sidecar
-from engine.ephys.nwb import export_units, nwb_recording_job
+from engine.calcium.io import is_suite2p_binary
+from engine.ephys.formats import FORMAT_EXTENSIONS, detect_format
+from engine.ephys.nwb import export_units
 from engine.ephys.sorter import SortParams
 from engine.errors import InputError
 from engine.nwb import ELECTRICAL_TYPES, has_series
@@ -49,7 +51,7 @@ class EphysWorkspace(Workspace):
     key = "ephys"
     title = "Ephys"
     icon_name = "ephys"
-    extensions = RAW_EXTENSIONS + (".nwb",)
+    extensions = RAW_EXTENSIONS + (".nwb",) + FORMAT_EXTENSIONS
 
     def __init__(self, window):
         super().__init__(window)
@@ -148,7 +150,8 @@ class EphysWorkspace(Workspace):
         self.probe_label.setWordWrap(True)
         self.probe_label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         probe_button = QPushButton("Probe…")
-        probe_button.setToolTip("A probeinterface .json or a Kilosort channel map (.json / .mat). Without one, the channels are "
+        probe_button.setToolTip("A probeinterface .json or .prb, a Kilosort channel map (Kilosort 4 .json, MATLAB .mat), a "
+                                "SpikeGLX .meta or an Open Ephys settings.xml. Without one, the channels are "
                                 "taken as one straight column 20 µm apart. A file named <raw stem>.probe.json, probe.json or "
                                 "chanMap.mat beside the recording is picked up by itself.")
         probe_button.clicked.connect(self.choose_probe)
@@ -285,17 +288,22 @@ class EphysWorkspace(Workspace):
     def can_open(self, path: Path) -> bool:
         if path.suffix.lower() == ".nwb":  # also the Calcium workspace's type: look inside
             return has_series(path, ELECTRICAL_TYPES)
-        # A params.py (or a folder with one) is a Phy folder, complete or not: opening says what is missing.
-        return path.suffix.lower() in self.extensions or path.name == "params.py" or (path / "params.py").is_file()
+        if path.is_dir():  # a Phy folder (complete or not: opening says what is missing), or a recording folder
+            return (path / "params.py").is_file() or detect_format(path) is not None
+        if is_suite2p_binary(path):  # a calcium movie (Suite2p's data.bin), not a recording
+            return False
+        return path.suffix.lower() in self.extensions or path.name == "params.py"
 
     def file_filter(self) -> str:
-        return "Ephys recordings and Phy folders (*.raw *.bin *.dat *.nwb params.py)"
+        return ("Ephys recordings and Phy folders (*.raw *.bin *.dat *.nwb *.meta *.oebin *.rhd *.rhs *.ncs *.ns5 *.ns6 "
+                "*.ns4 *.ns3 *.ns2 *.ns1 params.py)")
 
     def open_file(self, path: Path) -> Job | None:
         if path.name == "params.py" or (path / "params.py").is_file():
             return self.open_phy(path)
-        if path.suffix.lower() == ".nwb":
-            return self.window.run_job(f"Open {path.name}", nwb_recording_job, path, on_result=self._show_nwb)
+        if detect_format(path) is not None:  # the file states its layout (and often its probe): nothing to ask
+            return self.window.run_job(f"Open {path.name}", engine_curation.open_recording_job, path, None,
+                                       on_result=lambda out: self._show_recording(path, out))
         params = read_sidecar(path)
         save = False
         if params is None:
@@ -308,7 +316,8 @@ class EphysWorkspace(Workspace):
 
     def open_phy_dialog(self) -> None:
         start = str(self.raw_path.parent) if self.raw_path else self.window.settings.last_folder("open")
-        folder = QFileDialog.getExistingDirectory(self, "Open a Phy folder (with params.py)", start)
+        folder = QFileDialog.getExistingDirectory(self, "Open a Phy folder (with params.py) or a recording folder "
+                                                          "(SpikeGLX run, Open Ephys, Neuralynx)", start)
         if folder:
             self.window.open_files([folder])
 
@@ -316,10 +325,6 @@ class EphysWorkspace(Workspace):
         folder = Path(folder)
         return self.window.run_job(f"Open Phy folder {folder.name if folder.name != 'params.py' else folder.parent.name}",
                                    engine_curation.open_phy_job, folder, on_result=self._show_phy)
-
-    def _show_nwb(self, out: dict) -> None:
-        self._show_recording(out["raw_path"], out)
-        self.window.show_status(f"{out['series']} copied to {out['raw_path'].name} for sorting. {out['note']}".strip(), 10000)
 
     def _show_recording(self, path: Path, out: dict) -> None:
         self._flush_view_state()
@@ -329,6 +334,8 @@ class EphysWorkspace(Workspace):
         self.stage_label.setText("Not sorted yet: press Sort.")
         self.progress_bar.setValue(0)
         self.loaded(path)
+        if out.get("note"):
+            self.window.show_status(out["note"], 10000)
         if out["phy_folder"] is not None:  # an earlier sort of this file: show it and its curation
             self.stage_label.setText(f"Loading the earlier sort in {out['phy_folder'].name}/ …")
             self.open_phy(out["phy_folder"])
@@ -361,7 +368,7 @@ class EphysWorkspace(Workspace):
 
     def choose_probe(self) -> None:
         start = str(self.raw_path.parent) if self.raw_path else ""
-        path, _ = QFileDialog.getOpenFileName(self, "Probe geometry", start, "Probe files (*.json *.mat);;All files (*)")
+        path, _ = QFileDialog.getOpenFileName(self, "Probe geometry", start, "Probe files (*.json *.mat *.prb *.meta *.xml);;All files (*)")
         if path:
             self.set_probe(Path(path))
 
@@ -542,7 +549,10 @@ class EphysWorkspace(Workspace):
         path = Path(path) if path else ask_nwb_path(self, "Export the units as NWB", folder.with_name(f"{folder.name}.nwb"))
         if path is None:
             return None
-        return self.window.run_job(f"Export units {path.name}", export_units, self.curation.snapshot(), path,
+        metadata = ask_nwb_metadata(self, self.window.settings, folder.parent)
+        if metadata is None:
+            return None
+        return self.window.run_job(f"Export units {path.name}", export_units, self.curation.snapshot(), path, metadata,
                                    on_result=lambda out: self.window.show_status(f"Exported the units to {out}", 10000))
 
     def next_similar(self, step: int = 1) -> None:

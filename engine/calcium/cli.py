@@ -1,9 +1,10 @@
 """`neurowb cnmf`, `neurowb deconvolve` and `neurowb simulate-calcium` (registered through the
 ``neurowb.commands`` entry point ``calcium``).
 
-``neurowb cnmf MOVIE -o OUT_DIR [--fs HZ] [--neuron-diameter PX] [--register rigid|piecewise|none] [--patch-size PX]``
+``neurowb cnmf MOVIE -o OUT_DIR [--nwb FILE.nwb] [--nwb-metadata META] [--fs HZ] [--neuron-diameter PX] [--register …] [--patch-size PX]``
     runs :func:`engine.calcium.pipeline.run_cnmf` and writes the Suite2p folder, ``footprints.npz``
-    and ``traces.npz`` (:mod:`engine.calcium.export`) into OUT_DIR.
+    and ``traces.npz`` (:mod:`engine.calcium.export`) into OUT_DIR; ``--nwb`` also an NWB file, with the
+    session metadata of ``--nwb-metadata`` (JSON or YAML, NWB's field names).
 ``neurowb deconvolve TRACES.npy [--fs HZ] [--method fast|cvxpy] -o OUT.npz``
     deconvolves every row (traces × frames; a 1-D array is one trace) and writes ``c``, ``s``,
     ``b``, ``g``, ``sigma``, ``tau`` (s, when --fs is given).
@@ -32,6 +33,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--register", choices=("rigid", "piecewise", "none"), default="none", help="motion correction (default none)")
     p.add_argument("--patch-size", type=positive_int, metavar="PX", help="patch core size in pixels (default max(64, 6 diameters))")
     p.add_argument("--nwb", metavar="FILE.nwb", help="also write the ROIs, traces and summary images as an NWB file")
+    p.add_argument("--nwb-metadata", metavar="META", help="JSON or YAML with NWB's field names: session_description, experimenter, "
+                   "institution, lab, keywords, experiment_description, subject {subject_id, species, sex, age}, location")
     p.set_defaults(run=_run_cnmf)
 
     p = subparsers.add_parser("deconvolve", help="AR(1) spike deconvolution of fluorescence traces",
@@ -70,6 +73,9 @@ def _run_cnmf(args: argparse.Namespace) -> int:
     if not args.neuron_diameter >= 2:
         raise InputError(f"--neuron-diameter must be at least 2 px, got {args.neuron_diameter:g}.")
     check_output_folder(args.output)  # before the work, not after it
+    from engine.nwb import command_metadata
+
+    metadata = command_metadata(args.nwb, args.nwb_metadata)
     movie = open_movie(args.movie, fps=args.fs)
     print(f"{movie!r}", file=sys.stderr)
     with progress_bar("CNMF") as progress:
@@ -79,7 +85,7 @@ def _run_cnmf(args: argparse.Namespace) -> int:
     if args.nwb:
         from engine.calcium.nwb import export_nwb
 
-        export_nwb(result, args.nwb, movie_path=args.movie)
+        export_nwb(result, args.nwb, movie_path=args.movie, metadata=metadata)
     t = result.info["timings"]["total"]
     print(f"wrote {args.output}: {result.n_components} components, {int(result.accepted.sum())} accepted, "
           f"{result.F.shape[1]} frames at {result.fps:g} Hz, in {t:.1f} s", file=sys.stderr)

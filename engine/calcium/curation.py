@@ -342,12 +342,12 @@ def player_frame(source: str, movie, result: CNMFResult | None, t: int) -> np.nd
 
 
 
-def export_nwb_job(result: CNMFResult, path: Path, movie_path: Path, progress=None) -> Path:
-    """The curated ROIs, traces and summary images as one NWB file."""
+def export_nwb_job(result: CNMFResult, path: Path, movie_path: Path, metadata: dict | None = None, progress=None) -> Path:
+    """The curated ROIs, traces and summary images as one NWB file, with the user's session metadata."""
     from engine.calcium.nwb import export_nwb
 
     as_progress(progress).report(0.1, "Writing the NWB file")
-    return export_nwb(result, path, movie_path=movie_path)
+    return export_nwb(result, path, movie_path=movie_path, metadata=metadata)
 
 
 def export_job(result: CNMFResult, directory: Path, movie_path: Path, progress=None) -> Path:

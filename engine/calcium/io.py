@@ -13,6 +13,12 @@ Sources:
   Axes as stored, (frames, x, y) taken as (frames, rows, columns); a writer that stored (frames, width,
   height) gives a transposed view, which changes the display's orientation, not the ROIs found.
 
+* Suite2p's registered binary ``data.bin`` (int16 frames × Ly × Lx, no header) with ``ops.npy`` beside it
+  (``Ly``, ``Lx``, ``fs``): memory-mapped.
+* CaImAn's ``.mmap`` (``…_d1_<rows>_d2_<cols>_d3_<planes>_order_<C|F>_frames_<T>_.mmap``, float32 pixels ×
+  frames, pixels in column-major order): memory-mapped as CaImAn's ``load_memmap`` reads it; frames are
+  contiguous in order F files (each frame one read), strided in order C files.
+
 Singleton axes are dropped (a ``T×1×H×W`` stack is a ``T×H×W`` movie). Frame rate comes from
 the file when it says (ImageJ ``fps``/``finterval``, tifffile JSON ``fps``, ScanImage
 ``scanFrameRate``, HDF5 ``fps``/``frame_rate`` attributes), else from the caller, else None.
@@ -30,7 +36,7 @@ import numpy as np
 from engine.errors import InputError, check_input_file
 from engine.progress import Progress, as_progress
 
-MOVIE_EXTENSIONS = (".tif", ".tiff", ".npy", ".h5", ".hdf5", ".nwb")
+MOVIE_EXTENSIONS = (".tif", ".tiff", ".npy", ".h5", ".hdf5", ".nwb", ".mmap", ".bin")
 _HDF5_FPS_KEYS = ("fps", "frame_rate", "framerate", "frame_rate_hz", "fr", "sampling_rate", "sample_rate")
 _SUMMARY_CHUNK_BYTES = 32 * 2**20  # working set per chunk (counted as float64): keeps check() calls ~≤100 ms apart
 
@@ -166,6 +172,10 @@ def open_movie(path: str | os.PathLike, fps: float | None = None, dataset: str |
         movie = _open_tiff(path)
     elif ext == ".nwb":
         movie = _open_nwb(path, dataset)
+    elif ext == ".bin":
+        movie = _open_suite2p_bin(path)
+    elif ext == ".mmap":
+        movie = _open_caiman_mmap(path)
     else:
         movie = _open_hdf5(path, dataset)
     movie.path = path
@@ -254,6 +264,56 @@ def _open_npy(path: Path) -> Movie:
     if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_) or np.iscomplexobj(array):
         raise InputError(f"'{path.name}' holds {array.dtype} values, not real numbers: save the movie as an integer or float array.")
     return _array_movie(array, path.name, None)
+
+
+def is_suite2p_binary(path: str | os.PathLike) -> bool:
+    """A Suite2p registered binary: a ``.bin`` with Suite2p's ``ops.npy`` beside it."""
+    path = Path(path)
+    return path.suffix.lower() == ".bin" and (path.parent / "ops.npy").is_file()
+
+
+def _open_suite2p_bin(path: Path) -> Movie:
+    ops_path = path.parent / "ops.npy"
+    if not ops_path.is_file():
+        raise InputError(f"'{path.name}': a Suite2p binary needs its ops.npy beside it (for the frame size); "
+                         "an ephys recording opens in the Ephys workspace.")
+    try:
+        ops = np.load(ops_path, allow_pickle=True).item()  # Suite2p's own settings file (a pickled dict)
+        ly, lx = int(ops["Ly"]), int(ops["Lx"])
+    except Exception as exc:
+        raise InputError(f"'{ops_path}' is not a Suite2p ops.npy with Ly and Lx: point at the plane folder Suite2p wrote.",
+                         details=f"{type(exc).__name__}: {exc}") from exc
+    frame = ly * lx * 2
+    size = path.stat().st_size
+    if size % frame:
+        raise InputError(f"'{path.name}' is {size} bytes, not a whole number of {ly} × {lx} int16 frames: "
+                         "is ops.npy from the same run?")
+    array = np.memmap(path, dtype="<i2", mode="r", shape=(size // frame, ly, lx))
+    return _array_movie(array, path.name, _metadata_fps(ops.get("fs")))
+
+
+def _open_caiman_mmap(path: Path) -> Movie:
+    import re
+
+    fields = dict(re.findall(r"_(d1|d2|d3|order|frames)_([A-Za-z0-9]+)", path.name))
+    try:
+        d1, d2, d3, frames, order = int(fields["d1"]), int(fields["d2"]), int(fields.get("d3", 1)), int(fields["frames"]), fields["order"]
+    except (KeyError, ValueError):
+        raise InputError(f"'{path.name}' does not name its layout as CaImAn's memory maps do "
+                         "(…_d1_<rows>_d2_<cols>_d3_1_order_C_frames_<T>_.mmap): keep CaImAn's file name.") from None
+    if order not in ("C", "F") or d3 != 1:
+        raise InputError(f"'{path.name}': only 2-D CaImAn memory maps (d3 1, order C or F) open as movies.")
+    pixels = d1 * d2
+    if path.stat().st_size != pixels * frames * 4:
+        raise InputError(f"'{path.name}' is {path.stat().st_size} bytes, not {pixels} pixels × {frames} frames of float32: "
+                         "the file is truncated or renamed.")
+    yr = np.memmap(path, dtype=np.float32, mode="r", shape=(pixels, frames), order=order)
+
+    def reader(start: int, stop: int):  # pixel p = row + col·d1 (CaImAn's column-major images)
+        return np.asarray(yr[:, start:stop]).T.reshape((stop - start, d2, d1)).transpose(0, 2, 1)
+
+    _check_movie_shape((frames, d1, d2), path.name)
+    return Movie(yr, (frames, d1, d2), np.float32, reader=reader)
 
 
 def _tiff_fps(tif) -> float | None:

@@ -1,7 +1,10 @@
 """`neurowb sort`, `neurowb qc` and `neurowb simulate-ephys` (registered through the neurowb.commands entry point).
 
-``neurowb sort RAW --n-channels N --fs F [--dtype int16] [--gain G] [--offset O] [--probe PROBE.json] -o PHY_DIR``
-    sorts a flat binary recording (samples × channels) into a Phy folder. Without ``--probe`` the
+``neurowb sort RECORDING [--probe P] -o PHY_DIR [--nwb UNITS.nwb] [--nwb-metadata META]``
+    sorts a recording into a Phy folder (and the units into an NWB file). RECORDING: any format of
+    :mod:`engine.ephys.formats` (SpikeGLX, Open Ephys, Intan, Neuralynx, Blackrock, NWB: layout, gains and
+    probe from the file), or a flat binary (samples × channels) with its sidecar or
+    ``--n-channels N --fs F [--dtype int16] [--gain G] [--offset O]``. Without ``--probe`` the
     channels are assumed to form one straight column 20 µm apart (a warning says so).
 ``neurowb qc PHY_DIR [-o metrics.csv]``
     prints the per-unit quality table (definitions in engine/ephys/qc.py) and optionally saves it.
@@ -22,15 +25,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser("sort", help="spike-sort a raw recording into a Phy folder",
                               description="Spike sorting by deconvolution (engine/ephys/sorter.py); output opens in Phy.")
-    p.add_argument("raw", metavar="RAW", help="flat binary file, samples × channels, C order")
-    p.add_argument("--n-channels", type=positive_int, required=True, metavar="N", help="channels in the file")
-    p.add_argument("--fs", type=positive_float, required=True, metavar="F", help="sample rate in Hz")
+    p.add_argument("raw", metavar="RECORDING", help="SpikeGLX .ap.bin (or its run folder), Open Ephys structure.oebin (or its "
+                   "folder), Intan .rhd/.rhs, Neuralynx .ncs folder, Blackrock .ns5/.ns6, NWB, or a flat binary file "
+                   "(samples × channels, C order; layout from its sidecar or the flags)")
+    p.add_argument("--n-channels", type=positive_int, metavar="N", help="channels in the file (default: from its sidecar)")
+    p.add_argument("--fs", type=positive_float, metavar="F", help="sample rate in Hz (default: from its sidecar)")
     p.add_argument("--dtype", default="int16", choices=DTYPES, help="sample type (default int16)")
     p.add_argument("--gain", type=number(float, nonzero=True), default=1.0, metavar="G", help="µV per unit after subtracting the offset (default 1)")
     p.add_argument("--offset", type=finite_float, default=0.0, metavar="O", help="value subtracted first, e.g. 2056 for offset-binary ADCs")
     p.add_argument("--probe", metavar="PROBE", help="probeinterface .json or Kilosort channel map (.json / .mat)")
     p.add_argument("-o", "--output", metavar="PHY_DIR", required=True, help="output folder (created)")
     p.add_argument("--threshold", type=positive_float, help="spike score threshold in noise SDs (default 6)")
+    p.add_argument("--nwb", metavar="UNITS.nwb", help="also write the units as an NWB file (as the window's Export NWB does)")
+    p.add_argument("--nwb-metadata", metavar="META", help="JSON or YAML with NWB's field names: session_description, experimenter, "
+                   "institution, lab, keywords, experiment_description, subject {subject_id, species, sex, age}, location")
     p.set_defaults(run=_run_sort)
 
     q = subparsers.add_parser("qc", help="quality metrics of every unit in a Phy folder")
@@ -53,38 +61,58 @@ def _run_sort(args: argparse.Namespace) -> int:
     import logging
 
     from engine.cli import check_output, progress_bar
-    from engine.ephys.io import RawRecording, RecordingParams
-    from engine.ephys.phy import write_phy
-    from engine.ephys.probe import linear_probe, read_probe
-    from engine.ephys.sorter import SortParams, sort_recording
+    from engine.ephys.curation import sort_job
+    from engine.ephys.formats import ExtractorRecording, detect_format, open_recording
+    from engine.ephys.io import RecordingParams, read_sidecar
+    from engine.ephys.probe import read_probe
+    from engine.ephys.sorter import SortParams
+    from engine.errors import InputError
+    from engine.nwb import command_metadata
 
     check_output(args.output, folder=True)  # before the sort, not after it
-    params = RecordingParams(n_channels=args.n_channels, sample_rate=args.fs, dtype=args.dtype, gain_uv=args.gain, offset=args.offset)
-    rec = RawRecording(args.raw, params)
-    if args.probe:
-        probe = read_probe(args.probe, rec.n_channels)
+    if args.nwb:
+        check_output(args.nwb, suffixes=(".nwb",))
+    layout = [args.n_channels, args.fs]
+    if detect_format(args.raw) is not None:  # SpikeGLX, Open Ephys, Intan, Neuralynx, Blackrock, NWB: the file says
+        if any(v is not None for v in layout):
+            raise InputError(f"'{args.raw}' states its channel count and rate: drop --n-channels and --fs.")
+        params = None
+    elif all(v is not None for v in layout):
+        params = RecordingParams(n_channels=args.n_channels, sample_rate=args.fs, dtype=args.dtype, gain_uv=args.gain, offset=args.offset)
+    elif any(v is not None for v in layout):
+        raise InputError("Give both --n-channels and --fs (or neither, when the file has a sidecar).")
     else:
-        print(f"warning: no --probe given: assuming a linear probe, {rec.n_channels} channels 20 µm apart", file=sys.stderr)
-        probe = linear_probe(rec.n_channels, warn=False)
+        params = read_sidecar(args.raw)
+        if params is None:
+            raise InputError(f"'{args.raw}' says neither its channel count nor its sample rate: give --n-channels and --fs, "
+                             f"or put a sidecar '{args.raw}.json' beside it.")
+    recording = open_recording(args.raw, params)  # a wrong layout or an unreadable file is said before anything else
+    metadata = command_metadata(args.nwb, args.nwb_metadata)
+    stated = recording.probe() if isinstance(recording, ExtractorRecording) else None
+    if args.probe:
+        read_probe(args.probe, recording.n_channels)
+    elif stated is not None:
+        print(f"probe: {stated.name}, {stated.n_channels} channels", file=sys.stderr)
+    else:
+        print("warning: no --probe given: assuming a linear probe 20 µm apart", file=sys.stderr)
+    recording.close()
     sort_params = SortParams()
     if args.threshold is not None:
         sort_params.threshold = args.threshold
     logging.getLogger("engine.ephys").setLevel(logging.WARNING)
     with progress_bar("sorting") as progress:
-        result = sort_recording(rec, probe, sort_params, progress=progress)
-    from engine.ephys.curation import backup_for
-    from engine.storage import staged_folder
-
-    backup = backup_for(args.output)  # curation is never overwritten
-    with staged_folder(args.output, keep_old=backup) as staging:  # a kill while writing leaves the old folder
-        write_phy(result, staging, raw_path=args.raw, recording_params=params)
-    folder = args.output
-    if backup is not None:
-        print(f"the curated folder that was there is kept as {backup}", file=sys.stderr)
-    info = result.info
-    print(f"{result.n_units} units, {len(result.spike_times)} spikes in {info['duration_s']:.1f} s of recording; "
+        out = sort_job(args.raw, params, args.probe, sort_params, folder=args.output, progress=progress)
+    curation, folder = out["curation"], out["folder"]
+    info = curation.phy.meta.get("info", {})
+    print(f"{len(curation.cluster_ids)} units, {len(curation.spike_times)} spikes in {info['duration_s']:.1f} s of recording; "
           f"sorted in {info['total_s']:.1f} s on {info['device']} ({info['duration_s'] / max(info['total_s'], 1e-9):.1f}x real time)")
+    if out["backup"] is not None:
+        print(f"the curated folder that was there is kept as {out['backup']}", file=sys.stderr)
     print(f"Phy folder: {folder}")
+    if args.nwb:
+        from engine.ephys.nwb import export_units
+
+        print(f"NWB units: {export_units(curation, args.nwb, metadata=metadata)}")
     return 0
 
 

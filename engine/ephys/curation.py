@@ -120,10 +120,18 @@ def save_view_state(folder: str | os.PathLike, state: dict) -> None:
 
 
 def recording_of(phy: PhyFolder) -> tuple[RawRecording | None, str]:
-    """The raw recording a Phy folder was sorted from (params.py ``dat_path``), and a note when missing."""
+    """The raw recording a Phy folder was sorted from (params.py ``dat_path``, else the recording in another
+    format it names in neurowb_sort.json), and a note when missing."""
     dat = phy.params.get("dat_path", "")
     if isinstance(dat, (list, tuple)):
         dat = dat[0] if dat else ""
+    source = (phy.meta.get("source") or {}).get("path")
+    if not dat and source:
+        from engine.ephys.formats import open_extractor
+
+        if not Path(source).exists():
+            return None, f"The recording '{source}' named in neurowb_sort.json is missing: traces and spike waveforms are unavailable."
+        return open_extractor(source), ""
     if not dat:
         return None, "params.py names no raw file (dat_path): traces and spike waveforms are unavailable."
     path = Path(dat)
@@ -142,21 +150,32 @@ def recording_of(phy: PhyFolder) -> tuple[RawRecording | None, str]:
 
 # -- jobs ----------------------------------------------------------------------------------------
 
-def open_recording_job(path: Path, params: RecordingParams, save_sidecar: bool = False, progress=None) -> dict:
-    """Job body: memory-map a raw recording, and find its probe file and any earlier Phy folder."""
+def open_recording_job(path: Path, params: RecordingParams | None, save_sidecar: bool = False, progress=None) -> dict:
+    """Job body: open a recording (a raw file memory-mapped, with ``params``, or any format that states its
+    layout: :func:`engine.ephys.formats.open_recording`), and find its probe file and any earlier Phy folder.
+
+    ``probe``: a probe file beside it, else the file itself when it states its geometry (SpikeGLX .meta…), else None."""
+    from engine.ephys.formats import ExtractorRecording, open_recording
     from engine.ephys.io import write_sidecar
 
-    recording = RawRecording(path, params)
+    recording = open_recording(path, params)
     remove_stale_temp(Path(path).parent, phy_folder_for(path))  # what a killed save or sort left
-    if save_sidecar:
+    if save_sidecar and params is not None:
         write_sidecar(path, params)
     folder = phy_folder_for(path)
-    return {"recording": recording, "probe": find_probe(path), "phy_folder": folder if is_phy_folder(folder) else None}
+    probe = find_probe(path)
+    if probe is None and isinstance(recording, ExtractorRecording) and recording.probe() is not None:
+        probe = recording.target  # the .meta / settings: the file that states the geometry
+    return {"recording": recording, "probe": probe, "phy_folder": folder if is_phy_folder(folder) else None,
+            "note": getattr(recording, "note", "")}
 
 
 def sort_job(raw_path: str | os.PathLike, params: RecordingParams, probe_path: str | os.PathLike | None,
              sort_params=None, folder: str | os.PathLike | None = None, progress=None) -> dict:
     """Job body: preprocess + sort + write the Phy folder + load it for curation.
+
+    ``raw_path``: a raw file (layout ``params``) or any recording :func:`engine.ephys.formats.open_recording`
+    opens (``params`` then unused). The probe: ``probe_path``, else the one the recording states, else linear.
 
     The folder is written (with its metric columns) into a staging folder beside it and swapped in
     only when complete (:func:`engine.storage.staged_folder`): a cancel or a crash at any stage
@@ -164,6 +183,7 @@ def sort_job(raw_path: str | os.PathLike, params: RecordingParams, probe_path: s
     as ``<folder>_<date-time>``, never deleted. Returns :func:`open_phy_job`'s dict plus
     ``backup`` (that kept folder, or None).
     """
+    from engine.ephys.formats import ExtractorRecording, open_recording
     from engine.ephys.phy import write_phy
     from engine.ephys.probe import linear_probe, read_probe
     from engine.ephys.sorter import SortParams, sort_recording
@@ -171,15 +191,24 @@ def sort_job(raw_path: str | os.PathLike, params: RecordingParams, probe_path: s
 
     progress = as_progress(progress)
     p_sort, p_write, p_load = progress.split([30, 1, 2], ["Sorting", "Writing the Phy folder", "Computing unit metrics"])
-    recording = RawRecording(raw_path, params)
-    probe = read_probe(probe_path, recording.n_channels) if probe_path else linear_probe(recording.n_channels, warn=False)
+    recording = open_recording(raw_path, params)
+    stated = recording.probe() if isinstance(recording, ExtractorRecording) else None
+    if probe_path and (stated is None or Path(probe_path) != recording.target):
+        probe = read_probe(probe_path, recording.n_channels)
+    else:
+        probe = stated or linear_probe(recording.n_channels, warn=False)
     result = sort_recording(recording, probe, sort_params or SortParams(), progress=p_sort)
     p_write.check()
     folder = (Path(folder) if folder is not None else phy_folder_for(raw_path)).absolute()
     backup = backup_for(folder)
     with staged_folder(folder, keep_old=backup) as staging:
         p_write.report(0.0, "writing the Phy folder")
-        write_phy(result, staging, raw_path=raw_path, recording_params=params)
+        if isinstance(recording, ExtractorRecording):  # Phy reads the samples when they are a flat binary (SpikeGLX)
+            binary = recording.binary_file()
+            write_phy(result, staging, raw_path=binary and binary[0], recording_params=binary and binary[1],
+                      source={"path": str(Path(raw_path).resolve()), "format": recording.kind})
+        else:
+            write_phy(result, staging, raw_path=raw_path, recording_params=recording.params)
         p_write.check()
         out = open_phy_job(staging, progress=p_load)
         write_cluster_metrics(staging, out["curation"].rows())

@@ -46,8 +46,13 @@ GROUPS = ("good", "mua", "noise", "unsorted")
 REQUIRED = ("params.py", "spike_times.npy", "spike_templates.npy", "amplitudes.npy", "templates.npy", "channel_map.npy", "channel_positions.npy")
 
 
-def write_phy(sorting, folder: str | os.PathLike, raw_path: str | os.PathLike | None = None, recording_params=None) -> Path:
-    """Write ``sorting`` (:class:`engine.ephys.sorter.Sorting`) as a Phy folder; returns the folder."""
+def write_phy(sorting, folder: str | os.PathLike, raw_path: str | os.PathLike | None = None, recording_params=None,
+              source: dict | None = None) -> Path:
+    """Write ``sorting`` (:class:`engine.ephys.sorter.Sorting`) as a Phy folder; returns the folder.
+
+    ``raw_path``/``recording_params``: the flat binary file Phy reads traces from (params.py's dat_path);
+    ``source``: the recording as opened (``{"path", "format"}``) when it is in another format, kept in
+    ``neurowb_sort.json`` so the folder reopens with its traces."""
     from engine.ephys.clustering import template_similarity
 
     folder = Path(folder)
@@ -89,6 +94,7 @@ def write_phy(sorting, folder: str | os.PathLike, raw_path: str | os.PathLike | 
             "gain_uv": recording_params.gain_uv, "offset": recording_params.offset,
         },
         "info": {k: v for k, v in sorting.info.items()},
+        "source": source,
     }
     atomic_save_json(folder / "neurowb_sort.json", json.loads(json.dumps(meta, default=_jsonable)))
     return folder

@@ -83,7 +83,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", required=True, metavar="MODEL", help="model file to write (e.g. slice.pt)")
     p.add_argument("--patch-size", type=number(int, MIN_PATCH), default=128, metavar="PX", help="patch side in pixels (default 128, ≥ 54)")
     p.add_argument("--epochs", type=positive_int, default=20, help="training epochs (default 20)")
-    p.add_argument("--pixel-size", type=positive_float, metavar="UM", help="pixel size in µm (saved with the model and checked on use)")
+    p.add_argument("--pixel-size", type=positive_float, metavar="UM", help="pixel size in µm (default: what the TIFF states; saved with "
+                   "the model and checked on use)")
     p.add_argument("--patches-per-epoch", type=positive_int, default=4096, metavar="N", help="training patches per epoch (default 4096)")
     p.add_argument("--batch-size", type=positive_int, default=64, metavar="N", help="patches per batch (default 64)")
     p.add_argument("--block-size", type=positive_int, metavar="PX", help="side of the spatial split blocks (default 4 patches)")
@@ -101,7 +102,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="latents to write (.npy, grid rows × cols × 64); the grid goes to LATENTS.grid.json beside it")
     p.add_argument("--stride", type=positive_int, default=4, metavar="PX", help="pixels between grid positions (default 4)")
     p.add_argument("--memory-mb", type=number(float, 16), metavar="MB", help="memory for one tile (default 512 on CPU, 2048 on GPU)")
-    p.add_argument("--pixel-size", type=positive_float, metavar="UM", help="pixel size in µm, checked against the model's")
+    p.add_argument("--pixel-size", type=positive_float, metavar="UM", help="pixel size in µm, checked against the model's (default: what "
+                   "the TIFF states)")
     p.add_argument("--mode", choices=("same", "valid"), default="same",
                    help="same: a latent at every stride-th pixel, mirrored borders (default); valid: only whole patches")
     p.add_argument("--device", default=argparse.SUPPRESS, help=device_help)
@@ -171,6 +173,16 @@ def _region_title(label: int, names: dict[int, str]) -> str:
     return f"{label} {names[label]}" if label in names else str(label)
 
 
+def _pixel_size_from_file(args: argparse.Namespace) -> None:
+    """--pixel-size, when not given, from the image's own metadata (OME PhysicalSizeX, TIFF resolution)."""
+    from engine.factors.io import pixel_size_um
+
+    if args.pixel_size is None:
+        args.pixel_size = pixel_size_um(args.image)
+        if args.pixel_size is not None:
+            print(f"pixel size {args.pixel_size:g} µm (from '{Path(args.image).name}')", file=sys.stderr)
+
+
 def _run_train(args: argparse.Namespace) -> int:
     from engine.cli import progress_bar
     from engine.factors.cnn import MIN_PATCH, train
@@ -188,6 +200,7 @@ def _run_train(args: argparse.Namespace) -> int:
     if args.pixel_size is not None and not args.pixel_size > 0:
         raise InputError(f"--pixel-size must be a positive size in µm, got {args.pixel_size:g}.")
     image = load_image(args.image)
+    _pixel_size_from_file(args)
     labels, names = read_labels(args.labels, shape=image.shape)
     from engine.factors.workflow import checkpoint_for
 
@@ -231,6 +244,7 @@ def _run_extract(args: argparse.Namespace) -> int:
     _positive(args.memory_mb, "--memory-mb", 16)
     model = PatchModel.load(args.model, device=getattr(args, "device", None))
     image = load_image(args.image)
+    _pixel_size_from_file(args)
     prep = model.preprocessing
     pixel_size = args.pixel_size if args.pixel_size is not None else prep.pixel_size_um
     prep.check_image(image, args.pixel_size, what=f"'{Path(args.image).name}'")

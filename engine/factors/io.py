@@ -6,6 +6,11 @@ uncompressed (so a multi-GB slice is not read until used), ``.npy`` files are op
 (scientific images routinely exceed it). Colour images become luminance (ITU-R BT.601:
 0.299 R + 0.587 G + 0.114 B, as Pillow's "L" mode), rounded back to the input's integer type.
 
+A tiled, compressed TIFF (OME-TIFF from a slide scanner or a stitcher, pyramidal or not) cannot
+be memory-mapped: its full-resolution level is opened as a :class:`LazyImage`, and only the tiles a
+slice touches are decoded. :func:`pixel_size_um` reads
+the pixel size the file states (OME ``PhysicalSizeX`` with its unit; ImageJ or TIFF resolution tags).
+
 :func:`load_labels` returns an integer label map where 0 means "unlabelled" and 1, 2, ... are
 regions or classes.
 """
@@ -56,6 +61,102 @@ def _read_pillow(path: Path, what: str) -> np.ndarray:
     return array
 
 
+class LazyImage:
+    """A tiled TIFF image read tile by tile: ``shape``, ``dtype``, ``ndim``, ``size``, slicing (decodes only the
+    tiles a slice touches, with tifffile's own decoders) and ``np.asarray`` (reads everything).
+
+    tifffile's zarr interface would do this, but it needs zarr 3 and SpikeInterface pins zarr below 3;
+    the tiles are read here the way that interface reads them (offsets and byte counts of the page)."""
+
+    def __init__(self, tif, page):
+        self._tif, self._page = tif, page
+        self._lock = __import__("threading").Lock()  # one file handle: reads from several threads take turns
+        self.shape = tuple(int(v) for v in page.shape)
+        self.dtype = np.dtype(page.dtype)
+        self.ndim = len(self.shape)
+        self.size = int(np.prod(self.shape))
+
+    def __getitem__(self, key):
+        key = key if isinstance(key, tuple) else (key,)
+        rows, cols = (key + (slice(None),) * 2)[:2]
+        rest = key[2:]
+        if not (isinstance(rows, slice) and isinstance(cols, slice)):
+            raise TypeError("a LazyImage is sliced with row and column slices")
+        r0, r1, rs = rows.indices(self.shape[0])
+        c0, c1, cs = cols.indices(self.shape[1])
+        out = np.empty((max(r1 - r0, 0), max(c1 - c0, 0), *self.shape[2:]), dtype=self.dtype)
+        page = self._page
+        th, tw = int(page.tilelength), int(page.tilewidth)
+        across = -(-self.shape[1] // tw)
+        for ty in range(r0 // th, (max(r1, r0 + 1) - 1) // th + 1) if r1 > r0 else ():
+            for tx in range(c0 // tw, (max(c1, c0 + 1) - 1) // tw + 1) if c1 > c0 else ():
+                index = ty * across + tx
+                with self._lock:
+                    self._tif.filehandle.seek(page.dataoffsets[index])
+                    data = self._tif.filehandle.read(page.databytecounts[index])
+                tile = page.decode(data, index)[0].reshape(th, tw, *self.shape[2:])
+                y0, x0 = ty * th, tx * tw
+                ya, yb = max(r0, y0), min(r1, y0 + th)
+                xa, xb = max(c0, x0), min(c1, x0 + tw)
+                out[ya - r0:yb - r0, xa - c0:xb - c0] = tile[ya - y0:yb - y0, xa - x0:xb - x0]
+        out = out[::rs, ::cs]
+        return out[(slice(None), slice(None), *rest)] if rest else out
+
+    def __array__(self, dtype=None, copy=None):
+        out = self[:, :]
+        return out if dtype is None else out.astype(dtype)
+
+    def close(self) -> None:
+        self._tif.close()
+
+
+def _lazy_tiff(tif) -> LazyImage | None:
+    """A :class:`LazyImage` over a series whose full-resolution level is one tiled page, else None."""
+    series = tif.series[0]
+    level = series.levels[0] if series.levels else series
+    pages = list(level.pages)
+    page = pages[0].keyframe if pages else None
+    if len(pages) != 1 or page is None or not page.is_tiled or page.shape[:2] != tuple(level.shape[:2]):
+        return None
+    return LazyImage(tif, page)
+
+
+def pixel_size_um(path: str | os.PathLike) -> float | None:
+    """The pixel size (µm, along x) a TIFF states: OME ``PhysicalSizeX`` (with ``PhysicalSizeXUnit``), else the
+    ImageJ unit or a centimetre TIFF ResolutionUnit with XResolution (not dpi: most writers put 72 there); None when it
+    states none (or for other formats)."""
+    import tifffile
+
+    path = Path(path)
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        return None
+    to_um = {"m": 1e6, "cm": 1e4, "mm": 1e3, "µm": 1.0, "um": 1.0, "micron": 1.0, "microns": 1.0, "nm": 1e-3, "\u03bcm": 1.0}
+    try:
+        with tifffile.TiffFile(path) as tif:
+            if tif.is_ome and tif.ome_metadata:
+                import xml.etree.ElementTree as ET
+
+                for element in ET.fromstring(tif.ome_metadata).iter():
+                    if element.tag.endswith("Pixels") and element.get("PhysicalSizeX"):
+                        factor = to_um.get(element.get("PhysicalSizeXUnit", "µm"))
+                        return float(element.get("PhysicalSizeX")) * factor if factor else None
+            page = tif.pages[0]
+            tag = page.tags.get("XResolution")
+            if tag is None:
+                return None
+            numerator, denominator = tag.value
+            per_unit = numerator / denominator if denominator else 0
+            if not per_unit > 0:
+                return None
+            unit = (tif.imagej_metadata or {}).get("unit") if tif.is_imagej else None
+            if unit is None:
+                unit = {2: "inch", 3: "cm"}.get(int(page.tags["ResolutionUnit"].value) if "ResolutionUnit" in page.tags else 2)
+            factor = to_um.get(str(unit))  # inches (dpi) are a display setting of most writers, not a pixel size
+            return factor / per_unit if factor else None
+    except Exception:  # metadata is a bonus: the image opens without it
+        return None
+
+
 def _read_tiff(path: Path, what: str, allow_memmap: bool = True) -> tuple[np.ndarray, str]:
     import tifffile
 
@@ -63,10 +164,12 @@ def _read_tiff(path: Path, what: str, allow_memmap: bool = True) -> tuple[np.nda
         with tifffile.TiffFile(path) as tif:
             if not tif.series:
                 raise InputError(f"TIFF '{path.name}' contains no images: re-export it.")
-            axes = tif.series[0].axes
+            series = tif.series[0]
+            axes = series.axes
+            tiled = series.keyframe.is_tiled
             from engine.calcium.io import _check_imagej_complete
 
-            _check_imagej_complete(tif, tif.series[0], path.name)
+            _check_imagej_complete(tif, series, path.name)
     except InputError:
         raise
     except Exception as exc:
@@ -76,6 +179,12 @@ def _read_tiff(path: Path, what: str, allow_memmap: bool = True) -> tuple[np.nda
             return tifffile.memmap(path, mode="r", series=0), axes
         except Exception:
             pass  # compressed or scattered: read it
+        if tiled:  # tiles are decoded when a slice needs them (the file stays open with the image)
+            tif = tifffile.TiffFile(path)
+            lazy = _lazy_tiff(tif)
+            if lazy is not None:
+                return lazy, "".join(a for a in axes if a in "YXS")
+            tif.close()
     try:
         return tifffile.imread(path, series=0), axes
     except Exception as exc:
@@ -83,6 +192,8 @@ def _read_tiff(path: Path, what: str, allow_memmap: bool = True) -> tuple[np.nda
 
 
 def _squeeze(array: np.ndarray, axes: str | None = None) -> tuple[np.ndarray, str | None]:
+    if isinstance(array, LazyImage):  # its singleton axes are dropped already
+        return array, axes
     if array.ndim > 2 and 1 in array.shape:
         if axes is not None and len(axes) == array.ndim:
             axes = "".join(a for a, s in zip(axes, array.shape) if s != 1)

@@ -2,8 +2,11 @@
 
 Formats: PLY, OBJ, OFF, STL, GLB/glTF through trimesh (always ``process=False``, so vertex
 order and count are exactly those of the file and per-vertex label files stay aligned; a
-multi-object scene is concatenated into one mesh), and MeshParty-style HDF5 (datasets
-``vertices`` (n, 3) and ``faces`` (m, 3) or flat (3m,)) through h5py.
+multi-object scene is concatenated into one mesh), and MeshParty HDF5 through h5py: datasets
+``vertices`` (n, 3) and ``faces`` (m, 3) or flat (3m,), or a Draco-compressed ``draco`` buffer
+(MeshParty's ``write_mesh_h5(..., draco=True)``, decoded with DracoPy, Google Draco's Python
+binding); a ``node_mask`` (n booleans) keeps the masked vertices and the faces among them, as
+MeshParty's ``Mesh`` does.
 
 Units are not stored by most mesh formats. When the caller does not say, :func:`guess_units`
 guesses from the size: electron-microscopy meshes (MICrONS, hemibrain, MeshParty) are in
@@ -222,21 +225,50 @@ def _no_faces(path: Path) -> InputError:
     )
 
 
+def _decode_draco(path: Path, buffer) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        import DracoPy
+    except ImportError as exc:  # a runtime dependency; missing only in a broken install
+        raise InputError(f"'{path.name}' is Draco-compressed and DracoPy is not installed: pip install DracoPy.") from exc
+    try:
+        decoded = DracoPy.decode(np.asarray(buffer).tobytes())
+    except Exception as exc:
+        raise InputError(f"HDF5 mesh '{path.name}': its 'draco' buffer could not be decoded (corrupt or not Draco).",
+                         details=f"{type(exc).__name__}: {exc}") from exc
+    return np.asarray(decoded.points, dtype=np.float64).reshape(-1, 3), np.asarray(decoded.faces, dtype=np.int64).reshape(-1, 3)
+
+
+def _apply_node_mask(path: Path, vertices: np.ndarray, faces: np.ndarray, node_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The masked vertices (in order) and the faces whose three vertices are all kept, re-indexed."""
+    if node_mask.shape != (len(vertices),):
+        raise InputError(f"HDF5 mesh '{path.name}': 'node_mask' has shape {node_mask.shape}, not one value per vertex ({len(vertices)}).")
+    keep = node_mask.astype(bool)
+    if not keep.any():
+        raise InputError(f"HDF5 mesh '{path.name}': its 'node_mask' masks out every vertex: nothing to show.")
+    new_index = np.cumsum(keep) - 1
+    kept_faces = faces[keep[faces].all(axis=1)] if faces.size else faces
+    return vertices[keep], new_index[kept_faces]
+
+
 def _read_hdf5(path: Path) -> tuple[np.ndarray, np.ndarray, str | None]:
     import h5py
 
     try:
         with h5py.File(path, "r") as f:
             missing = [k for k in ("vertices", "faces") if k not in f]
-            if "vertices" in missing:
+            if "draco" in f:
+                vertices, faces = _decode_draco(path, f["draco"][()])
+            elif "vertices" in missing:
                 raise InputError(
                     f"HDF5 file '{path.name}' has no 'vertices' dataset (found: {', '.join(f.keys()) or 'nothing'}). "
-                    "A MeshParty-style mesh file needs 'vertices' (n×3) and 'faces' (m×3) datasets."
+                    "A MeshParty mesh file needs 'vertices' (n×3) and 'faces' (m×3) datasets, or a 'draco' buffer."
                 )
-            if "faces" in missing:
+            elif "faces" in missing:
                 raise _no_faces(path)
-            vertices = np.asarray(f["vertices"][()], dtype=np.float64)
-            faces = np.asarray(f["faces"][()])
+            else:
+                vertices = np.asarray(f["vertices"][()], dtype=np.float64)
+                faces = np.asarray(f["faces"][()])
+            node_mask = np.asarray(f["node_mask"][()]) if "node_mask" in f else None
             units = f.attrs.get("units", None)
             if isinstance(units, bytes):
                 units = units.decode("utf-8", "replace")
@@ -262,6 +294,8 @@ def _read_hdf5(path: Path) -> tuple[np.ndarray, np.ndarray, str | None]:
     if faces.size and not np.issubdtype(faces.dtype, np.integer):
         if not np.all(np.isfinite(faces)) or np.any(faces != np.round(faces)):
             raise InputError(f"HDF5 mesh '{path.name}': 'faces' holds non-integer values; it must hold vertex indices.")
+    if node_mask is not None:
+        vertices, faces = _apply_node_mask(path, vertices, faces.astype(np.int64), node_mask)
     file_units = None
     if units is not None:
         try:

@@ -19,13 +19,24 @@ def open_in(window, qtbot, path):
     return window.current_workspace
 
 
-def save_through_button(window, qtbot, monkeypatch, button, answer):
-    """Click a button that asks for a file name to save (the dialog answered with ``answer``); wait for
-    the job it starts and check it finished."""
+def save_through_button(window, qtbot, monkeypatch, button, answer, metadata=None):
+    """Click a button that asks for a file name to save (the dialog answered with ``answer``; an NWB
+    metadata form, if one is asked, with ``metadata``: {field: text}); wait for the job it starts and check it finished."""
     from PyQt6.QtCore import Qt
-    from PyQt6.QtWidgets import QFileDialog
+    from PyQt6.QtWidgets import QDialog, QFileDialog
+
+    from app.dialogs import NwbMetadataDialog
+
+    def fill(dialog):
+        for key, text in (metadata or {}).items():
+            if key == "sex":
+                dialog.sex.setCurrentText(text)
+            else:
+                dialog.edits[key].setText(text)
+        return QDialog.DialogCode.Accepted
 
     monkeypatch.setattr(QFileDialog, "getSaveFileName", staticmethod(lambda *a, **k: (str(answer), "")))
+    monkeypatch.setattr(NwbMetadataDialog, "exec", fill)
     with qtbot.waitSignal(window.jobs.job_added, timeout=5000) as blocker:
         qtbot.mouseClick(button, Qt.MouseButton.LeftButton)
     job = wait_for_job(qtbot, blocker.args[0])

@@ -202,10 +202,25 @@ def test_sort_view_curate_and_reload(window, qtbot, recording, tmp_path, monkeyp
     # Export units to NWB… (the save dialog answered): the label is in the file's Units table
     import pynwb
 
-    save_through_button(window, qtbot, monkeypatch, ws.export_nwb_button, tmp_path / "units")
+    # the session metadata form is asked once per folder: its answers are in the file, and remembered
+    form = {"session_description": "Probe recording, day 3", "experimenter": "Doe, Jane; Roe, Rick", "subject_id": "M7",
+            "species": "Mus musculus", "sex": "F", "age": "P60D", "location": "VISp"}
+    save_through_button(window, qtbot, monkeypatch, ws.export_nwb_button, tmp_path / "units", metadata=form)
     with pynwb.NWBHDF5IO(str(tmp_path / "units.nwb"), "r") as io:
-        units = io.read().units
+        nwb = io.read()
+        units = nwb.units
         assert units["quality"][list(units.id[:]).index(b)] == "good" and len(units) == len(ws.curation.cluster_ids)
+        assert list(nwb.experimenter) == ["Doe, Jane", "Roe, Rick"] and nwb.subject.age == "P60D"
+        assert nwb.session_description == "Probe recording, day 3"
+    from app.dialogs import NwbMetadataDialog
+
+    monkeypatch.setattr(NwbMetadataDialog, "exec", lambda self: pytest.fail("asked again for the same folder"))
+    from PyQt6.QtWidgets import QFileDialog
+
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", staticmethod(lambda *a, **k: (str(tmp_path / "again.nwb"), "")))
+    wait_for_job(qtbot, ws.export_nwb())
+    with pynwb.NWBHDF5IO(str(tmp_path / "again.nwb"), "r") as io:
+        assert io.read().subject.subject_id == "M7"
 
     # the filter box keeps matching rows only
     qtbot.keyClicks(ws.units.filter, "good")
@@ -382,7 +397,7 @@ def test_points_in_polygon_hand_cases():
 
 
 def test_nwb_files_go_to_the_workspace_that_reads_them(window, qtbot, recording, tmp_path):
-    """An .nwb with an ElectricalSeries opens in Ephys (copied to a raw file once), even from Calcium; one
+    """An .nwb with an ElectricalSeries opens in Ephys (read lazily, no copy), even from Calcium; one
     with a TwoPhotonSeries opens in Calcium, even from Ephys."""
     import datetime as dt
 
@@ -415,10 +430,10 @@ def test_nwb_files_go_to_the_workspace_that_reads_them(window, qtbot, recording,
 
     window.show_workspace("calcium")
     ws = open_in(window, qtbot, tmp_path / "ephys.nwb")
-    assert ws.key == "ephys" and ws.raw_path == tmp_path / "ephys.raw" and ws.sort_button.isEnabled()
-    assert ws.recording.n_channels == original.n_channels and ws.probe_path.name == "ephys.probe.json"
+    assert ws.key == "ephys" and ws.raw_path == tmp_path / "ephys.nwb" and ws.sort_button.isEnabled()
+    assert ws.recording.n_channels == original.n_channels and ws.probe_path.name == "ephys.nwb"  # its electrodes' positions
     np.testing.assert_allclose(ws.recording.read(0, 300), original.read(0, 300), atol=1e-3)
-    assert "copied to ephys.raw" in window.statusBar().currentMessage()
+    assert not (tmp_path / "ephys.raw").exists()
     ws = open_in(window, qtbot, tmp_path / "imaging.nwb")
     assert ws.key == "calcium" and ws.movie.shape == movie.shape
 
@@ -439,3 +454,20 @@ def test_a_sort_belongs_to_its_recording(window, qtbot, tmp_path):
     assert ws.current_path == b and ws.raw_path == b and ws.curation is None
     assert is_phy_folder(phy_folder_for(a)) and not phy_folder_for(b).exists()
     assert "a.raw" in window.statusBar().currentMessage() and ws.sort_button.isEnabled()
+
+
+def test_spikeglx_run_opens_without_questions(window, qtbot, tmp_path, monkeypatch):
+    """A Neuropixels run opened by its .ap.bin or its folder: no layout dialog, 384 channels (sync left out),
+    the rate, gain and probe from the .meta."""
+    from lab_files import write_spikeglx
+
+    from app.ephys.params_dialog import RecordingParamsDialog
+
+    monkeypatch.setattr(RecordingParamsDialog, "exec", lambda self: pytest.fail("asked for a layout the file states"))
+    counts = np.random.default_rng(0).integers(-40, 40, (3000, 384)).astype(np.int16)
+    bin_path = write_spikeglx(tmp_path, counts)
+    for path in (bin_path, bin_path.parent.parent):
+        ws = open_in(window, qtbot, path)
+        assert ws.key == "ephys" and ws.recording.n_channels == 384 and ws.recording.sample_rate == 30000
+        assert ws.info.values["gain_uv"].text().startswith("2.34") and ws.probe_path == bin_path.with_suffix(".meta")
+        assert ws.sort_button.isEnabled()

@@ -82,3 +82,18 @@ def test_factors_overlay_toggles(window, qtbot, demo_files):
     assert ws.view.overlay.image is None
     ws.show_labels.setChecked(True)
     assert ws.view.overlay.image.shape[:2] == ws.labels.shape
+
+
+def test_bin_files_go_to_the_workspace_that_reads_them(window, tmp_path):
+    """A .bin with Suite2p's ops.npy beside it is a calcium movie; any other .bin an ephys recording."""
+    import numpy as np
+
+    plane = tmp_path / "plane0"
+    plane.mkdir()
+    np.zeros((4, 8, 8), np.int16).tofile(plane / "data.bin")
+    np.save(plane / "ops.npy", np.array({"Ly": 8, "Lx": 8}, dtype=object), allow_pickle=True)
+    np.zeros((100, 4), np.int16).tofile(tmp_path / "rec.bin")
+    for start in ("ephys", "calcium"):
+        window.show_workspace(start)
+        assert window.workspace_for(plane / "data.bin").key == "calcium"
+        assert window.workspace_for(tmp_path / "rec.bin").key == "ephys"

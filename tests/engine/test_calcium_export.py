@@ -140,3 +140,21 @@ def test_ops_keys(folder):
     assert ops["extraction"]["neuropil_coefficient"] == 0.7 and ops["detection"]["soma_crop"] is True
     assert list(ops["yrange"]) == [0, H] and list(ops["xrange"]) == [0, W]
     assert int(ops["tau"] * ops["fs"] / 2) >= 1  # the GUI's bin size
+
+
+def test_roiextractors_reads_the_folder(result, tmp_path):
+    """roiextractors' Suite2p reader (neuroconv's) takes our folder as a plane of a suite2p/ folder: every ROI with
+    its pixels and weights, the traces, the rate and the frame size."""
+    from roiextractors import Suite2pSegmentationExtractor
+
+    export_suite2p(result, tmp_path / "suite2p" / "plane0")
+    seg = Suite2pSegmentationExtractor(tmp_path / "suite2p")
+    stat = np.load(tmp_path / "suite2p" / "plane0" / "stat.npy", allow_pickle=True)
+    assert seg.get_num_rois() == len(stat) == 3 and seg.get_sampling_frequency() == 30.0
+    assert tuple(seg.get_frame_shape()) == (H, W)
+    masks = seg.get_roi_image_masks()  # rows × columns × ROIs
+    for k, s in enumerate(stat):
+        expected = np.zeros((H, W), np.float32)
+        expected[s["ypix"], s["xpix"]] = s["lam"]
+        np.testing.assert_allclose(masks[:, :, k], expected, rtol=1e-6)
+    np.testing.assert_allclose(seg.get_traces(name="raw").T, np.load(tmp_path / "suite2p" / "plane0" / "F.npy"), rtol=1e-6)  # frames × ROIs

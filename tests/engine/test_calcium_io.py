@@ -271,3 +271,45 @@ def test_write_demo_movie_round_trip(tmp_path):
     np.testing.assert_array_equal(gt["spikes"], spikes)
     np.testing.assert_allclose(gt["calcium"], calcium)
     assert float(gt["fps"]) == 15.0
+
+
+def test_suite2p_registered_binary_with_ops(tmp_path):
+    """Suite2p's data.bin (int16 frames, no header) opens with the frame size and rate of ops.npy beside it."""
+    from engine.calcium.io import is_suite2p_binary, open_movie
+
+    movie = np.random.default_rng(0).integers(-300, 3000, (25, 12, 17)).astype(np.int16)
+    plane = tmp_path / "suite2p" / "plane0"
+    plane.mkdir(parents=True)
+    movie.tofile(plane / "data.bin")
+    np.save(plane / "ops.npy", np.array({"Ly": 12, "Lx": 17, "fs": 15.5, "nframes": 25}, dtype=object), allow_pickle=True)
+    assert is_suite2p_binary(plane / "data.bin")
+    m = open_movie(plane / "data.bin")
+    assert m.shape == (25, 12, 17) and m.fps == 15.5
+    np.testing.assert_array_equal(m.frames(3, 9), movie[3:9])
+    np.save(plane / "ops.npy", np.array({"Ly": 13, "Lx": 17}, dtype=object), allow_pickle=True)
+    with pytest.raises(InputError, match="whole number of 13 × 17"):
+        open_movie(plane / "data.bin")
+    (tmp_path / "lonely.bin").write_bytes(b"\0" * 100)
+    with pytest.raises(InputError, match="ops.npy"):
+        open_movie(tmp_path / "lonely.bin")
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_caiman_memory_map(tmp_path, order):
+    """A CaImAn .mmap as caiman.mmapping.save_memmap writes it: float32 pixels × frames, pixels column-major."""
+    from engine.calcium.io import open_movie
+
+    t, d1, d2 = 30, 9, 14
+    movie = np.random.default_rng(1).normal(100, 10, (t, d1, d2)).astype(np.float32)
+    path = tmp_path / f"Yr_d1_{d1}_d2_{d2}_d3_1_order_{order}_frames_{t}_.mmap"
+    yr = np.memmap(path, dtype=np.float32, mode="w+", shape=(d1 * d2, t), order=order)
+    yr[:] = movie.reshape(t, -1, order="F").T  # caiman: Yr = images.reshape(T, -1, order='F').T
+    yr.flush()
+    del yr
+    m = open_movie(path)
+    assert m.shape == (t, d1, d2)
+    np.testing.assert_array_equal(m.frames(4, 11), movie[4:11])
+    renamed = tmp_path / "movie.mmap"
+    path.rename(renamed)
+    with pytest.raises(InputError, match="CaImAn"):
+        open_movie(renamed)

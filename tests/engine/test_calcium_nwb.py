@@ -45,7 +45,7 @@ def test_rois_traces_and_images_read_back(result, nwb_path):  # noqa: F811
             np.testing.assert_allclose(series.data[:], expected.T, rtol=1e-6)
             assert series.rate == 30.0 and len(series.rois) == 3
         np.testing.assert_allclose(ophys["Deconvolved"]["Deconvolved"].data[:], result.S.T, rtol=1e-6)
-        np.testing.assert_allclose(ophys["SummaryImages"]["correlation"].data[:], result.images["correlation"])
+        np.testing.assert_allclose(ophys["SegmentationImages"]["correlation"].data[:], result.images["correlation"])
         assert "movie.tif" in nwb.notes
 
 
@@ -59,3 +59,24 @@ def test_bad_requests_say_what_to_do(result, tmp_path):  # noqa: F811
     empty = replace(result, A=sparse.csc_matrix((H * W, 0), dtype=np.float32))
     with pytest.raises(InputError, match="no ROIs"):
         export_nwb(empty, tmp_path / "empty.nwb")
+
+
+def test_user_metadata_passes_nwbinspector_and_roiextractors_finds_the_rois(result, tmp_path):  # noqa: F811
+    """No CRITICAL or BEST_PRACTICE_VIOLATION from nwbinspector; roiextractors (neuroconv's reader) finds every
+    ROI with its image mask (it reads image_mask, not pixel_mask) and the traces."""
+    from lab_files import NWB_METADATA, nwbinspector_problems
+    from roiextractors import NwbSegmentationExtractor
+
+    path = export_nwb(result, tmp_path / "session.nwb", metadata=NWB_METADATA)
+    assert nwbinspector_problems(path) == []
+    seg = NwbSegmentationExtractor(str(path))
+    assert seg.get_num_rois() == 3 and seg.get_sampling_frequency() == 30.0
+    # roiextractors reads NWB's (x, y) as (width, height) and so shows our (row, column) images transposed:
+    # masks and summary images alike, so they still line up in its view
+    masks = seg.get_roi_image_masks().transpose(1, 0, 2)
+    np.testing.assert_allclose(masks.reshape(H * W, 3), result.A.toarray(), rtol=1e-6)
+    np.testing.assert_allclose(seg.get_image("correlation").T, result.images["correlation"], rtol=1e-6)
+    with pynwb.NWBHDF5IO(str(path), "r") as io:
+        nwb = io.read()
+        assert nwb.subject.subject_id == "M42" and nwb.institution == "University of Examples"
+        assert nwb.imaging_planes["ImagingPlane"].location == "VISp"

@@ -123,14 +123,22 @@ def test_cli_round_trip_and_bad_input(tmp_path, capsys):
     regs = [register]
     assert main(["simulate-calcium", "-o", str(tmp_path / "sim"), "--size", "48", "--frames", "300", "--cells", "4", "--seed", "1"], regs) == 0
     assert (tmp_path / "sim" / "movie.tif").exists() and (tmp_path / "sim" / "ground_truth.npz").exists()
+    import json
+
+    from lab_files import NWB_METADATA, nwbinspector_problems
+
+    (tmp_path / "meta.json").write_text(json.dumps(NWB_METADATA))
     assert main(["cnmf", str(tmp_path / "sim" / "movie.tif"), "-o", str(tmp_path / "out"), "--neuron-diameter", "10",
-                 "--nwb", str(tmp_path / "out.nwb")], regs) == 0
+                 "--nwb", str(tmp_path / "out.nwb"), "--nwb-metadata", str(tmp_path / "meta.json")], regs) == 0
     assert (tmp_path / "out" / "stat.npy").exists()
     import pynwb
 
     with pynwb.NWBHDF5IO(str(tmp_path / "out.nwb"), "r") as io:
-        segmentation = io.read().processing["ophys"]["ImageSegmentation"]["PlaneSegmentation"]
+        nwb = io.read()
+        segmentation = nwb.processing["ophys"]["ImageSegmentation"]["PlaneSegmentation"]
         assert len(segmentation) == len(np.load(tmp_path / "out" / "iscell.npy"))
+        assert nwb.subject.species == "Mus musculus" and list(nwb.keywords[:]) == ["V1", "mouse"]
+    assert nwbinspector_problems(tmp_path / "out.nwb") == []
     F = np.load(tmp_path / "out" / "F.npy")
     np.save(tmp_path / "traces.npy", F)
     assert main(["deconvolve", str(tmp_path / "traces.npy"), "--fs", "30", "-o", str(tmp_path / "dec.npz")], regs) == 0
@@ -140,6 +148,10 @@ def test_cli_round_trip_and_bad_input(tmp_path, capsys):
     # Bad input: one line, exit 2.
     assert main(["cnmf", str(tmp_path / "missing.tif"), "-o", str(tmp_path / "x")], regs) == 2
     assert "not found" in capsys.readouterr().err
+    (tmp_path / "bad_meta.yaml").write_text("subject: {sex: female}\n")
+    assert main(["cnmf", str(tmp_path / "sim" / "movie.tif"), "-o", str(tmp_path / "x"), "--nwb", str(tmp_path / "x.nwb"),
+                 "--nwb-metadata", str(tmp_path / "bad_meta.yaml")], regs) == 2
+    assert "sex must be one of" in capsys.readouterr().err
     np.save(tmp_path / "bad.npy", np.zeros((2, 3, 4)))
     assert main(["deconvolve", str(tmp_path / "bad.npy"), "-o", str(tmp_path / "d.npz")], regs) == 2
     err = capsys.readouterr().err.strip()

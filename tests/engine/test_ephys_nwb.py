@@ -1,5 +1,6 @@
-"""An NWB ElectricalSeries (written by pynwb itself) becomes a raw recording equal to the original in
-µV, with the electrodes' positions as the probe; the copy is reused, and bad files say what is wrong."""
+"""An NWB ElectricalSeries (written by pynwb itself) reads lazily, equal to the original in µV, with the
+electrodes' positions as the probe; bad files say what is wrong; curated units export to a Units table
+that nwbinspector passes and SpikeInterface reads."""
 
 from __future__ import annotations
 
@@ -11,12 +12,10 @@ import pynwb
 from pynwb import NWBHDF5IO, NWBFile
 from pynwb.ecephys import ElectricalSeries
 
+from engine.ephys.formats import open_recording
 from engine.ephys.io import RawRecording
-from engine.ephys.nwb import nwb_recording_job
-from engine.ephys.probe import read_probe
 from engine.ephys.synth import demo_probe, write_demo_recording
 from engine.errors import InputError
-from engine.progress import Cancelled, Progress
 
 N_CH = 8
 
@@ -44,47 +43,36 @@ def write_nwb(path, counts, rate, conversion, channel_conversion=None, positions
     return path
 
 
-def test_int16_series_copied_as_is_with_gain_and_probe(original, tmp_path):
+def test_int16_series_read_lazily_with_gain_offset_and_probe(original, tmp_path):
+    """Read in place through SpikeInterface (no copy): µV with NWB's conversion and offset, the electrodes' positions as the probe."""
     counts = np.asarray(original.raw)
     gain = original.params.gain_uv
     nwb = write_nwb(tmp_path / "session.nwb", counts, original.sample_rate, gain * 1e-6, offset=5e-6)
-    out = nwb_recording_job(nwb)
-    rec = out["recording"]
-    assert rec.path == tmp_path / "session.raw" and rec.params.dtype == "int16" and rec.sample_rate == original.sample_rate
-    np.testing.assert_array_equal(np.asarray(rec.raw), counts)  # the samples themselves, not rescaled
+    rec = open_recording(nwb)
+    assert rec.n_channels == N_CH and rec.sample_rate == original.sample_rate and rec.n_samples == len(counts)
     np.testing.assert_allclose(rec.read(100, 900), original.read(100, 900) + 5.0, atol=1e-3)  # µV, with NWB's offset
-    probe = read_probe(out["probe"], N_CH)
-    np.testing.assert_allclose(probe.positions, demo_probe(N_CH))
-    assert out["note"] == ""
-    stamp = rec.path.stat().st_mtime_ns
-    again = nwb_recording_job(nwb)  # the copy is reused
-    assert again["recording"].path.stat().st_mtime_ns == stamp
+    np.testing.assert_allclose(rec.probe().positions, demo_probe(N_CH))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["session.nwb"]
 
 
-def test_per_channel_conversion_gives_float_microvolts_and_missing_positions_a_linear_probe(original, tmp_path):
+def test_per_channel_conversion_and_missing_positions(original, tmp_path):
     counts = np.asarray(original.raw)
     per_channel = np.linspace(0.5, 1.5, N_CH).astype(np.float32)
     nwb = write_nwb(tmp_path / "scaled.nwb", counts, original.sample_rate, 1e-6, channel_conversion=per_channel, positions=False)
-    out = nwb_recording_job(nwb)
-    assert out["recording"].params.dtype == "float32" and "linear probe" in out["note"]
-    np.testing.assert_allclose(out["recording"].read(0, 500), counts[:500] * per_channel, rtol=1e-5, atol=1e-4)
+    rec = open_recording(nwb)
+    np.testing.assert_allclose(rec.read(0, 500), counts[:500] * per_channel, rtol=1e-5, atol=1e-4)
+    assert rec.probe() is None  # the sort then assumes a linear probe and says so
 
 
-def test_bad_files_and_cancel(original, tmp_path):
+def test_bad_files(original, tmp_path):
     (tmp_path / "junk.nwb").write_bytes(b"not hdf5")
     with pytest.raises(InputError, match="corrupt or not NWB"):
-        nwb_recording_job(tmp_path / "junk.nwb")
+        open_recording(tmp_path / "junk.nwb")
     nwb = NWBFile(session_description="t", identifier="t", session_start_time=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc))
     with NWBHDF5IO(str(tmp_path / "empty.nwb"), "w") as io:
         io.write(nwb)
     with pytest.raises(InputError, match="no ElectricalSeries"):
-        nwb_recording_job(tmp_path / "empty.nwb")
-    nwb_path = write_nwb(tmp_path / "c.nwb", np.asarray(original.raw), original.sample_rate, 1e-6)
-    progress = Progress()
-    progress.cancel()
-    with pytest.raises(Cancelled):
-        nwb_recording_job(nwb_path, progress=progress)
-    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("c.")) == ["c.nwb"]  # no half copy
+        open_recording(tmp_path / "empty.nwb")
 
 
 def test_curated_units_export_validates_and_reads_back(tmp_path):
@@ -114,3 +102,49 @@ def test_curated_units_export_validates_and_reads_back(tmp_path):
         assert c.row(merged)["peak_channel"] in electrodes.index.tolist()
     with pytest.raises(InputError, match=r"\.nwb"):
         export_units(c, tmp_path / "units.h5")
+
+
+def test_units_with_user_metadata_pass_nwbinspector_and_load_in_spikeinterface(tmp_path):
+    """The file DANDI would take: no CRITICAL or BEST_PRACTICE_VIOLATION from the NWB team's inspector, the
+    session metadata as the user gave it, and SpikeInterface's read_nwb_sorting finds the rate (Units.resolution)."""
+    from lab_files import NWB_METADATA, nwbinspector_problems
+    from spikeinterface.extractors import read_nwb_sorting
+    from test_ephys_curation import _folder
+
+    from engine.ephys.curation import Curation
+    from engine.ephys.nwb import export_units
+
+    folder, _sorting = _folder(tmp_path)
+    c = Curation(folder)
+    path = export_units(c, tmp_path / "units.nwb", metadata=NWB_METADATA)
+    assert nwbinspector_problems(path) == []
+    with NWBHDF5IO(str(path), "r") as io:
+        nwb = io.read()
+        assert nwb.session_description == NWB_METADATA["session_description"] and list(nwb.experimenter) == ["Doe, Jane"]
+        assert nwb.subject.species == "Mus musculus" and nwb.subject.age == "P90D" and nwb.lab == "Systems Neuroscience Lab"
+        assert nwb.units.resolution == pytest.approx(1 / c.sample_rate) and nwb.electrodes["location"][0] == "VISp"
+    sorting = read_nwb_sorting(str(path))
+    assert sorting.get_sampling_frequency() == pytest.approx(c.sample_rate)
+    assert sorted(int(u) for u in sorting.unit_ids) == sorted(int(i) for i in c.cluster_ids)
+    unit = int(c.cluster_ids[0])
+    np.testing.assert_array_equal(sorting.get_unit_spike_train(unit), np.sort(c.spike_times[c.spikes(unit)]))
+
+
+def test_nwb_metadata_file_json_or_yaml_and_bad_fields(tmp_path):
+    import json
+
+    from lab_files import NWB_METADATA
+
+    from engine.nwb import read_metadata
+
+    (tmp_path / "m.json").write_text(json.dumps(NWB_METADATA))
+    (tmp_path / "m.yaml").write_text("session_description: Acute recording in mouse V1, drifting gratings\n"
+                                     "experimenter: Doe, Jane\ninstitution: University of Examples\nlab: Systems Neuroscience Lab\n"
+                                     "keywords: [V1, mouse]\nexperiment_description: Orientation tuning under anaesthesia\n"
+                                     "subject:\n  subject_id: M42\n  species: Mus musculus\n  sex: F\n  age: P90D\nlocation: VISp\n")
+    assert read_metadata(tmp_path / "m.json") == read_metadata(tmp_path / "m.yaml") == NWB_METADATA
+    for text, message in (("experimentor: Jane", "unknown field"), ("subject: {sex: female}", "sex must be one of"),
+                          ("subject: {age: 90 days}", "ISO 8601"), ("[1, 2]", "mapping"), ("a: [", "neither valid JSON nor YAML")):
+        (tmp_path / "bad.yaml").write_text(text)
+        with pytest.raises(InputError, match=message):
+            read_metadata(tmp_path / "bad.yaml")

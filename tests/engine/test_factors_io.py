@@ -241,3 +241,36 @@ def test_real_texture_mosaic_and_labels(shared_data):
     labels = load_labels(need(shared_data, "images/texture_mosaic_1024_labels.npz"), shape=image.shape)
     assert set(np.unique(labels)) == {0, 1, 2}  # this file uses 0 for its first texture (brick)
     np.testing.assert_array_equal(find_labels(path, image.shape), labels)
+
+
+def test_tiled_pyramidal_ome_tiff_is_read_lazily_with_its_pixel_size(tmp_path):
+    """A tiled, compressed, pyramidal OME-TIFF (as slide scanners and stitchers write): opened through tifffile's
+    zarr interface at full resolution, only the tiles a slice touches decoded; pixel size from PhysicalSizeX."""
+    import tifffile
+
+    from engine.factors.io import LazyImage, pixel_size_um
+
+    image = np.random.default_rng(0).integers(0, 4000, (600, 904), dtype=np.uint16)
+    path = tmp_path / "slide.ome.tif"
+    with tifffile.TiffWriter(path, ome=True) as tif:
+        options = dict(tile=(128, 128), compression="zlib")
+        tif.write(image, subifds=1, metadata={"axes": "YX", "PhysicalSizeX": 0.65, "PhysicalSizeXUnit": "µm",
+                                              "PhysicalSizeY": 0.65, "PhysicalSizeYUnit": "µm"}, **options)
+        tif.write(image[::2, ::2], subfiletype=1, **options)  # the half-resolution level
+    lazy = load_image(path)
+    assert isinstance(lazy, LazyImage) and lazy.shape == (600, 904) and lazy.dtype == np.uint16
+    decoded = []
+    decode = lazy._page.decode
+    lazy._page.decode = lambda data, index, **k: decoded.append(index) or decode(data, index, **k)
+    np.testing.assert_array_equal(lazy[100:300, 500:700], image[100:300, 500:700])
+    assert len(decoded) == 9  # 3 × 3 of the 5 × 8 tiles of 128 px
+    lazy._page.decode = decode
+    np.testing.assert_array_equal(np.asarray(lazy), image)
+    assert pixel_size_um(path) == pytest.approx(0.65)
+    tifffile.imwrite(tmp_path / "ij.tif", image, imagej=True, resolution=(1 / 0.2, 1 / 0.2), metadata={"unit": "micron"})
+    assert pixel_size_um(tmp_path / "ij.tif") == pytest.approx(0.2)
+    tifffile.imwrite(tmp_path / "cm.tif", image, resolution=(10000.0, 10000.0), resolutionunit="CENTIMETER")
+    assert pixel_size_um(tmp_path / "cm.tif") == pytest.approx(1.0)
+    tifffile.imwrite(tmp_path / "none.tif", image)
+    tifffile.imwrite(tmp_path / "dpi.tif", image, resolution=(72.0, 72.0), resolutionunit="INCH")  # a display setting
+    assert pixel_size_um(tmp_path / "none.tif") is None and pixel_size_um(tmp_path / "dpi.tif") is None

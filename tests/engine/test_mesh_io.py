@@ -253,3 +253,34 @@ def test_all_spinetool_meshes_load_quickly(shared_data):
         labels = find_vertex_labels(path, mesh.n_vertices)
         assert labels is not None and labels.shape == (mesh.n_vertices,)
     assert time.perf_counter() - t0 < 20.0
+
+
+def test_meshparty_draco_and_node_mask(tmp_path, sphere):
+    """MeshParty's write_mesh_h5(draco=True, node_mask=...): a Draco buffer (DracoPy, as MeshParty encodes it) and a
+    vertex mask; the mesh is the masked vertices with the faces among them, as MeshParty's Mesh shows it."""
+    import DracoPy
+
+    vertices = (sphere.vertices * 1000.0).astype(np.float32)
+    faces = sphere.faces.astype(np.uint32)
+    mask = vertices[:, 2] > -300  # cut off the bottom cap
+    path = tmp_path / "864691135.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("draco", data=np.void(DracoPy.encode_mesh_to_buffer(vertices.flatten("C"), faces.flatten("C"))))
+        f.create_dataset("node_mask", data=mask, compression="gzip")
+    mesh = load_mesh(path)
+    decoded = DracoPy.decode(np.void(DracoPy.encode_mesh_to_buffer(vertices.flatten("C"), faces.flatten("C"))).tobytes())
+    points = np.asarray(decoded.points).reshape(-1, 3)
+    from scipy.spatial import cKDTree
+
+    # Draco reorders vertices (MeshParty applies node_mask to the decoded order, as we do) and quantizes them (< 2 nm here)
+    assert len(points) == len(vertices) and cKDTree(vertices).query(points)[0].max() < 2.0
+    np.testing.assert_allclose(mesh.vertices, points[mask], atol=1e-3)
+    assert mesh.n_vertices == mask.sum() and mesh.faces.max() == mesh.n_vertices - 1
+    kept = mask[np.asarray(decoded.faces).reshape(-1, 3)].all(axis=1)
+    assert mesh.n_faces == kept.sum() > 0
+    with h5py.File(tmp_path / "bad_mask.h5", "w") as f:
+        f.create_dataset("vertices", data=vertices)
+        f.create_dataset("faces", data=faces)
+        f.create_dataset("node_mask", data=mask[:10])
+    with pytest.raises(InputError, match="node_mask"):
+        load_mesh(tmp_path / "bad_mask.h5")

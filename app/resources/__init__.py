@@ -1,4 +1,5 @@
-"""Paths to bundled resources (style sheet, icons) in the repository's ``resources/`` folder."""
+"""Bundled resources: the style sheet and icons, package data beside this file (``app/resources/``), so a
+wheel install (``pip install .``) has them as the development install does."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from pathlib import Path
 
 from PyQt6.QtGui import QIcon
 
-RESOURCES = Path(__file__).resolve().parent.parent / "resources"
+RESOURCES = Path(__file__).resolve().parent
 
 
 def resource_path(*parts: str) -> Path:
@@ -14,7 +15,7 @@ def resource_path(*parts: str) -> Path:
 
 
 def icon(name: str) -> QIcon:
-    """Icon ``resources/icons/<name>.svg`` (an empty icon if it is missing, never an error)."""
+    """Icon ``icons/<name>.svg`` (an empty icon if it is missing, never an error)."""
     path = resource_path("icons", f"{name}.svg")
     return QIcon(str(path)) if path.exists() else QIcon()
 
