@@ -187,6 +187,11 @@ class ExtractorRecording:
     def duration(self) -> float:
         return self.n_samples / self.sample_rate
 
+    @property
+    def dtype(self) -> np.dtype:
+        """The stored sample type."""
+        return np.dtype(self.si.get_dtype())
+
     def probe(self):
         """The probe the file states (an :class:`engine.ephys.probe.Probe`), or None."""
         from engine.ephys.probe import Probe

@@ -181,6 +181,11 @@ class RawRecording:
         return self.params.sample_rate
 
     @property
+    def dtype(self) -> np.dtype:
+        """The stored sample type."""
+        return self.params.numpy_dtype()
+
+    @property
     def duration(self) -> float:
         """Length in seconds."""
         return self.n_samples / self.sample_rate

@@ -286,6 +286,10 @@ class ArrayRecording:
     def duration(self) -> float:
         return self.n_samples / self.sample_rate
 
+    @property
+    def dtype(self) -> np.dtype:
+        return self.data.dtype
+
     def read(self, start: int, stop: int, channels=None) -> np.ndarray:
         start, stop = max(0, int(start)), min(self.n_samples, int(stop))
         block = self.data[start:stop] if channels is None else self.data[start:stop][:, channels]

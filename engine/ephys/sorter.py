@@ -463,15 +463,14 @@ def check_finite(recording, progress=None, block_bytes: int = 32 * 2**20) -> Non
     hold any). Rejected rather than treated as gaps: a filter spreads one NaN over its whole chunk, and the
     whitening over every channel, so there is no sound sort of the rest; the message says where to look."""
     progress = as_progress(progress)
-    values = getattr(recording, "raw", None)
-    values = recording.data if values is None else values
-    if not np.issubdtype(values.dtype, np.floating):
+    dtype = recording.dtype
+    if not np.issubdtype(dtype, np.floating):
         return
-    n, n_ch = values.shape
-    step = max(1, block_bytes // max(1, n_ch * values.dtype.itemsize))
+    n, n_ch = recording.n_samples, recording.n_channels
+    step = max(1, block_bytes // max(1, n_ch * dtype.itemsize))
     for start in range(0, n, step):
         progress.check()
-        bad = ~np.isfinite(values[start:start + step])
+        bad = ~np.isfinite(recording.read(start, min(n, start + step)))
         if bad.any():
             row, channel = np.argwhere(bad)[0]
             count = int(bad.sum())
