@@ -28,10 +28,10 @@ from app.ephys.traces import TraceLoader, TracePanel, TraceRequest, load_traces
 from app.ephys.views import SimilarList, UnitTable, UnitViews, selection_color
 from app.jobs import Job
 from app.workspace import InfoBox, Workspace
+from engine.calcium.io import is_suite2p_binary
 from engine.ephys import curation as engine_curation
 from engine.ephys.curation import Curation, TraceSource, phy_folder_for
 from engine.ephys.io import RAW_EXTENSIONS, RawRecording, read_sidecar
-from engine.calcium.io import is_suite2p_binary
 from engine.ephys.formats import FORMAT_EXTENSIONS, detect_format
 from engine.ephys.nwb import export_units
 from engine.ephys.sorter import SortParams
