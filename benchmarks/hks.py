@@ -21,7 +21,7 @@
    (cluster start-up included, as a command pays it).
 
 Run: ``python -m benchmarks.hks`` (add ``--skip-naive`` / ``--skip-million`` / ``--skip-threshold``
-to shorten, or ``--only-command`` for part 0; the whole run takes ~10-20 min on 2 busy cores).
+/ ``--skip-spinetool`` to shorten, or ``--only-command`` for part 0; the whole run takes ~10-20 min on 2 busy cores).
 Needs ../shared/data for parts 0-2.
 """
 
@@ -368,6 +368,7 @@ def main(argv=None) -> None:
     parser.add_argument("--skip-million", action="store_true")
     parser.add_argument("--skip-threshold", action="store_true")
     parser.add_argument("--only-command", action="store_true", help="only part 0 (the whole command vs naive)")
+    parser.add_argument("--skip-spinetool", action="store_true", help="skip parts 1 and 2 (54k SpineTool methods, small meshes)")
     parser.add_argument("--threshold-sizes", type=int, nargs="+", default=[60_000, 250_000],
                         help="procedural neuron sizes for the threads vs processes comparison")
     args = parser.parse_args(argv)
@@ -381,7 +382,9 @@ def main(argv=None) -> None:
         part_command(args)
     if args.only_command:
         return
-    if SPINETOOL.is_file():
+    if args.skip_spinetool:
+        pass
+    elif SPINETOOL.is_file():
         part_spinetool(args)
         part_small(args)
     else:
