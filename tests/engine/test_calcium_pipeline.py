@@ -180,7 +180,7 @@ def test_cli_scheduler_address_runs_the_patches_and_deconvolution_there(tmp_path
     from engine import parallel
     from engine.calcium.cli import register
 
-    monkeypatch.delenv(parallel.SCHEDULER_ENV, raising=False)
+    monkeypatch.setenv(parallel.SCHEDULER_ENV, "auto")  # restored after the test (main sets it)
     assert main(["simulate-calcium", "-o", str(tmp_path / "sim"), "--size", "48", "--frames", "300", "--cells", "4",
                  "--seed", "1"], [register]) == 0
     with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None,

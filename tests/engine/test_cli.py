@@ -95,7 +95,7 @@ def test_unreachable_scheduler_is_a_quick_input_error(monkeypatch, capsys):
         s.bind(("127.0.0.1", 0))
         address = f"tcp://127.0.0.1:{s.getsockname()[1]}"
     monkeypatch.setattr(parallel, "CONNECT_TIMEOUT", 1.0)
-    monkeypatch.delenv("NEUROWB_SCHEDULER", raising=False)
+    monkeypatch.setenv("NEUROWB_SCHEDULER", "auto")  # restored after the test (main sets it)
     ran = []
     commands = lambda sub: sub.add_parser("work").set_defaults(run=lambda args: ran.append(1))  # noqa: E731
     start = time.monotonic()
