@@ -294,6 +294,7 @@ def part_threshold(args) -> None:
             result, seconds = timed(lambda mesh=mesh, scheduler=scheduler: compute_hks(mesh, method="chunked", scheduler=scheduler))
             rows.append({"vertices": mesh.n_vertices, "scheduler": scheduler, "seconds": seconds, "chunks": result.info["n_chunks"],
                          "load average": f"{os.getloadavg()[0]:.1f}"})
+            print(f"({mesh.n_vertices:,} vertices, {scheduler}: {seconds:.1f} s)", file=sys.stderr, flush=True)
         rows[-1]["threads vs processes"] = ratio(rows[-2]["seconds"], rows[-1]["seconds"])
         shutdown()
     markdown_table(rows, ["vertices", "scheduler", "seconds", "chunks", "threads vs processes", "load average"])
