@@ -5,6 +5,9 @@ through the ``neurowb.commands`` entry-point group (see pyproject.toml): each en
 a ``register(subparsers)`` function that adds its sub-commands and sets ``run=callable`` as
 the parser default. The app registers ``gui`` and ``demo`` that way, so this module never
 imports Qt; each workspace registers its own (``neurowb mesh ...``, ``neurowb sort ...``).
+A command whose work goes through :func:`engine.parallel.parallel_map` sets ``batches=True``
+as a parser default: ``--scheduler ADDRESS`` then connects before it runs (an unreachable
+address is an InputError at once); other commands say that they run here.
 Every ``register`` is called for any command line (even ``neurowb hks --help``), so it imports
 nothing heavy (torch, Dask, scikit-learn, scipy): the command's ``run`` imports what it needs.
 ``--version`` is answered before any of them is loaded.
@@ -115,9 +118,13 @@ def main(argv: Sequence[str] | None = None, registrations: Sequence[Register] | 
         return 0
     try:
         if args.scheduler:
-            from engine.parallel import connect
+            from engine.parallel import connect, is_address
 
-            connect(args.scheduler)  # an unreachable address fails now, not after the first steps
+            if getattr(args, "batches", False):
+                connect(args.scheduler)  # an unreachable address fails now, not after the first steps
+            elif is_address(args.scheduler):
+                print("note: this command runs on this machine; only the batch commands (hks, spines, cnmf, deconvolve) "
+                      "send work to a Dask scheduler", file=sys.stderr)
         result = run(args)
         return int(result or 0)
     except InputError as exc:

@@ -30,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--register", choices=("rigid", "piecewise", "none"), default="none", help="motion correction (default none)")
     p.add_argument("--patch-size", type=int, metavar="PX", help="patch core size in pixels (default max(64, 6 diameters))")
     p.add_argument("--nwb", metavar="FILE.nwb", help="also write the ROIs, traces and summary images as an NWB file")
-    p.set_defaults(run=_run_cnmf)
+    p.set_defaults(run=_run_cnmf, batches=True)  # batches: patches and deconvolution can go to --scheduler
 
     p = subparsers.add_parser("deconvolve", help="AR(1) spike deconvolution of fluorescence traces",
                               description="Deconvolve traces (rows of an .npy array) into calcium and spikes.")  # fmt: skip
@@ -38,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", metavar="OUT.npz", required=True, help="output .npz (c, s, b, g, sigma)")
     p.add_argument("--fs", type=float, metavar="HZ", help="frame rate, to report time constants in seconds")
     p.add_argument("--method", choices=("fast", "cvxpy"), default="fast", help="exact fast solver (default) or the CVXPY reference")
-    p.set_defaults(run=_run_deconvolve)
+    p.set_defaults(run=_run_deconvolve, batches=True)
 
     p = subparsers.add_parser("simulate-calcium", help="write a simulated two-photon movie with its ground truth",
                               description="Simulated movie (somata, AR(1) calcium, neuropil, drift, noise) as "

@@ -85,7 +85,7 @@ def _register_hks(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="eigensolver precision (default float32)")
     p.add_argument("--laplacian", choices=("robust", "cotangent"), default="robust", help="Laplacian (default robust)")
     p.add_argument("--points", metavar="FILE", help="also save the log-HKS at these xyz points (CSV or NPY, units after --scale)")
-    p.set_defaults(run=_run_hks)
+    p.set_defaults(run=_run_hks, batches=True)  # batches: its work can go to --scheduler
 
 
 def _run_hks(args: argparse.Namespace) -> int:
@@ -160,6 +160,7 @@ def _register_spines(subparsers: argparse._SubParsersAction) -> None:
         description="Random-forest spine classifier on log-HKS features of mesh vertices.",
         epilog=_LABEL_MAP_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    spines.set_defaults(batches=True)  # their HKS can go to --scheduler
     commands = spines.add_subparsers(dest="spines_command", metavar="{train,predict,evaluate}", required=True)
 
     def labelled_meshes(p: argparse.ArgumentParser) -> None:

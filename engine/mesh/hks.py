@@ -65,7 +65,8 @@ log = logging.getLogger(__name__)
 METHODS = ("auto", "exact", "chunked", "chebyshev")
 #: "auto" switches from one exact solve to chunks above this many vertices. At 31.5k vertices
 #: (SpineTool 1003-1) both cost the same CPU time (~5 s), but chunks were 1e-3 off (median)
-#: and 11 % at the largest timescale; at 54k chunks cost about half (benchmarks/hks.py).
+#: and 11 % at the largest timescale; at 54k chunks took 5.7 s on two workers vs 13.5 s for one
+#: exact solve (benchmarks/RESULTS.md, 2026-11-22 and 2026-12-07).
 AUTO_CHUNK_ABOVE = 40_000
 #: Chunks run in threads of this process up to this many vertices (nothing to start, no
 #: copies), on a local Dask process cluster above (see benchmarks/hks.py for the measurement).

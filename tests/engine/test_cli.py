@@ -97,9 +97,15 @@ def test_unreachable_scheduler_is_a_quick_input_error(monkeypatch, capsys):
     monkeypatch.setattr(parallel, "CONNECT_TIMEOUT", 1.0)
     monkeypatch.setenv("NEUROWB_SCHEDULER", "auto")  # restored after the test (main sets it)
     ran = []
-    commands = lambda sub: sub.add_parser("work").set_defaults(run=lambda args: ran.append(1))  # noqa: E731
+    def commands(sub):
+        sub.add_parser("work").set_defaults(run=lambda args: ran.append(1), batches=True)
+        sub.add_parser("local-only").set_defaults(run=lambda args: ran.append(2))
+
     start = time.monotonic()
     assert cli.main(["--scheduler", address, "work"], registrations=[commands]) == 2
     assert time.monotonic() - start < 10 and not ran  # failed before the command's work began
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and address in err[0] and "dask scheduler" in err[0]
+    # A command that does not batch says so instead of pretending its work went there.
+    assert cli.main(["--scheduler", address, "local-only"], registrations=[commands]) == 0 and ran == [2]
+    assert "runs on this machine" in capsys.readouterr().err
