@@ -10,12 +10,14 @@ Methods
 -------
 ``"exact"``
     Band-by-band shift-invert eigensolver on the whole mesh (:mod:`engine.mesh.spectrum`),
-    each band accumulated into the HKS and dropped. The reference.
+    each band accumulated into the HKS and dropped. The reference. The spectrum below λmax
+    is cut into slices solved in parallel threads (one per core, :data:`MIN_SLICE`).
 ``"chunked"``
     The mesh is cut into chunks of at most ``chunk_size`` vertices, each grown by a geodesic
     ``overlap`` (:mod:`engine.mesh.chunks`); every chunk's HKS is computed exactly and
     independently (its own Laplacian, free boundary at the cut) in parallel through
-    :func:`engine.parallel.parallel_map`, and each vertex keeps the value of its own chunk.
+    :func:`engine.parallel.parallel_map` (threads of this process; worker processes above
+    :data:`PROCESSES_ABOVE` vertices), and each vertex keeps the value of its own chunk.
 ``"chebyshev"``
     Polynomial approximation of the heat operator with diagonal estimation, in torch (CUDA
     when available); see :mod:`engine.mesh.chebyshev` for what it computes and how well.
@@ -69,8 +71,11 @@ METHODS = ("auto", "exact", "chunked", "chebyshev")
 #: exact solve (benchmarks/RESULTS.md, 2026-11-22 and 2026-12-07).
 AUTO_CHUNK_ABOVE = 40_000
 #: Chunks run in threads of this process up to this many vertices (nothing to start, no
-#: copies), on a local Dask process cluster above (see benchmarks/hks.py for the measurement).
-PROCESSES_ABOVE = 400_000
+#: copies), on a local Dask process cluster above. Measured on 2 cores (benchmarks/hks.py,
+#: RESULTS 2026-12-07): threads took 0.49x the cluster's time at 60k vertices and 0.78x at 250k,
+#: its start-up amortising (extrapolated crossing ~1M); the robust Laplacian's construction
+#: holds the GIL (~15 % of a chunk), which costs threads more with more cores.
+PROCESSES_ABOVE = 500_000
 #: Chunk sizes (vertices owned by a chunk, before the overlap) tried when none is given;
 #: the first whose chunks grow by at most MAX_GROWTH with the overlap is used.
 CHUNK_SIZES = (12_000, 24_000)
@@ -439,7 +444,8 @@ def compute_hks(
     elif method == "exact":
         from engine.device import available_cores
 
-        values = _exact(mesh, t, lam, dtype, laplacian, band_size, progress, info, threads=available_cores())
+        threads = 1 if requested_scheduler(scheduler) == "serial" else available_cores()
+        values = _exact(mesh, t, lam, dtype, laplacian, band_size, progress, info, threads=threads)
         info["n_chunks"] = 1
     elif method == "chunked":
         size = None if chunk_size is None else int(chunk_size)
