@@ -219,7 +219,7 @@ class ShortcutsDialog(QDialog):
 
 
 class PreferencesDialog(QDialog):
-    """Compute device and where batch work runs (local Dask cluster, serial, or a scheduler address)."""
+    """Compute device and where batch work runs (auto, threads, local Dask cluster, serial, or a scheduler address)."""
 
     def __init__(self, device: str, scheduler: str, devices: list[str], parent: QWidget | None = None):
         super().__init__(parent)
@@ -232,9 +232,11 @@ class PreferencesDialog(QDialog):
         self.device.setCurrentText(device)
         self.device.setToolTip("The NEUROWB_DEVICE environment variable overrides this.")
         self.scheduler = QLineEdit(scheduler)
-        self.scheduler.setPlaceholderText("local, serial, or tcp://host:8786")
-        self.scheduler.setToolTip("Batch work (chunks, patches, files) runs on a local Dask cluster, "
-                                  "in this process ('serial'), or on the Dask scheduler at this address.")
+        self.scheduler.setPlaceholderText("auto, threads, local, serial, or tcp://host:8786")
+        self.scheduler.setToolTip("Batch work (chunks, patches, files) runs in threads of this process ('auto' "
+                                  "starts worker processes only for big jobs; 'threads'), on a local Dask cluster "
+                                  "('local'), in one thread ('serial'), or on the Dask scheduler at this address "
+                                  "(its workers need the data on a shared filesystem).")
         form.addRow("Compute device:", self.device)
         form.addRow("Batch scheduler:", self.scheduler)
         buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)

@@ -332,7 +332,7 @@ class MainWindow(QMainWindow):
         dialog = PreferencesDialog(self.settings.device(), self.settings.scheduler(), devices, self)
         if dialog.exec():
             self.settings.set_device(dialog.device.currentText())
-            self.settings.set_scheduler(dialog.scheduler.text().strip() or "local")
+            self.settings.set_scheduler(dialog.scheduler.text().strip() or "auto")
             self.apply_compute_settings()
             self.refresh_device_label()
 

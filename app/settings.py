@@ -89,8 +89,9 @@ class Settings:
         self.q.setValue("compute/device", device)
 
     def scheduler(self) -> str:
-        """'local', 'serial' or a Dask scheduler address such as tcp://host:8786."""
-        return self.q.value("compute/scheduler", "local", type=str) or "local"
+        """'auto' (threads here, worker processes for big jobs), 'threads', 'local', 'serial', or a
+        Dask scheduler address such as tcp://host:8786."""
+        return self.q.value("compute/scheduler", "auto", type=str) or "auto"
 
     def set_scheduler(self, address: str) -> None:
         self.q.setValue("compute/scheduler", address)

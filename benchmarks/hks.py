@@ -1,5 +1,10 @@
 """Heat kernel signatures: every way of computing them, side by side, in one run.
 
+0. The whole command as a user runs it: ``python -m engine.cli hks MESH -o OUT.npz --scale
+   1000`` (defaults) on a 31,523-vertex SpineTool dendrite, timed as a subprocess from start to
+   exit, beside one naive shift-invert ``eigsh`` for the same eigenpairs in the same run, with
+   its error against the exact float64 result; and the start-up of ``neurowb --version`` and
+   ``neurowb hks --help`` (subprocess timer).
 1. SpineTool example dendrite (54,121 vertices, µm × 1000 → nm; 32 timescales 5e4–2e7 nm²,
    λmax 1e-5 nm⁻²): a naive single ``eigsh``, ARPACK band by band (the published algorithm),
    our exact band-by-band solver (float64 = the accuracy reference, and float32), and the
@@ -11,15 +16,25 @@
    accuracy of the same settings against the exact solver on a 60k-vertex neuron of the
    same kind.
 
-Run: ``python -m benchmarks.hks`` (add ``--skip-naive`` / ``--skip-million`` to shorten; the
-whole run takes ~10-20 min on 2 busy cores). Needs ../shared/data for parts 1 and 2.
+4. Where a local process cluster starts to pay for chunks: the chunked method on procedural
+   neurons of ``--threshold-sizes`` vertices, in threads of this process vs worker processes
+   (cluster start-up included, as a command pays it).
+
+Run: ``python -m benchmarks.hks`` (add ``--skip-naive`` / ``--skip-million`` / ``--skip-threshold``
+/ ``--skip-spinetool`` to shorten, or ``--only-command`` for part 0; the whole run takes ~10-20 min on 2 busy cores).
+Needs ../shared/data for parts 0-2.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
+import statistics
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -31,6 +46,8 @@ from engine.device import available_cores, configure_threads
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "meshes"
 SPINETOOL = DATA / "spinetool" / "spinetool_example_dendrite_surface.ply"
+COMMAND_MESH = DATA / "spinetool" / "spinetool_1003-1_surface.ply"  # 31,523 vertices, µm
+ROOT = Path(__file__).resolve().parents[1]
 PUBLISHED_SECONDS = 38.0  # published reference implementation on this mesh, one thread (README)
 
 
@@ -136,8 +153,6 @@ def timed(func):
 def part_spinetool(args) -> None:
     from engine.mesh.hks import compute_hks, default_max_eigenvalue, default_timescales
     from engine.mesh.io import Mesh, load_mesh
-    from engine.parallel import parallel_map, shutdown
-
     raw = load_mesh(SPINETOOL)
     mesh = Mesh(raw.vertices * 1000.0, raw.faces, units="nm", name=raw.name)
     t, lam = default_timescales("nm"), default_max_eigenvalue("nm")
@@ -162,25 +177,21 @@ def part_spinetool(args) -> None:
         row("naive: one scipy eigsh for all eigenpairs (shift-invert)", naive_s, naive, K, "float64, 1 thread")
     (arpack, arpack_info), arpack_s = timed(lambda: _exact_with(mesh, t, lam, solver="arpack", band_size=50, dtype="float32"))
     row("ARPACK bands of 50 (published algorithm), exact, float32", arpack_s, arpack, arpack_info["n_eigenpairs"], "1 thread")
-    row("exact, block Krylov bands, float64 (the reference)", ref_s, reference, K, "1 thread")
+    slices = f"{ref.info.get('n_slices', 1)} spectrum slice(s) in threads"
+    row("exact, block Krylov bands, float64 (the reference)", ref_s, reference, K, slices)
     ex32, ex32_s = timed(lambda: compute_hks(mesh, method="exact", dtype="float32"))
-    row("exact, block Krylov bands, float32", ex32_s, ex32.hks, ex32.info["n_eigenpairs"], "1 thread")
+    row("exact, block Krylov bands, float32", ex32_s, ex32.hks, ex32.info["n_eigenpairs"], slices)
 
-    shutdown()
-    cold, cold_s = timed(lambda: compute_hks(mesh))  # auto
-    parallel_map(abs, [1, 2])  # make sure the cluster is up (it is: the call above started it)
-    warm_runs = [timed(lambda: compute_hks(mesh)) for _ in range(args.repeat)]
-    warm, warm_s = min(warm_runs, key=lambda r: r[1])
-    info = warm.info
-    row(f"auto → {warm.method}, float32, {available_cores()} workers, warm cluster (best of {args.repeat})", warm_s, warm.hks,
+    runs = [timed(lambda: compute_hks(mesh)) for _ in range(args.repeat)]  # auto
+    auto, auto_s = min(runs, key=lambda r: r[1])
+    info = auto.info
+    row(f"auto → {auto.method}, float32, {available_cores()} threads of this process (best of {args.repeat})", auto_s, auto.hks,
         info["n_eigenpairs"], f"{info['n_chunks']} chunks of ≤{info['chunk_size']:,} + {info['overlap']:.0f} nm overlap, "
-        f"{info['chunk_vertices_total']:,} vertices solved; median of runs {np.median([r[1] for r in warm_runs]):.2f} s")
-    row(f"auto → {cold.method}, first call incl. starting the cluster", cold_s, cold.hks, cold.info["n_eigenpairs"], "")
+        f"{info['chunk_vertices_total']:,} vertices solved; median of runs {np.median([r[1] for r in runs]):.2f} s")
     fast, fast_s = timed(lambda: compute_hks(mesh, method="chunked", chunk_size=8000, overlap=0.25 * math.sqrt(t[-1])))
     row("chunked, 8k chunks + 0.25·sqrt(t_max) overlap (speed over accuracy)", fast_s, fast.hks, fast.info["n_eigenpairs"],
         f"{fast.info['n_chunks']} chunks, {fast.info['chunk_vertices_total']:,} vertices solved")
-    print(f"(auto, warm: splitting {info['split_seconds']:.2f} s in this process; chunk solves {info['chunk_seconds_total']:.1f} s "
-          f"summed over the workers)\n")
+    print(f"(auto: splitting {info['split_seconds']:.2f} s; chunk solves {info['chunk_seconds_total']:.1f} s summed over the threads)\n")
     markdown_table(rows, ["method", "seconds", "speed-up vs published 38 s", "eigenpairs", "median rel err", "worst-t median", "p90", "note"])
     print("\nErrors are relative to the exact float64 result, over all vertices × 32 timescales (median), the worst of the "
           "32 per-timescale medians, and the 90th percentile.")
@@ -194,6 +205,99 @@ def _exact_with(mesh, t, lam, **options):
     L, M = laplacian(mesh)
     stats: dict = {}
     return hks_from_laplacian(L, M, t, lam, stats=stats, **options), stats
+
+
+def _children_cpu() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _run_cli(argv: list[str]) -> tuple[float, float, str]:
+    """Wall and CPU seconds of ``python -m engine.cli ARGV`` from start to exit, and its stderr.
+
+    CPU time (all its threads and child processes) is the steadier figure on a shared machine."""
+    cpu, start = _children_cpu(), time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "engine.cli", *argv], cwd=ROOT, capture_output=True, text=True)
+    seconds, cpu = time.perf_counter() - start, _children_cpu() - cpu
+    if out.returncode:
+        raise RuntimeError(f"neurowb {' '.join(argv)} failed: {out.stderr}")
+    return seconds, cpu, out.stderr
+
+
+def timed_cpu(func):
+    """(result, wall seconds, CPU seconds of this process)."""
+    cpu, start = time.process_time(), time.perf_counter()
+    out = func()
+    return out, time.perf_counter() - start, time.process_time() - cpu
+
+
+def part_command(args) -> None:
+    from engine.mesh.hks import compute_hks, default_max_eigenvalue, default_timescales
+    from engine.mesh.io import Mesh, load_mesh
+
+    print("\n### The whole command, as a user runs it, beside one naive eigsh (same run)\n")
+    startup = []
+    for argv in (["--version"], ["hks", "--help"]):
+        runs = [_run_cli(argv) for _ in range(5)]
+        startup.append({"command": "neurowb " + " ".join(argv), "best wall s": min(r[0] for r in runs),
+                        "median wall s": statistics.median(r[0] for r in runs), "median CPU s": statistics.median(r[1] for r in runs)})
+    markdown_table(startup, ["command", "best wall s", "median wall s", "median CPU s"])
+
+    raw = load_mesh(COMMAND_MESH)
+    mesh = Mesh(raw.vertices * 1000.0, raw.faces, units="nm", name=raw.name)
+    t, lam = default_timescales("nm"), default_max_eigenvalue("nm")
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "hks.npz")
+        argv = ["hks", str(COMMAND_MESH), "-o", out, "--scale", "1000"]
+        runs = [_run_cli(argv) for _ in range(args.repeat)]
+        stderr = runs[-1][2]
+        with np.load(out) as z:
+            values, info, method = z["hks"], json.loads(str(z["info"])), str(z["method"])
+    ref, ref_s = timed(lambda: compute_hks(mesh, method="exact", dtype="float64"))
+    count = ref.info["n_eigenpairs"]
+    naive, naive_s, naive_cpu = timed_cpu(lambda: naive_eigsh(mesh, t, lam, count))
+    e_cmd = errors(values, ref.hks.astype(np.float64))
+    e_naive = errors(naive, ref.hks.astype(np.float64))
+    dask_lines = sum("distributed" in line for line in stderr.splitlines())
+    best = min(runs, key=lambda r: r[0])
+    rows = [
+        {"run": f"`neurowb hks {COMMAND_MESH.name} -o OUT.npz --scale 1000` (defaults), whole process, best of {args.repeat}",
+         "wall s": best[0], "vs naive (wall)": ratio(best[0], naive_s), "CPU s": best[1], "vs naive (CPU)": ratio(best[1], naive_cpu),
+         "median rel err": f"{e_cmd['median rel err']:.1e}", "worst-t median": f"{e_cmd['worst-t median']:.1e}",
+         "note": f"median of runs {statistics.median(r[0] for r in runs):.2f} s wall; {method}, {info.get('n_slices', 1)} "
+                 f"spectrum slice(s) in threads, {info['seconds']:.2f} s inside compute_hks; {dask_lines} Dask log lines"},
+        {"run": f"naive: one scipy eigsh (shift-invert) for the same {count} eigenpairs, in-process", "wall s": naive_s,
+         "vs naive (wall)": "1.00x", "CPU s": naive_cpu, "vs naive (CPU)": "1.00x",
+         "median rel err": f"{e_naive['median rel err']:.1e}", "worst-t median": f"{e_naive['worst-t median']:.1e}",
+         "note": "float64, 1 BLAS thread, Laplacian included"},
+        {"run": "exact float64 in-process (the error reference)", "wall s": ref_s, "vs naive (wall)": ratio(ref_s, naive_s),
+         "CPU s": "", "vs naive (CPU)": "", "median rel err": "0", "worst-t median": "0",
+         "note": f"{ref.info.get('n_slices', 1)} slice(s)"},
+    ]
+    print(f"\n{mesh.name}: {mesh.n_vertices:,} vertices, µm × 1000 → nm, 32 t in 5e4–2e7 nm², λmax {lam:g} nm⁻², "
+          f"{count} eigenpairs\n")
+    markdown_table(rows, ["run", "wall s", "vs naive (wall)", "CPU s", "vs naive (CPU)", "median rel err", "worst-t median", "note"])
+
+
+def part_threshold(args) -> None:
+    from engine.mesh.hks import compute_hks
+    from engine.parallel import shutdown
+
+    print("\n### Chunks in threads vs a local process cluster (cluster start-up included)\n")
+    rows = []
+    for n in args.threshold_sizes:
+        mesh = procedural_neuron(n, seed=0)
+        for scheduler in ("threads", "local"):
+            shutdown()
+            result, seconds = timed(lambda mesh=mesh, scheduler=scheduler: compute_hks(mesh, method="chunked", scheduler=scheduler))
+            rows.append({"vertices": mesh.n_vertices, "scheduler": scheduler, "seconds": seconds, "chunks": result.info["n_chunks"],
+                         "load average": f"{os.getloadavg()[0]:.1f}"})
+            print(f"({mesh.n_vertices:,} vertices, {scheduler}: {seconds:.1f} s)", file=sys.stderr, flush=True)
+        rows[-1]["threads vs processes"] = ratio(rows[-2]["seconds"], rows[-1]["seconds"])
+        shutdown()
+    markdown_table(rows, ["vertices", "scheduler", "seconds", "chunks", "threads vs processes", "load average"])
 
 
 def part_small(args) -> None:
@@ -281,6 +385,11 @@ def main(argv=None) -> None:
     parser.add_argument("--million", type=int, default=1_000_000, help="vertices of the procedural neuron")
     parser.add_argument("--skip-naive", action="store_true", help="skip the naive single-eigsh baseline")
     parser.add_argument("--skip-million", action="store_true")
+    parser.add_argument("--skip-threshold", action="store_true")
+    parser.add_argument("--only-command", action="store_true", help="only part 0 (the whole command vs naive)")
+    parser.add_argument("--skip-spinetool", action="store_true", help="skip parts 1 and 2 (54k SpineTool methods, small meshes)")
+    parser.add_argument("--threshold-sizes", type=int, nargs="+", default=[60_000, 250_000],
+                        help="procedural neuron sizes for the threads vs processes comparison")
     args = parser.parse_args(argv)
     # One BLAS thread in this process (exact solves run here); chunk workers get 1 each.
     configure_threads(1)
@@ -288,11 +397,19 @@ def main(argv=None) -> None:
     print(machine_header("HKS (benchmarks.hks)"))
     print(f"- load average at start: {', '.join(f'{x:.1f}' for x in os.getloadavg())} "
           f"(the machine's {available_cores()} cores are shared with other users: timings are pessimistic)")
-    if SPINETOOL.is_file():
+    if COMMAND_MESH.is_file():
+        part_command(args)
+    if args.only_command:
+        return
+    if args.skip_spinetool:
+        pass
+    elif SPINETOOL.is_file():
         part_spinetool(args)
         part_small(args)
     else:
         print(f"\n(../shared/data not found at {DATA}: SpineTool and small real meshes skipped)")
+    if not args.skip_threshold:
+        part_threshold(args)
     if not args.skip_million:
         part_million(args)
     print(f"\ntotal {time.perf_counter() - start:.0f} s, peak RSS of this process {peak_rss_mb():.0f} MiB, "

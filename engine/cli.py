@@ -5,6 +5,12 @@ through the ``neurowb.commands`` entry-point group (see pyproject.toml): each en
 a ``register(subparsers)`` function that adds its sub-commands and sets ``run=callable`` as
 the parser default. The app registers ``gui`` and ``demo`` that way, so this module never
 imports Qt; each workspace registers its own (``neurowb mesh ...``, ``neurowb sort ...``).
+A command whose work goes through :func:`engine.parallel.parallel_map` sets ``batches=True``
+as a parser default: ``--scheduler ADDRESS`` then connects before it runs (an unreachable
+address is an InputError at once); other commands say that they run here.
+Every ``register`` is called for any command line (even ``neurowb hks --help``), so it imports
+nothing heavy (torch, Dask, scikit-learn, scipy): the command's ``run`` imports what it needs.
+``--version`` is answered before any of them is loaded.
 
 Errors print one clear line and exit non-zero (2 for bad input, 1 otherwise, 130 when
 interrupted); ``--debug`` prints the traceback too. Long commands wrap their engine call in
@@ -91,18 +97,28 @@ def check_output(path: str | os.PathLike, folder: bool = False, suffixes: tuple[
     return path
 
 
-def build_parser(registrations: Sequence[Register] | None = None) -> argparse.ArgumentParser:
-    """The full parser; ``registrations`` defaults to every installed ``neurowb.commands`` entry point."""
+def _global_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    """The parser of the options that come before the command (no command modules imported)."""
     parser = _Parser(
         prog="neurowb",
         description="NeuroWorkbench: neuron morphology, spike sorting, calcium imaging and microarchitecture.",
+        add_help=add_help,
     )
     parser.add_argument("--version", action="version", version=f"NeuroWorkbench {__version__}")
-    parser.add_argument("--debug", action="store_true", help="print tracebacks and debug logging")
+    parser.add_argument("--debug", action="store_true", help="print tracebacks and debug logging (Dask's too)")
     parser.add_argument("--device", metavar="DEVICE", help="compute device: auto (default), cpu, cuda, cuda:N, mps")
     parser.add_argument(
-        "--scheduler", metavar="ADDRESS", help="where batches run: local (default Dask cluster), serial, or tcp://host:8786"
+        "--scheduler", metavar="ADDRESS",
+        help="where batches run: auto (default: threads here, a local process cluster for big jobs), threads, "
+        "local (Dask worker processes), serial, or a Dask scheduler tcp://host:8786 (workers need the data "
+        "on a shared filesystem)",
     )
+    return parser
+
+
+def build_parser(registrations: Sequence[Register] | None = None) -> argparse.ArgumentParser:
+    """The full parser; ``registrations`` defaults to every installed ``neurowb.commands`` entry point."""
+    parser = _global_parser()
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
     for register in registrations if registrations is not None else _installed_registrations():
         register(subparsers)
@@ -141,9 +157,12 @@ def progress_bar(description: str, disable: bool | None = None) -> Iterator[Prog
 
 
 def main(argv: Sequence[str] | None = None, registrations: Sequence[Register] | None = None) -> int:
-    parser = build_parser(registrations)
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        args = parser.parse_args(argv)
+        if "--version" in argv:
+            # Answered (and exits) before any command module is imported: they pull in numpy & co.
+            _global_parser(add_help=False).parse_known_args(argv)
+        args = build_parser(registrations).parse_args(argv)
     except SystemExit as exc:  # --help, --version, or a usage error already printed as one line
         return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 2
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -159,6 +178,14 @@ def main(argv: Sequence[str] | None = None, registrations: Sequence[Register] | 
         parser.print_help()
         return 0
     try:
+        if args.scheduler:
+            from engine.parallel import connect, is_address
+
+            if getattr(args, "batches", False):
+                connect(args.scheduler)  # an unreachable address fails now, not after the first steps
+            elif is_address(args.scheduler):
+                print("note: this command runs on this machine; only the batch commands (hks, spines, cnmf, deconvolve) "
+                      "send work to a Dask scheduler", file=sys.stderr)
         result = run(args)
         return int(result or 0)
     except InputError as exc:

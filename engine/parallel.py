@@ -1,22 +1,34 @@
-"""Map a function over chunks, patches or files on a Dask cluster (local or real).
+"""Map a function over chunks, patches or files: threads here, a Dask cluster, or a real one.
 
 ``parallel_map(func, items)`` returns ``[func(item) for item in items]``, in input order,
 computed in parallel, with progress reporting and cancellation through
 :class:`engine.progress.Progress`.
 
-Schedulers (the ``scheduler`` argument; default: ``NEUROWB_SCHEDULER`` env var, else ``local``):
+Schedulers (the ``scheduler`` argument; default: ``NEUROWB_SCHEDULER`` env var, else ``auto``):
 
+``"auto"``
+    Threads of this process, unless the caller says the batch is big enough to repay
+    worker processes (``processes=True``: then ``"local"``). Starting a process cluster
+    costs seconds and imports Dask, more than most single-machine jobs gain from it;
+    the numeric work of our tasks (SuperLU, BLAS, torch) releases the GIL, so threads
+    use the cores too. Where processes start to pay off is measured by each caller
+    (e.g. engine.mesh.hks.PROCESSES_ABOVE, benchmarks/hks.py).
+``"threads"``
+    A pool of threads in this process (no Dask); each task runs with one BLAS/torch
+    thread (:func:`engine.device.single_threaded`) so the pools do not oversubscribe.
 ``"local"``
     A Dask ``LocalCluster`` of worker *processes* on this machine (one per core by default),
     started on first use, reused by later calls and closed at exit (or by :func:`shutdown`).
 ``"serial"``
     A plain loop in this process (debugging, profiling, tiny inputs).
-``"threads"``
-    An in-process Dask cluster of threads; cheap to start, useful for tests and for
-    functions that release the GIL. Thread pools are *not* reconfigured here (they are
-    process-wide), so use it for code that keeps its own thread count in check.
 ``"tcp://host:8786"``
-    A running Dask scheduler, so the same batch scales from a laptop to a cluster.
+    A running Dask scheduler, so the same batch scales from a laptop to a cluster. Every
+    task goes there (even a batch of one); an unreachable address is an InputError after
+    at most :data:`CONNECT_TIMEOUT` seconds. Workers open input files by their path, so
+    they need the data on a shared filesystem at the same path.
+
+Dask's own log lines (``INFO distributed...``) stay out of the terminal unless the root
+logger is at DEBUG (``neurowb --debug``).
 
 Pointing it at a real cluster::
 
@@ -25,7 +37,7 @@ Pointing it at a real cluster::
     # on every compute node, in an environment with neuroworkbench installed
     dask worker tcp://head-node:8786 --nworkers 8 --nthreads 1
     # then on the machine that submits the batch
-    neurowb ... --scheduler tcp://head-node:8786
+    neurowb --scheduler tcp://head-node:8786 ...
     # or, for the app and every command at once
     export NEUROWB_SCHEDULER=tcp://head-node:8786
 
@@ -43,9 +55,10 @@ import logging
 import os
 import threading
 import time
+import warnings
 from typing import Any, Callable, Iterable, TypeVar
 
-from engine.device import available_cores, configure_threads
+from engine.device import available_cores, configure_threads, single_threaded
 from engine.errors import InputError
 from engine.progress import Progress, as_progress
 
@@ -55,6 +68,8 @@ R = TypeVar("R")
 log = logging.getLogger(__name__)
 
 SCHEDULER_ENV = "NEUROWB_SCHEDULER"
+#: Scheduler names; any other value is a Dask scheduler address.
+SCHEDULERS = ("auto", "threads", "local", "serial")
 # Seconds to wait for a remote scheduler: long enough for a slow network, short enough
 # that a typo in the address gives an error instead of an apparently hung job.
 CONNECT_TIMEOUT = 5.0
@@ -62,7 +77,7 @@ CONNECT_TIMEOUT = 5.0
 _POLL_S = 0.05
 
 # Cached clients, so a cluster started by one call is reused by the next (starting worker
-# processes costs seconds). Key: "local", "threads" or an address -> (client, cluster, n_workers).
+# processes costs seconds). Key: "local" or an address -> (client, cluster, n_workers).
 _clients: dict[str, tuple[Any, Any, int | None]] = {}
 _lock = threading.Lock()  # parallel_map may be called from several job threads at once
 _atexit_registered = False
@@ -71,6 +86,28 @@ _atexit_registered = False
 # In a worker process: the thread count configure_threads last set there. Setting it costs
 # ~3 ms (threadpoolctl scans the loaded libraries), as much as a small task, so only on change.
 _worker_threads: int | None = None
+
+
+def requested_scheduler(scheduler: str | None = None) -> str:
+    """The scheduler a batch uses: ``scheduler``, else ``NEUROWB_SCHEDULER``, else ``"auto"``."""
+    return (scheduler or os.environ.get(SCHEDULER_ENV) or "auto").strip() or "auto"
+
+
+def is_address(scheduler: str | None) -> bool:
+    """True for a Dask scheduler address (anything that is not one of :data:`SCHEDULERS`)."""
+    return scheduler is not None and scheduler.strip() not in SCHEDULERS
+
+
+def connect(scheduler: str | None = None) -> None:
+    """Connect now to the scheduler address requested (argument or environment), if any.
+
+    Raises InputError within :data:`CONNECT_TIMEOUT` seconds when it cannot be reached, so
+    a command fails before its work starts instead of at its first batch. The client is
+    cached for the batches that follow. Does nothing for the local schedulers.
+    """
+    scheduler = requested_scheduler(scheduler)
+    if is_address(scheduler):
+        _client(scheduler, 1)
 
 
 def _run_task(func: Callable[[T], R], threads: int | None, item: T) -> R:
@@ -90,6 +127,7 @@ def parallel_map(
     scheduler: str | None = None,
     n_workers: int | None = None,
     threads_per_worker: int = 1,
+    processes: bool = False,
     progress: Progress | None = None,
     label: str | None = None,
 ) -> list[R]:
@@ -99,24 +137,26 @@ def parallel_map(
     ----------
     func:
         A picklable function of one argument (defined at module top level, or a
-        ``functools.partial`` of one); it runs in other processes or on other machines.
+        ``functools.partial`` of one); it may run in other processes or on other machines.
     items:
         The chunks/patches/file names to map over.
     scheduler:
-        ``"local"``, ``"serial"``, ``"threads"`` or a scheduler address such as
-        ``"tcp://host:8786"``; None reads ``NEUROWB_SCHEDULER`` and defaults to ``"local"``.
+        ``"auto"``, ``"threads"``, ``"local"``, ``"serial"`` or a scheduler address such as
+        ``"tcp://host:8786"``; None reads ``NEUROWB_SCHEDULER`` and defaults to ``"auto"``.
     n_workers:
-        Worker processes of the local cluster (threads for ``"threads"``); default
+        Threads (``"threads"``) or worker processes (``"local"``); default
         ``available_cores() // threads_per_worker``. A different value restarts the cached
         local cluster. Ignored for a remote scheduler, whose size is set where it runs.
     threads_per_worker:
-        torch/BLAS threads each task may use (set in the worker before ``func`` runs).
-        Each local worker process runs one task at a time.
+        torch/BLAS threads each task may use (set in the worker before ``func`` runs; in
+        threads of this process only 1 can be enforced, the pools being process-wide).
+    processes:
+        For ``"auto"``: True when the batch is big enough to repay starting worker
+        processes (then the local Dask cluster is used), False for threads here.
     progress:
         Receives ``"label done/total"`` as tasks complete; a cancel request stops the batch
         within ~0.1 s and raises :class:`~engine.progress.Cancelled`. Tasks already running
-        on a worker finish in the background (Python cannot interrupt them); queued ones
-        never start.
+        finish in the background (Python cannot interrupt them); queued ones never start.
     label:
         Message prefix for progress; default the function's name.
 
@@ -132,19 +172,21 @@ def parallel_map(
     items = list(items)
     progress = as_progress(progress)
     label = label or getattr(func, "__name__", None) or "tasks"
-    scheduler = (scheduler or os.environ.get(SCHEDULER_ENV) or "local").strip()
+    scheduler = requested_scheduler(scheduler)
+    if scheduler == "auto":
+        scheduler = "local" if processes else "threads"
     threads_per_worker = max(1, int(threads_per_worker))
 
-    # Starting (or even talking to) a cluster costs more than running one item here.
-    if scheduler == "serial" or len(items) <= 1:
+    # Starting (or even talking to) a local pool costs more than running one item here; an
+    # address, though, means the user wants the work there.
+    if scheduler == "serial" or (len(items) <= 1 and not is_address(scheduler)):
         return [func(item) for item in progress.iterate(items, message=label)]
 
     if n_workers is None:
         n_workers = max(1, available_cores() // threads_per_worker)
+    if scheduler == "threads":
+        return _thread_map(func, items, n_workers, threads_per_worker, progress, label)
     client = _client(scheduler, n_workers)
-    # In-process threads share this process's thread pools: reconfiguring them per task
-    # would change the caller's settings, so only worker processes get configured.
-    threads = None if scheduler == "threads" else threads_per_worker
 
     from distributed import as_completed
 
@@ -152,7 +194,10 @@ def parallel_map(
     progress.report(0.0, f"{label} 0/{total}")
     # pure=False: tasks may be non-deterministic (random init, file reads), and equal items
     # must still run once each; key= only names them in the Dask dashboard.
-    futures = client.map(functools.partial(_run_task, func, threads), items, pure=False, key=label)
+    with warnings.catch_warnings():
+        # Our tasks carry their data (chunks, patches): Dask's "Sending large graph" advice does not apply.
+        warnings.filterwarnings("ignore", message="Sending large graph", category=UserWarning)
+        futures = client.map(functools.partial(_run_task, func, threads_per_worker), items, pure=False, key=label)
     index = {f.key: i for i, f in enumerate(futures)}
     results: list[Any] = [None] * total
     # loop= explicitly: our clients are not the Dask default client (set_as_default=False).
@@ -181,21 +226,50 @@ def parallel_map(
     return results
 
 
+def _thread_map(func, items: list, n_threads: int, threads_per_task: int, progress: Progress, label: str) -> list:
+    """parallel_map on a pool of threads in this process (no Dask, nothing to start)."""
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    def run(item):
+        if threads_per_task > 1:
+            return func(item)
+        with single_threaded():  # n threads x all-core BLAS pools would oversubscribe the cores
+            return func(item)
+
+    total = len(items)
+    progress.report(0.0, f"{label} 0/{total}")
+    pool = ThreadPoolExecutor(max_workers=min(n_threads, total), thread_name_prefix=f"neurowb-{label}")
+    futures = {pool.submit(run, item): i for i, item in enumerate(items)}
+    pending = set(futures)
+    results: list[Any] = [None] * total
+    try:
+        while pending:
+            progress.check()
+            finished, pending = wait(pending, timeout=_POLL_S, return_when=FIRST_COMPLETED)
+            for future in finished:
+                results[futures[future]] = future.result()  # re-raises the task's exception
+            if finished:
+                progress.report((total - len(pending)) / total, f"{label} {total - len(pending)}/{total}")
+    except BaseException:
+        # Queued tasks never start; running ones finish in the background.
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+    return results
+
+
 def _client(scheduler: str, n_workers: int):
-    """The cached Dask client for ``scheduler``, creating (or reconnecting) it if needed."""
+    """The cached Dask client for ``scheduler`` ("local" or an address), creating (or reconnecting) it if needed."""
     global _atexit_registered
     with _lock:
         entry = _clients.get(scheduler)
         if entry is not None:
             client, cluster, size = entry
-            remote = scheduler not in ("local", "threads")
+            remote = scheduler != "local"
             if client.status == "running" and (remote or size == n_workers):
                 return client
             _close(_clients.pop(scheduler))
-        if scheduler in ("local", "threads"):
-            entry = _start_local(processes=scheduler == "local", n_workers=n_workers)
-        else:
-            entry = (_connect(scheduler), None, None)
+        entry = _start_local(n_workers) if scheduler == "local" else (_connect(scheduler), None, None)
         _clients[scheduler] = entry
         if not _atexit_registered:
             # Registered once distributed is imported, so it runs before distributed's own
@@ -205,20 +279,30 @@ def _client(scheduler: str, n_workers: int):
         return entry[0]
 
 
-def _start_local(processes: bool, n_workers: int):
+def _quiet_dask_logs() -> None:
+    """Keep Dask's INFO lines (cluster start, worker registration, ...) off the user's terminal
+    unless debug logging is on (``neurowb --debug``). distributed sets its loggers' levels when
+    imported, so this runs after the import."""
+    if not logging.getLogger().isEnabledFor(logging.DEBUG):
+        for name in ("distributed", "dask"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _start_local(n_workers: int):
     from distributed import Client, LocalCluster
 
+    _quiet_dask_logs()
     cluster = LocalCluster(
-        # Processes: one task at a time per worker process (threads_per_worker of
-        # parallel_map sets the BLAS threads inside). Threads: one worker, n threads.
-        n_workers=n_workers if processes else 1,
-        threads_per_worker=1 if processes else n_workers,
-        processes=processes,
+        # One task at a time per worker process (threads_per_worker of parallel_map sets the
+        # BLAS threads inside).
+        n_workers=n_workers,
+        threads_per_worker=1,
+        processes=True,
         dashboard_address=None,
         # Even without a dashboard the scheduler serves HTTP (health checks) on port 8787,
         # and warns when a second cluster finds it taken: use any free port on localhost.
         scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
-        silence_logs=logging.ERROR,
+        silence_logs=logging.ERROR if not logging.getLogger().isEnabledFor(logging.DEBUG) else False,
     )
     # set_as_default=False: do not hijack dask.compute() calls elsewhere in the app.
     return Client(cluster, set_as_default=False), cluster, n_workers
@@ -227,13 +311,14 @@ def _start_local(processes: bool, n_workers: int):
 def _connect(address: str):
     from distributed import Client
 
+    _quiet_dask_logs()
     try:
         client = Client(address, timeout=CONNECT_TIMEOUT, set_as_default=False)
     except Exception as exc:  # OSError/TimeoutError when unreachable, ValueError for a bad address
         raise InputError(
             f"Cannot reach the Dask scheduler at {address!r}. Start one there with "
             f"'dask scheduler' (and workers with 'dask worker {address}'), fix the address, "
-            f"or use the local cluster: --scheduler local / unset {SCHEDULER_ENV}.",
+            f"or run on this machine: --scheduler auto / unset {SCHEDULER_ENV}.",
             details=f"{type(exc).__name__}: {exc}",
         ) from exc
     if not client.scheduler_info().get("workers"):
@@ -260,4 +345,3 @@ def shutdown() -> None:
     with _lock:
         while _clients:
             _close(_clients.popitem()[1])
-

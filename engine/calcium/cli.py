@@ -35,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--nwb", metavar="FILE.nwb", help="also write the ROIs, traces and summary images as an NWB file")
     p.add_argument("--nwb-metadata", metavar="META", help="JSON or YAML with NWB's field names: session_description, experimenter, "
                    "institution, lab, keywords, experiment_description, subject {subject_id, species, sex, age}, location")
-    p.set_defaults(run=_run_cnmf)
+    p.set_defaults(run=_run_cnmf, batches=True)  # batches: patches and deconvolution can go to --scheduler
 
     p = subparsers.add_parser("deconvolve", help="AR(1) spike deconvolution of fluorescence traces",
                               description="Deconvolve traces (rows of an .npy array) into calcium and spikes.")  # fmt: skip
@@ -43,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", metavar="OUT.npz", required=True, help="output .npz (c, s, b, g, sigma)")
     p.add_argument("--fs", type=positive_float, metavar="HZ", help="frame rate, to report time constants in seconds")
     p.add_argument("--method", choices=("fast", "cvxpy"), default="fast", help="exact fast solver (default) or the CVXPY reference")
-    p.set_defaults(run=_run_deconvolve)
+    p.set_defaults(run=_run_deconvolve, batches=True)
 
     p = subparsers.add_parser("simulate-calcium", help="write a simulated two-photon movie with its ground truth",
                               description="Simulated movie (somata, AR(1) calcium, neuropil, drift, noise) as "

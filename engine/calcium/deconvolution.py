@@ -658,8 +658,9 @@ def deconvolve_batch(
     over all rows), one number for all traces, or one per trace. Traces are solved in chunks of
     ``chunk_size``: serially in this process for small batches (starting worker processes
     costs seconds, more than ~10^7 samples take here), else through
-    :func:`engine.parallel.parallel_map` (``scheduler`` as there: ``"serial"``, ``"local"``
-    or a cluster address; None picks by size).
+    :func:`engine.parallel.parallel_map` (``scheduler`` as there; None reads
+    ``NEUROWB_SCHEDULER``; "auto" picks by size: serial, or a local process cluster; an
+    address sends every chunk there).
     """
     progress = as_progress(progress)
     Y = np.asarray(Y)
@@ -693,8 +694,11 @@ def deconvolve_batch(
 
     chunks = [(Y[i:i + chunk_size], gs[i:i + chunk_size], sigmas[i:i + chunk_size], bs[i:i + chunk_size])
               for i in range(0, n_traces, chunk_size)]  # fmt: skip
-    if scheduler is None:
-        scheduler = "serial" if Y.size < 2e7 else None
+    from engine.parallel import requested_scheduler
+
+    scheduler = requested_scheduler(scheduler)
+    if scheduler == "auto" and Y.size < 2e7:
+        scheduler = "serial"
     if scheduler == "serial":
         parts = []
         stages = progress.split([len(ch[0]) for ch in chunks])
@@ -705,7 +709,7 @@ def deconvolve_batch(
         from engine.parallel import parallel_map
 
         parts = parallel_map(functools.partial(_deconvolve_rows, epsilon=epsilon), chunks, scheduler=scheduler,
-                             progress=progress, label="deconvolving")  # fmt: skip
+                             progress=progress, label="deconvolving", processes=True)  # fmt: skip
     C, S, B, theta, lam = (np.concatenate(x) for x in zip(*parts))
     return BatchDeconvolution(C, S, B, gs, sigmas, theta, lam)
 

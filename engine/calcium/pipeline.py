@@ -48,6 +48,7 @@ from scipy.sparse.csgraph import connected_components
 
 from engine.calcium.io import Movie, open_movie, summary_images
 from engine.errors import InputError
+from engine.parallel import is_address, parallel_map, requested_scheduler
 from engine.progress import Progress, as_progress
 
 REGISTER = ("none", "rigid", "piecewise")
@@ -183,7 +184,9 @@ def _fit_patch(task: dict) -> dict:
     from engine.calcium.nmf import fast_nmf
 
     r0, r1, c0, c1 = task["box"]
-    block = _read_box(task["source"], slice(r0, r1), slice(c0, c1))
+    block = task.pop("block", None)  # the box itself, sent with the task (not sent back)
+    if block is None:
+        block = _read_box(task["source"], slice(r0, r1), slice(c0, c1))
     Y3 = _pixels_by_time(block)
     del block
     h, w, T = Y3.shape
@@ -332,8 +335,7 @@ def _deconvolve(F: np.ndarray, scheduler, progress: Progress):
     if len(F) == 0:
         z = np.zeros_like(F)
         return z, z, np.zeros(0), np.zeros(0), np.zeros(0)
-    sched = scheduler if scheduler is not None else ("serial" if F.size < 2e7 else None)
-    out = deconvolve_batch(F.astype(np.float64), scheduler=sched, progress=progress)
+    out = deconvolve_batch(F.astype(np.float64), scheduler=scheduler, progress=progress)
     return out.C.astype(np.float32), out.S.astype(np.float32), out.b, out.g, out.sigma
 
 
@@ -378,8 +380,10 @@ def run_cnmf(
     ``fs`` frame rate in Hz (default: the file's, else 30 and said so in ``info``);
     ``neuron_diameter`` px; ``register`` "none", "rigid" or "piecewise"; ``patch_size`` px of a
     patch core (default max(64, 6 diameters)); ``centers`` (row, col) skip detection;
-    ``scheduler`` for the patches and deconvolution (as :func:`engine.parallel.parallel_map`;
-    default serial in this process for movies held in memory); ``work_dir`` where a registered
+    ``scheduler`` for the patches and deconvolution (as :func:`engine.parallel.parallel_map`:
+    default ``NEUROWB_SCHEDULER``, else serial in this process for movies held in memory and a
+    local process cluster for bigger ones; a scheduler address sends the work there, where
+    workers reopen the movie by its path, or get their boxes sent for an array); ``work_dir`` where a registered
     movie too big for memory is written (default a temporary file).
     """
     progress = as_progress(progress)
@@ -453,10 +457,17 @@ def run_cnmf(
     # 4. Patches.
     t = time.perf_counter()
     overlap = int(math.ceil(neuron_diameter))
-    if data is not None and (scheduler in (None, "serial")):
+    # A scheduler address (argument, or NEUROWB_SCHEDULER / neurowb --scheduler) sends the
+    # patches there; on this machine a movie held in memory is demixed here, serially.
+    sched = requested_scheduler(scheduler)
+    send_boxes = False
+    if data is not None and sched in ("auto", "serial"):
         source, sched = data, "serial"
     elif movie.path is not None:
-        source, sched = (str(movie.path), fps), scheduler
+        source = (str(movie.path), fps)  # workers reopen the file (on a cluster: a shared filesystem)
+    elif is_address(sched):
+        source, send_boxes = None, True  # no file to reopen: each task carries its box
+        data = data if data is not None else movie.frames(0, n)
     else:
         source, sched = (data if data is not None else movie.frames(0, n)), "serial"
     tasks = []
@@ -466,9 +477,11 @@ def run_cnmf(
             tasks.append({"box": (g0, g1, e0, e1), "core": (q0, q1, s0, s1), "source": source, "center_ids": inside,
                           "global_centers": centers[inside], "centers": centers[inside] - [g0, e0], "radius": radius,
                           "n_background": n_background, "backend": backend})  # fmt: skip
-    from engine.parallel import parallel_map
+            if send_boxes:
+                tasks[-1]["block"] = np.ascontiguousarray(data[:, g0:g1, e0:e1])
 
-    parts = parallel_map(_fit_patch, tasks, scheduler=sched, progress=s_nmf, label="patches")
+    # Movies too big for memory are big jobs: worker processes repay their start-up.
+    parts = parallel_map(_fit_patch, tasks, scheduler=sched, progress=s_nmf, label="patches", processes=True)
     timings["patches"] = time.perf_counter() - t
 
     # 5. Merge.

@@ -35,6 +35,25 @@ import json
 import sys
 
 
+class _FeatureKinds:
+    """The valid --features values, looked up when argparse checks or lists them: importing
+    engine.mesh.spines (scikit-learn) costs ~1-2 s that `neurowb ... --help` should not pay."""
+
+    def _kinds(self) -> tuple:
+        from engine.mesh.spines import FEATURE_KINDS
+
+        return FEATURE_KINDS
+
+    def __contains__(self, value) -> bool:
+        return value in self._kinds()
+
+    def __iter__(self):
+        return iter(self._kinds())
+
+
+FEATURE_KINDS = _FeatureKinds()
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the morphology commands."""
     _register_hks(subparsers)
@@ -67,7 +86,7 @@ def _register_hks(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="eigensolver precision (default float32)")
     p.add_argument("--laplacian", choices=("robust", "cotangent"), default="robust", help="Laplacian (default robust)")
     p.add_argument("--points", metavar="FILE", help="also save the log-HKS at these xyz points (CSV or NPY, units after --scale)")
-    p.set_defaults(run=_run_hks)
+    p.set_defaults(run=_run_hks, batches=True)  # batches: its work can go to --scheduler
 
 
 def _run_hks(args: argparse.Namespace) -> int:
@@ -136,13 +155,13 @@ Without --label-map it is guessed from each label file's name (*spine_instance* 
 def _register_spines(subparsers: argparse._SubParsersAction) -> None:
     from engine.cli import positive_int
     from engine.mesh.hks import METHODS
-    from engine.mesh.spines import FEATURE_KINDS
 
     spines = subparsers.add_parser(
         "spines", help="train, apply and evaluate the per-vertex spine classifier",
         description="Random-forest spine classifier on log-HKS features of mesh vertices.",
         epilog=_LABEL_MAP_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    spines.set_defaults(batches=True)  # their HKS can go to --scheduler
     commands = spines.add_subparsers(dest="spines_command", metavar="{train,predict,evaluate}", required=True)
 
     def labelled_meshes(p: argparse.ArgumentParser) -> None:
@@ -151,7 +170,8 @@ def _register_spines(subparsers: argparse._SubParsersAction) -> None:
                        help="its per-vertex labels (.npy, or text with one value per line); one per --mesh, in order")
         p.add_argument("--label-map", metavar="SPEC", help="how to read the labels (see below; default: guessed per file)")
         p.add_argument("--units", choices=("nm", "um"), help="units of the meshes (default: guessed from each mesh's extent)")
-        p.add_argument("--features", choices=FEATURE_KINDS, default="hks", help="feature kind (default hks: log-HKS only)")
+        p.add_argument("--features", choices=FEATURE_KINDS, metavar="KIND", default="hks",
+                       help="feature kind: hks, optionally with +smooth, +curv, +shape in this order (default hks: log-HKS only)")
         p.add_argument("--timescales", type=positive_int, default=32, metavar="N", help="number of HKS timescales (default 32)")
         p.add_argument("--method", choices=METHODS, default="auto", help="HKS method (default auto)")
         p.add_argument("--n-estimators", type=positive_int, default=100, metavar="N", help="trees in the random forest (default 100)")

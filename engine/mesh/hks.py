@@ -10,12 +10,14 @@ Methods
 -------
 ``"exact"``
     Band-by-band shift-invert eigensolver on the whole mesh (:mod:`engine.mesh.spectrum`),
-    each band accumulated into the HKS and dropped. The reference.
+    each band accumulated into the HKS and dropped. The reference. The spectrum below λmax
+    is cut into slices solved in parallel threads (one per core, :data:`MIN_SLICE`).
 ``"chunked"``
     The mesh is cut into chunks of at most ``chunk_size`` vertices, each grown by a geodesic
     ``overlap`` (:mod:`engine.mesh.chunks`); every chunk's HKS is computed exactly and
     independently (its own Laplacian, free boundary at the cut) in parallel through
-    :func:`engine.parallel.parallel_map`, and each vertex keeps the value of its own chunk.
+    :func:`engine.parallel.parallel_map` (threads of this process; worker processes above
+    :data:`PROCESSES_ABOVE` vertices), and each vertex keeps the value of its own chunk.
 ``"chebyshev"``
     Polynomial approximation of the heat operator with diagonal estimation, in torch (CUDA
     when available); see :mod:`engine.mesh.chebyshev` for what it computes and how well.
@@ -49,25 +51,40 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import scipy.sparse as sp
 
 from engine.errors import InputError
 from engine.mesh.io import Mesh
 from engine.progress import Progress, as_progress
 
+if TYPE_CHECKING:
+    import scipy.sparse as sp
+
 log = logging.getLogger(__name__)
 
 METHODS = ("auto", "exact", "chunked", "chebyshev")
-#: "auto" switches from one exact solve to chunks above this many vertices.
-AUTO_CHUNK_ABOVE = 30_000
+#: "auto" switches from one exact solve to chunks above this many vertices. At 31.5k vertices
+#: (SpineTool 1003-1) both cost the same CPU time (~5 s), but chunks were 1e-3 off (median)
+#: and 11 % at the largest timescale; at 54k chunks took 5.7 s on two workers vs 13.5 s for one
+#: exact solve (benchmarks/RESULTS.md, 2026-11-22 and 2026-12-07).
+AUTO_CHUNK_ABOVE = 40_000
+#: Chunks run in threads of this process up to this many vertices (nothing to start, no
+#: copies), on a local Dask process cluster above. Measured on 2 cores (benchmarks/hks.py,
+#: RESULTS 2026-12-07): threads took 0.49x the cluster's time at 60k vertices and 0.78x at 250k,
+#: its start-up amortising (extrapolated crossing ~1M); the robust Laplacian's construction
+#: holds the GIL (~15 % of a chunk), which costs threads more with more cores.
+PROCESSES_ABOVE = 500_000
 #: Chunk sizes (vertices owned by a chunk, before the overlap) tried when none is given;
 #: the first whose chunks grow by at most MAX_GROWTH with the overlap is used.
 CHUNK_SIZES = (12_000, 24_000)
 MAX_GROWTH = 1.35
 #: Default overlap as a multiple of sqrt(t_max) (the diffusion length at the largest timescale).
 OVERLAP_FACTOR = 0.5
+#: Fewest eigenpairs (by Weyl's law) worth a spectrum slice of its own in a parallel thread:
+#: each slice costs a factorization and a partly wasted first band.
+MIN_SLICE = 60
 #: Floor of log_hks (HKS values are 1/area: ~1e-9 nm⁻² or ~1e-3 µm⁻², far above it).
 LOG_FLOOR = 1e-30
 
@@ -139,14 +156,20 @@ def hks_from_laplacian(
     stats: dict | None = None,
     skip: np.ndarray | None = None,
     solver: str = "block",
+    threads: int = 1,
 ) -> np.ndarray:
     """Exact truncated HKS (n × T, float64) for a Laplacian pair, component by component.
 
     Orphan rows (no neighbours), and components made only of vertices flagged in ``skip``
     (e.g. the mollified sliver of a zero-area face), are left as NaN for the caller to fill.
+    With ``threads`` > 1 the spectrum of a big component is cut into that many slices
+    (:func:`engine.mesh.spectrum.slices`, at least :data:`MIN_SLICE` eigenpairs each by
+    Weyl's law) solved in parallel threads; the result is the same sum.
     """
+    import scipy.sparse as sp
+
     from engine.mesh.laplacian import components
-    from engine.mesh.spectrum import DENSE_MAX, iterate_bands
+    from engine.mesh.spectrum import DENSE_MAX
 
     progress = as_progress(progress)
     stats = stats if stats is not None else {}
@@ -178,15 +201,45 @@ def hks_from_laplacian(
                 continue
             Lc = L[idx][:, idx]
             Mc = sp.diags(mass[idx])
-            acc = np.zeros((len(idx), len(t)), dtype=np.float64)
-            for w, phi in iterate_bands(Lc, Mc, max_eigenvalue, band_size=band_size, dtype=dtype, dense_max=DENSE_MAX,
-                                        solver=solver, progress=stage if c is not None else None, stats=stats):
-                # Σ_i exp(-λ_i t) φ_i(x)²: one (n × b) @ (b × T) product per band.
-                coef = np.exp(-np.outer(np.maximum(w, 0.0), t)).astype(phi.dtype)
-                acc += np.square(phi) @ coef
-            out[idx] = acc
+            n_slices = 1
+            if c is not None and threads > 1:
+                expected = float(mass[idx].sum()) * max_eigenvalue / (4 * math.pi)  # Weyl's law
+                n_slices = int(min(threads, max(1, expected // MIN_SLICE)))
+            options = dict(band_size=band_size, dtype=dtype, dense_max=DENSE_MAX, solver=solver)
+            out[idx] = _sliced_hks(Lc, Mc, t, max_eigenvalue, n_slices, options, stage if c is not None else None, stats)
         stage.report(1.0)
     return out
+
+
+def _sliced_hks(L, M, t: np.ndarray, max_eigenvalue: float, n_slices: int, options: dict, progress, stats: dict) -> np.ndarray:
+    """Σ exp(-λ t) φ² over the eigenpairs below max_eigenvalue, in ``n_slices`` parallel slices."""
+    from engine.mesh.spectrum import iterate_bands, slices
+
+    def solve(lower, upper, stage) -> tuple[np.ndarray, dict]:
+        acc = np.zeros((L.shape[0], len(t)), dtype=np.float64)
+        slice_stats: dict = {}
+        for w, phi in iterate_bands(L, M, upper[0], count=upper[1], lower=lower, progress=stage, stats=slice_stats, **options):
+            # Σ_i exp(-λ_i t) φ_i(x)²: one (n × b) @ (b × T) product per band.
+            coef = np.exp(-np.outer(np.maximum(w, 0.0), t)).astype(phi.dtype)
+            acc += np.square(phi) @ coef
+        return acc, slice_stats
+
+    if n_slices <= 1:
+        parts = [solve(None, (max_eigenvalue, None), progress)]
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        bounds = slices(L, M, max_eigenvalue, n_slices)
+        stats["n_factorizations"] = stats.get("n_factorizations", 0) + n_slices
+        stats["n_slices"] = stats.get("n_slices", 0) + len(bounds)
+        stages = as_progress(progress).split([1.0] * len(bounds))
+        lowers = [None] + bounds[:-1]
+        with ThreadPoolExecutor(max_workers=len(bounds), thread_name_prefix="neurowb-slice") as pool:
+            parts = list(pool.map(solve, lowers, bounds, stages))
+    for _, slice_stats in parts:
+        for key, value in slice_stats.items():
+            stats[key] = stats.get(key, 0) + value
+    return sum(acc for acc, _ in parts)
 
 
 def _fill_orphans(vertices: np.ndarray, values: np.ndarray, orphans: np.ndarray) -> None:
@@ -202,7 +255,8 @@ def _fill_orphans(vertices: np.ndarray, values: np.ndarray, orphans: np.ndarray)
     values[orphans] = values[good[nearest]]
 
 
-def _exact(mesh: Mesh, timescales, max_eigenvalue, dtype, kind, band_size, progress, stats, count: np.ndarray | None = None) -> np.ndarray:
+def _exact(mesh: Mesh, timescales, max_eigenvalue, dtype, kind, band_size, progress, stats, count: np.ndarray | None = None,
+           threads: int = 1) -> np.ndarray:
     """Exact HKS of a whole mesh; orphans filled from their nearest vertex and counted (among ``count`` if given)."""
     from engine.mesh.laplacian import laplacian
 
@@ -215,7 +269,7 @@ def _exact(mesh: Mesh, timescales, max_eigenvalue, dtype, kind, band_size, progr
     scale = float(np.ptp(mesh.vertices, axis=0).max()) ** 2
     arealess = vertex_areas(mesh) <= 1e-12 * scale
     out = hks_from_laplacian(L, M, timescales, max_eigenvalue, dtype=dtype, band_size=band_size, progress=solve_stage,
-                             stats=stats, skip=arealess)
+                             stats=stats, skip=arealess, threads=threads)
     orphans = ~np.isfinite(out[:, 0])
     stats["n_orphan_vertices"] = stats.get("n_orphan_vertices", 0) + int(orphans[count].sum() if count is not None else orphans.sum())
     _fill_orphans(mesh.vertices, out, orphans)
@@ -261,6 +315,8 @@ def _choose_chunk_size(graph, vertices, overlap: float, progress: Progress, tree
 
 
 def _chunked(mesh, timescales, max_eigenvalue, dtype, kind, band_size, chunk_size, overlap, progress, stats, scheduler=None):
+    """Chunks solved in threads here (or, above PROCESSES_ABOVE vertices, on a local process
+    cluster; or wherever ``scheduler`` says)."""
     from scipy.spatial import cKDTree
 
     from engine.mesh.chunks import edge_graph, grow, partition, submesh, vertex_faces
@@ -295,7 +351,8 @@ def _chunked(mesh, timescales, max_eigenvalue, dtype, kind, band_size, chunk_siz
     # Biggest chunks first, so the last task to finish is a small one.
     order = sorted(range(len(tasks)), key=lambda i: -len(tasks[i]["vertices"]))
     stats["split_seconds"] = time.perf_counter() - start
-    results = parallel_map(_chunk_task, [tasks[i] for i in order], progress=solve_stage, label="chunks", scheduler=scheduler)
+    results = parallel_map(_chunk_task, [tasks[i] for i in order], progress=solve_stage, label="chunks", scheduler=scheduler,
+                           processes=mesh.n_vertices > PROCESSES_ABOVE)
     out = np.full((mesh.n_vertices, len(timescales)), np.nan)
     for i, (values, chunk_stats) in zip(order, results):
         out[parts[i]] = values
@@ -327,6 +384,7 @@ def compute_hks(
     laplacian: str = "robust",
     scaled: bool = False,
     band_size: int | None = None,
+    scheduler: str | None = None,
     progress: Progress | None = None,
 ) -> HKSResult:
     """Heat kernel signature of every vertex of ``mesh`` (see the module docstring).
@@ -352,7 +410,14 @@ def compute_hks(
         which makes the signature invariant to a global scaling of the mesh.
     band_size:
         Eigenpairs per band of the exact solver (default spectrum.DEFAULT_BAND_SIZE).
+    scheduler:
+        Where the work runs (:func:`engine.parallel.parallel_map`; default ``NEUROWB_SCHEDULER``,
+        else "auto"): on this machine the exact solve uses threads (spectrum slices) and
+        chunks use threads, or worker processes above :data:`PROCESSES_ABOVE` vertices; with
+        a Dask scheduler address the exact solve, or every chunk, is a task sent there.
     """
+    from engine.parallel import is_address, parallel_map, requested_scheduler
+
     start = time.perf_counter()
     progress = as_progress(progress)
     if method not in METHODS:
@@ -384,11 +449,19 @@ def compute_hks(
     t_unit, lam_unit = t / s**2, lam * s**2
     info: dict = {"units": mesh.units, "units_assumed": units, "laplacian": laplacian, "dtype": dtype,
                   "max_eigenvalue": lam, "n_vertices": mesh.n_vertices, "scaled": bool(scaled), "solver_scale": s}
-    if method == "exact":
-        values = _exact(unit_mesh, t_unit, lam_unit, dtype, laplacian, band_size, progress, info)
+    if method == "exact" and is_address(requested_scheduler(scheduler)):
+        task = {"vertices": unit_mesh.vertices, "faces": unit_mesh.faces, "owned": np.arange(mesh.n_vertices), "timescales": t_unit,
+                "max_eigenvalue": lam_unit, "dtype": dtype, "laplacian": laplacian, "band_size": band_size}
+        values, remote = parallel_map(_chunk_task, [task], scheduler=scheduler, progress=progress, label="HKS")[0]
+        info.update({k: v for k, v in remote.items() if k != "seconds"}, n_chunks=1)
+    elif method == "exact":
+        from engine.device import available_cores
+
+        threads = 1 if requested_scheduler(scheduler) == "serial" else available_cores()
+        values = _exact(unit_mesh, t_unit, lam_unit, dtype, laplacian, band_size, progress, info, threads=threads)
         info["n_chunks"] = 1
     elif method == "chunked":
-        values = _chunked(unit_mesh, t_unit, lam_unit, dtype, laplacian, band_size, size, ov / s, progress, info)
+        values = _chunked(unit_mesh, t_unit, lam_unit, dtype, laplacian, band_size, size, ov / s, progress, info, scheduler)
         info["overlap"] = ov
     else:
         from engine.mesh.chebyshev import chebyshev_hks

@@ -96,10 +96,12 @@ def iterate_bands(
     dense_max: int = DENSE_MAX,
     solver: str = "block",
     seed: int = 0,
+    lower: tuple[float, int] | None = None,
+    count: int | None = None,
     progress: Progress | None = None,
     stats: dict | None = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Yield ``(eigenvalues, eigenvectors)`` band by band, ascending, up to ``max_eigenvalue``.
+    """Yield ``(eigenvalues, eigenvectors)`` band by band, ascending, below ``max_eigenvalue``.
 
     Every eigenpair with ``λ <= max_eigenvalue`` is yielded exactly once (see the module
     docstring for how overlaps are resolved and verified); eigenvectors are the generalized
@@ -122,6 +124,12 @@ def iterate_bands(
     solver:
         "block" (block Krylov, :func:`_block_krylov`) or "arpack" (scipy's eigsh, as the
         published implementation; slower: see benchmarks/hks.py).
+    lower:
+        ``(λ_lo, ν(λ_lo))``: only the slice ``λ_lo <= λ < max_eigenvalue``, given the number
+        of eigenvalues below λ_lo (:func:`slices`). Slices are independent problems, so
+        several can run in parallel threads.
+    count:
+        ν(max_eigenvalue) when the caller knows it (saves a factorization).
     stats:
         If given, filled with ``n_eigenpairs``, ``n_bands``, ``n_factorizations``,
         ``n_retries``, ``n_inertia_checks`` and ``n_inertia_mismatches``.
@@ -165,13 +173,19 @@ def iterate_bands(
     # Weyl's law for a surface, N(λ) ≈ area·λ/(4π) (+ boundary terms): a first density guess.
     density = 1.2 * float(np.sum(1.0 / s**2)) / (4 * math.pi)
 
-    _, total = _factorize(A, lam_max, progress)  # ν(λmax): how many eigenpairs there are to find
-    stats["n_factorizations"] += 1
+    total = count
+    if total is None:
+        _, total = _factorize(A, lam_max, progress)  # ν(λmax): how many eigenpairs there are to find
+        stats["n_factorizations"] += 1
 
-    # State: every eigenvalue < `verified` has been yielded; `pending` holds the accepted ones
-    # in [verified, cut), to be confirmed by a later count. A is PSD: start just below 0.
-    verified = cut = -0.01 / density
-    n_yielded = 0
+    # State: every eigenvalue < `verified` has been yielded (n_yielded counts those below the
+    # slice too); `pending` holds the accepted ones in [verified, cut), to be confirmed by a
+    # later count. A is PSD: the whole spectrum starts just below 0.
+    verified = cut = -0.01 / density if lower is None else float(lower[0])
+    start_value, n_yielded = verified, (0 if lower is None else int(lower[1]))
+    if total is not None and total <= n_yielded:
+        progress.report(1.0)
+        return
     empty = (np.zeros(0), np.zeros((n, 0), dtype=dtype))
     pending_w, pending_v = empty
     retries = 0
@@ -253,7 +267,7 @@ def iterate_bands(
         edges = np.concatenate([[quarter], vals[(vals >= quarter) & (vals < top)], [top]])
         i = int(np.argmax(np.diff(edges)))
         hi = 0.5 * (edges[i] + edges[i + 1])
-        take = (vals >= cut) & (vals < hi) & (vals <= lam_max)
+        take = (vals >= cut) & (vals < hi) & (vals < lam_max)  # ν(λ) counts eigenvalues < λ
         all_w = np.concatenate([pending_w, vals[take]])
         all_v = np.concatenate([pending_v, (vecs[:, take] * s[:, None]).astype(dtype, copy=False)], axis=1)
         done = hi > lam_max
@@ -287,7 +301,38 @@ def iterate_bands(
             progress.report(1.0, f"{n_yielded} eigenpairs")
             return
         verified, cut = min(split, hi), hi
-        progress.report(min(max(verified, 0.0) / lam_max, 1.0), f"λ ≤ {verified:.3g}: {n_yielded} eigenpairs")
+        progress.report(min(max(verified - start_value, 0.0) / (lam_max - start_value), 1.0), f"λ ≤ {verified:.3g}: {n_yielded} eigenpairs")
+
+
+def slices(L: sp.spmatrix, M: sp.spmatrix, max_eigenvalue: float, n: int) -> list[tuple[float, int | None]]:
+    """Cut the spectrum below ``max_eigenvalue`` into at most ``n`` slices of about equal counts.
+
+    Returns the upper ends ``[(λ_1, ν(λ_1)), ..., (max_eigenvalue, ν(max_eigenvalue))]``
+    (ν(λ): the number of eigenvalues below λ); slice j is ``iterate_bands(...,
+    max_eigenvalue=λ_j, count=ν(λ_j), lower=(λ_j-1, ν(λ_j-1)))``, the first one with
+    ``lower=None``. Slices are independent problems, to run in parallel threads. By Weyl's
+    law the count grows about linearly with λ on a surface, so equal widths give about equal
+    counts; the counts themselves are exact (inertia): one factorization per boundary,
+    computed in parallel threads (SuperLU releases the GIL). A boundary without a count (an
+    exactly singular shift) is dropped, and empty slices too.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    A, _ = standard_form(L, M)
+    lam_max = float(max_eigenvalue)
+    n = max(int(n), 1)
+    points = [lam_max * (j + 1) / n for j in range(n)]
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        counts = list(pool.map(lambda x: _factorize(A, x, as_progress(None))[1], points))
+    if counts[-1] is None:  # no count at λmax: one slice, which counts for itself
+        return [(lam_max, None)]
+    out: list[tuple[float, int | None]] = []
+    for x, c in zip(points, counts):
+        if c is not None and c > (out[-1][1] if out else 0):
+            out.append((x, c))
+    if not out or out[-1][0] != lam_max:
+        out.append((lam_max, counts[-1]))
+    return out
 
 
 def _factorize(A: sp.csc_matrix, sigma: float, progress: Progress):

@@ -184,3 +184,25 @@ def test_detection_does_not_depend_on_the_reader_chunk(run, monkeypatch):
     for name in ("pnr", "correlation"):
         np.testing.assert_allclose(small_chunks.images[name], result.images[name], atol=1e-3 * np.abs(result.images[name]).max())
     assert small_chunks.n_components == result.n_components
+
+
+def test_cli_scheduler_address_runs_the_patches_and_deconvolution_there(tmp_path, monkeypatch):
+    from distributed import LocalCluster
+
+    from engine import parallel
+    from engine.calcium.cli import register
+
+    monkeypatch.setenv(parallel.SCHEDULER_ENV, "auto")  # restored after the test (main sets it)
+    assert main(["simulate-calcium", "-o", str(tmp_path / "sim"), "--size", "48", "--frames", "300", "--cells", "4",
+                 "--seed", "1"], [register]) == 0
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None,
+                      scheduler_kwargs={"dashboard_address": "127.0.0.1:0"}) as cluster:
+        try:
+            # A small movie held in memory: without an address it is demixed here, serially.
+            assert main(["--scheduler", cluster.scheduler_address, "cnmf", str(tmp_path / "sim" / "movie.tif"),
+                         "-o", str(tmp_path / "out"), "--neuron-diameter", "10", "--patch-size", "24"], [register]) == 0
+            ran = set(cluster.scheduler.task_prefixes)
+        finally:
+            parallel.shutdown()
+    assert {"patches", "deconvolving"} <= ran
+    assert len(np.load(tmp_path / "out" / "iscell.npy")) > 0

@@ -65,3 +65,47 @@ def test_progress_bar_is_fed_by_progress(capsys):
         progress.report(1.0, "done")
     err = capsys.readouterr().err
     assert "Working" in err and "100%" in err
+
+
+HEAVY = ("torch", "dask", "distributed", "sklearn", "scipy")
+
+
+def _imported_by(argv: list[str]) -> list[str]:
+    """Which of HEAVY a fresh interpreter imports to run ``neurowb ARGV`` (help and version exit)."""
+    code = ("import sys\nfrom engine.cli import main\ntry:\n    main(%r)\nexcept SystemExit:\n    pass\n"
+            "print('MODULES', *[m for m in %r if m in sys.modules])" % (argv, HEAVY))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return out.stdout.strip().splitlines()[-1].split()[1:]
+
+
+def test_version_and_help_start_without_heavy_imports():
+    # Seconds of start-up otherwise (scikit-learn alone took 1-2 s): the commands import them when they run.
+    assert _imported_by(["--version"]) == []
+    assert _imported_by(["hks", "--help"]) == []
+    assert _imported_by(["--help"]) == []
+
+
+def test_unreachable_scheduler_is_a_quick_input_error(monkeypatch, capsys):
+    import socket
+    import time
+
+    from engine import parallel
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        address = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    monkeypatch.setattr(parallel, "CONNECT_TIMEOUT", 1.0)
+    monkeypatch.setenv("NEUROWB_SCHEDULER", "auto")  # restored after the test (main sets it)
+    ran = []
+    def commands(sub):
+        sub.add_parser("work").set_defaults(run=lambda args: ran.append(1), batches=True)
+        sub.add_parser("local-only").set_defaults(run=lambda args: ran.append(2))
+
+    start = time.monotonic()
+    assert cli.main(["--scheduler", address, "work"], registrations=[commands]) == 2
+    assert time.monotonic() - start < 10 and not ran  # failed before the command's work began
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and address in err[0] and "dask scheduler" in err[0]
+    # A command that does not batch says so instead of pretending its work went there.
+    assert cli.main(["--scheduler", address, "local-only"], registrations=[commands]) == 0 and ran == [2]
+    assert "runs on this machine" in capsys.readouterr().err

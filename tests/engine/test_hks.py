@@ -13,6 +13,7 @@ from engine.mesh.hks import (
     default_max_eigenvalue,
     default_timescales,
     hks_at_points,
+    hks_from_laplacian,
     log_hks,
     read_points,
     vertex_areas,
@@ -276,3 +277,79 @@ def test_degenerate_mesh_and_wrong_units_are_refused():
         compute_hks(big)  # µm defaults on a mesh 1e12 µm across
     with pytest.raises(InputError, match="eigenpairs"):
         compute_hks(Mesh(sphere(4).vertices * 1e6, sphere(4).faces, units="um"), timescales=[1e12])
+
+
+@pytest.mark.parametrize("make", [lambda: sphere(3), tube])
+def test_spectrum_slices_in_threads_give_the_same_eigenpairs(make, monkeypatch):
+    import engine.mesh.hks
+    import engine.mesh.spectrum
+
+    monkeypatch.setattr(engine.mesh.spectrum, "DENSE_MAX", 100)
+    monkeypatch.setattr(engine.mesh.hks, "MIN_SLICE", 10)
+    mesh = make()
+    lam = 60.0 if mesh.name == "sphere" else 8.0
+    L, M = laplacian(mesh)
+    stats: dict = {}
+    values = hks_from_laplacian(L, M, T_UNIT, lam, dtype="float64", band_size=30, threads=3, stats=stats)
+    assert stats["n_slices"] == 3 and stats["n_inertia_mismatches"] == 0
+    assert stats["n_eigenpairs"] == int(np.count_nonzero(dense_spectrum(L, M, lam)[0] < lam))
+    ref = dense_hks(mesh, T_UNIT, lam)
+    assert np.median(rel_err(values, ref)) <= 1e-6
+    assert rel_err(values, ref).max() <= 1e-3
+
+
+def test_exact_runs_on_a_dask_scheduler_given_by_address():
+    from distributed import LocalCluster
+
+    from engine import parallel
+
+    mesh = tube()
+    here = compute_hks(mesh, timescales=T_UNIT, max_eigenvalue=8.0, method="exact").hks
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None,
+                      scheduler_kwargs={"dashboard_address": "127.0.0.1:0"}) as cluster:
+        try:
+            there = compute_hks(mesh, timescales=T_UNIT, max_eigenvalue=8.0, method="exact", scheduler=cluster.scheduler_address)
+            assert "HKS" in cluster.scheduler.task_prefixes  # the solve was a task of that scheduler
+        finally:
+            parallel.shutdown()
+    assert there.method == "exact" and there.info["n_eigenpairs"] > 0
+    assert np.median(rel_err(there.hks, here)) <= 1e-4
+
+
+def _cli_in_subprocess(argv: list[str]) -> tuple[int, str, list[str]]:
+    """Run ``neurowb ARGV`` in a fresh interpreter: exit code, stderr, and which of Dask's,
+    torch's and scikit-learn's modules it imported."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom engine.cli import main\ncode = main(%r)\n"
+            "print('MODULES', *[m for m in ('distributed', 'dask', 'torch', 'sklearn') if m in sys.modules])\n"
+            "sys.exit(code)" % (argv,))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    modules = [line for line in out.stdout.splitlines() if line.startswith("MODULES")][-1].split()[1:]
+    return out.returncode, out.stderr, modules
+
+
+def test_cli_chunks_of_a_small_mesh_run_in_threads_without_dask(tmp_path):
+    s = trimesh.creation.icosphere(3, radius=2.0)  # µm
+    s.export(tmp_path / "sphere.ply")
+    code, err, modules = _cli_in_subprocess(["hks", str(tmp_path / "sphere.ply"), "-o", str(tmp_path / "out.npz"),
+                                             "--timescales", "4", "--method", "chunked", "--chunk-size", "200"])
+    assert code == 0, err
+    assert "distributed" not in modules and "dask" not in modules  # no process cluster, not even Dask imported
+    assert "distributed" not in err
+    with np.load(tmp_path / "out.npz") as z:
+        assert str(z["method"]) == "chunked" and np.all(z["hks"] > 0)
+
+
+def test_cli_process_cluster_keeps_dask_logs_off_the_terminal_unless_debug(tmp_path):
+    s = trimesh.creation.icosphere(3, radius=2.0)
+    s.export(tmp_path / "sphere.ply")
+    argv = ["hks", str(tmp_path / "sphere.ply"), "-o", str(tmp_path / "out.npz"), "--timescales", "4",
+            "--method", "chunked", "--chunk-size", "200"]
+    code, err, modules = _cli_in_subprocess(["--scheduler", "local"] + argv)
+    assert code == 0, err
+    assert "distributed" in modules  # the cluster did run
+    assert "distributed" not in err and "INFO" not in err, err
+    code, err, _ = _cli_in_subprocess(["--debug", "--scheduler", "local"] + argv)
+    assert code == 0 and "distributed" in err  # --debug shows them

@@ -151,3 +151,55 @@ def test_unreachable_scheduler_is_an_input_error(monkeypatch):
     assert "dask scheduler" in str(info.value)
     assert time.monotonic() - start < 10
     assert address not in parallel._clients
+
+
+def _worker_address(_):
+    from distributed import get_worker
+
+    return get_worker().address
+
+
+def test_auto_runs_in_threads_here_without_importing_dask():
+    import subprocess
+    import sys
+
+    code = ("import os, sys\nfrom engine.parallel import parallel_map\n"
+            "pids = parallel_map(lambda _: os.getpid(), range(6))\n"
+            "assert pids == [os.getpid()] * 6, pids\n"
+            "sys.exit('distributed' in sys.modules or 'dask' in sys.modules)")
+    env = {k: v for k, v in os.environ.items() if k != parallel.SCHEDULER_ENV}
+    assert subprocess.run([sys.executable, "-c", code], env=env).returncode == 0
+
+
+def test_auto_uses_the_local_process_cluster_for_big_batches(monkeypatch):
+    monkeypatch.delenv(parallel.SCHEDULER_ENV, raising=False)
+    pids = parallel_map(_pid, range(8), n_workers=WORKERS, processes=True)
+    assert os.getpid() not in pids
+
+
+def test_threads_keep_order_errors_and_cancel():
+    assert parallel_map(_spectrum, range(6), scheduler="threads", n_workers=2)[3].tolist() == _spectrum(3).tolist()
+    with pytest.raises(ZeroDivisionError):
+        parallel_map(_fail_on_three, range(8), scheduler="threads", n_workers=2)
+    progress = Progress()
+    threading.Timer(0.2, progress.cancel).start()
+    start = time.monotonic()
+    with pytest.raises(Cancelled):
+        parallel_map(_sleep, [1.0] * 16, scheduler="threads", n_workers=2, progress=progress)
+    assert time.monotonic() - start < 0.9  # the queued sleeps never started
+
+
+def test_an_address_sends_every_task_there():
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None,
+                      scheduler_kwargs={"dashboard_address": "127.0.0.1:0"}) as cluster:
+        try:
+            address = cluster.scheduler_address
+            workers = set(cluster.scheduler.workers)
+            assert set(parallel_map(_worker_address, range(4), scheduler=address)) <= workers
+            assert set(parallel_map(_worker_address, [0], scheduler=address)) <= workers  # even a batch of one
+            parallel.connect(address)  # what `neurowb --scheduler ADDRESS` does first: reuses the client
+            assert address in parallel._clients
+        finally:
+            parallel._close(parallel._clients.pop(address))
