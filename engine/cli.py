@@ -162,7 +162,8 @@ def main(argv: Sequence[str] | None = None, registrations: Sequence[Register] | 
         if "--version" in argv:
             # Answered (and exits) before any command module is imported: they pull in numpy & co.
             _global_parser(add_help=False).parse_known_args(argv)
-        args = build_parser(registrations).parse_args(argv)
+        parser = build_parser(registrations)
+        args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version, or a usage error already printed as one line
         return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 2
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
