@@ -130,31 +130,38 @@ def _env(threads: int) -> dict:
     return env
 
 
-def _timed(cmd: list[str], threads: int) -> tuple[float, str]:
+def _timed(cmd: list[str], threads: int) -> tuple[float, float, str]:
+    """(wall seconds, CPU seconds of all its threads, stdout) of a subprocess."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     done = subprocess.run(cmd, cwd=ROOT, env=_env(threads), capture_output=True, text=True)
     seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
-    return seconds, done.stdout
+    return seconds, cpu, done.stdout
 
 
 def run_ours(latents: Path, out: Path, k: int, threads: int, extra: list[str] = ()) -> dict:
-    seconds, stdout = _timed([sys.executable, "-m", "engine.cli", "factors", "nmf", str(latents), "-k", str(k), "-o", str(out),
+    seconds, cpu, stdout = _timed([sys.executable, "-m", "engine.cli", "factors", "nmf", str(latents), "-k", str(k), "-o", str(out),
                               *extra], threads)
     with np.load(out) as z:
         W, H, n_iter, fit = z["W"], z["H"], int(z["n_iter"]), float(z["seconds"])
-    print(f"  ours {' '.join(extra) or '(defaults)'}: {seconds:.1f} s whole command, {stdout.splitlines()[0]}", flush=True)
-    return {"seconds": seconds, "fit": fit, "n_iter": n_iter, "W": W, "H": H}
+    print(f"  ours {' '.join(extra) or '(defaults)'}: {seconds:.1f} s whole command ({cpu:.1f} s CPU), {stdout.splitlines()[0]}",
+          flush=True)
+    return {"seconds": seconds, "cpu": cpu, "fit": fit, "n_iter": n_iter, "W": W, "H": H}
 
 
 def run_sklearn(latents: Path, out: Path, k: int, threads: int, init: str) -> dict:
-    seconds, stdout = _timed([sys.executable, "-c", SKLEARN_SCRIPT, str(latents), str(out), str(k), init], threads)
+    seconds, cpu, stdout = _timed([sys.executable, "-c", SKLEARN_SCRIPT, str(latents), str(out), str(k), init], threads)
     fit = float(re.search(r"fit ([0-9.]+) s", stdout).group(1))
     with np.load(out) as z:
         W, H, n_iter = z["W"], z["H"], int(z["n_iter"])
-    print(f"  scikit-learn init={init}: {seconds:.1f} s whole script, {stdout.strip()}", flush=True)
-    return {"seconds": seconds, "fit": fit, "n_iter": n_iter, "W": W, "H": H}
+    print(f"  scikit-learn init={init}: {seconds:.1f} s whole script ({cpu:.1f} s CPU), {stdout.strip()}", flush=True)
+    return {"seconds": seconds, "cpu": cpu, "fit": fit, "n_iter": n_iter, "W": W, "H": H}
 
 
 def compare(args) -> None:
@@ -181,7 +188,7 @@ def compare(args) -> None:
             if i == 0:
                 runs["sk"] = run_sklearn(latents, work / "sk.npz", args.k, args.threads, "default")
         runs = {"ours": min(tries, key=lambda r: r["seconds"]), **runs}
-        ours_times = ", ".join(f"{r['seconds']:.1f}" for r in tries)
+        ours_times = ", ".join(f"{r['seconds']:.1f} (CPU {r['cpu']:.1f})" for r in tries)
         if args.sklearn_nndsvd:
             runs["sk_nndsvd"] = run_sklearn(latents, work / "sk_nndsvd.npz", args.k, args.threads, "nndsvd")
         long_opts = args.long.split()
@@ -195,16 +202,16 @@ def compare(args) -> None:
              "sk_nndsvd": "scikit-learn `NMF(n_components=15, init='nndsvd')`", "long": f"`neurowb factors nmf {args.long}`"}
     rows = []
     for key, r in runs.items():
-        rows.append([names[key], r["seconds"], r["fit"], r["n_iter"], f"{errors[key]:.6f}",
-                     f"{100 * (errors[key] / errors['sk'] - 1):+.2f} %", ratio(r["seconds"], sk["seconds"])])
-    markdown_table(rows, ["run", "whole process s", "fit s (inside)", "iterations", "relative error",
-                          "error vs scikit-learn defaults", "whole time / scikit-learn's"])
+        rows.append([names[key], r["seconds"], r["cpu"], r["fit"], r["n_iter"], f"{errors[key]:.6f}",
+                     f"{100 * (errors[key] / errors['sk'] - 1):+.2f} %", ratio(r["seconds"], sk["seconds"]), ratio(r["cpu"], sk["cpu"])])
+    markdown_table(rows, ["run", "whole process s", "its CPU s", "fit s (inside)", "iterations", "relative error",
+                          "error vs scikit-learn defaults", "wall / scikit-learn's", "CPU / scikit-learn's"])
     print()
     ours = runs["ours"]
     met = ours["seconds"] <= 0.2 * sk["seconds"] and errors["ours"] <= errors["sk"]
     print(f"our default command's whole times over {len(tries)} runs: {ours_times} s (the least is in the table)")
     print(f"goal ≤ 0.2× scikit-learn's whole time at ≤ its error: {'met' if met else 'NOT met'} "
-          f"(time {ratio(ours['seconds'], sk['seconds'])}, fit alone {ratio(ours['fit'], sk['fit'])}; "
+          f"(time {ratio(ours['seconds'], sk['seconds'])}, CPU {ratio(ours['cpu'], sk['cpu'])}, fit alone {ratio(ours['fit'], sk['fit'])}; "
           f"error {errors['ours']:.6f} vs {errors['sk']:.6f})")
     print(f"factor maps, default stop vs `{args.long}` (Hungarian pairs by correlation over {n:,} positions): "
           f"min {corr.min():.4f}, median {np.median(corr):.4f}; long run's error {errors['long']:.6f} "
