@@ -116,7 +116,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-k", type=positive_int, default=15, help="number of factors (default 15)")
     p.add_argument("-o", "--output", required=True, metavar="FACTORS.npz", help="factors file to write")
     p.add_argument("--max-iter", type=positive_int, default=200, metavar="N", help="most iterations (default 200)")
-    p.add_argument("--tol", type=nonnegative_float, default=1e-4, help="stop when the error improves by less than this, relative (default 1e-4)")
+    p.add_argument("--tol", type=nonnegative_float, default=1e-4,
+                   help="stop when the relative error falls by less than TOL × its starting value per iteration, on "
+                        "average over the last 10 iterations (default 1e-4; 0 runs all --max-iter iterations)")
     p.add_argument("--device", default=argparse.SUPPRESS, help=device_help)
     p.set_defaults(run=_run_nmf)
 

@@ -1,4 +1,5 @@
-"""Torch HALS NMF: monotone decrease, agreement with scikit-learn, NNDSVD, planted factors, errors."""
+"""Torch HALS NMF: monotone decrease, agreement with scikit-learn, NNDSVD, planted factors, the
+default stop against a long run, errors."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 
 from engine.errors import InputError
-from engine.factors.nmf import nmf, nndsvd_init, transform
+from engine.factors.nmf import match_factors, nmf, nndsvd_init, transform
 from engine.factors.synth import latent_matrix
 from engine.progress import Cancelled, Progress
 
@@ -70,6 +71,53 @@ def test_recovers_an_exact_non_negative_factorization():
     assert np.linalg.norm(X - W @ res.H) / np.linalg.norm(X) < 1e-2
 
 
+def test_default_stop_gives_the_factor_maps_of_a_long_run():
+    # Known factors sharing a common offset (correlated factors, as CNN latents have): a rank-k
+    # fit explains X exactly, HALS creeps towards zero error, and a stop on the error's relative
+    # decrease per iteration (the old default) ran all 200 iterations.
+    rng = np.random.default_rng(7)
+    n, d, k = 30_000, 64, 8
+    W0 = rng.gamma(1.0, 1.0, (n, k)) * (rng.random((n, k)) < 0.5)
+    H0 = 0.5 + rng.gamma(1.0, 1.0, (k, d)) * (rng.random((k, d)) < 0.3)
+    X = (W0 @ H0).astype(np.float32)
+    default = nmf(X, k, device="cpu")
+    long = nmf(X, k, max_iter=500, tol=0, device="cpu")
+    assert default.converged and default.n_iter < 100, default.n_iter
+    assert long.n_iter == 500 and not long.converged
+    assert default.relative_error < 0.01
+    order, corr = match_factors(default.W, long.W)
+    assert sorted(order) == list(range(k))
+    assert corr.min() > 0.999, corr  # the maps a person looks at are those of the long run
+    _, truth = match_factors(long.W, W0)
+    assert np.median(truth) > 0.99
+
+
+def test_match_factors_pairs_maps_in_any_order():
+    rng = np.random.default_rng(0)
+    A = rng.gamma(1.0, 1.0, (5000, 6)) * (rng.random((5000, 6)) < 0.4)
+    perm = np.array([3, 0, 5, 1, 4, 2])
+    B = np.empty_like(A)
+    B[:, perm] = A * 2.0 + 0.01 * rng.random(A.shape)  # column i of A is column perm[i] of B, rescaled
+    order, corr = match_factors(A, B)
+    np.testing.assert_array_equal(order, perm)
+    assert corr.min() > 0.999
+    with pytest.raises(InputError, match="same latents"):
+        match_factors(A, B[:, :5])
+
+
+def test_errors_per_iteration_are_the_true_errors(latents):
+    # the per-iteration error comes from an identity, not the residual: check it against numpy
+    X = latents[:6000]
+    W0, H0 = nndsvd_init(X, 8, device="cpu")
+    res = nmf(X, 8, max_iter=3, tol=0, device="cpu", chunk_rows=1000)
+    Xd = X.astype(np.float64)
+    exact0 = np.linalg.norm(Xd - W0.astype(np.float64) @ H0.astype(np.float64)) / np.linalg.norm(Xd)
+    np.testing.assert_allclose(res.errors[0], exact0, rtol=1e-5)
+    exact = np.linalg.norm(Xd - res.W.astype(np.float64) @ res.H.astype(np.float64)) / np.linalg.norm(Xd)
+    np.testing.assert_allclose(res.relative_error, exact, rtol=1e-5)
+    assert res.relative_error <= res.errors[-1] * (1 + 1e-6)
+
+
 def test_custom_start_and_chunking_do_not_change_the_result(latents):
     X = latents[:4000]
     W0, H0 = nndsvd_init(X, 6, device="cpu")
@@ -96,6 +144,8 @@ def test_bad_inputs_say_what_to_do(latents):
         nmf(np.zeros(10), 2)
     with pytest.raises(InputError, match="Custom W/H"):
         nmf(X, 4, init="custom", W=np.ones((3, 4)), H=np.ones((4, 64)))
+    with pytest.raises(InputError, match="window"):
+        nmf(X, 4, window=0)
     with pytest.raises(InputError, match="same network"):
         transform(X, np.ones((4, 10)))
 
