@@ -72,12 +72,17 @@ def default_cache() -> Path:
 
 
 def _hks_source_hash() -> str:
+    """Hash of the code that computes the HKS values (not of file readers beside it)."""
+    import inspect
+
     import engine.mesh.hks as hks
     import engine.mesh.laplacian as lap
     import engine.mesh.spectrum as spectrum
 
     h = hashlib.sha1()
-    for mod in (hks, lap, spectrum):
+    for func in (hks.compute_hks, hks.hks_from_laplacian, hks._exact):
+        h.update(inspect.getsource(func).encode())
+    for mod in (lap, spectrum):
         h.update(Path(mod.__file__).read_bytes())
     return h.hexdigest()[:10]
 
