@@ -68,8 +68,6 @@ SPINETOOL = DATA / "spinetool"
 FULL_KIND = "hks+smooth+curv+shape"
 DEFAULT_VARIANTS = "hks@20,hks+shape@20,hks+smooth+curv+shape@20,hks+smooth+curv+shape@2,sihks@20,sihks+shape@20"
 LOO_VARIANTS = "hks+smooth+curv+shape@2,sihks@20"
-#: The published timescales the HKS cache holds (32 log-spaced in 0.05–20 µm²).
-CACHE_TIMESCALES = tuple(np.geomspace(0.05, 20.0, 32))
 #: The same dendrite twice in the SpineTool set (median nearest-vertex distance 46 nm): leave-one-out
 #: with one of them in the training set flatters the other, so means are also given without them.
 DUPLICATES = ("spinetool_1", "spinetool_example_dendrite")
@@ -268,6 +266,8 @@ def main(argv=None) -> None:
     parser.add_argument("--algorithm", choices=("random_forest", "extra_trees"), default="extra_trees",
                         help="classifier of the per-variant comparison (default extra trees, as the command)")
     parser.add_argument("--skip-command", action="store_true", help="skip timing the whole command")
+    parser.add_argument("--timescales", default="0.05,20,32", metavar="T_MIN,T_MAX,N",
+                        help="the cached HKS: N log-spaced timescales in T_MIN–T_MAX µm² (default the published 0.05,20,32)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     if not NEURD.exists() or not SPINETOOL.is_dir():
@@ -291,8 +291,10 @@ def main(argv=None) -> None:
                         "wall s (whole process)"])
         print(flush=True)
 
-    spec = FeatureSpec(timescales=CACHE_TIMESCALES, units="um", kind="hks")
-    full = FeatureSpec(timescales=CACHE_TIMESCALES, units="um", kind=FULL_KIND)
+    t_min, t_max, n_t = (float(v) for v in args.timescales.split(","))
+    timescales = tuple(np.geomspace(t_min, t_max, int(n_t)))
+    spec = FeatureSpec(timescales=timescales, units="um", kind="hks")
+    full = FeatureSpec(timescales=timescales, units="um", kind=FULL_KIND)
     st_paths = sorted(SPINETOOL.glob("spinetool_*_surface.ply"))
     if args.quick:
         st_paths = st_paths[:: max(1, len(st_paths) // 12)][:12]
@@ -381,6 +383,9 @@ def main(argv=None) -> None:
     # -- retrain speed ----------------------------------------------------------------------------
     default_kind = FeatureSpec.default("um").kind
     print(f"\n### Retraining speed (engine.mesh.active.retrain), features {default_kind}, t ≤ 2 µm²\n")
+    if t_min != 0.05:
+        print("(skipped: the cached timescales are not the published ones)")
+        return
     retrain_rows = []
     cols = columns_for(default_kind, full, 2.0)
     Xall = np.concatenate([d["X"][:, cols] for d in st])
