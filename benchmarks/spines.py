@@ -52,6 +52,7 @@ from engine.mesh.spines import (
     SpineClassifier,
     evaluate_halves,
     evaluate_leave_one_out,
+    log_hks_features,
     map_labels,
     split_halves,
     vertex_features,
@@ -120,8 +121,11 @@ def hks_job(item: tuple[str, dict, str]) -> tuple[str, float, dict]:
     return path, seconds, info
 
 
-def load_dataset(paths: list[Path], label_paths: list[Path], label_map: str, spec: FeatureSpec, cache: Path) -> list[dict]:
-    """Meshes, labels and full (FULL_KIND) features, computing and caching the HKS as needed."""
+def load_dataset(paths: list[Path], label_paths: list[Path], label_map: str, spec: FeatureSpec, cache: Path,
+                 full_features: bool = True) -> list[dict]:
+    """Meshes, labels and full (FULL_KIND) features, computing and caching the HKS as needed.
+
+    Without ``full_features`` the features are the log-HKS alone (the first columns of the full ones)."""
     from engine.parallel import parallel_map
 
     cache.mkdir(parents=True, exist_ok=True)
@@ -143,7 +147,9 @@ def load_dataset(paths: list[Path], label_paths: list[Path], label_map: str, spe
         hks = np.load(str(key) + ".npy")
         meta = json.loads(Path(str(key) + ".json").read_text())
         fpath = Path(str(key) + f"-{FULL_KIND.replace('+', '_')}-{len(full.smoothing)}.npy")
-        if fpath.exists():
+        if not full_features:
+            X = log_hks_features(hks)
+        elif fpath.exists():
             X = np.load(fpath)
         else:
             X = vertex_features(mesh, hks, full)
@@ -299,8 +305,11 @@ def main(argv=None) -> None:
     if args.quick:
         st_paths = st_paths[:: max(1, len(st_paths) // 12)][:12]
     st_labels = [p.with_name(p.name.replace("_surface.ply", "_spine_instance_labels.npy")) for p in st_paths]
-    neurd = load_dataset([NEURD], [NEURD.with_name(NEURD.stem + "_vertex_labels.npy")], "neurd", spec, args.cache)[0]
-    st = load_dataset(st_paths, st_labels, "spinetool", spec, args.cache)
+    loo_names = [v.strip() for v in args.loo.split(",") if v.strip()]
+    names = list(dict.fromkeys([v.strip() for v in args.variants.split(",") if v.strip()] + loo_names))
+    need_full = any(name.split("@")[0] not in ("hks", "sihks") for name in names)
+    neurd = load_dataset([NEURD], [NEURD.with_name(NEURD.stem + "_vertex_labels.npy")], "neurd", spec, args.cache, need_full)[0]
+    st = load_dataset(st_paths, st_labels, "spinetool", spec, args.cache, need_full)
     print(f"data ready after {time.perf_counter() - t_start:.0f} s", flush=True)
 
     print("\n### Data and HKS\n")
@@ -358,8 +367,6 @@ def main(argv=None) -> None:
                                     "zero_shot_to_neurd": to_neurd, "zero_shot_to_spinetool": to_st})
         return {"row": row, "halves": halves, "loo": loo, "name": name, "X": Xn}
 
-    loo_names = [v.strip() for v in args.loo.split(",") if v.strip()]
-    names = list(dict.fromkeys([v.strip() for v in args.variants.split(",") if v.strip()] + loo_names))
     print(f"\n### Quality by feature variant ({args.algorithm.replace('_', ' ')}; leave-one-out and zero-shot: "
           f"{LOO_CLASSIFIER.n_estimators} trees on ≤ {args.max_train_per_mesh:,} vertices per dendrite)\n", flush=True)
     variants = [run_variant(name, name in loo_names) for name in names]

@@ -158,9 +158,9 @@ def _register_spines(subparsers: argparse._SubParsersAction) -> None:
                        help=f"feature kind: hks or sihks (scale-invariant HKS), optionally +smooth, +curv, +shape "
                        f"(default {DEFAULT_KIND})")
         p.add_argument("--timescales", type=int, metavar="N",
-                       help=f"number of log-spaced HKS timescales (default {DEFAULT_N_TIMESCALES}; 32 for sihks)")
+                       help=f"number of log-spaced HKS timescales (default {DEFAULT_N_TIMESCALES}; 44 for sihks)")
         p.add_argument("--t-min", type=float, metavar="T", help=f"smallest timescale in mesh units² (default "
-                       f"{DEFAULT_T_RANGE_UM[0]:g} µm²)")
+                       f"{DEFAULT_T_RANGE_UM[0]:g} µm²; 0.005 µm² for sihks)")
         p.add_argument("--t-max", type=float, metavar="T", help=f"largest timescale in mesh units² (default "
                        f"{DEFAULT_T_RANGE_UM[1]:g} µm²; 20 µm² for sihks)")
         p.add_argument("--method", choices=METHODS, default="auto", help="HKS method (default auto)")

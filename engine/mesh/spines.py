@@ -100,10 +100,11 @@ FEATURE_KINDS = tuple("+".join([base] + [p for i, p in enumerate(FEATURE_PARTS) 
 DEFAULT_KIND = "hks+smooth+curv+shape"
 DEFAULT_T_RANGE_UM = (0.05, 2.0)
 DEFAULT_N_TIMESCALES = 20
-#: Scale-invariant HKS: log-spaced timescales over a wider range (the transform needs the whole
-#: signal inside it) and how many Fourier magnitudes are kept.
-SIHKS_T_RANGE_UM = (0.05, 20.0)
-SIHKS_N_TIMESCALES = 32
+#: Scale-invariant HKS: log-spaced timescales (ratio 1.21, as the published grid) over a wider
+#: range (the transform needs the whole signal inside it; below 0.05 µm² the eigenvalue cut-off
+#: flattens it) and how many Fourier magnitudes are kept (best zero-shot SpineTool → NEURD).
+SIHKS_T_RANGE_UM = (0.005, 20.0)
+SIHKS_N_TIMESCALES = 44
 SIHKS_FREQUENCIES = 12
 #: Neighbourhood radii (µm) for the "smooth"/"curv" kinds when none are given: a spine
 #: neck-to-head scale, a spine length, and the scale of the shaft around a spine.

@@ -410,7 +410,7 @@ def test_default_spec_and_classifier_are_the_best_measured():
     assert np.allclose(nm.timescales, np.asarray(spec.timescales) * 1e6) and np.allclose(nm.smoothing, [500, 1000, 2000])
     assert SpineClassifier().algorithm == "extra_trees"
     si = FeatureSpec.default("um", kind="sihks")
-    assert si.base == "sihks" and len(si.timescales) == 32 and si.n_features == 12 == len(si.feature_names)
+    assert si.base == "sihks" and len(si.timescales) == 44 and si.n_features == 12 == len(si.feature_names)
     with pytest.raises(InputError, match="log-spaced"):
         FeatureSpec(timescales=(0.1, 0.2, 0.5, 0.6, 2.0), kind="sihks")
 
