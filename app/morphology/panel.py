@@ -3,7 +3,8 @@ and a random-forest spine classifier retrained from those labels (pseudo-active 
 
 The loop: open mesh → Compute HKS (job) → paint shaft/spine labels with the brush → Train
 (job) → P(spine) painted on the mesh → Next uncertain region (N) → correct it → Train again.
-Hand labels are autosaved after every stroke (engine.mesh.labels).
+Hand labels are autosaved after every stroke (engine.mesh.labels). A point table (e.g. synapse
+centres) can be loaded and is drawn coloured by the class of each point's nearest vertex.
 """
 
 from __future__ import annotations
