@@ -3,7 +3,8 @@ and a random-forest spine classifier retrained from those labels (pseudo-active 
 
 The loop: open mesh → Compute HKS (job) → paint shaft/spine labels with the brush → Train
 (job) → P(spine) painted on the mesh → Next uncertain region (N) → correct it → Train again.
-Hand labels are autosaved after every stroke (engine.mesh.labels).
+Hand labels are autosaved after every stroke (engine.mesh.labels). A point table (e.g. synapse
+centres) can be loaded and is drawn coloured by the class of each point's nearest vertex.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from app.widgets.colormaps import lut
 from app.widgets.mesh_view import MeshView
 from app.workspace import InfoBox, Workspace
 from engine.mesh import active, spines
-from engine.mesh.hks import HKSResult, compute_hks, log_hks
+from engine.mesh.hks import HKSResult, compute_hks, log_hks, read_points
 from engine.errors import InputError
 from engine.mesh.io import HDF5_EXTENSIONS, MESH_EXTENSIONS, Mesh, find_vertex_label_file, is_hdf5_mesh, load_mesh, mesh_summary
 from engine.mesh.labels import UNLABELLED, LabelEditor, vertices_within
@@ -51,6 +52,7 @@ LABEL_COLORS = {UNLABELLED: (0.80, 0.81, 0.84, 1.0), 0: (0.23, 0.45, 0.85, 1.0),
                 2: (0.55, 0.35, 0.75, 1.0)}
 RANGE_MODES = ("1–99 %", "min–max", "manual")
 COLOR_MODES = ("Surface", "HKS", "Hand labels", "File labels", "P(spine)", "Uncertainty")
+UNCLASSIFIED_POINT = (0.15, 0.15, 0.15, 1.0)  # a point shown before any model has classified its mesh
 
 
 @dataclass
@@ -67,9 +69,10 @@ class MeshEntry:
     hks: HKSResult | None = None
     proba: np.ndarray | None = None  # (n_vertices, n_classes) from the classifier
     regions: list = field(default_factory=list)  # uncertain regions, most uncertain first
+    points: dict | None = None  # a loaded point table: path, points, nearest vertex, distance (locate_points)
 
 
-def open_mesh_entry(path: Path, progress=None) -> MeshEntry:
+def open_mesh_entry(path: Path, kind: str = spines.DEFAULT_KIND, progress=None) -> MeshEntry:
     """Job body: the mesh, its summary, labels found beside it, and the hand-label editor (restored)."""
     progress.report(0.1, "reading mesh")
     mesh = load_mesh(path)
@@ -88,8 +91,17 @@ def open_mesh_entry(path: Path, progress=None) -> MeshEntry:
         except InputError:  # labels of an unknown convention: show the mesh without them
             file_labels = None
     progress.report(0.9, "preparing picking")
-    return MeshEntry(path, mesh, summary, file_labels, editor, spines.FeatureSpec.default(mesh.units),
+    return MeshEntry(path, mesh, summary, file_labels, editor, spines.FeatureSpec.default(mesh.units, kind=kind),
                      Picker(mesh.vertices, mesh.faces))
+
+
+def locate_points(entry: MeshEntry, path: Path, progress=None) -> dict:
+    """Job body: read a point table (x, y, z in the mesh's units) and find each point's nearest vertex."""
+    progress.report(0.2, "reading points")
+    points = read_points(path)
+    progress.check()
+    vertex, distance = spines.nearest_vertices(entry.mesh, points)
+    return {"path": Path(path), "points": points, "vertex": vertex, "distance": distance}
 
 
 def compute_entry_hks(entry: MeshEntry, method: str, progress=None) -> HKSResult:
@@ -295,6 +307,16 @@ class MorphologyWorkspace(Workspace):
 
         classifier = QGroupBox("Spine classifier")
         classifier_layout = QVBoxLayout(classifier)
+        self.feature_kind = QComboBox()
+        self.feature_kind.addItems(spines.FEATURE_KINDS)
+        self.feature_kind.setCurrentText(spines.DEFAULT_KIND)
+        self.feature_kind.setToolTip("Features of the classifier: log-HKS (hks) or scale-invariant HKS (sihks), with "
+                                     "neighbourhood smoothing, curvature and protrusion (shape). The default is the best "
+                                     "measured on real dendrites; sihks alone ignores the mesh's scale.")
+        self.feature_kind.currentTextChanged.connect(self._feature_kind_changed)
+        kind_form = QFormLayout()
+        kind_form.addRow("Features:", self.feature_kind)
+        classifier_layout.addLayout(kind_form)
         self.train_button = QPushButton("Train (T)", objectName="Primary")
         self.train_button.clicked.connect(self.train)
         self.next_button = QPushButton("Next uncertain region (N)")
@@ -310,6 +332,12 @@ class MorphologyWorkspace(Workspace):
         self.save_model_button.clicked.connect(self.save_model)
         self.load_model_button = QPushButton("Load model…")
         self.load_model_button.clicked.connect(self.load_model)
+        self.load_points_button = QPushButton("Load points…")
+        self.load_points_button.setToolTip("Show a table of points (e.g. synapse centres: CSV with x, y, z columns, or a "
+                                           "k × 3 .npy, in the mesh's units) coloured by the class of the nearest vertex")
+        self.load_points_button.clicked.connect(self.load_points)
+        self.points_status = QLabel("")
+        self.points_status.setWordWrap(True)
         self.model_status = QLabel("No model yet.")
         self.model_status.setWordWrap(True)
         model_row = QGridLayout()
@@ -319,8 +347,10 @@ class MorphologyWorkspace(Workspace):
         model_row.addWidget(self.evaluate_button, 2, 1)
         model_row.addWidget(self.save_model_button, 3, 0)
         model_row.addWidget(self.load_model_button, 3, 1)
+        model_row.addWidget(self.load_points_button, 4, 0, 1, 2)
         classifier_layout.addLayout(model_row)
         classifier_layout.addWidget(self.model_status)
+        classifier_layout.addWidget(self.points_status)
         QShortcut(QKeySequence("T"), self, activated=self.train)
         QShortcut(QKeySequence("N"), self, activated=self.next_uncertain_region)
 
@@ -339,7 +369,8 @@ class MorphologyWorkspace(Workspace):
         return super().can_open(path)
 
     def open_file(self, path: Path) -> Job:
-        return self.window.run_job(f"Open {path.name}", open_mesh_entry, path, on_result=self._add_entry)
+        return self.window.run_job(f"Open {path.name}", open_mesh_entry, path, self.feature_kind.currentText(),
+                                   on_result=self._add_entry)
 
     def _add_entry(self, entry: MeshEntry) -> None:
         for i, existing in enumerate(self.entries):  # reopening replaces
@@ -366,6 +397,7 @@ class MorphologyWorkspace(Workspace):
         self._setup_timescale()
         self.color_by.setCurrentText(mode)
         self.recolor()
+        self._show_points()
         self._refresh_controls()
         self.loaded(entry.path)
 
@@ -539,6 +571,7 @@ class MorphologyWorkspace(Workspace):
                                       "Press N to visit the most uncertain unlabelled region.")
             self.color_by.setCurrentText("P(spine)")
             self.recolor()
+            self._show_points()
 
         job = self.window.run_job("Train spine classifier", train_on_entries, list(self.entries), self.entry, self.model,
                                   on_result=done)
@@ -567,6 +600,7 @@ class MorphologyWorkspace(Workspace):
             self.model_status.setText(f"Model applied to {len(entries)} mesh{'es' if len(entries) != 1 else ''}.")
             self.color_by.setCurrentText("P(spine)")
             self.recolor()
+            self._show_points()
 
         job = self.window.run_job("Apply spine model to all meshes", apply_model, entries, model,
                                   self.hks_method.currentText(), on_result=done)
@@ -618,6 +652,70 @@ class MorphologyWorkspace(Workspace):
         self._refresh_controls()
         return True
 
+    def _feature_kind_changed(self, kind: str) -> None:
+        """Every open mesh's features become ``kind``'s defaults; an HKS at other timescales is dropped."""
+        dropped = 0
+        for entry in self.entries:
+            spec = spines.FeatureSpec.default(entry.mesh.units, kind=kind)
+            if entry.hks is not None and not np.allclose(entry.hks.timescales, spec.timescales, rtol=1e-4):
+                entry.hks, dropped = None, dropped + 1
+            entry.spec = spec
+        if self.entry is not None:
+            self._setup_timescale()
+            self.recolor()
+        self._refresh_controls()
+        self.window.show_status(f"Features: {kind}" + (f"; compute the HKS again ({dropped} mesh{'es' if dropped != 1 else ''} "
+                                                       "need other timescales)" if dropped else ""))
+
+    # -- points (synapses) ----------------------------------------------------------------
+    def load_points(self) -> Job | None:
+        if self.entry is None:
+            return None
+        path, _ = QFileDialog.getOpenFileName(self, "Load points", str(self.entry.path.parent),
+                                              "Point tables (*.csv *.txt *.npy);;All files (*)")
+        return self.load_points_file(Path(path)) if path else None
+
+    def load_points_file(self, path: Path) -> Job | None:
+        """Read a point table for the current mesh in a job; the points are drawn when it ends."""
+        entry = self.entry
+        if entry is None:
+            return None
+
+        def done(result: dict) -> None:
+            entry.points = result
+            if entry is self.entry:
+                self._show_points()
+
+        return self.window.run_job(f"Points {Path(path).name}", locate_points, entry, Path(path), on_result=done)
+
+    def point_predictions(self, entry: MeshEntry | None = None) -> spines.PointPredictions | None:
+        """The class of each loaded point from its mesh's posterior (None without points or a posterior)."""
+        entry = entry or self.entry
+        if entry is None or entry.points is None or entry.proba is None or self.model is None:
+            return None
+        p = entry.points
+        return spines.PointPredictions(p["points"], p["vertex"], p["distance"], entry.proba[p["vertex"]],
+                                       tuple(int(c) for c in self.model.classes_))
+
+    def _show_points(self) -> None:
+        entry = self.entry
+        if entry is None or entry.points is None:
+            self.view.set_points(None)
+            self.points_status.setText("")
+            return
+        p = entry.points
+        n, name = len(p["points"]), p["path"].name
+        units = {"nm": " nm", "um": " µm"}.get(entry.mesh.units, "")
+        where = f"nearest vertex at median {np.median(p['distance']):.3g}{units}"
+        result = self.point_predictions(entry)
+        if result is None:
+            self.view.set_points(p["points"], np.tile(UNCLASSIFIED_POINT, (n, 1)))
+            self.points_status.setText(f"{n:,} points from {name} ({where}); train or apply a model to classify them.")
+            return
+        self.view.set_points(p["points"], np.array([LABEL_COLORS[c] for c in result.predicted], dtype=np.float32))
+        counts = " · ".join(f"{cls} {count:,}" for cls, count in result.counts().items())
+        self.points_status.setText(f"{n:,} points from {name}: {counts} ({where}).")
+
     def next_uncertain_region(self) -> None:
         entry = self.entry
         if entry is None or entry.proba is None:
@@ -668,6 +766,7 @@ class MorphologyWorkspace(Workspace):
         self.apply_button.setEnabled(self.model is not None and has)
         self.evaluate_button.setEnabled(has)
         self.save_model_button.setEnabled(self.model is not None)
+        self.load_points_button.setEnabled(has)
         self.undo_button.setEnabled(has and entry.editor.can_undo)
         self.redo_button.setEnabled(has and entry.editor.can_redo)
         self.import_button.setEnabled(has and entry.file_labels is not None)

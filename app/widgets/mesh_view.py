@@ -38,6 +38,11 @@ class MeshView(QWidget):
         self.cursor = scene.visuals.Markers(parent=self.view.scene)
         self.cursor.visible = False
         self.cursor.order = -1
+        self.points = scene.visuals.Markers(parent=self.view.scene)  # e.g. synapses, coloured by class
+        self.points.visible = False
+        self.points.order = -1
+        self.points_data = np.zeros((0, 3), dtype=np.float32)  # as drawn (centered), with their colors
+        self.points_colors = np.zeros((0, 4), dtype=np.float32)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.canvas.native)
@@ -116,6 +121,21 @@ class MeshView(QWidget):
         if self.mesh is None:
             return
         self.mesh.set_colors(colors)
+        self.canvas.update()
+
+    def set_points(self, points: np.ndarray | None, colors: np.ndarray | None = None, size: float = 11) -> None:
+        """Markers at ``points`` (k × 3, mesh coordinates), one RGBA each (0–1); None hides them."""
+        if points is None or not len(points):
+            self.points.visible = False
+            self.points_data = np.zeros((0, 3), dtype=np.float32)
+            self.points_colors = np.zeros((0, 4), dtype=np.float32)
+        else:
+            self.points_data = np.asarray(points, dtype=np.float64) - self.center
+            self.points_data = self.points_data.astype(np.float32)
+            self.points_colors = np.asarray(colors, dtype=np.float32)
+            self.points.set_data(self.points_data, size=size, face_color=self.points_colors, edge_color=(0.1, 0.1, 0.1, 1),
+                                 edge_width=1.5)
+            self.points.visible = True
         self.canvas.update()
 
     def clear(self) -> None:

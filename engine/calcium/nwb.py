@@ -22,8 +22,9 @@ Layout (names as Suite2p's and CaImAn's NWB exports use them, so NWB tools find 
 The session's description, experimenter, institution, lab, keywords, subject and the imaged area
 (``location``) come from the user (``metadata``, NWB's field names: :func:`engine.nwb.check_metadata`).
 The microscope, indicator and wavelengths are not known to the pipeline: they are written as "unknown"
-/ NaN, and the session start as the movie file's modification time; edit them with pynwb before sharing. The raw movie is not copied (it can be many GB): ``acquisition`` stays empty and the
-movie's path is in the file's ``notes``.
+/ NaN, and the session start as the movie file's modification time; edit them with pynwb before sharing.
+The raw movie is not copied (it can be many GB): ``acquisition`` stays empty and the movie's path is
+in the file's ``notes``.
 """
 
 from __future__ import annotations

@@ -781,5 +781,6 @@ def filter_rows(rows: list[dict], text: str) -> list[dict]:
 
 
 __all__ = ["Curation", "TraceSource", "Change", "sort_job", "open_phy_job", "open_recording_job", "phy_folder_for", "find_probe",
-           "is_phy_folder", "is_curated", "backup_for", "recording_of", "correlogram", "isi_histogram", "filter_rows", "read_view_state", "save_view_state",
+           "is_phy_folder", "is_curated", "backup_for", "recording_of", "correlogram", "isi_histogram", "filter_rows",
+           "read_view_state", "save_view_state",
            "REFRACTORY_S"]

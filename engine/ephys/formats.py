@@ -131,7 +131,8 @@ def open_extractor(path: str | os.PathLike) -> "ExtractorRecording":
     except InputError:
         raise
     except Exception as exc:  # neo / SpikeInterface raise many kinds; the message names the file and format
-        raise InputError(f"Could not read '{path.name}' as a {NAMES[kind]} recording: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}. "
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(f"Could not read '{path.name}' as a {NAMES[kind]} recording: {reason}. "
                          "Check that the folder is complete (data and metadata files).", details=f"{type(exc).__name__}: {exc}") from exc
     return ExtractorRecording(recording, path, kind, target)
 

@@ -18,10 +18,14 @@ other lengths (``--t-min``/``--t-max`` in units², ``--max-eigenvalue`` in units
 follow them (5e4–2e7 nm², 1e-5 nm⁻², converted for µm). The command prints what it used.
 
 ``neurowb spines train --mesh M --labels L.npy [--mesh M2 --labels L2 ...] -o MODEL`` fits a
-:class:`engine.mesh.spines.SpineClassifier` on the labelled vertices of every mesh and saves it
-with its feature spec; ``neurowb spines predict MODEL MESH -o POSTERIOR.npy`` writes the
-posterior (n_vertices × n_classes float32, columns in the model's class order, printed), or
-P(spine) alone with ``--spine-only``; ``neurowb spines evaluate`` prints per-class
+:class:`engine.mesh.spines.SpineClassifier` (extra trees by default, ``--algorithm``) on the
+labelled vertices of every mesh and saves it with its feature spec (default
+``engine.mesh.spines.DEFAULT_KIND`` at 20 timescales in 0.05–2 µm²; ``--features``,
+``--timescales``, ``--t-min``/``--t-max``); ``neurowb spines predict MODEL MESH -o POSTERIOR.npy``
+writes the posterior (n_vertices × n_classes float32, columns in the model's class order,
+printed), or P(spine) alone with ``--spine-only``; with ``--points SYNAPSES.csv|.npy -o OUT.csv``
+it writes, per point, x, y, z, the nearest vertex, the distance to it, the predicted class and
+P(class), and P of every class (``p_shaft``, ``p_spine``...); ``neurowb spines evaluate`` prints per-class
 precision/recall/F1 and the confusion matrix for a halves split of each mesh or a
 leave-one-mesh-out, and ``--json OUT`` saves them (``{"split", "results": [Evaluation...]}``).
 Labels are translated by ``--label-map`` (named map or RULE:CLASS rules, see ``--help``).
@@ -35,23 +39,6 @@ import json
 import sys
 
 
-class _FeatureKinds:
-    """The valid --features values, looked up when argparse checks or lists them: importing
-    engine.mesh.spines (scikit-learn) costs ~1-2 s that `neurowb ... --help` should not pay."""
-
-    def _kinds(self) -> tuple:
-        from engine.mesh.spines import FEATURE_KINDS
-
-        return FEATURE_KINDS
-
-    def __contains__(self, value) -> bool:
-        return value in self._kinds()
-
-    def __iter__(self):
-        return iter(self._kinds())
-
-
-FEATURE_KINDS = _FeatureKinds()
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -153,12 +140,13 @@ Without --label-map it is guessed from each label file's name (*spine_instance* 
 
 
 def _register_spines(subparsers: argparse._SubParsersAction) -> None:
-    from engine.cli import positive_int
+    from engine.cli import positive_float, positive_int
     from engine.mesh.hks import METHODS
+    from engine.mesh.feature_kinds import DEFAULT_KIND, DEFAULT_N_TIMESCALES, DEFAULT_T_RANGE_UM, FEATURE_KINDS
 
     spines = subparsers.add_parser(
         "spines", help="train, apply and evaluate the per-vertex spine classifier",
-        description="Random-forest spine classifier on log-HKS features of mesh vertices.",
+        description="Spine classifier (extra trees or a random forest) on HKS and shape features of mesh vertices.",
         epilog=_LABEL_MAP_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     spines.set_defaults(batches=True)  # their HKS can go to --scheduler
@@ -170,11 +158,19 @@ def _register_spines(subparsers: argparse._SubParsersAction) -> None:
                        help="its per-vertex labels (.npy, or text with one value per line); one per --mesh, in order")
         p.add_argument("--label-map", metavar="SPEC", help="how to read the labels (see below; default: guessed per file)")
         p.add_argument("--units", choices=("nm", "um"), help="units of the meshes (default: guessed from each mesh's extent)")
-        p.add_argument("--features", choices=FEATURE_KINDS, metavar="KIND", default="hks",
-                       help="feature kind: hks, optionally with +smooth, +curv, +shape in this order (default hks: log-HKS only)")
-        p.add_argument("--timescales", type=positive_int, default=32, metavar="N", help="number of HKS timescales (default 32)")
+        p.add_argument("--features", choices=FEATURE_KINDS, default=DEFAULT_KIND, metavar="KIND",
+                       help=f"feature kind: hks or sihks (scale-invariant HKS), optionally +smooth, +curv, +shape "
+                       f"(default {DEFAULT_KIND})")
+        p.add_argument("--timescales", type=positive_int, metavar="N",
+                       help=f"number of log-spaced HKS timescales (default {DEFAULT_N_TIMESCALES}; 44 for sihks)")
+        p.add_argument("--t-min", type=positive_float, metavar="T", help=f"smallest timescale in mesh units² (default "
+                       f"{DEFAULT_T_RANGE_UM[0]:g} µm²; 0.005 µm² for sihks)")
+        p.add_argument("--t-max", type=positive_float, metavar="T", help=f"largest timescale in mesh units² (default "
+                       f"{DEFAULT_T_RANGE_UM[1]:g} µm²; 20 µm² for sihks)")
         p.add_argument("--method", choices=METHODS, default="auto", help="HKS method (default auto)")
-        p.add_argument("--n-estimators", type=positive_int, default=100, metavar="N", help="trees in the random forest (default 100)")
+        p.add_argument("--algorithm", choices=("extra_trees", "random_forest"), default="extra_trees",
+                       help="classifier (default extra_trees: as accurate, several times faster to fit)")
+        p.add_argument("--n-estimators", type=positive_int, default=100, metavar="N", help="trees (default 100)")
 
     train = commands.add_parser("train", help="fit a model on labelled meshes", epilog=_LABEL_MAP_HELP,
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -183,11 +179,17 @@ def _register_spines(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("-o", "--output", required=True, metavar="MODEL", help="model file to write (e.g. spines.nwbspine)")
     train.set_defaults(run=_run_spines_train)
 
-    predict = commands.add_parser("predict", help="posterior per vertex of a mesh",
-                                  description="Apply a trained model to a mesh: class posterior per vertex, saved as .npy.")
+    predict = commands.add_parser("predict", help="posterior per vertex of a mesh, or the class of points on it",
+                                  description="Apply a trained model to a mesh: class posterior per vertex, saved as .npy; "
+                                  "with --points, the class of the vertex nearest to each point (e.g. synapse centres), "
+                                  "saved as CSV.")
     predict.add_argument("model", metavar="MODEL", help="model file from 'neurowb spines train'")
     predict.add_argument("mesh", metavar="MESH", help="mesh file")
-    predict.add_argument("-o", "--output", required=True, metavar="POSTERIOR.npy", help="output .npy")
+    predict.add_argument("-o", "--output", required=True, metavar="OUT",
+                         help="POSTERIOR.npy, or OUT.csv with --points (columns x, y, z, vertex, distance, class, p_class, "
+                         "p_<class>...)")
+    predict.add_argument("--points", metavar="SYNAPSES.csv|.npy",
+                         help="points in the mesh's units: a CSV with x, y, z columns (header optional) or a k × 3 .npy")
     predict.add_argument("--units", choices=("nm", "um"), help="units of the mesh (default: guessed from its extent)")
     predict.add_argument("--method", choices=METHODS, default="auto", help="HKS method (default auto)")
     predict.add_argument("--spine-only", action="store_true", help="save P(spine) only (n_vertices,) instead of all classes")
@@ -215,8 +217,10 @@ def _read_labelled(args: argparse.Namespace):
     if len(args.mesh) != len(args.labels):
         raise InputError(f"Give one --labels file per --mesh, in the same order: got {len(args.mesh)} meshes and "
                          f"{len(args.labels)} label files.")
-    if args.timescales < 1 or args.n_estimators < 1:
-        raise InputError(f"--timescales and --n-estimators must be at least 1, got {args.timescales} and {args.n_estimators}.")
+    if args.n_estimators < 1:
+        raise InputError(f"--n-estimators must be at least 1, got {args.n_estimators}.")
+    if args.timescales is not None and args.timescales < 1:
+        raise InputError(f"--timescales must be at least 1, got {args.timescales}.")
     meshes, labels = [], []
     for mesh_path, label_path in zip(args.mesh, args.labels):
         mesh = load_mesh(mesh_path, units=args.units)
@@ -236,8 +240,18 @@ def _read_labelled(args: argparse.Namespace):
         meshes.append(mesh)
         labels.append(map_labels(raw, args.label_map or guess_label_map(path)))
     units = meshes[0].units if meshes[0].units in ("nm", "um") else "um"
-    spec = FeatureSpec.default(units, kind=args.features, n_timescales=args.timescales)
+    t_range = None
+    if args.t_min is not None or args.t_max is not None:
+        default = FeatureSpec.default(units, kind=args.features).timescales
+        t_range = (args.t_min if args.t_min is not None else default[0], args.t_max if args.t_max is not None else default[-1])
+    spec = FeatureSpec.default(units, kind=args.features, n_timescales=args.timescales, t_range=t_range)
     return meshes, labels, spec
+
+
+def _classifier(args: argparse.Namespace):
+    from engine.mesh.spines import SpineClassifier
+
+    return SpineClassifier(n_estimators=args.n_estimators, algorithm=args.algorithm)
 
 
 def _features(meshes, spec, method: str, label: str = "features"):
@@ -262,7 +276,7 @@ def _run_spines_train(args: argparse.Namespace) -> int:
 
     from engine.cli import check_output
     from engine.errors import InputError
-    from engine.mesh.spines import CLASSES, SpineClassifier
+    from engine.mesh.spines import CLASSES
 
     check_output(args.output)
     meshes, labels, spec = _read_labelled(args)
@@ -271,10 +285,10 @@ def _run_spines_train(args: argparse.Namespace) -> int:
     if len(np.unique(y[y >= 0])) < 2:
         raise InputError("The labels hold fewer than two classes (after the label map): a classifier needs labelled "
                          "shaft and spine vertices at least.")
-    clf = SpineClassifier(n_estimators=args.n_estimators).fit(X, y, feature_spec=spec)
+    clf = _classifier(args).fit(X, y, feature_spec=spec)
     clf.save(args.output, info={"meshes": [m.name for m in meshes], "label_map": args.label_map or "guessed per file"})
     print(f"trained on {len(meshes)} mesh{'es' if len(meshes) != 1 else ''} ({_class_counts(y, CLASSES)} labelled vertices); "
-          f"features {spec.describe()}")
+          f"features {spec.describe()}; {args.n_estimators} {args.algorithm.replace('_', ' ')}")
     print(f"wrote {args.output}")
     return 0
 
@@ -284,17 +298,29 @@ def _run_spines_predict(args: argparse.Namespace) -> int:
 
     from engine.cli import check_output
     from engine.errors import InputError
+    from engine.mesh.hks import read_points
     from engine.mesh.io import load_mesh
-    from engine.mesh.spines import SpineClassifier, spine_probability
-    from engine.storage import atomic_save_npy
+    from engine.mesh.spines import SpineClassifier, predict_points, spine_probability
+    from engine.storage import atomic_save_npy, atomic_write_text
 
-    check_output(args.output, suffixes=(".npy",))
+    want = ".csv" if args.points else ".npy"
+    check_output(args.output, suffixes=(want,))
+    points = read_points(args.points) if args.points else None  # a bad table fails before the HKS
     clf = SpineClassifier.load(args.model)
     if clf.feature_spec_ is None:
         raise InputError(f"Spine model '{args.model}' does not say which features it was trained on: retrain it with "
                          "'neurowb spines train'.")
     mesh = load_mesh(args.mesh, units=args.units)
     (X,) = _features([mesh], clf.feature_spec_, args.method)
+    if points is not None:
+        result = predict_points(clf, mesh, points, X=X)
+        atomic_write_text(args.output, result.csv_text())
+        counts = ", ".join(f"{name} {n:,}" for name, n in result.counts().items())
+        print(f"{mesh.name}: {len(points):,} points, nearest vertex at median {np.median(result.distance):.3g} "
+              f"(max {result.distance.max():.3g}) {mesh.units}; predicted {counts}")
+        print(f"wrote {args.output}: per point x, y, z, vertex, distance, class, p_class, "
+              + ", ".join(f"p_{n}" for n in clf.class_names_))
+        return 0
     proba = clf.predict_proba(X).astype(np.float32)
     p_spine = spine_probability(clf, proba=proba)
     atomic_save_npy(args.output, p_spine if args.spine_only else proba)
@@ -307,7 +333,7 @@ def _run_spines_predict(args: argparse.Namespace) -> int:
 def _run_spines_evaluate(args: argparse.Namespace) -> int:
     from engine.cli import check_output
     from engine.errors import InputError
-    from engine.mesh.spines import SpineClassifier, evaluate_halves, evaluate_leave_one_out
+    from engine.mesh.spines import evaluate_halves, evaluate_leave_one_out
     from engine.storage import atomic_save_json
 
     if args.json:
@@ -317,16 +343,17 @@ def _run_spines_evaluate(args: argparse.Namespace) -> int:
         raise InputError("Leave-one-out needs at least two labelled meshes (--mesh/--labels pairs); use --split halves for one.")
     meshes, labels, spec = _read_labelled(args)
     Xs = _features(meshes, spec, args.method)
-    template = SpineClassifier(n_estimators=args.n_estimators)
+    template = _classifier(args)
     if split == "halves":
         results = [(m.name, evaluate_halves(m, X, y, classifier=template)) for m, X, y in zip(meshes, Xs, labels)]
     else:
         results = [("all meshes", evaluate_leave_one_out(Xs, labels, names=[m.name for m in meshes], classifier=template))]
-    print(f"features {spec.describe()}; {args.n_estimators} trees")
+    print(f"features {spec.describe()}; {args.n_estimators} {args.algorithm.replace('_', ' ')}")
     for name, result in results:
         print(f"\n## {name}\n\n{result.table(folds=True)}")
     if args.json:
-        atomic_save_json(args.json, {"split": split, "features": spec.to_dict(), "meshes": [m.name for m in meshes],
+        atomic_save_json(args.json, {"split": split, "features": spec.to_dict(), "classifier": args.algorithm,
+                                     "n_estimators": args.n_estimators, "meshes": [m.name for m in meshes],
                                      "results": [dict(result.to_dict(), name=name) for name, result in results]})
         print(f"\nwrote {args.json}")
     return 0

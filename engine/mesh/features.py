@@ -168,3 +168,18 @@ def protrusion(mesh: Mesh, ops: Operators, radius: float, normals: np.ndarray | 
     local = diffuse(ops, dist, radius)
     rel = dist / np.maximum(local, 1e-12 * max(float(local.max()), 1e-300))
     return np.column_stack([dist, outward, rel])
+
+
+def scale_invariant_hks(log_hks: np.ndarray, n_frequencies: int) -> np.ndarray:
+    """Scale-invariant HKS (Bronstein & Kokkinos 2010) from log-HKS at log-spaced timescales (n × T).
+
+    Scaling a surface by β scales its eigenvalues by 1/β² and its HKS by 1/β²:
+    ``k'_t = β⁻² k_{t/β²}``. On timescales ``t = t₀ α^τ`` that is a constant added to log k
+    and a shift of τ by ``log_α β²``. The difference along τ removes the constant, and the
+    magnitude of its Fourier transform along τ removes the shift. Returns the first
+    ``n_frequencies`` magnitudes (n × n_frequencies, float32). The invariance holds as far as
+    the signal lies inside the sampled range at both scales (the sampling bounds) and the
+    eigenvalue cut-off keeps the same eigenpairs.
+    """
+    d = np.diff(np.asarray(log_hks, dtype=np.float64), axis=1)
+    return np.abs(np.fft.rfft(d, axis=1))[:, :n_frequencies].astype(np.float32)

@@ -518,8 +518,9 @@ def _check_scale(mesh: Mesh, t: np.ndarray, lam: float) -> float:
 def read_points(path: str | os.PathLike) -> np.ndarray:
     """Query points (k × 3 float64) from a .npy array or a CSV/TXT file of x, y, z columns.
 
-    A CSV may have a header line and more columns; then columns named x, y, z are used, or
-    the first three numeric ones. Raises InputError for a missing file or a bad shape.
+    A CSV may have a header line and more columns (ids, types ...); then columns named x, y, z
+    are used, or else the first three, which must be numbers. Raises InputError for a missing
+    file, a bad shape, no points, or NaN/infinite coordinates.
     """
     from pathlib import Path
 
@@ -534,22 +535,30 @@ def read_points(path: str | os.PathLike) -> np.ndarray:
     except InputError:
         raise
     except Exception as exc:
-        raise InputError(f"Could not read points from '{path.name}': expected a .npy array or a CSV of x, y, z.",
+        raise InputError(f"Could not read points from '{path.name}': expected a .npy array or a CSV of x, y, z numbers.",
                          details=f"{type(exc).__name__}: {exc}") from exc
     pts = np.asarray(pts)
     if pts.ndim == 1 and pts.size == 3:
         pts = pts.reshape(1, 3)
     if pts.ndim != 2 or pts.shape[1] != 3 or not np.issubdtype(pts.dtype, np.number):
         raise InputError(f"Points in '{path.name}' have shape {pts.shape}: expected k × 3 (x, y, z) numbers.")
+    if len(pts) == 0:
+        raise InputError(f"'{path.name}' holds no points: give one x, y, z row per point.")
     pts = pts.astype(np.float64)
     if not np.all(np.isfinite(pts)):
-        raise InputError(f"Points in '{path.name}' contain NaN or infinite coordinates.")
+        rows = np.flatnonzero(~np.isfinite(pts).all(axis=1))
+        raise InputError(f"Points in '{path.name}' contain NaN or infinite coordinates (row {rows[0] + 1} and "
+                         f"{len(rows) - 1} more): fix or remove those rows." if len(rows) > 1 else
+                         f"Points in '{path.name}' contain NaN or infinite coordinates (row {rows[0] + 1}): fix or remove it.")
     return pts
 
 
 def _read_csv_points(path) -> np.ndarray:
     with open(path, encoding="utf-8-sig") as f:
-        first = f.readline()
+        lines = [line for line in f if line.strip()]
+    if not lines:
+        raise InputError(f"Points file '{path.name}' is empty: give one x, y, z row per point.")
+    first = lines[0]
     delimiter = "," if "," in first else None
     cells = [c.strip().strip('"').lower() for c in (first.split(",") if delimiter else first.split())]
 
@@ -561,12 +570,13 @@ def _read_csv_points(path) -> np.ndarray:
             return False
 
     header = not all(is_number(c) for c in cells if c)
-    data = np.loadtxt(path, delimiter=delimiter, skiprows=1 if header else 0, ndmin=2, dtype=np.float64)
-    if header and all(name in cells for name in ("x", "y", "z")):
-        return data[:, [cells.index("x"), cells.index("y"), cells.index("z")]]
-    if data.shape[1] < 3:
-        raise InputError(f"Points file '{path.name}' has {data.shape[1]} column(s): expected x, y, z.")
-    return data[:, :3]
+    if header and len(lines) == 1:
+        raise InputError(f"Points file '{path.name}' has a header but no points: give one x, y, z row per point.")
+    named = header and all(name in cells for name in ("x", "y", "z"))
+    if not named and len(cells) < 3:
+        raise InputError(f"Points file '{path.name}' has {len(cells)} column(s): expected x, y, z.")
+    columns = [cells.index("x"), cells.index("y"), cells.index("z")] if named else [0, 1, 2]
+    return np.loadtxt(lines[1:] if header else lines, delimiter=delimiter, usecols=columns, ndmin=2, dtype=np.float64)
 
 
 def hks_at_points(mesh: Mesh, hks: np.ndarray | HKSResult, points: np.ndarray) -> np.ndarray:

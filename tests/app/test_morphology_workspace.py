@@ -173,3 +173,54 @@ def test_hks_color_range_controls(window, qtbot, dendrite):
     assert (ws.colorbar.lo, ws.colorbar.hi) == (-20.0, -10.0)
     ws.timescale.setValue(0)  # a manual range holds across timescales
     assert (ws.colorbar.lo, ws.colorbar.hi) == (-20.0, -10.0)
+
+
+def test_load_points_shows_them_coloured_by_class(window, qtbot, dendrite, tmp_path, monkeypatch):
+    from PyQt6.QtWidgets import QFileDialog, QMessageBox
+
+    from app.morphology.panel import LABEL_COLORS, UNCLASSIFIED_POINT
+
+    ws = open_in(window, qtbot, dendrite)
+    truth = np.load(dendrite.with_name("dendrite_spine_labels.npy"))
+    rng = np.random.default_rng(0)
+    idx = np.r_[rng.choice(np.flatnonzero(truth == 1), 7, replace=False), rng.choice(np.flatnonzero(truth == 0), 5, replace=False)]
+    points = ws.entry.mesh.vertices[idx] + 1e-4
+    table = tmp_path / "synapses.csv"
+    table.write_text("id,x,y,z\n" + "".join(f"{i},{x},{y},{z}\n" for i, (x, y, z) in enumerate(points)))
+
+    def load_through_button(path):
+        monkeypatch.setattr(QFileDialog, "getOpenFileName", staticmethod(lambda *a, **k: (str(path), "")))
+        job = click_for_job(qtbot, window, ws.load_points_button)
+        return wait_for_job(qtbot, job)
+
+    # before any model: the points are drawn, unclassified
+    job = load_through_button(table)
+    assert job.state is JobState.FINISHED, job.error and job.error.details
+    assert ws.view.points.visible and ws.view.points_data.shape == (12, 3)
+    np.testing.assert_allclose(ws.view.points_data + ws.view.center, points, atol=1e-4)
+    assert np.allclose(ws.view.points_colors, UNCLASSIFIED_POINT) and "12 points" in ws.points_status.text()
+    vertex = ws.entry.points["vertex"]
+    np.testing.assert_allclose(ws.entry.points["distance"], np.linalg.norm(ws.entry.mesh.vertices[vertex] - points, axis=1))
+    assert (ws.entry.points["distance"] < 1e-3).all() and (truth[vertex] == truth[idx]).all()
+
+    # train: the points take the class of their nearest vertex, counted per class
+    wait_for_job(qtbot, ws.compute_hks(), timeout=120000)
+    ws.import_file_labels()
+    wait_for_job(qtbot, ws.train(), timeout=120000)
+    result = ws.point_predictions()
+    np.testing.assert_array_equal(result.predicted, truth[idx])  # its own training labels
+    expected = np.array([LABEL_COLORS[c] for c in truth[idx]], dtype=np.float32)
+    np.testing.assert_allclose(ws.view.points_colors, expected)
+    assert "shaft 5 · spine 7" in ws.points_status.text()
+    qtbot.wait(200)
+    assert not is_blank(save_screenshot(ws, tmp_path / "points.png"))
+
+    # a bad table: one clear message, the shown points kept
+    bad = tmp_path / "bad.csv"
+    bad.write_text("x,y,z\n1,2,nan\n")
+    job = load_through_button(bad)
+    assert job.state is JobState.FAILED
+    box = next(w for w in window.findChildren(QMessageBox) if w.isVisible())
+    assert "NaN" in box.text()
+    box.close()
+    assert ws.view.points_data.shape == (12, 3)

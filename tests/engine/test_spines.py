@@ -395,3 +395,167 @@ def test_cli_help_documents_label_map_specs():
     text = sub.choices["spines"].format_help()
     for word in ("neurd", "spinetool", "binary", "native", "0:shaft,>0:spine", "*"):
         assert word in text
+
+
+# -- defaults, scale-invariant HKS, points -------------------------------------------------------
+
+
+def test_default_spec_and_classifier_are_the_best_measured():
+    from engine.mesh.spines import DEFAULT_KIND
+
+    spec = FeatureSpec.default("um")
+    assert spec.kind == DEFAULT_KIND == "hks+smooth+curv+shape"
+    assert len(spec.timescales) == 20 and np.isclose(spec.timescales[0], 0.05) and np.isclose(spec.timescales[-1], 2.0)
+    nm = FeatureSpec.default("nm")  # the same physical timescales for a nm mesh
+    assert np.allclose(nm.timescales, np.asarray(spec.timescales) * 1e6) and np.allclose(nm.smoothing, [500, 1000, 2000])
+    assert SpineClassifier().algorithm == "extra_trees"
+    si = FeatureSpec.default("um", kind="sihks")
+    assert si.base == "sihks" and len(si.timescales) == 44 and si.n_features == 12 == len(si.feature_names)
+    with pytest.raises(InputError, match="log-spaced"):
+        FeatureSpec(timescales=(0.1, 0.2, 0.5, 0.6, 2.0), kind="sihks")
+
+
+def bumpy_capsule(scale: float = 1.0) -> Mesh:
+    """A connected capsule (µm) with six Gaussian bumps (spine-like protrusions), ~800 vertices, × ``scale``."""
+    import trimesh
+
+    capsule = trimesh.creation.capsule(height=4.0, radius=0.5, count=[28, 28])
+    v = np.array(capsule.vertices)
+    rng = np.random.default_rng(0)
+    for z, a in zip(np.linspace(-1.5, 1.5, 6), rng.uniform(0, 2 * np.pi, 6)):
+        centre = np.array([0.5 * np.cos(a), 0.5 * np.sin(a), z])
+        radial = np.c_[v[:, :2], np.zeros(len(v))]
+        radial /= np.maximum(np.linalg.norm(radial, axis=1, keepdims=True), 1e-9)
+        v += 0.6 * np.exp(-np.sum((v - centre) ** 2, axis=1) / 0.05)[:, None] * radial
+    return Mesh(v * scale, capsule.faces, units="um", name=f"bumpy x{scale}")
+
+
+def dense_hks(mesh: Mesh, timescales) -> np.ndarray:
+    """HKS from every eigenpair of ``L φ = λ M φ`` (dense; small meshes): no cut-off, so exactly scale-covariant."""
+    from scipy.linalg import eigh
+
+    from engine.mesh.features import laplacian
+
+    ops = laplacian(mesh)
+    evals, evecs = eigh(ops.L.toarray(), np.diag(ops.mass))
+    return ((evecs**2) @ np.exp(-np.outer(np.clip(evals, 0, None), np.asarray(timescales)))).astype(np.float32)
+
+
+def test_scale_invariant_hks_agrees_on_a_scaled_mesh_where_log_hks_does_not():
+    """SI-HKS of a mesh and of the same mesh × 7.3 agree; plain log-HKS does not.
+
+    Every eigenpair is used (no cut-off, so the same modes at both scales) and the timescales
+    span the whole decay of the HKS at both scales (the sampling bounds).
+    """
+    mesh, big = bumpy_capsule(), bumpy_capsule(7.3)
+    ts = tuple(np.geomspace(1e-6, 1e5, 256))
+    spec = FeatureSpec(timescales=ts, units="um", kind="sihks")
+    X, Xb = (vertex_features(m, dense_hks(m, ts), spec) for m in (mesh, big))
+    assert X.shape == (mesh.n_vertices, spec.n_features) and np.isfinite(X).all()
+    rel = np.linalg.norm(X - Xb, axis=1) / np.linalg.norm(X, axis=1)
+    assert np.median(rel) < 0.005 and rel.max() < 0.02, (np.median(rel), rel.max())
+    plain = FeatureSpec(timescales=ts, units="um", kind="hks")
+    P, Pb = (vertex_features(m, dense_hks(m, ts), plain) for m in (mesh, big))
+    rel_plain = np.linalg.norm(P - Pb, axis=1) / np.linalg.norm(P, axis=1)
+    assert np.median(rel_plain) > 0.1
+    # ... and SI-HKS still tells vertices apart: bump tips differ from the shaft far from any bump
+    spread = np.linalg.norm(X - X.mean(axis=0), axis=1)
+    assert np.median(spread / np.linalg.norm(X, axis=1)) > 5 * np.median(rel)
+
+
+def _write_points(path, text):
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("text, words", [
+    ("", "is empty"),
+    ("x,y,z\n", "header but no points"),
+    ("a,b\n1,2\n", "2 column(s)"),
+    ("x,y,z\n1,2,nan\n", "NaN"),
+    ("id,kind,x,y,z\n1,exc,1,2,inf\n", "NaN or infinite"),
+    ("x,y,z\n1,2,three\n", "CSV of x, y, z numbers"),
+])
+def test_bad_point_tables_are_input_errors(tmp_path, text, words):
+    from engine.mesh.hks import read_points
+
+    with pytest.raises(InputError, match=__import__("re").escape(words)):
+        read_points(_write_points(tmp_path / "points.csv", text))
+
+
+def test_point_tables_with_named_columns_and_npy(tmp_path):
+    from engine.mesh.hks import read_points
+
+    pts = read_points(_write_points(tmp_path / "syn.csv", "id,type,z,y,x\n7,exc,3,2,1\n8,inh,6,5,4\n"))
+    assert pts.tolist() == [[1, 2, 3], [4, 5, 6]]
+    np.save(tmp_path / "empty.npy", np.zeros((0, 3)))
+    with pytest.raises(InputError, match="no points"):
+        read_points(tmp_path / "empty.npy")
+
+
+def test_predict_points_classifies_the_nearest_vertex():
+    from engine.mesh.spines import nearest_vertices, predict_points
+
+    mesh, labels = tiny_spiny_mesh(6)
+    X = np.c_[labels + np.random.default_rng(0).normal(0, 0.1, len(labels)), np.zeros(len(labels))].astype(np.float32)
+    clf = SpineClassifier(n_estimators=10, n_jobs=1).fit(X, labels)
+    rng = np.random.default_rng(1)
+    idx = rng.choice(mesh.n_vertices, 40, replace=False)
+    points = mesh.vertices[idx] + rng.normal(0, 0.01, (40, 3))
+    vertex, distance = nearest_vertices(mesh, points)
+    assert np.allclose(distance, np.linalg.norm(mesh.vertices[vertex] - points, axis=1))
+    result = predict_points(clf, mesh, points, X=X)
+    np.testing.assert_array_equal(result.vertex, vertex)
+    np.testing.assert_array_equal(result.predicted, labels[vertex])
+    assert sum(result.counts().values()) == 40
+    full = predict_points(clf, mesh, points, proba=clf.predict_proba(X))  # same from a whole-mesh posterior
+    np.testing.assert_allclose(full.proba, result.proba)
+    rows = result.csv_text().splitlines()
+    assert rows[0] == "x,y,z,vertex,distance,class,p_class,p_shaft,p_spine" and len(rows) == 41
+    first = rows[1].split(",")
+    assert int(first[3]) == vertex[0] and first[5] == CLASSES[labels[vertex[0]]]
+
+
+def test_cli_predict_points_writes_a_csv_per_point(tmp_path, capsys):
+    import csv
+
+    import trimesh
+
+    from engine import cli
+    from engine.mesh import cli as mesh_cli
+
+    def run(*argv):
+        return cli.main([str(a) for a in argv], registrations=[mesh_cli.register])
+
+    mesh, labels = tiny_spiny_mesh(8)
+    ply = tmp_path / "tiny.ply"
+    trimesh.Trimesh(mesh.vertices, mesh.faces, process=False).export(ply)
+    np.save(tmp_path / "labels.npy", labels)
+    model = tmp_path / "m.nwbspine"
+    assert run("spines", "train", "--mesh", ply, "--labels", tmp_path / "labels.npy", "--label-map", "binary",
+               "--timescales", 8, "--n-estimators", 20, "-o", model) == 0
+    capsys.readouterr()
+    rng = np.random.default_rng(3)
+    idx = np.r_[rng.choice(np.flatnonzero(labels == 1), 10), rng.choice(np.flatnonzero(labels == 0), 10)]
+    points = mesh.vertices[idx] + 0.005
+    syn = tmp_path / "synapses.csv"
+    syn.write_text("synapse_id,x,y,z\n" + "".join(f"{i},{p[0]},{p[1]},{p[2]}\n" for i, p in enumerate(points)))
+    out = tmp_path / "out.csv"
+    assert run("spines", "predict", model, ply, "--points", syn, "-o", out) == 0
+    printed = capsys.readouterr().out
+    assert "20 points" in printed and "spine" in printed
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 20 and list(rows[0]) == ["x", "y", "z", "vertex", "distance", "class", "p_class", "p_shaft", "p_spine"]
+    np.testing.assert_allclose([[float(r[c]) for c in "xyz"] for r in rows], points, rtol=1e-6)
+    vertex = np.array([int(r["vertex"]) for r in rows])
+    np.testing.assert_allclose([float(r["distance"]) for r in rows], np.linalg.norm(mesh.vertices[vertex] - points, axis=1),
+                               rtol=1e-4)
+    predicted = np.array([r["class"] == "spine" for r in rows])
+    assert np.mean(predicted == (labels[idx] == 1)) >= 0.9  # its own training mesh
+    assert all(np.isclose(float(r["p_class"]), float(r[f"p_{r['class']}"])) for r in rows)
+    # bad input: one line, exit code 2, before any HKS is computed
+    np.save(tmp_path / "bad.npy", np.ones((4, 2)))
+    assert run("spines", "predict", model, ply, "--points", tmp_path / "bad.npy", "-o", out) == 2
+    assert "expected k × 3" in capsys.readouterr().err
+    assert run("spines", "predict", model, ply, "--points", syn, "-o", tmp_path / "out.npy") == 2
+    assert "must end in .csv" in capsys.readouterr().err
