@@ -6,10 +6,11 @@ import shutil
 import subprocess
 import sys
 import zipfile
+from pathlib import Path
 
 import pytest
 
-from conftest import REPO_ROOT
+REPO_ROOT = Path(__file__).resolve().parents[2]  # (not 'from conftest': tests/app has a conftest of its own)
 
 
 @pytest.mark.slow
