@@ -279,9 +279,15 @@ def commit_with_sidecar(data_tmp: str | os.PathLike, path: str | os.PathLike, si
     path, sidecar = Path(path).absolute(), Path(sidecar).absolute()
     incoming = path.with_name(f".{path.name}.incoming-{os.getpid()}-{meta['id']}")
     os.replace(data_tmp, incoming)
-    _fsync_dir(path.parent)
-    atomic_save_json(sidecar, {**meta, INCOMING_KEY: incoming.name})
-    os.replace(incoming, path)
+    try:
+        _fsync_dir(path.parent)
+        atomic_save_json(sidecar, {**meta, INCOMING_KEY: incoming.name})
+    except BaseException:  # not committed (a full disk...): the old pair stays, nothing of the new one
+        with contextlib.suppress(OSError):
+            os.unlink(incoming)
+        raise
+    with contextlib.suppress(FileNotFoundError):  # (a reader may have finished it: settle_sidecar)
+        os.replace(incoming, path)
     _fsync_dir(path.parent)
 
 

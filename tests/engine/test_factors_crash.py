@@ -184,3 +184,23 @@ def test_a_file_left_by_a_cut_write_is_finished_or_removed(tmp_path):
     latents = load_latents(path)
     assert float(latents.values[0, 0, 0]) == 2.0 and latents.id == "1" * 32
     assert sorted(p.name for p in tmp_path.iterdir()) == ["l.grid.json", "l.npy"]
+
+
+def test_a_write_that_fails_before_its_commit_leaves_the_old_pair_and_nothing_else(tmp_path, monkeypatch):
+    import engine.storage as storage
+    from engine.factors.files import Grid, load_latents, writing_latents
+
+    path = tmp_path / "l.npy"
+    with writing_latents(path, Grid.for_image((64, 64), 16, 32), 64) as out:
+        out[:] = 1.0
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(storage, "atomic_save_json", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        with writing_latents(path, Grid.for_image((64, 64), 8, 32), 64) as out:
+            out[:] = 2.0
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    assert float(load_latents(path).values[0, 0, 0]) == 1.0
