@@ -15,6 +15,8 @@ folder beside the target and swapped in only when complete (:func:`staged_folder
 a crash at any stage leaves the previous result where it was. A hand-work file that cannot be
 read is never overwritten: :func:`set_aside_damaged` keeps it as ``<name>.damaged-<time>``
 before anything starts afresh. :func:`remove_stale_temp` clears what killed writers left behind.
+A data file with a small JSON sidecar describing it (the microarchitecture latents and their grid)
+is replaced together with it in one transaction (:func:`commit_with_sidecar`, :func:`settle_sidecar`).
 """
 
 from __future__ import annotations
@@ -255,6 +257,69 @@ def staged_folder(target: str | os.PathLike, keep_old: str | os.PathLike | None 
             os.replace(aside, free_name(Path(keep_old)))
         else:
             shutil.rmtree(aside, ignore_errors=True)
+
+
+# -- a data file and the small sidecar that describes it, replaced together ---------------------------
+
+_INCOMING = re.compile(r"^\.(?P<name>.+)\.incoming-(?P<pid>\d+)-(?P<id>[0-9a-f]+)$")
+INCOMING_KEY = "incoming"  # the sidecar's field naming the data file it commits to (until that is in place)
+
+
+def commit_with_sidecar(data_tmp: str | os.PathLike, path: str | os.PathLike, sidecar: str | os.PathLike,
+                        meta: dict) -> None:
+    """Make the finished, flushed file ``data_tmp`` become ``path`` and ``meta`` (JSON, with a unique
+    ``meta["id"]``) become ``sidecar``, as one transaction.
+
+    Three steps, each one rename: the data file goes to ``.<name>.incoming-<pid>-<id>`` beside ``path``;
+    the sidecar, naming that file, replaces the old one (the commit point); the data file replaces
+    ``path``. A kill before the commit leaves the old pair (and an orphan that :func:`settle_sidecar`
+    removes); a kill after it leaves a sidecar whose named file :func:`settle_sidecar` moves into place.
+    Readers call :func:`settle_sidecar` first and so always see one pair, the old or the new.
+    """
+    path, sidecar = Path(path).absolute(), Path(sidecar).absolute()
+    incoming = path.with_name(f".{path.name}.incoming-{os.getpid()}-{meta['id']}")
+    os.replace(data_tmp, incoming)
+    try:
+        _fsync_dir(path.parent)
+        atomic_save_json(sidecar, {**meta, INCOMING_KEY: incoming.name})
+    except BaseException:  # not committed (a full disk...): the old pair stays, nothing of the new one
+        with contextlib.suppress(OSError):
+            os.unlink(incoming)
+        raise
+    with contextlib.suppress(FileNotFoundError):  # (a reader may have finished it: settle_sidecar)
+        os.replace(incoming, path)
+    _fsync_dir(path.parent)
+
+
+def settle_sidecar(path: str | os.PathLike, sidecar: str | os.PathLike, meta: dict) -> Path:
+    """The data file that belongs to ``meta``, the content just read from ``sidecar`` (:func:`commit_with_sidecar`).
+
+    A commit cut after its sidecar was written is finished here (the named file replaces ``path``; in a
+    folder that cannot be written, that file itself is returned). Files of commits cut before their
+    sidecar was written belong to no sidecar, and temporary files of the pair (:func:`remove_stale_temp`)
+    to no one: they are removed once their writer is gone."""
+    path, sidecar = Path(path), Path(sidecar)
+    named = meta.get(INCOMING_KEY) if isinstance(meta, dict) else None
+    result = path
+    if isinstance(named, str) and (path.parent / named).is_file():
+        try:
+            os.replace(path.parent / named, path)
+            _fsync_dir(path.parent)
+        except OSError:  # read-only: read it where it is
+            result = path.parent / named
+    with contextlib.suppress(OSError):
+        for entry in path.parent.iterdir():
+            incoming, temp = _INCOMING.match(entry.name), _TEMP.match(entry.name)
+            if incoming and incoming.group("name") == path.name and entry.name != named:
+                pid = int(incoming.group("pid"))
+            elif temp and temp.group("name") in (path.name, sidecar.name):
+                pid = int(temp.group("pid")) if temp.group("pid") else None
+            else:
+                continue
+            if entry.is_file() and _writer_gone(pid, entry):
+                with contextlib.suppress(OSError):
+                    entry.unlink()
+    return result
 
 
 # -- damaged hand work ----------------------------------------------------------------------------

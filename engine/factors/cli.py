@@ -273,7 +273,7 @@ def _run_nmf(args: argparse.Namespace) -> int:
     with progress_bar("NMF") as progress:
         result = nmf(latents.values, args.k, max_iter=args.max_iter, tol=args.tol, device=getattr(args, "device", None),
                      progress=progress)
-    save_factors(args.output, Factors.from_nmf(result, latents.grid))
+    save_factors(args.output, Factors.from_nmf(result, latents.grid, latents_id=latents.id))
     state = "converged" if result.converged else "stopped at --max-iter"
     print(f"NMF k={args.k}: relative error {result.final_error:.4f} after {result.n_iter} iterations ({state}), "
           f"{result.seconds:.1f} s on {result.device}")

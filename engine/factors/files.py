@@ -10,7 +10,10 @@
 ``neurowb factors extract|nmf`` write these anywhere; the GUI writes them into the image's
 project folder as ``latents.npy``/``latents.grid.json``/``factors.npz`` (engine.factors.workflow),
 so either can read what the other wrote. Every file is written atomically (temporary file in
-the same folder, then rename): an interrupted run never leaves half a file.
+the same folder, then rename): an interrupted run never leaves half a file. The latents and their
+grid file are one transaction: the grid file names the id of its extraction and, until it is in
+place, the new latents file (:func:`engine.storage.commit_with_sidecar`); a factors file names the
+id of the latents it factorizes, so a reader can tell results of an older extraction.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import uuid
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Iterator
@@ -25,7 +29,7 @@ from typing import Iterator
 import numpy as np
 
 from engine.errors import InputError, check_input_file
-from engine.storage import atomic_save_json, temp_file_beside
+from engine.storage import INCOMING_KEY, commit_with_sidecar, settle_sidecar, temp_file_beside
 
 LATENTS_FORMAT = "neurowb.factors_latents"
 FACTORS_FORMAT = "neurowb.factors_nmf"
@@ -111,8 +115,9 @@ def grid_file(latents_path: str | os.PathLike) -> Path:
 # atomic writing of big arrays (engine.storage's helpers take bytes, which would copy them)
 
 @contextlib.contextmanager
-def replacing(path: str | os.PathLike) -> Iterator[Path]:
-    """A temporary path in the target's folder that replaces ``path`` (flushed to disk) when the block succeeds."""
+def replacing(path: str | os.PathLike, commit=None) -> Iterator[Path]:
+    """A temporary path in the target's folder that replaces ``path`` (flushed to disk) when the block succeeds;
+    ``commit(tmp)``, when given, puts it in place instead (:func:`writing_latents`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = temp_file_beside(path)
@@ -124,7 +129,10 @@ def replacing(path: str | os.PathLike) -> Iterator[Path]:
         os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes it private; give it the mode open() would
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        if commit is None:
+            os.replace(tmp, path)
+        else:
+            commit(tmp)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -162,24 +170,29 @@ class _OnGrid:
 
 @dataclass(eq=False)
 class Latents(_OnGrid):
-    """Dense latents (grid rows × grid cols × d, float32; a read-only memmap when loaded) on ``grid``."""
+    """Dense latents (grid rows × grid cols × d, float32; a read-only memmap when loaded) on ``grid``;
+    ``id`` tells this extraction from any other (None for files of older versions)."""
 
     values: np.ndarray
     grid: Grid
     seconds: float = 0.0
+    id: str | None = None
+    provenance: dict = field(default_factory=dict)
 
 
 @contextlib.contextmanager
 def writing_latents(path: str | os.PathLike, grid: Grid, depth: int, **provenance) -> Iterator[np.ndarray]:
-    """A float32 memmap of (grid rows, grid cols, ``depth``) to fill; on success it becomes ``path``
-    and the grid file (with ``provenance``, e.g. model and image paths) is written beside it."""
-    with replacing(path) as tmp:
+    """A float32 memmap of (grid rows, grid cols, ``depth``) to fill; on success it becomes ``path`` and the
+    grid file (with a new id and ``provenance``, e.g. model and image paths) is written beside it, the
+    two in one transaction (:func:`engine.storage.commit_with_sidecar`): whatever instant a run is
+    killed or cancelled at, :func:`load_latents` reads the previous pair or the new one."""
+    meta = {"format": LATENTS_FORMAT, "format_version": FORMAT_VERSION, "grid": grid.to_dict(), **provenance,
+            "id": uuid.uuid4().hex}
+    with replacing(path, commit=lambda tmp: commit_with_sidecar(tmp, path, grid_file(path), meta)) as tmp:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(*grid.shape, depth))
         yield out
         out.flush()
         del out
-    atomic_save_json(grid_file(path), {"format": LATENTS_FORMAT, "format_version": FORMAT_VERSION,
-                                       "grid": grid.to_dict(), **provenance})
 
 
 def _wrong_kind_hint(path: Path) -> str:
@@ -214,8 +227,9 @@ def load_latents(path: str | os.PathLike) -> Latents:
     if not isinstance(meta, dict) or meta.get("format") != LATENTS_FORMAT:
         raise InputError(f"'{sidecar.name}' is not a NeuroWorkbench latent grid file: run `neurowb factors extract` again.")
     grid = Grid.from_dict(meta.get("grid", {}), sidecar.name)
+    data = settle_sidecar(path, sidecar, meta)  # finishes a write cut between its two files
     try:
-        latents = np.load(path, mmap_mode="r", allow_pickle=False)
+        latents = np.load(data, mmap_mode="r", allow_pickle=False)
     except Exception as exc:
         raise InputError(f"Could not read '{path.name}' as a NumPy array: run `neurowb factors extract` again.",
                          details=str(exc)) from exc
@@ -223,7 +237,8 @@ def load_latents(path: str | os.PathLike) -> Latents:
         raise InputError(f"'{path.name}' holds a {latents.dtype} array of shape {tuple(latents.shape)} but its grid file "
                          f"describes a {grid.shape[0]}×{grid.shape[1]} grid of float latents: the two files do not belong "
                          "together; run `neurowb factors extract` again.")
-    return Latents(latents, grid)
+    provenance = {k: v for k, v in meta.items() if k not in ("format", "format_version", "grid", "id", INCOMING_KEY)}
+    return Latents(latents, grid, id=meta.get("id"), provenance=provenance)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -241,15 +256,17 @@ class Factors(_OnGrid):
     n_iter: int = 0
     converged: bool = False
     seconds: float = 0.0
+    id: str | None = field(default_factory=lambda: uuid.uuid4().hex)  # None: a file of an older version
+    latents_id: str | None = None  # the id of the latents factorized (None: not known, older files)
 
     @classmethod
-    def from_nmf(cls, result, grid: Grid) -> "Factors":
-        """From an :class:`~engine.factors.nmf.NMFResult` of latents on ``grid``."""
+    def from_nmf(cls, result, grid: Grid, latents_id: str | None = None) -> "Factors":
+        """From an :class:`~engine.factors.nmf.NMFResult` of latents on ``grid`` (with id ``latents_id``)."""
         k = result.H.shape[0]
         return cls(np.asarray(result.W, dtype=np.float32).reshape(grid.shape[0], grid.shape[1], k),
                    np.asarray(result.H, dtype=np.float32), grid, float(result.final_error),
                    np.asarray(result.errors, dtype=np.float64), int(result.n_iter), bool(result.converged),
-                   float(result.seconds))
+                   float(result.seconds), latents_id=latents_id)
 
     @classmethod
     def like(cls, other: "Factors", **changes):
@@ -267,7 +284,8 @@ def save_factors(path: str | os.PathLike, factors: Factors) -> Path:
                     W=np.asarray(factors.codes, dtype=np.float32), H=np.asarray(factors.H, dtype=np.float32),
                     relative_error=np.float64(factors.relative_error), errors=np.asarray(factors.errors, dtype=np.float64),
                     n_iter=np.int64(factors.n_iter), converged=np.bool_(factors.converged),
-                    seconds=np.float64(factors.seconds), grid=np.array(json.dumps(factors.grid.to_dict())))
+                    seconds=np.float64(factors.seconds), grid=np.array(json.dumps(factors.grid.to_dict())),
+                    id=np.array(factors.id or ""), latents_id=np.array(factors.latents_id or ""))
 
 
 def load_factors(path: str | os.PathLike) -> Factors:
@@ -287,7 +305,9 @@ def load_factors(path: str | os.PathLike) -> Factors:
             grid = Grid.from_dict(json.loads(str(z["grid"])), path.name)
             factors = Factors(codes=z["W"], H=z["H"], grid=grid, relative_error=float(z["relative_error"]),
                               errors=z["errors"], n_iter=int(z["n_iter"]), converged=bool(z["converged"]),
-                              seconds=float(z["seconds"]) if "seconds" in z.files else 0.0)
+                              seconds=float(z["seconds"]) if "seconds" in z.files else 0.0,
+                              id=str(z["id"]) or None if "id" in z.files else None,
+                              latents_id=str(z["latents_id"]) or None if "latents_id" in z.files else None)
     except InputError:
         raise
     except Exception as exc:

@@ -17,7 +17,11 @@ The latents and factors files are those of ``neurowb factors extract|nmf`` (engi
 outputs renamed into the folder open in the GUI.
 
 Each step's result makes the later files stale, so a step removes them when it finishes
-(a retrained model invalidates the latents, the factors and the clusters).
+(a retrained model invalidates the latents, the factors and the clusters). Each later file names
+what it was computed from (the grid file the model's digest, factors.npz the latents' id,
+clusters.npz the factors' id): when a kill came between a new result and that removal,
+:func:`load_project` sees the mismatch and finishes it, so a project always opens as it was
+before a step or as it is after it.
 
 The job bodies (``train_job``, ``extract_job``, ``nmf_job``, ``cluster_job``) take
 ``progress=`` like every long engine function and are what the GUI runs in the background
@@ -52,7 +56,11 @@ LATENTS_FILE = "latents.npy"
 LATENTS_META = files.grid_file(LATENTS_FILE).name
 FACTORS_FILE = "factors.npz"
 CLUSTERS_FILE = "clusters.npz"
-DOWNSTREAM = {"model": (LATENTS_FILE, LATENTS_META, FACTORS_FILE, CLUSTERS_FILE), "latents": (FACTORS_FILE, CLUSTERS_FILE),
+#: What a new result of each step makes stale, in the order it is removed: the last result first, so
+#: that a kill part-way leaves files that name (by id) the results they came from, and
+#: :func:`load_project` finishes the removal (the latents file before its grid file, which would
+#: otherwise be missing beside it).
+DOWNSTREAM = {"model": (CLUSTERS_FILE, FACTORS_FILE, LATENTS_FILE, LATENTS_META), "latents": (CLUSTERS_FILE, FACTORS_FILE),
               "factors": (CLUSTERS_FILE,)}
 #: Dense throughput on the loaded 2-core CPU, in positions per second of the native (power-of-two)
 #: grid, 128-px patches; used only for the estimate shown before a run.
@@ -180,7 +188,8 @@ def extract_job(model: PatchModel, image: np.ndarray, folder: str | os.PathLike,
     folder = Path(folder)
     pixel_size = pixel_size_um if pixel_size_um is not None else model.preprocessing.pixel_size_um
     grid = Grid.for_image(image.shape, stride, model.patch_size, pixel_size_um=pixel_size)
-    with files.writing_latents(folder / LATENTS_FILE, grid, LATENT_DIM, model=str((folder / MODEL_FILE).resolve())) as out:
+    with files.writing_latents(folder / LATENTS_FILE, grid, LATENT_DIM, model=str((folder / MODEL_FILE).resolve()),
+                               model_sha256=file_digest(folder / MODEL_FILE)) as out:
         dense_latents(model, image, stride=stride, pixel_size_um=pixel_size_um, out=out, progress=progress)
         as_progress(progress).check()  # (inside the block: a cancel now still keeps the previous latents)
     invalidate(folder, "latents")
@@ -196,7 +205,7 @@ def nmf_job(latents: Latents, folder: str | os.PathLike, *, k: int = 15, device=
 
     fit = nmf(latents.values, k, device=device, progress=progress)
     as_progress(progress).check()
-    factors = Factors.from_nmf(fit, latents.grid)
+    factors = Factors.from_nmf(fit, latents.grid, latents_id=latents.id)
     files.save_factors(Path(folder) / FACTORS_FILE, factors)
     invalidate(folder, "factors")
     return factors
@@ -225,8 +234,23 @@ def cluster_job(factors: Factors, labels: np.ndarray, roi: int, folder: str | os
     if folder is not None:
         bic = sorted(result.bic.items())
         files.save_npz(Path(folder) / CLUSTERS_FILE, cluster_map=result.cluster_map, roi=int(roi), n_clusters=result.n_clusters,
-                    bic_n=np.array([n for n, _ in bic]), bic=np.array([b for _, b in bic]), sizes=result.sizes)
+                    bic_n=np.array([n for n, _ in bic]), bic=np.array([b for _, b in bic]), sizes=result.sizes,
+                    factors_id=np.array(factors.id or ""))
     return result
+
+
+def file_digest(path: str | os.PathLike) -> str | None:
+    """SHA-256 of a file (None when there is none): says which model a latents file was extracted with."""
+    import hashlib
+
+    path = Path(path)
+    if not path.is_file():
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 @dataclass
@@ -290,10 +314,14 @@ def load_project(image_path: str | os.PathLike, shape: tuple[int, int], device=N
                                     f"{result.grid.image_shape[1]} image, not this {shape[0]}×{shape[1]} one: not used.")
         else:
             setattr(project, attribute, result)
+    _drop_stale(project)
     try:
         if project.factors is not None and (folder / CLUSTERS_FILE).is_file():
             with np.load(folder / CLUSTERS_FILE, allow_pickle=False) as z:
-                if z["cluster_map"].shape == project.factors.grid_shape:
+                made_from = str(z["factors_id"]) if "factors_id" in z.files else ""
+                if made_from and project.factors.id and made_from != project.factors.id:
+                    invalidate(folder, "factors")  # clusters of the factors before a kill: finish their removal
+                elif z["cluster_map"].shape == project.factors.grid_shape:
                     project.clusters = SavedClusters(z["cluster_map"], int(z["n_clusters"]),
                                                      {int(n): float(b) for n, b in zip(z["bic_n"], z["bic"])},
                                                      z["sizes"], int(z["roi"]))
@@ -301,6 +329,21 @@ def load_project(image_path: str | os.PathLike, shape: tuple[int, int], device=N
         project.problems.append(f"Some saved results in '{folder}' could not be read ({type(exc).__name__}: {exc}); "
                                 "rerun those steps.")
     return project
+
+
+def _drop_stale(project: Project) -> None:
+    """Finish the removal (:func:`invalidate`) that a kill cut short: latents of another model, factors of
+    other latents. Files of older versions, which name nothing, are kept."""
+    folder, latents = project.folder, project.latents
+    model_digest = latents.provenance.get("model_sha256") if latents is not None else None
+    if model_digest and (folder / MODEL_FILE).is_file() and model_digest != file_digest(folder / MODEL_FILE):
+        project.latents = project.factors = None
+        invalidate(folder, "model")
+    factors = project.factors
+    if factors is not None and factors.latents_id and project.latents is not None and project.latents.id \
+            and factors.latents_id != project.latents.id:
+        project.factors = None
+        invalidate(folder, "latents")
 
 
 def run_pipeline(image: np.ndarray, labels: np.ndarray, folder: str | os.PathLike, *, names=None, patch_size=128,

@@ -164,3 +164,25 @@ def test_cancel_cnmf_keeps_the_window_usable(window, qtbot, movie):
     wait_for_job(qtbot, job, timeout=60000)
     assert job.state in (JobState.CANCELLED, JobState.FINISHED)  # a very fast run may finish first
     assert ws.run_button.isEnabled() and not ws.cancel_button.isEnabled()
+
+
+def test_a_damaged_decisions_file_is_kept_aside_and_said(window, qtbot, tmp_path):
+    """Opening a movie whose saved decisions cannot be read: the file is kept aside, a dialog names where,
+    and the next decision is saved beside the kept copy, never over it."""
+    from PyQt6.QtWidgets import QMessageBox
+
+    from engine.calcium.curation import curation_path, run_cnmf_job
+
+    path, _ = write_recording(tmp_path / "rec", n_frames=200, height=48, width=48, n_cells=5, seed=1)
+    run_cnmf_job(path, None, 8.0, "none")  # a saved result for the decisions to apply to
+    damaged = b'{"version": 1, "decisions": [{"op": "reject", "centers": [[3.0, 4.'
+    curation_path(path).write_bytes(damaged)
+    ws = open_in(window, qtbot, path)
+    (aside,) = curation_path(path).parent.glob(curation_path(path).name + ".damaged-*")
+    boxes = [w for w in window.findChildren(QMessageBox) if w.isVisible()]
+    assert boxes and aside.name in boxes[-1].text() and "could not be read" in boxes[-1].text()
+    for box in boxes:
+        box.close()
+    assert ws.curation is not None and ws.curation.decisions == []  # afresh
+    ws.curation.set_accepted([0], False)
+    assert aside.read_bytes() == damaged and "reject" in curation_path(path).read_text()

@@ -3,6 +3,7 @@ polygon region by clicking → Train → Extract → NMF → click a factor → 
 cluster → export → reopen and find everything restored; screenshots not blank."""
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -338,3 +339,36 @@ def test_a_damaged_regions_file_is_kept_aside_and_said(window, qtbot, mosaic):
     draw_square(qtbot, ws, 150, 150, 230, 230)  # the next edit saves beside the kept copy, never over it
     assert aside.read_text() == '{"format": "neurowb.factors_rois", "regions": ['
     assert '"Region' in (folder / "rois.json").read_text() or "region" in (folder / "rois.json").read_text().lower()
+
+
+def test_cancelled_extract_and_nmf_keep_the_results_on_disk_and_shown(window, qtbot, mosaic, monkeypatch):
+    import engine.factors.nmf as nmf_module
+    from tests.conftest import folder_bytes
+
+    opened = workflow.open_project_job(mosaic)
+    folder = workflow.project_folder(mosaic)
+    workflow.run_pipeline(opened["image"], opened["project"].regions.rasterize(), folder, patch_size=64, epochs=1,
+                          patches_per_epoch=64, stride=16, k=3, cluster_roi=1, n_clusters=2, device="cpu")
+    ws = open_in(window, qtbot, mosaic)
+    ws.regions.save(folder)  # (the regions, as the window keeps them)
+    shown = (ws.latents, ws.factors, ws.clusters, ws.legend.text(), ws.factor_list.count())
+    assert ws.clusters is not None and shown[4] == 3
+    before = folder_bytes(folder)
+
+    def running_until_cancelled(*args, progress=None, **kwargs):  # an NMF long enough to cancel in the middle
+        while True:
+            progress.report(0.5, "HALS")
+            progress.check()
+            time.sleep(0.01)
+
+    monkeypatch.setattr(nmf_module, "nmf", running_until_cancelled)
+    ws.stride.setValue(1)  # some seconds of dense latents
+    for button in (ws.extract_button, ws.nmf_button):
+        qtbot.mouseClick(button, Qt.MouseButton.LeftButton)
+        job = ws.job
+        qtbot.waitUntil(lambda: job.fraction > 0, timeout=30000)
+        qtbot.mouseClick(ws.cancel_button, Qt.MouseButton.LeftButton)
+        wait_for_job(qtbot, job, timeout=30000)
+        assert job.state is JobState.CANCELLED and "earlier results are kept" in ws.stage_label.text()
+        assert (ws.latents, ws.factors, ws.clusters, ws.legend.text(), ws.factor_list.count()) == shown
+        assert folder_bytes(folder) == before

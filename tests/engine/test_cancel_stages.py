@@ -47,6 +47,54 @@ def test_sort_cancel_at_every_stage_keeps_the_curated_folder(tmp_path, monkeypat
     assert folder_bytes(done["backup"]) == before and _siblings(folder) == [done["backup"].name]
 
 
+def test_sort_over_curated_work_survives_a_kill_at_any_write(tmp_path, monkeypatch, crash_every_write):
+    """A re-sort killed at any instant (writing the staging folder, swapping it in, keeping the curated
+    one aside): reopening finds the curated folder or the new one in place, and the curated work is
+    always somewhere beside it, whole."""
+    import shutil
+
+    import engine.ephys.sorter as sorter
+    from engine.ephys.curation import Curation, open_phy_job, sort_job
+    from engine.ephys.sorter import SortParams
+    from engine.ephys.synth import write_demo_recording
+
+    raw = tmp_path / "data" / "r.raw"
+    raw.parent.mkdir()
+    params = write_demo_recording(raw, duration=4.0, n_channels=8, n_units=3, seed=1)
+    out = sort_job(raw, params, None, SortParams(min_spikes=5))
+    folder = out["folder"]
+    Curation(folder).label(Curation(folder).cluster_ids[:2], "good")
+    original = tmp_path / "curated"
+    shutil.copytree(folder, original)
+    saved = sorter.sort_recording(out["recording"], sorter_probe(out), SortParams(min_spikes=5))
+    monkeypatch.setattr(sorter, "sort_recording", lambda *a, progress=None, **k: saved)  # the sorting itself, done
+
+    def prepare():
+        for p in raw.parent.iterdir():
+            if folder.name in p.name:
+                shutil.rmtree(p)
+        shutil.copytree(original, folder)
+
+    def reopen():
+        open_phy_job(folder)  # as the window and qc open it
+        assert [p.name for p in raw.parent.iterdir() if p.name.startswith(".")] == []
+        kept = [folder_bytes(p) for p in raw.parent.iterdir() if p.is_dir() and p != folder and folder.name in p.name]
+        return folder_bytes(folder), kept
+
+    prepare()
+    curated, _ = reopen()
+    sort_job(raw, params, None, SortParams(min_spikes=5))
+    new, kept = reopen()
+    assert new != curated and kept == [curated]
+    runs = 0
+    for k in crash_every_write(lambda: sort_job(raw, params, None, SortParams(min_spikes=5)), prepare):
+        now, kept = reopen()
+        assert now in (curated, new), f"killed before write {k}: the folder is neither the curated one nor the new sort"
+        assert now == curated or curated in kept, f"killed before write {k}: the curated work is gone"
+        runs += 1
+    assert now == new and runs > 5
+
+
 def sorter_probe(out):
     from engine.ephys.probe import linear_probe
 
