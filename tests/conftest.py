@@ -76,8 +76,16 @@ def killed_at_every_write(actions, prepare, max_runs: int = 400):
 
 @pytest.fixture
 def crash_every_write():
-    """:func:`killed_at_every_write` for a test."""
-    return killed_at_every_write
+    """:func:`killed_at_every_write` for a test, run with torch on one thread (the steps in the parent too,
+    so both compute the same numbers): a forked child has none of the threads of a pool the parent
+    already started (e.g. an earlier test in the same run), and its first parallel region would wait
+    for them forever. PyTorch's DataLoader workers run on one thread for the same reason."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield killed_at_every_write
+    torch.set_num_threads(threads)
 
 
 def cancelling_at(text: str):
