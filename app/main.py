@@ -337,7 +337,8 @@ class MainWindow(QMainWindow):
             self.refresh_device_label()
 
     def show_shortcuts(self) -> None:
-        ShortcutsDialog(self.actions(), self).exec()
+        self.shortcuts_dialog = ShortcutsDialog(self.actions(), self, self.current_workspace.registry)
+        self.shortcuts_dialog.open()
 
     def show_about(self) -> None:
         AboutDialog(self.device_info.summary(), self.settings.path, self).exec()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 from PyQt6.QtCore import Qt, QTimer
-from PyQt6.QtGui import QColor, QKeySequence, QShortcut
+from PyQt6.QtGui import QColor, QKeySequence
 from PyQt6.QtWidgets import (
     QAbstractItemView,
     QApplication,
@@ -54,9 +54,6 @@ from engine.storage import workdir_for
 TRACE_RADIUS = 2  # pixels around a click averaged into its trace (movies without ROIs)
 IMAGE_KINDS = ("Mean", "Max", "Correlation", "Std", "Frame")
 TABLE_COLUMNS = ("ROI", "SNR", "r", "Size", "Accepted")
-KEYS_HELP = ("A accept · R reject · ←/→ previous/next ROI (table order) · M merge two (Ctrl-click the second) · "
-             "Del delete · N add (click a center) · Esc leave add mode · Ctrl+Z undo · Space play/pause")
-
 
 class NumberItem(QTableWidgetItem):
     """A table cell that sorts by its number, not its text."""
@@ -187,9 +184,9 @@ class CalciumWorkspace(Workspace):
         buttons.addWidget(self.export_button, 3, 0, 1, 2)
         buttons.addWidget(self.export_nwb_button, 4, 0, 1, 2)
         qc_layout.addLayout(buttons)
-        keys = QLabel(KEYS_HELP, objectName="Hint")
-        keys.setWordWrap(True)
-        qc_layout.addWidget(keys)
+        self.keys_hint = QLabel("", objectName="Hint")  # filled from the registry; F1 lists them all
+        self.keys_hint.setWordWrap(True)
+        qc_layout.addWidget(self.keys_hint)
 
         self.fov = FieldOfView()
         self.fov.clicked.connect(self._image_clicked)
@@ -225,13 +222,18 @@ class CalciumWorkspace(Workspace):
         splitter.addWidget(self.traces)
         splitter.setSizes([560, 330])
 
-        for key, slot in (("A", lambda: self.set_accepted(True)), ("R", lambda: self.set_accepted(False)),
-                          ("Right", lambda: self.step_roi(1)), ("Left", lambda: self.step_roi(-1)),
-                          ("M", self.merge_selected), ("Del", self.delete_selected), ("Backspace", self.delete_selected),
-                          ("N", self.add_button.toggle), ("Esc", lambda: self.add_button.setChecked(False)),
-                          ("Space", self.play_button.toggle)):
-            QShortcut(QKeySequence(key), self, activated=slot)
-        QShortcut(QKeySequence.StandardKey.Undo, self, activated=self.undo)
+        add = self.registry.add
+        add("Accept", lambda: self.set_accepted(True), "A", group="Quality control", help="Accept the selected ROIs")
+        add("Reject", lambda: self.set_accepted(False), "R", group="Quality control", help="Reject the selected ROIs")
+        add("Next ROI", lambda: self.step_roi(1), "Right", group="Quality control", help="In table order", hint=False)
+        add("Previous ROI", lambda: self.step_roi(-1), "Left", group="Quality control", hint=False)
+        add("Merge", self.merge_selected, "M", group="Quality control", help="Select two ROIs (Ctrl-click the second) first")
+        add("Delete", self.delete_selected, ("Del", "Backspace"), group="Quality control", help="Delete the selected ROIs")
+        add("Add ROI", self.add_button.toggle, "N", group="Quality control", help="Then click the center of a cell")
+        add("Leave add mode", lambda: self.add_button.setChecked(False), "Esc", group="Quality control", hint=False)
+        add("Undo", self.undo, QKeySequence.StandardKey.Undo, group="Quality control")
+        add("Play", self.play_button.toggle, "Space", group="Movie", help="Play or pause the movie")
+        self.keys_hint.setText(self.registry.hint() + " · ←/→ previous/next ROI")
 
         self.assemble([self.info, cnmf_box, display, qc], splitter, "No movie open",
                       "Open a calcium imaging movie (multi-page TIFF, NPY, HDF5; frames × height × width). "

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 from PyQt6.QtCore import Qt, QTimer
-from PyQt6.QtGui import QKeySequence, QShortcut
+from PyQt6.QtGui import QKeySequence
 from PyQt6.QtWidgets import (QApplication, QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGridLayout, QGroupBox, QHBoxLayout,
                              QLabel, QProgressBar, QPushButton, QSizePolicy, QSpinBox, QSplitter, QVBoxLayout)
 
@@ -42,10 +42,6 @@ SCROLL_STEPS_PER_SECOND = 100  # scroll bar resolution: 10 ms
 MAX_WINDOW_VALUES = 40_000_000  # samples × channels read per redraw at most (~80 MB of int16)
 SYNC_MAX_VALUES = 500_000  # a window this cheap to read (samples × channels, a few ms) is drawn at once on the GUI thread
 DATA_KINDS = ("Preprocessed", "Raw")
-KEYS_HELP = ("G merge · K split (Ctrl-click a lasso on the amplitudes or features first) · Alt+G good · Alt+M mua · Alt+N noise · "
-             "Ctrl+Z undo · Ctrl+Shift+Z / Ctrl+Y redo · Space / Shift+Space next / previous similar unit · Esc clear lasso · "
-             "←/→ scroll traces")
-
 
 class EphysWorkspace(Workspace):
     key = "ephys"
@@ -126,14 +122,23 @@ class EphysWorkspace(Workspace):
         self._request_id = 0
         self._frame_id = 0  # the request on screen
 
-        for key, slot in (("G", self.merge_selected), ("K", self.split_selected),
-                          ("Alt+G", lambda: self.label_selected("good")), ("Alt+M", lambda: self.label_selected("mua")),
-                          ("Alt+N", lambda: self.label_selected("noise")), ("Ctrl+Shift+Z", self.redo), ("Ctrl+Y", self.redo),
-                          ("Esc", self.views.clear_lasso), ("Right", lambda: self.step_time(0.5)),
-                          ("Left", lambda: self.step_time(-0.5)), ("Space", lambda: self.next_similar(1)),
-                          ("Shift+Space", lambda: self.next_similar(-1))):
-            QShortcut(QKeySequence(key), self, activated=slot)
-        QShortcut(QKeySequence.StandardKey.Undo, self, activated=self.undo)
+        add = self.registry.add
+        add("Merge", self.merge_selected, "G", group="Curation", help="Merge the selected units into a new one")
+        add("Split", self.split_selected, "K", group="Curation",
+            help="Ctrl-click a lasso of three or more points on the amplitudes or features first")
+        for label in ("good", "mua", "noise"):
+            add(f"Label {label}", lambda label=label: self.label_selected(label), f"Alt+{label[0].upper()}", group="Curation")
+        add("Undo", self.undo, QKeySequence.StandardKey.Undo, group="Curation")
+        add("Redo", self.redo, ("Ctrl+Shift+Z", "Ctrl+Y"), group="Curation")
+        add("Next similar unit", lambda: self.next_similar(1), "Space", group="Wizard",
+            help="Pair the selected unit with its most similar one, then the next most similar")
+        add("Previous similar unit", lambda: self.next_similar(-1), "Shift+Space", group="Wizard", hint=False)
+        add("Clear lasso", self.views.clear_lasso, "Esc", group="Views")
+        add("Lasso point", None, "Ctrl+click", group="Views", hint=False,
+            help="On the amplitude or feature view; Ctrl-click in the unit table selects several units")
+        add("Scroll traces forward", lambda: self.step_time(0.5), "Right", group="Traces", hint=False)
+        add("Scroll traces back", lambda: self.step_time(-0.5), "Left", group="Traces", hint=False)
+        self.keys_hint.setText(self.registry.hint() + " · ←/→ scroll traces")
 
         self.assemble([self.info, self.sort_box, self.curation_box, self.display_box], main, "No recording open",
                       "Open a raw binary recording (.raw, .bin, .dat; samples × channels) — its layout is read from a "
@@ -274,9 +279,9 @@ class EphysWorkspace(Workspace):
         self.saved_label = QLabel("", objectName="Hint")
         self.saved_label.setWordWrap(True)
         column.addWidget(self.saved_label)
-        keys = QLabel(KEYS_HELP, objectName="Hint")
-        keys.setWordWrap(True)
-        column.addWidget(keys)
+        self.keys_hint = QLabel("", objectName="Hint")  # filled from the registry; F1 lists them all
+        self.keys_hint.setWordWrap(True)
+        column.addWidget(self.keys_hint)
 
     def _button(self, text: str, slot) -> QPushButton:
         button = QPushButton(text)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 from PyQt6.QtCore import Qt
-from PyQt6.QtGui import QKeySequence, QShortcut
+from PyQt6.QtGui import QKeySequence
 from PyQt6.QtWidgets import (
     QButtonGroup,
     QComboBox,
@@ -133,7 +133,7 @@ class MorphologyWorkspace(Workspace):
         labels_layout = QVBoxLayout(labels_box)
         tools = QGridLayout()
         self.tool_buttons = QButtonGroup(self)
-        for i, (name, _code, key) in enumerate(TOOLS):
+        for i, (name, code, key) in enumerate(TOOLS):
             button = QToolButton()
             button.setText(f"{name} ({key})")
             button.setCheckable(True)
@@ -141,8 +141,9 @@ class MorphologyWorkspace(Workspace):
             button.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)  # share the column's width
             self.tool_buttons.addButton(button, i)
             tools.addWidget(button, i // 2, i % 2)
-            QShortcut(QKeySequence(key), self, activated=lambda i=i: self.select_tool(i))
-        QShortcut(QKeySequence("Esc"), self, activated=lambda: self.select_tool(0))
+            self.registry.add(f"{name} brush" if code is not None and code >= 0 else name,
+                              lambda i=i: self.select_tool(i), key, group="Labels")
+        self.registry.add("Back to navigate", lambda: self.select_tool(0), "Esc", group="Labels", hint=False)
         self.tool_buttons.idClicked.connect(self.select_tool)
         self.tool_buttons.button(0).setChecked(True)
         labels_layout.addLayout(tools)
@@ -151,8 +152,8 @@ class MorphologyWorkspace(Workspace):
         self.brush.setToolTip("Brush radius, geodesic, in mesh units ([ and ] change it)")
         brush_form.addRow("Brush radius:", self.brush)
         labels_layout.addLayout(brush_form)
-        QShortcut(QKeySequence("["), self, activated=lambda: self.brush.setValue(self.brush.value() / 1.25))
-        QShortcut(QKeySequence("]"), self, activated=lambda: self.brush.setValue(self.brush.value() * 1.25))
+        self.registry.add("Smaller brush", lambda: self.brush.setValue(self.brush.value() / 1.25), "[", group="Labels")
+        self.registry.add("Larger brush", lambda: self.brush.setValue(self.brush.value() * 1.25), "]", group="Labels")
         self.counts = QLabel("—")
         self.counts.setWordWrap(True)
         labels_layout.addWidget(self.counts)
@@ -161,22 +162,29 @@ class MorphologyWorkspace(Workspace):
         self.redo_button = QPushButton("Redo")
         self.import_button = QPushButton("Use file labels")
         self.import_button.setToolTip("Copy the labels found beside the mesh file into the hand labels (one undo step)")
-        self.undo_button.clicked.connect(self.undo)
-        self.redo_button.clicked.connect(self.redo)
+        self.registry.add("Undo", self.undo, QKeySequence.StandardKey.Undo, group="Labels", hint=False,
+                          enabled=lambda: self.entry is not None and self.entry.editor.can_undo)
+        self.registry.add("Redo", self.redo, "Ctrl+Shift+Z", group="Labels", hint=False,
+                          enabled=lambda: self.entry is not None and self.entry.editor.can_redo)
+        self.registry.bind("Undo", self.undo_button)
+        self.registry.bind("Redo", self.redo_button)
         self.import_button.clicked.connect(self.import_file_labels)
         undo_row.addWidget(self.undo_button, 0, 0)
         undo_row.addWidget(self.redo_button, 0, 1)
         undo_row.addWidget(self.import_button, 1, 0, 1, 2)
         labels_layout.addLayout(undo_row)
-        QShortcut(QKeySequence.StandardKey.Undo, self, activated=self.undo)
-        QShortcut(QKeySequence("Ctrl+Shift+Z"), self, activated=self.redo)
 
         classifier = QGroupBox("Spine classifier")
         classifier_layout = QVBoxLayout(classifier)
-        self.train_button = QPushButton("Train (T)", objectName="Primary")
-        self.train_button.clicked.connect(self.train)
-        self.next_button = QPushButton("Next uncertain region (N)")
-        self.next_button.clicked.connect(self.next_uncertain_region)
+        self.registry.add("Train", self.train, "T", group="Spine classifier",
+                          enabled=lambda: self._training is None and any(e.hks is not None for e in self.entries),
+                          help="Fit the classifier on the hand labels as they are now (painting may go on meanwhile)")
+        self.registry.add("Next uncertain region", self.next_uncertain_region, "N", group="Spine classifier",
+                          enabled=lambda: self.entry is not None and self.entry.proba is not None,
+                          help="Frame the most uncertain unlabelled region, then the next one")
+        self.registry.add("Rotate", None, "drag", group="View", help="Shift-drag pans, the wheel zooms", hint=False)
+        self.train_button = self.registry.bind("Train", QPushButton("Train (T)", objectName="Primary"))
+        self.next_button = self.registry.bind("Next uncertain region", QPushButton("Next uncertain region (N)"))
         self.apply_button = QPushButton("Apply to all meshes")
         self.apply_button.setToolTip("Paint P(spine) on every open mesh (computes missing HKS)")
         self.apply_button.clicked.connect(self.apply_to_all)
@@ -199,8 +207,6 @@ class MorphologyWorkspace(Workspace):
         model_row.addWidget(self.load_model_button, 3, 1)
         classifier_layout.addLayout(model_row)
         classifier_layout.addWidget(self.model_status)
-        QShortcut(QKeySequence("T"), self, activated=self.train)
-        QShortcut(QKeySequence("N"), self, activated=self.next_uncertain_region)
 
         self.view = MeshView()
         self.view.stroke_started.connect(self._stroke_started)
@@ -548,13 +554,10 @@ class MorphologyWorkspace(Workspace):
         entry = self.entry
         has = entry is not None
         self.compute_button.setEnabled(has)
-        self.train_button.setEnabled(self._training is None and any(e.hks is not None for e in self.entries))
-        self.next_button.setEnabled(has and entry.proba is not None)
+        self.registry.refresh()  # Train, Next uncertain region, Undo, Redo
         self.apply_button.setEnabled(self.model is not None and has)
         self.evaluate_button.setEnabled(has)
         self.save_model_button.setEnabled(self.model is not None)
-        self.undo_button.setEnabled(has and entry.editor.can_undo)
-        self.redo_button.setEnabled(has and entry.editor.can_redo)
         self.import_button.setEnabled(has and entry.file_labels is not None)
         if has:
             counts = entry.editor.counts()
