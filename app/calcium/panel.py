@@ -10,6 +10,7 @@ movie is opened or run again.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -154,6 +155,9 @@ class CalciumWorkspace(Workspace):
         form.addRow(self.contrast_button)
         form.addRow(self.show_contours)
         self.play_timer = QTimer(self)
+        self.play_timer.setTimerType(Qt.TimerType.PreciseTimer)
+        self._play_origin = (0.0, 0)  # (clock, frame) when playing started
+        self._play_shown: int | None = None  # the frame playing showed last
         self.play_timer.timeout.connect(self._next_frame)
 
         qc = QGroupBox("ROI curation")
@@ -415,7 +419,10 @@ class CalciumWorkspace(Workspace):
         if playing:
             if self.image_kind.currentText() != "Frame":
                 self.image_kind.setCurrentText("Frame")
-            self.play_timer.start(int(max(33, 1000 / self._fps())))  # at most ~30 redraws per second
+            self._play_origin = (time.monotonic(), self.frame_slider.value())
+            # at most ~30 redraws per second; the frame shown follows the clock, so a slow redraw skips
+            # frames instead of slowing the movie down
+            self.play_timer.start(int(max(33, 1000 / self._fps())))
         else:
             self.play_timer.stop()
 
@@ -423,8 +430,12 @@ class CalciumWorkspace(Workspace):
         if self.movie is None:
             self.play_button.setChecked(False)
             return
-        step = max(1, int(round(self._fps() / 30)))  # real time for fast movies, frames skipped
-        self.frame_slider.setValue((self.frame_slider.value() + step) % self.movie.n_frames)
+        start, first = self._play_origin
+        if self.frame_slider.value() != self._play_shown:  # moved by hand while playing: go on from there
+            start, first = self._play_origin = (time.monotonic(), self.frame_slider.value())
+        frame = (first + int((time.monotonic() - start) * self._fps())) % self.movie.n_frames
+        self._play_shown = frame
+        self.frame_slider.setValue(frame)
 
     def _time_picked(self, seconds: float) -> None:
         if self.movie is not None:

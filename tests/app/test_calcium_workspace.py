@@ -164,3 +164,20 @@ def test_cancel_cnmf_keeps_the_window_usable(window, qtbot, movie):
     wait_for_job(qtbot, job, timeout=60000)
     assert job.state in (JobState.CANCELLED, JobState.FINISHED)  # a very fast run may finish first
     assert ws.run_button.isEnabled() and not ws.cancel_button.isEnabled()
+
+
+def test_movie_plays_in_real_time_when_a_redraw_is_slow(window, qtbot, tmp_path):
+    """A 30 fps movie plays 30 frames a second even when each redraw takes 60 ms: frames are skipped,
+    the movie is not slowed down (it played at half speed when every tick drew the next frame)."""
+    import time
+
+    path, _truth = write_recording(tmp_path / "rec", n_frames=600, height=32, width=32, n_cells=3, seed=1, fps=30.0)
+    ws = open_in(window, qtbot, path)
+    assert ws._fps() == pytest.approx(30.0)
+    ws.frame_slider.valueChanged.connect(lambda _v: time.sleep(0.06))  # a slow machine's redraw
+    start, first = time.monotonic(), ws.frame_slider.value()
+    ws.play_button.setChecked(True)
+    qtbot.wait(1500)
+    ws.play_button.setChecked(False)
+    elapsed, advanced = time.monotonic() - start, ws.frame_slider.value() - first
+    assert 0.8 * 30 * elapsed <= advanced <= 30 * elapsed + 1
