@@ -292,6 +292,8 @@ class CalciumWorkspace(Workspace):
         self.curation = curation
         self.selected = []
         self.add_button.setChecked(False)
+        if curation is not None:
+            self.fov.marker.clear()  # ROIs replace the clicked pixel and its trace
         if curation is not None and self.image_kind.currentText() in ("Mean", "Std"):
             self.image_kind.setCurrentText("Correlation")  # cells stand out best there
         self._shown_kind = None

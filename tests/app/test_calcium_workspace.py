@@ -181,3 +181,13 @@ def test_movie_plays_in_real_time_when_a_redraw_is_slow(window, qtbot, tmp_path)
     ws.play_button.setChecked(False)
     elapsed, advanced = time.monotonic() - start, ws.frame_slider.value() - first
     assert 0.8 * 30 * elapsed <= advanced <= 30 * elapsed + 1
+
+
+def test_clicked_pixel_marker_goes_when_cnmf_gives_rois(window, qtbot, movie):
+    ws = open_in(window, qtbot, movie)
+    wait_for_job(qtbot, ws.show_trace_at(20, 30))
+    assert len(ws.fov.marker.data) == 1
+    job = ws.run_cnmf()
+    wait_for_job(qtbot, job, timeout=120000)
+    assert job.state is JobState.FINISHED, job.error and job.error.details
+    assert ws.curation is not None and len(ws.fov.marker.data) == 0
