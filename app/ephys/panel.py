@@ -189,6 +189,7 @@ class EphysWorkspace(Workspace):
         self.progress_bar.setTextVisible(False)
         self.progress_bar.setFixedHeight(8)
         self.stage_label = QLabel("Not sorted yet.")
+        self._stage_counts_units = False  # the stage line shows the open folder's unit count (not a running sort)
         self.stage_label.setWordWrap(True)
         self.open_phy_button = QPushButton("Open Phy folder…")
         self.open_phy_button.setToolTip("Curate an existing Phy / Kilosort output folder; the raw file comes from its params.py")
@@ -336,6 +337,7 @@ class EphysWorkspace(Workspace):
         self._set_recording(path, out["recording"], TraceSource(out["recording"]))
         self.set_probe(out["probe"])  # found beside the file: shown in the info and sorting boxes
         self._set_curation(None)
+        self._stage_counts_units = False
         self.stage_label.setText("Not sorted yet: press Sort.")
         self.progress_bar.setValue(0)
         self.loaded(path)
@@ -396,10 +398,8 @@ class EphysWorkspace(Workspace):
         self._set_curation(curation)
         if restore_view:
             self.restore_view_state(engine_curation.read_view_state(curation.folder))
-        counts = curation.counts()
-        labelled = sum(v for k, v in counts.items() if k != "unsorted")
-        self.stage_label.setText(f"{len(curation.cluster_ids)} units in {curation.folder.name}/"
-                                 + (f" ({labelled} labelled)." if labelled else "."))
+        self._stage_counts_units = True
+        self._update_counts()
         self.progress_bar.setValue(1000)
         if self.recording is not None:
             self.loaded(self.recording.path)
@@ -429,6 +429,7 @@ class EphysWorkspace(Workspace):
         job.progressed.connect(self._sort_progress)
         job.ended.connect(self._sort_ended)
         self.sort_job = job
+        self._stage_counts_units = False
         self.stage_label.setText("Starting…")
         self.progress_bar.setValue(0)
         self._refresh_controls()
@@ -601,6 +602,10 @@ class EphysWorkspace(Workspace):
             self.counts.setText("Sort, or open a Phy folder, to curate units.")
             return
         n = c.counts()
+        if self._stage_counts_units:  # the folder's line follows merges and splits, as the table does
+            labelled = sum(v for k, v in n.items() if k != "unsorted")
+            self.stage_label.setText(f"{len(c.cluster_ids)} units in {c.folder.name}/"
+                                     + (f" ({labelled} labelled)." if labelled else "."))
         current = ""
         if self.selected:
             r = c.row(self.selected[0])
