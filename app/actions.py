@@ -44,16 +44,17 @@ class Action:
         return self.callback is not None and (self.enabled is None or bool(self.enabled()))
 
     def trigger(self) -> object:
-        """Run the action if it may run now (a key of a disabled action does nothing, as its button)."""
+        """Run the action if it may run now (a disabled action does nothing, as its button)."""
         return self.callback() if self.is_enabled() else None
 
 
 class ActionRegistry:
     """The actions of one workspace (``owner``): shortcuts live while ``owner`` is shown."""
 
-    def __init__(self, owner: QWidget, title: str):
+    def __init__(self, owner: QWidget, title: str, refused: Callable[[Action], None] | None = None):
         self.owner = owner
         self.title = title
+        self.refused = refused  # told when a key hits a disabled action (the status bar says why)
         self.actions: dict[str, Action] = {}
         self.shortcuts: list[QShortcut] = []
 
@@ -66,7 +67,7 @@ class ActionRegistry:
         if callback is not None:
             for key in keys:
                 shortcut = QShortcut(QKeySequence(key), self.owner)
-                shortcut.activated.connect(action.trigger)
+                shortcut.activated.connect(lambda action=action: self._key_pressed(action))
                 self.shortcuts.append(shortcut)
         return action
 
@@ -83,6 +84,12 @@ class ActionRegistry:
 
     def trigger(self, name: str) -> object:
         return self.actions[name].trigger()
+
+    def _key_pressed(self, action: Action) -> None:
+        if action.is_enabled():
+            action.callback()
+        elif self.refused is not None:
+            self.refused(action)
 
     def refresh(self) -> None:
         """Re-read every action's when-enabled test into its buttons (call after the state changed)."""

@@ -33,7 +33,8 @@ class Workspace(QWidget):
         super().__init__()
         self.window = window
         self.current_path: Path | None = None
-        self.registry = ActionRegistry(self, self.title)  # its keys, buttons and F1 rows (app/actions.py)
+        self.registry = ActionRegistry(self, self.title, refused=lambda action: window.show_status(
+            f"{action.name} is not available now" + (f": {action.help}" if action.help else ".")))  # keys, buttons, F1
 
     # -- file handling -------------------------------------------------------------------
     def can_open(self, path: Path) -> bool:

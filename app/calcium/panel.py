@@ -166,16 +166,16 @@ class CalciumWorkspace(Workspace):
         self.counts.setWordWrap(True)
         qc_layout.addWidget(self.counts)
         buttons = QGridLayout()
-        self.accept_button = self._button("Accept (A)", lambda: self.set_accepted(True))
-        self.reject_button = self._button("Reject (R)", lambda: self.set_accepted(False))
-        self.merge_button = self._button("Merge (M)", self.merge_selected)
+        self.accept_button = self._button("Accept (A)", None)  # these run their action in the registry (below)
+        self.reject_button = self._button("Reject (R)", None)
+        self.merge_button = self._button("Merge (M)", None)
         self.merge_button.setToolTip("Merge the two selected ROIs (Ctrl-click the second one) into one")
-        self.delete_button = self._button("Delete (Del)", self.delete_selected)
+        self.delete_button = self._button("Delete (Del)", None)
         self.add_button = self._button("Add ROI (N)", None)
         self.add_button.setCheckable(True)
         self.add_button.setToolTip("Then click the center of a cell the pipeline missed: a local NMF fits it in the background")
         self.add_button.toggled.connect(self._add_mode_toggled)
-        self.undo_button = self._button("Undo (Ctrl+Z)", self.undo)
+        self.undo_button = self._button("Undo (Ctrl+Z)", None)
         self.export_button = self._button("Export Suite2p…", self.export)
         self.export_button.setToolTip("Write stat.npy, F.npy, Fneu.npy, spks.npy, iscell.npy, ops.npy, "
                                       "footprints.npz and traces.npz into a folder")
@@ -227,15 +227,25 @@ class CalciumWorkspace(Workspace):
         splitter.setSizes([560, 330])
 
         add = self.registry.add
-        add("Accept", lambda: self.set_accepted(True), "A", group="Quality control", help="Accept the selected ROIs")
-        add("Reject", lambda: self.set_accepted(False), "R", group="Quality control", help="Reject the selected ROIs")
+        editable = lambda: self.curation is not None and not (self.edit_job is not None and self.edit_job.is_running)  # noqa: E731
+        chosen = lambda: editable() and self.curation.result.n_components > 0 and bool(self.selected)  # noqa: E731
+        add("Accept", lambda: self.set_accepted(True), "A", group="Quality control", enabled=chosen,
+            help="Accept the selected ROIs")
+        add("Reject", lambda: self.set_accepted(False), "R", group="Quality control", enabled=chosen,
+            help="Reject the selected ROIs")
         add("Next ROI", lambda: self.step_roi(1), "Right", group="Quality control", help="In table order", hint=False)
         add("Previous ROI", lambda: self.step_roi(-1), "Left", group="Quality control", hint=False)
-        add("Merge", self.merge_selected, "M", group="Quality control", help="Select two ROIs (Ctrl-click the second) first")
-        add("Delete", self.delete_selected, ("Del", "Backspace"), group="Quality control", help="Delete the selected ROIs")
+        add("Merge", self.merge_selected, "M", group="Quality control", enabled=lambda: chosen() and len(self.selected) == 2,
+            help="Select two ROIs (Ctrl-click the second) first")
+        add("Delete", self.delete_selected, ("Del", "Backspace"), group="Quality control", enabled=chosen,
+            help="Delete the selected ROIs")
         add("Add ROI", self.add_button.toggle, "N", group="Quality control", help="Then click the center of a cell")
         add("Leave add mode", lambda: self.add_button.setChecked(False), "Esc", group="Quality control", hint=False)
-        add("Undo", self.undo, QKeySequence.StandardKey.Undo, group="Quality control")
+        add("Undo", self.undo, QKeySequence.StandardKey.Undo, group="Quality control",
+            enabled=lambda: editable() and self.curation.can_undo)
+        for name, button in (("Accept", self.accept_button), ("Reject", self.reject_button), ("Merge", self.merge_button),
+                             ("Delete", self.delete_button), ("Undo", self.undo_button)):
+            self.registry.bind(name, button)
         add("Play", self.play_button.toggle, "Space", group="Movie", help="Play or pause the movie")
         self.keys_hint.setText(self.registry.hint() + " · ←/→ previous/next ROI")
 
@@ -581,7 +591,6 @@ class CalciumWorkspace(Workspace):
 
     def _refresh_controls(self) -> None:
         has_movie = self.movie is not None
-        has_rois = self.curation is not None and self.curation.result.n_components > 0
         running = self.cnmf_job is not None and self.cnmf_job.is_running
         editing = self.edit_job is not None and self.edit_job.is_running
         self.run_button.setEnabled(has_movie and not running)
@@ -589,11 +598,8 @@ class CalciumWorkspace(Workspace):
         self.source.setEnabled(has_movie)
         self.frame_slider.setEnabled(has_movie)
         self.play_button.setEnabled(has_movie)
-        for button in (self.accept_button, self.reject_button, self.delete_button):
-            button.setEnabled(has_rois and bool(self.selected) and not editing)
-        self.merge_button.setEnabled(has_rois and len(self.selected) == 2 and not editing)
+        self.registry.refresh()  # accept, reject, merge, delete, undo
         self.add_button.setEnabled(self.curation is not None and not editing)
-        self.undo_button.setEnabled(self.curation is not None and self.curation.can_undo and not editing)
         self.export_button.setEnabled(self.curation is not None and not editing)
         self.export_nwb_button.setEnabled(self.export_button.isEnabled())
 

@@ -123,13 +123,23 @@ class EphysWorkspace(Workspace):
         self._frame_id = 0  # the request on screen
 
         add = self.registry.add
-        add("Merge", self.merge_selected, "G", group="Curation", help="Merge the selected units into a new one")
+        units = lambda: self.curation is not None  # noqa: E731
+        add("Merge", self.merge_selected, "G", group="Curation", enabled=lambda: units() and len(self.selected) >= 2,
+            help="Select two or more units (click one, Ctrl-click the others): they become one new unit")
         add("Split", self.split_selected, "K", group="Curation",
+            enabled=lambda: units() and bool(self.selected) and len(self.views.lasso) >= 3,
             help="Ctrl-click a lasso of three or more points on the amplitudes or features first")
         for label in ("good", "mua", "noise"):
-            add(f"Label {label}", lambda label=label: self.label_selected(label), f"Alt+{label[0].upper()}", group="Curation")
-        add("Undo", self.undo, QKeySequence.StandardKey.Undo, group="Curation")
-        add("Redo", self.redo, ("Ctrl+Shift+Z", "Ctrl+Y"), group="Curation")
+            add(f"Label {label}", lambda label=label: self.label_selected(label), f"Alt+{label[0].upper()}", group="Curation",
+                enabled=lambda: units() and bool(self.selected), help="Select one or more units first")
+        add("Undo", self.undo, QKeySequence.StandardKey.Undo, group="Curation",
+            enabled=lambda: units() and self.curation.can_undo)
+        add("Redo", self.redo, ("Ctrl+Shift+Z", "Ctrl+Y"), group="Curation",
+            enabled=lambda: units() and self.curation.can_redo)
+        for name, button in (("Merge", self.merge_button), ("Split", self.split_button), ("Label good", self.good_button),
+                             ("Label mua", self.mua_button), ("Label noise", self.noise_button), ("Undo", self.undo_button),
+                             ("Redo", self.redo_button)):
+            self.registry.bind(name, button)
         add("Next similar unit", lambda: self.next_similar(1), "Space", group="Wizard",
             help="Pair the selected unit with its most similar one, then the next most similar")
         add("Previous similar unit", lambda: self.next_similar(-1), "Shift+Space", group="Wizard", hint=False)
@@ -255,15 +265,15 @@ class EphysWorkspace(Workspace):
         self.counts.setWordWrap(True)
         column.addWidget(self.counts)
         grid = QGridLayout()
-        self.merge_button = self._button("Merge (G)", self.merge_selected)
-        self.split_button = self._button("Split (K)", self.split_selected)
+        self.merge_button = self._button("Merge (G)")  # these run their action in the registry (see __init__)
+        self.split_button = self._button("Split (K)")
         self.split_button.setToolTip("Ctrl-click at least three points around spikes on the amplitude or feature view, then split the "
                                      "unit into the spikes inside and the rest")
-        self.good_button = self._button("Good", lambda: self.label_selected("good"))
-        self.mua_button = self._button("MUA", lambda: self.label_selected("mua"))
-        self.noise_button = self._button("Noise", lambda: self.label_selected("noise"))
-        self.undo_button = self._button("Undo", self.undo)
-        self.redo_button = self._button("Redo", self.redo)
+        self.good_button = self._button("Good")
+        self.mua_button = self._button("MUA")
+        self.noise_button = self._button("Noise")
+        self.undo_button = self._button("Undo")
+        self.redo_button = self._button("Redo")
         grid.addWidget(self.merge_button, 0, 0, 1, 3)
         grid.addWidget(self.split_button, 0, 3, 1, 3)
         grid.addWidget(self.good_button, 1, 0, 1, 2)
@@ -284,10 +294,11 @@ class EphysWorkspace(Workspace):
         self.keys_hint.setWordWrap(True)
         column.addWidget(self.keys_hint)
 
-    def _button(self, text: str, slot) -> QPushButton:
+    def _button(self, text: str, slot=None) -> QPushButton:
         button = QPushButton(text)
         button.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
-        button.clicked.connect(lambda checked=False: slot())
+        if slot is not None:
+            button.clicked.connect(lambda checked=False: slot())
         return button
 
     # -- opening -------------------------------------------------------------------------------
@@ -621,12 +632,7 @@ class EphysWorkspace(Workspace):
         self.sort_button.setEnabled(has_rec and not running)
         self.cancel_button.setEnabled(running)
         self.probe_button.setEnabled(has_rec and not running)
-        self.merge_button.setEnabled(has_units and len(self.selected) >= 2)
-        self.split_button.setEnabled(has_units and len(self.selected) >= 1 and len(self.views.lasso) >= 3)
-        for button in (self.good_button, self.mua_button, self.noise_button):
-            button.setEnabled(has_units and bool(self.selected))
-        self.undo_button.setEnabled(has_units and self.curation.can_undo)
-        self.redo_button.setEnabled(has_units and self.curation.can_redo)
+        self.registry.refresh()  # merge, split, labels, undo, redo
         self.export_nwb_button.setEnabled(has_units)
         model = self.source is not None and self.source.has_model
         for box in (self.show_model, self.show_residual):

@@ -69,6 +69,9 @@ def test_registered_keys_run_their_action_in_each_workspace(window, qtbot, tmp_p
     ephys.step_time = steps.append  # the shortcut looks the method up when pressed
     qtbot.keyClick(ephys, Qt.Key.Key_Right)
     assert steps == [0.5]
+    assert not ephys.merge_button.isEnabled() and "(G)" in ephys.merge_button.toolTip()
+    qtbot.keyClick(ephys, Qt.Key.Key_G)  # nothing to merge: the key says why instead of doing nothing silently
+    assert window.statusBar().currentMessage().startswith("Merge is not available now: Select two or more units")
 
     factors = open_in(window, qtbot, write_demo_mosaic(tmp_path / "mosaic.png", size=128, n_cells=4, seed=1))
     assert factors.key == "factors"
