@@ -190,32 +190,65 @@ class AboutDialog(QDialog):
 
 
 class ShortcutsDialog(QDialog):
-    """Every action that has a shortcut, read from the live actions so the list cannot go stale."""
+    """The current workspace's keys (from its :class:`app.actions.ActionRegistry`), then the window's own
+    (from its live QActions): read from what is registered, so the list cannot go stale."""
 
-    def __init__(self, actions: list[QAction], parent: QWidget | None = None):
+    def __init__(self, actions: list[QAction], parent: QWidget | None = None, registry=None):
         super().__init__(parent)
         self.setWindowTitle("Keyboard shortcuts")
-        self.resize(520, 460)
-        rows = []
+        self.resize(640, 620)
+        sections: dict[str, list[tuple[str, str, str]]] = {}
+        if registry is not None:
+            for group, keys, name, help in registry.rows():
+                title = group if group == registry.title else f"{registry.title} — {group}"
+                sections.setdefault(title, []).append((keys, name, help))
+        window_rows = set()
         for action in actions:
             for shortcut in action.shortcuts():
                 text = shortcut.toString(shortcut.SequenceFormat.NativeText)
                 if text:
-                    rows.append((text, action.text().replace("&", "").rstrip(".…")))
-        rows = sorted(set(rows), key=lambda r: r[1].lower())
-        self.table = QTableWidget(len(rows), 2)
-        self.table.setHorizontalHeaderLabels(["Shortcut", "Action"])
+                    window_rows.add((text, action.text().replace("&", "").rstrip(".…"), action.statusTip()))
+        sections["Window"] = sorted(window_rows, key=lambda r: r[1].lower())
+        self.table = QTableWidget(0, 3)
+        self.table.setHorizontalHeaderLabels(["Shortcut", "Action", "Details"])
         self.table.verticalHeader().setVisible(False)
         self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
-        for i, (key, name) in enumerate(rows):
-            self.table.setItem(i, 0, QTableWidgetItem(key))
-            self.table.setItem(i, 1, QTableWidgetItem(name))
-        self.table.horizontalHeader().setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
+        self.table.setWordWrap(True)
+        for title, rows in sections.items():
+            row = self.table.rowCount()
+            self.table.insertRow(row)
+            heading = QTableWidgetItem(title)
+            font = heading.font()
+            font.setBold(True)
+            heading.setFont(font)
+            self.table.setItem(row, 0, heading)
+            self.table.setItem(row, 1, QTableWidgetItem(""))
+            self.table.setSpan(row, 0, 1, 3)
+            for key, name, help in rows:
+                row = self.table.rowCount()
+                self.table.insertRow(row)
+                for column, text in enumerate((key, name, help)):
+                    item = QTableWidgetItem(text)
+                    item.setToolTip(text)
+                    self.table.setItem(row, column, item)
+        header = self.table.horizontalHeader()
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(1, QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(2, QHeaderView.ResizeMode.Stretch)
+        self.table.resizeRowsToContents()
         layout = QVBoxLayout(self)
         layout.addWidget(self.table)
         buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
         buttons.rejected.connect(self.reject)
         layout.addWidget(buttons)
+
+    def text(self) -> str:
+        """The table as plain text, one row a line (cells tab-separated)."""
+        lines = []
+        for row in range(self.table.rowCount()):
+            cells = [self.table.item(row, c) for c in range(3)]
+            lines.append("\t".join(c.text() for c in cells if c is not None and c.text()))
+        return "\n".join(lines)
 
 
 class PreferencesDialog(QDialog):

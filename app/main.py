@@ -288,7 +288,7 @@ class MainWindow(QMainWindow):
         self.recent_menu.clear()
         files = self.settings.recent_files()
         for i, path in enumerate(files):
-            action = self.recent_menu.addAction(f"&{i + 1} {Path(path).name}")
+            action = self.recent_menu.addAction(f"&{i + 1} {recent_label(Path(path))}")
             action.setToolTip(path)
             action.setStatusTip(path)
             action.triggered.connect(lambda checked=False, p=path: self.open_files([p]))
@@ -337,7 +337,8 @@ class MainWindow(QMainWindow):
             self.refresh_device_label()
 
     def show_shortcuts(self) -> None:
-        ShortcutsDialog(self.actions(), self).exec()
+        self.shortcuts_dialog = ShortcutsDialog(self.actions(), self, self.current_workspace.registry)
+        self.shortcuts_dialog.open()
 
     def show_about(self) -> None:
         AboutDialog(self.device_info.summary(), self.settings.path, self).exec()
@@ -383,3 +384,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def recent_label(path: Path) -> str:
+    """How File ▸ Open recent names a file: a Phy folder (its params.py) by the folder's name."""
+    if path.name == "params.py":
+        return f"{path.parent.name} (Phy folder)"
+    return path.name

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Callable
 from PyQt6.QtCore import Qt, pyqtSignal
 from PyQt6.QtWidgets import QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QScrollArea, QSizePolicy, QStackedWidget, QVBoxLayout, QWidget
 
+from app.actions import ActionRegistry
 from app.jobs import Job
 from app.widgets.empty_state import EmptyState
 
@@ -32,6 +33,8 @@ class Workspace(QWidget):
         super().__init__()
         self.window = window
         self.current_path: Path | None = None
+        self.registry = ActionRegistry(self, self.title, refused=lambda action: window.show_status(
+            f"{action.name} is not available now" + (f": {action.help}" if action.help else ".")))  # keys, buttons, F1
 
     # -- file handling -------------------------------------------------------------------
     def can_open(self, path: Path) -> bool:

@@ -10,11 +10,12 @@ movie is opened or run again.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
 from PyQt6.QtCore import Qt, QTimer
-from PyQt6.QtGui import QColor, QKeySequence, QShortcut
+from PyQt6.QtGui import QColor, QKeySequence
 from PyQt6.QtWidgets import (
     QAbstractItemView,
     QApplication,
@@ -54,9 +55,6 @@ from engine.storage import workdir_for
 TRACE_RADIUS = 2  # pixels around a click averaged into its trace (movies without ROIs)
 IMAGE_KINDS = ("Mean", "Max", "Correlation", "Std", "Frame")
 TABLE_COLUMNS = ("ROI", "SNR", "r", "Size", "Accepted")
-KEYS_HELP = ("A accept · R reject · ←/→ previous/next ROI (table order) · M merge two (Ctrl-click the second) · "
-             "Del delete · N add (click a center) · Esc leave add mode · Ctrl+Z undo · Space play/pause")
-
 
 class NumberItem(QTableWidgetItem):
     """A table cell that sorts by its number, not its text."""
@@ -157,6 +155,9 @@ class CalciumWorkspace(Workspace):
         form.addRow(self.contrast_button)
         form.addRow(self.show_contours)
         self.play_timer = QTimer(self)
+        self.play_timer.setTimerType(Qt.TimerType.PreciseTimer)
+        self._play_origin = (0.0, 0)  # (clock, frame) when playing started
+        self._play_shown: int | None = None  # the frame playing showed last
         self.play_timer.timeout.connect(self._next_frame)
 
         qc = QGroupBox("ROI curation")
@@ -165,16 +166,16 @@ class CalciumWorkspace(Workspace):
         self.counts.setWordWrap(True)
         qc_layout.addWidget(self.counts)
         buttons = QGridLayout()
-        self.accept_button = self._button("Accept (A)", lambda: self.set_accepted(True))
-        self.reject_button = self._button("Reject (R)", lambda: self.set_accepted(False))
-        self.merge_button = self._button("Merge (M)", self.merge_selected)
+        self.accept_button = self._button("Accept (A)", None)  # these run their action in the registry (below)
+        self.reject_button = self._button("Reject (R)", None)
+        self.merge_button = self._button("Merge (M)", None)
         self.merge_button.setToolTip("Merge the two selected ROIs (Ctrl-click the second one) into one")
-        self.delete_button = self._button("Delete (Del)", self.delete_selected)
+        self.delete_button = self._button("Delete (Del)", None)
         self.add_button = self._button("Add ROI (N)", None)
         self.add_button.setCheckable(True)
         self.add_button.setToolTip("Then click the center of a cell the pipeline missed: a local NMF fits it in the background")
         self.add_button.toggled.connect(self._add_mode_toggled)
-        self.undo_button = self._button("Undo (Ctrl+Z)", self.undo)
+        self.undo_button = self._button("Undo (Ctrl+Z)", None)
         self.export_button = self._button("Export Suite2p…", self.export)
         self.export_button.setToolTip("Write stat.npy, F.npy, Fneu.npy, spks.npy, iscell.npy, ops.npy, "
                                       "footprints.npz and traces.npz into a folder")
@@ -187,9 +188,9 @@ class CalciumWorkspace(Workspace):
         buttons.addWidget(self.export_button, 3, 0, 1, 2)
         buttons.addWidget(self.export_nwb_button, 4, 0, 1, 2)
         qc_layout.addLayout(buttons)
-        keys = QLabel(KEYS_HELP, objectName="Hint")
-        keys.setWordWrap(True)
-        qc_layout.addWidget(keys)
+        self.keys_hint = QLabel("", objectName="Hint")  # filled from the registry; F1 lists them all
+        self.keys_hint.setWordWrap(True)
+        qc_layout.addWidget(self.keys_hint)
 
         self.fov = FieldOfView()
         self.fov.clicked.connect(self._image_clicked)
@@ -225,13 +226,28 @@ class CalciumWorkspace(Workspace):
         splitter.addWidget(self.traces)
         splitter.setSizes([560, 330])
 
-        for key, slot in (("A", lambda: self.set_accepted(True)), ("R", lambda: self.set_accepted(False)),
-                          ("Right", lambda: self.step_roi(1)), ("Left", lambda: self.step_roi(-1)),
-                          ("M", self.merge_selected), ("Del", self.delete_selected), ("Backspace", self.delete_selected),
-                          ("N", self.add_button.toggle), ("Esc", lambda: self.add_button.setChecked(False)),
-                          ("Space", self.play_button.toggle)):
-            QShortcut(QKeySequence(key), self, activated=slot)
-        QShortcut(QKeySequence.StandardKey.Undo, self, activated=self.undo)
+        add = self.registry.add
+        editable = lambda: self.curation is not None and not (self.edit_job is not None and self.edit_job.is_running)  # noqa: E731
+        chosen = lambda: editable() and self.curation.result.n_components > 0 and bool(self.selected)  # noqa: E731
+        add("Accept", lambda: self.set_accepted(True), "A", group="Quality control", enabled=chosen,
+            help="Accept the selected ROIs")
+        add("Reject", lambda: self.set_accepted(False), "R", group="Quality control", enabled=chosen,
+            help="Reject the selected ROIs")
+        add("Next ROI", lambda: self.step_roi(1), "Right", group="Quality control", help="In table order", hint=False)
+        add("Previous ROI", lambda: self.step_roi(-1), "Left", group="Quality control", hint=False)
+        add("Merge", self.merge_selected, "M", group="Quality control", enabled=lambda: chosen() and len(self.selected) == 2,
+            help="Select two ROIs (Ctrl-click the second) first")
+        add("Delete", self.delete_selected, ("Del", "Backspace"), group="Quality control", enabled=chosen,
+            help="Delete the selected ROIs")
+        add("Add ROI", self.add_button.toggle, "N", group="Quality control", help="Then click the center of a cell")
+        add("Leave add mode", lambda: self.add_button.setChecked(False), "Esc", group="Quality control", hint=False)
+        add("Undo", self.undo, QKeySequence.StandardKey.Undo, group="Quality control",
+            enabled=lambda: editable() and self.curation.can_undo)
+        for name, button in (("Accept", self.accept_button), ("Reject", self.reject_button), ("Merge", self.merge_button),
+                             ("Delete", self.delete_button), ("Undo", self.undo_button)):
+            self.registry.bind(name, button)
+        add("Play", self.play_button.toggle, "Space", group="Movie", help="Play or pause the movie")
+        self.keys_hint.setText(self.registry.hint() + " · ←/→ previous/next ROI")
 
         self.assemble([self.info, cnmf_box, display, qc], splitter, "No movie open",
                       "Open a calcium imaging movie (multi-page TIFF, NPY, HDF5; frames × height × width). "
@@ -286,6 +302,8 @@ class CalciumWorkspace(Workspace):
         self.curation = curation
         self.selected = []
         self.add_button.setChecked(False)
+        if curation is not None:
+            self.fov.marker.clear()  # ROIs replace the clicked pixel and its trace
         if curation is not None and self.image_kind.currentText() in ("Mean", "Std"):
             self.image_kind.setCurrentText("Correlation")  # cells stand out best there
         self._shown_kind = None
@@ -413,7 +431,10 @@ class CalciumWorkspace(Workspace):
         if playing:
             if self.image_kind.currentText() != "Frame":
                 self.image_kind.setCurrentText("Frame")
-            self.play_timer.start(int(max(33, 1000 / self._fps())))  # at most ~30 redraws per second
+            self._play_origin = (time.monotonic(), self.frame_slider.value())
+            # at most ~30 redraws per second; the frame shown follows the clock, so a slow redraw skips
+            # frames instead of slowing the movie down
+            self.play_timer.start(int(max(33, 1000 / self._fps())))
         else:
             self.play_timer.stop()
 
@@ -421,8 +442,12 @@ class CalciumWorkspace(Workspace):
         if self.movie is None:
             self.play_button.setChecked(False)
             return
-        step = max(1, int(round(self._fps() / 30)))  # real time for fast movies, frames skipped
-        self.frame_slider.setValue((self.frame_slider.value() + step) % self.movie.n_frames)
+        start, first = self._play_origin
+        if self.frame_slider.value() != self._play_shown:  # moved by hand while playing: go on from there
+            start, first = self._play_origin = (time.monotonic(), self.frame_slider.value())
+        frame = (first + int((time.monotonic() - start) * self._fps())) % self.movie.n_frames
+        self._play_shown = frame
+        self.frame_slider.setValue(frame)
 
     def _time_picked(self, seconds: float) -> None:
         if self.movie is not None:
@@ -566,7 +591,6 @@ class CalciumWorkspace(Workspace):
 
     def _refresh_controls(self) -> None:
         has_movie = self.movie is not None
-        has_rois = self.curation is not None and self.curation.result.n_components > 0
         running = self.cnmf_job is not None and self.cnmf_job.is_running
         editing = self.edit_job is not None and self.edit_job.is_running
         self.run_button.setEnabled(has_movie and not running)
@@ -574,11 +598,8 @@ class CalciumWorkspace(Workspace):
         self.source.setEnabled(has_movie)
         self.frame_slider.setEnabled(has_movie)
         self.play_button.setEnabled(has_movie)
-        for button in (self.accept_button, self.reject_button, self.delete_button):
-            button.setEnabled(has_rois and bool(self.selected) and not editing)
-        self.merge_button.setEnabled(has_rois and len(self.selected) == 2 and not editing)
+        self.registry.refresh()  # accept, reject, merge, delete, undo
         self.add_button.setEnabled(self.curation is not None and not editing)
-        self.undo_button.setEnabled(self.curation is not None and self.curation.can_undo and not editing)
         self.export_button.setEnabled(self.curation is not None and not editing)
         self.export_nwb_button.setEnabled(self.export_button.isEnabled())
 

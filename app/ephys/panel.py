@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 from PyQt6.QtCore import Qt, QTimer
-from PyQt6.QtGui import QKeySequence, QShortcut
+from PyQt6.QtGui import QKeySequence
 from PyQt6.QtWidgets import (QApplication, QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGridLayout, QGroupBox, QHBoxLayout,
                              QLabel, QProgressBar, QPushButton, QSizePolicy, QSpinBox, QSplitter, QVBoxLayout)
 
@@ -42,10 +42,6 @@ SCROLL_STEPS_PER_SECOND = 100  # scroll bar resolution: 10 ms
 MAX_WINDOW_VALUES = 40_000_000  # samples × channels read per redraw at most (~80 MB of int16)
 SYNC_MAX_VALUES = 500_000  # a window this cheap to read (samples × channels, a few ms) is drawn at once on the GUI thread
 DATA_KINDS = ("Preprocessed", "Raw")
-KEYS_HELP = ("G merge · K split (Ctrl-click a lasso on the amplitudes or features first) · Alt+G good · Alt+M mua · Alt+N noise · "
-             "Ctrl+Z undo · Ctrl+Shift+Z / Ctrl+Y redo · Space / Shift+Space next / previous similar unit · Esc clear lasso · "
-             "←/→ scroll traces")
-
 
 class EphysWorkspace(Workspace):
     key = "ephys"
@@ -126,14 +122,33 @@ class EphysWorkspace(Workspace):
         self._request_id = 0
         self._frame_id = 0  # the request on screen
 
-        for key, slot in (("G", self.merge_selected), ("K", self.split_selected),
-                          ("Alt+G", lambda: self.label_selected("good")), ("Alt+M", lambda: self.label_selected("mua")),
-                          ("Alt+N", lambda: self.label_selected("noise")), ("Ctrl+Shift+Z", self.redo), ("Ctrl+Y", self.redo),
-                          ("Esc", self.views.clear_lasso), ("Right", lambda: self.step_time(0.5)),
-                          ("Left", lambda: self.step_time(-0.5)), ("Space", lambda: self.next_similar(1)),
-                          ("Shift+Space", lambda: self.next_similar(-1))):
-            QShortcut(QKeySequence(key), self, activated=slot)
-        QShortcut(QKeySequence.StandardKey.Undo, self, activated=self.undo)
+        add = self.registry.add
+        units = lambda: self.curation is not None  # noqa: E731
+        add("Merge", self.merge_selected, "G", group="Curation", enabled=lambda: units() and len(self.selected) >= 2,
+            help="Select two or more units (click one, Ctrl-click the others): they become one new unit")
+        add("Split", self.split_selected, "K", group="Curation",
+            enabled=lambda: units() and bool(self.selected) and len(self.views.lasso) >= 3,
+            help="Ctrl-click a lasso of three or more points on the amplitudes or features first")
+        for label in ("good", "mua", "noise"):
+            add(f"Label {label}", lambda label=label: self.label_selected(label), f"Alt+{label[0].upper()}", group="Curation",
+                enabled=lambda: units() and bool(self.selected), help="Select one or more units first")
+        add("Undo", self.undo, QKeySequence.StandardKey.Undo, group="Curation",
+            enabled=lambda: units() and self.curation.can_undo)
+        add("Redo", self.redo, ("Ctrl+Shift+Z", "Ctrl+Y"), group="Curation",
+            enabled=lambda: units() and self.curation.can_redo)
+        for name, button in (("Merge", self.merge_button), ("Split", self.split_button), ("Label good", self.good_button),
+                             ("Label mua", self.mua_button), ("Label noise", self.noise_button), ("Undo", self.undo_button),
+                             ("Redo", self.redo_button)):
+            self.registry.bind(name, button)
+        add("Next similar unit", lambda: self.next_similar(1), "Space", group="Wizard",
+            help="Pair the selected unit with its most similar one, then the next most similar")
+        add("Previous similar unit", lambda: self.next_similar(-1), "Shift+Space", group="Wizard", hint=False)
+        add("Clear lasso", self.views.clear_lasso, "Esc", group="Views")
+        add("Lasso point", None, "Ctrl+click", group="Views", hint=False,
+            help="On the amplitude or feature view; Ctrl-click in the unit table selects several units")
+        add("Scroll traces forward", lambda: self.step_time(0.5), "Right", group="Traces", hint=False)
+        add("Scroll traces back", lambda: self.step_time(-0.5), "Left", group="Traces", hint=False)
+        self.keys_hint.setText(self.registry.hint() + " · ←/→ scroll traces")
 
         self.assemble([self.info, self.sort_box, self.curation_box, self.display_box], main, "No recording open",
                       "Open a raw binary recording (.raw, .bin, .dat; samples × channels) — its layout is read from a "
@@ -184,6 +199,7 @@ class EphysWorkspace(Workspace):
         self.progress_bar.setTextVisible(False)
         self.progress_bar.setFixedHeight(8)
         self.stage_label = QLabel("Not sorted yet.")
+        self._stage_counts_units = False  # the stage line shows the open folder's unit count (not a running sort)
         self.stage_label.setWordWrap(True)
         self.open_phy_button = QPushButton("Open Phy folder…")
         self.open_phy_button.setToolTip("Curate an existing Phy / Kilosort output folder; the raw file comes from its params.py")
@@ -249,15 +265,15 @@ class EphysWorkspace(Workspace):
         self.counts.setWordWrap(True)
         column.addWidget(self.counts)
         grid = QGridLayout()
-        self.merge_button = self._button("Merge (G)", self.merge_selected)
-        self.split_button = self._button("Split (K)", self.split_selected)
+        self.merge_button = self._button("Merge (G)")  # these run their action in the registry (see __init__)
+        self.split_button = self._button("Split (K)")
         self.split_button.setToolTip("Ctrl-click at least three points around spikes on the amplitude or feature view, then split the "
                                      "unit into the spikes inside and the rest")
-        self.good_button = self._button("Good", lambda: self.label_selected("good"))
-        self.mua_button = self._button("MUA", lambda: self.label_selected("mua"))
-        self.noise_button = self._button("Noise", lambda: self.label_selected("noise"))
-        self.undo_button = self._button("Undo", self.undo)
-        self.redo_button = self._button("Redo", self.redo)
+        self.good_button = self._button("Good")
+        self.mua_button = self._button("MUA")
+        self.noise_button = self._button("Noise")
+        self.undo_button = self._button("Undo")
+        self.redo_button = self._button("Redo")
         grid.addWidget(self.merge_button, 0, 0, 1, 3)
         grid.addWidget(self.split_button, 0, 3, 1, 3)
         grid.addWidget(self.good_button, 1, 0, 1, 2)
@@ -274,14 +290,15 @@ class EphysWorkspace(Workspace):
         self.saved_label = QLabel("", objectName="Hint")
         self.saved_label.setWordWrap(True)
         column.addWidget(self.saved_label)
-        keys = QLabel(KEYS_HELP, objectName="Hint")
-        keys.setWordWrap(True)
-        column.addWidget(keys)
+        self.keys_hint = QLabel("", objectName="Hint")  # filled from the registry; F1 lists them all
+        self.keys_hint.setWordWrap(True)
+        column.addWidget(self.keys_hint)
 
-    def _button(self, text: str, slot) -> QPushButton:
+    def _button(self, text: str, slot=None) -> QPushButton:
         button = QPushButton(text)
         button.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
-        button.clicked.connect(lambda checked=False: slot())
+        if slot is not None:
+            button.clicked.connect(lambda checked=False: slot())
         return button
 
     # -- opening -------------------------------------------------------------------------------
@@ -331,6 +348,7 @@ class EphysWorkspace(Workspace):
         self._set_recording(path, out["recording"], TraceSource(out["recording"]))
         self.set_probe(out["probe"])  # found beside the file: shown in the info and sorting boxes
         self._set_curation(None)
+        self._stage_counts_units = False
         self.stage_label.setText("Not sorted yet: press Sort.")
         self.progress_bar.setValue(0)
         self.loaded(path)
@@ -391,10 +409,8 @@ class EphysWorkspace(Workspace):
         self._set_curation(curation)
         if restore_view:
             self.restore_view_state(engine_curation.read_view_state(curation.folder))
-        counts = curation.counts()
-        labelled = sum(v for k, v in counts.items() if k != "unsorted")
-        self.stage_label.setText(f"{len(curation.cluster_ids)} units in {curation.folder.name}/"
-                                 + (f" ({labelled} labelled)." if labelled else "."))
+        self._stage_counts_units = True
+        self._update_counts()
         self.progress_bar.setValue(1000)
         if self.recording is not None:
             self.loaded(self.recording.path)
@@ -424,6 +440,7 @@ class EphysWorkspace(Workspace):
         job.progressed.connect(self._sort_progress)
         job.ended.connect(self._sort_ended)
         self.sort_job = job
+        self._stage_counts_units = False
         self.stage_label.setText("Starting…")
         self.progress_bar.setValue(0)
         self._refresh_controls()
@@ -596,6 +613,10 @@ class EphysWorkspace(Workspace):
             self.counts.setText("Sort, or open a Phy folder, to curate units.")
             return
         n = c.counts()
+        if self._stage_counts_units:  # the folder's line follows merges and splits, as the table does
+            labelled = sum(v for k, v in n.items() if k != "unsorted")
+            self.stage_label.setText(f"{len(c.cluster_ids)} units in {c.folder.name}/"
+                                     + (f" ({labelled} labelled)." if labelled else "."))
         current = ""
         if self.selected:
             r = c.row(self.selected[0])
@@ -611,12 +632,7 @@ class EphysWorkspace(Workspace):
         self.sort_button.setEnabled(has_rec and not running)
         self.cancel_button.setEnabled(running)
         self.probe_button.setEnabled(has_rec and not running)
-        self.merge_button.setEnabled(has_units and len(self.selected) >= 2)
-        self.split_button.setEnabled(has_units and len(self.selected) >= 1 and len(self.views.lasso) >= 3)
-        for button in (self.good_button, self.mua_button, self.noise_button):
-            button.setEnabled(has_units and bool(self.selected))
-        self.undo_button.setEnabled(has_units and self.curation.can_undo)
-        self.redo_button.setEnabled(has_units and self.curation.can_redo)
+        self.registry.refresh()  # merge, split, labels, undo, redo
         self.export_nwb_button.setEnabled(has_units)
         model = self.source is not None and self.source.has_model
         for box in (self.show_model, self.show_residual):

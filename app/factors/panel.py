@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 from PyQt6.QtCore import Qt
-from PyQt6.QtGui import QColor, QIcon, QKeySequence, QPixmap, QShortcut
+from PyQt6.QtGui import QColor, QIcon, QKeySequence, QPixmap
 from PyQt6.QtWidgets import (
     QButtonGroup, QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGridLayout, QGroupBox, QHBoxLayout,
     QInputDialog, QLabel, QListWidget, QListWidgetItem, QProgressBar, QPushButton, QSizePolicy, QSlider, QSpinBox,
@@ -36,9 +36,6 @@ from engine.factors.io import IMAGE_EXTENSIONS, LABEL_EXTENSIONS
 from engine.factors.rois import RegionSet
 
 OVERLAYS = ("Regions only", "Factor heatmap", "RGB composite", "Clusters")
-KEYS_HELP = ("P polygon · B brush · E eraser · V pan · Enter/double-click closes a polygon · Backspace drops a vertex · "
-             "Esc cancels · Ctrl+Z undoes the region's last shape · wheel zooms, drag pans")
-
 
 def _spin(minimum, maximum, value, tip, step=1, suffix=""):
     box = QSpinBox(minimum=minimum, maximum=maximum, value=value, singleStep=step, suffix=suffix)
@@ -69,10 +66,16 @@ class FactorsWorkspace(Workspace):
         self._outlines = None  # (labels, their outlines)
         self._build_views()
         self._build_controls()
-        for key, slot in (("P", lambda: self.set_tool("polygon")), ("B", lambda: self.set_tool("brush")),
-                          ("E", lambda: self.set_tool("erase")), ("V", lambda: self.set_tool("pan"))):
-            QShortcut(QKeySequence(key), self, activated=slot)
-        QShortcut(QKeySequence.StandardKey.Undo, self, activated=self.undo_shape)
+        add = self.registry.add
+        for key, tool, name in (("P", "polygon", "Polygon"), ("B", "brush", "Brush"), ("E", "erase", "Eraser"), ("V", "pan", "Pan")):
+            add(name, lambda tool=tool: self.set_tool(tool), key, group="Regions")
+        add("Close polygon", None, ("Return", "double-click"), group="Regions", hint=False)
+        add("Drop last vertex", None, "Backspace", group="Regions", hint=False)
+        add("Cancel shape", None, "Esc", group="Regions", hint=False)
+        add("Undo", self.undo_shape, QKeySequence.StandardKey.Undo, group="Regions", help="Undo the region's last shape")
+        add("Zoom / pan", None, ("wheel", "drag"), group="View", hint=False)
+        self.keys_hint.setText(self.registry.hint() + " · Enter/double-click closes a polygon · Backspace drops a vertex · "
+                               "Esc cancels · wheel zooms, drag pans")
         self.assemble([self.info, self.region_box, self.pipeline_box, self.select_box, self.cluster_box, self.display_box],
                       self.splitter, "No image open",
                       "Open a brain image (PNG, TIFF — large TIFFs are memory-mapped). Draw regions on it (or keep the "
@@ -128,9 +131,9 @@ class FactorsWorkspace(Workspace):
         form.addRow(self.show_labels)
         form.addRow("Opacity:", self.opacity)
         box.addLayout(form)
-        keys = QLabel(KEYS_HELP, objectName="Hint")
-        keys.setWordWrap(True)
-        box.addWidget(keys)
+        self.keys_hint = QLabel("", objectName="Hint")  # filled from the registry; F1 lists them all
+        self.keys_hint.setWordWrap(True)
+        box.addWidget(self.keys_hint)
 
         self.pipeline_box = QGroupBox("Pipeline")
         form = QFormLayout(self.pipeline_box)

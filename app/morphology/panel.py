@@ -9,12 +9,11 @@ centres) can be loaded and is drawn coloured by the class of each point's neares
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PyQt6.QtCore import Qt
-from PyQt6.QtGui import QKeySequence, QShortcut
+from PyQt6.QtGui import QKeySequence
 from PyQt6.QtWidgets import (
     QButtonGroup,
     QComboBox,
@@ -40,11 +39,12 @@ from app.widgets.colormaps import lut
 from app.widgets.mesh_view import MeshView
 from app.workspace import InfoBox, Workspace
 from engine.mesh import active, spines
-from engine.mesh.hks import HKSResult, compute_hks, log_hks, read_points
+from engine.mesh.entries import (MeshEntry, apply_model, compute_entry_hks, evaluate_entries, labels_snapshot,
+                                  locate_points, open_mesh_entry, train_on_entries)
+from engine.mesh.hks import HKSResult, log_hks
 from engine.errors import InputError
-from engine.mesh.io import HDF5_EXTENSIONS, MESH_EXTENSIONS, Mesh, find_vertex_label_file, is_hdf5_mesh, load_mesh, mesh_summary
-from engine.mesh.labels import UNLABELLED, LabelEditor, vertices_within
-from engine.mesh.picking import Picker
+from engine.mesh.io import HDF5_EXTENSIONS, MESH_EXTENSIONS, is_hdf5_mesh
+from engine.mesh.labels import UNLABELLED, vertices_within
 
 # Brush tools: (name, label code, key). Codes follow engine.mesh.spines (0 shaft, 1 spine, 2 soma).
 TOOLS = (("Navigate", None, "V"), ("Shaft", 0, "1"), ("Spine", 1, "2"), ("Soma", 2, "3"), ("Erase", UNLABELLED, "E"))
@@ -53,139 +53,6 @@ LABEL_COLORS = {UNLABELLED: (0.80, 0.81, 0.84, 1.0), 0: (0.23, 0.45, 0.85, 1.0),
 RANGE_MODES = ("1–99 %", "min–max", "manual")
 COLOR_MODES = ("Surface", "HKS", "Hand labels", "File labels", "P(spine)", "Uncertainty")
 UNCLASSIFIED_POINT = (0.15, 0.15, 0.15, 1.0)  # a point shown before any model has classified its mesh
-
-
-@dataclass
-class MeshEntry:
-    """One opened mesh and everything computed or drawn on it."""
-
-    path: Path
-    mesh: Mesh
-    summary: dict
-    file_labels: np.ndarray | None  # labels found beside the mesh, mapped to class codes
-    editor: LabelEditor
-    spec: spines.FeatureSpec  # how this mesh's HKS features are defined (its units' defaults)
-    picker: Picker
-    hks: HKSResult | None = None
-    proba: np.ndarray | None = None  # (n_vertices, n_classes) from the classifier
-    regions: list = field(default_factory=list)  # uncertain regions, most uncertain first
-    points: dict | None = None  # a loaded point table: path, points, nearest vertex, distance (locate_points)
-
-
-def open_mesh_entry(path: Path, kind: str = spines.DEFAULT_KIND, progress=None) -> MeshEntry:
-    """Job body: the mesh, its summary, labels found beside it, and the hand-label editor (restored)."""
-    progress.report(0.1, "reading mesh")
-    mesh = load_mesh(path)
-    progress.check()
-    progress.report(0.5, "inspecting components")
-    summary = mesh_summary(mesh)
-    progress.check()
-    progress.report(0.7, "building the label brush graph")
-    editor = LabelEditor.for_mesh(mesh.vertices, mesh.faces, LabelEditor.default_path(path))
-    found = find_vertex_label_file(path, mesh.n_vertices)
-    file_labels = None
-    if found is not None:
-        label_path, raw = found
-        try:
-            file_labels = spines.map_labels(raw, spines.guess_label_map(label_path, raw))
-        except InputError:  # labels of an unknown convention: show the mesh without them
-            file_labels = None
-    progress.report(0.9, "preparing picking")
-    return MeshEntry(path, mesh, summary, file_labels, editor, spines.FeatureSpec.default(mesh.units, kind=kind),
-                     Picker(mesh.vertices, mesh.faces))
-
-
-def locate_points(entry: MeshEntry, path: Path, progress=None) -> dict:
-    """Job body: read a point table (x, y, z in the mesh's units) and find each point's nearest vertex."""
-    progress.report(0.2, "reading points")
-    points = read_points(path)
-    progress.check()
-    vertex, distance = spines.nearest_vertices(entry.mesh, points)
-    return {"path": Path(path), "points": points, "vertex": vertex, "distance": distance}
-
-
-def compute_entry_hks(entry: MeshEntry, method: str, progress=None) -> HKSResult:
-    """Job body: the HKS of a mesh at its feature spec's timescales."""
-    return compute_hks(entry.mesh, timescales=np.asarray(entry.spec.timescales), max_eigenvalue=entry.spec.max_eigenvalue,
-                       laplacian=entry.spec.laplacian, method=method, progress=progress)
-
-
-def train_on_entries(entries: list[MeshEntry], current: MeshEntry, previous=None, progress=None) -> dict:
-    """Job body: fit the spine classifier on the hand labels of every mesh with an HKS in the current
-    mesh's units, then predict P(class) on each of them."""
-    spec = current.spec
-    usable = [e for e in entries if e.hks is not None and e.spec == spec]
-    if not usable:
-        raise InputError("Compute the HKS of this mesh first (Compute HKS): the classifier learns from HKS features.")
-    fit_stage, predict_stage = progress.split([1, 1], ["Training", "Predicting"])
-    features = {id(e): spines.vertex_features(e.mesh, e.hks, spec) for e in usable}
-    labelled = [(features[id(e)], e.editor.labels) for e in usable if (e.editor.labels >= 0).any()]
-    if not labelled:
-        raise InputError("No labelled vertices yet. Paint some shaft (1) and spine (2) vertices with the brush, "
-                         "or press “Use file labels”, then train.")
-    X = np.concatenate([x[y >= 0] for x, y in labelled])
-    y = np.concatenate([y[y >= 0] for _, y in labelled])
-    fit_stage.report(0.1, f"{len(y):,} labelled vertices")
-    fit_stage.check()
-    if previous is not None and getattr(previous, "feature_spec_", None) == spec:
-        model = active.retrain(previous, X, y)
-    else:
-        model = spines.SpineClassifier().fit(X, y, feature_spec=spec)
-    fit_stage.report(1.0)
-    probas = {}
-    for e in predict_stage.iterate(usable, message="mesh"):
-        probas[id(e)] = model.predict_proba(features[id(e)])
-    return {"model": model, "probas": probas, "n_labelled": len(y)}
-
-
-def training_labels(entry: MeshEntry) -> np.ndarray:
-    """The labels a mesh contributes to evaluation: its hand labels, or the labels found beside the file if it has none."""
-    if (entry.editor.labels >= 0).any() or entry.file_labels is None:
-        return entry.editor.labels
-    return entry.file_labels
-
-
-def features_for(entries: list[MeshEntry], spec: spines.FeatureSpec, method: str, progress) -> tuple[list, dict]:
-    """Features of every mesh for ``spec``, computing the HKS where a mesh has none in those units.
-
-    Returns (features per entry, {id(entry): new HKSResult}) — new results are handed back to the
-    GUI thread, which stores them, so a job never mutates the entries it reads.
-    """
-    features, new_hks = [], {}
-    stages = progress.split([1] * len(entries), [e.path.name for e in entries])
-    for entry, stage in zip(entries, stages):
-        if entry.spec == spec:
-            hks = entry.hks
-            if hks is None:
-                hks = new_hks[id(entry)] = compute_entry_hks(entry, method, progress=stage)
-            features.append(spines.vertex_features(entry.mesh, hks, spec))
-        else:  # another unit system: rescale the mesh to the model's units (HKS depends on size)
-            features.append(spines.mesh_features(entry.mesh, spec, progress=stage, method=method))
-        stage.report(1.0)
-    return features, new_hks
-
-
-def apply_model(entries: list[MeshEntry], model, method: str, progress=None) -> dict:
-    """Job body: P(class) of every vertex of every mesh under ``model`` (HKS computed where missing)."""
-    features, new_hks = features_for(entries, model.feature_spec_, method, progress)
-    return {"probas": {id(e): model.predict_proba(X) for e, X in zip(entries, features)}, "hks": new_hks}
-
-
-def evaluate_entries(entries: list[MeshEntry], method: str, progress=None) -> dict:
-    """Job body: leave-one-mesh-out over the labelled meshes (a halves split when only one has labels)."""
-    labelled = [e for e in entries if (training_labels(e) >= 0).any()]
-    if not labelled:
-        raise InputError("No mesh has labels yet: paint shaft and spine vertices, or open meshes with label files.")
-    spec = labelled[0].spec
-    features_stage, evaluation_stage = progress.split([3, 1], ["features", "evaluation"])
-    features, new_hks = features_for(labelled, spec, method, features_stage)
-    labels = [training_labels(e) for e in labelled]
-    if len(labelled) == 1:
-        evaluation = spines.evaluate_halves(labelled[0].mesh, features[0], labels[0], progress=evaluation_stage)
-    else:
-        evaluation = spines.evaluate_leave_one_out(features, labels, names=[e.path.name for e in labelled],
-                                                   max_train_per_mesh=20_000, progress=evaluation_stage)
-    return {"evaluation": evaluation, "hks": new_hks, "spec": spec}
 
 
 class MorphologyWorkspace(Workspace):
@@ -199,6 +66,7 @@ class MorphologyWorkspace(Workspace):
         self.entries: list[MeshEntry] = []
         self.entry: MeshEntry | None = None
         self.model = None
+        self._training: Job | None = None  # the running Train job: one at a time
         self.tool_code: int | None = None
         self._region_index = -1
         self.report = None  # the last evaluation dialog
@@ -267,7 +135,7 @@ class MorphologyWorkspace(Workspace):
         labels_layout = QVBoxLayout(labels_box)
         tools = QGridLayout()
         self.tool_buttons = QButtonGroup(self)
-        for i, (name, _code, key) in enumerate(TOOLS):
+        for i, (name, code, key) in enumerate(TOOLS):
             button = QToolButton()
             button.setText(f"{name} ({key})")
             button.setCheckable(True)
@@ -275,8 +143,9 @@ class MorphologyWorkspace(Workspace):
             button.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)  # share the column's width
             self.tool_buttons.addButton(button, i)
             tools.addWidget(button, i // 2, i % 2)
-            QShortcut(QKeySequence(key), self, activated=lambda i=i: self.select_tool(i))
-        QShortcut(QKeySequence("Esc"), self, activated=lambda: self.select_tool(0))
+            self.registry.add(f"{name} brush" if code is not None and code >= 0 else name,
+                              lambda i=i: self.select_tool(i), key, group="Labels")
+        self.registry.add("Back to navigate", lambda: self.select_tool(0), "Esc", group="Labels", hint=False)
         self.tool_buttons.idClicked.connect(self.select_tool)
         self.tool_buttons.button(0).setChecked(True)
         labels_layout.addLayout(tools)
@@ -285,8 +154,8 @@ class MorphologyWorkspace(Workspace):
         self.brush.setToolTip("Brush radius, geodesic, in mesh units ([ and ] change it)")
         brush_form.addRow("Brush radius:", self.brush)
         labels_layout.addLayout(brush_form)
-        QShortcut(QKeySequence("["), self, activated=lambda: self.brush.setValue(self.brush.value() / 1.25))
-        QShortcut(QKeySequence("]"), self, activated=lambda: self.brush.setValue(self.brush.value() * 1.25))
+        self.registry.add("Smaller brush", lambda: self.brush.setValue(self.brush.value() / 1.25), "[", group="Labels")
+        self.registry.add("Larger brush", lambda: self.brush.setValue(self.brush.value() * 1.25), "]", group="Labels")
         self.counts = QLabel("—")
         self.counts.setWordWrap(True)
         labels_layout.addWidget(self.counts)
@@ -295,15 +164,17 @@ class MorphologyWorkspace(Workspace):
         self.redo_button = QPushButton("Redo")
         self.import_button = QPushButton("Use file labels")
         self.import_button.setToolTip("Copy the labels found beside the mesh file into the hand labels (one undo step)")
-        self.undo_button.clicked.connect(self.undo)
-        self.redo_button.clicked.connect(self.redo)
+        self.registry.add("Undo", self.undo, QKeySequence.StandardKey.Undo, group="Labels", hint=False,
+                          enabled=lambda: self.entry is not None and self.entry.editor.can_undo)
+        self.registry.add("Redo", self.redo, "Ctrl+Shift+Z", group="Labels", hint=False,
+                          enabled=lambda: self.entry is not None and self.entry.editor.can_redo)
+        self.registry.bind("Undo", self.undo_button)
+        self.registry.bind("Redo", self.redo_button)
         self.import_button.clicked.connect(self.import_file_labels)
         undo_row.addWidget(self.undo_button, 0, 0)
         undo_row.addWidget(self.redo_button, 0, 1)
         undo_row.addWidget(self.import_button, 1, 0, 1, 2)
         labels_layout.addLayout(undo_row)
-        QShortcut(QKeySequence.StandardKey.Undo, self, activated=self.undo)
-        QShortcut(QKeySequence("Ctrl+Shift+Z"), self, activated=self.redo)
 
         classifier = QGroupBox("Spine classifier")
         classifier_layout = QVBoxLayout(classifier)
@@ -317,10 +188,15 @@ class MorphologyWorkspace(Workspace):
         kind_form = QFormLayout()
         kind_form.addRow("Features:", self.feature_kind)
         classifier_layout.addLayout(kind_form)
-        self.train_button = QPushButton("Train (T)", objectName="Primary")
-        self.train_button.clicked.connect(self.train)
-        self.next_button = QPushButton("Next uncertain region (N)")
-        self.next_button.clicked.connect(self.next_uncertain_region)
+        self.registry.add("Train", self.train, "T", group="Spine classifier",
+                          enabled=lambda: self._training is None and any(e.hks is not None for e in self.entries),
+                          help="Fit the classifier on the hand labels as they are now (painting may go on meanwhile)")
+        self.registry.add("Next uncertain region", self.next_uncertain_region, "N", group="Spine classifier",
+                          enabled=lambda: self.entry is not None and self.entry.proba is not None,
+                          help="Frame the most uncertain unlabelled region, then the next one")
+        self.registry.add("Rotate", None, "drag", group="View", help="Shift-drag pans, the wheel zooms", hint=False)
+        self.train_button = self.registry.bind("Train", QPushButton("Train (T)", objectName="Primary"))
+        self.next_button = self.registry.bind("Next uncertain region", QPushButton("Next uncertain region (N)"))
         self.apply_button = QPushButton("Apply to all meshes")
         self.apply_button.setToolTip("Paint P(spine) on every open mesh (computes missing HKS)")
         self.apply_button.clicked.connect(self.apply_to_all)
@@ -351,8 +227,6 @@ class MorphologyWorkspace(Workspace):
         classifier_layout.addLayout(model_row)
         classifier_layout.addWidget(self.model_status)
         classifier_layout.addWidget(self.points_status)
-        QShortcut(QKeySequence("T"), self, activated=self.train)
-        QShortcut(QKeySequence("N"), self, activated=self.next_uncertain_region)
 
         self.view = MeshView()
         self.view.stroke_started.connect(self._stroke_started)
@@ -556,9 +430,9 @@ class MorphologyWorkspace(Workspace):
 
     # -- classifier ----------------------------------------------------------------------
     def train(self) -> Job | None:
-        if not self.entries:
+        """Train on the hand labels as they are now: painting goes on while the job runs, on a copy."""
+        if not self.entries or self.entry is None or self._training is not None:
             return None
-        self.train_button.setEnabled(False)
 
         def done(result: dict) -> None:
             self.model = result["model"]
@@ -573,10 +447,16 @@ class MorphologyWorkspace(Workspace):
             self.recolor()
             self._show_points()
 
-        job = self.window.run_job("Train spine classifier", train_on_entries, list(self.entries), self.entry, self.model,
-                                  on_result=done)
-        job.ended.connect(lambda _: self._refresh_controls())
+        entries = list(self.entries)
+        job = self._training = self.window.run_job("Train spine classifier", train_on_entries, entries,
+                                                   labels_snapshot(entries), self.entry.spec, self.model, on_result=done)
+        job.ended.connect(self._training_ended)
+        self._refresh_controls()
         return job
+
+    def _training_ended(self, _job: Job) -> None:
+        self._training = None
+        self._refresh_controls()
 
     def _take_hks(self, new_hks: dict) -> None:
         """Store HKS results a job computed (GUI thread only)."""
@@ -610,6 +490,7 @@ class MorphologyWorkspace(Workspace):
     def evaluate(self) -> Job | None:
         if not self.entries:
             return None
+        entries = list(self.entries)
 
         def done(result: dict) -> None:
             from app.morphology.report import EvaluationDialog
@@ -618,8 +499,8 @@ class MorphologyWorkspace(Workspace):
             self.report = EvaluationDialog(result["evaluation"], f"Features: {result['spec'].describe()}.", self)
             self.report.show()
 
-        job = self.window.run_job("Evaluate spine classifier", evaluate_entries, list(self.entries),
-                                  self.hks_method.currentText(), on_result=done)
+        job = self.window.run_job("Evaluate spine classifier", evaluate_entries, entries,
+                                  labels_snapshot(entries, file_fallback=True), self.hks_method.currentText(), on_result=done)
         job.ended.connect(lambda _: self._refresh_controls())
         return job
 
@@ -761,14 +642,11 @@ class MorphologyWorkspace(Workspace):
         entry = self.entry
         has = entry is not None
         self.compute_button.setEnabled(has)
-        self.train_button.setEnabled(any(e.hks is not None for e in self.entries))
-        self.next_button.setEnabled(has and entry.proba is not None)
+        self.registry.refresh()  # Train, Next uncertain region, Undo, Redo
         self.apply_button.setEnabled(self.model is not None and has)
         self.evaluate_button.setEnabled(has)
         self.save_model_button.setEnabled(self.model is not None)
         self.load_points_button.setEnabled(has)
-        self.undo_button.setEnabled(has and entry.editor.can_undo)
-        self.redo_button.setEnabled(has and entry.editor.can_redo)
         self.import_button.setEnabled(has and entry.file_labels is not None)
         if has:
             counts = entry.editor.counts()

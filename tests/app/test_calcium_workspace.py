@@ -186,3 +186,31 @@ def test_a_damaged_decisions_file_is_kept_aside_and_said(window, qtbot, tmp_path
     assert ws.curation is not None and ws.curation.decisions == []  # afresh
     ws.curation.set_accepted([0], False)
     assert aside.read_bytes() == damaged and "reject" in curation_path(path).read_text()
+
+
+def test_movie_plays_in_real_time_when_a_redraw_is_slow(window, qtbot, tmp_path):
+    """A 30 fps movie plays 30 frames a second even when each redraw takes 60 ms: frames are skipped,
+    the movie is not slowed down (it played at half speed when every tick drew the next frame)."""
+    import time
+
+    path, _truth = write_recording(tmp_path / "rec", n_frames=600, height=32, width=32, n_cells=3, seed=1, fps=30.0)
+    ws = open_in(window, qtbot, path)
+    assert ws._fps() == pytest.approx(30.0)
+    ws.frame_slider.valueChanged.connect(lambda _v: time.sleep(0.06))  # a slow machine's redraw
+    start, first = time.monotonic(), ws.frame_slider.value()
+    ws.play_button.setChecked(True)
+    qtbot.wait(1500)
+    ws.play_button.setChecked(False)
+    elapsed, advanced = time.monotonic() - start, ws.frame_slider.value() - first
+    # the old player reached ~0.2 of real time here; 0.5 leaves room for a busy machine's late timer ticks
+    assert 0.5 * 30 * elapsed <= advanced <= 30 * elapsed + 1
+
+
+def test_clicked_pixel_marker_goes_when_cnmf_gives_rois(window, qtbot, movie):
+    ws = open_in(window, qtbot, movie)
+    wait_for_job(qtbot, ws.show_trace_at(20, 30))
+    assert len(ws.fov.marker.data) == 1
+    job = ws.run_cnmf()
+    wait_for_job(qtbot, job, timeout=120000)
+    assert job.state is JobState.FINISHED, job.error and job.error.details
+    assert ws.curation is not None and len(ws.fov.marker.data) == 0

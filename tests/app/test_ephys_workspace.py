@@ -116,6 +116,7 @@ def test_sort_view_curate_and_reload(window, qtbot, recording, tmp_path, monkeyp
     new = max(ids) + 1
     assert ws.selected == [new] and set(ws.curation.cluster_ids) == set(ids) - {a, b} | {new}
     assert ws.table.rowCount() == len(ids) - 1
+    assert ws.stage_label.text().startswith(f"{len(ids) - 1} units in ")  # the stage line counts as the table does
     assert set(np.load(folder / "spike_clusters.npy")) == set(ids) - {a, b} | {new}  # autosaved
     qtbot.keyClick(ws, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)
     assert set(ws.curation.cluster_ids) == set(ids) and set(ws.selected) == {a, b}

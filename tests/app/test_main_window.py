@@ -151,3 +151,13 @@ def test_compute_settings_reach_the_engine_unless_the_environment_says_otherwise
     assert os.environ[DEVICE_ENV] == "cpu"
     assert os.environ[SCHEDULER_ENV] == "tcp://cluster:8786"
     assert win.device_info.device == "cpu"
+
+
+def test_open_recent_names_a_phy_folder_by_its_folder(window, settings, tmp_path):
+    phy = tmp_path / "locust_sorted"
+    phy.mkdir()
+    (phy / "params.py").write_text("dat_path = 'x.dat'\n")
+    settings.add_recent_file(phy / "params.py")
+    window.recent_menu.aboutToShow.emit()
+    entries = [a.text() for a in window.recent_menu.actions()]
+    assert "&1 locust_sorted (Phy folder)" in entries

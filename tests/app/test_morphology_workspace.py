@@ -1,11 +1,14 @@
 """The whole morphology loop in the GUI: open → HKS → click-label → undo → train → posterior → reopen."""
 
+import threading
+
 import numpy as np
 import pytest
 from PyQt6.QtCore import QPoint, Qt
 
 from app.jobs import JobState
 from app.screenshots import is_blank, save_screenshot
+from engine.mesh import spines
 from engine.mesh.labels import UNLABELLED
 from engine.mesh.synth import write_demo_dendrite
 
@@ -99,6 +102,44 @@ def test_label_train_and_restore_loop(window, qtbot, dendrite, tmp_path):
     expected = ws.entry.editor.labels.copy()
     ws2 = open_in(window, qtbot, dendrite)
     np.testing.assert_array_equal(ws2.entry.editor.labels, expected)
+
+
+def test_painting_during_training_leaves_the_running_job_alone(window, qtbot, dendrite, monkeypatch):
+    """A stroke while Train runs must not reach the job (it trains on the labels of the moment T was
+    pressed), and Train stays disabled, for the button and the key, until the job ends."""
+    ws = open_in(window, qtbot, dendrite)
+    wait_for_job(qtbot, ws.compute_hks(), timeout=120000)
+    truth = np.load(dendrite.with_name("dendrite_spine_labels.npy"))
+    ws.paint_at(int(np.flatnonzero(truth == 1)[0]), 1, radius=0.5)
+    ws.paint_at(int(np.flatnonzero(truth == 0)[0]), 0, radius=2.0)
+    at_press = int((ws.entry.editor.labels >= 0).sum())
+
+    # hold the job inside its feature step (before it builds X and y) until the stroke is done
+    inside, release = threading.Event(), threading.Event()
+    features = spines.vertex_features
+
+    def held(*args, **kwargs):
+        inside.set()
+        release.wait(30)
+        return features(*args, **kwargs)
+
+    monkeypatch.setattr(spines, "vertex_features", held)
+    started = []
+    window.jobs.job_added.connect(started.append)
+    qtbot.keyClick(ws, Qt.Key.Key_T)
+    assert len(started) == 1 and inside.wait(10)
+    job = started[0]
+    ws.paint_at(int(np.flatnonzero(truth == 1)[-1]), 1, radius=1.0)  # a stroke during training
+    assert int((ws.entry.editor.labels >= 0).sum()) > at_press
+    assert not ws.train_button.isEnabled()
+    qtbot.keyClick(ws, Qt.Key.Key_T)  # the key is refused too while the job runs
+    assert len(started) == 1
+    release.set()
+    wait_for_job(qtbot, job, timeout=120000)
+    assert job.state is JobState.FINISHED, job.error and job.error.details
+    assert job.result["n_labelled"] == at_press
+    assert f"Trained on {at_press:,} labelled" in ws.model_status.text()
+    assert ws.train_button.isEnabled()
 
 
 def test_apply_to_all_evaluate_and_model_files(window, qtbot, tmp_path, monkeypatch):
