@@ -60,6 +60,10 @@ def _demo(screenshot_dir: Path | None) -> int:
     from app.screenshots import is_blank, save_screenshot
 
     app = create_application()
+    if screenshot_dir is not None:  # unattended: a second run asks whether to replace the first run's results
+        from app import dialogs
+
+        dialogs.unattended = True
     window = MainWindow()
     window.resize(1480, 900)
     window.show()

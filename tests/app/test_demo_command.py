@@ -27,6 +27,12 @@ def test_demo_writes_non_blank_screenshots_of_every_workspace_without_a_display(
             "1-morphology-4-uncertain.png"} <= names
     for path in shots:
         assert not is_blank(QImage(str(path))), path
+    # `make run` again: the first run's results are there, and the questions they raise (replace the
+    # trained model's latents and factors?) must not wait for a person who is not there
+    again = subprocess.run([sys.executable, "-m", "engine.cli", "demo", "--screenshots", str(tmp_path / "shots2")],
+                           env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert len(list((tmp_path / "shots2").glob("*.png"))) == len(shots)
 
 
 def test_gui_without_display_says_what_to_do(tmp_path):
