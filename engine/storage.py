@@ -328,12 +328,7 @@ def set_aside_damaged(path: str | os.PathLike, tag: str = "damaged") -> Path:
     """Rename an unreadable hand-work file to ``<name>.damaged-<YYYYmmdd-HHMMSS>`` beside it (``tag``
     for another reason; never overwritten: a person can still open or restore it); returns the new path."""
     path = Path(path)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    aside = path.with_name(f"{path.name}.{tag}-{stamp}")
-    n = 1
-    while aside.exists():
-        n += 1
-        aside = path.with_name(f"{path.name}.{tag}-{stamp}-{n}")
+    aside = free_name(path.with_name(f"{path.name}.{tag}-{time.strftime('%Y%m%d-%H%M%S')}"))
     os.replace(path, aside)
     return aside
 

@@ -47,7 +47,7 @@ def killed_at_every_write(actions, prepare, max_runs: int = 400):
             try:
                 count = [0]
 
-                def hooked(fn):
+                def hooked(fn, count=count, k=k):
                     def wrapper(*args, **kwargs):
                         if count[0] == k:
                             os._exit(137)

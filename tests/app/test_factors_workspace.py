@@ -297,16 +297,22 @@ def test_training_belongs_to_the_image_it_started_on(window, qtbot, tmp_path):
     assert open_in(window, qtbot, a).model is not None  # it is A's, found when A is opened
 
 
-def test_train_asks_before_discarding_results_and_clears_them(window, qtbot, mosaic):
-    from gui_helpers import answer_next_question
-    from tests.conftest import folder_bytes
-
+def _open_finished_project(window, qtbot, mosaic):
+    """The mosaic with a whole pipeline run (model, latents, factors, clusters) saved, opened in the window."""
     opened = workflow.open_project_job(mosaic)
     folder = workflow.project_folder(mosaic)
     workflow.run_pipeline(opened["image"], opened["project"].regions.rasterize(), folder, patch_size=64, epochs=1,
                           patches_per_epoch=64, stride=16, k=3, cluster_roi=1, n_clusters=2, device="cpu")
     ws = open_in(window, qtbot, mosaic)
     ws.regions.save(folder)  # (the regions, as the window keeps them)
+    return ws, folder
+
+
+def test_train_asks_before_discarding_results_and_clears_them(window, qtbot, mosaic):
+    from gui_helpers import answer_next_question
+    from tests.conftest import folder_bytes
+
+    ws, folder = _open_finished_project(window, qtbot, mosaic)
     assert ws.clusters is not None and "Clusters" in ws.legend.text()
     ws.epochs.setValue(1)
     before = folder_bytes(folder)
@@ -345,12 +351,7 @@ def test_cancelled_extract_and_nmf_keep_the_results_on_disk_and_shown(window, qt
     import engine.factors.nmf as nmf_module
     from tests.conftest import folder_bytes
 
-    opened = workflow.open_project_job(mosaic)
-    folder = workflow.project_folder(mosaic)
-    workflow.run_pipeline(opened["image"], opened["project"].regions.rasterize(), folder, patch_size=64, epochs=1,
-                          patches_per_epoch=64, stride=16, k=3, cluster_roi=1, n_clusters=2, device="cpu")
-    ws = open_in(window, qtbot, mosaic)
-    ws.regions.save(folder)  # (the regions, as the window keeps them)
+    ws, folder = _open_finished_project(window, qtbot, mosaic)
     shown = (ws.latents, ws.factors, ws.clusters, ws.legend.text(), ws.factor_list.count())
     assert ws.clusters is not None and shown[4] == 3
     before = folder_bytes(folder)
@@ -366,7 +367,7 @@ def test_cancelled_extract_and_nmf_keep_the_results_on_disk_and_shown(window, qt
     for button in (ws.extract_button, ws.nmf_button):
         qtbot.mouseClick(button, Qt.MouseButton.LeftButton)
         job = ws.job
-        qtbot.waitUntil(lambda: job.fraction > 0, timeout=30000)
+        qtbot.waitUntil(lambda job=job: job.fraction > 0, timeout=30000)
         qtbot.mouseClick(ws.cancel_button, Qt.MouseButton.LeftButton)
         wait_for_job(qtbot, job, timeout=30000)
         assert job.state is JobState.CANCELLED and "earlier results are kept" in ws.stage_label.text()

@@ -157,12 +157,12 @@ def test_hks_cancel_at_every_stage_keeps_the_previous_output(tmp_path, monkeypat
     before = out.read_bytes()
     real = hks.compute_hks
     for k in range(1, 100):  # cancel at the k-th progress report, for every k until a run completes
-        def cancelled_at_report(*args, progress=None, **kwargs):
+        def cancelled_at_report(*args, progress=None, at=k, **kwargs):
             count = [0]
 
             def callback(fraction, message):
                 count[0] += 1
-                if count[0] == k:
+                if count[0] == at:
                     inner.cancel()
 
             inner = Progress(callback, min_interval=0.0)
