@@ -59,3 +59,89 @@ def nwbinspector_problems(path) -> list[str]:
     bad = Importance.BEST_PRACTICE_VIOLATION.value
     return [f"{m.importance.name} {m.check_function_name} {m.location}: {m.message}"
             for m in inspect_nwbfile(nwbfile_path=str(path)) if m.importance.value >= bad]
+
+
+# -- calcium imaging ---------------------------------------------------------------------------------
+
+def scanimage_frame_data(channels=(1,), planes: int = 1, flyback: int = 0, frames_per_slice: int = 1, frame_rate: float = 30.0,
+                         height: int = 16, width: int = 20, volumes: int = 1, column: bool = True) -> dict:
+    """The non-varying frame data ScanImage 2020+ writes (the keys readers use, with ScanImage's names and values):
+    saved channels, FastZ volumes of ``planes`` slices plus ``flyback`` discarded frames, frame and volume rates.
+    Channel lists are MATLAB column vectors (``[1;2]``) as ScanImage writes them, or rows (``[1 2]``) with ``column=False``."""
+    volumetric = planes > 1
+    per_volume = planes * frames_per_slice
+    saved = ("[" + (";" if column else " ").join(str(c) for c in channels) + "]") if len(channels) > 1 else str(channels[0])
+    return {
+        "SI.VERSION_MAJOR": "'2020'", "SI.VERSION_MINOR": "'1'", "SI.TIFF_FORMAT_VERSION": "4", "SI.LINE_FORMAT_VERSION": "1",
+        "SI.acqState": "'grab'", "SI.acqsPerLoop": "1", "SI.imagingSystem": "'ResScanner'",
+        "SI.hChannels.channelName": "{'Channel 1' 'Channel 2' 'Channel 3' 'Channel 4'}",
+        "SI.hChannels.channelSave": saved, "SI.hChannels.channelsActive": saved,
+        "SI.hChannels.channelsDataType": "'int16'",
+        "SI.hFastZ.enable": "true" if volumetric else "false", "SI.hFastZ.flybackTime": "0.015",
+        "SI.hFastZ.numDiscardFlybackFrames": str(flyback), "SI.hFastZ.discardFlybackFrames": "true" if flyback else "false",
+        "SI.hRoiManager.linesPerFrame": str(height), "SI.hRoiManager.pixelsPerLine": str(width),
+        "SI.hRoiManager.scanFrameRate": f"{frame_rate}", "SI.hRoiManager.scanFramePeriod": f"{1 / frame_rate}",
+        "SI.hRoiManager.scanVolumeRate": f"{frame_rate / (per_volume + flyback) if volumetric else frame_rate}",
+        "SI.hScan2D.logFramesPerFile": "Inf", "SI.hScan2D.logAverageFactor": "1",
+        "SI.hStackManager.enable": "true" if volumetric else "false", "SI.hStackManager.stackMode": "'fast'",
+        "SI.hStackManager.numSlices": str(planes), "SI.hStackManager.actualNumSlices": str(planes),
+        "SI.hStackManager.framesPerSlice": str(frames_per_slice), "SI.hStackManager.actualNumVolumes": str(volumes),
+        "SI.hStackManager.numVolumes": str(volumes),
+        "SI.hStackManager.numFramesPerVolume": str(per_volume), "SI.hStackManager.numFramesPerVolumeWithFlyback": str(per_volume + flyback),
+        "SI.hStackManager.zs": "[" + " ".join(str(30 * z) for z in range(planes)) + "]",
+    }
+
+
+def write_scanimage(path, pages: np.ndarray, frame_data: dict, frame_rate: float = 30.0) -> Path:
+    """A ScanImage 2016+ BigTIFF as ScanImage's own writer lays it out (ScanImage BigTiff Specification): the BigTIFF
+    header; at byte 16 the magic 117637889, format version 3, the lengths of the non-varying frame data (MATLAB
+    ``key = value`` lines, NUL-terminated) and of the ROI group JSON, then both; then per page its IFD (Software and
+    Artist tags point at the two blocks), its frame-varying ImageDescription (frame numbers, timestamps) and the
+    int16 pixels, uncompressed in one strip. ``pages`` (n_pages × height × width) in acquisition order: channels
+    fastest, then slices, flyback frames, volumes."""
+    import json
+    import struct
+
+    pages = np.asarray(pages, dtype="<i2")
+    n, height, width = pages.shape
+    static = ("\n".join(f"{k} = {v}" for k, v in frame_data.items()) + "\n").encode() + b"\0"
+    rois = (json.dumps({"RoiGroups": {"imagingRoiGroup": {"ver": 1, "classname": "scanimage.mroi.RoiGroup", "name": "Default",
+                                                          "rois": {"ver": 1, "name": "Default Imaging ROI", "enable": 1,
+                                                                   "scanfields": {"pixelResolutionXY": [width, height]}}}}})
+            .encode() + b"\0")
+    out = bytearray(struct.pack("<2sHHHQ", b"II", 43, 8, 0, 0))  # first IFD offset filled in below
+    out += struct.pack("<IIII", 117637889, 3, len(static), len(rois))
+    static_at = len(out)
+    out += static
+    rois_at = len(out)
+    out += rois
+    ifd_offsets = []
+    for i in range(n):
+        if len(out) % 2:
+            out += b"\0"
+        t = (i / frame_rate)
+        description = (f"frameNumbers = {i + 1}\nframeNumberAcquisition = {i + 1}\nframeTimestamps_sec = {t:.6f}\n"
+                       f"acqTriggerTimestamps_sec = \nnextFileMarkerTimestamps_sec = \nendOfAcquisition = {int(i == n - 1)}\n"
+                       f"endOfAcquisitionMode = 0\ndcOverVoltage = 0\nepoch = [2024 5 1 10 0 0.000]\nauxTrigger0 = []\n"
+                       f"auxTrigger1 = []\nauxTrigger2 = []\nauxTrigger3 = []\nI2CData = {{}}\n").encode() + b"\0"
+        tags = [(256, 3, 1, width), (257, 3, 1, height), (258, 3, 1, 16), (259, 3, 1, 1), (262, 3, 1, 1),
+                (270, 2, len(description), None), (273, 16, 1, None), (274, 3, 1, 1), (277, 3, 1, 1), (278, 3, 1, height),
+                (279, 16, 1, height * width * 2), (284, 3, 1, 1), (305, 2, len(static), static_at),
+                (315, 2, len(rois), rois_at), (339, 3, 1, 2)]
+        ifd_at = len(out)
+        ifd_offsets.append(ifd_at)
+        ifd_size = 8 + 20 * len(tags) + 8
+        description_at = ifd_at + ifd_size
+        pixels_at = description_at + len(description)
+        ifd = bytearray(struct.pack("<Q", len(tags)))
+        for code, kind, count, value in tags:
+            value = {270: description_at, 273: pixels_at}.get(code, value)
+            field = struct.pack("<H", value) + b"\0" * 6 if kind == 3 else struct.pack("<Q", value)
+            ifd += struct.pack("<HHQ", code, kind, count) + field
+        ifd += struct.pack("<Q", 0)  # next IFD: patched when the next page is written
+        out += ifd + description + pages[i].tobytes()
+    struct.pack_into("<Q", out, 8, ifd_offsets[0])
+    for a, b in zip(ifd_offsets[:-1], ifd_offsets[1:]):
+        struct.pack_into("<Q", out, a + 8 + 20 * 15, b)
+    Path(path).write_bytes(bytes(out))
+    return Path(path)

@@ -1,8 +1,8 @@
 """`neurowb cnmf`, `neurowb deconvolve` and `neurowb simulate-calcium` (registered through the
 ``neurowb.commands`` entry point ``calcium``).
 
-``neurowb cnmf MOVIE -o OUT_DIR [--nwb FILE.nwb] [--nwb-metadata META] [--fs HZ] [--neuron-diameter PX] [--register …] [--patch-size PX]``
-    runs :func:`engine.calcium.pipeline.run_cnmf` and writes the Suite2p folder, ``footprints.npz``
+``neurowb cnmf MOVIE -o OUT_DIR [--plane K] [--channel C] [--nwb FILE.nwb] [--nwb-metadata META] [--fs HZ] [--neuron-diameter PX] [--register …] [--patch-size PX]``
+    runs :func:`engine.calcium.pipeline.run_cnmf` on one plane and channel of MOVIE and writes the Suite2p folder, ``footprints.npz``
     and ``traces.npz`` (:mod:`engine.calcium.export`) into OUT_DIR; ``--nwb`` also an NWB file, with the
     session metadata of ``--nwb-metadata`` (JSON or YAML, NWB's field names).
 ``neurowb deconvolve TRACES.npy [--fs HZ] [--method fast|cvxpy] -o OUT.npz``
@@ -28,6 +28,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               "deconvolution, evaluation.")
     p.add_argument("movie", metavar="MOVIE", help="movie file: TIFF, NPY or HDF5 (frames × height × width)")
     p.add_argument("-o", "--output", metavar="OUT_DIR", required=True, help="output folder (Suite2p files, footprints.npz, traces.npz)")
+    p.add_argument("--plane", type=nonnegative_int, metavar="K", help="plane of a multi-plane recording (0 = the first, as Suite2p's plane0)")
+    p.add_argument("--channel", type=positive_int, metavar="C", help="channel of a multi-channel recording, by the acquisition's own "
+                   "number (ScanImage's 1 for 'Channel 1')")
     p.add_argument("--fs", type=positive_float, metavar="HZ", help="frame rate (default: from the file, else 30)")
     p.add_argument("--neuron-diameter", type=number(float, 2), default=10.0, metavar="PX", help="typical cell diameter in pixels (default 10)")
     p.add_argument("--register", choices=("rigid", "piecewise", "none"), default="none", help="motion correction (default none)")
@@ -76,7 +79,7 @@ def _run_cnmf(args: argparse.Namespace) -> int:
     from engine.nwb import command_metadata
 
     metadata = command_metadata(args.nwb, args.nwb_metadata)
-    movie = open_movie(args.movie, fps=args.fs)
+    movie = open_movie(args.movie, fps=args.fs, plane=args.plane, channel=args.channel)
     print(f"{movie!r}", file=sys.stderr)
     with progress_bar("CNMF") as progress:
         result = run_cnmf(movie, fs=args.fs, neuron_diameter=args.neuron_diameter, register=args.register,

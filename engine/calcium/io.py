@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -66,6 +67,7 @@ class Movie:
         self._reader = reader
         self._closer = closer
         self._closed = False
+        self.selection: dict = {}  # plane / channel chosen in a multi-plane, multi-channel recording (open_movie's keywords)
 
     @classmethod
     def from_array(cls, array: np.ndarray, fps: float | None = None, name: str = "array") -> "Movie":
@@ -151,22 +153,32 @@ class Movie:
     def __repr__(self) -> str:
         where = f"'{self.path.name}', " if self.path else ""
         fps = f", {self.fps:g} fps" if self.fps else ""
+        where += "".join(f"{k} {v}, " for k, v in self.selection.items())
         return f"Movie({where}{self.n_frames}×{self.height}×{self.width} {self.dtype}{fps})"
 
 
 # -- opening ----------------------------------------------------------------------------
 
-def open_movie(path: str | os.PathLike, fps: float | None = None, dataset: str | None = None) -> Movie:
+def open_movie(path: str | os.PathLike, fps: float | None = None, dataset: str | None = None,
+               plane: int | None = None, channel: int | None = None) -> Movie:
     """Open a movie file lazily; ``fps`` is used when the file does not give a frame rate.
 
-    ``dataset`` names the HDF5 dataset (default: the first 3-D one). InputError for a
-    missing, empty or unreadable file, an unsupported extension, data that are not
-    frames × height × width, or a single frame.
+    ``dataset`` names the HDF5 dataset (default: the first 3-D one). ``plane`` (0 = the first) and ``channel``
+    (the acquisition software's channel number, e.g. ScanImage's 1 for 'Channel 1') choose one movie of a
+    multi-plane / multi-channel recording (:func:`recording_layout` says which there are). InputError for a
+    missing, empty or unreadable file, an unsupported extension, data that are not frames × height × width,
+    a single frame, or a recording of several planes or channels opened without choosing one.
     """
     path = check_input_file(path, MOVIE_EXTENSIONS, "a movie")
     ext = path.suffix.lower()
     fps = _check_fps(fps)
-    if ext == ".npy":
+    selection = {k: int(v) for k, v in (("plane", plane), ("channel", channel)) if v is not None}
+    layout = recording_layout(path)
+    if layout is not None:
+        movie = _open_scanimage(path, layout, **selection)
+    elif selection and (selection.get("plane", 0) != 0 or selection.get("channel") is not None):
+        raise InputError(f"'{path.name}' holds a single plane and channel: open it without --plane / --channel.")
+    elif ext == ".npy":
         movie = _open_npy(path)
     elif ext in (".tif", ".tiff"):
         movie = _open_tiff(path)
@@ -179,6 +191,7 @@ def open_movie(path: str | os.PathLike, fps: float | None = None, dataset: str |
     else:
         movie = _open_hdf5(path, dataset)
     movie.path = path
+    movie.selection = selection
     if movie.fps is None:
         movie.fps = fps
     return movie
@@ -396,6 +409,154 @@ def _open_tiff(path: Path) -> Movie:
             return tif.asarray(key=range(start, stop), series=0)
 
         return Movie(tif, core, series.dtype, fps=fps, reader=reader, closer=tif.close)
+    except BaseException:
+        tif.close()
+        raise
+
+
+@dataclass(frozen=True)
+class RecordingLayout:
+    """The planes and channels of a multi-plane / multi-channel imaging recording, as its metadata states them.
+
+    Pages are in acquisition order: channels fastest, then the ``frames_per_slice`` frames of a slice, the
+    ``planes`` slices of a volume, ``flyback`` discarded frames (× channels), then the next volume."""
+
+    planes: int
+    channels: tuple[int, ...]  # the saved channels' numbers (ScanImage's, 1-based)
+    channel_names: tuple[str, ...]
+    frames_per_slice: int = 1
+    flyback: int = 0
+    fps: float | None = None  # volume rate of a volume recording, else frame rate
+    system: str = "ScanImage"
+
+    @property
+    def needs_choice(self) -> bool:
+        return self.planes > 1 or len(self.channels) > 1
+
+    def describe(self) -> str:
+        names = ", ".join(self.channel_names)
+        return f"{self.planes} plane{'s' * (self.planes > 1)} × {len(self.channels)} channel{'s' * (len(self.channels) > 1)} ({names})"
+
+
+def _flat(value) -> list:
+    """A MATLAB scalar, row ([1 2]) or column ([1;2], parsed as [[1], [2]]) vector as a flat list."""
+    return [x for item in (value if isinstance(value, list) else [value]) for x in (item if isinstance(item, list) else [item])]
+
+
+def recording_layout(path: str | os.PathLike) -> RecordingLayout | None:
+    """The planes and channels of a ScanImage 2016+ TIFF (its non-varying frame data: ``SI.hChannels.channelSave``,
+    ``SI.hStackManager`` slices and frames per slice, FastZ flyback frames), else None. Cheap: reads the header."""
+    path = Path(path)
+    if path.suffix.lower() not in (".tif", ".tiff") or not path.is_file():
+        return None
+    import tifffile
+
+    try:
+        with open(path, "rb") as fh:
+            si, _rois, _version = tifffile.read_scanimage_metadata(fh)
+    except Exception:
+        return None  # not a ScanImage BigTIFF: an ordinary TIFF
+    try:
+        saved = [int(c) for c in _flat(si.get("SI.hChannels.channelSave", si.get("SI.hChannels.channelsActive", 1)))]
+        names = _flat(si.get("SI.hChannels.channelName", []))
+        fast_z = bool(si.get("SI.hFastZ.enable", False))
+        slices = int(si.get("SI.hStackManager.actualNumSlices", si.get("SI.hStackManager.numSlices", 1)) or 1)
+        volumetric = slices > 1 and bool(si.get("SI.hStackManager.enable", fast_z))
+        planes = slices if volumetric else 1
+        per_slice = si.get("SI.hStackManager.framesPerSlice", 1) if volumetric else 1
+        per_slice = int(per_slice) if math.isfinite(float(per_slice)) else 1
+        if "SI.hStackManager.numFramesPerVolumeWithFlyback" in si and volumetric:
+            flyback = int(si["SI.hStackManager.numFramesPerVolumeWithFlyback"]) - int(si["SI.hStackManager.numFramesPerVolume"])
+        else:  # ScanImage 2016-2019: FastZ says how many flyback frames it discards (and saves)
+            flyback = int(si.get("SI.hFastZ.numDiscardFlybackFrames", 0)) if volumetric and fast_z and si.get(
+                "SI.hFastZ.discardFlybackFrames", False) else 0
+        rate = si.get("SI.hRoiManager.scanVolumeRate" if volumetric else "SI.hRoiManager.scanFrameRate")
+    except (TypeError, ValueError, KeyError) as exc:
+        raise InputError(f"'{path.name}' is a ScanImage file whose header could not be understood ({exc}): open it with "
+                         "ScanImage's own tools and save one plane and channel as a TIFF stack.") from exc
+    labels = tuple(str(names[c - 1]) if 0 < c <= len(names) else f"Channel {c}" for c in saved)
+    return RecordingLayout(planes, tuple(saved), labels, max(per_slice, 1), max(flyback, 0), _metadata_fps(rate))
+
+
+def _page_offsets(tif) -> tuple[np.ndarray, int] | None:
+    """The byte offset of every page's pixels and one page's byte count, when all pages are uncompressed, in one
+    contiguous run of strips each, of the first page's shape and type (what ScanImage writes), else None."""
+    first = tif.pages.first
+    nbytes = int(np.prod(first.shape)) * first.dtype.itemsize
+    offsets = []
+    tif.pages.useframes = True  # TiffFrames: only the offsets and byte counts of each IFD are decoded
+    for page in tif.pages:
+        lo, counts = page.dataoffsets, page.databytecounts
+        if first.compression != 1 or len(lo) == 0 or sum(counts) != nbytes or any(
+                a + n != b for a, n, b in zip(lo[:-1], counts[:-1], lo[1:])):
+            return None
+        offsets.append(lo[0])
+    return np.asarray(offsets, np.int64), nbytes
+
+
+class _PageFrames:
+    """Frames × rows × columns over a memory map of a TIFF whose pages are uncompressed, read at each page's offset:
+    slicing copies only the rows and columns asked for, with no TIFF parsing after the offsets were collected."""
+
+    def __init__(self, raw: np.memmap, offsets: np.ndarray, frame_shape: tuple[int, int], dtype: np.dtype):
+        self._raw, self._offsets = raw, offsets
+        self.shape = (len(offsets), *(int(s) for s in frame_shape))
+        self.dtype = np.dtype(dtype)
+        self.ndim = 3
+
+    def __getitem__(self, key):
+        t, rows, cols = (key if isinstance(key, tuple) else (key,)) + (slice(None),) * (3 - (len(key) if isinstance(key, tuple) else 1))
+        index = range(self.shape[0])[t]
+        h, w = self.shape[1:]
+        r, c = range(h)[rows], range(w)[cols]
+        out = np.empty((len(index), len(r), len(c)), self.dtype)
+        for j, i in enumerate(index):
+            out[j] = np.ndarray((h, w), self.dtype, buffer=self._raw, offset=int(self._offsets[i]))[rows, cols]
+        return out
+
+
+def _open_scanimage(path: Path, layout: RecordingLayout, plane: int | None = None, channel: int | None = None) -> Movie:
+    """One plane and channel of a ScanImage recording, read from a memory map of the file at each page's offset
+    (tifffile parses the IFDs once, for the offsets); page by page through tifffile when pages are compressed."""
+    import tifffile
+
+    choices = []
+    if layout.planes > 1 and plane is None:
+        choices.append(f"--plane 0..{layout.planes - 1}")
+    if len(layout.channels) > 1 and channel is None:
+        choices.append("--channel " + " or ".join(str(c) for c in layout.channels))
+    if choices:
+        raise InputError(f"'{path.name}' is a {layout.system} recording of {layout.describe()}: choose one plane and channel "
+                         f"({', '.join(choices)}; in the window, the chooser that opens with it).")
+    plane = 0 if plane is None else plane
+    channel = layout.channels[0] if channel is None else channel
+    if not 0 <= plane < layout.planes:
+        raise InputError(f"Plane {plane} does not exist: '{path.name}' has planes 0..{layout.planes - 1}.")
+    if channel not in layout.channels:
+        raise InputError(f"Channel {channel} was not saved in '{path.name}': it holds channel "
+                         f"{' and '.join(str(c) for c in layout.channels)} ({', '.join(layout.channel_names)}).")
+    n_ch, per_slice = len(layout.channels), layout.frames_per_slice
+    cycle = (layout.planes * per_slice + layout.flyback) * n_ch  # pages per volume (per frame of a plane recording)
+    first = plane * per_slice * n_ch + layout.channels.index(channel)
+    tif = tifffile.TiffFile(path)
+    try:
+        n_pages = len(tif.pages)
+        cycles = n_pages // cycle  # an interrupted acquisition's last partial volume is left out, as ScanImage's readers do
+        # page of frame f: each slice's frames_per_slice samples are consecutive frames of the plane's movie
+        pages = (np.arange(cycles)[:, None] * cycle + first + np.arange(per_slice)[None, :] * n_ch).reshape(-1)
+        page = tif.pages.first
+        _check_movie_shape((len(pages), *page.shape), path.name)
+        found = _page_offsets(tif)
+        if found is not None:
+            frames = _PageFrames(np.memmap(path, dtype=np.uint8, mode="r"), found[0][pages], page.shape,
+                                 page.dtype.newbyteorder(tif.byteorder))
+            tif.close()
+            return _array_movie(frames, path.name, layout.fps)
+
+        def reader(start: int, stop: int):
+            return np.stack([tif.pages[int(i)].asarray() for i in pages[start:stop]])
+
+        return Movie(tif, (len(pages), *page.shape), page.dtype, fps=layout.fps, reader=reader, closer=tif.close)
     except BaseException:
         tif.close()
         raise

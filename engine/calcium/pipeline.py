@@ -141,8 +141,8 @@ def _read_box(source, rows: slice, cols: slice) -> np.ndarray:
     """All frames of a box, frames × rows × cols float32, from an array or a movie file."""
     if isinstance(source, np.ndarray):
         return source[:, rows, cols]
-    path, fps = source
-    with open_movie(path, fps=fps) as movie:
+    path, fps, selection = source
+    with open_movie(path, fps=fps, **selection) as movie:
         return movie._block(0, movie.n_frames, rows, cols)
 
 
@@ -464,7 +464,7 @@ def run_cnmf(
     if data is not None and sched in ("auto", "serial"):
         source, sched = data, "serial"
     elif movie.path is not None:
-        source = (str(movie.path), fps)  # workers reopen the file (on a cluster: a shared filesystem)
+        source = (str(movie.path), fps, movie.selection)  # workers reopen the file (on a cluster: a shared filesystem)
     elif is_address(sched):
         source, send_boxes = None, True  # no file to reopen: each task carries its box
         data = data if data is not None else movie.frames(0, n)
