@@ -11,6 +11,11 @@ be memory-mapped: its full-resolution level is opened as a :class:`LazyImage`, a
 slice touches are decoded. :func:`pixel_size_um` reads
 the pixel size the file states (OME ``PhysicalSizeX`` with its unit; ImageJ or TIFF resolution tags).
 
+A zarr folder (``.zarr``: an OME-Zarr / OME-NGFF image, whose ``multiscales`` name the full-resolution level, or
+a plain zarr array) is read lazily as a :class:`ZarrImage`: a slice reads only the chunks it touches. Read with the
+zarr 2 API (SpikeInterface pins zarr below 3); the pixel size comes from the level's ``scale`` transformation
+(times the multiscale's own, if any) and the x axis' unit.
+
 :func:`load_labels` returns an integer label map where 0 means "unlabelled" and 1, 2, ... are
 regions or classes.
 """
@@ -25,7 +30,7 @@ import numpy as np
 
 from engine.errors import InputError, check_input_file
 
-IMAGE_EXTENSIONS = (".png", ".tif", ".tiff", ".npy", ".jpg", ".jpeg")
+IMAGE_EXTENSIONS = (".png", ".tif", ".tiff", ".npy", ".jpg", ".jpeg", ".zarr")
 LABEL_EXTENSIONS = (".npy", ".npz", ".png", ".tif", ".tiff")
 LUMINANCE_WEIGHTS = (0.299, 0.587, 0.114)
 log = logging.getLogger(__name__)
@@ -121,6 +126,83 @@ def _lazy_tiff(tif) -> LazyImage | None:
     return LazyImage(tif, page)
 
 
+_UNIT_UM = {"m": 1e6, "cm": 1e4, "mm": 1e3, "µm": 1.0, "um": 1.0, "micron": 1.0, "microns": 1.0, "nm": 1e-3, "\u03bcm": 1.0,
+            "meter": 1e6, "centimeter": 1e4, "millimeter": 1e3, "micrometer": 1.0, "nanometer": 1e-3, "angstrom": 1e-4}
+
+
+class ZarrImage:
+    """One 2-D plane (rows × columns, a trailing colour axis kept) of a zarr array, read lazily: the other axes are
+    fixed at index 0 where they have one element; slicing reads only the chunks it touches."""
+
+    def __init__(self, array, axes: str, pixel_size: float | None = None):
+        self._array = array
+        self.axes = axes
+        self.pixel_size_um = pixel_size
+        kept = [i for i, (a, n) in enumerate(zip(axes, array.shape)) if a in "yxs" or (a == "c" and n in (3, 4) and i == len(axes) - 1)]
+        self._kept = kept
+        self.shape = tuple(int(array.shape[i]) for i in kept)
+        self.dtype = np.dtype(array.dtype)
+        self.ndim = len(self.shape)
+        self.size = int(np.prod(self.shape))
+
+    def __getitem__(self, key):
+        key = key if isinstance(key, tuple) else (key,)
+        key = key + (slice(None),) * (self.ndim - len(key))
+        full, k = [], iter(key)
+        for i in range(self._array.ndim):
+            full.append(next(k) if i in self._kept else 0)
+        return self._array[tuple(full)]
+
+    def __array__(self, dtype=None, copy=None):
+        out = np.asarray(self[(slice(None),) * self.ndim])
+        return out if dtype is None else out.astype(dtype)
+
+    def close(self) -> None:
+        """Nothing to release: each slice opens the chunk files it reads."""
+
+
+def open_zarr(path: str | os.PathLike) -> ZarrImage:
+    """The full-resolution plane of an OME-Zarr (v0.4 ``multiscales``) or of a plain zarr array folder; InputError
+    when the folder is not zarr or holds more than one plane (several z, t or channels that are not colour)."""
+    import zarr
+
+    path = Path(path)
+    if not path.is_dir():
+        raise InputError(f"Zarr image not found: '{path}' is not a folder. Point at the '.zarr' folder itself.")
+    try:
+        node = zarr.open(zarr.storage.DirectoryStore(str(path)), mode="r")
+    except Exception as exc:
+        raise InputError(f"'{path.name}' is not a zarr folder (no .zarray or .zgroup, or written by zarr 3, which is not "
+                         "read here): save it as zarr v2 / OME-Zarr 0.4.", details=f"{type(exc).__name__}: {exc}") from exc
+    scale = None
+    if isinstance(node, zarr.Array):
+        array, axes = node, "yx" if node.ndim == 2 else "zyx" if node.ndim == 3 and node.shape[-1] not in (3, 4) else "yxc"
+    else:
+        multiscales = node.attrs.get("multiscales")
+        if not multiscales:
+            arrays = sorted(name for name, _ in node.arrays())
+            raise InputError(f"'{path.name}' is a zarr group without OME-NGFF 'multiscales' metadata (arrays: "
+                             f"{', '.join(arrays) or 'none'}): open the array's own folder instead.")
+        ms = multiscales[0]
+        level = ms["datasets"][0]
+        array = node[level["path"]]
+        names = [a["name"] if isinstance(a, dict) else str(a) for a in ms.get("axes", [])] or list("tczyx"[-array.ndim:])
+        axes = "".join(n[0].lower() for n in names)
+        scales = [t["scale"] for t in level.get("coordinateTransformations", []) + ms.get("coordinateTransformations", [])
+                  if t.get("type") == "scale"]
+        if scales and "x" in axes:
+            x = axes.index("x")
+            unit = next((a.get("unit") for a in ms.get("axes", []) if isinstance(a, dict) and a.get("name", "").lower() == "x"), None)
+            factor = _UNIT_UM.get(str(unit)) if unit else None
+            scale = float(np.prod([s[x] for s in scales])) * factor if factor else None
+    extra = {a: n for a, n in zip(axes, array.shape) if a not in "yxs" and n > 1 and not (a == "c" and n in (3, 4) and axes[-1] == "c")}
+    if extra:
+        words = {"c": "channels", "z": "z-planes", "t": "time points"}
+        raise InputError(f"'{path.name}' holds {' × '.join(f'{n} {words.get(a, a)}' for a, n in extra.items())} of "
+                         f"{array.shape[axes.index('y')]}×{array.shape[axes.index('x')]} px: save one plane as a 2-D image.")
+    return ZarrImage(array, axes, scale)
+
+
 def pixel_size_um(path: str | os.PathLike) -> float | None:
     """The pixel size (µm, along x) a TIFF states: OME ``PhysicalSizeX`` (with ``PhysicalSizeXUnit``), else the
     ImageJ unit or a centimetre TIFF ResolutionUnit with XResolution (not dpi: most writers put 72 there); None when it
@@ -128,9 +210,14 @@ def pixel_size_um(path: str | os.PathLike) -> float | None:
     import tifffile
 
     path = Path(path)
+    if path.suffix.lower() == ".zarr":
+        try:
+            return open_zarr(path).pixel_size_um
+        except InputError:
+            return None
     if path.suffix.lower() not in (".tif", ".tiff"):
         return None
-    to_um = {"m": 1e6, "cm": 1e4, "mm": 1e3, "µm": 1.0, "um": 1.0, "micron": 1.0, "microns": 1.0, "nm": 1e-3, "\u03bcm": 1.0}
+    to_um = _UNIT_UM
     try:
         with tifffile.TiffFile(path) as tif:
             if tif.is_ome and tif.ome_metadata:
@@ -224,8 +311,16 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     luminance. InputError for a missing, empty, unreadable, non-2-D or empty image.
     """
     path = Path(path)
-    check_input_file(path, IMAGE_EXTENSIONS, "an image")
     ext = path.suffix.lower()
+    if ext == ".zarr":  # a folder: read lazily, chunk by chunk
+        image = open_zarr(path)
+        if image.ndim == 3:
+            image = to_luminance(image) if image.shape[-1] in (3, 4) else image
+        if image.size == 0:
+            raise InputError(f"'{path.name}' is an empty image (shape {tuple(image.shape)}): re-export it.")
+        _check_finite(path, image)
+        return image
+    check_input_file(path, IMAGE_EXTENSIONS, "an image")
     axes = None
     if ext == ".npy":
         try:

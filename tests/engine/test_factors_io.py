@@ -274,3 +274,48 @@ def test_tiled_pyramidal_ome_tiff_is_read_lazily_with_its_pixel_size(tmp_path):
     tifffile.imwrite(tmp_path / "none.tif", image)
     tifffile.imwrite(tmp_path / "dpi.tif", image, resolution=(72.0, 72.0), resolutionunit="INCH")  # a display setting
     assert pixel_size_um(tmp_path / "none.tif") is None and pixel_size_um(tmp_path / "dpi.tif") is None
+
+
+def test_ome_zarr_and_zarr_read_lazily_with_the_pixel_size_of_their_scale(tmp_path):
+    """An OME-Zarr v0.4 pyramid (axes c, y, x; level 0 at 0.25 µm, level 1 at 0.5 µm) written with zarr: the
+    full-resolution level opens lazily (a slice reads only its chunks) with the pixel size of its scale transform;
+    a plain zarr array folder opens too; a group without multiscales and a multi-channel image are refused."""
+    import zarr
+
+    from engine.factors.io import ZarrImage, pixel_size_um
+
+    image = np.random.default_rng(0).integers(0, 4000, (300, 410), dtype=np.uint16)
+    root = zarr.open_group(str(tmp_path / "slide.ome.zarr"), mode="w")
+    root.create_dataset("0", data=image[None], chunks=(1, 64, 64))
+    root.create_dataset("1", data=image[None, ::2, ::2], chunks=(1, 64, 64))
+    axes = [{"name": "c", "type": "channel"}, {"name": "y", "type": "space", "unit": "micrometer"},
+            {"name": "x", "type": "space", "unit": "micrometer"}]
+    root.attrs["multiscales"] = [{"version": "0.4", "name": "slide", "axes": axes, "datasets": [
+        {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1.0, 0.25, 0.25]}]},
+        {"path": "1", "coordinateTransformations": [{"type": "scale", "scale": [1.0, 0.5, 0.5]}]}]}]
+    lazy = load_image(tmp_path / "slide.ome.zarr")
+    assert isinstance(lazy, ZarrImage) and lazy.shape == (300, 410) and lazy.dtype == np.uint16
+    read = []
+    store = lazy._array.store
+    getitem = type(store).__getitem__
+    type(store).__getitem__ = lambda self, key: read.append(key) or getitem(self, key)
+    try:
+        np.testing.assert_array_equal(lazy[70:130, 200:250], image[70:130, 200:250])
+    finally:
+        type(store).__getitem__ = getitem
+    assert sorted(k for k in read if not k.endswith((".zarray", ".zattrs"))) == ["0/0.1.3", "0/0.2.3"]  # 2 of 35 chunks
+    np.testing.assert_array_equal(np.asarray(lazy), image)
+    assert pixel_size_um(tmp_path / "slide.ome.zarr") == pytest.approx(0.25)
+    zarr.save_array(str(tmp_path / "plain.zarr"), image, chunks=(100, 100))
+    assert load_image(tmp_path / "plain.zarr")[5, 7] == image[5, 7] and pixel_size_um(tmp_path / "plain.zarr") is None
+    zarr.open_group(str(tmp_path / "empty.zarr"), mode="w").create_dataset("a", data=image)
+    with pytest.raises(InputError, match="without OME-NGFF 'multiscales'"):
+        load_image(tmp_path / "empty.zarr")
+    two = zarr.open_group(str(tmp_path / "two.ome.zarr"), mode="w")
+    two.create_dataset("0", data=np.stack([image, image]))
+    two.attrs["multiscales"] = [{"version": "0.4", "axes": axes, "datasets": [{"path": "0", "coordinateTransformations": [
+        {"type": "scale", "scale": [1.0, 1.0, 1.0]}]}]}]
+    with pytest.raises(InputError, match="2 channels of 300×410 px"):
+        load_image(tmp_path / "two.ome.zarr")
+    with pytest.raises(InputError, match="not a folder"):
+        load_image(tmp_path / "missing.zarr")
