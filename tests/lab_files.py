@@ -145,3 +145,126 @@ def write_scanimage(path, pages: np.ndarray, frame_data: dict, frame_rate: float
         struct.pack_into("<Q", out, a + 8 + 20 * 15, b)
     Path(path).write_bytes(bytes(out))
     return Path(path)
+
+
+# -- ephys acquisition systems ------------------------------------------------------------------------
+
+def _qstring(text: str | None) -> bytes:
+    """A Qt QString as Intan's files store it: uint32 byte length (0xFFFFFFFF for null), then UTF-16LE."""
+    import struct
+
+    if text is None:
+        return struct.pack("<I", 0xFFFFFFFF)
+    data = text.encode("utf-16-le")
+    return struct.pack("<I", len(data)) + data
+
+
+def write_intan_rhd(path, amplifier: np.ndarray, adc: np.ndarray, sample_rate: float = 20000.0) -> Path:
+    """An Intan RHD2000 ``.rhd`` file (header and data together, "traditional" format, version 3.0) as the RHD2000
+    file-format application note lays it out: magic 0xC6912702, version, rate, filter settings, three notes, the
+    temperature sensor count, board mode, reference channel, then signal groups (port A: the amplifier channels;
+    board ADC inputs) with one record per channel; then data blocks of 128 samples (60 before version 2.0): int32 timestamps, uint16 amplifier
+    samples per channel, uint16 ADC samples per channel. ``amplifier`` and ``adc`` are uint16 samples × channels,
+    their length a multiple of 128; the amplifier's µV are 0.195 × (value − 32768)."""
+    import struct
+
+    n, n_amp = amplifier.shape
+    n_adc = adc.shape[1]
+    assert n % 128 == 0 and adc.shape[0] == n
+    header = struct.pack("<Ihhf", 0xC6912702, 3, 0, sample_rate)
+    header += struct.pack("<h", 1)  # DSP enabled
+    header += struct.pack("<ffffff", 1.16, 0.094, 7603.8, 1.0, 0.1, 7500.0)  # actual / desired DSP cut-off, lower, upper bandwidth
+    header += struct.pack("<h", 0)  # notch filter off
+    header += struct.pack("<ff", 1000.0, 1000.0)  # desired / actual impedance test frequency
+    header += _qstring("acute") + _qstring("") + _qstring("")  # notes 1-3
+    header += struct.pack("<h", 0)  # temperature sensor channels (v1.1+)
+    header += struct.pack("<h", 0)  # eval board mode (v1.3+)
+    header += _qstring("hardware")  # reference channel (v2.0+)
+    header += struct.pack("<h", 2)  # signal groups
+
+    def channel(native: str, custom: str, order: int, signal_type: int, chip_channel: int) -> bytes:
+        return (_qstring(native) + _qstring(custom) + struct.pack("<hhhhhhhhhh", order, order, signal_type, 1, chip_channel, 0, 0, 0, 0, 0)
+                + struct.pack("<ff", 50000.0, -30.0))  # electrode impedance magnitude (Ω) and phase (°)
+
+    header += _qstring("Port A") + _qstring("A") + struct.pack("<hhh", 1, n_amp, n_amp)
+    header += b"".join(channel(f"A-{i:03d}", f"A-{i:03d}", i, 0, i) for i in range(n_amp))
+    header += _qstring("Board ADC") + _qstring("ANALOG-IN") + struct.pack("<hhh", 1, n_adc, 0)
+    header += b"".join(channel(f"ANALOG-IN-{i:02d}", f"ANALOG-IN-{i:02d}", i, 3, i) for i in range(n_adc))
+    blocks = []
+    for b in range(n // 128):
+        rows = slice(128 * b, 128 * b + 128)
+        blocks.append(np.arange(128 * b, 128 * b + 128, dtype="<i4").tobytes() + np.ascontiguousarray(amplifier[rows].T, "<u2").tobytes()
+                      + np.ascontiguousarray(adc[rows].T, "<u2").tobytes())
+    Path(path).write_bytes(header + b"".join(blocks))
+    return Path(path)
+
+
+def write_neuralynx(folder, counts: np.ndarray, sample_rate: float = 32000.0, bit_volts: float = 3.0517578125e-08) -> Path:
+    """A Neuralynx Cheetah session folder: one ``CSC<i>.ncs`` per channel, each a 16 kB text header (``-Key value`` lines,
+    NUL-padded) followed by 1044-byte records: uint64 timestamp (µs), uint32 channel, uint32 sample rate, uint32 valid
+    samples, 512 int16 samples. ``counts`` int16 samples × channels (length a multiple of 512); µV = counts × ADBitVolts × 1e6."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    n, n_ch = counts.shape
+    assert n % 512 == 0
+    record = np.dtype([("timestamp", "<u8"), ("channel", "<u4"), ("rate", "<u4"), ("valid", "<u4"), ("samples", "<i2", 512)])
+    for ch in range(n_ch):
+        header = "\r\n".join([
+            "######## Neuralynx Data File Header",
+            f"## File Name C:\\CheetahData\\2024-05-01_10-00-00\\CSC{ch + 1}.ncs",
+            "## Time Opened (m/d/y): 5/1/2024  (h:m:s.ms) 10:00:00.000",
+            "## Time Closed (m/d/y): 5/1/2024  (h:m:s.ms) 10:05:00.000",
+            "", "-FileType CSC", "-FileVersion 3.4", "-RecordSize 1044", "-CheetahRev 5.6.3",
+            "-HardwareSubSystemName AcqSystem1", "-HardwareSubSystemType DigitalLynxSX", f"-SamplingFrequency {sample_rate:g}",
+            "-ADMaxValue 32767", f"-ADBitVolts {bit_volts:.24f}".rstrip("0"), f"-AcqEntName CSC{ch + 1}", "-NumADChannels 1",
+            f"-ADChannel {ch}", "-InputRange 1000", "-InputInverted False", "-DSPLowCutFilterEnabled True",
+            "-DspLowCutFrequency 0.1", "-DspLowCutNumTaps 0", "-DspLowCutFilterType DCO", "-DSPHighCutFilterEnabled True",
+            "-DspHighCutFrequency 9000", "-DspHighCutNumTaps 64", "-DspHighCutFilterType FIR", "-DspDelayCompensation Enabled",
+            "-DspFilterDelay_µs 984", ""]).encode("latin-1")
+        records = np.zeros(n // 512, record)
+        records["timestamp"] = 1_000_000 + np.round(np.arange(n // 512) * 512 / sample_rate * 1e6).astype(np.uint64)
+        records["channel"], records["rate"], records["valid"] = ch, int(sample_rate), 512
+        records["samples"] = counts[:, ch].reshape(-1, 512)
+        (folder / f"CSC{ch + 1}.ncs").write_bytes(header.ljust(16384, b"\0") + records.tobytes())
+    return folder
+
+
+def write_blackrock_ns5(path, counts: np.ndarray, max_analog_uv: int = 8191, max_digital: int = 32764) -> Path:
+    """A Blackrock NSx file, File Spec 2.3 (Central's ``.ns5``: 30 kS/s): the basic header (``NEURALCD``, version 2.3,
+    header bytes, label, comment, period 1 of 30 000 Hz time resolution, time origin as a Windows SYSTEMTIME, channel
+    count), one 66-byte ``CC`` extended header per channel (electrode id and label, connector, digital and analog
+    ranges, units, filters), then one data packet (0x01, timestamp, number of points, int16 samples × channels).
+    µV per count = (max analog − min analog) / (max digital − min digital)."""
+    import struct
+
+    n, n_ch = counts.shape
+    basic = struct.pack("<8sBBI16s256sII8HI", b"NEURALCD", 2, 3, 314 + 66 * n_ch, b"30 kS/s", b"test recording".ljust(256, b"\0"),
+                        1, 30000, 2024, 5, 3, 1, 10, 0, 0, 0, n_ch)
+    assert len(basic) == 314
+    extended = b"".join(struct.pack("<2sH16sBBhhhh16sIIHIIH", b"CC", ch + 1, f"elec{ch + 1}".encode(), 1, ch + 1, -max_digital,
+                                    max_digital, -max_analog_uv, max_analog_uv, b"uV", 300, 1, 1, 7500000, 3, 1) for ch in range(n_ch))
+    assert len(extended) == 66 * n_ch
+    packet = struct.pack("<BII", 1, 0, n) + np.ascontiguousarray(counts, "<i2").tobytes()
+    Path(path).write_bytes(basic + extended + packet)
+    return Path(path)
+
+
+def write_blackrock_nev(path, spike_times: np.ndarray, electrodes: np.ndarray, n_electrodes: int, width: int = 48) -> Path:
+    """A Blackrock ``.nev`` (File Spec 2.3) holding threshold crossings, as Central writes it beside the ``.ns5``: the
+    336-byte basic header (``NEURALEV``, version 2.3, flag bit 0 "all waveforms 16-bit", header and packet sizes, 30 kHz time resolutions, time origin,
+    application, comment, extended header count), one 32-byte ``NEUEVWAV`` extended header per electrode
+    (digitization factor in nV per bit, thresholds, bytes per sample, spike width), then one packet per spike:
+    uint32 timestamp, uint16 electrode id, uint8 unit (0 = unsorted), a reserved byte, the int16 waveform."""
+    import struct
+
+    packet = 8 + 2 * width
+    basic = struct.pack("<8sBBHIIII8H32s256sI", b"NEURALEV", 2, 3, 1, 336 + 32 * n_electrodes, packet, 30000, 30000,
+                        2024, 5, 3, 1, 10, 0, 0, 0, b"File Dialog v7.0.4", b"test recording", n_electrodes)
+    assert len(basic) == 336
+    extended = b"".join(struct.pack("<8sHBBHHhhBBH8s", b"NEUEVWAV", e + 1, 1, e + 1, 250, 0, 0, -1000, 0, 2, width, b"")
+                        for e in range(n_electrodes))
+    order = np.argsort(spike_times, kind="stable")
+    wave = (np.sin(np.linspace(0, 2 * np.pi, width)) * -400).astype("<i2").tobytes()
+    packets = b"".join(struct.pack("<IHBB", int(spike_times[i]), int(electrodes[i]), 0, 0) + wave for i in order)
+    Path(path).write_bytes(basic + extended + packets)
+    return Path(path)

@@ -13,7 +13,8 @@ SpikeGLX           ``*.ap.bin`` (its ``.meta`` beside it), the ``.meta``, or   `
 Open Ephys binary  ``structure.oebin``, or a folder holding one                ``read_openephys``
 Intan              ``.rhd`` / ``.rhs``                                         ``read_intan``
 Neuralynx          ``.ncs`` (its folder), or a folder of ``.ncs`` files        ``read_neuralynx``
-Blackrock          ``.ns5`` / ``.ns6`` (``.ns1``–``.ns4``)                     ``read_blackrock``
+Blackrock          ``.ns5`` / ``.ns6`` (``.ns1``–``.ns4``), or the ``.nev``     ``read_blackrock`` (the
+                   beside them (the highest-rate NSx of the same name)         ``.nev`` read with it)
 NWB                ``.nwb`` with an ElectricalSeries, read lazily              ``read_nwb_recording``
 =================  ==========================================================  ==========================
 
@@ -37,7 +38,7 @@ import numpy as np
 from engine.errors import InputError
 
 #: File suffixes whose format says its own layout (plus SpikeGLX .bin files with a .meta beside them).
-FORMAT_EXTENSIONS = (".meta", ".oebin", ".rhd", ".rhs", ".ncs", ".ns1", ".ns2", ".ns3", ".ns4", ".ns5", ".ns6")
+FORMAT_EXTENSIONS = (".meta", ".oebin", ".rhd", ".rhs", ".ncs", ".ns1", ".ns2", ".ns3", ".ns4", ".ns5", ".ns6", ".nev")
 
 
 def _spikeglx_meta(path: Path) -> Path | None:
@@ -83,6 +84,11 @@ def detect_format(path: str | os.PathLike) -> tuple[str, Path] | None:
         return "neuralynx", path.parent
     if suffix in (".ns1", ".ns2", ".ns3", ".ns4", ".ns5", ".ns6"):
         return "blackrock", path
+    if suffix == ".nev":  # spike events only: the continuous samples are in the NSx files of the same name
+        for nsx in (".ns6", ".ns5", ".ns4", ".ns3", ".ns2", ".ns1"):
+            if path.with_suffix(nsx).is_file():
+                return "blackrock", path.with_suffix(nsx)
+        return "blackrock", path
     if suffix == ".nwb":
         return "nwb", path
     return None
@@ -98,6 +104,9 @@ def _read(kind: str, target: Path):
     """The SpikeInterface recording of ``target`` (the stream to sort)."""
     import spikeinterface.extractors as se
 
+    if kind == "blackrock" and target.suffix.lower() == ".nev":
+        raise InputError(f"'{target.name}' holds Blackrock spike events only and no .ns5/.ns6 of the same name is beside it: "
+                         "copy the continuous data (the NSx files) into the same folder.")
     if kind == "spikeglx":
         return se.read_spikeglx(target.parent, stream_id=_spikeglx_stream(target))
     if kind == "nwb":  # its structure first, read with h5py: a clear message for a file without an ElectricalSeries

@@ -1,5 +1,6 @@
 """Recordings in the acquisition systems' formats, through SpikeInterface's extractors: SpikeGLX (.ap.bin +
-.meta, or the run folder), Open Ephys binary, NWB read lazily. Layout, µV gains and probe come from the
+.meta, or the run folder), Open Ephys binary, Intan .rhd, Neuralynx .ncs, Blackrock .ns5, NWB read lazily (each
+file written by the test per its format's published layout, checked against what was written and neo's raw reading). Layout, µV gains and probe come from the
 files; a SpikeGLX run sorts from the command line with no layout flags and the probe of its .meta."""
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ import json
 
 import numpy as np
 import pytest
-from lab_files import write_spikeglx
+from lab_files import write_blackrock_nev, write_blackrock_ns5, write_intan_rhd, write_neuralynx, write_spikeglx
 
 from engine.ephys.formats import ExtractorRecording, detect_format, open_recording
 from engine.ephys.io import RawRecording
@@ -137,3 +138,88 @@ def test_plain_raw_keeps_working_and_bad_folders_say_so(tmp_path):
     np.zeros(385 * 10, np.int16).tofile(tmp_path / "broken_g0_t0.imec0.ap.bin")
     with pytest.raises(InputError, match="SpikeGLX"):
         open_recording(tmp_path / "broken_g0_t0.imec0.ap.bin")
+
+
+def _neo_raw(rawio, stream_name_part: str | None = None) -> np.ndarray:
+    """The stored integers as neo's raw reader gives them (the stream whose name contains ``stream_name_part``)."""
+    rawio.parse_header()
+    names = list(rawio.header["signal_streams"]["name"])
+    index = next(i for i, n in enumerate(names) if stream_name_part is None or stream_name_part in n)
+    return rawio.get_analogsignal_chunk(block_index=0, seg_index=0, stream_index=index)
+
+
+def test_intan_rhd_amplifier_stream_gains_and_neurowb_sort(tmp_path, capsys):
+    """An Intan RHD2000 .rhd (8 amplifier channels and one board ADC input): the amplifier stream is the one sorted
+    (higher channel count at the same rate), 0.195 µV per step around 32768; `neurowb sort t.rhd` asks nothing."""
+    from neo.rawio import IntanRawIO
+
+    from engine.cli import main
+    from engine.ephys.cli import register
+    from engine.ephys.synth import demo_recording
+
+    data, times, units, _ = demo_recording(duration=2.56, n_channels=8, sample_rate=20000.0, n_units=3, noise_uv=6.0, seed=5)
+    amplifier = np.clip(np.round(data / 0.195) + 32768, 0, 65535).astype(np.uint16)
+    adc = (np.arange(len(data)) % 1000 * 60).astype(np.uint16)[:, None]
+    path = write_intan_rhd(tmp_path / "session_240501_100000.rhd", amplifier, adc, sample_rate=20000.0)
+    assert detect_format(path) == ("intan", path)
+    rec = open_recording(path)
+    assert (rec.n_channels, rec.sample_rate, rec.n_samples) == (8, 20000.0, len(data))
+    np.testing.assert_allclose(rec.gains, 0.195, rtol=1e-6)
+    expected = (amplifier.astype(np.float64) - 32768) * 0.195
+    np.testing.assert_allclose(rec.read(1000, 1500, [0, 5]), expected[1000:1500, [0, 5]], atol=1e-3)
+    np.testing.assert_array_equal(_neo_raw(IntanRawIO(filename=str(path)), "amplifier"), amplifier)
+    phy = tmp_path / "phy"
+    assert main(["sort", str(path), "-o", str(phy)], registrations=[register]) == 0
+    from engine.ephys.phy import read_params_py
+
+    params = read_params_py(phy / "params.py")
+    assert params["sample_rate"] == 20000.0 and params["n_channels_dat"] == 8
+    assert json.loads((phy / "neurowb_sort.json").read_text())["source"]["format"] == "intan"
+    st, sc = np.load(phy / "spike_times.npy").astype(np.int64), np.load(phy / "spike_clusters.npy")
+    recalls = [max(np.mean(np.min(np.abs(times[units == u][:, None] - st[sc == c][None]), axis=1) <= 10) for c in np.unique(sc))
+               for u in np.unique(units)]
+    assert np.median(recalls) > 0.8, recalls
+
+
+def test_neuralynx_ncs_folder(tmp_path):
+    """A Cheetah session of 4 .ncs files (16 kB header, 512-sample records): opened by one file or the folder,
+    the channels of the folder together, µV = counts × ADBitVolts × 1e6."""
+    from neo.rawio import NeuralynxRawIO
+
+    counts = np.random.default_rng(6).integers(-4000, 4000, (512 * 8, 4)).astype(np.int16)
+    folder = write_neuralynx(tmp_path / "2024-05-01_10-00-00", counts)
+    assert detect_format(folder / "CSC2.ncs") == ("neuralynx", folder) and detect_format(folder) == ("neuralynx", folder)
+    rec = open_recording(folder / "CSC2.ncs")
+    assert (rec.n_channels, rec.sample_rate, rec.n_samples) == (4, 32000.0, len(counts))
+    np.testing.assert_allclose(rec.gains, 3.0517578125e-08 * 1e6, rtol=1e-6)
+    np.testing.assert_allclose(rec.read(700, 1300), counts[700:1300] * 3.0517578125e-02, rtol=1e-6)
+    np.testing.assert_array_equal(_neo_raw(NeuralynxRawIO(dirname=str(folder))), counts)
+
+
+def test_blackrock_ns5(tmp_path):
+    """A Blackrock .ns5 (File Spec 2.3, 5 channels at 30 kHz): µV per count from the analog / digital ranges of each
+    channel's extended header, (8191 − −8191) / (32764 − −32764) = 0.25."""
+    from neo.rawio import BlackrockRawIO
+
+    counts = np.random.default_rng(7).integers(-5000, 5000, (3000, 5)).astype(np.int16)
+    path = write_blackrock_ns5(tmp_path / "datafile001.ns5", counts)
+    assert detect_format(path) == ("blackrock", path)
+    rec = open_recording(path)
+    assert (rec.n_channels, rec.sample_rate, rec.n_samples) == (5, 30000.0, 3000)
+    np.testing.assert_allclose(rec.gains, 0.25)
+    np.testing.assert_allclose(rec.read(10, 2000, [4, 1]), counts[10:2000, [4, 1]] * 0.25)
+    np.testing.assert_array_equal(_neo_raw(BlackrockRawIO(filename=str(path))), counts)
+    # the .nev Central writes beside it (threshold crossings) opens the same samples; neo reads both together
+    times, electrodes = np.array([100, 250, 900, 1500, 2200]), np.array([1, 3, 1, 5, 3])
+    nev = write_blackrock_nev(path.with_suffix(".nev"), times, electrodes, n_electrodes=5)
+    assert detect_format(nev) == ("blackrock", path)
+    rec = open_recording(nev)
+    np.testing.assert_allclose(rec.read(0, 3000), counts * 0.25)
+    neo = BlackrockRawIO(filename=str(path))
+    neo.parse_header()
+    found = {int(neo.header["spike_channels"]["name"][i].split("#")[0].replace("ch", "")): neo.spike_count(0, 0, i)
+             for i in range(neo.spike_channels_count())}
+    assert {e: n for e, n in found.items() if n} == {1: 2, 3: 2, 5: 1}
+    path.unlink()
+    with pytest.raises(InputError, match="spike events only"):
+        open_recording(nev)
