@@ -279,7 +279,10 @@ BAD_MOVIES = {
     "nwb-garbage": (lambda tmp: garbage(tmp, "garbage.nwb"), "NWB"),
     "all-nan": (lambda tmp: _nan_movie(tmp, 1.0), "NaN"),
     "some-nan": (lambda tmp: _nan_movie(tmp, 0.0), "NaN"),
-    "unsupported": (lambda tmp: text(tmp, "movie.avi", "x"), "not supported"),
+    "unsupported": (lambda tmp: text(tmp, "movie.mp4", "x"), "not supported"),
+    "avi-not-miniscope": (lambda tmp: text(tmp, "clip.avi", "x"), "metaData.json"),
+    "xml-not-bruker": (lambda tmp: text(tmp, "settings.xml", "<SETTINGS/>"), "Prairie View"),
+    "isxd-garbage": (lambda tmp: garbage(tmp, "garbage.isxd"), "Inscopix"),
     "missing": (lambda tmp: tmp / "none.tif", "not found"),
 }
 

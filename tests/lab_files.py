@@ -268,3 +268,93 @@ def write_blackrock_nev(path, spike_times: np.ndarray, electrodes: np.ndarray, n
     packets = b"".join(struct.pack("<IHBB", int(spike_times[i]), int(electrodes[i]), 0, 0) + wave for i in order)
     Path(path).write_bytes(basic + extended + packets)
     return Path(path)
+
+
+def write_bruker(folder, movie: np.ndarray, frame_period: float = 0.0333, channel_names=("Ch2",), micron_per_pixel: float = 1.1) -> Path:
+    """A Bruker Prairie View 5.6 T-series folder ``<name>/`` (``movie`` frames × channels × height × width, uint16):
+    one single-page OME-TIFF per frame and channel (``<name>_Cycle00001_Ch<c>_<frame>.ome.tif``) and the XML
+    ``<name>/<name>.xml``: <PVScan> with the state (frame period, lines, pixels, µm per pixel) and one
+    <Sequence type="TSeries Timed Element"> whose <Frame relativeTime> elements list each frame's <File> elements."""
+    import tifffile
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    n, n_ch, height, width = movie.shape
+    channels = [int(c[2:]) for c in channel_names]
+    frames = []
+    for t in range(n):
+        files = []
+        for ci, (number, cname) in enumerate(zip(channels, channel_names)):
+            name = f"{folder.name}_Cycle00001_Ch{number}_{t + 1:06d}.ome.tif"
+            tifffile.imwrite(folder / name, movie[t, ci], ome=True, metadata={"axes": "YX", "PhysicalSizeX": micron_per_pixel})
+            files.append(f'      <File channel="{number}" channelName="{cname}" page="1" filename="{name}" />')
+        frames.append(f'    <Frame relativeTime="{t * frame_period:.6f}" absoluteTime="{1.5 + t * frame_period:.6f}" index="{t + 1}" '
+                      f'parameterSet="CurrentSettings">\n' + "\n".join(files) + '\n      <ExtraParameters validData="True" />\n'
+                      f'      <PVStateShard>\n        <PVStateValue key="framePeriod" value="{frame_period}" />\n'
+                      '      </PVStateShard>\n    </Frame>')
+    xml = f"""<?xml version="1.0" encoding="utf-8"?>
+<PVScan version="5.6.64.400" date="5/1/2024 10:00:00 AM" notes="">
+  <SystemIDs SystemID="4353" />
+  <PVStateShard>
+    <PVStateValue key="activeMode" value="ResonantGalvo" />
+    <PVStateValue key="bitDepth" value="13" />
+    <PVStateValue key="dwellTime" value="0.4" />
+    <PVStateValue key="framePeriod" value="{frame_period}" />
+    <PVStateValue key="linesPerFrame" value="{height}" />
+    <PVStateValue key="pixelsPerLine" value="{width}" />
+    <PVStateValue key="micronsPerPixel">
+      <IndexedValue index="XAxis" value="{micron_per_pixel}" />
+      <IndexedValue index="YAxis" value="{micron_per_pixel}" />
+      <IndexedValue index="ZAxis" value="5" />
+    </PVStateValue>
+    <PVStateValue key="objectiveLens" value="Nikon 16X" />
+    <PVStateValue key="opticalZoom" value="2" />
+    <PVStateValue key="samplesPerPixel" value="1" />
+  </PVStateShard>
+  <Sequence type="TSeries Timed Element" cycle="1" time="10:00:01.5000000" bidirectionalZ="False" xYStageGridDefined="False">
+{chr(10).join(frames)}
+  </Sequence>
+</PVScan>
+"""
+    (folder / f"{folder.name}.xml").write_text(xml)
+    (folder / f"{folder.name}.env").write_text('<?xml version="1.0" encoding="utf-8"?>\n<Environment version="5.6.64.400" />\n')
+    return folder / f"{folder.name}.xml"
+
+
+def write_miniscope(folder, movie: np.ndarray, fps: float = 30.0, frames_per_file: int = 20) -> Path:
+    """A UCLA Miniscope v4 device folder as the Miniscope DAQ software writes it: ``0.avi``, ``1.avi`` … (FFV1,
+    lossless, grey frames stored as BGR, ``frames_per_file`` each), ``metaData.json`` (device settings) and
+    ``timeStamps.csv`` (frame number, time stamp in ms, buffer index). ``movie`` uint8 frames × height × width."""
+    import json
+
+    import cv2
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    n, height, width = movie.shape
+    for f, start in enumerate(range(0, n, frames_per_file)):
+        writer = cv2.VideoWriter(str(folder / f"{f}.avi"), cv2.VideoWriter_fourcc(*"FFV1"), fps, (width, height), isColor=True)
+        for frame in movie[start:start + frames_per_file]:
+            writer.write(cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_GRAY2BGR))
+        writer.release()
+    (folder / "metaData.json").write_text(json.dumps({
+        "deviceType": "Miniscope_V4_BNO", "deviceName": folder.name, "deviceID": 0, "frameRate": f"{fps:g}FPS",
+        "compression": "FFV1", "framesPerFile": frames_per_file, "gain": "Low", "ewl": 70, "led0": 24,
+        "ROI": {"height": height, "width": width, "leftEdge": 0, "topEdge": 0}}, indent=4))
+    stamps = "Frame Number,Time Stamp (ms),Buffer Index\n" + "".join(f"{i},{round(i * 1000 / fps)},0\n" for i in range(n))
+    (folder / "timeStamps.csv").write_text(stamps)
+    return folder / "0.avi"
+
+
+def write_inscopix(path, movie: np.ndarray, period_ms: float = 50.0) -> Path:
+    """An Inscopix ``.isxd`` movie written with Inscopix's own ``isx`` package (frames × height × width, uint16)."""
+    import isx
+    from isx.core import Duration, Spacing, Timing
+
+    n, height, width = movie.shape
+    out = isx.Movie.write(str(path), Timing(num_samples=n, period=Duration.from_msecs(period_ms)), Spacing(num_pixels=(height, width)),
+                          np.uint16)
+    for i, frame in enumerate(movie):
+        out.set_frame_data(i, np.ascontiguousarray(frame, np.uint16))
+    out.flush()
+    return Path(path)

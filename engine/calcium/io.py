@@ -19,6 +19,14 @@ Sources:
   frames, pixels in column-major order): memory-mapped as CaImAn's ``load_memmap`` reads it; frames are
   contiguous in order F files (each frame one read), strided in order C files.
 
+Through roiextractors (the field's readers of these formats; frames read on demand):
+
+* Bruker Prairie View TIFF series: the ``<folder>/<folder>.xml`` Prairie View writes beside its ``.ome.tif`` files
+  (channels and planes from the XML; frame rate from its ``relativeTime``);
+* UCLA Miniscope (v4 DAQ software): a ``.avi`` of the device folder (``0.avi``, ``1.avi`` … with ``metaData.json`` and
+  ``timeStamps.csv``), read with OpenCV, the rate from the time stamps;
+* Inscopix ``.isxd`` (needs Inscopix's ``isx`` package).
+
 Singleton axes are dropped (a ``T×1×H×W`` stack is a ``T×H×W`` movie). Frame rate comes from
 the file when it says (ImageJ ``fps``/``finterval``, tifffile JSON ``fps``, ScanImage
 ``scanFrameRate``, HDF5 ``fps``/``frame_rate`` attributes), else from the caller, else None.
@@ -37,7 +45,7 @@ import numpy as np
 from engine.errors import InputError, check_input_file
 from engine.progress import Progress, as_progress
 
-MOVIE_EXTENSIONS = (".tif", ".tiff", ".npy", ".h5", ".hdf5", ".nwb", ".mmap", ".bin")
+MOVIE_EXTENSIONS = (".tif", ".tiff", ".npy", ".h5", ".hdf5", ".nwb", ".mmap", ".bin", ".xml", ".avi", ".isxd")
 _HDF5_FPS_KEYS = ("fps", "frame_rate", "framerate", "frame_rate_hz", "fr", "sampling_rate", "sample_rate")
 _SUMMARY_CHUNK_BYTES = 32 * 2**20  # working set per chunk (counted as float64): keeps check() calls ~≤100 ms apart
 
@@ -174,10 +182,12 @@ def open_movie(path: str | os.PathLike, fps: float | None = None, dataset: str |
     fps = _check_fps(fps)
     selection = {k: int(v) for k, v in (("plane", plane), ("channel", channel)) if v is not None}
     layout = recording_layout(path)
-    if layout is not None:
-        movie = _open_scanimage(path, layout, **selection)
-    elif selection and (selection.get("plane", 0) != 0 or selection.get("channel") is not None):
+    if layout is None and (selection.get("plane", 0) != 0 or "channel" in selection):
         raise InputError(f"'{path.name}' holds a single plane and channel: open it without --plane / --channel.")
+    if ext in (".xml", ".avi", ".isxd"):
+        movie = _open_roiextractors(path, layout, **selection)
+    elif layout is not None:
+        movie = _open_scanimage(path, layout, **selection)
     elif ext == ".npy":
         movie = _open_npy(path)
     elif ext in (".tif", ".tiff"):
@@ -445,8 +455,11 @@ def _flat(value) -> list:
 
 def recording_layout(path: str | os.PathLike) -> RecordingLayout | None:
     """The planes and channels of a ScanImage 2016+ TIFF (its non-varying frame data: ``SI.hChannels.channelSave``,
-    ``SI.hStackManager`` slices and frames per slice, FastZ flyback frames), else None. Cheap: reads the header."""
+    ``SI.hStackManager`` slices and frames per slice, FastZ flyback frames) or of a Bruker Prairie View series (its
+    XML), else None. Cheap: reads the header or the XML."""
     path = Path(path)
+    if path.suffix.lower() == ".xml" and path.is_file():
+        return _bruker_layout(path)
     if path.suffix.lower() not in (".tif", ".tiff") or not path.is_file():
         return None
     import tifffile
@@ -515,11 +528,31 @@ class _PageFrames:
         return out
 
 
-def _open_scanimage(path: Path, layout: RecordingLayout, plane: int | None = None, channel: int | None = None) -> Movie:
-    """One plane and channel of a ScanImage recording, read from a memory map of the file at each page's offset
-    (tifffile parses the IFDs once, for the offsets); page by page through tifffile when pages are compressed."""
-    import tifffile
+def _bruker_layout(path: Path) -> RecordingLayout:
+    """Channels (``<File channel channelName>``) and planes (frames of the first ``<Sequence>`` of a Z series) of a
+    Prairie View XML, as roiextractors' Bruker reader counts them."""
+    from xml.etree import ElementTree
 
+    try:
+        root = ElementTree.parse(path).getroot()
+    except Exception as exc:
+        raise InputError(f"Could not read '{path.name}' as XML: the file is damaged.", details=str(exc)) from exc
+    if root.tag != "PVScan":
+        raise InputError(f"'{path.name}' is not a Bruker Prairie View XML (no <PVScan>): open the movie itself.")
+    if path.stem != path.parent.name:
+        raise InputError(f"'{path.name}': Prairie View names its XML after the folder it is in ('{path.parent.name}.xml'); "
+                         "keep the folder and file names it wrote.")
+    channels: dict[int, str] = {}
+    for element in root.iter("File"):
+        channels.setdefault(int(element.get("channel", len(channels) + 1)), element.get("channelName", ""))
+    sequence = next(root.iter("Sequence"), None)
+    planes = sum(1 for _ in sequence.iter("Frame")) if sequence is not None and "ZSeries" in sequence.get("type", "") else 1
+    numbers = tuple(sorted(channels))
+    return RecordingLayout(max(planes, 1), numbers, tuple(channels[c] or f"Ch{c}" for c in numbers), system="Bruker")
+
+
+def _choose(path: Path, layout: RecordingLayout, plane: int | None, channel: int | None) -> tuple[int, int]:
+    """(plane, channel) of a recording of several: given, or the only one; InputError naming the choices."""
     choices = []
     if layout.planes > 1 and plane is None:
         choices.append(f"--plane 0..{layout.planes - 1}")
@@ -535,6 +568,15 @@ def _open_scanimage(path: Path, layout: RecordingLayout, plane: int | None = Non
     if channel not in layout.channels:
         raise InputError(f"Channel {channel} was not saved in '{path.name}': it holds channel "
                          f"{' and '.join(str(c) for c in layout.channels)} ({', '.join(layout.channel_names)}).")
+    return plane, channel
+
+
+def _open_scanimage(path: Path, layout: RecordingLayout, plane: int | None = None, channel: int | None = None) -> Movie:
+    """One plane and channel of a ScanImage recording, read from a memory map of the file at each page's offset
+    (tifffile parses the IFDs once, for the offsets); page by page through tifffile when pages are compressed."""
+    import tifffile
+
+    plane, channel = _choose(path, layout, plane, channel)
     n_ch, per_slice = len(layout.channels), layout.frames_per_slice
     cycle = (layout.planes * per_slice + layout.flyback) * n_ch  # pages per volume (per frame of a plane recording)
     first = plane * per_slice * n_ch + layout.channels.index(channel)
@@ -560,6 +602,51 @@ def _open_scanimage(path: Path, layout: RecordingLayout, plane: int | None = Non
     except BaseException:
         tif.close()
         raise
+
+
+def _open_roiextractors(path: Path, layout: RecordingLayout | None, plane: int | None = None, channel: int | None = None) -> Movie:
+    """A Bruker series (by its XML), a Miniscope device folder (by one of its .avi files) or an Inscopix .isxd through
+    roiextractors' extractor; frames are read when asked for (``get_series``)."""
+    ext = path.suffix.lower()
+    name = {".xml": "Bruker Prairie View", ".avi": "Miniscope", ".isxd": "Inscopix"}[ext]
+    try:
+        if ext == ".xml":
+            from roiextractors import BrukerTiffImagingExtractor
+
+            plane, channel = _choose(path, layout, plane, channel)
+            index = layout.channels.index(channel)
+            extractor = BrukerTiffImagingExtractor(path.parent, channel_name=layout.channel_names[index] if len(layout.channels) > 1 else None)
+        elif ext == ".avi":
+            if not (path.parent / "metaData.json").is_file():
+                raise InputError(f"'{path.name}' has no metaData.json beside it: only UCLA Miniscope recordings (a device "
+                                 "folder of 0.avi, 1.avi …, metaData.json and timeStamps.csv) open as movies.")
+            from roiextractors import MiniscopeImagingExtractor
+
+            extractor = MiniscopeImagingExtractor(folder_path=path.parent)
+        else:
+            try:
+                import isx  # noqa: F401  (Inscopix's own reader, which roiextractors calls)
+            except ImportError:
+                raise InputError(f"'{path.name}' is an Inscopix movie: reading it needs Inscopix's 'isx' package "
+                                 "(pip install isx; wheels for Python 3.9–3.12 on Linux, macOS and Windows).") from None
+            from roiextractors import InscopixImagingExtractor
+
+            extractor = InscopixImagingExtractor(path)
+    except InputError:
+        raise
+    except Exception as exc:  # the extractors raise many kinds; the message names the file and the format
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"Could not read '{path.name}' as a {name} recording: {reason}. Check that its folder is complete "
+                         "as the acquisition software wrote it.", details=f"{type(exc).__name__}: {exc}") from exc
+    volumetric = bool(getattr(extractor, "is_volumetric", False))
+    shape = (int(extractor.get_num_samples()), *(int(s) for s in extractor.get_image_shape()))
+    _check_movie_shape(shape, path.name)
+
+    def reader(start: int, stop: int):
+        series = extractor.get_series(start_sample=start, end_sample=stop)
+        return series[..., plane] if volumetric else series
+
+    return Movie(extractor, shape, extractor.get_dtype(), fps=_metadata_fps(extractor.get_sampling_frequency()), reader=reader)
 
 
 def _hdf5_fps(ds, f) -> float | None:

@@ -105,3 +105,50 @@ def test_neurowb_cnmf_on_one_plane_and_channel(tmp_path, capsys):
     centres = np.array([np.argwhere(f > 0.5 * f.max()).mean(0) for f in footprints])
     found = np.array([[s["med"][0], s["med"][1]] for s in stat])
     assert len(found) >= len(centres) and np.all(np.min(np.linalg.norm(centres[:, None] - found[None], axis=2), 1) < 4)
+
+
+def test_bruker_prairie_view_series_by_its_xml(tmp_path):
+    """A two-channel Prairie View T-series: opened by its XML, the chosen channel's frames through roiextractors'
+    Bruker reader, the rate from the XML's relative times; without a channel the choices are named."""
+    from lab_files import write_bruker
+
+    movie = np.random.default_rng(3).integers(0, 8000, (9, 2, 16, 20)).astype(np.uint16)
+    xml = write_bruker(tmp_path / "TSeries-05012024-1000-001", movie, frame_period=0.05, channel_names=("Ch1", "Ch2"))
+    layout = recording_layout(xml)
+    assert (layout.system, layout.planes, layout.channels, layout.channel_names) == ("Bruker", 1, (1, 2), ("Ch1", "Ch2"))
+    with pytest.raises(InputError, match="--channel 1 or 2"):
+        open_movie(xml)
+    with open_movie(xml, channel=2) as m:
+        assert m.shape == (9, 16, 20) and m.fps == pytest.approx(20.0)
+        np.testing.assert_array_equal(m.frames(0, 9), movie[:, 1])
+        np.testing.assert_array_equal(m.frames(4, 6), movie[4:6, 1])
+    (tmp_path / "renamed.xml").write_text(xml.read_text())
+    with pytest.raises(InputError):
+        open_movie(tmp_path / "renamed.xml")
+
+
+def test_miniscope_device_folder_by_an_avi(tmp_path):
+    """A Miniscope v4 recording of 3 files (FFV1, lossless): opened by 0.avi, all files as one movie, the rate from
+    timeStamps.csv; an .avi that is not a Miniscope recording is refused with the reason."""
+    from lab_files import write_miniscope
+
+    movie = np.random.default_rng(4).integers(0, 255, (50, 24, 32)).astype(np.uint8)
+    avi = write_miniscope(tmp_path / "HPC_miniscope1", movie, fps=20.0, frames_per_file=20)
+    with open_movie(avi) as m:
+        assert m.shape == (50, 24, 32) and m.fps == pytest.approx(20.0, rel=0.02)
+        np.testing.assert_array_equal(m.frames(15, 45), movie[15:45])  # across the files' boundaries
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "clip.avi").write_bytes(avi.read_bytes())
+    with pytest.raises(InputError, match="metaData.json"):
+        open_movie(tmp_path / "other" / "clip.avi")
+
+
+def test_inscopix_isxd(tmp_path):
+    pytest.importorskip("isx")
+    from lab_files import write_inscopix
+
+    movie = np.random.default_rng(5).integers(0, 4000, (12, 18, 22)).astype(np.uint16)
+    path = write_inscopix(tmp_path / "recording_20240501.isxd", movie, period_ms=50.0)
+    with open_movie(path) as m:
+        assert m.shape == (12, 18, 22) and m.fps == pytest.approx(20.0) and m.dtype == np.uint16
+        np.testing.assert_array_equal(m.frames(0, 12), movie)

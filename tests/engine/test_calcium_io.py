@@ -142,10 +142,10 @@ def test_from_array(stack):
 def test_missing_unsupported_and_corrupt(tmp_path):
     with pytest.raises(InputError, match="not found"):
         open_movie(tmp_path / "nope.tif")
-    (tmp_path / "movie.avi").write_bytes(b"RIFF")
+    (tmp_path / "movie.mp4").write_bytes(b"ftyp")
     with pytest.raises(InputError) as info:
-        open_movie(tmp_path / "movie.avi")
-    assert ".avi" in info.value.message and all(ext in info.value.message for ext in MOVIE_EXTENSIONS)
+        open_movie(tmp_path / "movie.mp4")
+    assert ".mp4" in info.value.message and all(ext in info.value.message for ext in MOVIE_EXTENSIONS)
     for name in ("bad.tif", "bad.npy", "bad.h5"):
         (tmp_path / name).write_bytes(b"this is not image data" * 10)
         with pytest.raises(InputError) as info:
