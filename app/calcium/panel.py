@@ -46,7 +46,7 @@ from app.calcium.views import FieldOfView, TracePanel
 from app.dialogs import ask_nwb_metadata, ask_nwb_path, show_error
 from app.jobs import Job
 from app.workspace import InfoBox, Workspace
-from engine.calcium.io import MOVIE_EXTENSIONS, Movie, is_suite2p_binary, region_trace
+from engine.calcium.io import MOVIE_EXTENSIONS, Movie, is_suite2p_binary, recording_layout, region_trace
 from engine.calcium.pipeline import REGISTER
 from engine.mesh.io import HDF5_EXTENSIONS, is_hdf5_mesh
 from engine.nwb import ELECTRICAL_TYPES, has_series
@@ -78,6 +78,7 @@ class CalciumWorkspace(Workspace):
         super().__init__(window)
         self.movie: Movie | None = None
         self.summaries: dict[str, np.ndarray] = {}
+        self.selection: dict = {}  # the plane / channel shown, of a multi-plane or multi-channel recording
         self.curation: Curation | None = None
         self.selected: list[int] = []  # ROI indices, the current one first
         self.cnmf_job: Job | None = None
@@ -271,18 +272,26 @@ class CalciumWorkspace(Workspace):
             return is_suite2p_binary(path)
         return super().can_open(path)
 
-    def open_file(self, path: Path) -> Job:
-        return self.window.run_job(f"Open {path.name}", curation.open_movie_job, path,
-                                   on_result=lambda result: self._show(path, result))
+    def open_file(self, path: Path, selection: dict | None = None) -> Job | None:
+        layout = recording_layout(path) if selection is None else None  # several planes / channels: which one?
+        if layout is not None and layout.needs_choice:
+            from app.calcium.chooser import ask_plane_channel
 
-    def _show(self, path: Path, result: dict) -> None:
+            selection = ask_plane_channel(self, path, layout)
+            if selection is None:
+                return None
+        return self.window.run_job(f"Open {path.name}", curation.open_movie_job, path, selection or {},
+                                   on_result=lambda result: self._show(path, result, selection or {}))
+
+    def _show(self, path: Path, result: dict, selection: dict | None = None) -> None:
         self.play_button.setChecked(False)
         if self.movie is not None:
             self.movie.close()
         self.movie, self.summaries = result["movie"], result["summaries"]
-        self.current_path = path
+        self.current_path, self.selection = path, dict(selection or {})
         m = self.movie
-        self.info.update_values({"file": path.name, "n_frames": m.n_frames, "size": (m.height, m.width),
+        where = "".join(f", {k} {v}" for k, v in self.selection.items())
+        self.info.update_values({"file": path.name + where, "n_frames": m.n_frames, "size": (m.height, m.width),
                                  "fps": m.fps if m.fps else "unknown", "dtype": str(m.dtype)})
         self.frame_slider.blockSignals(True)
         self.frame_slider.setRange(0, m.n_frames - 1)
@@ -327,7 +336,7 @@ class CalciumWorkspace(Workspace):
         path = self.current_path
         fs = self.fps.value() or None
         job = self.run_dataset_job(f"CNMF on {path.name}", curation.run_cnmf_job, path, fs, self.diameter.value(),
-                                   self.register.currentText(), on_result=self._cnmf_done)
+                                   self.register.currentText(), self.selection, on_result=self._cnmf_done)
         self.cnmf_job = job
         job.progressed.connect(self._cnmf_progress)
         job.ended.connect(self._cnmf_ended)
@@ -651,7 +660,7 @@ class CalciumWorkspace(Workspace):
             return None
         decision = {"op": "add", "center": [round(float(v), 3) for v in center]}
         return self._edit_job(f"Add ROI at ({center[0]:.0f}, {center[1]:.0f})", decision, curation.add_roi_job,
-                              self.curation.result, self.current_path, center)
+                              self.curation.result, self.current_path, center, self.selection)
 
     def _edit_job(self, name: str, decision: dict, func, *args) -> Job:
         curation = self.curation

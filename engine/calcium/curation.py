@@ -5,7 +5,8 @@ to the CNMF result. Each decision names its ROIs by their centers, not by index,
 be replayed on a later run of the same movie (indices change when parameters do). The log is
 saved atomically after every change to ``workdir_for(movie)/calcium_curation.json``; the CNMF
 result it applies to is saved once per run beside it (``cnmf_result.npz``), so reopening the
-movie shows the curated ROIs without running again.
+movie shows the curated ROIs without running again. One plane / channel of a multi-plane or multi-channel
+recording (``selection``: ``{"plane": 1, "channel": 2}``) has its own pair, ``…plane1.channel2.json`` / ``.npz``.
 
 Everything here that costs more than drawing runs inside background jobs (the ``*_job``
 functions take ``progress``); the GUI thread only applies what they return.
@@ -169,7 +170,7 @@ def apply_decision(result: CNMFResult, decision: dict, movie_path: Path | None =
     raise ValueError(f"unknown decision {op!r}")
 
 
-def replay(result: CNMFResult, decisions: list[dict], movie_path: Path, progress=None) -> tuple[CNMFResult, list[dict], int]:
+def replay(result: CNMFResult, decisions: list[dict], movie_path, progress=None) -> tuple[CNMFResult, list[dict], int]:
     """Apply a saved log: (result, the decisions that applied, how many did not)."""
     progress = as_progress(progress)
     applied, skipped = [], 0
@@ -183,11 +184,21 @@ def replay(result: CNMFResult, decisions: list[dict], movie_path: Path, progress
     return result, applied, skipped
 
 
-def curation_path(movie_path: Path) -> Path:
-    return workdir_for(movie_path) / CURATION_FILE
+def _selected(name: str, selection: dict | None) -> str:
+    """``name`` for one plane / channel of a recording: ``cnmf_result.plane1.channel2.npz``."""
+    stem, dot, ext = name.rpartition(".")
+    return "".join([stem, *(f".{k}{v}" for k, v in sorted((selection or {}).items())), dot, ext])
 
 
-def load_decisions(movie_path: Path) -> tuple[list[dict], str]:
+def curation_path(movie_path: Path, selection: dict | None = None) -> Path:
+    return workdir_for(movie_path) / _selected(CURATION_FILE, selection)
+
+
+def result_path(movie_path: Path, selection: dict | None = None) -> Path:
+    return workdir_for(movie_path) / _selected(RESULT_FILE, selection)
+
+
+def load_decisions(movie_path: Path, selection: dict | None = None) -> tuple[list[dict], str]:
     """The saved decisions, and "" — or, for a damaged file, none and the message that says where it
     was kept (:func:`engine.storage.read_hand_work`: the next save must not overwrite the only copy)."""
     def parse(path: Path) -> list[dict]:
@@ -196,15 +207,17 @@ def load_decisions(movie_path: Path) -> tuple[list[dict], str]:
             raise ValueError("'decisions' is not a list")
         return [d for d in decisions if isinstance(d, dict) and d.get("op") in DECISIONS]
 
-    decisions, notice = read_hand_work(curation_path(movie_path), parse, "curation decisions")
+    decisions, notice = read_hand_work(curation_path(movie_path, selection), parse, "curation decisions")
     return decisions or [], notice
 
 
 class Curation:
     """The curated result with its decision log and undo snapshots (GUI thread; no Qt)."""
 
-    def __init__(self, movie_path: Path, result: CNMFResult, geometry: RoiGeometry, decisions: list[dict]):
+    def __init__(self, movie_path: Path, result: CNMFResult, geometry: RoiGeometry, decisions: list[dict],
+                 selection: dict | None = None):
         self.movie_path = movie_path
+        self.selection = dict(selection or {})
         self.result = result
         self.geometry = geometry
         self.decisions = list(decisions)
@@ -262,49 +275,56 @@ class Curation:
         return decision
 
     def save(self) -> Path:
-        return atomic_save_json(curation_path(self.movie_path), {
+        return atomic_save_json(curation_path(self.movie_path, self.selection), {
             "version": 1, "movie": movie_identity(self.movie_path), "decisions": self.decisions,
             "help": "Decisions applied in order to the CNMF result; ROIs are named by their (row, col) centers."})
 
 
 # -- job bodies -----------------------------------------------------------------------------------
 
-def open_movie_job(path: Path, progress=None) -> dict:
-    """Open the movie lazily, its summary images, and the saved curated result when there is one."""
+def open_movie_job(path: Path, selection: dict | None = None, progress=None) -> dict:
+    """Open the movie (its chosen plane / channel) lazily, its summary images, and the saved curated result when
+    there is one."""
     progress = as_progress(progress)
     scan, restore = progress.split([3, 1], ["Summary images", "Restoring curation"])
-    movie = open_movie(path)
+    movie = open_movie(path, **(selection or {}))
     summaries = summary_images(movie, progress=scan)
     out = {"movie": movie, "summaries": summaries, "curation": None, "skipped": 0, "notice": ""}
     remove_stale_temp(workdir_for(path))
-    base = load_result(workdir_for(path) / RESULT_FILE, movie_identity(path))
+    base = load_result(result_path(path, selection), movie_identity(path))
     if base is not None:
-        out["curation"], out["skipped"], out["notice"] = _curated(path, base, restore)
+        out["curation"], out["skipped"], out["notice"] = _curated(path, base, restore, selection)
     return out
 
 
-def _curated(path: Path, base: CNMFResult, progress) -> tuple[Curation, int, str]:
+def _source(path: Path, selection: dict | None):
+    """What the pipeline opens: the file, or the chosen plane / channel of it."""
+    return open_movie(path, **selection) if selection else path
+
+
+def _curated(path: Path, base: CNMFResult, progress, selection: dict | None = None) -> tuple[Curation, int, str]:
     """The curation replayed on ``base``, the number of decisions that matched no ROI, and the
     message about a damaged decisions file ("" when none)."""
-    decisions, notice = load_decisions(path)
-    result, applied, skipped = replay(base, decisions, path, progress=progress)
-    return Curation(path, result, roi_geometry(result), applied), skipped, notice
+    decisions, notice = load_decisions(path, selection)
+    result, applied, skipped = replay(base, decisions, _source(path, selection), progress=progress)
+    return Curation(path, result, roi_geometry(result), applied, selection), skipped, notice
 
 
-def run_cnmf_job(path: Path, fs: float | None, neuron_diameter: float, register: str, progress=None) -> dict:
+def run_cnmf_job(path: Path, fs: float | None, neuron_diameter: float, register: str, selection: dict | None = None,
+                 progress=None) -> dict:
     """Run the pipeline on the movie file (its own reader: the GUI keeps reading frames from its
     own), save the result beside the movie, and replay the saved decisions on it."""
     progress = as_progress(progress)
     run, restore = progress.split([10, 1], [None, "Restoring decisions"])
-    result = run_cnmf(path, fs=fs, neuron_diameter=neuron_diameter, register=register, progress=run)
-    curation, skipped, notice = _curated(path, result, restore)
+    result = run_cnmf(_source(path, selection), fs=fs, neuron_diameter=neuron_diameter, register=register, progress=run)
+    curation, skipped, notice = _curated(path, result, restore, selection)
     progress.check()  # the last moment a cancel keeps the previous result: saving it is the end of the job
-    save_result(result, workdir_for(path) / RESULT_FILE, movie_identity(path))
+    save_result(result, result_path(path, selection), movie_identity(path))
     return {"curation": curation, "skipped": skipped, "notice": notice}
 
 
-def add_roi_job(result: CNMFResult, path: Path, center, progress=None) -> dict:
-    new = add_component(result, path, center, progress=progress)
+def add_roi_job(result: CNMFResult, path: Path, center, selection: dict | None = None, progress=None) -> dict:
+    new = add_component(result, _source(path, selection), center, progress=progress)
     return {"result": new, "geometry": roi_geometry(new)}
 
 
