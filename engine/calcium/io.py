@@ -491,20 +491,22 @@ def recording_layout(path: str | os.PathLike) -> RecordingLayout | None:
     return RecordingLayout(planes, tuple(saved), labels, max(per_slice, 1), max(flyback, 0), _metadata_fps(rate))
 
 
-def _page_offsets(tif) -> tuple[np.ndarray, int] | None:
-    """The byte offset of every page's pixels and one page's byte count, when all pages are uncompressed, in one
-    contiguous run of strips each, of the first page's shape and type (what ScanImage writes), else None."""
+def _page_offsets(tif, pages: np.ndarray) -> np.ndarray | None:
+    """The byte offset of the pixels of each of ``pages``, when each is uncompressed, in one contiguous run of strips,
+    of the first page's shape and type (what ScanImage writes), else None. Only those pages' IFDs are decoded."""
     first = tif.pages.first
     nbytes = int(np.prod(first.shape)) * first.dtype.itemsize
-    offsets = []
+    if first.compression != 1:
+        return None
     tif.pages.useframes = True  # TiffFrames: only the offsets and byte counts of each IFD are decoded
-    for page in tif.pages:
+    offsets = np.empty(len(pages), np.int64)
+    for j, i in enumerate(pages):
+        page = tif.pages[int(i)]
         lo, counts = page.dataoffsets, page.databytecounts
-        if first.compression != 1 or len(lo) == 0 or sum(counts) != nbytes or any(
-                a + n != b for a, n, b in zip(lo[:-1], counts[:-1], lo[1:])):
+        if len(lo) == 0 or sum(counts) != nbytes or any(a + n != b for a, n, b in zip(lo[:-1], counts[:-1], lo[1:])):
             return None
-        offsets.append(lo[0])
-    return np.asarray(offsets, np.int64), nbytes
+        offsets[j] = lo[0]
+    return offsets
 
 
 class _PageFrames:
@@ -588,9 +590,9 @@ def _open_scanimage(path: Path, layout: RecordingLayout, plane: int | None = Non
         pages = (np.arange(cycles)[:, None] * cycle + first + np.arange(per_slice)[None, :] * n_ch).reshape(-1)
         page = tif.pages.first
         _check_movie_shape((len(pages), *page.shape), path.name)
-        found = _page_offsets(tif)
-        if found is not None:
-            frames = _PageFrames(np.memmap(path, dtype=np.uint8, mode="r"), found[0][pages], page.shape,
+        offsets = _page_offsets(tif, pages)
+        if offsets is not None:
+            frames = _PageFrames(np.memmap(path, dtype=np.uint8, mode="r"), offsets, page.shape,
                                  page.dtype.newbyteorder(tif.byteorder))
             tif.close()
             return _array_movie(frames, path.name, layout.fps)

@@ -152,3 +152,15 @@ def test_inscopix_isxd(tmp_path):
     with open_movie(path) as m:
         assert m.shape == (12, 18, 22) and m.fps == pytest.approx(20.0) and m.dtype == np.uint16
         np.testing.assert_array_equal(m.frames(0, 12), movie)
+
+
+def test_scanimage_pages_read_through_tifffile_when_not_memory_mappable(tmp_path, monkeypatch):
+    """Pages that cannot be read at an offset (compressed) are decoded page by page: the same frames."""
+    import engine.calcium.io as calcium_io
+
+    pages, data = _volumes(np.random.default_rng(6))
+    path = write_scanimage(tmp_path / "file_00001.tif", pages, scanimage_frame_data(channels=(1, 2), planes=P, flyback=F, volumes=T))
+    monkeypatch.setattr(calcium_io, "_page_offsets", lambda tif, pages: None)
+    with open_movie(path, plane=2, channel=1) as movie:
+        assert movie._reader is not None
+        np.testing.assert_array_equal(movie.frames(1, T), data[1:, 2, 0])
