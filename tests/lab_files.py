@@ -270,11 +270,13 @@ def write_blackrock_nev(path, spike_times: np.ndarray, electrodes: np.ndarray, n
     return Path(path)
 
 
-def write_bruker(folder, movie: np.ndarray, frame_period: float = 0.0333, channel_names=("Ch2",), micron_per_pixel: float = 1.1) -> Path:
+def write_bruker(folder, movie: np.ndarray, frame_period: float = 0.0333, channel_names=("Ch2",), micron_per_pixel: float = 1.1,
+                 planes: int = 1) -> Path:
     """A Bruker Prairie View 5.6 T-series folder ``<name>/`` (``movie`` frames × channels × height × width, uint16):
-    one single-page OME-TIFF per frame and channel (``<name>_Cycle00001_Ch<c>_<frame>.ome.tif``) and the XML
-    ``<name>/<name>.xml``: <PVScan> with the state (frame period, lines, pixels, µm per pixel) and one
-    <Sequence type="TSeries Timed Element"> whose <Frame relativeTime> elements list each frame's <File> elements."""
+    one single-page OME-TIFF per frame and channel (``<name>_Cycle<volume>_Ch<c>_<frame>.ome.tif``) and the XML
+    ``<name>/<name>.xml``: <PVScan> with the state (frame period, lines, pixels, µm per pixel) and a
+    <Sequence type="TSeries Timed Element"> whose <Frame relativeTime> elements list each frame's <File> elements;
+    with ``planes`` > 1 a "TSeries ZSeries Element": one <Sequence> per volume (cycle), its frames the planes."""
     import tifffile
 
     folder = Path(folder)
@@ -284,11 +286,15 @@ def write_bruker(folder, movie: np.ndarray, frame_period: float = 0.0333, channe
     frames = []
     for t in range(n):
         files = []
+        cycle, index = (t // planes + 1, t % planes + 1) if planes > 1 else (1, t + 1)
+        if planes > 1 and index == 1 and t:
+            frames.append(f'  </Sequence>\n  <Sequence type="TSeries ZSeries Element" cycle="{cycle}" time="10:00:01.5000000" '
+                          'bidirectionalZ="False" xYStageGridDefined="False">')
         for ci, (number, cname) in enumerate(zip(channels, channel_names)):
-            name = f"{folder.name}_Cycle00001_Ch{number}_{t + 1:06d}.ome.tif"
+            name = f"{folder.name}_Cycle{cycle:05d}_Ch{number}_{index:06d}.ome.tif"
             tifffile.imwrite(folder / name, movie[t, ci], ome=True, metadata={"axes": "YX", "PhysicalSizeX": micron_per_pixel})
             files.append(f'      <File channel="{number}" channelName="{cname}" page="1" filename="{name}" />')
-        frames.append(f'    <Frame relativeTime="{t * frame_period:.6f}" absoluteTime="{1.5 + t * frame_period:.6f}" index="{t + 1}" '
+        frames.append(f'    <Frame relativeTime="{t * frame_period:.6f}" absoluteTime="{1.5 + t * frame_period:.6f}" index="{index}" '
                       f'parameterSet="CurrentSettings">\n' + "\n".join(files) + '\n      <ExtraParameters validData="True" />\n'
                       f'      <PVStateShard>\n        <PVStateValue key="framePeriod" value="{frame_period}" />\n'
                       '      </PVStateShard>\n    </Frame>')
@@ -311,7 +317,7 @@ def write_bruker(folder, movie: np.ndarray, frame_period: float = 0.0333, channe
     <PVStateValue key="opticalZoom" value="2" />
     <PVStateValue key="samplesPerPixel" value="1" />
   </PVStateShard>
-  <Sequence type="TSeries Timed Element" cycle="1" time="10:00:01.5000000" bidirectionalZ="False" xYStageGridDefined="False">
+  <Sequence type="{'TSeries ZSeries Element' if planes > 1 else 'TSeries Timed Element'}" cycle="1" time="10:00:01.5000000" bidirectionalZ="False" xYStageGridDefined="False">
 {chr(10).join(frames)}
   </Sequence>
 </PVScan>

@@ -26,7 +26,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("cnmf", help="demix, deconvolve and evaluate the cells of a calcium movie",
                               description="CNMF pipeline: registration, detection, fast NMF per patch, merging, "
                               "deconvolution, evaluation.")
-    p.add_argument("movie", metavar="MOVIE", help="movie file: TIFF, NPY or HDF5 (frames × height × width)")
+    p.add_argument("movie", metavar="MOVIE", help="movie: TIFF (ScanImage too), NPY, HDF5, NWB, Suite2p data.bin, CaImAn .mmap, "
+                   "Bruker <folder>.xml, Miniscope .avi, Inscopix .isxd")
     p.add_argument("-o", "--output", metavar="OUT_DIR", required=True, help="output folder (Suite2p files, footprints.npz, traces.npz)")
     p.add_argument("--plane", type=nonnegative_int, metavar="K", help="plane of a multi-plane recording (0 = the first, as Suite2p's plane0)")
     p.add_argument("--channel", type=positive_int, metavar="C", help="channel of a multi-channel recording, by the acquisition's own "

@@ -164,3 +164,19 @@ def test_scanimage_pages_read_through_tifffile_when_not_memory_mappable(tmp_path
     with open_movie(path, plane=2, channel=1) as movie:
         assert movie._reader is not None
         np.testing.assert_array_equal(movie.frames(1, T), data[1:, 2, 0])
+
+
+def test_bruker_volume_series_one_plane(tmp_path):
+    """A Prairie View Z-series over time (3 planes per volume, one <Sequence> per volume): the chosen plane's frames,
+    at the volume rate."""
+    from lab_files import write_bruker
+
+    movie = np.random.default_rng(7).integers(0, 8000, (4 * 3, 1, 16, 20)).astype(np.uint16)  # 4 volumes × 3 planes
+    xml = write_bruker(tmp_path / "TSeries-05012024-1000-002", movie, frame_period=0.02, planes=3)
+    layout = recording_layout(xml)
+    assert (layout.planes, layout.channels) == (3, (2,))
+    with pytest.raises(InputError, match="--plane 0..2"):
+        open_movie(xml)
+    with open_movie(xml, plane=2) as m:
+        assert m.shape == (4, 16, 20) and m.fps == pytest.approx(1 / 0.06, rel=0.01)
+        np.testing.assert_array_equal(m.frames(0, 4), movie[2::3, 0])
