@@ -251,8 +251,8 @@ def write_blackrock_ns5(path, counts: np.ndarray, max_analog_uv: int = 8191, max
 
 def write_blackrock_nev(path, spike_times: np.ndarray, electrodes: np.ndarray, n_electrodes: int, width: int = 48) -> Path:
     """A Blackrock ``.nev`` (File Spec 2.3) holding threshold crossings, as Central writes it beside the ``.ns5``: the
-    336-byte basic header (``NEURALEV``, version 2.3, flag bit 0 "all waveforms 16-bit", header and packet sizes, 30 kHz time resolutions, time origin,
-    application, comment, extended header count), one 32-byte ``NEUEVWAV`` extended header per electrode
+    336-byte basic header (``NEURALEV``, version 2.3, flag bit 0 "all waveforms 16-bit", header and packet sizes,
+    30 kHz time resolutions, time origin, application, comment, extended header count), one 32-byte ``NEUEVWAV`` extended header per electrode
     (digitization factor in nV per bit, thresholds, bytes per sample, spike width), then one packet per spike:
     uint32 timestamp, uint16 electrode id, uint8 unit (0 = unsorted), a reserved byte, the int16 waveform."""
     import struct
@@ -317,7 +317,8 @@ def write_bruker(folder, movie: np.ndarray, frame_period: float = 0.0333, channe
     <PVStateValue key="opticalZoom" value="2" />
     <PVStateValue key="samplesPerPixel" value="1" />
   </PVStateShard>
-  <Sequence type="{'TSeries ZSeries Element' if planes > 1 else 'TSeries Timed Element'}" cycle="1" time="10:00:01.5000000" bidirectionalZ="False" xYStageGridDefined="False">
+  <Sequence type="{'TSeries ZSeries Element' if planes > 1 else 'TSeries Timed Element'}" cycle="1" time="10:00:01.5000000"
+            bidirectionalZ="False" xYStageGridDefined="False">
 {chr(10).join(frames)}
   </Sequence>
 </PVScan>

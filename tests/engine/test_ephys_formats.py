@@ -1,7 +1,8 @@
 """Recordings in the acquisition systems' formats, through SpikeInterface's extractors: SpikeGLX (.ap.bin +
 .meta, or the run folder), Open Ephys binary, Intan .rhd, Neuralynx .ncs, Blackrock .ns5, NWB read lazily (each
-file written by the test per its format's published layout, checked against what was written and neo's raw reading). Layout, µV gains and probe come from the
-files; a SpikeGLX run sorts from the command line with no layout flags and the probe of its .meta."""
+file written by the test per its format's published layout, checked against what was written and neo's raw
+reading). Layout, µV gains and probe come from the files; a SpikeGLX run sorts from the command line with no
+layout flags and the probe of its .meta."""
 
 from __future__ import annotations
 
