@@ -1,9 +1,10 @@
 """`neurowb cnmf`, `neurowb deconvolve` and `neurowb simulate-calcium` (registered through the
 ``neurowb.commands`` entry point ``calcium``).
 
-``neurowb cnmf MOVIE -o OUT_DIR [--plane K] [--channel C] [--nwb FILE.nwb] [--nwb-metadata META] [--fs HZ] [--neuron-diameter PX] [--register …] [--patch-size PX]``
-    runs :func:`engine.calcium.pipeline.run_cnmf` on one plane and channel of MOVIE and writes the Suite2p folder, ``footprints.npz``
-    and ``traces.npz`` (:mod:`engine.calcium.export`) into OUT_DIR; ``--nwb`` also an NWB file, with the
+``neurowb cnmf MOVIE -o OUT_DIR [--plane K] [--channel C] [--nwb FILE.nwb] [--nwb-metadata META]``
+``    [--fs HZ] [--neuron-diameter PX] [--register …] [--patch-size PX]``
+    runs :func:`engine.calcium.pipeline.run_cnmf` on one plane and channel of MOVIE and writes the Suite2p
+    folder, ``footprints.npz`` and ``traces.npz`` (:mod:`engine.calcium.export`) into OUT_DIR; ``--nwb`` also an NWB file, with the
     session metadata of ``--nwb-metadata`` (JSON or YAML, NWB's field names).
 ``neurowb deconvolve TRACES.npy [--fs HZ] [--method fast|cvxpy] -o OUT.npz``
     deconvolves every row (traces × frames; a 1-D array is one trace) and writes ``c``, ``s``,
