@@ -7,7 +7,9 @@ Depths, best source first:
    any motion correction): written by our sorter and by Kilosort 4.
 2. The PC features (``pc_features.npy`` n × n_pcs × P, ``pc_feature_ind.npy`` K × P), as Phy
    (``phylib``'s ``TemplateModel.get_depths``) and Kilosort's ``ksDriftmap`` do it: the centre of mass
-   of the channels' y positions weighted by the squared positive part of the first PC.
+   of the channels' y positions weighted by the squared positive part of the first PC. That assumes
+   Kilosort's sign (spikes project positively on the first PC); a template whose spikes project
+   negatively on its first feature channel (our sorts before we took that sign) is turned over first.
 3. The spike's template: centre of mass of the channels' y weighted by the unwhitened template's
    energy (Σ over samples of value²) on each channel — Kilosort 2/3 folders without PC features,
    SpikeInterface exports; also for a spike whose first PC is ≤ 0 on all its channels.
@@ -176,12 +178,18 @@ def read_drift_map(folder: str | os.PathLike, max_spikes: int = MAX_SPIKES, prog
         if usable:
             depths = np.empty(len(chosen), dtype=np.float32)
             pc_ind = np.asarray(pc_ind, dtype=np.int64)
+            sign = np.zeros(len(templates))  # Σ of each template's first feature: its spikes' sign on the first PC
+            for start in range(0, len(chosen), CHUNK):
+                progress.check()
+                sign += np.bincount(st[start:start + CHUNK], np.asarray(pc_features[chosen[start:start + CHUNK], 0, 0],
+                                                                          dtype=np.float64), minlength=len(templates))
+            sign = np.where(sign < 0, -1.0, 1.0)
             for start in range(0, len(chosen), CHUNK):
                 progress.check()
                 progress.report(start / max(len(chosen), 1), "spike depths from the PC features")
-                rows = chosen[start:start + CHUNK]
-                depths[start:start + CHUNK] = pc_feature_depths(np.asarray(pc_features[rows, 0, :], dtype=np.float64),
-                                                                pc_ind[st[start:start + CHUNK]], positions)
+                rows, units = chosen[start:start + CHUNK], st[start:start + CHUNK]
+                first_pc = np.asarray(pc_features[rows, 0, :], dtype=np.float64) * sign[units, None]
+                depths[start:start + CHUNK] = pc_feature_depths(first_pc, pc_ind[units], positions)
             missing = ~np.isfinite(depths)  # no positive first PC on any channel: the template's depth
             depths[missing] = template_y[st[missing]]
             source = "PC features"

@@ -78,6 +78,16 @@ def test_depths_from_pc_features_match_phylib(tmp_path):
     np.testing.assert_allclose(drift.depths_um[ok], theirs[ok], rtol=1e-5, atol=1e-3)
 
 
+def test_first_pc_sign_is_taken_per_template(tmp_path):
+    """A sorter whose first PC has the other sign (spikes project negatively): the same depths."""
+    truth = phy_folder(tmp_path / "phy")
+    kilosort_sign = read_drift_map(tmp_path / "phy").depths_um
+    np.save(tmp_path / "phy" / "pc_features.npy", truth["pcf"] * np.array([-1, 1, 1], np.float32)[None, :, None])
+    other_sign = read_drift_map(tmp_path / "phy").depths_um
+    keep = np.arange(900) != 5  # its features were all negative: now all positive
+    np.testing.assert_allclose(other_sign[keep], kilosort_sign[keep], rtol=1e-6)
+
+
 def test_depths_from_templates_without_features(tmp_path):
     truth = phy_folder(tmp_path / "phy", features=False)
     drift = read_drift_map(tmp_path / "phy")
