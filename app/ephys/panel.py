@@ -895,4 +895,5 @@ class EphysWorkspace(Workspace):
             self.show_data.setChecked(False)
             self.show_residual.setChecked(True)
 
-        return [("sort", self.run_sort), ("units", best_unit), ("model", model), ("residual", residual)]
+        return [("sort", self.run_sort), ("units", best_unit), ("model", model), ("residual", residual),
+                ("driftmap", self.drift.toggle)]
