@@ -91,6 +91,7 @@ class EphysWorkspace(Workspace):
         right.setSizes([380, 160])
         top = QSplitter(Qt.Orientation.Horizontal)
         self.drift = DriftMapView(window.run_job)  # spike depth over time, with the estimated motion: a tab beside the traces
+        self.drift.unit_clicked.connect(lambda c: self.select([c]))
         top.addWidget(self.drift.tabbed_with(self.traces, "Traces"))
         top.addWidget(right)
         top.setStretchFactor(0, 1)

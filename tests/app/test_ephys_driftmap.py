@@ -3,6 +3,7 @@ spike_positions.npy and motion.npz opens with the spikes at their depths and one
 depth block; a selected unit's spikes are drawn in its colour; D switches traces / drift map."""
 
 import numpy as np
+import pyqtgraph as pg
 import pytest
 from PyQt6.QtCore import Qt
 
@@ -84,6 +85,18 @@ def test_drift_map_follows_sorts_and_phy_folders(window, qtbot, recording, tmp_p
     x, y = highlight.getData()
     mine = ws.curation.spike_clusters == cid
     assert len(x) == mine.sum() and np.all(y == 100.0 + 60.0 * (cid % 3))
+
+    # clicking a spike of another unit selects that unit
+    other = next(int(k) for k in ws.curation.cluster_ids if k % 3 != cid % 3)
+    spike = np.flatnonzero(ws.curation.spike_clusters[drift.spikes] == other)[0]
+    ws.drift.tabs.setCurrentWidget(ws.drift)
+    qtbot.wait(50)
+    vb = ws.drift.plot.getPlotItem().getViewBox()
+    scene_pos = vb.mapViewToScene(pg.Point(drift.times_s[spike], drift.depths_um[spike]))
+    pos = ws.drift.plot.mapFromScene(scene_pos)
+    qtbot.mouseClick(ws.drift.plot.viewport(), Qt.MouseButton.LeftButton, pos=pos)
+    assert ws.selected and ws.selected[0] % 3 == other % 3  # a unit at that depth (they share it by threes)
+    ws.drift.tabs.setCurrentWidget(ws.traces)
 
     # D switches the traces and the drift map; the map is drawn (not blank)
     tabs = ws.drift.tabs
