@@ -2,11 +2,12 @@
 amplitude (Kilosort 4's drift plot, SpikeInterface's ``plot_motion``), with the motion the sorter
 estimated drawn over it, one line per depth block; the selected units' spikes in their colours.
 
-Click a spike to select its unit. The spikes are drawn as one image, each spike a dot of 2 × 2 bins holding the largest amplitude that
-falls there: measured under Xvfb, pyqtgraph's ScatterPlotItem takes 0.5 s to fill and 0.18 s to repaint
-50,000 dots (9 s and 1.7 s for 500,000), while the image repaints in 30–90 ms whatever the count. The
-folder is read and the image made in a background job (:func:`engine.ephys.driftmap.read_drift_map`,
-``DriftMap.raster``); the GUI thread only hands the finished image to pyqtgraph.
+Click a spike to select its unit. The spikes are drawn as one image made in a background job
+(:func:`engine.ephys.driftmap.read_drift_map`, ``DriftMap.raster``) at the plot's pixel size, each
+spike a 2 × 2-pixel dot holding the largest amplitude that falls there; the GUI thread only hands it
+to pyqtgraph. Measured under Xvfb (``benchmarks/driftmap.py``): pyqtgraph's ScatterPlotItem takes
+1 s to fill and 0.2 s to repaint 50,000 dots, the image 50 ms to draw and 25–70 ms to repaint
+whatever the count; only the selected units' spikes are a (small) scatter.
 """
 
 from __future__ import annotations

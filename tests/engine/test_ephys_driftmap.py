@@ -216,3 +216,19 @@ def test_pc_feature_depths_by_hand():
                                np.array([[0, 1, 2], [0, 1, 2], [0, 1, 2]]), positions)
     np.testing.assert_allclose(depths[:2], [10.0, 40.0])
     assert np.isnan(depths[2])
+
+
+def test_cli_prints_and_saves_the_map(tmp_path, capsys):
+    from engine.cli import main
+
+    truth = phy_folder(tmp_path / "phy", positions=True)
+    write_motion(tmp_path / "phy")
+    out = tmp_path / "drift.npz"
+    assert main(["driftmap", str(tmp_path / "phy"), "-o", str(out), "--max-spikes", "500"]) == 0
+    text = capsys.readouterr().out
+    assert "500 of 900 spikes" in text and "spike positions" in text and "non-rigid, 2 depth blocks" in text
+    with np.load(out) as z:
+        np.testing.assert_array_equal(z["depths_um"], truth["positions"][z["spikes"], 1])
+        assert z["displacement_um"].shape == (30, 2)
+    assert main(["driftmap", str(tmp_path / "nothing")]) == 2
+    assert "no params.py" in capsys.readouterr().err
