@@ -98,82 +98,87 @@ def paint(app, widget) -> None:
     app.processEvents()
 
 
-def main() -> None:
+def case(app, n: int) -> list:
+    """One row: reading and drawing the folder of ``n`` spikes."""
     import pyqtgraph as pg
-    from PyQt6.QtWidgets import QApplication
 
     from app.ephys.driftmap import DriftMapView, amplitude_lut, prepare
     from app.jobs import Job
 
+    folder = make_folder(n)
+
+    def run_job(name, func, *args, on_result=None, on_error=None):
+        job = Job(name, func, *args)
+        job.finished.connect(on_result)
+        job.failed.connect(lambda e: print(e.message))
+        return job.start()
+
+    view = DriftMapView(run_job)
+    view.resize(1100, 650)
+    view.show()
+    app.processEvents()
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    out = prepare(folder, (1000, 560))
+    job_s = time.perf_counter() - t0
+    peak_mb = tracemalloc.get_traced_memory()[1] / 2**20
+    tracemalloc.stop()
+    drift = out["drift"]
+    view.show_map(out)  # the first map drawn in a process also fills pyqtgraph's and Qt's caches
+    paint(app, view.plot)
+    show_ms = median_ms(lambda: (view.show_map(out), paint(app, view.plot)))
+    with StallProbe() as idle:  # the same 2 ms timer with nothing to do: what the shared machine costs alone
+        end = time.perf_counter() + 2.0
+        while time.perf_counter() < end:
+            app.processEvents()
+            time.sleep(0.001)
+    with StallProbe() as stall:  # the whole load as the app runs it: a job, the GUI thread free meanwhile
+        view.drift = None
+        job = view.load(folder)
+        while view.drift is None:
+            app.processEvents()
+            time.sleep(0.001)
+        paint(app, view.plot)
+    vb = view.plot.getPlotItem().getViewBox()
+    zoom_ms = median_ms(lambda: (vb.scaleBy((0.95, 0.95)), paint(app, view.plot)))
+    job.wait()
+    view.close()
+
+    # the same spikes as a scatter, one item per grey level
+    keep = np.arange(len(drift.spikes))
+    if len(keep) > 200_000:  # a scatter of more takes tens of seconds to fill
+        keep = keep[:: len(keep) // 200_000]
+    plot = pg.PlotWidget(background="w")
+    plot.resize(1100, 650)
+    plot.show()
+    app.processEvents()
+    lo, hi = drift.amplitude_limits()
+    level = np.clip(((drift.amplitudes[keep] - lo) / (hi - lo) * 16).astype(int), 0, 15)
+    lut = (amplitude_lut() * 255).astype(int)
+    t0 = time.perf_counter()
+    for k in range(16):
+        m = keep[level == k]
+        plot.addItem(pg.ScatterPlotItem(drift.times_s[m], drift.depths_um[m], size=3, pen=None,
+                                        brush=pg.mkBrush(*lut[k * 16 + 8])))
+    fill_ms = 1e3 * (time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    paint(app, plot)
+    first_ms = 1e3 * (time.perf_counter() - t0)
+    scatter_zoom_ms = median_ms(lambda: (plot.getPlotItem().getViewBox().scaleBy((0.95, 0.95)), paint(app, plot)))
+    plot.close()
+    return [f"{n:,}", f"{len(drift.spikes):,}", f"{job_s:.2f}", f"{peak_mb:.0f}", f"{show_ms:.0f}",
+                 f"{stall.max_gap_ms:.0f} ({idle.max_gap_ms:.0f})", f"{zoom_ms:.0f}", f"{len(keep):,}", f"{fill_ms:.0f}", f"{first_ms:.0f}",
+                 f"{scatter_zoom_ms:.0f}"]
+
+
+def main() -> None:
+    from PyQt6.QtWidgets import QApplication
+
+
     app = QApplication.instance() or QApplication([])
     print(machine_header("Drift map: reading and drawing big Phy folders"))
     print("\n(shared machine: other jobs ran at the same time)\n")
-    rows = []
-    for n in (50_000, 1_200_000):
-        folder = make_folder(n)
-
-        def run_job(name, func, *args, on_result=None, on_error=None):
-            job = Job(name, func, *args)
-            job.finished.connect(on_result)
-            job.failed.connect(lambda e: print(e.message))
-            return job.start()
-
-        view = DriftMapView(run_job)
-        view.resize(1100, 650)
-        view.show()
-        app.processEvents()
-        tracemalloc.start()
-        t0 = time.perf_counter()
-        out = prepare(folder, (1000, 560))
-        job_s = time.perf_counter() - t0
-        peak_mb = tracemalloc.get_traced_memory()[1] / 2**20
-        tracemalloc.stop()
-        drift = out["drift"]
-        view.show_map(out)  # the first map drawn in a process also fills pyqtgraph's and Qt's caches
-        paint(app, view.plot)
-        show_ms = median_ms(lambda: (view.show_map(out), paint(app, view.plot)))
-        with StallProbe() as idle:  # the same 2 ms timer with nothing to do: what the shared machine costs alone
-            end = time.perf_counter() + 2.0
-            while time.perf_counter() < end:
-                app.processEvents()
-                time.sleep(0.001)
-        with StallProbe() as stall:  # the whole load as the app runs it: a job, the GUI thread free meanwhile
-            view.drift = None
-            job = view.load(folder)
-            while view.drift is None:
-                app.processEvents()
-                time.sleep(0.001)
-            paint(app, view.plot)
-        vb = view.plot.getPlotItem().getViewBox()
-        zoom_ms = median_ms(lambda: (vb.scaleBy((0.95, 0.95)), paint(app, view.plot)))
-        job.wait()
-        view.close()
-
-        # the same spikes as a scatter, one item per grey level
-        keep = np.arange(len(drift.spikes))
-        if len(keep) > 200_000:  # a scatter of more takes tens of seconds to fill
-            keep = keep[:: len(keep) // 200_000]
-        plot = pg.PlotWidget(background="w")
-        plot.resize(1100, 650)
-        plot.show()
-        app.processEvents()
-        lo, hi = drift.amplitude_limits()
-        level = np.clip(((drift.amplitudes[keep] - lo) / (hi - lo) * 16).astype(int), 0, 15)
-        lut = (amplitude_lut() * 255).astype(int)
-        t0 = time.perf_counter()
-        for k in range(16):
-            m = keep[level == k]
-            plot.addItem(pg.ScatterPlotItem(drift.times_s[m], drift.depths_um[m], size=3, pen=None,
-                                            brush=pg.mkBrush(*lut[k * 16 + 8])))
-        fill_ms = 1e3 * (time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        paint(app, plot)
-        first_ms = 1e3 * (time.perf_counter() - t0)
-        scatter_zoom_ms = median_ms(lambda: (plot.getPlotItem().getViewBox().scaleBy((0.95, 0.95)), paint(app, plot)))
-        plot.close()
-        rows.append([f"{n:,}", f"{len(drift.spikes):,}", f"{job_s:.2f}", f"{peak_mb:.0f}", f"{show_ms:.0f}",
-                     f"{stall.max_gap_ms:.0f} ({idle.max_gap_ms:.0f})", f"{zoom_ms:.0f}", f"{len(keep):,}", f"{fill_ms:.0f}", f"{first_ms:.0f}",
-                     f"{scatter_zoom_ms:.0f}"])
+    rows = [case(app, n) for n in (50_000, 1_200_000)]
     markdown_table(rows, ["spikes in folder", "shown", "job (s)", "job peak alloc (MB)", "image: show (ms)",
                           "longest GUI stall during load (idle) (ms)", "image: zoom repaint (ms)", "scatter: dots",
                           "scatter: fill (ms)", "scatter: first paint (ms)", "scatter: zoom repaint (ms)"])
