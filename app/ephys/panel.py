@@ -23,6 +23,7 @@ from PyQt6.QtWidgets import (QApplication, QCheckBox, QComboBox, QDoubleSpinBox,
                              QLabel, QProgressBar, QPushButton, QSizePolicy, QSpinBox, QSplitter, QVBoxLayout)
 
 from app.dialogs import ask_nwb_metadata, ask_nwb_path, confirm, show_error
+from app.ephys.driftmap import DriftMapView
 from app.ephys.params_dialog import RecordingParamsDialog
 from app.ephys.traces import TraceLoader, TracePanel, TraceRequest, load_traces
 from app.ephys.views import SimilarList, UnitTable, UnitViews, selection_color
@@ -89,7 +90,9 @@ class EphysWorkspace(Workspace):
         right.addWidget(self.similar)
         right.setSizes([380, 160])
         top = QSplitter(Qt.Orientation.Horizontal)
-        top.addWidget(self.traces)
+        self.drift = DriftMapView(window.run_job)  # spike depth over time, with the estimated motion: a tab beside the traces
+        self.drift.unit_clicked.connect(lambda c: self.select([c]))
+        top.addWidget(self.drift.tabbed_with(self.traces, "Traces"))
         top.addWidget(right)
         top.setStretchFactor(0, 1)
         top.setStretchFactor(1, 0)
@@ -144,6 +147,8 @@ class EphysWorkspace(Workspace):
             help="Pair the selected unit with its most similar one, then the next most similar")
         add("Previous similar unit", lambda: self.next_similar(-1), "Shift+Space", group="Wizard", hint=False)
         add("Clear lasso", self.views.clear_lasso, "Esc", group="Views")
+        add("Traces / drift map", self.drift.toggle, "D", group="Views",
+            help="Switch between the traces and the drift map (spike depth over time, with the estimated motion)")
         add("Lasso point", None, "Ctrl+click", group="Views", hint=False,
             help="On the amplitude or feature view; Ctrl-click in the unit table selects several units")
         add("Scroll traces forward", lambda: self.step_time(0.5), "Right", group="Traces", hint=False)
@@ -531,6 +536,7 @@ class EphysWorkspace(Workspace):
     # -- curation state --------------------------------------------------------------------------
     def _set_curation(self, curation: Curation | None) -> None:
         self.curation = curation
+        self.drift.load(curation.folder if curation is not None else None)
         self._waveforms = {}
         self.selected = []
         if curation is not None:
@@ -598,6 +604,7 @@ class EphysWorkspace(Workspace):
                     self._waveforms[cid] = c.waveforms(self.source if self.source is not None and self.source.has_model else None,
                                                        cid, n_spikes=40 if c.templates_uv.shape[2] <= 64 else 20)
         self.views.show_units(c, self.selected[:3], self._waveforms)
+        self.drift.show_units(c.spike_clusters if c is not None else None, self.selected)
         if c is not None and self.selected:
             self.similar.show_similar([(cid, s, c.groups.get(cid, "unsorted")) for cid, s in c.similar(self.selected[0])],
                                       paired=self.selected[1] if len(self.selected) > 1 else None)
@@ -889,4 +896,5 @@ class EphysWorkspace(Workspace):
             self.show_data.setChecked(False)
             self.show_residual.setChecked(True)
 
-        return [("sort", self.run_sort), ("units", best_unit), ("model", model), ("residual", residual)]
+        return [("sort", self.run_sort), ("units", best_unit), ("model", model), ("residual", residual),
+                ("driftmap", self.drift.toggle)]

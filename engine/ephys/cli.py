@@ -1,4 +1,5 @@
-"""`neurowb sort`, `neurowb qc` and `neurowb simulate-ephys` (registered through the neurowb.commands entry point).
+"""`neurowb sort`, `neurowb qc`, `neurowb driftmap` and `neurowb simulate-ephys` (registered through the neurowb.commands
+entry point).
 
 ``neurowb sort RECORDING [--probe P] -o PHY_DIR [--nwb UNITS.nwb] [--nwb-metadata META]``
     sorts a recording into a Phy folder (and the units into an NWB file). RECORDING: any format of
@@ -8,6 +9,9 @@
     channels are assumed to form one straight column 20 µm apart (a warning says so).
 ``neurowb qc PHY_DIR [-o metrics.csv]``
     prints the per-unit quality table (definitions in engine/ephys/qc.py) and optionally saves it.
+``neurowb driftmap PHY_DIR [-o drift.npz] [--max-spikes N]``
+    summarises the drift map (engine/ephys/driftmap.py): spikes, where their depths come from, their range,
+    the estimated motion; ``-o`` saves times_s, depths_um, amplitudes, spikes (and the motion's arrays).
 ``neurowb simulate-ephys -o DIR [--channels 32 --units 16 --duration 60 --seed S --noise 10]``
     writes ``DIR/recording.raw`` (int16, with its JSON sidecar), ``DIR/recording.probe.json``
     (probeinterface) and ``DIR/recording_ground_truth.npz`` (spike_times, spike_units, templates).
@@ -45,6 +49,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("phy_dir", metavar="PHY_DIR")
     q.add_argument("-o", "--output", metavar="metrics.csv", help="also save the table as CSV")
     q.set_defaults(run=_run_qc)
+
+    m = subparsers.add_parser("driftmap", help="spike depths over time and the estimated motion of a Phy folder",
+                              description="The Ephys workspace's drift map as numbers (engine/ephys/driftmap.py).")
+    m.add_argument("phy_dir", metavar="PHY_DIR")
+    m.add_argument("-o", "--output", metavar="drift.npz", help="save times_s, depths_um, amplitudes, spikes (and the motion)")
+    m.add_argument("--max-spikes", type=positive_int, default=None, metavar="N",
+                   help="read a fixed random subset past N spikes (default 500,000)")
+    m.set_defaults(run=_run_driftmap)
 
     s = subparsers.add_parser("simulate-ephys", help="write a simulated probe recording with ground truth")
     s.add_argument("-o", "--output", metavar="DIR", required=True)
@@ -126,6 +138,35 @@ def _run_qc(args: argparse.Namespace) -> int:
     print(format_table(rows))
     if args.output:
         write_csv(rows, args.output)
+        print(f"saved {args.output}")
+    return 0
+
+
+def _run_driftmap(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from engine.cli import check_output
+    from engine.ephys.driftmap import MAX_SPIKES, read_drift_map
+
+    if args.output:
+        check_output(args.output, suffixes=(".npz",))
+    drift = read_drift_map(args.phy_dir, max_spikes=args.max_spikes or MAX_SPIKES)
+    n = len(drift.spikes)
+    shown = f"{n:,} of {drift.n_total:,} spikes (a fixed random subset)" if drift.subsampled else f"{n:,} spikes"
+    depths = f"{drift.depths_um.min():.0f}–{drift.depths_um.max():.0f} µm" if n else "—"
+    print(f"{shown} in {drift.duration_s:.1f} s; depths {depths} (from {drift.depth_source}); "
+          f"amplitudes in {drift.amplitude_unit}")
+    motion = drift.motion
+    if motion is None:
+        print("no motion estimated (no motion.npz)")
+    else:
+        kind = "rigid" if motion.rigid else f"non-rigid, {len(motion.spatial_bins_um)} depth blocks"
+        print(f"motion ({kind}): {len(motion.temporal_bins_s)} time bins, peak-to-peak {float(np.ptp(motion.displacement_um)):.1f} µm")
+    if args.output:
+        extra = {} if motion is None else {"temporal_bins_s": motion.temporal_bins_s, "spatial_bins_um": motion.spatial_bins_um,
+                                           "displacement_um": motion.displacement_um, "rigid": np.array(motion.rigid)}
+        np.savez(args.output, times_s=drift.times_s, depths_um=drift.depths_um, amplitudes=drift.amplitudes,
+                 spikes=drift.spikes, **extra)
         print(f"saved {args.output}")
     return 0
 

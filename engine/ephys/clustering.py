@@ -273,6 +273,8 @@ def initial_templates(
     wave = np.stack([extract_snippets(data, times[i:i + 1], channels[i:i + 1], -trough, n_samples)[0, :, 0] for i in sample])
     n_pc = min(3, len(wave), n_samples)
     tpcs = PCA(n_pc).fit(wave).components_.astype(np.float32)
+    if tpcs[0, trough] > 0:  # Kilosort's sign: a spike projects positively on the first PC (Phy's depths weigh by it)
+        tpcs[0] *= -1
 
     labels = np.full(len(times), -1)
     cluster_templates = []
