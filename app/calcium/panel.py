@@ -243,6 +243,8 @@ class CalciumWorkspace(Workspace):
         add("Leave add mode", lambda: self.add_button.setChecked(False), "Esc", group="Quality control", hint=False)
         add("Undo", self.undo, QKeySequence.StandardKey.Undo, group="Quality control",
             enabled=lambda: editable() and self.curation.can_undo)
+        add("Redo", self.redo, ("Ctrl+Shift+Z", "Ctrl+Y"), group="Quality control", hint=False,
+            enabled=lambda: editable() and self.curation.can_redo)
         for name, button in (("Accept", self.accept_button), ("Reject", self.reject_button), ("Merge", self.merge_button),
                              ("Delete", self.delete_button), ("Undo", self.undo_button)):
             self.registry.bind(name, button)
@@ -686,7 +688,17 @@ class CalciumWorkspace(Workspace):
             return
         self._fill_table()
         self.select([k for k in self.selected if k < self.curation.result.n_components])
-        self.window.show_status(f"Undid {self.curation.describe(decision)}.")
+        self.window.show_status(f"Undid {self.curation.describe(decision)} (Ctrl+Shift+Z redoes it).")
+
+    def redo(self) -> None:
+        if not self._editable():
+            return
+        decision = self.curation.redo()
+        if decision is None:
+            return
+        self._fill_table()
+        self.select([k for k in self.selected if k < self.curation.result.n_components])
+        self.window.show_status(f"Redid {self.curation.describe(decision)}.")
 
     # -- export -----------------------------------------------------------------------------
     def export(self, directory: str | Path | None = None) -> Job | None:

@@ -72,7 +72,11 @@ class FactorsWorkspace(Workspace):
         add("Close polygon", None, ("Return", "double-click"), group="Regions", hint=False)
         add("Drop last vertex", None, "Backspace", group="Regions", hint=False)
         add("Cancel shape", None, "Esc", group="Regions", hint=False)
-        add("Undo", self.undo_shape, QKeySequence.StandardKey.Undo, group="Regions", help="Undo the region's last shape")
+        add("Undo", self.undo, QKeySequence.StandardKey.Undo, group="Regions",
+            enabled=lambda: self.regions is not None and self.regions.history.can_undo,
+            help="Take back the last shape, new region, renaming, deletion or label file")
+        add("Redo", self.redo, "Ctrl+Shift+Z", group="Regions", hint=False,
+            enabled=lambda: self.regions is not None and self.regions.history.can_redo)
         add("Zoom / pan", None, ("wheel", "drag"), group="View", hint=False)
         self.keys_hint.setText(self.registry.hint() + " · Enter/double-click closes a polygon · Backspace drops a vertex · "
                                "Esc cancels · wheel zooms, drag pans")
@@ -353,10 +357,17 @@ class FactorsWorkspace(Workspace):
         self._regions_changed()
         self.window.show_status(f"Deleted region “{name}”.")
 
-    def undo_shape(self) -> None:
-        label = self.current_region()
-        if label is not None and self.regions.undo_shape(label):
+    def undo(self) -> None:
+        what = self.regions.undo() if self.regions is not None else None
+        if what is not None:
             self._regions_changed()
+            self.window.show_status(f"Undid the {what} (Ctrl+Shift+Z redoes it).")
+
+    def redo(self) -> None:
+        what = self.regions.redo() if self.regions is not None else None
+        if what is not None:
+            self._regions_changed()
+            self.window.show_status(f"Redid the {what}.")
 
     def load_labels_dialog(self) -> None:
         if self.image is None:
