@@ -29,7 +29,6 @@ from PyQt6.QtWidgets import (
     QHBoxLayout,
     QHeaderView,
     QLabel,
-    QProgressBar,
     QPushButton,
     QSizePolicy,
     QSlider,
@@ -45,6 +44,8 @@ from engine.calcium.curation import MOVIE_SOURCES, Curation
 from app.calcium.views import FieldOfView, TracePanel
 from app.dialogs import ask_nwb_metadata, ask_nwb_path, show_error
 from app.jobs import Job
+from app.widgets.job_box import JobBox
+from app.widgets.number_item import NumberItem
 from app.workspace import InfoBox, Workspace
 from engine.calcium.io import MOVIE_EXTENSIONS, Movie, is_suite2p_binary, region_trace
 from engine.calcium.pipeline import REGISTER
@@ -55,17 +56,6 @@ from engine.storage import workdir_for
 TRACE_RADIUS = 2  # pixels around a click averaged into its trace (movies without ROIs)
 IMAGE_KINDS = ("Mean", "Max", "Correlation", "Std", "Frame")
 TABLE_COLUMNS = ("ROI", "SNR", "r", "Size", "Accepted")
-
-class NumberItem(QTableWidgetItem):
-    """A table cell that sorts by its number, not its text."""
-
-    def __init__(self, value: float, text: str):
-        super().__init__(text)
-        self.value = float(value)
-        self.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
-
-    def __lt__(self, other):
-        return self.value < other.value if isinstance(other, NumberItem) else super().__lt__(other)
 
 
 class CalciumWorkspace(Workspace):
@@ -101,23 +91,14 @@ class CalciumWorkspace(Workspace):
         self.fps.setToolTip("Frame rate; “from file” uses the movie's metadata (30 Hz when it has none)")
         self.run_button = QPushButton("Run CNMF", objectName="Primary")
         self.run_button.clicked.connect(self.run_cnmf)
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.clicked.connect(self.cancel_cnmf)
-        run_row = QHBoxLayout()
-        run_row.addWidget(self.run_button, 2)
-        run_row.addWidget(self.cancel_button, 1)
-        self.progress_bar = QProgressBar()
-        self.progress_bar.setRange(0, 1000)
-        self.progress_bar.setTextVisible(False)
-        self.progress_bar.setFixedHeight(8)
-        self.stage_label = QLabel("Not run yet.")
-        self.stage_label.setWordWrap(True)
+        self.job_box = JobBox("Not run yet.", self.run_button, shows=self.shows,
+                              kept="the previous ROIs (if any) are kept.")
+        self.cancel_button, self.progress_bar, self.stage_label = (self.job_box.cancel_button, self.job_box.progress_bar,
+                                                                   self.job_box.stage_label)
         cnmf_form.addRow("Cell diameter:", self.diameter)
         cnmf_form.addRow("Registration:", self.register)
         cnmf_form.addRow("Frame rate:", self.fps)
-        cnmf_form.addRow(run_row)
-        cnmf_form.addRow(self.progress_bar)
-        cnmf_form.addRow(self.stage_label)
+        cnmf_form.addRow(self.job_box)
 
         display = QGroupBox("Display")
         form = QFormLayout(display)
@@ -330,33 +311,13 @@ class CalciumWorkspace(Workspace):
         fs = self.fps.value() or None
         job = self.run_dataset_job(f"CNMF on {path.name}", curation.run_cnmf_job, path, fs, self.diameter.value(),
                                    self.register.currentText(), on_result=self._cnmf_done)
-        self.cnmf_job = job
-        job.progressed.connect(self._cnmf_progress)
-        job.ended.connect(self._cnmf_ended)
-        self.stage_label.setText("Starting…")
+        self.cnmf_job = self.job_box.follow(job)
+        job.ended.connect(lambda _job: self._refresh_controls())
         self._refresh_controls()
         return job
 
     def cancel_cnmf(self) -> None:
-        if self.cnmf_job is not None and self.cnmf_job.is_running:
-            self.cnmf_job.cancel()
-            self.stage_label.setText("Cancelling…")
-
-    def _cnmf_progress(self, fraction: float, message: str) -> None:
-        if self.cnmf_job is None or not self.shows(self.cnmf_job):
-            return  # the CNMF of a movie shown before: its progress is in the job panel
-        self.progress_bar.setValue(int(fraction * 1000))
-        self.stage_label.setText(f"{message or 'Working'} — {fraction:.0%}")
-
-    def _cnmf_ended(self, job: Job) -> None:
-        if not self.shows(job):
-            pass
-        elif job.state.value == "cancelled":
-            self.stage_label.setText("Cancelled; the previous ROIs (if any) are kept.")
-            self.progress_bar.setValue(0)
-        elif job.error is not None:
-            self.stage_label.setText("Failed: see the error message.")
-        self._refresh_controls()
+        self.job_box.cancel()
 
     def _cnmf_done(self, out: dict) -> None:
         curation = out["curation"]

@@ -20,13 +20,14 @@ import numpy as np
 from PyQt6.QtCore import Qt, QTimer
 from PyQt6.QtGui import QKeySequence
 from PyQt6.QtWidgets import (QApplication, QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGridLayout, QGroupBox, QHBoxLayout,
-                             QLabel, QProgressBar, QPushButton, QSizePolicy, QSpinBox, QSplitter, QVBoxLayout)
+                             QLabel, QPushButton, QSizePolicy, QSpinBox, QSplitter, QVBoxLayout)
 
 from app.dialogs import ask_nwb_metadata, ask_nwb_path, confirm, show_error
 from app.ephys.params_dialog import RecordingParamsDialog
 from app.ephys.traces import TraceLoader, TracePanel, TraceRequest, load_traces
 from app.ephys.views import SimilarList, UnitTable, UnitViews, selection_color
 from app.jobs import Job
+from app.widgets.job_box import JobBox
 from app.workspace import InfoBox, Workspace
 from engine.calcium.io import is_suite2p_binary
 from engine.ephys import curation as engine_curation
@@ -189,18 +190,11 @@ class EphysWorkspace(Workspace):
         self.sort_button = QPushButton("Sort", objectName="Primary")
         self.sort_button.setToolTip("Filter, whiten, find templates and deconvolve (a background job), then write a Phy folder")
         self.sort_button.clicked.connect(self.run_sort)
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.clicked.connect(self.cancel_sort)
-        run_row = QHBoxLayout()
-        run_row.addWidget(self.sort_button, 2)
-        run_row.addWidget(self.cancel_button, 1)
-        self.progress_bar = QProgressBar()
-        self.progress_bar.setRange(0, 1000)
-        self.progress_bar.setTextVisible(False)
-        self.progress_bar.setFixedHeight(8)
-        self.stage_label = QLabel("Not sorted yet.")
+        self.job_box = JobBox("Not sorted yet.", self.sort_button, shows=self.shows,
+                              kept="the previous result (if any) is unchanged.")
+        self.cancel_button, self.progress_bar, self.stage_label = (self.job_box.cancel_button, self.job_box.progress_bar,
+                                                                   self.job_box.stage_label)
         self._stage_counts_units = False  # the stage line shows the open folder's unit count (not a running sort)
-        self.stage_label.setWordWrap(True)
         self.open_phy_button = QPushButton("Open Phy folder…")
         self.open_phy_button.setToolTip("Curate an existing Phy / Kilosort output folder; the raw file comes from its params.py")
         self.open_phy_button.clicked.connect(self.open_phy_dialog)
@@ -209,9 +203,7 @@ class EphysWorkspace(Workspace):
         form.addRow("Detection:", self.detect_threshold)
         form.addRow("Template:", self.template_ms)
         form.addRow(self.output_label)
-        form.addRow(run_row)
-        form.addRow(self.progress_bar)
-        form.addRow(self.stage_label)
+        form.addRow(self.job_box)
         form.addRow(self.open_phy_button)
 
     def _build_display_box(self) -> None:
@@ -437,35 +429,14 @@ class EphysWorkspace(Workspace):
             return None
         job = self.run_dataset_job(f"Sort {path.name}", engine_curation.sort_job, path, params, self.probe_path,
                                    self.sort_params(), folder, on_result=self._sorted)
-        job.progressed.connect(self._sort_progress)
-        job.ended.connect(self._sort_ended)
-        self.sort_job = job
+        self.sort_job = self.job_box.follow(job)
+        job.ended.connect(lambda _job: self._refresh_controls())
         self._stage_counts_units = False
-        self.stage_label.setText("Starting…")
-        self.progress_bar.setValue(0)
         self._refresh_controls()
         return job
 
     def cancel_sort(self) -> None:
-        if self.sort_job is not None and self.sort_job.is_running:
-            self.sort_job.cancel()
-            self.stage_label.setText("Cancelling…")
-
-    def _sort_progress(self, fraction: float, message: str) -> None:
-        if self.sort_job is None or not self.shows(self.sort_job):
-            return  # the sort of a recording shown before: its progress is in the job panel
-        self.progress_bar.setValue(int(fraction * 1000))
-        self.stage_label.setText(f"{message} — {fraction:.0%}")
-
-    def _sort_ended(self, job: Job) -> None:
-        if not self.shows(job):
-            pass
-        elif job.error is not None:
-            self.stage_label.setText("Sorting failed (see the message).")
-        elif job.cancel_requested and job.result is None:
-            self.stage_label.setText("Cancelled: the previous result (if any) is unchanged.")
-            self.progress_bar.setValue(0)
-        self._refresh_controls()
+        self.job_box.cancel()
 
     def _sorted(self, out: dict) -> None:
         self._show_phy(out, restore_view=False)

@@ -15,6 +15,7 @@ from PyQt6.QtGui import QBrush, QColor
 from PyQt6.QtWidgets import (QAbstractItemView, QHeaderView, QLabel, QLineEdit, QSizePolicy, QTableWidget, QTableWidgetItem,
                              QVBoxLayout, QWidget)
 
+from app.widgets.number_item import NumberItem
 from engine.ephys.curation import REFRACTORY_S, filter_rows
 from engine.errors import InputError
 
@@ -36,18 +37,6 @@ COLUMNS = (("cluster_id", "ID", "{:d}", "Cluster id (Phy's)"),
 
 def selection_color(i: int) -> str:
     return SELECTION_COLORS[i % len(SELECTION_COLORS)]
-
-
-class NumberItem(QTableWidgetItem):
-    """A table cell that sorts by its number, not its text."""
-
-    def __init__(self, value: float, text: str):
-        super().__init__(text)
-        self.value = float(value) if np.isfinite(value) else -np.inf
-        self.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
-
-    def __lt__(self, other):
-        return self.value < other.value if isinstance(other, NumberItem) else super().__lt__(other)
 
 
 class UnitTable(QWidget):

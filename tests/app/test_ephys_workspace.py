@@ -247,7 +247,7 @@ def test_sort_can_be_cancelled(window, qtbot, recording):
     qtbot.mouseClick(ws.cancel_button, Qt.MouseButton.LeftButton)
     wait_for_job(qtbot, job, timeout=60000)
     assert job.state is JobState.CANCELLED  # the sort takes seconds; the click lands in milliseconds
-    assert ws.curation is None and "Cancelled" in ws.stage_label.text()
+    assert ws.curation is None and "cancelled" in ws.stage_label.text()
     assert not (recording.parent / "sim_phy").exists()
     assert ws.sort_button.isEnabled() and not ws.cancel_button.isEnabled()
 
