@@ -24,6 +24,7 @@ from PyQt6.QtWidgets import (QApplication, QCheckBox, QComboBox, QDoubleSpinBox,
 
 from app.dialogs import ask_nwb_metadata, ask_nwb_path, confirm, show_error
 from app.ephys.params_dialog import RecordingParamsDialog
+from app.ephys.session import EphysSession
 from app.ephys.traces import TraceLoader, TracePanel, TraceRequest, load_traces
 from app.ephys.views import SimilarList, UnitTable, UnitViews, selection_color
 from app.jobs import Job
@@ -52,13 +53,8 @@ class EphysWorkspace(Workspace):
 
     def __init__(self, window):
         super().__init__(window)
-        self.recording: RawRecording | None = None
-        self.source: TraceSource | None = None
-        self.curation: Curation | None = None
-        self.raw_path: Path | None = None
+        self.session = EphysSession(self)  # recording, curation, selection, running sort: held there once
         self.probe_path: Path | None = None
-        self.selected: list[int] = []
-        self.sort_job: Job | None = None
         self._waveforms: dict[int, dict] = {}
         self.view_start = 0.0  # s: left edge of the trace window
         self._restoring_view = False
@@ -77,7 +73,13 @@ class EphysWorkspace(Workspace):
         self.traces.view_changed.connect(self._view_changed)
         self.traces.spike_clicked.connect(lambda c: self.select([c]))
         self.units = UnitTable()
-        self.units.selection_changed.connect(self._selection_changed)
+        self.units.current_selection = lambda: self.session.selected  # Ctrl-click order
+        self.units.selection_changed.connect(self.session.select)  # a click on the table
+        self.session.selection_changed.connect(self.units.show_selection)  # the table shows any selection …
+        self.session.selection_changed.connect(self._selection_changed)  # … and the views follow it
+        for changed in (self.session.recording_changed, self.session.curation_changed, self.session.busy_changed):
+            changed.connect(lambda *_: self._refresh_controls())
+        self.session.history_changed.connect(lambda: self.registry.refresh())  # Undo / Redo buttons
         self.table = self.units.table
         self.similar = SimilarList()
         self.similar.picked.connect(self._similar_picked)
@@ -350,10 +352,33 @@ class EphysWorkspace(Workspace):
             self.stage_label.setText(f"Loading the earlier sort in {out['phy_folder'].name}/ …")
             self.open_phy(out["phy_folder"])
 
+    # -- session state (read here, changed through self.session) ----------------------------------
+    @property
+    def recording(self) -> RawRecording | None:
+        return self.session.recording
+
+    @property
+    def source(self) -> TraceSource | None:
+        return self.session.source
+
+    @property
+    def raw_path(self) -> Path | None:
+        return self.session.raw_path
+
+    @property
+    def curation(self) -> Curation | None:
+        return self.session.curation
+
+    @property
+    def selected(self) -> list[int]:
+        return self.session.selected
+
+    @property
+    def sort_job(self) -> Job | None:
+        return self.session.sort_job
+
     def _set_recording(self, path: Path, recording: RawRecording, source: TraceSource) -> None:
-        if self.recording is not None and self.recording is not recording:
-            self.recording.close()
-        self.recording, self.source, self.raw_path = recording, source, path
+        self.session.set_recording(path, recording, source)
         p = recording.params
         self.info.update_values({"file": path.name, "n_channels": recording.n_channels, "sample_rate": recording.sample_rate,
                                  "duration": recording.duration, "dtype": p.dtype, "gain_uv": p.gain_uv,
@@ -429,10 +454,8 @@ class EphysWorkspace(Workspace):
             return None
         job = self.run_dataset_job(f"Sort {path.name}", engine_curation.sort_job, path, params, self.probe_path,
                                    self.sort_params(), folder, on_result=self._sorted)
-        self.sort_job = self.job_box.follow(job)
-        job.ended.connect(lambda _job: self._refresh_controls())
+        self.session.set_sort_job(self.job_box.follow(job))
         self._stage_counts_units = False
-        self._refresh_controls()
         return job
 
     def cancel_sort(self) -> None:
@@ -501,22 +524,17 @@ class EphysWorkspace(Workspace):
 
     # -- curation state --------------------------------------------------------------------------
     def _set_curation(self, curation: Curation | None) -> None:
-        self.curation = curation
         self._waveforms = {}
-        self.selected = []
+        self.session.set_curation(curation)
         if curation is not None:
             if self.source is not None and not self.source.has_model and self.recording is not None:
-                self.source = TraceSource(self.recording, curation.phy)
+                self.session.set_source(TraceSource(self.recording, curation.phy))
             self.saved_label.setText(f"Autosaved to {curation.folder}")
             self.saved_label.setToolTip(str(curation.folder))
         else:
             self.saved_label.setText("")
         self._fill_table([])
-        first = self.units.visible_clusters()[:1]
-        if curation is not None and first:
-            self.select(first)
-        else:
-            self._selection_changed([])
+        self.select(self.units.visible_clusters()[:1] if curation is not None else [])
         self.redraw()
 
     def _fill_table(self, selected: list[int]) -> None:
@@ -527,8 +545,9 @@ class EphysWorkspace(Workspace):
             self.table_splitter.setSizes([max(left + right - needed, 300), needed])
 
     def select(self, clusters: list[int]) -> None:
-        """Select units (the first is the current one): the table, views and trace markers follow."""
-        self.units.select([int(c) for c in dict.fromkeys(clusters)], emit=True)
+        """Select units (the first is the current one; units not in the table are left out): the table,
+        views and trace markers follow the session."""
+        self.session.select([int(c) for c in dict.fromkeys(clusters) if self.units.row_of(int(c)) is not None])
 
     def export_nwb(self, path: str | Path | None = None) -> Job | None:
         if self.curation is None:
@@ -561,7 +580,6 @@ class EphysWorkspace(Workspace):
             self.select([self.selected[0], cluster])
 
     def _selection_changed(self, clusters: list[int]) -> None:
-        self.selected = list(clusters)
         c = self.curation
         if c is not None:
             for cid in self.selected[:3]:

@@ -78,8 +78,12 @@ def test_sort_view_curate_and_reload(window, qtbot, recording, tmp_path, monkeyp
 
     # Phy's wizard keys: Space pairs the unit with its most similar one, then the next; Shift+Space goes back
     similar = [cid for cid, _ in c.similar(a)]
+    said = []  # one selection, held by the session: the table, the views and the panel follow its signal
+    ws.session.selection_changed.connect(said.append)
     qtbot.keyClick(ws, Qt.Key.Key_Space)
-    assert ws.selected == [a, similar[0]]
+    assert ws.selected == [a, similar[0]] and said == [[a, similar[0]]] and ws.session.selected == ws.selected
+    assert set(ws.units.shown_selection()) == {a, similar[0]}  # the table shows a selection made elsewhere
+    assert not hasattr(ws.units, "selected")
     qtbot.keyClick(ws, Qt.Key.Key_Space)
     assert ws.selected == [a, similar[1]] and ws.similar.selectedItems()[0].row() == 1
     qtbot.keyClick(ws, Qt.Key.Key_Space, Qt.KeyboardModifier.ShiftModifier)
