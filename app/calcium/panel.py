@@ -41,6 +41,7 @@ from PyQt6.QtWidgets import (
 
 from engine.calcium import curation
 from engine.calcium.curation import MOVIE_SOURCES, Curation
+from app.calcium.session import CalciumSession
 from app.calcium.views import FieldOfView, TracePanel
 from app.dialogs import ask_nwb_metadata, ask_nwb_path, show_error
 from app.jobs import Job
@@ -66,12 +67,7 @@ class CalciumWorkspace(Workspace):
 
     def __init__(self, window):
         super().__init__(window)
-        self.movie: Movie | None = None
-        self.summaries: dict[str, np.ndarray] = {}
-        self.curation: Curation | None = None
-        self.selected: list[int] = []  # ROI indices, the current one first
-        self.cnmf_job: Job | None = None
-        self.edit_job: Job | None = None  # add or merge in flight: other edits wait for it
+        self.session = CalciumSession(self)  # movie, curation, selected ROIs, jobs in flight: held there once
         self._shown_kind = None  # (image kind, source) on screen: contrast resets when it changes
         self._hover = (-1, -1)  # the pixel under the mouse, to refresh its description after a decision
 
@@ -192,6 +188,9 @@ class CalciumWorkspace(Workspace):
         self.table.sortItems(0, Qt.SortOrder.AscendingOrder)
         self.table.setSortingEnabled(True)
         self.table.itemSelectionChanged.connect(self._table_selection_changed)
+        self.session.selection_changed.connect(self._show_selection)  # the table, contours and traces follow
+        self.session.busy_changed.connect(self._refresh_controls)
+        self.session.history_changed.connect(lambda: self.registry.refresh())  # the Undo button
         self.table.setMinimumWidth(300)
         self.traces = TracePanel()
         self.traces.frame_picked.connect(self._time_picked)
@@ -260,9 +259,7 @@ class CalciumWorkspace(Workspace):
 
     def _show(self, path: Path, result: dict) -> None:
         self.play_button.setChecked(False)
-        if self.movie is not None:
-            self.movie.close()
-        self.movie, self.summaries = result["movie"], result["summaries"]
+        self.session.set_movie(result["movie"], result["summaries"])
         self.current_path = path
         m = self.movie
         self.info.update_values({"file": path.name, "n_frames": m.n_frames, "size": (m.height, m.width),
@@ -282,8 +279,7 @@ class CalciumWorkspace(Workspace):
         self._show_notice(result.get("notice"))
 
     def _set_curation(self, curation: Curation | None, skipped: int = 0) -> None:
-        self.curation = curation
-        self.selected = []
+        self.session.set_curation(curation)
         self.add_button.setChecked(False)
         if curation is not None:
             self.fov.marker.clear()  # ROIs replace the clicked pixel and its trace
@@ -311,10 +307,7 @@ class CalciumWorkspace(Workspace):
         fs = self.fps.value() or None
         job = self.run_dataset_job(f"CNMF on {path.name}", curation.run_cnmf_job, path, fs, self.diameter.value(),
                                    self.register.currentText(), on_result=self._cnmf_done)
-        self.cnmf_job = self.job_box.follow(job)
-        job.ended.connect(lambda _job: self._refresh_controls())
-        self._refresh_controls()
-        return job
+        return self.session.set_cnmf_job(self.job_box.follow(job))
 
     def cancel_cnmf(self) -> None:
         self.job_box.cancel()
@@ -440,19 +433,24 @@ class CalciumWorkspace(Workspace):
 
     def select(self, indices: list[int]) -> None:
         """Select ROIs (the first is the current one): table rows, contours and traces follow."""
-        n = self.curation.result.n_components if self.curation is not None else 0
-        self.selected = [int(k) for k in dict.fromkeys(indices) if 0 <= k < n]
-        self.table.blockSignals(True)
-        self.table.clearSelection()
-        rows = self._rows_by_roi()
-        mode = self.table.selectionMode()
-        self.table.setSelectionMode(QAbstractItemView.SelectionMode.MultiSelection)  # selectRow adds, not replaces
-        for k in reversed(self.selected):  # the current ROI last: it becomes the table's current row
-            self.table.selectRow(rows[k])
-        self.table.setSelectionMode(mode)
-        if self.selected:
-            self.table.scrollToItem(self.table.item(rows[self.selected[0]], 0))
-        self.table.blockSignals(False)
+        self.session.select(indices)
+
+    def _show_selection(self, selected: list[int]) -> None:
+        """The session's selection: the table selects its rows (unless a click there made it), then the
+        contours and traces follow."""
+        shown = {self._roi_at_row(index.row()) for index in self.table.selectionModel().selectedRows()}
+        if shown != set(selected):
+            self.table.blockSignals(True)
+            self.table.clearSelection()
+            rows = self._rows_by_roi()
+            mode = self.table.selectionMode()
+            self.table.setSelectionMode(QAbstractItemView.SelectionMode.MultiSelection)  # selectRow adds, not replaces
+            for k in reversed(selected):  # the current ROI last: it becomes the table's current row
+                self.table.selectRow(rows[k])
+            self.table.setSelectionMode(mode)
+            if selected:
+                self.table.scrollToItem(self.table.item(rows[selected[0]], 0))
+            self.table.blockSignals(False)
         self._roi_changed()
 
     def _table_selection_changed(self) -> None:
@@ -464,8 +462,7 @@ class CalciumWorkspace(Workspace):
         if current in rois:
             rois.remove(current)
             rois.insert(0, current)
-        self.selected = rois
-        self._roi_changed()
+        self.session.select(rois)
 
     def _rows_by_roi(self) -> dict[int, int]:
         return {self._roi_at_row(r): r for r in range(self.table.rowCount())}
@@ -566,6 +563,31 @@ class CalciumWorkspace(Workspace):
         self.export_button.setEnabled(self.curation is not None and not editing)
         self.export_nwb_button.setEnabled(self.export_button.isEnabled())
 
+    # -- session state (read here, changed through self.session) ------------------------------
+    @property
+    def movie(self) -> Movie | None:
+        return self.session.movie
+
+    @property
+    def summaries(self) -> dict[str, np.ndarray]:
+        return self.session.summaries
+
+    @property
+    def curation(self) -> Curation | None:
+        return self.session.curation
+
+    @property
+    def selected(self) -> list[int]:
+        return self.session.selected
+
+    @property
+    def cnmf_job(self) -> Job | None:
+        return self.session.cnmf_job
+
+    @property
+    def edit_job(self) -> Job | None:
+        return self.session.edit_job
+
     # -- decisions -------------------------------------------------------------------------
     def _editable(self) -> bool:
         if self.curation is None:
@@ -627,10 +649,7 @@ class CalciumWorkspace(Workspace):
             self.select([curation.result.n_components - 1])  # add and merge append the new ROI last
             self.window.show_status(f"{name}: done (Ctrl+Z to undo).")
 
-        self.edit_job = self.window.run_job(name, func, *args, on_result=done)
-        self.edit_job.ended.connect(lambda _: self._refresh_controls())
-        self._refresh_controls()
-        return self.edit_job
+        return self.session.set_edit_job(self.window.run_job(name, func, *args, on_result=done))
 
     def _add_mode_toggled(self, on: bool) -> None:
         if on and self.curation is None:
