@@ -120,6 +120,19 @@ def test_regions_undo_and_redo_every_edit_across_regions(tmp_path):
     np.testing.assert_array_equal(again.rasterize(), rset.rasterize())
 
 
+def test_regions_read_from_a_label_file_start_with_nothing_to_undo(tmp_path):
+    from engine.factors.workflow import regions_from_label_file
+
+    labels = np.zeros((6, 8), np.int32)
+    labels[:3] = 1
+    labels[3:] = 2
+    np.save(tmp_path / "image_labels.npy", labels)
+    rset = regions_from_label_file(tmp_path / "image_labels.npy", (6, 8))
+    assert sorted(rset.names) == [1, 2] and not rset.history.can_undo
+    rset.delete(1)
+    assert rset.undo() == "deletion of “Region 1”" and sorted(rset.names) == [1, 2] and rset.undo() is None
+
+
 @dataclass
 class _Result:  # the fields of a CNMF result that accepting and rejecting touch
     accepted: np.ndarray
