@@ -1,24 +1,23 @@
 """Base class of the four workspaces (one per modality).
 
 A workspace is a QWidget with its own layout; it declares the file types it opens, opens them
-through background jobs, and can load its demo dataset. It talks to the shell only through
-``window.run_job(...)``, ``window.settings`` and ``window.show_status(...)``.
+through background jobs, and can load its demo dataset. It talks to the window around it only
+through the :class:`app.shell.Shell` interface (``window.run_job(...)``, ``window.settings``,
+``window.show_status(...)`` …), so no workspace imports the main window.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 from PyQt6.QtCore import Qt, pyqtSignal
 from PyQt6.QtWidgets import QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QScrollArea, QSizePolicy, QStackedWidget, QVBoxLayout, QWidget
 
 from app.actions import ActionRegistry
 from app.jobs import Job
+from app.shell import Shell
 from app.widgets.empty_state import EmptyState
-
-if TYPE_CHECKING:
-    from app.main import MainWindow
 
 
 class Workspace(QWidget):
@@ -29,7 +28,7 @@ class Workspace(QWidget):
     extensions: tuple[str, ...] = ()
     data_loaded = pyqtSignal(str)  # path of the dataset now shown
 
-    def __init__(self, window: "MainWindow"):
+    def __init__(self, window: Shell):
         super().__init__()
         self.window = window
         self.current_path: Path | None = None

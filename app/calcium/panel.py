@@ -29,7 +29,6 @@ from PyQt6.QtWidgets import (
     QHBoxLayout,
     QHeaderView,
     QLabel,
-    QProgressBar,
     QPushButton,
     QSizePolicy,
     QSlider,
@@ -42,9 +41,12 @@ from PyQt6.QtWidgets import (
 
 from engine.calcium import curation
 from engine.calcium.curation import MOVIE_SOURCES, Curation
+from app.calcium.session import CalciumSession
 from app.calcium.views import FieldOfView, TracePanel
 from app.dialogs import ask_nwb_metadata, ask_nwb_path, show_error
 from app.jobs import Job
+from app.widgets.job_box import JobBox
+from app.widgets.number_item import NumberItem
 from app.workspace import InfoBox, Workspace
 from engine.calcium.io import MOVIE_EXTENSIONS, Movie, is_suite2p_binary, recording_layout, region_trace
 from engine.calcium.pipeline import REGISTER
@@ -56,17 +58,6 @@ TRACE_RADIUS = 2  # pixels around a click averaged into its trace (movies withou
 IMAGE_KINDS = ("Mean", "Max", "Correlation", "Std", "Frame")
 TABLE_COLUMNS = ("ROI", "SNR", "r", "Size", "Accepted")
 
-class NumberItem(QTableWidgetItem):
-    """A table cell that sorts by its number, not its text."""
-
-    def __init__(self, value: float, text: str):
-        super().__init__(text)
-        self.value = float(value)
-        self.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
-
-    def __lt__(self, other):
-        return self.value < other.value if isinstance(other, NumberItem) else super().__lt__(other)
-
 
 class CalciumWorkspace(Workspace):
     key = "calcium"
@@ -76,13 +67,8 @@ class CalciumWorkspace(Workspace):
 
     def __init__(self, window):
         super().__init__(window)
-        self.movie: Movie | None = None
-        self.summaries: dict[str, np.ndarray] = {}
+        self.session = CalciumSession(self)  # movie, curation, selected ROIs, jobs in flight: held there once
         self.selection: dict = {}  # the plane / channel shown, of a multi-plane or multi-channel recording
-        self.curation: Curation | None = None
-        self.selected: list[int] = []  # ROI indices, the current one first
-        self.cnmf_job: Job | None = None
-        self.edit_job: Job | None = None  # add or merge in flight: other edits wait for it
         self._shown_kind = None  # (image kind, source) on screen: contrast resets when it changes
         self._hover = (-1, -1)  # the pixel under the mouse, to refresh its description after a decision
 
@@ -102,23 +88,14 @@ class CalciumWorkspace(Workspace):
         self.fps.setToolTip("Frame rate; “from file” uses the movie's metadata (30 Hz when it has none)")
         self.run_button = QPushButton("Run CNMF", objectName="Primary")
         self.run_button.clicked.connect(self.run_cnmf)
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.clicked.connect(self.cancel_cnmf)
-        run_row = QHBoxLayout()
-        run_row.addWidget(self.run_button, 2)
-        run_row.addWidget(self.cancel_button, 1)
-        self.progress_bar = QProgressBar()
-        self.progress_bar.setRange(0, 1000)
-        self.progress_bar.setTextVisible(False)
-        self.progress_bar.setFixedHeight(8)
-        self.stage_label = QLabel("Not run yet.")
-        self.stage_label.setWordWrap(True)
+        self.job_box = JobBox("Not run yet.", self.run_button, shows=self.shows,
+                              kept="the previous ROIs (if any) are kept.")
+        self.cancel_button, self.progress_bar, self.stage_label = (self.job_box.cancel_button, self.job_box.progress_bar,
+                                                                   self.job_box.stage_label)
         cnmf_form.addRow("Cell diameter:", self.diameter)
         cnmf_form.addRow("Registration:", self.register)
         cnmf_form.addRow("Frame rate:", self.fps)
-        cnmf_form.addRow(run_row)
-        cnmf_form.addRow(self.progress_bar)
-        cnmf_form.addRow(self.stage_label)
+        cnmf_form.addRow(self.job_box)
 
         display = QGroupBox("Display")
         form = QFormLayout(display)
@@ -212,6 +189,9 @@ class CalciumWorkspace(Workspace):
         self.table.sortItems(0, Qt.SortOrder.AscendingOrder)
         self.table.setSortingEnabled(True)
         self.table.itemSelectionChanged.connect(self._table_selection_changed)
+        self.session.selection_changed.connect(self._show_selection)  # the table, contours and traces follow
+        self.session.busy_changed.connect(self._refresh_controls)
+        self.session.history_changed.connect(lambda: self.registry.refresh())  # the Undo button
         self.table.setMinimumWidth(300)
         self.traces = TracePanel()
         self.traces.frame_picked.connect(self._time_picked)
@@ -244,6 +224,8 @@ class CalciumWorkspace(Workspace):
         add("Leave add mode", lambda: self.add_button.setChecked(False), "Esc", group="Quality control", hint=False)
         add("Undo", self.undo, QKeySequence.StandardKey.Undo, group="Quality control",
             enabled=lambda: editable() and self.curation.can_undo)
+        add("Redo", self.redo, ("Ctrl+Shift+Z", "Ctrl+Y"), group="Quality control", hint=False,
+            enabled=lambda: editable() and self.curation.can_redo)
         for name, button in (("Accept", self.accept_button), ("Reject", self.reject_button), ("Merge", self.merge_button),
                              ("Delete", self.delete_button), ("Undo", self.undo_button)):
             self.registry.bind(name, button)
@@ -285,9 +267,7 @@ class CalciumWorkspace(Workspace):
 
     def _show(self, path: Path, result: dict, selection: dict | None = None) -> None:
         self.play_button.setChecked(False)
-        if self.movie is not None:
-            self.movie.close()
-        self.movie, self.summaries = result["movie"], result["summaries"]
+        self.session.set_movie(result["movie"], result["summaries"])
         self.current_path, self.selection = path, dict(selection or {})
         m = self.movie
         where = "".join(f", {k} {v}" for k, v in self.selection.items())
@@ -308,8 +288,7 @@ class CalciumWorkspace(Workspace):
         self._show_notice(result.get("notice"))
 
     def _set_curation(self, curation: Curation | None, skipped: int = 0) -> None:
-        self.curation = curation
-        self.selected = []
+        self.session.set_curation(curation)
         self.add_button.setChecked(False)
         if curation is not None:
             self.fov.marker.clear()  # ROIs replace the clicked pixel and its trace
@@ -337,33 +316,10 @@ class CalciumWorkspace(Workspace):
         fs = self.fps.value() or None
         job = self.run_dataset_job(f"CNMF on {path.name}", curation.run_cnmf_job, path, fs, self.diameter.value(),
                                    self.register.currentText(), self.selection, on_result=self._cnmf_done)
-        self.cnmf_job = job
-        job.progressed.connect(self._cnmf_progress)
-        job.ended.connect(self._cnmf_ended)
-        self.stage_label.setText("Starting…")
-        self._refresh_controls()
-        return job
+        return self.session.set_cnmf_job(self.job_box.follow(job))
 
     def cancel_cnmf(self) -> None:
-        if self.cnmf_job is not None and self.cnmf_job.is_running:
-            self.cnmf_job.cancel()
-            self.stage_label.setText("Cancelling…")
-
-    def _cnmf_progress(self, fraction: float, message: str) -> None:
-        if self.cnmf_job is None or not self.shows(self.cnmf_job):
-            return  # the CNMF of a movie shown before: its progress is in the job panel
-        self.progress_bar.setValue(int(fraction * 1000))
-        self.stage_label.setText(f"{message or 'Working'} — {fraction:.0%}")
-
-    def _cnmf_ended(self, job: Job) -> None:
-        if not self.shows(job):
-            pass
-        elif job.state.value == "cancelled":
-            self.stage_label.setText("Cancelled; the previous ROIs (if any) are kept.")
-            self.progress_bar.setValue(0)
-        elif job.error is not None:
-            self.stage_label.setText("Failed: see the error message.")
-        self._refresh_controls()
+        self.job_box.cancel()
 
     def _cnmf_done(self, out: dict) -> None:
         curation = out["curation"]
@@ -486,19 +442,24 @@ class CalciumWorkspace(Workspace):
 
     def select(self, indices: list[int]) -> None:
         """Select ROIs (the first is the current one): table rows, contours and traces follow."""
-        n = self.curation.result.n_components if self.curation is not None else 0
-        self.selected = [int(k) for k in dict.fromkeys(indices) if 0 <= k < n]
-        self.table.blockSignals(True)
-        self.table.clearSelection()
-        rows = self._rows_by_roi()
-        mode = self.table.selectionMode()
-        self.table.setSelectionMode(QAbstractItemView.SelectionMode.MultiSelection)  # selectRow adds, not replaces
-        for k in reversed(self.selected):  # the current ROI last: it becomes the table's current row
-            self.table.selectRow(rows[k])
-        self.table.setSelectionMode(mode)
-        if self.selected:
-            self.table.scrollToItem(self.table.item(rows[self.selected[0]], 0))
-        self.table.blockSignals(False)
+        self.session.select(indices)
+
+    def _show_selection(self, selected: list[int]) -> None:
+        """The session's selection: the table selects its rows (unless a click there made it), then the
+        contours and traces follow."""
+        shown = {self._roi_at_row(index.row()) for index in self.table.selectionModel().selectedRows()}
+        if shown != set(selected):
+            self.table.blockSignals(True)
+            self.table.clearSelection()
+            rows = self._rows_by_roi()
+            mode = self.table.selectionMode()
+            self.table.setSelectionMode(QAbstractItemView.SelectionMode.MultiSelection)  # selectRow adds, not replaces
+            for k in reversed(selected):  # the current ROI last: it becomes the table's current row
+                self.table.selectRow(rows[k])
+            self.table.setSelectionMode(mode)
+            if selected:
+                self.table.scrollToItem(self.table.item(rows[selected[0]], 0))
+            self.table.blockSignals(False)
         self._roi_changed()
 
     def _table_selection_changed(self) -> None:
@@ -510,8 +471,7 @@ class CalciumWorkspace(Workspace):
         if current in rois:
             rois.remove(current)
             rois.insert(0, current)
-        self.selected = rois
-        self._roi_changed()
+        self.session.select(rois)
 
     def _rows_by_roi(self) -> dict[int, int]:
         return {self._roi_at_row(r): r for r in range(self.table.rowCount())}
@@ -612,6 +572,31 @@ class CalciumWorkspace(Workspace):
         self.export_button.setEnabled(self.curation is not None and not editing)
         self.export_nwb_button.setEnabled(self.export_button.isEnabled())
 
+    # -- session state (read here, changed through self.session) ------------------------------
+    @property
+    def movie(self) -> Movie | None:
+        return self.session.movie
+
+    @property
+    def summaries(self) -> dict[str, np.ndarray]:
+        return self.session.summaries
+
+    @property
+    def curation(self) -> Curation | None:
+        return self.session.curation
+
+    @property
+    def selected(self) -> list[int]:
+        return self.session.selected
+
+    @property
+    def cnmf_job(self) -> Job | None:
+        return self.session.cnmf_job
+
+    @property
+    def edit_job(self) -> Job | None:
+        return self.session.edit_job
+
     # -- decisions -------------------------------------------------------------------------
     def _editable(self) -> bool:
         if self.curation is None:
@@ -673,10 +658,7 @@ class CalciumWorkspace(Workspace):
             self.select([curation.result.n_components - 1])  # add and merge append the new ROI last
             self.window.show_status(f"{name}: done (Ctrl+Z to undo).")
 
-        self.edit_job = self.window.run_job(name, func, *args, on_result=done)
-        self.edit_job.ended.connect(lambda _: self._refresh_controls())
-        self._refresh_controls()
-        return self.edit_job
+        return self.session.set_edit_job(self.window.run_job(name, func, *args, on_result=done))
 
     def _add_mode_toggled(self, on: bool) -> None:
         if on and self.curation is None:
@@ -695,7 +677,17 @@ class CalciumWorkspace(Workspace):
             return
         self._fill_table()
         self.select([k for k in self.selected if k < self.curation.result.n_components])
-        self.window.show_status(f"Undid {self.curation.describe(decision)}.")
+        self.window.show_status(f"Undid {self.curation.describe(decision)} (Ctrl+Shift+Z redoes it).")
+
+    def redo(self) -> None:
+        if not self._editable():
+            return
+        decision = self.curation.redo()
+        if decision is None:
+            return
+        self._fill_table()
+        self.select([k for k in self.selected if k < self.curation.result.n_components])
+        self.window.show_status(f"Redid {self.curation.describe(decision)}.")
 
     # -- export -----------------------------------------------------------------------------
     def export(self, directory: str | Path | None = None) -> Job | None:

@@ -20,14 +20,16 @@ import numpy as np
 from PyQt6.QtCore import Qt, QTimer
 from PyQt6.QtGui import QKeySequence
 from PyQt6.QtWidgets import (QApplication, QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGridLayout, QGroupBox, QHBoxLayout,
-                             QLabel, QProgressBar, QPushButton, QSizePolicy, QSpinBox, QSplitter, QVBoxLayout)
+                             QLabel, QPushButton, QSizePolicy, QSpinBox, QSplitter, QVBoxLayout)
 
 from app.dialogs import ask_nwb_metadata, ask_nwb_path, confirm, show_error
 from app.ephys.driftmap import DriftMapView
 from app.ephys.params_dialog import RecordingParamsDialog
+from app.ephys.session import EphysSession
 from app.ephys.traces import TraceLoader, TracePanel, TraceRequest, load_traces
 from app.ephys.views import SimilarList, UnitTable, UnitViews, selection_color
 from app.jobs import Job
+from app.widgets.job_box import JobBox
 from app.workspace import InfoBox, Workspace
 from engine.calcium.io import is_suite2p_binary
 from engine.ephys import curation as engine_curation
@@ -52,13 +54,8 @@ class EphysWorkspace(Workspace):
 
     def __init__(self, window):
         super().__init__(window)
-        self.recording: RawRecording | None = None
-        self.source: TraceSource | None = None
-        self.curation: Curation | None = None
-        self.raw_path: Path | None = None
+        self.session = EphysSession(self)  # recording, curation, selection, running sort: held there once
         self.probe_path: Path | None = None
-        self.selected: list[int] = []
-        self.sort_job: Job | None = None
         self._waveforms: dict[int, dict] = {}
         self.view_start = 0.0  # s: left edge of the trace window
         self._restoring_view = False
@@ -77,7 +74,13 @@ class EphysWorkspace(Workspace):
         self.traces.view_changed.connect(self._view_changed)
         self.traces.spike_clicked.connect(lambda c: self.select([c]))
         self.units = UnitTable()
-        self.units.selection_changed.connect(self._selection_changed)
+        self.units.current_selection = lambda: self.session.selected  # Ctrl-click order
+        self.units.selection_changed.connect(self.session.select)  # a click on the table
+        self.session.selection_changed.connect(self.units.show_selection)  # the table shows any selection …
+        self.session.selection_changed.connect(self._selection_changed)  # … and the views follow it
+        for changed in (self.session.recording_changed, self.session.curation_changed, self.session.busy_changed):
+            changed.connect(lambda *_: self._refresh_controls())
+        self.session.history_changed.connect(lambda: self.registry.refresh())  # Undo / Redo buttons
         self.table = self.units.table
         self.similar = SimilarList()
         self.similar.picked.connect(self._similar_picked)
@@ -194,18 +197,11 @@ class EphysWorkspace(Workspace):
         self.sort_button = QPushButton("Sort", objectName="Primary")
         self.sort_button.setToolTip("Filter, whiten, find templates and deconvolve (a background job), then write a Phy folder")
         self.sort_button.clicked.connect(self.run_sort)
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.clicked.connect(self.cancel_sort)
-        run_row = QHBoxLayout()
-        run_row.addWidget(self.sort_button, 2)
-        run_row.addWidget(self.cancel_button, 1)
-        self.progress_bar = QProgressBar()
-        self.progress_bar.setRange(0, 1000)
-        self.progress_bar.setTextVisible(False)
-        self.progress_bar.setFixedHeight(8)
-        self.stage_label = QLabel("Not sorted yet.")
+        self.job_box = JobBox("Not sorted yet.", self.sort_button, shows=self.shows,
+                              kept="the previous result (if any) is unchanged.")
+        self.cancel_button, self.progress_bar, self.stage_label = (self.job_box.cancel_button, self.job_box.progress_bar,
+                                                                   self.job_box.stage_label)
         self._stage_counts_units = False  # the stage line shows the open folder's unit count (not a running sort)
-        self.stage_label.setWordWrap(True)
         self.open_phy_button = QPushButton("Open Phy folder…")
         self.open_phy_button.setToolTip("Curate an existing Phy / Kilosort output folder; the raw file comes from its params.py")
         self.open_phy_button.clicked.connect(self.open_phy_dialog)
@@ -214,9 +210,7 @@ class EphysWorkspace(Workspace):
         form.addRow("Detection:", self.detect_threshold)
         form.addRow("Template:", self.template_ms)
         form.addRow(self.output_label)
-        form.addRow(run_row)
-        form.addRow(self.progress_bar)
-        form.addRow(self.stage_label)
+        form.addRow(self.job_box)
         form.addRow(self.open_phy_button)
 
     def _build_display_box(self) -> None:
@@ -363,10 +357,33 @@ class EphysWorkspace(Workspace):
             self.stage_label.setText(f"Loading the earlier sort in {out['phy_folder'].name}/ …")
             self.open_phy(out["phy_folder"])
 
+    # -- session state (read here, changed through self.session) ----------------------------------
+    @property
+    def recording(self) -> RawRecording | None:
+        return self.session.recording
+
+    @property
+    def source(self) -> TraceSource | None:
+        return self.session.source
+
+    @property
+    def raw_path(self) -> Path | None:
+        return self.session.raw_path
+
+    @property
+    def curation(self) -> Curation | None:
+        return self.session.curation
+
+    @property
+    def selected(self) -> list[int]:
+        return self.session.selected
+
+    @property
+    def sort_job(self) -> Job | None:
+        return self.session.sort_job
+
     def _set_recording(self, path: Path, recording: RawRecording, source: TraceSource) -> None:
-        if self.recording is not None and self.recording is not recording:
-            self.recording.close()
-        self.recording, self.source, self.raw_path = recording, source, path
+        self.session.set_recording(path, recording, source)
         p = recording.params
         self.info.update_values({"file": path.name, "n_channels": recording.n_channels, "sample_rate": recording.sample_rate,
                                  "duration": recording.duration, "dtype": p.dtype, "gain_uv": p.gain_uv,
@@ -442,35 +459,12 @@ class EphysWorkspace(Workspace):
             return None
         job = self.run_dataset_job(f"Sort {path.name}", engine_curation.sort_job, path, params, self.probe_path,
                                    self.sort_params(), folder, on_result=self._sorted)
-        job.progressed.connect(self._sort_progress)
-        job.ended.connect(self._sort_ended)
-        self.sort_job = job
+        self.session.set_sort_job(self.job_box.follow(job))
         self._stage_counts_units = False
-        self.stage_label.setText("Starting…")
-        self.progress_bar.setValue(0)
-        self._refresh_controls()
         return job
 
     def cancel_sort(self) -> None:
-        if self.sort_job is not None and self.sort_job.is_running:
-            self.sort_job.cancel()
-            self.stage_label.setText("Cancelling…")
-
-    def _sort_progress(self, fraction: float, message: str) -> None:
-        if self.sort_job is None or not self.shows(self.sort_job):
-            return  # the sort of a recording shown before: its progress is in the job panel
-        self.progress_bar.setValue(int(fraction * 1000))
-        self.stage_label.setText(f"{message} — {fraction:.0%}")
-
-    def _sort_ended(self, job: Job) -> None:
-        if not self.shows(job):
-            pass
-        elif job.error is not None:
-            self.stage_label.setText("Sorting failed (see the message).")
-        elif job.cancel_requested and job.result is None:
-            self.stage_label.setText("Cancelled: the previous result (if any) is unchanged.")
-            self.progress_bar.setValue(0)
-        self._refresh_controls()
+        self.job_box.cancel()
 
     def _sorted(self, out: dict) -> None:
         self._show_phy(out, restore_view=False)
@@ -535,23 +529,18 @@ class EphysWorkspace(Workspace):
 
     # -- curation state --------------------------------------------------------------------------
     def _set_curation(self, curation: Curation | None) -> None:
-        self.curation = curation
-        self.drift.load(curation.folder if curation is not None else None)
         self._waveforms = {}
-        self.selected = []
+        self.session.set_curation(curation)
+        self.drift.load(curation.folder if curation is not None else None)
         if curation is not None:
             if self.source is not None and not self.source.has_model and self.recording is not None:
-                self.source = TraceSource(self.recording, curation.phy)
+                self.session.set_source(TraceSource(self.recording, curation.phy))
             self.saved_label.setText(f"Autosaved to {curation.folder}")
             self.saved_label.setToolTip(str(curation.folder))
         else:
             self.saved_label.setText("")
         self._fill_table([])
-        first = self.units.visible_clusters()[:1]
-        if curation is not None and first:
-            self.select(first)
-        else:
-            self._selection_changed([])
+        self.select(self.units.visible_clusters()[:1] if curation is not None else [])
         self.redraw()
 
     def _fill_table(self, selected: list[int]) -> None:
@@ -562,8 +551,9 @@ class EphysWorkspace(Workspace):
             self.table_splitter.setSizes([max(left + right - needed, 300), needed])
 
     def select(self, clusters: list[int]) -> None:
-        """Select units (the first is the current one): the table, views and trace markers follow."""
-        self.units.select([int(c) for c in dict.fromkeys(clusters)], emit=True)
+        """Select units (the first is the current one; units not in the table are left out): the table,
+        views and trace markers follow the session."""
+        self.session.select([int(c) for c in dict.fromkeys(clusters) if self.units.row_of(int(c)) is not None])
 
     def export_nwb(self, path: str | Path | None = None) -> Job | None:
         if self.curation is None:
@@ -596,7 +586,6 @@ class EphysWorkspace(Workspace):
             self.select([self.selected[0], cluster])
 
     def _selection_changed(self, clusters: list[int]) -> None:
-        self.selected = list(clusters)
         c = self.curation
         if c is not None:
             for cid in self.selected[:3]:

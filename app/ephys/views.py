@@ -8,6 +8,8 @@ The views only draw: every number comes from :class:`engine.ephys.curation.Curat
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import pyqtgraph as pg
 from PyQt6.QtCore import QPointF, Qt, pyqtSignal
@@ -15,6 +17,7 @@ from PyQt6.QtGui import QBrush, QColor
 from PyQt6.QtWidgets import (QAbstractItemView, QHeaderView, QLabel, QLineEdit, QSizePolicy, QTableWidget, QTableWidgetItem,
                              QVBoxLayout, QWidget)
 
+from app.widgets.number_item import NumberItem
 from engine.ephys.curation import REFRACTORY_S, filter_rows
 from engine.errors import InputError
 
@@ -36,18 +39,6 @@ COLUMNS = (("cluster_id", "ID", "{:d}", "Cluster id (Phy's)"),
 
 def selection_color(i: int) -> str:
     return SELECTION_COLORS[i % len(SELECTION_COLORS)]
-
-
-class NumberItem(QTableWidgetItem):
-    """A table cell that sorts by its number, not its text."""
-
-    def __init__(self, value: float, text: str):
-        super().__init__(text)
-        self.value = float(value) if np.isfinite(value) else -np.inf
-        self.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
-
-    def __lt__(self, other):
-        return self.value < other.value if isinstance(other, NumberItem) else super().__lt__(other)
 
 
 class UnitTable(QWidget):
@@ -89,7 +80,8 @@ class UnitTable(QWidget):
         layout.addWidget(self.table, 1)
         layout.addWidget(self.status)
         self.rows: list[dict] = []
-        self.selected: list[int] = []
+        # the selection is kept by the owner (its session): asked for the order of a Ctrl-click
+        self.current_selection: Callable[[], list[int]] = lambda: []
 
     def set_rows(self, rows: list[dict], selected: list[int]) -> None:
         """Refill (keeps the sort column) and select ``selected``."""
@@ -148,22 +140,30 @@ class UnitTable(QWidget):
         if rows and rows[0] is not None:
             self.table.scrollToItem(self.table.item(rows[0], 0))
         self.table.blockSignals(False)
-        self.selected = [c for c, r in zip(clusters, rows) if r is not None]
         if emit:
-            self.selection_changed.emit(list(self.selected))
+            self.selection_changed.emit([c for c, r in zip(clusters, rows) if r is not None])
 
-    def _selection_changed(self) -> None:
+    def shown_selection(self) -> list[int]:
+        """The selected rows' units, the current row's first."""
         rows = sorted({index.row() for index in self.table.selectionModel().selectedRows()})
         clusters = [self.cluster_at(r) for r in rows]
         current = self.cluster_at(self.table.currentRow()) if self.table.currentRow() >= 0 else None
-        if current in clusters:  # the clicked row first: it is the "current" unit
+        if current in clusters:
             clusters.remove(current)
             clusters.insert(0, current)
+        return clusters
+
+    def show_selection(self, clusters: list[int]) -> None:
+        """Select these units' rows, unless they are selected already (a click: the table scrolls not)."""
+        if set(self.shown_selection()) != set(clusters):
+            self.select(clusters, emit=False)
+
+    def _selection_changed(self) -> None:
+        clusters = self.shown_selection()  # the clicked row first: it is the "current" unit
         # keep the earlier order of units still selected (Ctrl-click adds the new one second)
-        kept = [c for c in self.selected if c in clusters]
+        kept = [c for c in self.current_selection() if c in clusters]
         added = [c for c in clusters if c not in kept]
-        self.selected = kept + added if kept else clusters
-        self.selection_changed.emit(list(self.selected))
+        self.selection_changed.emit(kept + added if kept else clusters)
 
     def _apply_filter(self) -> None:
         text = self.filter.text()

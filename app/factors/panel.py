@@ -19,7 +19,7 @@ from PyQt6.QtCore import Qt
 from PyQt6.QtGui import QColor, QIcon, QKeySequence, QPixmap
 from PyQt6.QtWidgets import (
     QButtonGroup, QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGridLayout, QGroupBox, QHBoxLayout,
-    QInputDialog, QLabel, QListWidget, QListWidgetItem, QProgressBar, QPushButton, QSizePolicy, QSlider, QSpinBox,
+    QInputDialog, QLabel, QListWidget, QListWidgetItem, QPushButton, QSizePolicy, QSlider, QSpinBox,
     QSplitter, QVBoxLayout, QWidget,
 )
 
@@ -29,6 +29,7 @@ from app.factors.views import (
 )
 from app.dialogs import confirm, show_error
 from app.jobs import Job
+from app.widgets.job_box import JobBox
 from app.workspace import InfoBox, Workspace
 from engine.errors import InputError
 from engine.factors import workflow
@@ -72,7 +73,11 @@ class FactorsWorkspace(Workspace):
         add("Close polygon", None, ("Return", "double-click"), group="Regions", hint=False)
         add("Drop last vertex", None, "Backspace", group="Regions", hint=False)
         add("Cancel shape", None, "Esc", group="Regions", hint=False)
-        add("Undo", self.undo_shape, QKeySequence.StandardKey.Undo, group="Regions", help="Undo the region's last shape")
+        add("Undo", self.undo, QKeySequence.StandardKey.Undo, group="Regions",
+            enabled=lambda: self.regions is not None and self.regions.history.can_undo,
+            help="Take back the last shape, new region, renaming, deletion or label file")
+        add("Redo", self.redo, "Ctrl+Shift+Z", group="Regions", hint=False,
+            enabled=lambda: self.regions is not None and self.regions.history.can_redo)
         add("Zoom / pan", None, ("wheel", "drag"), group="View", hint=False)
         self.keys_hint.setText(self.registry.hint() + " · Enter/double-click closes a polygon · Backspace drops a vertex · "
                                "Esc cancels · wheel zooms, drag pans")
@@ -151,12 +156,9 @@ class FactorsWorkspace(Workspace):
         self.extract_button = self._button("Extract", self.extract, primary=True)
         self.k = _spin(1, 64, 15, "Number of NMF factors (15 in the paper)")
         self.nmf_button = self._button("NMF", self.run_nmf, primary=True)
-        self.cancel_button = self._button("Cancel", self.cancel)
-        self.progress_bar = QProgressBar(textVisible=False)
-        self.progress_bar.setRange(0, 1000)
-        self.progress_bar.setFixedHeight(8)
-        self.stage_label = QLabel("Draw at least two regions, then Train.")
-        self.stage_label.setWordWrap(True)
+        self.job_box = JobBox("Draw at least two regions, then Train.", shows=self.shows)
+        self.cancel_button, self.progress_bar, self.stage_label = (self.job_box.cancel_button, self.job_box.progress_bar,
+                                                                   self.job_box.stage_label)
         form.addRow("Patch size:", self.patch_size)
         form.addRow("Epochs:", self.epochs)
         form.addRow("Patches/epoch:", self.patches)
@@ -167,9 +169,7 @@ class FactorsWorkspace(Workspace):
         form.addRow(self.extract_button)
         form.addRow("Factors k:", self.k)
         form.addRow(self.nmf_button)
-        form.addRow(self.progress_bar)
-        form.addRow(self.stage_label)
-        form.addRow(self.cancel_button)
+        form.addRow(self.job_box)
 
         self.select_box = QGroupBox("Factor selection")
         form = QFormLayout(self.select_box)
@@ -353,10 +353,17 @@ class FactorsWorkspace(Workspace):
         self._regions_changed()
         self.window.show_status(f"Deleted region “{name}”.")
 
-    def undo_shape(self) -> None:
-        label = self.current_region()
-        if label is not None and self.regions.undo_shape(label):
+    def undo(self) -> None:
+        what = self.regions.undo() if self.regions is not None else None
+        if what is not None:
             self._regions_changed()
+            self.window.show_status(f"Undid the {what} (Ctrl+Shift+Z redoes it).")
+
+    def redo(self) -> None:
+        what = self.regions.redo() if self.regions is not None else None
+        if what is not None:
+            self._regions_changed()
+            self.window.show_status(f"Redid the {what}.")
 
     def load_labels_dialog(self) -> None:
         if self.image is None:
@@ -467,35 +474,13 @@ class FactorsWorkspace(Workspace):
         if self.job is not None and self.job.is_running:
             self.window.show_status(f"Wait for “{self.job.name}” to finish (or cancel it).")
             return None
-        job = self.run_dataset_job(name, func, *args, on_result=on_result, **kwargs)
-        self.job = job
-        job.progressed.connect(self._progress)
-        job.ended.connect(self._ended)
-        self.stage_label.setText(f"{name}: starting…")
-        self.progress_bar.setValue(0)
+        self.job = self.job_box.follow(self.run_dataset_job(name, func, *args, on_result=on_result, **kwargs))
+        self.job.ended.connect(lambda _job: self._refresh_controls())
         self._refresh_controls()
-        return job
+        return self.job
 
     def cancel(self) -> None:
-        if self.job is not None and self.job.is_running:
-            self.job.cancel()
-            self.stage_label.setText("Cancelling…")
-
-    def _progress(self, fraction: float, message: str) -> None:
-        if self.job is None or not self.shows(self.job):
-            return  # a job of the image shown before: its progress is in the job panel
-        self.progress_bar.setValue(int(fraction * 1000))
-        self.stage_label.setText(f"{self.job.name if self.job else ''}: {message or 'working'} — {fraction:.0%}")
-
-    def _ended(self, job: Job) -> None:
-        if not self.shows(job):
-            pass
-        elif job.state.value == "cancelled":
-            self.stage_label.setText(f"{job.name}: cancelled; earlier results are kept.")
-            self.progress_bar.setValue(0)
-        elif job.error is not None:
-            self.stage_label.setText(f"{job.name} failed: {job.error.message}")
-        self._refresh_controls()
+        self.job_box.cancel()
 
     def pixel_size_um(self) -> float | None:
         return self.pixel_size.value() or None

@@ -27,11 +27,12 @@ from engine.calcium.pipeline import (SIZE_THRESHOLD, CNMFResult, add_component, 
                                      run_cnmf)
 from engine.progress import as_progress
 from engine.storage import atomic_save_json, atomic_write_bytes, read_hand_work, remove_stale_temp, workdir_for
+from engine.undo import History
 
 CURATION_FILE = "calcium_curation.json"
 RESULT_FILE = "cnmf_result.npz"
 DECISIONS = ("accept", "reject", "delete", "merge", "add")
-MAX_UNDO = 50  # snapshots kept for undo (each shares most arrays with the next)
+MAX_UNDO = 50  # decisions kept for undo (each edit's states share most arrays with the next)
 
 
 # -- ROI geometry ---------------------------------------------------------------------------------
@@ -212,7 +213,11 @@ def load_decisions(movie_path: Path, selection: dict | None = None) -> tuple[lis
 
 
 class Curation:
-    """The curated result with its decision log and undo snapshots (GUI thread; no Qt)."""
+    """The curated result with its decision log and undo / redo (GUI thread; no Qt).
+
+    An edit is (state before, state after, decision): the result and geometry share most arrays
+    between steps, so keeping both costs little; undo drops the decision from the log, redo adds it
+    back, and either saves the log as a decision does."""
 
     def __init__(self, movie_path: Path, result: CNMFResult, geometry: RoiGeometry, decisions: list[dict],
                  selection: dict | None = None):
@@ -221,11 +226,15 @@ class Curation:
         self.result = result
         self.geometry = geometry
         self.decisions = list(decisions)
-        self._undo: list[tuple[CNMFResult, RoiGeometry, dict]] = []
+        self.history: History[tuple] = History(self._revert, self._reapply, depth=MAX_UNDO)
 
     @property
     def can_undo(self) -> bool:
-        return bool(self._undo)
+        return self.history.can_undo
+
+    @property
+    def can_redo(self) -> bool:
+        return self.history.can_redo
 
     def counts(self) -> tuple[int, int]:
         accepted = int(self.result.accepted.sum())
@@ -242,11 +251,9 @@ class Curation:
 
     def commit(self, decision: dict, result: CNMFResult, geometry: RoiGeometry | None = None) -> None:
         """Record a change already computed (``result``), keep the previous state for undo, autosave."""
-        self._undo.append((self.result, self.geometry, decision))
-        del self._undo[:-MAX_UNDO]
-        self.result, self.geometry = result, geometry if geometry is not None else self.geometry
-        self.decisions.append(decision)
-        self.save()
+        edit = ((self.result, self.geometry), (result, geometry if geometry is not None else self.geometry), decision)
+        self._reapply(edit)
+        self.history.record(edit)
 
     def set_accepted(self, indices, accept: bool) -> dict | None:
         """Accept or reject ROIs (no job: only a flag changes). None when nothing would change."""
@@ -265,14 +272,26 @@ class Curation:
         return decision
 
     def undo(self) -> dict | None:
-        if not self._undo:
-            return None
-        self.result, self.geometry, decision = self._undo.pop()
+        """Take back the last decision; returns it (None when there is none)."""
+        edit = self.history.undo()
+        return edit[2] if edit is not None else None
+
+    def redo(self) -> dict | None:
+        """Make the last undone decision again; returns it (None when there is none)."""
+        edit = self.history.redo()
+        return edit[2] if edit is not None else None
+
+    def _revert(self, edit: tuple) -> None:
+        (self.result, self.geometry), _, decision = edit
         # The undone decision is the log's last one: every change goes through commit().
         if self.decisions and self.decisions[-1] == decision:
             self.decisions.pop()
         self.save()
-        return decision
+
+    def _reapply(self, edit: tuple) -> None:
+        _, (self.result, self.geometry), decision = edit
+        self.decisions.append(decision)
+        self.save()
 
     def save(self) -> Path:
         return atomic_save_json(curation_path(self.movie_path, self.selection), {

@@ -9,8 +9,8 @@ Conventions are Phy's, so a folder curated here opens in Phy (and ``phylib``) as
 * ``spike_clusters.npy``, ``cluster_group.tsv`` and the metric columns are rewritten after every
   change as one transaction (:func:`engine.ephys.phy.commit_curation`: a journal first, replayed on
   open after a kill); ``spike_templates.npy`` — the model — never changes.
-* Undo / redo keep each change as (changed spikes, old clusters, new clusters, labels before,
-  labels after), so a merge of 3 clusters costs its spikes' indices, not a copy of every spike.
+* Undo / redo (:class:`engine.undo.History`, ``MAX_UNDO`` deep) keep each change as (changed
+  spikes, old clusters, new clusters, labels before, labels after), so a merge of 3 clusters costs its spikes' indices, not a copy of every spike.
 
 Metrics follow :mod:`engine.ephys.qc` (definitions there); the table's numbers for a cluster are
 computed once per cluster id (ids are immutable, so the cache never goes stale).
@@ -40,6 +40,7 @@ from engine.ephys.qc import REFRACTORY_S, mean_waveform, unit_metrics
 from engine.errors import InputError
 from engine.progress import as_progress
 from engine.storage import remove_stale_temp
+from engine.undo import History
 
 PHY_SUFFIX = "_phy"
 PROBE_NAMES = ("{stem}.probe.json", "{stem}_probe.json", "{stem}.prb.json", "probe.json", "chanMap.mat", "chanMap.json")
@@ -477,8 +478,7 @@ class Curation:
         self.groups = {int(c): phy.groups.get(int(c), "unsorted") for c in ids}
         self.groups = {c: (g if g in GROUPS else "unsorted") for c, g in self.groups.items()}
         self._next_id = int(max(ids.max() if len(ids) else -1, len(templates) - 1, max(phy.groups, default=-1))) + 1
-        self._undo: list[Change] = []
-        self._redo: list[Change] = []
+        self.history: History[Change] = History(self._revert, self._reapply, depth=MAX_UNDO)
         self._rows: dict[int, dict] = {}
         if phy.recovered:  # a save was interrupted after its journal: finish it (files and metric columns)
             self.save()
@@ -489,7 +489,7 @@ class Curation:
 
         frozen = copy.copy(self)
         frozen.spike_clusters, frozen.groups, frozen._rows = self.spike_clusters.copy(), dict(self.groups), dict(self._rows)
-        frozen._undo, frozen._redo = [], []
+        frozen.history = History(frozen._revert, frozen._reapply, depth=MAX_UNDO)
         return frozen
 
     # -- state ---------------------------------------------------------------------------------
@@ -499,11 +499,11 @@ class Curation:
 
     @property
     def can_undo(self) -> bool:
-        return bool(self._undo)
+        return self.history.can_undo
 
     @property
     def can_redo(self) -> bool:
-        return bool(self._redo)
+        return self.history.can_redo
 
     def spikes(self, cluster: int) -> np.ndarray:
         """Indices of the cluster's spikes (sorted by time)."""
@@ -562,30 +562,24 @@ class Curation:
         return ids
 
     def undo(self) -> Change | None:
-        if not self._undo:
-            return None
-        change = self._undo.pop()
-        self._apply(change.spikes, change.old, change.groups_before)
-        self._redo.append(change)
-        return change
+        return self.history.undo()
 
     def redo(self) -> Change | None:
-        if not self._redo:
-            return None
-        change = self._redo.pop()
+        return self.history.redo()
+
+    def _revert(self, change: Change) -> None:
+        self._apply(change.spikes, change.old, change.groups_before)
+
+    def _reapply(self, change: Change) -> None:
         self._apply(change.spikes, change.new, change.groups_after)
-        self._undo.append(change)
-        return change
 
     def _new_id(self) -> int:
         self._next_id += 1
         return self._next_id - 1
 
     def _do(self, change: Change) -> None:
-        self._apply(change.spikes, change.new, change.groups_after)
-        self._undo.append(change)
-        del self._undo[:-MAX_UNDO]
-        self._redo.clear()
+        self._reapply(change)
+        self.history.record(change)
 
     def _apply(self, spikes: np.ndarray, clusters: np.ndarray, groups: dict) -> None:
         self.spike_clusters[spikes] = clusters

@@ -23,17 +23,20 @@ from __future__ import annotations
 import io
 import json
 import os
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from engine.errors import InputError
 from engine.storage import atomic_save_json, atomic_write_bytes
+from engine.undo import History
 
 ROIS_FILE = "rois.json"
 BASE_FILE = "rois_base.npz"  # older versions: one name, rewritten in place
 FORMAT = "neurowb.factors_rois"
+MAX_UNDO = 200  # edits kept for undo (each keeps the region list, not copies of the shapes or the base map)
 #: Distinct colours given to new regions in turn (label 1 gets the first).
 PALETTE = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6", "#bcf60c",
            "#fabebe", "#008080", "#e6beff", "#9a6324")
@@ -74,6 +77,36 @@ class RegionSet:
     shape: tuple[int, int]
     regions: list[Region] = field(default_factory=list)
     base: np.ndarray | None = None  # labels from a file, painted first
+    # every edit below is one undo step: (what, state before, state after); a state is the regions
+    # with their shape lists (the shapes themselves never change) and the base map (replaced, never written)
+    history: History = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.history = History(lambda edit: self._restore(edit[1]), lambda edit: self._restore(edit[2]), depth=MAX_UNDO)
+
+    # -- undo ----------------------------------------------------------------------------
+    def undo(self) -> str | None:
+        """Take back the last edit; returns what it was ("polygon in Region 2"), None when there is none.
+        The caller saves, as after any edit."""
+        edit = self.history.undo()
+        return edit[0] if edit is not None else None
+
+    def redo(self) -> str | None:
+        edit = self.history.redo()
+        return edit[0] if edit is not None else None
+
+    def _state(self) -> tuple[list[Region], np.ndarray | None]:
+        return [replace(r, shapes=list(r.shapes)) for r in self.regions], self.base
+
+    def _restore(self, state: tuple[list[Region], np.ndarray | None]) -> None:
+        regions, self.base = state
+        self.regions = [replace(r, shapes=list(r.shapes)) for r in regions]  # the history keeps its own copy
+
+    @contextmanager
+    def _edit(self, what: str):
+        before = self._state()
+        yield
+        self.history.record((what, before, self._state()))
 
     # -- editing -----------------------------------------------------------------------
     def next_label(self) -> int:
@@ -85,7 +118,8 @@ class RegionSet:
     def add_region(self, name: str | None = None, color: str | None = None) -> Region:
         label = self.next_label()
         region = Region(label, name or f"Region {label}", color or PALETTE[(label - 1) % len(PALETTE)])
-        self.regions.append(region)
+        with self._edit(f"new region “{region.name}”"):
+            self.regions.append(region)
         return region
 
     def region(self, label: int) -> Region:
@@ -98,20 +132,26 @@ class RegionSet:
         name = name.strip()
         if not name:
             raise InputError("A region needs a name (it labels the factor selection and the plots).")
-        self.region(label).name = name
+        region = self.region(label)
+        if region.name != name:
+            with self._edit(f"renaming of “{region.name}”"):
+                region.name = name
 
     def delete(self, label: int) -> None:
         region = self.region(label)
-        self.regions.remove(region)
-        if self.base is not None:
-            self.base = np.where(self.base == label, 0, self.base).astype(self.base.dtype)
+        with self._edit(f"deletion of “{region.name}”"):
+            self.regions.remove(region)
+            if self.base is not None:
+                self.base = np.where(self.base == label, 0, self.base).astype(self.base.dtype)
 
     def add_polygon(self, label: int, points) -> Shape:
         pts = [(float(x), float(y)) for x, y in points]
         if len(pts) < 3:
             raise InputError(f"A polygon needs at least 3 vertices; got {len(pts)}. Click more points before closing it.")
         shape = Shape("polygon", pts, seq=self._next_seq())
-        self.region(label).shapes.append(shape)
+        region = self.region(label)
+        with self._edit(f"polygon in “{region.name}”"):
+            region.shapes.append(shape)
         return shape
 
     def add_stroke(self, label: int, points, radius: float, erase: bool = False) -> Shape:
@@ -119,18 +159,13 @@ class RegionSet:
         if not pts or radius <= 0:
             raise InputError("A brush stroke needs at least one point and a radius > 0.")
         shape = Shape("brush", pts, float(radius), bool(erase), self._next_seq())
-        self.region(label).shapes.append(shape)
+        region = self.region(label)
+        with self._edit(f"{'eraser' if erase else 'brush'} stroke in “{region.name}”"):
+            region.shapes.append(shape)
         return shape
 
     def _next_seq(self) -> int:
         return max((s.seq for r in self.regions for s in r.shapes), default=0) + 1
-
-    def undo_shape(self, label: int) -> bool:
-        region = self.region(label)
-        if not region.shapes:
-            return False
-        region.shapes.pop()
-        return True
 
     def set_base(self, labels: np.ndarray, names: dict[int, str] | None = None) -> None:
         """Use a label map from a file as the first layer; its values become regions named by ``names``.
@@ -142,22 +177,23 @@ class RegionSet:
         if labels.shape != tuple(self.shape):
             raise InputError(f"The label map is {labels.shape[0]}×{labels.shape[1]} but the image is "
                              f"{self.shape[0]}×{self.shape[1]} (height × width): pick the label file of this image.")
-        self.base = labels.astype(np.int32)
-        values = [int(v) for v in np.unique(self.base) if v > 0]
-        # drawn regions keep their shapes; one whose label the file uses moves to a free label
-        drawn = [r for r in self.regions if r.shapes]
-        self.regions = []
-        free = max(values + [r.label for r in drawn], default=0) + 1
-        for r in drawn:
-            if r.label in values:
-                if r.name == f"Region {r.label}":
-                    r.name = f"Region {free}"
-                r.label, free = free, free + 1
-            self.regions.append(r)
-        for v in values:
-            name = (names or {}).get(v, f"Region {v}")
-            self.regions.append(Region(v, name, PALETTE[(v - 1) % len(PALETTE)]))
-        self.regions.sort(key=lambda r: r.label)
+        with self._edit("label file"):
+            self.base = labels.astype(np.int32)
+            values = [int(v) for v in np.unique(self.base) if v > 0]
+            # drawn regions keep their shapes; one whose label the file uses moves to a free label
+            drawn = [r for r in self.regions if r.shapes]
+            self.regions = []
+            free = max(values + [r.label for r in drawn], default=0) + 1
+            for r in drawn:
+                if r.label in values:
+                    if r.name == f"Region {r.label}":
+                        r.name = f"Region {free}"
+                    r.label, free = free, free + 1
+                self.regions.append(r)
+            for v in values:
+                name = (names or {}).get(v, f"Region {v}")
+                self.regions.append(Region(v, name, PALETTE[(v - 1) % len(PALETTE)]))
+            self.regions.sort(key=lambda r: r.label)
 
     # -- output ------------------------------------------------------------------------
     @property

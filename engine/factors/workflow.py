@@ -396,6 +396,7 @@ def regions_from_label_file(path: str | os.PathLike, shape: tuple[int, int]) -> 
     labels, names = files.read_labels(path, shape)
     rset = RegionSet(tuple(shape))
     rset.set_base(labels, names)
+    rset.history.clear()  # where the work starts, not an edit to take back
     return rset
 
 

@@ -125,9 +125,9 @@ def chebyshev_hks(
 
     from engine.device import select_device
     from engine.mesh.chunks import edge_graph
-    from engine.mesh.hks import _fill_orphans, vertex_areas
+    from engine.mesh.io import vertex_areas
+    from engine.mesh.laplacian import fill_orphans, orphan_vertices
     from engine.mesh.laplacian import laplacian as build_laplacian
-    from engine.mesh.laplacian import orphan_vertices
     from engine.mesh.spectrum import standard_form
 
     progress = as_progress(progress)
@@ -184,7 +184,7 @@ def chebyshev_hks(
     orphans = orphan_vertices(L) | (vertex_areas(mesh) <= 1e-12 * float(np.ptp(mesh.vertices, axis=0).max()) ** 2)
     out[orphans] = np.nan
     info["n_orphan_vertices"] = int(orphans.sum())
-    _fill_orphans(mesh.vertices, out, orphans)
+    fill_orphans(mesh.vertices, out, orphans)
     progress.report(1.0)
     # The polynomial can dip just below zero where the kernel is tiny: keep values positive.
     return np.maximum(out, np.finfo(np.float32).tiny)

@@ -56,7 +56,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from engine.errors import InputError
-from engine.mesh.io import Mesh
+from engine.mesh.io import Mesh, vertex_areas  # noqa: F401  (vertex_areas: part of this module's API)
 from engine.progress import Progress, as_progress
 
 if TYPE_CHECKING:
@@ -124,13 +124,6 @@ def default_max_eigenvalue(units: str) -> float:
 def default_overlap(timescales: np.ndarray) -> float:
     """Default chunk overlap: :data:`OVERLAP_FACTOR` diffusion lengths at the largest timescale."""
     return OVERLAP_FACTOR * math.sqrt(float(np.max(timescales)))
-
-
-def vertex_areas(mesh: Mesh) -> np.ndarray:
-    """Lumped vertex areas: one third of the area of every face around each vertex."""
-    from engine.mesh.io import face_areas
-
-    return np.bincount(mesh.faces.ravel(), weights=np.repeat(face_areas(mesh) / 3.0, 3), minlength=mesh.n_vertices)
 
 
 def log_hks(hks: np.ndarray) -> np.ndarray:
@@ -242,23 +235,10 @@ def _sliced_hks(L, M, t: np.ndarray, max_eigenvalue: float, n_slices: int, optio
     return sum(acc for acc, _ in parts)
 
 
-def _fill_orphans(vertices: np.ndarray, values: np.ndarray, orphans: np.ndarray) -> None:
-    """Copy to each orphan row the values of the nearest non-orphan vertex (in place)."""
-    if not orphans.any():
-        return
-    from scipy.spatial import cKDTree
-
-    good = np.flatnonzero(~orphans)
-    if len(good) == 0:  # a chunk made only of slivers: its vertices are filled from the whole mesh later
-        return
-    _, nearest = cKDTree(vertices[good]).query(vertices[orphans])
-    values[orphans] = values[good[nearest]]
-
-
 def _exact(mesh: Mesh, timescales, max_eigenvalue, dtype, kind, band_size, progress, stats, count: np.ndarray | None = None,
            threads: int = 1) -> np.ndarray:
     """Exact HKS of a whole mesh; orphans filled from their nearest vertex and counted (among ``count`` if given)."""
-    from engine.mesh.laplacian import laplacian
+    from engine.mesh.laplacian import fill_orphans, laplacian
 
     lap_stage, solve_stage = as_progress(progress).split([1, 9], ["Laplacian", "eigenpairs"])
     lap_stage.report(0.0)
@@ -272,7 +252,7 @@ def _exact(mesh: Mesh, timescales, max_eigenvalue, dtype, kind, band_size, progr
                              stats=stats, skip=arealess, threads=threads)
     orphans = ~np.isfinite(out[:, 0])
     stats["n_orphan_vertices"] = stats.get("n_orphan_vertices", 0) + int(orphans[count].sum() if count is not None else orphans.sum())
-    _fill_orphans(mesh.vertices, out, orphans)
+    fill_orphans(mesh.vertices, out, orphans)
     return out
 
 
@@ -320,6 +300,7 @@ def _chunked(mesh, timescales, max_eigenvalue, dtype, kind, band_size, chunk_siz
     from scipy.spatial import cKDTree
 
     from engine.mesh.chunks import edge_graph, grow, partition, submesh, vertex_faces
+    from engine.mesh.laplacian import fill_orphans
     from engine.parallel import parallel_map
 
     start = time.perf_counter()
@@ -365,7 +346,7 @@ def _chunked(mesh, timescales, max_eigenvalue, dtype, kind, band_size, chunk_siz
                  chunk_seconds_total=float(sum(r[1]["seconds"] for r in results)))
     unreferenced = ~referenced
     stats["n_orphan_vertices"] = stats.get("n_orphan_vertices", 0) + int(unreferenced.sum())
-    _fill_orphans(mesh.vertices, out, ~np.isfinite(out[:, 0]))
+    fill_orphans(mesh.vertices, out, ~np.isfinite(out[:, 0]))
     return out
 
 

@@ -344,6 +344,11 @@ def face_areas(mesh: Mesh) -> np.ndarray:
     return 0.5 * np.linalg.norm(np.cross(b - a, c - a), axis=1)
 
 
+def vertex_areas(mesh: Mesh) -> np.ndarray:
+    """Lumped vertex areas: one third of the area of every face around each vertex."""
+    return np.bincount(mesh.faces.ravel(), weights=np.repeat(face_areas(mesh) / 3.0, 3), minlength=mesh.n_vertices)
+
+
 def vertex_components(mesh: Mesh) -> tuple[int, np.ndarray]:
     """Connected components of the vertex graph (edges of the faces).
 

@@ -3,7 +3,7 @@
 :class:`LabelEditor` holds one int8 label per vertex (``UNLABELLED`` = -1, else a class code
 of :mod:`engine.mesh.spines`: 0 shaft, 1 spine, 2 soma). A stroke paints every vertex within
 a geodesic radius (shortest path along mesh edges) of the clicked vertex; each stroke is one
-undo step. After every change the labels are written atomically (temp file + rename), so
+undo step (:class:`engine.undo.History`, the last ``MAX_UNDO`` strokes). After every change the labels are written atomically (temp file + rename), so
 killing the app never loses or corrupts them; reopening the mesh restores them.
 """
 
@@ -19,8 +19,10 @@ from scipy.sparse.csgraph import dijkstra
 
 from engine.errors import InputError
 from engine.storage import atomic_save_npy, remove_stale_temp, workdir_for
+from engine.undo import History
 
 UNLABELLED = -1
+MAX_UNDO = 200  # strokes kept for undo (each holds only the vertices it changed)
 LABELS_FILE = "spine_labels.npy"
 
 
@@ -63,8 +65,10 @@ class LabelEditor:
     labels: np.ndarray
     graph: sp.csr_matrix
     path: Path | None = None
-    _undo: list[_Stroke] = field(default_factory=list)
-    _redo: list[_Stroke] = field(default_factory=list)
+    history: History = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.history = History(self._revert, self._reapply, depth=MAX_UNDO)
 
     @classmethod
     def for_mesh(cls, vertices: np.ndarray, faces: np.ndarray, path: str | os.PathLike | None = None) -> "LabelEditor":
@@ -106,52 +110,50 @@ class LabelEditor:
         vertices, before = vertices[changed], before[changed]
         after = np.full(len(vertices), label, dtype=np.int8)
         self.labels[vertices] = after
-        self._undo.append(_Stroke(vertices, before, after))
-        self._redo.clear()
+        self.history.record(_Stroke(vertices, before, after))
         self.save()
         return vertices
 
     def merge_into_last(self, vertices: np.ndarray, label: int) -> np.ndarray:
         """Extend the last step (a brush drag is one stroke, one undo)."""
-        if not self._undo:
+        last = self.history.last
+        if last is None:
             return self.assign(vertices, label)
-        vertices = np.setdiff1d(np.asarray(vertices, dtype=np.int64), self._undo[-1].vertices)
+        vertices = np.setdiff1d(np.asarray(vertices, dtype=np.int64), last.vertices)
         vertices = vertices[self.labels[vertices] != label]
         if len(vertices) == 0:
             return vertices
-        last = self._undo[-1]
         before = self.labels[vertices].copy()
         self.labels[vertices] = label
-        self._undo[-1] = _Stroke(np.concatenate([last.vertices, vertices]), np.concatenate([last.before, before]),
-                                 np.concatenate([last.after, np.full(len(vertices), label, dtype=np.int8)]))
+        self.history.amend(_Stroke(np.concatenate([last.vertices, vertices]), np.concatenate([last.before, before]),
+                                   np.concatenate([last.after, np.full(len(vertices), label, dtype=np.int8)])))
         self.save()
         return vertices
 
     def undo(self) -> np.ndarray | None:
-        if not self._undo:
-            return None
-        stroke = self._undo.pop()
-        self.labels[stroke.vertices] = stroke.before
-        self._redo.append(stroke)
-        self.save()
-        return stroke.vertices
+        """Take back the last stroke; returns its vertices (None when there is none)."""
+        stroke = self.history.undo()
+        return stroke.vertices if stroke is not None else None
 
     def redo(self) -> np.ndarray | None:
-        if not self._redo:
-            return None
-        stroke = self._redo.pop()
-        self.labels[stroke.vertices] = stroke.after
-        self._undo.append(stroke)
+        stroke = self.history.redo()
+        return stroke.vertices if stroke is not None else None
+
+    def _revert(self, stroke: _Stroke) -> None:
+        self.labels[stroke.vertices] = stroke.before
         self.save()
-        return stroke.vertices
+
+    def _reapply(self, stroke: _Stroke) -> None:
+        self.labels[stroke.vertices] = stroke.after
+        self.save()
 
     @property
     def can_undo(self) -> bool:
-        return bool(self._undo)
+        return self.history.can_undo
 
     @property
     def can_redo(self) -> bool:
-        return bool(self._redo)
+        return self.history.can_redo
 
     def counts(self, n_classes: int = 3) -> dict[int, int]:
         """Number of vertices per label code (``UNLABELLED`` included)."""

@@ -84,6 +84,19 @@ def orphan_vertices(L: sp.spmatrix) -> np.ndarray:
     return np.diff(offdiag.indptr) == 0
 
 
+def fill_orphans(vertices: np.ndarray, values: np.ndarray, orphans: np.ndarray) -> None:
+    """Copy to each orphan row the values of the nearest non-orphan vertex (in place)."""
+    if not orphans.any():
+        return
+    from scipy.spatial import cKDTree
+
+    good = np.flatnonzero(~orphans)
+    if len(good) == 0:  # a chunk made only of slivers: its vertices are filled from the whole mesh later
+        return
+    _, nearest = cKDTree(vertices[good]).query(vertices[orphans])
+    values[orphans] = values[good[nearest]]
+
+
 def components(L: sp.spmatrix) -> tuple[int, np.ndarray]:
     """Connected components of the sparsity graph of ``L`` (orphans are one-vertex components).
 

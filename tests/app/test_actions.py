@@ -13,7 +13,7 @@ from gui_helpers import open_in
 
 EXPECTED = {
     "ephys": ["G\tMerge", "K\tSplit", "Alt+G\tLabel good", "Alt+M\tLabel mua", "Alt+N\tLabel noise",
-              "Space\tNext similar unit", "Shift+Space\tPrevious similar unit", "Ctrl+Shift+Z or Ctrl+Y\tRedo"],
+              "Space\tNext similar unit", "Shift+Space\tPrevious similar unit"],
     "calcium": ["A\tAccept", "R\tReject", "M\tMerge", "N\tAdd ROI", "Space\tPlay", "Del or Backspace\tDelete"],
     "morphology": ["T\tTrain", "N\tNext uncertain region", "1\tShaft brush", "2\tSpine brush", "3\tSoma brush",
                    "E\tErase", "[\tSmaller brush", "]\tLarger brush", "Esc\tBack to navigate"],
@@ -79,6 +79,28 @@ def test_registered_keys_run_their_action_in_each_workspace(window, qtbot, tmp_p
     assert factors.tool_buttons["brush"].isChecked()
     qtbot.keyClick(factors, Qt.Key.Key_P)
     assert factors.tool_buttons["polygon"].isChecked()
+
+    # Ctrl+Z / Ctrl+Shift+Z walk one history across regions (not the selected region's last shape)
+    first = factors.add_region()
+    factors._polygon_drawn([(5, 5), (40, 5), (40, 40)])
+    one_polygon = factors.regions.rasterize()
+    factors.add_region()
+    factors._polygon_drawn([(60, 60), (100, 60), (100, 100)])
+    factors._select_region(first)
+    drawn = factors.regions.rasterize()
+    qtbot.keyClick(factors, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)
+    assert "Undid the polygon" in window.statusBar().currentMessage(), window.statusBar().currentMessage()
+    assert (factors.regions.rasterize() == one_polygon).all()
+    qtbot.keyClick(factors, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.ShiftModifier)
+    assert (factors.regions.rasterize() == drawn).all()
+
+
+@pytest.mark.parametrize("key", list(EXPECTED))
+def test_every_workspace_has_undo_and_redo_keys(window, qtbot, key):
+    window.show_workspace(key)
+    text = press_f1(window, qtbot)
+    assert listed("Ctrl+Z\tUndo", text) and any(line.startswith("Ctrl+Shift+Z") and "\tRedo" in line
+                                                 for line in text.splitlines()), text
 
 
 def test_a_disabled_action_ignores_its_key_and_its_button_follows(qtbot):

@@ -59,8 +59,10 @@ def test_run_select_reject_add_undo_and_restore(window, qtbot, movie, tmp_path, 
     k = int(next(i for i in np.flatnonzero(result.accepted) if i != first))
     row, col = (int(round(v)) for v in result.centers[k])
     assert ws.curation.geometry.owner[row, col] == k
+    said = []  # the selection is held once, by the session; the table, contours and traces follow its signal
+    ws.session.selection_changed.connect(said.append)
     click_image(qtbot, ws, row, col)
-    assert ws.selected == [k]
+    assert ws.selected == [k] and said == [[k]] and ws.session.selected == [k]
     assert ws._roi_at_row(ws.table.currentRow()) == k
     np.testing.assert_allclose(ws.traces.curves["C"][0].getData()[1], result.C[k])
     assert len(ws.fov.curves["selected"].getData()[0]) > 0

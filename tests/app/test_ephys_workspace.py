@@ -78,8 +78,12 @@ def test_sort_view_curate_and_reload(window, qtbot, recording, tmp_path, monkeyp
 
     # Phy's wizard keys: Space pairs the unit with its most similar one, then the next; Shift+Space goes back
     similar = [cid for cid, _ in c.similar(a)]
+    said = []  # one selection, held by the session: the table, the views and the panel follow its signal
+    ws.session.selection_changed.connect(said.append)
     qtbot.keyClick(ws, Qt.Key.Key_Space)
-    assert ws.selected == [a, similar[0]]
+    assert ws.selected == [a, similar[0]] and said == [[a, similar[0]]] and ws.session.selected == ws.selected
+    assert set(ws.units.shown_selection()) == {a, similar[0]}  # the table shows a selection made elsewhere
+    assert not hasattr(ws.units, "selected")
     qtbot.keyClick(ws, Qt.Key.Key_Space)
     assert ws.selected == [a, similar[1]] and ws.similar.selectedItems()[0].row() == 1
     qtbot.keyClick(ws, Qt.Key.Key_Space, Qt.KeyboardModifier.ShiftModifier)
@@ -247,7 +251,7 @@ def test_sort_can_be_cancelled(window, qtbot, recording):
     qtbot.mouseClick(ws.cancel_button, Qt.MouseButton.LeftButton)
     wait_for_job(qtbot, job, timeout=60000)
     assert job.state is JobState.CANCELLED  # the sort takes seconds; the click lands in milliseconds
-    assert ws.curation is None and "Cancelled" in ws.stage_label.text()
+    assert ws.curation is None and "cancelled" in ws.stage_label.text()
     assert not (recording.parent / "sim_phy").exists()
     assert ws.sort_button.isEnabled() and not ws.cancel_button.isEnabled()
 

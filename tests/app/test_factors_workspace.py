@@ -71,9 +71,12 @@ def test_draw_train_browse_select_cluster_export_restore(window, qtbot, mosaic, 
     assert [s["kind"] for s in saved["regions"][-1]["shapes"]] == ["polygon"]
     ws.rename_region("drawn square")
     assert "drawn square" in ws.region_list.currentItem().text()
-    # Ctrl+Z drops the polygon again: the pipeline below learns the three textures only
+    # Ctrl+Z takes back the renaming, then the polygon: the pipeline below learns the three textures only
+    qtbot.keyClick(ws, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)
+    assert ws.regions.region(drawn).name != "drawn square" and (ws.labels == drawn).any()
     qtbot.keyClick(ws, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)
     assert not (ws.labels == drawn).any()
+    ws.rename_region("drawn square")
 
     # the pipeline through its buttons, each a background job
     ws.epochs.setValue(1)

@@ -139,3 +139,63 @@ def test_job_cannot_start_twice(qtbot):
         job.start()
     with pytest.raises(RuntimeError):
         job.start()
+
+
+def test_job_box_follows_progress_cancel_and_failure(qtbot):
+    from app.widgets.job_box import JobBox
+
+    box = JobBox("Not run yet.", kept="earlier results are kept.")
+    qtbot.addWidget(box)
+    assert not box.cancel_button.isEnabled() and box.stage_label.text() == "Not run yet."
+    started = threading.Event()
+
+    def forever(progress=None):
+        progress.report(0.4, "Filtering")
+        started.set()
+        while True:
+            progress.check()
+            time.sleep(0.005)
+
+    job = box.follow(Job("Sort", forever))
+    job.start()
+    assert started.wait(5) and box.cancel_button.isEnabled()
+    qtbot.waitUntil(lambda: box.progress_bar.value() == 400, timeout=2000)
+    assert box.stage_label.text() == "Sort: Filtering — 40%"
+    with qtbot.waitSignal(job.ended, timeout=2000):
+        box.cancel_button.click()
+    assert box.stage_label.text() == "Sort: cancelled; earlier results are kept." and box.progress_bar.value() == 0
+    assert not box.cancel_button.isEnabled() and not box.running
+
+    failing = box.follow(Job("Train", lambda progress=None: [][1]))
+    with qtbot.waitSignal(failing.ended, timeout=5000):
+        failing.start()
+    assert box.stage_label.text().startswith("Train failed: Unexpected IndexError")
+
+    shown = {"now": False}  # a job of a dataset no longer shown leaves the box alone
+    other = JobBox("Idle", shows=lambda job: shown["now"])
+    qtbot.addWidget(other)
+    hidden = other.follow(Job("CNMF", add, 1, 2))
+    other.show_stage("Another movie")
+    with qtbot.waitSignal(hidden.ended, timeout=5000):
+        hidden.start()
+    assert other.stage_label.text() == "Another movie" and not other.cancel_button.isEnabled()
+
+
+@pytest.mark.parametrize("order", ["ascending", "descending"])
+def test_number_items_sort_by_value_with_nan_last(qtbot, order):
+    from PyQt6.QtCore import Qt
+    from PyQt6.QtWidgets import QTableWidget
+
+    from app.widgets.number_item import NumberItem
+
+    values = [3.0, np.nan, -1.0, 10.0, np.nan, 2.5]
+    table = QTableWidget(len(values), 1)
+    qtbot.addWidget(table)
+    for row, value in enumerate(values):
+        table.setItem(row, 0, NumberItem(value, f"{value:g}"))
+    sort = Qt.SortOrder.AscendingOrder if order == "ascending" else Qt.SortOrder.DescendingOrder
+    table.setSortingEnabled(True)
+    table.sortByColumn(0, sort)
+    shown = [table.item(row, 0).value for row in range(len(values))]
+    finite = sorted(v for v in values if not np.isnan(v))
+    assert shown[:4] == (finite if order == "ascending" else finite[::-1]) and np.isnan(shown[4:]).all()

@@ -1,0 +1,77 @@
+"""The ephys workspace's session: what is shown now, held once, with a signal for each change.
+
+The recording (and the trace source that reads it), the curated Phy folder, the selected units
+and the running sort live here and nowhere else. The panel and its views read them from the
+session and redraw when it says something changed (as Phy's and napari's views follow their
+model): the unit table reports a click with :meth:`EphysSession.select` and shows the selection
+when ``selection_changed`` fires, whoever made it (a click, the similar-units list, a spike on
+the traces, a merge).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PyQt6.QtCore import QObject, pyqtSignal
+
+from app.jobs import Job
+from engine.ephys.curation import Curation, TraceSource
+from engine.ephys.io import RawRecording
+
+
+class EphysSession(QObject):
+    recording_changed = pyqtSignal()  # another recording, or its trace source (the sort's model arrived)
+    curation_changed = pyqtSignal()  # another Phy folder (opened, sorted) or none; the selection is emptied first
+    selection_changed = pyqtSignal(list)  # the selected unit ids, the current one first
+    history_changed = pyqtSignal()  # what Undo / Redo can do changed (a curation change, an undo, a redo)
+    busy_changed = pyqtSignal(bool)  # a sort started (True) or ended (False)
+
+    def __init__(self, parent: QObject | None = None):
+        super().__init__(parent)
+        self.recording: RawRecording | None = None
+        self.source: TraceSource | None = None
+        self.raw_path: Path | None = None
+        self.curation: Curation | None = None
+        self.selected: list[int] = []
+        self.sort_job: Job | None = None
+
+    # -- data ----------------------------------------------------------------------------------
+    def set_recording(self, path: Path, recording: RawRecording, source: TraceSource) -> None:
+        """Show ``recording`` (read through ``source``); the one shown before is closed."""
+        if self.recording is not None and self.recording is not recording:
+            self.recording.close()
+        self.recording, self.source, self.raw_path = recording, source, path
+        self.recording_changed.emit()
+
+    def set_source(self, source: TraceSource) -> None:
+        self.source = source
+        self.recording_changed.emit()
+
+    def set_curation(self, curation: Curation | None) -> None:
+        """Curate ``curation`` (None: nothing to curate); nothing stays selected."""
+        if self.curation is not None:
+            self.curation.history.on_change = None
+        self.curation = curation
+        if curation is not None:
+            curation.history.on_change = self.history_changed.emit
+        self.selected = []
+        self.curation_changed.emit()
+
+    # -- selection -----------------------------------------------------------------------------
+    def select(self, clusters: list[int]) -> None:
+        """Select units (the first is the current one). Said even when they are the ones selected:
+        after a curation change the same ids show new data (a label, a merged unit's spikes)."""
+        self.selected = [int(c) for c in dict.fromkeys(clusters)]
+        self.selection_changed.emit(list(self.selected))
+
+    # -- jobs ----------------------------------------------------------------------------------
+    @property
+    def busy(self) -> bool:
+        """Whether a sort is running."""
+        return self.sort_job is not None and self.sort_job.is_running
+
+    def set_sort_job(self, job: Job) -> Job:
+        self.sort_job = job
+        job.ended.connect(lambda _job: self.busy_changed.emit(False))
+        self.busy_changed.emit(True)
+        return job
