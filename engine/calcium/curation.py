@@ -291,12 +291,18 @@ def _curated(path: Path, base: CNMFResult, progress) -> tuple[Curation, int, str
     return Curation(path, result, roi_geometry(result), applied), skipped, notice
 
 
-def run_cnmf_job(path: Path, fs: float | None, neuron_diameter: float, register: str, progress=None) -> dict:
+def run_cnmf_job(path: Path, fs: float | None, neuron_diameter: float, register: str, progress=None, classifier=None) -> dict:
     """Run the pipeline on the movie file (its own reader: the GUI keeps reading frames from its
-    own), save the result beside the movie, and replay the saved decisions on it."""
+    own), let the ROI classifier accept or reject (``classifier``: its
+    :class:`~engine.calcium.classifier.Decisions`, once they suffice), save the result beside the
+    movie, and replay the saved decisions on it."""
     progress = as_progress(progress)
     run, restore = progress.split([10, 1], [None, "Restoring decisions"])
     result = run_cnmf(path, fs=fs, neuron_diameter=neuron_diameter, register=register, progress=run)
+    if classifier is not None:
+        from engine.calcium.classifier import rescore
+
+        result = rescore(result, classifier)
     curation, skipped, notice = _curated(path, result, restore)
     progress.check()  # the last moment a cancel keeps the previous result: saving it is the end of the job
     save_result(result, workdir_for(path) / RESULT_FILE, movie_identity(path))

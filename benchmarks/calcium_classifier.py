@@ -1,0 +1,151 @@
+"""The ROI classifier taught on one movie, judged on another: accept/reject accuracy against ground truth.
+
+For each simulated movie, CNMF (:func:`engine.calcium.pipeline.run_cnmf`) runs once; each component's
+true label is whether it matches a true cell at IoU ≥ 0.5 (masks at 20 % of the peak, Hungarian
+matching, as ``benchmarks/cnmf.py`` scores F1). A person's 20 decisions on movie A are simulated by
+those labels, picked two ways:
+
+* **N walk**: what the window's “next uncertain ROI” key (N) visits — the undecided ROI nearest
+  P(cell) 0.5, from the metric thresholds until the classifier is ready, then from the classifier
+  re-trained after every decision;
+* **random**: 20 ROIs drawn at random (5 draws).
+
+The classifier trained on them scores every component of movie B (another seed, and for most pairs
+another kind of movie: density, simulator, noise); its accept/reject accuracy against B's truth is
+set beside that of the fixed metric thresholds (the pipeline's ``accepted``) on the same components.
+Models: logistic regression on standardised features (the default), random forest, extra trees.
+
+Run: ``python -m benchmarks.calcium_classifier [--frames 1500] [--decisions 20]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from benchmarks.common import machine_header, markdown_table
+
+
+def truth_labels(result, footprints: np.ndarray) -> np.ndarray:
+    """Per component: matched one-to-one to a true cell at IoU ≥ 0.5 (both binarized at 20 % of the peak)."""
+    tm = (footprints >= 0.2 * footprints.max(axis=(1, 2), keepdims=True)).reshape(len(footprints), -1).astype(np.float32)
+    K = result.n_components
+    labels = np.zeros(K, bool)
+    if K == 0 or len(tm) == 0:
+        return labels
+    em = np.stack([result.roi_mask(k) for k in range(K)]).reshape(K, -1).astype(np.float32)
+    inter = em @ tm.T
+    iou = inter / (em.sum(1)[:, None] + tm.sum(1)[None] - inter)
+    rows, cols = linear_sum_assignment(-iou)
+    labels[rows[iou[rows, cols] >= 0.5]] = True
+    return labels
+
+
+def movies(frames: int) -> list[dict]:
+    """The movie kinds: (name, kind, movie, footprints, fps, neuron diameter)."""
+    from engine.calcium import synth
+
+    out = []
+    for seed, cells in ((1, 50), (2, 50), (3, 110), (4, 110)):
+        sim = synth.recording(frames, 128, 128, cells, seed=seed)
+        out.append({"name": f"recording {cells} cells s{seed}", "kind": f"recording-{cells}", "movie": sim["movie"],
+                    "footprints": sim["footprints"], "fps": 30.0, "diameter": 10.0})
+    for seed, noise in ((5, 4.0), (6, 10.0)):  # another simulator: nuclear GCaMP, 10 Hz, read noise σ
+        sim = synth.nuclear_patch(128, 128, frames, n_neurons=70, fps=10.0, min_distance=6.0, noise=noise, seed=seed)
+        out.append({"name": f"nuclear 70 noise {noise:g} s{seed}", "kind": "nuclear", "movie": np.ascontiguousarray(sim["Y"].transpose(2, 0, 1)),
+                    "footprints": sim["footprints"], "fps": 10.0, "diameter": 8.0})
+    for seed in (7, 8):  # the demo simulator
+        movie, footprints, _, _ = synth.demo_movie(frames, 128, 128, 40, seed=seed)
+        out.append({"name": f"demo 40 s{seed}", "kind": "demo", "movie": movie, "footprints": footprints, "fps": 30.0,
+                    "diameter": 10.0})
+    return out
+
+
+def walk_decisions(result, features, labels, n: int, kind: str) -> np.ndarray:
+    """The ROIs the N key visits for ``n`` decisions (labels from the truth), re-training after each."""
+    from engine.calcium.classifier import Decisions, next_uncertain, score
+
+    decided = np.zeros(result.n_components, bool)
+    decisions = Decisions()
+    for _ in range(min(n, result.n_components)):
+        p = score(result, decisions, features, kind).probability
+        k = next_uncertain(p, decided)
+        decided[k] = True
+        decisions = decisions.add("A", result.centers[k], features[k], labels[k])
+    return np.flatnonzero(decided)
+
+
+def main() -> None:
+    from engine.calcium.classifier import MODELS, Decisions, roi_features, score
+    from engine.calcium.pipeline import run_cnmf
+    from engine.device import configure_threads
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--frames", type=int, default=1500)
+    parser.add_argument("--decisions", type=int, default=20)
+    parser.add_argument("--draws", type=int, default=5, help="random draws of the decisions per pair")
+    args = parser.parse_args()
+    configure_threads(1)
+    print(machine_header("ROI classifier across movies (benchmarks.calcium_classifier)"))
+    print(f"- load average at start: {os.getloadavg()[0]:.1f} (the machine was shared with other jobs)\n")
+
+    data = []
+    for m in movies(args.frames):
+        start = time.perf_counter()
+        result = run_cnmf(m["movie"], fs=m["fps"], neuron_diameter=m["diameter"])
+        t_feat = time.perf_counter()
+        features = roi_features(result)
+        t_feat = time.perf_counter() - t_feat
+        labels = truth_labels(result, m["footprints"])
+        data.append({**m, "result": result, "features": features, "labels": labels})
+        print(f"{m['name']}: {result.n_components} components, {labels.sum()} true cells matched, "
+              f"{int(result.accepted.sum())} accepted by the thresholds (accuracy {(result.accepted == labels).mean():.3f}); "
+              f"CNMF {time.perf_counter() - start:.1f} s, features {t_feat * 1000:.0f} ms")
+
+    rng = np.random.default_rng(0)
+    rows, per_pair = [], []
+    for strategy in ("N walk", "random"):
+        for kind in MODELS:
+            acc_clf, acc_thr, brier, fallback, same, other = [], [], [], 0, [], []
+            for a in data:
+                picks = ([walk_decisions(a["result"], a["features"], a["labels"], args.decisions, kind)] if strategy == "N walk" else
+                         [rng.choice(a["result"].n_components, min(args.decisions, a["result"].n_components), replace=False)
+                          for _ in range(args.draws)])  # fmt: skip
+                for pick in picks:
+                    decisions = Decisions().add("A", a["result"].centers[pick], a["features"][pick], a["labels"][pick])
+                    for b in data:
+                        if b is a:
+                            continue
+                        s = score(b["result"], decisions, b["features"], kind)
+                        fallback += not s.from_classifier
+                        acc = float(((s.probability >= 0.5) == b["labels"]).mean())
+                        thr = float((b["result"].accepted == b["labels"]).mean())
+                        acc_clf.append(acc)
+                        acc_thr.append(thr)
+                        brier.append(float(np.mean((s.probability - b["labels"]) ** 2)))
+                        (same if a["kind"] == b["kind"] else other).append(acc - thr)
+                        if strategy == "N walk" and kind == "logistic":
+                            per_pair.append({"taught on (20 decisions)": a["name"], "judged on": b["name"],
+                                             "rejects among the 20": int((~a["labels"][pick]).sum()),
+                                             "classifier accuracy": acc, "threshold accuracy": thr,
+                                             "true cells / components": f"{b['labels'].sum()} / {len(b['labels'])}"})
+            d = np.array(acc_clf) - np.array(acc_thr)
+            rows.append({"decisions picked by": strategy, "model": kind, "pairs": len(acc_clf),
+                         "classifier accuracy": f"{np.mean(acc_clf):.3f} ± {np.std(acc_clf):.3f}",
+                         "threshold accuracy": f"{np.mean(acc_thr):.3f} ± {np.std(acc_thr):.3f}",
+                         "gain (mean ± sd)": f"{d.mean():+.3f} ± {d.std():.3f}",
+                         "gain same kind / other kind": f"{np.mean(same):+.3f} / {np.mean(other):+.3f}",
+                         "better / worse / equal": f"{(d > 1e-9).sum()} / {(d < -1e-9).sum()} / {(np.abs(d) <= 1e-9).sum()}",
+                         "Brier": f"{np.mean(brier):.3f}", "fell back (too few of a kind)": fallback})  # fmt: skip
+    print()
+    markdown_table(rows, list(rows[0]))
+    print()
+    markdown_table(per_pair, list(per_pair[0]))
+
+
+if __name__ == "__main__":
+    main()
