@@ -790,7 +790,8 @@ class CalciumWorkspace(Workspace):
                 found = [self._roi_near(c) for c in centers]
                 found = [k for k in found if k is not None]
                 if found:
-                    self._store(self._decisions().add(self._movie_key(), self.curation.result.centers[found], self.features[found], accept))
+                    self._store(self._in_context(self._decisions().add(self._movie_key(), self.curation.result.centers[found],
+                                                                       self.features[found], accept)))
             self._score_again = True
         self._show_scores()
 
@@ -818,14 +819,20 @@ class CalciumWorkspace(Workspace):
         """Add these ROIs, labelled, to the decisions (saved at once) and re-train."""
         centers = self.curation.result.centers[list(indices)]
         if self.features is not None and self._scored_A is self.curation.result.A:
-            self._store(self._decisions().add(self._movie_key(), centers, self.features[list(indices)], accept))
+            self._store(self._in_context(self._decisions().add(self._movie_key(), centers, self.features[list(indices)], accept)))
             self._score()
         else:
             self._pending_labels.append((centers.copy(), accept))
 
     def _forget(self, centers) -> None:
         """Undo: the decisions on these ROIs leave the classifier (re-trained by the table's refill)."""
-        self._store(self._decisions().without(self._movie_key(), centers))
+        decisions = self._decisions().without(self._movie_key(), centers)
+        self._store(self._in_context(decisions) if self._scored_A is self.curation.result.A else decisions)
+
+    def _in_context(self, decisions: classifier.Decisions) -> classifier.Decisions:
+        """``decisions`` with the movie's other ROIs labelled by the metric thresholds (engine.calcium.classifier)."""
+        r = self.curation.result
+        return decisions.with_context(self._movie_key(), r.centers, self.features, classifier.threshold_probability(r) >= 0.5)
 
     def probability(self) -> np.ndarray:
         """P(cell) of the current ROIs: the last scores, or the metric thresholds' while they are computed."""

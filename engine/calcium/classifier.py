@@ -12,16 +12,21 @@ data folder, the model is re-trained at once, and it scores the ROIs of every ne
   trace statistics (skewness of F, transient rate, noise as a fraction of the raw fluorescence, decay
   time) and the largest activity correlation with an overlapping ROI (a cell found twice).
 * **Store** (:class:`Decisions`): a plain ``.npz`` without pickles — ``features`` (N × F), ``labels``
-  (1 accept / 0 reject), ``feature_names``, the ``movie`` and ``center`` of each decision, ``format``
-  and ``format_version`` — written atomically after each change to
+  (1 accept / 0 reject), ``by_user``, ``feature_names``, the ``movie`` and ``center`` of each row,
+  ``format`` and ``format_version`` — written atomically after each change to
   ``<user data>/classifiers/calcium_roi_decisions.npz`` (``NEUROWB_DATA_DIR`` moves it). A new decision
   on an ROI already decided (same movie, center within :data:`SAME_ROI_PX`) replaces the old one.
   A damaged store is set aside (:func:`engine.storage.read_hand_work`) and the work starts afresh.
+* **Context** (as Suite2p, whose user classifier learns from every ROI of the curated sessions, not only
+  the ones a person changed): the other ROIs of a movie the user decided on are kept too, labelled by the
+  fixed metric thresholds (``by_user`` false) and weighted :data:`USER_WEIGHT` times less than decisions.
+  Curating is mostly accepting the cells the thresholds missed: decisions alone are nearly all accepts,
+  and the thresholds' verdicts are what the user left standing.
 * **Model** (:func:`train`): logistic regression on standardised features (balanced classes), the
   choice measured against random forests and extra trees by ``benchmarks/calcium_classifier.py``. Until
-  :data:`MIN_PER_CLASS` accepts and as many rejects exist, :func:`score` says so and falls back to the
-  fixed metric thresholds of :func:`engine.calcium.pipeline.evaluate_components`, as a probability
-  (:func:`threshold_probability`).
+  :data:`MIN_DECISIONS` decisions and :data:`MIN_PER_CLASS` ROIs of each kind exist, :func:`score` says so
+  and falls back to the fixed metric thresholds of :func:`engine.calcium.pipeline.evaluate_components`,
+  as a probability (:func:`threshold_probability`).
 """
 
 from __future__ import annotations
@@ -41,7 +46,9 @@ FORMAT_VERSION = 1
 STORE_NAME = "calcium_roi_decisions.npz"
 FEATURES = ("log_snr", "r_value", "size_vs_disk", "npix_norm", "compact", "aspect_ratio", "solidity", "center_fill",
             "skew", "event_rate", "noise", "decay_s", "neighbour_corr")
-MIN_PER_CLASS = 5  # accepts and rejects each before the classifier replaces the thresholds
+MIN_DECISIONS = 5  # the user's decisions before the classifier replaces the thresholds...
+MIN_PER_CLASS = 5  # ...and labelled ROIs of each kind (decisions and context)
+USER_WEIGHT = 5.0  # a decision weighs this many ROIs labelled by the thresholds
 SAME_ROI_PX = 2.0  # a decision within this distance of an earlier one on the same movie replaces it
 MODELS = ("logistic", "random_forest", "extra_trees")
 DEFAULT_MODEL = "logistic"
@@ -167,69 +174,94 @@ class Decisions:
     labels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int8))  # 1 accept, 0 reject
     movies: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype="<U1"))
     centers: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
+    by_user: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # False: context, labelled by the thresholds
 
     def __len__(self) -> int:
-        return len(self.labels)
+        """The user's decisions (the context rows not counted)."""
+        return int(np.count_nonzero(self.by_user))
+
+    def _rows(self, keep: np.ndarray) -> "Decisions":
+        return Decisions(self.features[keep], self.labels[keep], self.movies[keep], self.centers[keep], self.by_user[keep])
+
+    def _join(self, other: "Decisions") -> "Decisions":
+        return Decisions(np.vstack([self.features, other.features]), np.concatenate([self.labels, other.labels]),
+                         np.concatenate([self.movies, other.movies]), np.vstack([self.centers, other.centers]),
+                         np.concatenate([self.by_user, other.by_user]))
 
     def counts(self) -> tuple[int, int]:
-        """(accepts, rejects)."""
-        accepts = int(np.count_nonzero(self.labels == 1))
-        return accepts, len(self.labels) - accepts
+        """The user's (accepts, rejects)."""
+        accepts = int(np.count_nonzero(self.labels[self.by_user] == 1))
+        return accepts, len(self) - accepts
 
     @property
     def ready(self) -> bool:
-        return min(self.counts()) >= MIN_PER_CLASS
+        cells = int(np.count_nonzero(self.labels == 1))
+        return len(self) >= MIN_DECISIONS and min(cells, len(self.labels) - cells) >= MIN_PER_CLASS
 
     def status(self) -> str:
         """One line for the window and the command line: what the classifier has learnt from."""
         accepts, rejects = self.counts()
+        movies = len(set(self.movies[self.by_user].tolist()))
         if not self.ready:
-            need = [f"{MIN_PER_CLASS - n} more {what}" for n, what in ((accepts, "accepts"), (rejects, "rejects")) if n < MIN_PER_CLASS]
-            return (f"Classifier: {accepts} accepts and {rejects} rejects so far; it needs {' and '.join(need)} "
-                    f"(at least {MIN_PER_CLASS} of each) — until then the fixed metric thresholds decide.")
-        movies = len(set(self.movies.tolist()))
-        return f"Classifier: learnt from {accepts} accepts and {rejects} rejects on {movies} movie{'s' if movies != 1 else ''}."
+            need = (f"{MIN_DECISIONS - len(self)} more decisions" if len(self) < MIN_DECISIONS else
+                    f"ROIs of both kinds (at least {MIN_PER_CLASS} accepted and {MIN_PER_CLASS} rejected)")
+            return (f"Classifier: {accepts} accepts and {rejects} rejects so far; it needs {need} — until then the fixed "
+                    "metric thresholds decide.")
+        return (f"Classifier: learnt from {accepts} accepts and {rejects} rejects on {movies} movie{'s' if movies != 1 else ''} "
+                f"(and the thresholds' verdicts on their {len(self.labels) - len(self)} other ROIs).")
 
     def _same(self, movie: str, center) -> np.ndarray:
         return (self.movies == movie) & (np.hypot(*(self.centers - np.asarray(center, float)).T) <= SAME_ROI_PX)
 
     def add(self, movie: str, centers, features, accept) -> "Decisions":
         """These decisions added (``centers`` (n, 2), ``features`` (n, F), ``accept`` bool or (n,));
-        earlier decisions on the same ROIs are replaced."""
+        earlier rows on the same ROIs (decisions or context) are replaced."""
         centers = np.asarray(centers, np.float64).reshape(-1, 2)
         features = np.asarray(features, np.float64).reshape(len(centers), len(FEATURES))
         accept = np.broadcast_to(np.asarray(accept, bool), (len(centers),))
-        base = self.without(movie, centers)
-        return Decisions(np.vstack([base.features, features]), np.concatenate([base.labels, accept.astype(np.int8)]),
-                         np.concatenate([base.movies, np.full(len(centers), movie)]), np.vstack([base.centers, centers]))
+        base = self._rows(~self._near(movie, centers))
+        return base._join(Decisions(features, accept.astype(np.int8), np.full(len(centers), movie), centers, np.ones(len(centers), bool)))
+
+    def with_context(self, movie: str, centers, features, threshold_accepted) -> "Decisions":
+        """The other ROIs of ``movie`` (a result's ``centers``, ``features`` and the thresholds' verdicts),
+        replacing the movie's earlier context; ROIs the user decided keep their decisions."""
+        centers = np.asarray(centers, np.float64).reshape(-1, 2)
+        base = self._rows(~((self.movies == movie) & ~self.by_user))
+        fresh = ~base.decided(movie, centers)
+        return base._join(Decisions(np.asarray(features, np.float64)[fresh], np.asarray(threshold_accepted, bool)[fresh].astype(np.int8),
+                                    np.full(int(fresh.sum()), movie), centers[fresh], np.zeros(int(fresh.sum()), bool)))
+
+    def _near(self, movie: str, centers) -> np.ndarray:
+        drop = np.zeros(len(self.labels), bool)
+        for c in np.asarray(centers, np.float64).reshape(-1, 2):
+            drop |= self._same(movie, c)
+        return drop
 
     def without(self, movie: str, centers) -> "Decisions":
         """The decisions on these ROIs removed (undo)."""
-        drop = np.zeros(len(self), bool)
-        for c in np.asarray(centers, np.float64).reshape(-1, 2):
-            drop |= self._same(movie, c)
-        keep = ~drop
-        return Decisions(self.features[keep], self.labels[keep], self.movies[keep], self.centers[keep])
+        return self._rows(~(self._near(movie, centers) & self.by_user))
 
     def merged(self, other: "Decisions") -> "Decisions":
-        """Both sets of decisions; where both decided one ROI, this one's decision is kept."""
+        """Both sets of rows; where both have one ROI, this one's row is kept."""
         fresh = np.array([not self._same(m, c).any() for m, c in zip(other.movies, other.centers)], bool)
-        return Decisions(np.vstack([self.features, other.features[fresh]]), np.concatenate([self.labels, other.labels[fresh]]),
-                         np.concatenate([self.movies, other.movies[fresh]]), np.vstack([self.centers, other.centers[fresh]]))
+        return self._join(other._rows(fresh))
 
     def decided(self, movie: str, centers) -> np.ndarray:
-        """For each center of a result (n, 2): whether a decision on that ROI of ``movie`` is stored."""
-        mine = self.movies == movie
+        """For each center of a result (n, 2): whether the user's decision on that ROI of ``movie`` is stored."""
+        mine = (self.movies == movie) & self.by_user
         if not mine.any() or len(centers) == 0:
             return np.zeros(len(centers), bool)
         d = np.hypot(*(np.asarray(centers, np.float64)[:, None, :] - self.centers[mine][None]).transpose(2, 0, 1))
         return d.min(axis=1) <= SAME_ROI_PX
 
+    def weights(self) -> np.ndarray:
+        return np.where(self.by_user, USER_WEIGHT, 1.0)
+
     def save(self, path) -> Path:
         """Write atomically as a plain .npz (no pickles)."""
         buffer = io.BytesIO()
         np.savez(buffer, format=np.array(FORMAT), format_version=np.int64(FORMAT_VERSION), feature_names=np.array(FEATURES),
-                 features=self.features, labels=self.labels, movie=self.movies.astype(str), center=self.centers)
+                 features=self.features, labels=self.labels, by_user=self.by_user, movie=self.movies.astype(str), center=self.centers)
         return atomic_write_bytes(path, buffer.getvalue())
 
 
@@ -247,11 +279,13 @@ def read_decisions(path) -> Decisions:
             raise ValueError(f"lacks the features {', '.join(missing)}")
         features = np.asarray(z["features"], np.float64)[:, [names.index(n) for n in FEATURES]]
         labels, movies, centers = np.asarray(z["labels"]).astype(np.int8), np.asarray(z["movie"]).astype(str), np.asarray(z["center"], np.float64)
-    if not (len(features) == len(labels) == len(movies) == len(centers)) or centers.shape[1:] != (2,) or not np.isin(labels, (0, 1)).all():
-        raise ValueError("its arrays do not agree (features, labels, movie, center)")
+        by_user = np.asarray(z["by_user"]).astype(bool)
+    if not (len(features) == len(labels) == len(movies) == len(centers) == len(by_user)) or centers.shape[1:] != (2,) \
+            or not np.isin(labels, (0, 1)).all():
+        raise ValueError("its arrays do not agree (features, labels, by_user, movie, center)")
     if not np.isfinite(features).all():
         raise ValueError("it holds non-finite feature values")
-    return Decisions(features, labels, movies, centers)
+    return Decisions(features, labels, movies, centers, by_user)
 
 
 def load_store(path=None) -> tuple[Decisions, str]:
@@ -296,7 +330,9 @@ def train(decisions: Decisions, kind: str = DEFAULT_MODEL):
     """The model fitted to ``decisions``; None until :attr:`Decisions.ready`."""
     if not decisions.ready:
         return None
-    return make_model(kind).fit(decisions.features, decisions.labels)
+    model = make_model(kind)
+    weight = {f"{model.steps[-1][0]}__sample_weight" if hasattr(model, "steps") else "sample_weight": decisions.weights()}
+    return model.fit(decisions.features, decisions.labels, **weight)
 
 
 @dataclass(frozen=True)

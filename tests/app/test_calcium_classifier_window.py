@@ -70,7 +70,13 @@ def test_decisions_retrain_the_classifier_and_n_walks_to_the_least_sure_roi(wind
     # reject it with the button: saved in the store at once, the classifier re-trained, P(cell) changes
     qtbot.mouseClick(ws.reject_button, Qt.MouseButton.LeftButton)
     store, _ = classifier.load_store()
-    assert len(store) == 41 and store.labels[-1] == 0 and store.movies[-1] == classifier.movie_key(movie)
+    here = classifier.movie_key(movie)
+    assert len(store) == 41 and store.counts() == (taught_elsewhere().counts()[0], taught_elsewhere().counts()[1] + 1)
+    assert store.decided(here, r.centers).tolist() == [k == second for k in range(r.n_components)]
+    # the movie's other ROIs are kept as context, labelled by the metric thresholds
+    context = (store.movies == here) & ~store.by_user
+    assert context.sum() == r.n_components - 1
+    assert sorted(store.labels[context].tolist()) == sorted(np.delete(classifier.threshold_probability(r) >= 0.5, second).tolist())
     scored(qtbot, ws)
     after = table_p(ws)
     assert max(abs(after[k] - before[k]) for k in after) > 1e-4

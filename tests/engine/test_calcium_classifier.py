@@ -92,14 +92,15 @@ def test_enough_decisions_rescore_a_new_result(result):
 def test_store_persists_and_reloads_identically(tmp_path):
     X, y = separable(30, 4)
     d = Decisions().add("a.tif:10", np.c_[np.arange(30), np.arange(30)] * 5.0, X, y)
-    assert d.ready
+    d = d.with_context("b.tif:3", [[5.0, 7.0], [50.0, 70.0]], X[:2], [False, True])
+    assert d.ready and len(d) == 30
     path = tmp_path / "store" / classifier.STORE_NAME
     d.save(path)
     with np.load(path, allow_pickle=False) as z:  # a plain .npz: no pickles
         assert list(z["feature_names"]) == list(FEATURES) and int(z["format_version"]) == classifier.FORMAT_VERSION
     back, notice = classifier.load_store(path)
     assert notice == ""
-    for name in ("features", "labels", "movies", "centers"):
+    for name in ("features", "labels", "movies", "centers", "by_user"):
         np.testing.assert_array_equal(getattr(back, name), getattr(d, name))
     np.testing.assert_allclose(classifier.train(back).predict_proba(X), classifier.train(d).predict_proba(X), atol=1e-12)
     empty, notice = classifier.load_store(tmp_path / "none.npz")
@@ -131,6 +132,29 @@ def test_decisions_accumulate_across_movies():
     merged = many.merged(d)
     assert len(merged) == len(many) + len(d)
     assert len(merged.merged(d)) == len(merged)  # nothing twice
+
+
+def test_context_rows_are_the_thresholds_verdicts_on_the_undecided_rois():
+    X, _ = separable(6, 8)
+    centers = np.array([[10.0, 10.0], [20.0, 20.0], [30.0, 30.0], [40.0, 40.0], [50.0, 50.0], [60.0, 60.0]])
+    d = Decisions().add("a:1", centers[:1], X[:1], True)
+    d = d.with_context("a:1", centers, X, [False, True, False, True, False, True])
+    assert len(d) == 1 and len(d.labels) == 6  # context is not counted as decisions
+    assert d.labels[~d.by_user].tolist() == [1, 0, 1, 0, 1]
+    np.testing.assert_array_equal(d.decided("a:1", centers), [True, False, False, False, False, False])
+    d = d.add("a:1", centers[1], X[1], False)  # a decision replaces the context row of its ROI
+    assert len(d) == 2 and len(d.labels) == 6
+    d = d.with_context("a:1", centers[:3], X[:3], [True, True, True])  # a refresh replaces the movie's context
+    assert len(d.labels) == 3 and d.labels[~d.by_user].tolist() == [1]
+    # the model weighs a decision more than a context row
+    weights = d.weights()
+    assert (weights[d.by_user] == classifier.USER_WEIGHT).all() and (weights[~d.by_user] == 1).all()
+    # enough decisions of one kind become ready with context of the other kind
+    Xs, _ = separable(20, 9)
+    many = Decisions().add("b:1", np.c_[np.arange(5), np.zeros(5)] * 10, Xs[:5], True)
+    assert not many.ready and "thresholds decide" in many.status()
+    many = many.with_context("b:1", np.c_[np.arange(20), np.ones(20)] * 10, Xs, np.arange(20) < 10)
+    assert many.ready and "other ROIs" in many.status()
 
 
 def test_damaged_store_is_set_aside_and_reported(tmp_path):
