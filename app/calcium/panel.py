@@ -232,7 +232,7 @@ class CalciumWorkspace(Workspace):
         self.table.verticalHeader().setVisible(False)
         header = self.table.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
-        for column in (0, STATUS_COLUMN):
+        for column in (0, P_COLUMN, STATUS_COLUMN):
             header.setSectionResizeMode(column, QHeaderView.ResizeMode.ResizeToContents)
         self.table.horizontalHeaderItem(2).setToolTip("Spatial correlation of the footprint with the data")
         self.table.horizontalHeaderItem(P_COLUMN).setToolTip(
@@ -855,7 +855,7 @@ class CalciumWorkspace(Workspace):
             self.window.show_status("Every ROI of this movie has a decision: nothing uncertain is left.", 8000)
             return
         self.select([k])
-        self.fov.center_on(*r.centers[k])
+        self.fov.center_on(*r.centers[k], span=8 * r.params.get("neuron_diameter", 10.0))  # the cell and its neighbours
         self.window.show_status(f"ROI #{k}: P(cell) {p[k]:.2f}, the least sure of {int((~decided).sum())} undecided ROIs "
                                 "— A accept, R reject, N the next.", 10000)
 

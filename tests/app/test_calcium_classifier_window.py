@@ -62,6 +62,7 @@ def test_decisions_retrain_the_classifier_and_n_walks_to_the_least_sure_roi(wind
     (x0, x1), (y0, y1) = ws.fov.view.viewbox.viewRange()
     assert (x0 + x1) / 2 == pytest.approx(r.centers[first][1] + 0.5, abs=0.5)
     assert (y0 + y1) / 2 == pytest.approx(r.centers[first][0] + 0.5, abs=0.5)
+    assert min(x1 - x0, y1 - y0) <= 8 * 10 + 1  # zoomed in on the cell and its neighbours
     # N again without deciding: the next most uncertain one
     qtbot.keyClick(ws, Qt.Key.Key_N)
     second = classifier.next_uncertain(p, np.zeros(len(p), bool), first)
