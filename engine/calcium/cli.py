@@ -1,7 +1,8 @@
 """`neurowb cnmf`, `neurowb deconvolve` and `neurowb simulate-calcium` (registered through the
 ``neurowb.commands`` entry point ``calcium``).
 
-``neurowb cnmf MOVIE -o OUT_DIR [--nwb FILE.nwb] [--nwb-metadata META] [--fs HZ] [--neuron-diameter PX] [--register …] [--patch-size PX] [--classifier [FILE]]``
+``neurowb cnmf MOVIE -o OUT_DIR [--nwb FILE.nwb] [--nwb-metadata META] [--fs HZ] [--neuron-diameter PX] [--register …] [--patch-size PX]
+[--classifier [FILE]]``
     runs :func:`engine.calcium.pipeline.run_cnmf` (``--classifier``: ROIs accepted by the classifier learnt from
     accept/reject decisions, :mod:`engine.calcium.classifier`) and writes the Suite2p folder, ``footprints.npz``
     and ``traces.npz`` (:mod:`engine.calcium.export`) into OUT_DIR; ``--nwb`` also an NWB file, with the

@@ -195,7 +195,7 @@ def test_next_uncertain_skips_decided_rois_and_walks_on():
     assert classifier.next_uncertain(p, np.ones(5, bool)) is None
 
 
-def test_cli_cnmf_with_a_classifier(tmp_path, capsys):
+def test_cli_cnmf_with_a_classifier(tmp_path, capsys, monkeypatch):
     from engine.calcium.cli import register
     from engine.cli import main
 
@@ -208,6 +208,13 @@ def test_cli_cnmf_with_a_classifier(tmp_path, capsys):
     assert "Classifier: learnt from" in capsys.readouterr().err
     iscell = np.load(tmp_path / "out" / "iscell.npy")
     np.testing.assert_array_equal(iscell[:, 0] == 1, iscell[:, 1] >= 0.5)
+    # without FILE: the user's own store, which says it has too few decisions and lets the thresholds decide
+    monkeypatch.setenv("NEUROWB_DATA_DIR", str(tmp_path / "data"))
+    Decisions().add("x.tif:1", [[5.0, 5.0]], X[:1], True).save(classifier.default_store_path())
+    assert main(["cnmf", str(tmp_path / "sim" / "movie.tif"), "-o", str(tmp_path / "own"), "--classifier"], regs) == 0
+    assert "thresholds decide" in capsys.readouterr().err
+    traces = np.load(tmp_path / "own" / "traces.npz")
+    np.testing.assert_array_equal(np.load(tmp_path / "own" / "iscell.npy")[:, 0] == 1, traces["accepted"])
     # a file that cannot be used ends the command before the work, exit 2, one line
     (tmp_path / "bad.npz").write_text("x")
     assert main(["cnmf", str(tmp_path / "sim" / "movie.tif"), "-o", str(tmp_path / "out2"), "--classifier", str(tmp_path / "bad.npz")], regs) == 2
