@@ -773,6 +773,13 @@ class CalciumWorkspace(Workspace):
         self.score_job.ended.connect(self._score_ended)
         self.score_job.start()
 
+    def closing(self) -> None:
+        """The scoring job is not the job manager's (which waits for its own): stop it here."""
+        if self.score_job is not None and self.score_job.is_running:
+            self._score_again = False
+            self.score_job.cancel()
+            self.score_job.wait(5000)
+
     def _score_ended(self, _job) -> None:
         if self._score_again:
             self._score_again = False
