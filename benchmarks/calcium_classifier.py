@@ -13,7 +13,7 @@ those labels, picked two ways:
 The classifier trained on them scores every component of movie B (another seed, and for most pairs
 another kind of movie: density, simulator, noise); its accept/reject accuracy against B's truth is
 set beside that of the fixed metric thresholds (the pipeline's ``accepted``) on the same components.
-Models: logistic regression on standardised features (the default), random forest, extra trees.
+Models: extra trees (the default), random forest, logistic regression on standardised features.
 
 Learning from the decisions alone is set beside learning from them plus their **context** (the
 thresholds' verdicts on the movie's other ROIs, weighted 5 times less: what the window stores). Two
@@ -93,7 +93,7 @@ def walk_decisions(result, features, labels, n: int, kind: str, context: bool) -
 
 def cross_movie(data: list[dict], strategy: str, kind: str, context: bool, n_decisions: int, draws: int, rng) -> tuple[dict, list[dict]]:
     """Teach on each movie, judge on every other: the summary row and the per-pair rows."""
-    from engine.calcium.classifier import score
+    from engine.calcium.classifier import threshold_probability, train
 
     acc_clf, acc_thr, brier, fallback, same, other, pairs = [], [], [], 0, [], [], []
     for a in data:
@@ -101,21 +101,21 @@ def cross_movie(data: list[dict], strategy: str, kind: str, context: bool, n_dec
         picks = ([walk_decisions(a["result"], a["features"], a["labels"], n_decisions, kind, context)] if strategy == "N walk" else
                  [rng.choice(K, min(n_decisions, K), replace=False) for _ in range(draws)])  # fmt: skip
         for pick in picks:
-            decisions = taught(a["result"], a["features"], a["labels"], pick, context)
+            model = train(taught(a["result"], a["features"], a["labels"], pick, context), kind)  # as score(), trained once
             for b in data:
                 if b is a:
                     continue
-                s = score(b["result"], decisions, b["features"], kind)
-                fallback += not s.from_classifier
-                acc = float(((s.probability >= 0.5) == b["labels"]).mean())
+                p = model.predict_proba(b["features"])[:, 1] if model is not None else threshold_probability(b["result"])
+                fallback += model is None
+                acc = float(((p >= 0.5) == b["labels"]).mean())
                 thr = float((b["result"].accepted == b["labels"]).mean())
                 acc_clf.append(acc)
                 acc_thr.append(thr)
-                brier.append(float(np.mean((s.probability - b["labels"]) ** 2)))
+                brier.append(float(np.mean((p - b["labels"]) ** 2)))
                 (same if a["kind"] == b["kind"] else other).append(acc - thr)
                 pairs.append({"taught on (20 decisions)": a["name"], "rejects among them": int((~a["labels"][pick]).sum()),
                               "judged on": b["name"], "true cells / components": f"{b['labels'].sum()} / {len(b['labels'])}",
-                              "classifier accuracy": acc, "threshold accuracy": thr, "classifier used": s.from_classifier})
+                              "classifier accuracy": acc, "threshold accuracy": thr, "classifier used": model is not None})
     d = np.array(acc_clf) - np.array(acc_thr)
     row = {"pairs": len(acc_clf), "classifier accuracy": f"{np.mean(acc_clf):.3f} ± {np.std(acc_clf):.3f}",
            "threshold accuracy": f"{np.mean(acc_thr):.3f} ± {np.std(acc_thr):.3f}", "gain (mean ± sd)": f"{d.mean():+.3f} ± {d.std():.3f}",

@@ -766,7 +766,7 @@ class CalciumWorkspace(Workspace):
             return
         result = self.curation.result
         features = self.features if self._scored_A is result.A else None
-        # A quiet job (not in the job panel: one follows every decision); typically 0.3-1 s for features, ms to train.
+        # A quiet job (not in the job panel: one follows every decision): ~0.2-1 s for the features, as much to train.
         self.score_job = Job("Score the ROIs (classifier)", classifier.score_job, result, self._decisions(), features)
         self.score_job.finished.connect(self._scored)
         self.score_job.failed.connect(lambda error: self.window.show_status(f"The ROI classifier failed: {error.message}", 10000))
