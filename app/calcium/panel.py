@@ -13,6 +13,7 @@ data folder, re-trained in a background job after each one; its P(cell) is a col
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -97,6 +98,9 @@ class CalciumWorkspace(Workspace):
         self._score_again = False
         self._pending_labels: list[tuple[np.ndarray, bool]] = []  # (centers, accept)
         self._last_uncertain: int | None = None  # the ROI "Next uncertain ROI" selected last
+        # The store is written by one background thread, in order (an fsync can take 100 ms on a busy disk).
+        self._store_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="roi-classifier-store")
+        self._store_saved: Future | None = None
 
         self.info = InfoBox("Movie", [("file", "File"), ("n_frames", "Frames"), ("size", "Size (px)"), ("fps", "Frame rate (Hz)"),
                                       ("dtype", "Data type")])
@@ -746,11 +750,23 @@ class CalciumWorkspace(Workspace):
         return self.decisions
 
     def _store(self, decisions: classifier.Decisions) -> None:
+        """Keep ``decisions`` and save them (atomically, in the background; :meth:`flush_store` waits)."""
+        self._report_store_error()
         self.decisions = decisions
-        try:
-            decisions.save(classifier.default_store_path())
-        except OSError as exc:
-            self.window.show_status(f"Could not save the classifier's decisions: {exc}", 10000)
+        self._store_saved = self._store_writer.submit(decisions.save, classifier.default_store_path())
+
+    def flush_store(self) -> None:
+        """Wait until the decisions are on disk (closing, tests)."""
+        if self._store_saved is not None:
+            self._store_saved.exception()  # waits
+            self._report_store_error()
+
+    def _report_store_error(self) -> None:
+        saved, self._store_saved = self._store_saved, None
+        if saved is not None and not saved.done():
+            self._store_saved = saved
+        elif saved is not None and saved.exception() is not None:
+            self.window.show_status(f"Could not save the classifier's decisions: {saved.exception()}", 10000)
 
     def _movie_key(self) -> str:
         return classifier.movie_key(self.current_path)
@@ -774,7 +790,8 @@ class CalciumWorkspace(Workspace):
         self.score_job.start()
 
     def closing(self) -> None:
-        """The scoring job is not the job manager's (which waits for its own): stop it here."""
+        """The scoring job is not the job manager's (which waits for its own): stop it here; finish saving."""
+        self.flush_store()
         if self.score_job is not None and self.score_job.is_running:
             self._score_again = False
             self.score_job.cancel()

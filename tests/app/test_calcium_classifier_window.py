@@ -70,6 +70,7 @@ def test_decisions_retrain_the_classifier_and_n_walks_to_the_least_sure_roi(wind
 
     # reject it with the button: saved in the store at once, the classifier re-trained, P(cell) changes
     qtbot.mouseClick(ws.reject_button, Qt.MouseButton.LeftButton)
+    ws.flush_store()  # saved by a background thread
     store, _ = classifier.load_store()
     here = classifier.movie_key(movie)
     assert len(store) == 41 and store.counts() == (taught_elsewhere().counts()[0], taught_elsewhere().counts()[1] + 1)
@@ -92,11 +93,13 @@ def test_decisions_retrain_the_classifier_and_n_walks_to_the_least_sure_roi(wind
     assert ws.selected == [expected] and expected != second
     # accepting an ROI that the thresholds accepted already is a decision for the classifier too
     qtbot.keyClick(ws, Qt.Key.Key_A)
+    ws.flush_store()
     assert len(classifier.load_store()[0]) == 42
     scored(qtbot, ws)
 
     # undo of the reject takes it out of the classifier's decisions again
     ws.undo()
+    ws.flush_store()
     store, _ = classifier.load_store()
     assert len(store) == 41 and not store.decided(classifier.movie_key(movie), r.centers[[second]]).any()
     scored(qtbot, ws)
@@ -107,6 +110,7 @@ def test_decisions_retrain_the_classifier_and_n_walks_to_the_least_sure_roi(wind
     classifier.default_store_path().unlink()
     ws.decisions = None
     ws.load_classifier(saved)
+    ws.flush_store()
     assert len(classifier.load_store()[0]) == 41
 
 
@@ -131,4 +135,5 @@ def test_fallback_to_the_thresholds_and_a_damaged_store(window, qtbot, movie):
     qtbot.keyClick(ws, Qt.Key.Key_N)
     assert ws.selected == [int(np.argmin(np.abs(p - 0.5)))]
     qtbot.keyClick(ws, Qt.Key.Key_R)
+    ws.flush_store()
     assert classifier.load_store()[0].counts() == (0, 1)
