@@ -3,14 +3,17 @@
 The loop: open a movie → Run CNMF (per-stage progress, Cancel) → ROI contours on the summary
 image (accepted green, rejected red dashed, selected yellow) → click an ROI or a table row →
 its F / C / S traces → accept (A) / reject (R), Left / Right to the next ROI in table order,
-merge two (M), delete (Del), add one by clicking its center (N, then click), undo (Ctrl+Z) →
-Export (Suite2p folder). Every decision is autosaved (engine.calcium.curation) and restored when the
-movie is opened or run again.
+N to the ROI where the classifier is least sure, merge two (M), delete (Del), add one by clicking
+its center (+, then click), undo (Ctrl+Z) → Export (Suite2p folder). Every decision is autosaved
+(engine.calcium.curation) and restored when the movie is opened or run again; accepts, rejects and
+deletes also teach the ROI classifier (engine.calcium.classifier), kept across movies in the user's
+data folder, re-trained in a background job after each one; its P(cell) is a column of the table.
 """
 
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +42,7 @@ from PyQt6.QtWidgets import (
     QVBoxLayout,
 )
 
-from engine.calcium import curation
+from engine.calcium import classifier, curation
 from engine.calcium.curation import MOVIE_SOURCES, Curation
 from app.calcium.session import CalciumSession
 from app.calcium.views import FieldOfView, TracePanel
@@ -50,13 +53,15 @@ from app.widgets.number_item import NumberItem
 from app.workspace import InfoBox, Workspace
 from engine.calcium.io import MOVIE_EXTENSIONS, Movie, is_suite2p_binary, recording_layout, region_trace
 from engine.calcium.pipeline import REGISTER
+from engine.errors import InputError
 from engine.mesh.io import HDF5_EXTENSIONS, is_hdf5_mesh
 from engine.nwb import ELECTRICAL_TYPES, has_series
 from engine.storage import workdir_for
 
 TRACE_RADIUS = 2  # pixels around a click averaged into its trace (movies without ROIs)
 IMAGE_KINDS = ("Mean", "Max", "Correlation", "Std", "Frame")
-TABLE_COLUMNS = ("ROI", "SNR", "r", "Size", "Accepted")
+TABLE_COLUMNS = ("ROI", "SNR", "r", "P(cell)", "Size", "Accepted")
+P_COLUMN, SIZE_COLUMN, STATUS_COLUMN = 3, 4, 5
 
 
 class CalciumWorkspace(Workspace):
@@ -71,6 +76,18 @@ class CalciumWorkspace(Workspace):
         self.selection: dict = {}  # the plane / channel shown, of a multi-plane or multi-channel recording
         self._shown_kind = None  # (image kind, source) on screen: contrast resets when it changes
         self._hover = (-1, -1)  # the pixel under the mouse, to refresh its description after a decision
+        # The ROI classifier: the user's decisions (loaded on first use), the features and P(cell) of the
+        # current result's ROIs (from a background job: None until it ends), labels waiting for features.
+        self.decisions: classifier.Decisions | None = None
+        self.features: np.ndarray | None = None
+        self.scores: classifier.Scores | None = None
+        self.score_job: Job | None = None
+        self._score_again = False
+        self._pending_labels: list[tuple[np.ndarray, bool]] = []  # (centers, accept)
+        self._last_uncertain: int | None = None  # the ROI "Next uncertain ROI" selected last
+        # The store is written by one background thread, in order (an fsync can take 100 ms on a busy disk).
+        self._store_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="roi-classifier-store")
+        self._store_saved: Future | None = None
 
         self.info = InfoBox("Movie", [("file", "File"), ("n_frames", "Frames"), ("size", "Size (px)"), ("fps", "Frame rate (Hz)"),
                                       ("dtype", "Data type")])
@@ -149,7 +166,7 @@ class CalciumWorkspace(Workspace):
         self.merge_button = self._button("Merge (M)", None)
         self.merge_button.setToolTip("Merge the two selected ROIs (Ctrl-click the second one) into one")
         self.delete_button = self._button("Delete (Del)", None)
-        self.add_button = self._button("Add ROI (N)", None)
+        self.add_button = self._button("Add ROI (+)", None)
         self.add_button.setCheckable(True)
         self.add_button.setToolTip("Then click the center of a cell the pipeline missed: a local NMF fits it in the background")
         self.add_button.toggled.connect(self._add_mode_toggled)
@@ -166,6 +183,21 @@ class CalciumWorkspace(Workspace):
         buttons.addWidget(self.export_button, 3, 0, 1, 2)
         buttons.addWidget(self.export_nwb_button, 4, 0, 1, 2)
         qc_layout.addLayout(buttons)
+        self.classifier_label = QLabel("", objectName="Hint")
+        self.classifier_label.setWordWrap(True)
+        self.uncertain_button = self._button("Next uncertain ROI (N)", None)
+        self.uncertain_button.setToolTip("Select and centre the undecided ROI where the classifier is least sure")
+        self.load_classifier_button = self._button("Load classifier…", self.load_classifier)
+        self.load_classifier_button.setToolTip("Add the decisions of a classifier file (a colleague's, a backup) to yours")
+        self.save_classifier_button = self._button("Save classifier…", self.save_classifier)
+        self.save_classifier_button.setToolTip("Write your decisions (features and labels, .npz) to a file; "
+                                               "`neurowb cnmf --classifier FILE` uses it")
+        learn = QGridLayout()
+        learn.addWidget(self.uncertain_button, 0, 0, 1, 2)
+        learn.addWidget(self.load_classifier_button, 1, 0)
+        learn.addWidget(self.save_classifier_button, 1, 1)
+        qc_layout.addWidget(self.classifier_label)
+        qc_layout.addLayout(learn)
         self.keys_hint = QLabel("", objectName="Hint")  # filled from the registry; F1 lists them all
         self.keys_hint.setWordWrap(True)
         qc_layout.addWidget(self.keys_hint)
@@ -182,10 +214,13 @@ class CalciumWorkspace(Workspace):
         self.table.verticalHeader().setVisible(False)
         header = self.table.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
-        for column in (0, 4):
+        for column in (0, P_COLUMN, STATUS_COLUMN):
             header.setSectionResizeMode(column, QHeaderView.ResizeMode.ResizeToContents)
         self.table.horizontalHeaderItem(2).setToolTip("Spatial correlation of the footprint with the data")
-        self.table.horizontalHeaderItem(3).setToolTip("Pixels of the footprint at ≥ 20 % of its peak")
+        self.table.horizontalHeaderItem(P_COLUMN).setToolTip(
+            "Probability that the ROI is a cell: the classifier's, learnt from your accepts and rejects on every movie "
+            "(gray: the fixed metric thresholds', until it has enough decisions of both kinds)")
+        self.table.horizontalHeaderItem(SIZE_COLUMN).setToolTip("Pixels of the footprint at ≥ 20 % of its peak")
         self.table.sortItems(0, Qt.SortOrder.AscendingOrder)
         self.table.setSortingEnabled(True)
         self.table.itemSelectionChanged.connect(self._table_selection_changed)
@@ -220,14 +255,17 @@ class CalciumWorkspace(Workspace):
             help="Select two ROIs (Ctrl-click the second) first")
         add("Delete", self.delete_selected, ("Del", "Backspace"), group="Quality control", enabled=chosen,
             help="Delete the selected ROIs")
-        add("Add ROI", self.add_button.toggle, "N", group="Quality control", help="Then click the center of a cell")
+        add("Next uncertain ROI", self.next_uncertain_roi, "N", group="Quality control",
+            enabled=lambda: self.curation is not None and self.curation.result.n_components > 0,
+            help="Select and centre the undecided ROI where the classifier is least sure; again: the next one")
+        add("Add ROI", self.add_button.toggle, "+", group="Quality control", help="Then click the center of a cell")
         add("Leave add mode", lambda: self.add_button.setChecked(False), "Esc", group="Quality control", hint=False)
         add("Undo", self.undo, QKeySequence.StandardKey.Undo, group="Quality control",
             enabled=lambda: editable() and self.curation.can_undo)
         add("Redo", self.redo, ("Ctrl+Shift+Z", "Ctrl+Y"), group="Quality control", hint=False,
             enabled=lambda: editable() and self.curation.can_redo)
         for name, button in (("Accept", self.accept_button), ("Reject", self.reject_button), ("Merge", self.merge_button),
-                             ("Delete", self.delete_button), ("Undo", self.undo_button)):
+                             ("Delete", self.delete_button), ("Undo", self.undo_button), ("Next uncertain ROI", self.uncertain_button)):
             self.registry.bind(name, button)
         add("Play", self.play_button.toggle, "Space", group="Movie", help="Play or pause the movie")
         self.keys_hint.setText(self.registry.hint() + " · ←/→ previous/next ROI")
@@ -295,6 +333,7 @@ class CalciumWorkspace(Workspace):
         if curation is not None and self.image_kind.currentText() in ("Mean", "Std"):
             self.image_kind.setCurrentText("Correlation")  # cells stand out best there
         self._shown_kind = None
+        self.features, self.scores, self._scored_A, self._pending_labels = None, None, None, []
         self.redraw()
         self._fill_table()
         if curation is not None and curation.result.n_components:
@@ -315,7 +354,8 @@ class CalciumWorkspace(Workspace):
         path = self.current_path
         fs = self.fps.value() or None
         job = self.run_dataset_job(f"CNMF on {path.name}", curation.run_cnmf_job, path, fs, self.diameter.value(),
-                                   self.register.currentText(), self.selection, on_result=self._cnmf_done)
+                                   self.register.currentText(), self.selection, classifier=self._decisions(),
+                                   on_result=self._cnmf_done)
         return self.session.set_cnmf_job(self.job_box.follow(job))
 
     def cancel_cnmf(self) -> None:
@@ -325,8 +365,9 @@ class CalciumWorkspace(Workspace):
         curation = out["curation"]
         r = curation.result
         seconds = r.info.get("timings", {}).get("total", 0.0)
+        judge = "the classifier" if "p_cell" in r.metrics else "the metrics"
         self.stage_label.setText(f"Done in {seconds:.1f} s: {r.n_components} ROIs "
-                                 f"({int(r.accepted.sum())} accepted by the metrics).")
+                                 f"({int(r.accepted.sum())} accepted by {judge}).")
         self.progress_bar.setValue(1000)
         self._set_curation(curation, skipped=out.get("skipped", 0))
         self._show_notice(out.get("notice"))
@@ -521,14 +562,16 @@ class CalciumWorkspace(Workspace):
             self.table.setItem(k, 0, roi)
             self.table.setItem(k, 1, NumberItem(m["snr"][k], f"{m['snr'][k]:.1f}"))
             self.table.setItem(k, 2, NumberItem(m["r_value"][k], f"{m['r_value'][k]:.2f}"))
-            self.table.setItem(k, 3, NumberItem(m["size"][k], f"{int(m['size'][k])}"))
-            self.table.setItem(k, 4, QTableWidgetItem())
+            self.table.setItem(k, P_COLUMN, NumberItem(np.nan, "…"))
+            self.table.setItem(k, SIZE_COLUMN, NumberItem(m["size"][k], f"{int(m['size'][k])}"))
+            self.table.setItem(k, STATUS_COLUMN, QTableWidgetItem())
             self._style_status(k, k, bool(result.accepted[k]))
         self.table.setSortingEnabled(True)
         self.table.blockSignals(False)
+        self._score()
 
     def _style_status(self, row: int, k: int, accepted: bool) -> None:
-        item = self.table.item(row, 4)
+        item = self.table.item(row, STATUS_COLUMN)
         item.setText("yes" if accepted else "no")
         item.setForeground(QColor("#15803d" if accepted else "#be123c"))
         item.setData(Qt.ItemDataRole.UserRole, int(accepted))
@@ -609,8 +652,10 @@ class CalciumWorkspace(Workspace):
     def set_accepted(self, accept: bool) -> None:
         if not self._editable() or not self.selected:
             return
+        self._learn(self.selected, accept)  # confirming the current state teaches the classifier too
         decision = self.curation.set_accepted(self.selected, accept)
         if decision is None:
+            self._roi_changed()
             return
         rows = self._rows_by_roi()
         self.table.setSortingEnabled(False)
@@ -624,7 +669,13 @@ class CalciumWorkspace(Workspace):
         if not self._editable() or not self.selected:
             return
         gone = list(self.selected)
+        self._learn(gone, False)  # a deleted ROI is not a cell
+        aligned = self._scored_A is self.curation.result.A
         self.curation.delete(gone)
+        if aligned:  # the other ROIs keep their features and scores
+            keep = np.setdiff1d(np.arange(len(self.features)), gone)
+            self.features, self._scored_A = self.features[keep], self.curation.result.A
+            self.scores = classifier.Scores(self.scores.probability[keep], self.scores.from_classifier, self.scores.message)
         self._fill_table()
         self.select([min(min(gone), self.curation.result.n_components - 1)] if self.curation.result.n_components else [])
         self.window.show_status(f"Deleted ROI {', '.join(f'#{k}' for k in gone)} (Ctrl+Z to undo).")
@@ -675,6 +726,8 @@ class CalciumWorkspace(Workspace):
         decision = self.curation.undo()
         if decision is None:
             return
+        if decision["op"] in ("accept", "reject", "delete"):
+            self._forget(decision["centers"])
         self._fill_table()
         self.select([k for k in self.selected if k < self.curation.result.n_components])
         self.window.show_status(f"Undid {self.curation.describe(decision)} (Ctrl+Shift+Z redoes it).")
@@ -688,6 +741,181 @@ class CalciumWorkspace(Workspace):
         self._fill_table()
         self.select([k for k in self.selected if k < self.curation.result.n_components])
         self.window.show_status(f"Redid {self.curation.describe(decision)}.")
+
+    # -- the ROI classifier ----------------------------------------------------------------------
+    def _decisions(self) -> classifier.Decisions:
+        """The user's decisions, read from the store on first use (a damaged store: set aside and said)."""
+        if self.decisions is None:
+            self.decisions, notice = classifier.load_store()
+            if notice:
+                show_error(self, "Damaged classifier file set aside", notice)
+        return self.decisions
+
+    def _store(self, decisions: classifier.Decisions) -> None:
+        """Keep ``decisions`` and save them (atomically, in the background; :meth:`flush_store` waits)."""
+        self._report_store_error()
+        self.decisions = decisions
+        self._store_saved = self._store_writer.submit(decisions.save, classifier.default_store_path())
+
+    def flush_store(self) -> None:
+        """Wait until the decisions are on disk (closing, tests)."""
+        if self._store_saved is not None:
+            self._store_saved.exception()  # waits
+            self._report_store_error()
+
+    def _report_store_error(self) -> None:
+        saved, self._store_saved = self._store_saved, None
+        if saved is not None and not saved.done():
+            self._store_saved = saved
+        elif saved is not None and saved.exception() is not None:
+            self.window.show_status(f"Could not save the classifier's decisions: {saved.exception()}", 10000)
+
+    def _movie_key(self) -> str:
+        return classifier.movie_key(self.current_path)
+
+    def _score(self) -> None:
+        """Re-train on the decisions and score the current ROIs, in a job (features take ~10 ms per ROI);
+        asked while one runs, once more when it ends."""
+        if self.curation is None:
+            self.classifier_label.setText(self._decisions().status())
+            return
+        if self.score_job is not None and self.score_job.is_running:
+            self._score_again = True
+            return
+        result = self.curation.result
+        features = self.features if self._scored_A is result.A else None
+        # A quiet job (not in the job panel: one follows every decision): ~0.2-1 s for the features, as much to train.
+        self.score_job = Job("Score the ROIs (classifier)", classifier.score_job, result, self._decisions(), features)
+        self.score_job.finished.connect(self._scored)
+        self.score_job.failed.connect(lambda error: self.window.show_status(f"The ROI classifier failed: {error.message}", 10000))
+        self.score_job.ended.connect(self._score_ended)
+        self.score_job.start()
+
+    def closing(self) -> None:
+        """The scoring job is not the job manager's (which waits for its own): stop it here; finish saving."""
+        self.flush_store()
+        if self.score_job is not None and self.score_job.is_running:
+            self._score_again = False
+            self.score_job.cancel()
+            self.score_job.wait(5000)
+
+    def _score_ended(self, _job) -> None:
+        if self._score_again:
+            self._score_again = False
+            self._score()
+
+    _scored_A = None  # the footprints (result.A) that ``features`` and ``scores`` belong to
+
+    def _scored(self, out: dict) -> None:
+        if self.curation is None or out["A"] is not self.curation.result.A:
+            return  # ROIs changed meanwhile: a newer job follows (_score_again)
+        self.features, self.scores, self._scored_A = out["features"], out["scores"], out["A"]
+        if self._pending_labels:  # decisions made before the features were there
+            pending, self._pending_labels = self._pending_labels, []
+            for centers, accept in pending:
+                found = [self._roi_near(c) for c in centers]
+                found = [k for k in found if k is not None]
+                if found:
+                    self._store(self._in_context(self._decisions().add(self._movie_key(), self.curation.result.centers[found],
+                                                                       self.features[found], accept)))
+            self._score_again = True
+        self._show_scores()
+
+    def _roi_near(self, center) -> int | None:
+        d = np.hypot(*(self.curation.result.centers - np.asarray(center, float)).T)
+        return int(np.argmin(d)) if len(d) and d.min() <= classifier.SAME_ROI_PX else None
+
+    def _show_scores(self) -> None:
+        s = self.scores
+        self.classifier_label.setText(s.message)
+        gray = QColor("#6b7280")
+        tip = ("P(cell) from the classifier" if s.from_classifier else
+               "P(cell) from the fixed metric thresholds (≥ 0.5: accepted by them) — the classifier needs more decisions")
+        self.table.setSortingEnabled(False)
+        for row in range(self.table.rowCount()):
+            k = self._roi_at_row(row)
+            item = self.table.item(row, P_COLUMN)
+            item.value = float(s.probability[k])
+            item.setText(f"{s.probability[k]:.2f}")
+            item.setForeground(QColor(self.table.palette().text().color()) if s.from_classifier else gray)
+            item.setToolTip(tip)
+        self.table.setSortingEnabled(True)
+
+    def _learn(self, indices, accept: bool) -> None:
+        """Add these ROIs, labelled, to the decisions (saved at once) and re-train."""
+        centers = self.curation.result.centers[list(indices)]
+        if self.features is not None and self._scored_A is self.curation.result.A:
+            self._store(self._in_context(self._decisions().add(self._movie_key(), centers, self.features[list(indices)], accept)))
+            self._score()
+        else:
+            self._pending_labels.append((centers.copy(), accept))
+
+    def _forget(self, centers) -> None:
+        """Undo: the decisions on these ROIs leave the classifier (re-trained by the table's refill)."""
+        decisions = self._decisions().without(self._movie_key(), centers)
+        self._store(self._in_context(decisions) if self._scored_A is self.curation.result.A else decisions)
+
+    def _in_context(self, decisions: classifier.Decisions) -> classifier.Decisions:
+        """``decisions`` with the movie's other ROIs labelled by the metric thresholds (engine.calcium.classifier)."""
+        r = self.curation.result
+        return decisions.with_context(self._movie_key(), r.centers, self.features, classifier.threshold_probability(r) >= 0.5)
+
+    def probability(self) -> np.ndarray:
+        """P(cell) of the current ROIs: the last scores, or the metric thresholds' while they are computed."""
+        r = self.curation.result
+        if self.scores is not None and self._scored_A is r.A:
+            return self.scores.probability
+        return classifier.threshold_probability(r)
+
+    def next_uncertain_roi(self) -> None:
+        """Select and centre the undecided ROI where P(cell) is nearest 0.5 (pressed again: the next one)."""
+        if self.curation is None or self.curation.result.n_components == 0:
+            return
+        r = self.curation.result
+        p = self.probability()
+        decided = self._decisions().decided(self._movie_key(), r.centers)
+        # From the ROI N showed last (pressed again: the next one); any other selection starts from the least sure.
+        current = self.selected[0] if self.selected and self.selected[0] == self._last_uncertain else None
+        k = self._last_uncertain = classifier.next_uncertain(p, decided, current)
+        if k is None:
+            self.window.show_status("Every ROI of this movie has a decision: nothing uncertain is left.", 8000)
+            return
+        self.select([k])
+        self.fov.center_on(*r.centers[k], span=8 * r.params.get("neuron_diameter", 10.0))  # the cell and its neighbours
+        self.window.show_status(f"ROI #{k}: P(cell) {p[k]:.2f}, the least sure of {int((~decided).sum())} undecided ROIs "
+                                "— A accept, R reject, N the next.", 10000)
+
+    def load_classifier(self, path: str | Path | None = None) -> None:
+        """Add the decisions of a classifier file to the user's (where both decided an ROI, the user's win)."""
+        if path is None:
+            path, _ = QFileDialog.getOpenFileName(self, "Load a classifier", str(Path.home()), "ROI classifier (*.npz)")
+            if not path:
+                return
+        try:
+            other = classifier.import_decisions(path)
+        except InputError as exc:
+            show_error(self, "Cannot use this classifier file", str(exc), getattr(exc, "details", None))
+            return
+        before = len(self._decisions())
+        self._store(self._decisions().merged(other))
+        self.window.show_status(f"Added {len(self.decisions) - before} decisions from {Path(path).name}. {self.decisions.status()}", 10000)
+        self._score()
+
+    def save_classifier(self, path: str | Path | None = None) -> Path | None:
+        """Write the user's decisions to a file of their choice (to share, back up, or `neurowb cnmf --classifier`)."""
+        if path is None:
+            path, _ = QFileDialog.getSaveFileName(self, "Save the classifier", str(Path.home() / classifier.STORE_NAME),
+                                                  "ROI classifier (*.npz)")
+            if not path:
+                return None
+        path = Path(path).with_suffix(".npz")
+        try:
+            self._decisions().save(path)
+        except OSError as exc:
+            show_error(self, "Could not save the classifier", f"Writing {path} failed: {exc}")
+            return None
+        self.window.show_status(f"Saved {len(self.decisions)} decisions to {path}.", 10000)
+        return path
 
     # -- export -----------------------------------------------------------------------------
     def export(self, directory: str | Path | None = None) -> Job | None:

@@ -87,6 +87,15 @@ class FieldOfView(QWidget):
         else:
             self.label.setText("")
 
+    def center_on(self, row: float, col: float, span: float) -> None:
+        """Put image point (row, col) in the middle of the view, zoomed in to show at most ``span`` pixels
+        across (a closer zoom is kept)."""
+        vb = self.view.viewbox
+        (x0, x1), (y0, y1) = vb.viewRange()
+        scale = min(1.0, span / max(x1 - x0, y1 - y0))
+        cx, cy, hx, hy = col + 0.5, row + 0.5, scale * (x1 - x0) / 2, scale * (y1 - y0) / 2
+        vb.setRange(xRange=(cx - hx, cx + hx), yRange=(cy - hy, cy + hy), padding=0)
+
     def set_cross_cursor(self, on: bool) -> None:
         shape = Qt.CursorShape.CrossCursor if on else Qt.CursorShape.ArrowCursor
         self.view.graphics.viewport().setCursor(shape)

@@ -2,9 +2,10 @@
 ``neurowb.commands`` entry point ``calcium``).
 
 ``neurowb cnmf MOVIE -o OUT_DIR [--plane K] [--channel C] [--nwb FILE.nwb] [--nwb-metadata META]``
-``    [--fs HZ] [--neuron-diameter PX] [--register …] [--patch-size PX]``
-    runs :func:`engine.calcium.pipeline.run_cnmf` on one plane and channel of MOVIE and writes the Suite2p
-    folder, ``footprints.npz`` and ``traces.npz`` (:mod:`engine.calcium.export`) into OUT_DIR; ``--nwb`` also an NWB file, with the
+``    [--fs HZ] [--neuron-diameter PX] [--register …] [--patch-size PX] [--classifier [FILE]]``
+    runs :func:`engine.calcium.pipeline.run_cnmf` on one plane and channel of MOVIE (``--classifier``: ROIs
+    accepted by the classifier learnt from accept/reject decisions, :mod:`engine.calcium.classifier`) and writes
+    the Suite2p folder, ``footprints.npz`` and ``traces.npz`` (:mod:`engine.calcium.export`) into OUT_DIR; ``--nwb`` also an NWB file, with the
     session metadata of ``--nwb-metadata`` (JSON or YAML, NWB's field names).
 ``neurowb deconvolve TRACES.npy [--fs HZ] [--method fast|cvxpy] -o OUT.npz``
     deconvolves every row (traces × frames; a 1-D array is one trace) and writes ``c``, ``s``,
@@ -40,6 +41,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--nwb", metavar="FILE.nwb", help="also write the ROIs, traces and summary images as an NWB file")
     p.add_argument("--nwb-metadata", metavar="META", help="JSON or YAML with NWB's field names: session_description, experimenter, "
                    "institution, lab, keywords, experiment_description, subject {subject_id, species, sex, age}, location")
+    p.add_argument("--classifier", nargs="?", const="", metavar="FILE",
+                   help="accept or reject each ROI by the classifier learnt from accept/reject decisions: FILE (.npz, from the "
+                   "Calcium workspace's Save classifier…), or without FILE the user's own store; until it holds "
+                   "5 accepts and 5 rejects the metric thresholds decide, and the command says so")
     p.set_defaults(run=_run_cnmf, batches=True)  # batches: patches and deconvolution can go to --scheduler
 
     p = subparsers.add_parser("deconvolve", help="AR(1) spike deconvolution of fluorescence traces",
@@ -81,11 +86,26 @@ def _run_cnmf(args: argparse.Namespace) -> int:
     from engine.nwb import command_metadata
 
     metadata = command_metadata(args.nwb, args.nwb_metadata)
+    decisions = None
+    if args.classifier is not None:  # read before the work: a bad file ends the command at once
+        from engine.calcium.classifier import import_decisions, load_store
+
+        if args.classifier:
+            decisions = import_decisions(args.classifier)
+        else:
+            decisions, notice = load_store()
+            if notice:
+                print(f"warning: {notice}", file=sys.stderr)
     movie = open_movie(args.movie, fps=args.fs, plane=args.plane, channel=args.channel)
     print(f"{movie!r}", file=sys.stderr)
     with progress_bar("CNMF") as progress:
         result = run_cnmf(movie, fs=args.fs, neuron_diameter=args.neuron_diameter, register=args.register,
                           patch_size=args.patch_size, progress=progress)  # fmt: skip
+    if decisions is not None:
+        from engine.calcium.classifier import rescore
+
+        result = rescore(result, decisions)
+        print(result.info["classifier"], file=sys.stderr)
     export_suite2p(result, args.output, data_path=args.movie)
     if args.nwb:
         from engine.calcium.nwb import export_nwb

@@ -330,12 +330,18 @@ def _curated(path: Path, base: CNMFResult, progress, selection: dict | None = No
 
 
 def run_cnmf_job(path: Path, fs: float | None, neuron_diameter: float, register: str, selection: dict | None = None,
-                 progress=None) -> dict:
+                 progress=None, classifier=None) -> dict:
     """Run the pipeline on the movie file (its own reader: the GUI keeps reading frames from its
-    own), save the result beside the movie, and replay the saved decisions on it."""
+    own), let the ROI classifier accept or reject (``classifier``: its
+    :class:`~engine.calcium.classifier.Decisions`, once they suffice), save the result beside the
+    movie, and replay the saved decisions on it."""
     progress = as_progress(progress)
     run, restore = progress.split([10, 1], [None, "Restoring decisions"])
     result = run_cnmf(_source(path, selection), fs=fs, neuron_diameter=neuron_diameter, register=register, progress=run)
+    if classifier is not None:
+        from engine.calcium.classifier import rescore
+
+        result = rescore(result, classifier)
     curation, skipped, notice = _curated(path, result, restore, selection)
     progress.check()  # the last moment a cancel keeps the previous result: saving it is the end of the job
     save_result(result, result_path(path, selection), movie_identity(path))

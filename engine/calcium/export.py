@@ -14,7 +14,8 @@ and its classifier read; checked with Suite2p itself by ``benchmarks/suite2p_che
                as Suite2p's F includes neuropil.
 ``Fneu.npy``   ROIs × frames float32: the background under the ROI (our neuropil estimate).
 ``spks.npy``   ROIs × frames float32: deconvolved spikes S.
-``iscell.npy`` ROIs × 2 float32: [accepted 0/1, probability] (probability: a logistic of the SNR margin).
+``iscell.npy`` ROIs × 2 float32: [accepted 0/1, probability] (probability: the ROI classifier's P(cell) when it
+               decided, :mod:`engine.calcium.classifier`, else a logistic of the SNR margin).
 ``ops.npy``    a dict (pickled 0-d object array, as Suite2p): ``Ly``, ``Lx``, ``fs``, ``nframes``,
                ``meanImg``, ``meanImgE`` (here the local correlation image's contrast-normalized mean),
                ``max_proj``, ``Vcorr`` (correlation image), ``yrange``, ``xrange``, ``xoff``, ``yoff``
@@ -192,7 +193,7 @@ def _write_suite2p(result, staging: Path, directory: Path, data_path: str | None
     _save_npy(staging / "Fneu.npy", result.Fneu.astype(np.float32))
     _save_npy(staging / "spks.npy", result.S.astype(np.float32))
     margin = result.metrics["snr"] - result.params.get("min_snr", 3.0)
-    probability = 1.0 / (1.0 + np.exp(-np.clip(margin, -50, 50)))
+    probability = result.metrics.get("p_cell", 1.0 / (1.0 + np.exp(-np.clip(margin, -50, 50))))  # the classifier's, if it decided
     probability = np.where(result.accepted, np.maximum(probability, 0.5), np.minimum(probability, 0.49))
     _save_npy(staging / "iscell.npy", np.stack([result.accepted.astype(np.float32), probability.astype(np.float32)], axis=1))
     images = result.images

@@ -10,8 +10,9 @@ from app.settings import Settings
 
 @pytest.fixture
 def settings(tmp_path, monkeypatch) -> Settings:
-    """Settings in a fresh folder, so tests never read or write the user's."""
+    """Settings and the user data folder (the ROI classifier's decisions) fresh, so tests never read or write the user's."""
     monkeypatch.setenv("NEUROWB_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.setenv("NEUROWB_DATA_DIR", str(tmp_path / "user-data"))
     return Settings()
 
 

@@ -14,7 +14,7 @@ from gui_helpers import open_in
 EXPECTED = {
     "ephys": ["G\tMerge", "K\tSplit", "Alt+G\tLabel good", "Alt+M\tLabel mua", "Alt+N\tLabel noise",
               "Space\tNext similar unit", "Shift+Space\tPrevious similar unit"],
-    "calcium": ["A\tAccept", "R\tReject", "M\tMerge", "N\tAdd ROI", "Space\tPlay", "Del or Backspace\tDelete"],
+    "calcium": ["A\tAccept", "R\tReject", "M\tMerge", "+\tAdd ROI", "N\tNext uncertain ROI", "Space\tPlay", "Del or Backspace\tDelete"],
     "morphology": ["T\tTrain", "N\tNext uncertain region", "1\tShaft brush", "2\tSpine brush", "3\tSoma brush",
                    "E\tErase", "[\tSmaller brush", "]\tLarger brush", "Esc\tBack to navigate"],
     "factors": ["P\tPolygon", "B\tBrush", "E\tEraser", "V\tPan", "Backspace\tDrop last vertex", "Return or double-click\tClose polygon"],

@@ -1,5 +1,5 @@
 """The calcium loop in the GUI: open → Run CNMF → click an ROI → reject (R) → add one by clicking
-(N) → undo → reopen and find the decisions → export; screenshots not blank."""
+(+) → undo → reopen and find the decisions → export; screenshots not blank."""
 
 import json
 
@@ -86,11 +86,11 @@ def test_run_select_reject_add_undo_and_restore(window, qtbot, movie, tmp_path, 
     snr = ws.curation.result.metrics["snr"]
     assert snr[ws._roi_at_row(0)] >= snr[ws._roi_at_row(1)]
 
-    # add an ROI by clicking a point far from every center, in Add mode (N)
+    # add an ROI by clicking a point far from every center, in Add mode (+)
     far = np.array([(r, c) for r in range(8, 56) for c in range(8, 56)], float)
     distance = np.min(np.hypot(*(far[:, None, :] - result.centers[None]).transpose(2, 0, 1)), axis=1)
     add_at = far[np.argmax(distance)]
-    qtbot.keyClick(ws, Qt.Key.Key_N)
+    qtbot.keyClick(ws, Qt.Key.Key_Plus)
     assert ws.add_button.isChecked()
     click_image(qtbot, ws, *add_at)
     wait_for_edit(qtbot, ws)
