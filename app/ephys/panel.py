@@ -14,13 +14,14 @@ All curation logic lives in engine/ephys/curation.py; this file only draws and d
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 from PyQt6.QtCore import Qt, QTimer
 from PyQt6.QtGui import QKeySequence
 from PyQt6.QtWidgets import (QApplication, QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGridLayout, QGroupBox, QHBoxLayout,
-                             QLabel, QProgressBar, QPushButton, QSizePolicy, QSpinBox, QSplitter, QVBoxLayout)
+                             QLabel, QProgressBar, QPushButton, QSizePolicy, QSpinBox, QSplitter, QToolButton, QVBoxLayout)
 
 from app.dialogs import ask_nwb_metadata, ask_nwb_path, confirm, show_error
 from app.ephys.params_dialog import RecordingParamsDialog
@@ -31,7 +32,7 @@ from app.workspace import InfoBox, Workspace
 from engine.calcium.io import is_suite2p_binary
 from engine.ephys import curation as engine_curation
 from engine.ephys.curation import Curation, TraceSource, phy_folder_for
-from engine.ephys.io import RAW_EXTENSIONS, RawRecording, read_sidecar
+from engine.ephys.io import RAW_EXTENSIONS, RawRecording, RecordingParams, read_sidecar
 from engine.ephys.formats import FORMAT_EXTENSIONS, detect_format
 from engine.ephys.nwb import export_units
 from engine.ephys.sorter import SortParams
@@ -42,6 +43,7 @@ SCROLL_STEPS_PER_SECOND = 100  # scroll bar resolution: 10 ms
 MAX_WINDOW_VALUES = 40_000_000  # samples × channels read per redraw at most (~80 MB of int16)
 SYNC_MAX_VALUES = 500_000  # a window this cheap to read (samples × channels, a few ms) is drawn at once on the GUI thread
 DATA_KINDS = ("Preprocessed", "Raw")
+NOISE_SPACING = 10.0  # default trace spacing: this many times the median channel's robust noise SD
 
 class EphysWorkspace(Workspace):
     key = "ephys"
@@ -71,6 +73,9 @@ class EphysWorkspace(Workspace):
         self._build_curation_box()
 
         self.traces = TracePanel()
+        self.traces.add_control(QLabel("Spacing"))  # beside the traces it spaces
+        self.traces.add_control(self.spacing)
+        self.traces.add_control(self.spacing_auto)
         self.scroll = self.traces.scroll
         self.scroll.valueChanged.connect(self._scrolled)
         self.traces.view_changed.connect(self._view_changed)
@@ -232,7 +237,7 @@ class EphysWorkspace(Workspace):
                                     "to select its unit")
         for box in (self.show_data, self.show_model, self.show_residual, self.show_spikes):
             box.toggled.connect(self._layers_toggled)
-        self.data_kind.currentTextChanged.connect(lambda _t: self.redraw())
+        self.data_kind.currentTextChanged.connect(lambda _t: self._auto_spacing() or self.redraw())
         layers = QGridLayout()
         layers.addWidget(self.show_data, 0, 0)
         layers.addWidget(self.show_model, 0, 1)
@@ -240,8 +245,14 @@ class EphysWorkspace(Workspace):
         layers.addWidget(self.show_spikes, 1, 1)
         self.window_seconds = QDoubleSpinBox(minimum=0.01, maximum=10.0, value=0.5, decimals=2, singleStep=0.1, suffix=" s")
         self.window_seconds.setToolTip("Width of the time window (the mouse wheel over the traces zooms it too)")
-        self.spacing = QDoubleSpinBox(minimum=1.0, maximum=100_000.0, value=150.0, decimals=0, singleStep=25, suffix=" µV")
+        self.spacing = QDoubleSpinBox(minimum=0.1, maximum=1e7, value=150.0, decimals=1, suffix=" µV", buttonSymbols=QDoubleSpinBox.ButtonSymbols.NoButtons)
+        self.spacing.setStepType(QDoubleSpinBox.StepType.AdaptiveDecimalStepType)
+        self.spacing.setMaximumWidth(74)  # the line under the traces must not widen the window
         self.spacing.setToolTip("Vertical distance between channels: smaller makes the traces taller")
+        self.spacing_auto = QToolButton(text="Auto", checkable=True, checked=True)
+        self.spacing_auto.setToolTip(f"Spacing = {NOISE_SPACING:g} × the median channel's noise SD (MAD / 0.6745 of the data "
+                                     "shown, measured on short windows across the recording), so traces never form a wall "
+                                     "whatever the gain. Editing the spacing turns this off.")
         self.first_channel = QSpinBox(minimum=0, maximum=0)
         self.n_shown = QSpinBox(minimum=1, maximum=1)
         channel_row = QHBoxLayout()
@@ -249,13 +260,13 @@ class EphysWorkspace(Workspace):
         channel_row.addWidget(QLabel("count"))
         channel_row.addWidget(self.n_shown)
         self.window_seconds.valueChanged.connect(self._window_changed)
-        self.spacing.valueChanged.connect(lambda _v: self.redraw())
+        self.spacing.valueChanged.connect(self._spacing_edited)
+        self.spacing_auto.toggled.connect(lambda on: on and self._auto_spacing())
         self.first_channel.valueChanged.connect(lambda _v: self.redraw())
         self.n_shown.valueChanged.connect(lambda _v: self.redraw())
         form.addRow("Show:", self.data_kind)
         form.addRow(layers)
         form.addRow("Window:", self.window_seconds)
-        form.addRow("Spacing:", self.spacing)
         form.addRow("Channels:", channel_row)
 
     def _build_curation_box(self) -> None:
@@ -324,12 +335,21 @@ class EphysWorkspace(Workspace):
         params = read_sidecar(path)
         save = False
         if params is None:
-            dialog = RecordingParamsDialog(path.name, path.stat().st_size, self)
+            dialog = RecordingParamsDialog(path.name, path.stat().st_size, self, last=self._last_layout(path.parent))
             if not dialog.exec():
                 return None
             params, save = dialog.params(), dialog.save_sidecar.isChecked()
+            self.window.settings.remember("ephys_layout", path.parent, dataclasses.asdict(params))  # for the next file here
         return self.window.run_job(f"Open {path.name}", engine_curation.open_recording_job, path, params, save,
                                    on_result=lambda out: self._show_recording(path, out))
+
+    def _last_layout(self, folder: Path) -> RecordingParams | None:
+        """The layout given for the last raw file opened from ``folder`` (None if none, or unreadable)."""
+        stored = self.window.settings.remembered("ephys_layout", folder)
+        try:
+            return RecordingParams(**stored) if stored else None
+        except (TypeError, InputError):
+            return None
 
     def open_phy_dialog(self) -> None:
         start = str(self.raw_path.parent) if self.raw_path else self.window.settings.last_folder("open")
@@ -345,7 +365,7 @@ class EphysWorkspace(Workspace):
 
     def _show_recording(self, path: Path, out: dict) -> None:
         self._flush_view_state()
-        self._set_recording(path, out["recording"], TraceSource(out["recording"]))
+        self._set_recording(path, out["recording"], out.get("source") or TraceSource(out["recording"]))
         self.set_probe(out["probe"])  # found beside the file: shown in the info and sorting boxes
         self._set_curation(None)
         self._stage_counts_units = False
@@ -379,6 +399,7 @@ class EphysWorkspace(Workspace):
         self.output_label.setText(f"Output: {folder.name}/ beside the recording (Phy folder; an earlier curated one is "
                                   "kept under a dated name).")
         self.output_label.setToolTip(str(folder))
+        self._auto_spacing(redraw=False)
         self._window_changed()
 
     def _probe_text(self) -> str:
@@ -478,7 +499,8 @@ class EphysWorkspace(Workspace):
         return {"sort": self._sort_fingerprint(), "selected": [int(c) for c in self.selected], "start_s": round(self.view_start, 4),
                 "window_s": self.window_seconds.value(), "first_channel": self.first_channel.value(),
                 "n_shown": self.n_shown.value(), "data": self.data_kind.currentText(), "show_data": self.show_data.isChecked(),
-                "model": self.show_model.isChecked(), "residual": self.show_residual.isChecked()}
+                "model": self.show_model.isChecked(), "residual": self.show_residual.isChecked(),
+                "spacing_uv": None if self.spacing_auto.isChecked() else self.spacing.value()}
 
     def _sort_fingerprint(self) -> list[int]:
         return [len(self.curation.spike_times), len(self.curation.templates_uv)] if self.curation is not None else []
@@ -516,6 +538,8 @@ class EphysWorkspace(Workspace):
                 for box, key in ((self.show_data, "show_data"), (self.show_model, "model"), (self.show_residual, "residual")):
                     if isinstance(state.get(key), bool) and box.isEnabled():
                         box.setChecked(state[key])
+                if isinstance(state.get("spacing_uv"), (int, float)):
+                    self.spacing.setValue(float(state["spacing_uv"]))  # a spacing set by hand (else Auto stays)
                 if isinstance(state.get("window_s"), (int, float)):
                     self.window_seconds.setValue(float(state["window_s"]))
                 if isinstance(state.get("start_s"), (int, float)):
@@ -752,6 +776,24 @@ class EphysWorkspace(Workspace):
         """Center the trace window on ``seconds``."""
         half = self.window_seconds.value() / 2
         self.scroll.setValue(int(round(max(seconds - half, 0.0) * SCROLL_STEPS_PER_SECOND)))
+
+    def _auto_spacing(self, redraw: bool = True) -> None:
+        """With Auto on, space the traces by :data:`NOISE_SPACING` × the median channel's noise SD of the data shown."""
+        if not self.spacing_auto.isChecked() or self.source is None:
+            return
+        sd = float(np.median(self.source.noise_uv(self.data_kind.currentText().lower())))
+        value = float(f"{NOISE_SPACING * sd:.2g}") if np.isfinite(sd) and sd > 0 else 150.0  # two significant digits
+        self.spacing.blockSignals(True)
+        self.spacing.setValue(value)
+        self.spacing.blockSignals(False)
+        if redraw:
+            self.redraw()
+
+    def _spacing_edited(self, _value: float) -> None:
+        self.spacing_auto.blockSignals(True)
+        self.spacing_auto.setChecked(False)  # a spacing chosen by hand stays until Auto is pressed again
+        self.spacing_auto.blockSignals(False)
+        self.redraw()
 
     def _layers_toggled(self) -> None:
         if (self.show_model.isChecked() or self.show_residual.isChecked()) and self.data_kind.currentText() == "Raw":
