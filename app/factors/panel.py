@@ -151,6 +151,12 @@ class FactorsWorkspace(Workspace):
         self.extract_button = self._button("Extract", self.extract, primary=True)
         self.k = _spin(1, 64, 15, "Number of NMF factors (15 in the paper)")
         self.nmf_button = self._button("NMF", self.run_nmf, primary=True)
+        self.mask_background = QCheckBox("Leave out the background")
+        self.mask_background.setChecked(True)
+        self.mask_background.setToolTip("NMF fits the tissue only: the dark field around the slice (dark pixels connected "
+                                         "to the image border) is left out and its codes are zero, so no factor is spent "
+                                         "on it and leakage counts tissue only. An image without a dark margin is "
+                                         "unaffected.")
         self.cancel_button = self._button("Cancel", self.cancel)
         self.progress_bar = QProgressBar(textVisible=False)
         self.progress_bar.setRange(0, 1000)
@@ -166,6 +172,7 @@ class FactorsWorkspace(Workspace):
         form.addRow(self.estimate)
         form.addRow(self.extract_button)
         form.addRow("Factors k:", self.k)
+        form.addRow(self.mask_background)
         form.addRow(self.nmf_button)
         form.addRow(self.progress_bar)
         form.addRow(self.stage_label)
@@ -180,9 +187,12 @@ class FactorsWorkspace(Workspace):
         self.p.valueChanged.connect(lambda _v: self.update_selection(recount=False))
         self.selection_label = QLabel("Run NMF first.")
         self.selection_label.setWordWrap(True)
+        self.score_note = QLabel("", objectName="Hint")  # what the score means; why all may be negative
+        self.score_note.setWordWrap(True)
         form.addRow("λ (leakage):", self.lam)
         form.addRow("p (pairs):", self.p)
         form.addRow(self.selection_label)
+        form.addRow(self.score_note)
 
         self.cluster_box = QGroupBox("Clusters (GMM)")
         form = QFormLayout(self.cluster_box)
@@ -216,6 +226,7 @@ class FactorsWorkspace(Workspace):
         self.rgb = []
         for i, color in enumerate(("red", "green", "blue")):
             box = _spin(0, 63, i, f"Factor shown in {color}")
+            box.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)  # three share the column's width
             box.valueChanged.connect(lambda _v: self._composite_changed())
             rgb_row.addWidget(box)
             self.rgb.append(box)
@@ -289,6 +300,7 @@ class FactorsWorkspace(Workspace):
         self.info.update_values({"file": path.name, "shape": self.image.shape, "folder": str(self.folder)})
         # small images (the demo mosaic): smaller patches, so there are enough of them
         self.patch_size.setValue(64 if self.min_side() < 1024 else 128)
+        self._restore_parameters(path)
         self.view.set_image(self.image)
         self.canvas.set_rotated(self.rotate.isChecked())  # the turn depends on the image's width
         self.loaded(path)
@@ -511,10 +523,36 @@ class FactorsWorkspace(Workspace):
                 "model makes them meaningless, so they are deleted once it is trained (a cancelled training keeps "
                 "everything). Your regions are kept.", "Train"):
             return None
+        self._remember_parameters()
         return self._start("Train CNN", workflow.train_job, self.image, self.labels.copy(), self.folder,
                            names=self.regions.names, patch_size=self.patch_size.value(), epochs=self.epochs.value(),
                            patches_per_epoch=self.patches.value(), batch_size=32, pixel_size_um=self.pixel_size_um(),
                            on_result=self._trained)
+
+    def _remember_parameters(self) -> None:
+        """The pipeline's settings for this image, offered again when it is reopened (saved results win)."""
+        self.window.settings.remember("factors_pipeline", self.current_path, {
+            "patch_size": self.patch_size.value(), "epochs": self.epochs.value(), "patches": self.patches.value(),
+            "pixel_size_um": self.pixel_size.value(), "stride": self.stride.value(), "k": self.k.value(),
+            "mask_background": self.mask_background.isChecked()})
+
+    def _restore_parameters(self, path: Path) -> None:
+        """The settings last used on this image, then those its saved model, latents and factors were made with."""
+        values = dict(self.window.settings.remembered("factors_pipeline", path) or {})
+        if self.model is not None:
+            values["patch_size"] = self.model.patch_size
+            values["pixel_size_um"] = self.model.preprocessing.pixel_size_um or values.get("pixel_size_um", 0.0)
+        if self.latents is not None:
+            values["stride"] = self.latents.stride
+            values["pixel_size_um"] = self.latents.grid.pixel_size_um or values.get("pixel_size_um", 0.0)
+        if self.factors is not None:
+            values["k"] = self.factors.k
+        for key, box in (("patch_size", self.patch_size), ("epochs", self.epochs), ("patches", self.patches),
+                         ("pixel_size_um", self.pixel_size), ("stride", self.stride), ("k", self.k)):
+            if isinstance(values.get(key), (int, float)) and not isinstance(values[key], bool):
+                box.setValue(values[key] if isinstance(box, QDoubleSpinBox) else int(values[key]))
+        if isinstance(values.get("mask_background"), bool):
+            self.mask_background.setChecked(values["mask_background"])
 
     def _trained(self, result) -> None:
         self.model = result.model
@@ -529,6 +567,7 @@ class FactorsWorkspace(Workspace):
         if self.model is None:
             self.window.show_status("Train the CNN first.")
             return None
+        self._remember_parameters()
         return self._start("Dense latents", workflow.extract_job, self.model, self.image, self.folder,
                            stride=self.stride.value(), pixel_size_um=self.pixel_size_um(), on_result=self._extracted)
 
@@ -545,14 +584,19 @@ class FactorsWorkspace(Workspace):
         if self.latents is None:
             self.window.show_status("Extract the latents first.")
             return None
-        return self._start("NMF", workflow.nmf_job, self.latents, self.folder, k=self.k.value(), on_result=self._factorized)
+        self._remember_parameters()
+        return self._start("NMF", workflow.nmf_job, self.latents, self.folder, k=self.k.value(),
+                           image=self.image if self.mask_background.isChecked() else None, on_result=self._factorized)
 
     def _factorized(self, factors) -> None:
         self.factors = factors
         self.clusters = None
         self._factors_changed()
+        left_out = getattr(factors, "background_positions", 0)
+        background = (f" {left_out:,} of {int(np.prod(factors.grid_shape)):,} positions were background outside the tissue, "
+                      "left out." if left_out else "")
         self.stage_label.setText(f"NMF: {factors.k} factors, relative error {factors.relative_error:.3f} after {factors.n_iter} "
-                                 f"iterations ({factors.seconds:.1f} s).")
+                                 f"iterations ({factors.seconds:.1f} s).{background}")
         self.progress_bar.setValue(1000)
         if self.selection is not None and self.selection.pairs:
             self.show_factor(self.selection.pairs[0][0])
@@ -680,6 +724,7 @@ class FactorsWorkspace(Workspace):
         if f is None or self.labels is None:
             self.selection = None
             self.scores.set_scores(None, [], [])
+            self.score_note.setText("")
             self.selection_label.setText("Run NMF first." if f is None else "Draw regions to score the factors.")
             return
         try:
@@ -702,6 +747,13 @@ class FactorsWorkspace(Workspace):
         self.scores.set_scores(sel.scores, [self._region_name(v) for v in sel.roi_labels],
                                [(fi, column[region]) for fi, region, _ in sel.pairs])
         self.selection_label.setText("; ".join(f"{self._region_name(region)} → factor {fi}" for fi, region, _ in sel.pairs))
+        note = ("Score = latent positions of the region where the factor is on − λ × positions outside it where it "
+                "is on.")
+        if (sel.scores < 0).all():
+            note += (" Every score is negative: each factor is on at more places outside the region (× λ) than inside "
+                     "it — usual when the regions are small parts of the image. The highest score is still the most "
+                     "region-specific factor; a smaller λ weighs coverage more.")
+        self.score_note.setText(note)
         self.factor_list.set_captions({fi: f"→ {self._region_name(region)}" for fi, region, _ in sel.pairs})
         if self.overlay_kind.currentText() == "Factor heatmap" and self.current_factor is not None:
             self.canvas.hint.setText(f"Factor {self.current_factor}: {self._factor_caption(self.current_factor)}")

@@ -268,6 +268,8 @@ class MorphologyWorkspace(Workspace):
         self.model_status = QLabel("No model yet.")
         self.model_status.setWordWrap(True)
         model_row = QGridLayout()
+        for button in (self.apply_button, self.evaluate_button, self.save_model_button, self.load_model_button):
+            button.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)  # share the column's width
         model_row.addWidget(self.train_button, 0, 0, 1, 2)
         model_row.addWidget(self.next_button, 1, 0, 1, 2)
         model_row.addWidget(self.apply_button, 2, 0)

@@ -24,7 +24,8 @@ class ImageView(QWidget):
     double_clicked = pyqtSignal(int, int)  # row, column of a left double click (after its clicked)
     hovered = pyqtSignal(int, int)  # row, column under the mouse (-1, -1 off the image)
 
-    def __init__(self, parent: QWidget | None = None):
+    def __init__(self, parent: QWidget | None = None, histogram: bool = True):
+        """``histogram``: a histogram with contrast levels beside the image (off where contrast is not the point)."""
         super().__init__(parent)
         self.graphics = pg.GraphicsLayoutWidget()
         self.viewbox = self.graphics.addViewBox(lockAspect=True, invertY=True)
@@ -37,12 +38,14 @@ class ImageView(QWidget):
         self.viewbox.addItem(self.image)
         self.viewbox.addItem(self.heatmap)
         self.viewbox.addItem(self.overlay)
-        self.histogram = pg.HistogramLUTWidget(image=self.image)
-        self.histogram.setFixedWidth(110)
         layout = QHBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.graphics, 1)
-        layout.addWidget(self.histogram)
+        self.histogram = None
+        if histogram:
+            self.histogram = pg.HistogramLUTWidget(image=self.image)
+            self.histogram.setFixedWidth(110)
+            layout.addWidget(self.histogram)
         self.image.mouseClickEvent = self._on_click
         self.graphics.scene().sigMouseMoved.connect(self._mouse_moved)
         self.shape: tuple[int, int] | None = None
@@ -54,7 +57,8 @@ class ImageView(QWidget):
             sample = finite.ravel()[:: max(1, finite.size // 1_000_000)]
             levels = (float(np.percentile(sample, 0.5)), float(np.percentile(sample, 99.8))) if sample.size else (0.0, 1.0)
         self.image.setImage(image, levels=levels, autoLevels=False)
-        self.histogram.setLevels(*levels)
+        if self.histogram is not None:
+            self.histogram.setLevels(*levels)
         if autorange or self.shape != image.shape[:2]:
             self.viewbox.autoRange(padding=0.01)
         self.shape = image.shape[:2]

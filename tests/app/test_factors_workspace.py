@@ -373,3 +373,69 @@ def test_cancelled_extract_and_nmf_keep_the_results_on_disk_and_shown(window, qt
         assert job.state is JobState.CANCELLED and "earlier results are kept" in ws.stage_label.text()
         assert (ws.latents, ws.factors, ws.clusters, ws.legend.text(), ws.factor_list.count()) == shown
         assert folder_bytes(folder) == before
+
+
+def test_reopened_project_keeps_its_settings_uses_the_space_and_masks_the_background(window, qtbot, tmp_path):
+    """A slice on a dark field, its pipeline run and saved: reopening restores pixel size and stride; the image
+    has no histogram strip beside it; the control column fits its width scrolled or not; the score matrix's
+    region names never run together; all-negative scores are explained; NMF leaves the dark field out."""
+    from PyQt6.QtGui import QFontMetrics
+    from PIL import Image
+
+    from engine.factors.synth import demo_mosaic
+
+    mosaic, labels = demo_mosaic(size=256, n_cells=9, seed=1)
+    margin = 48  # the black field around the tissue
+    image = np.pad(mosaic, margin)
+    path = tmp_path / "slice.png"
+    Image.fromarray(image).save(path)
+    np.save(tmp_path / "slice_labels.npy", np.pad(labels, margin))
+    opened = workflow.open_project_job(path)
+    folder = workflow.project_folder(path)
+    workflow.run_pipeline(opened["image"], opened["project"].regions.rasterize(), folder, patch_size=64, epochs=1,
+                          patches_per_epoch=64, stride=16, k=4, pixel_size_um=1.17, device="cpu")
+
+    ws = open_in(window, qtbot, path)
+    assert ws.stride.value() == 16 and ws.pixel_size.value() == pytest.approx(1.17)  # as the saved results were made
+    assert ws.view.histogram is None and ws.view.graphics.width() >= ws.canvas.width() - 2
+
+    scroll = ws.layout().itemAt(0).widget()
+    for value in (0, scroll.verticalScrollBar().maximum()):
+        scroll.verticalScrollBar().setValue(value)
+        qtbot.wait(50)
+        assert scroll.horizontalScrollBar().maximum() == 0 and scroll.widget().x() == 0  # nothing to shift sideways
+        assert scroll.widget().width() <= scroll.viewport().width()
+        for box in (ws.info, ws.region_box, ws.pipeline_box, ws.select_box, ws.cluster_box, ws.display_box):
+            assert box.geometry().right() < scroll.viewport().width(), box.title()  # not clipped at the right
+    ws.nmf_button.setFocus()  # a focused control scrolled into view moves the column up and down only
+    scroll.ensureWidgetVisible(ws.nmf_button)
+    assert scroll.widget().x() == 0
+
+    # region names as long as a brain's, in a narrow score matrix: each label fits its column
+    for row, name in enumerate(("striatum", "thalamus", "white matter")):
+        ws.region_list.setCurrentRow(row)
+        ws.rename_region(name)
+    ws.splitter.setSizes([1000, 200])
+    qtbot.wait(100)
+    axis = ws.scores.plot.getAxis("bottom")
+    metrics = QFontMetrics(axis.font())
+    shown = ws.scores.column_labels()
+    assert len(shown) == 3 and len(set(shown)) == 3
+    for label in shown:
+        assert metrics.horizontalAdvance(label) <= ws.scores.column_width() - 8, (label, ws.scores.column_width())
+
+    # what the score means; why every score may be negative
+    ws.lam.setValue(100.0)
+    assert (ws.selection.scores < 0).all() and "Every score is negative" in ws.score_note.text()
+    ws.lam.setValue(0.0)
+    assert "Score = " in ws.score_note.text() and "Every score is negative" not in ws.score_note.text()
+
+    # NMF through its button: the dark field is left out (zero codes there), and the window says so
+    assert ws.mask_background.isChecked()
+    run_button(qtbot, ws, ws.nmf_button)
+    rows, cols = ws.factors.grid.centers()
+    inside = (rows[:, None] >= margin + 8) & (rows[:, None] < margin + 248) & (cols[None] >= margin + 8) & (cols[None] < margin + 248)
+    outside = (rows[:, None] < margin - 8) | (rows[:, None] >= margin + 264) | (cols[None] < margin - 8) | (cols[None] >= margin + 264)
+    assert not ws.factors.codes[outside].any()
+    assert ws.factors.codes[inside].any(axis=-1).mean() > 0.9
+    assert "background outside the tissue, left out" in ws.stage_label.text()
