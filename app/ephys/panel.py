@@ -61,6 +61,7 @@ class EphysWorkspace(Workspace):
         self.selected: list[int] = []
         self.sort_job: Job | None = None
         self._waveforms: dict[int, dict] = {}
+        self._waveform_job: Job | None = None  # reading the selected units' spikes (latest selection wins)
         self.view_start = 0.0  # s: left edge of the trace window
         self._restoring_view = False
 
@@ -124,6 +125,7 @@ class EphysWorkspace(Workspace):
         self.loader.loaded.connect(self._traces_loaded)
         self.loader.failed.connect(self._traces_failed)
         QApplication.instance().aboutToQuit.connect(self.loader.wait)  # no trace thread may outlive the app
+        QApplication.instance().aboutToQuit.connect(lambda: self._waveform_job is not None and self._waveform_job.wait(5000))
         self._request_id = 0
         self._frame_id = 0  # the request on screen
 
@@ -616,12 +618,13 @@ class EphysWorkspace(Workspace):
     def _selection_changed(self, clusters: list[int]) -> None:
         self.selected = list(clusters)
         c = self.curation
+        shown = self._waveforms
         if c is not None:
-            for cid in self.selected[:3]:
-                if cid not in self._waveforms:
-                    self._waveforms[cid] = c.waveforms(self.source if self.source is not None and self.source.has_model else None,
-                                                       cid, n_spikes=40 if c.templates_uv.shape[2] <= 64 else 20)
-        self.views.show_units(c, self.selected[:3], self._waveforms)
+            missing = [cid for cid in self.selected[:3] if cid not in self._waveforms]
+            if missing:  # the model's mean now; the spikes read from the recording in the background, latest selection wins
+                shown = {**self._waveforms, **{cid: c.waveforms(None, cid) for cid in missing}}
+                self._load_waveforms(c, missing)
+        self.views.show_units(c, self.selected[:3], shown)
         if c is not None and self.selected:
             self.similar.show_similar([(cid, s, c.groups.get(cid, "unsorted")) for cid, s in c.similar(self.selected[0])],
                                       paired=self.selected[1] if len(self.selected) > 1 else None)
@@ -630,6 +633,30 @@ class EphysWorkspace(Workspace):
         self._update_counts()
         self._refresh_controls()
         self.redraw()
+
+    def _load_waveforms(self, curation: Curation, clusters: list[int]) -> None:
+        """Read the spike waveforms of ``clusters`` off the GUI thread (40 short preprocessed windows each); a newer
+        selection cancels the read, and a result arriving for an older selection or curation is dropped."""
+        if self._waveform_job is not None and self._waveform_job.is_running:
+            self._waveform_job.cancel()
+        source = self.source if self.source is not None and self.source.has_model else None
+        if source is None:
+            self._waveforms.update({cid: curation.waveforms(None, cid) for cid in clusters})
+            return
+        n = 40 if curation.templates_uv.shape[2] <= 64 else 20
+        job = self._waveform_job = Job("waveforms", engine_curation.waveforms_job, curation, source, clusters, n)
+        selection = list(self.selected)
+
+        def done(result: dict) -> None:
+            if curation is not self.curation:
+                return
+            self._waveforms.update(result)
+            if self.selected == selection:
+                self.views.show_units(curation, self.selected[:3], self._waveforms)
+                self.redraw()  # the highlighted spikes on the traces use the waveforms' trough
+
+        job.finished.connect(done)
+        job.start()
 
     def _update_counts(self) -> None:
         c = self.curation

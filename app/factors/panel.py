@@ -28,6 +28,7 @@ from app.factors.views import (
     composite_rgba, heat_rgba,
 )
 from app.dialogs import confirm, show_error
+from app.widgets.image_view import labels_for_display
 from app.jobs import Job
 from app.workspace import InfoBox, Workspace
 from engine.errors import InputError
@@ -63,7 +64,8 @@ class FactorsWorkspace(Workspace):
         self.clusters = None
         self.current_factor: int | None = None
         self.job: Job | None = None
-        self._outlines = None  # (labels, their outlines)
+        self._outlines = None  # (labels, their outlines as drawn, the drawing's step)
+        self._n_regions = 0  # regions with at least one pixel
         self._build_views()
         self._build_controls()
         add = self.registry.add
@@ -304,7 +306,7 @@ class FactorsWorkspace(Workspace):
         self.view.set_image(self.image)
         self.canvas.set_rotated(self.rotate.isChecked())  # the turn depends on the image's width
         self.loaded(path)
-        self._regions_changed(save=False)
+        self._regions_changed(save=False, raster=result.get("labels"))
         self._factors_changed()
         if self.clusters is not None:
             self.overlay_kind.setCurrentText("Clusters")
@@ -412,16 +414,18 @@ class FactorsWorkspace(Workspace):
             if int(self.region_list.item(row).data(Qt.ItemDataRole.UserRole)) == label:
                 self.region_list.setCurrentRow(row)
 
-    def _regions_changed(self, save: bool = True) -> None:
-        """After every edit: save atomically, rasterize, refresh the list, overlay and selection."""
+    def _regions_changed(self, save: bool = True, raster: np.ndarray | None = None) -> None:
+        """After every edit: save atomically, rasterize, refresh the list, overlay and selection.
+        ``raster``: the regions already rasterized (by the open job, off the GUI thread)."""
         if self.regions is None:
             return
         if save and self.folder is not None:
             self.regions.save(self.folder)
-        raster = self.regions.rasterize()
-        self.labels = raster if raster.any() else None
-        current = self.current_region()
+        raster = self.regions.rasterize() if raster is None else raster
         counts = np.bincount(raster.ravel(), minlength=self.regions.next_label())
+        self.labels = raster if counts[1:].any() else None
+        self._n_regions = int(np.count_nonzero(counts[1:]))
+        current = self.current_region()
         self.region_list.blockSignals(True)
         self.region_list.clear()
         for region in self.regions.regions:
@@ -462,9 +466,10 @@ class FactorsWorkspace(Workspace):
         labels = self.labels
         if self.overlay_kind.currentText() != OVERLAYS[0] and self.factors is not None:
             if self._outlines is None or self._outlines[0] is not labels:  # computed once per region edit
-                # ~1/600 of the long side: still visible when a whole slice fits the screen
-                self._outlines = (labels, outlines(labels, width=max(1, max(labels.shape) // 600)))
-            self.view.set_labels(self._outlines[1], opacity=0.9, colors=self.region_colors())
+                # ~1/600 of the long side: still visible when a whole slice fits the screen; on the labels as drawn
+                shown, step = labels_for_display(labels)
+                self._outlines = (labels, outlines(shown, width=max(1, max(labels.shape) // 600 // step)), step)
+            self.view.set_labels(self._outlines[1], opacity=0.9, colors=self.region_colors(), step=self._outlines[2])
         else:
             self.view.set_labels(labels, opacity=self.opacity.value() / 100, colors=self.region_colors())
 
@@ -830,7 +835,7 @@ class FactorsWorkspace(Workspace):
     def _refresh_controls(self) -> None:
         has_image = self.image is not None
         running = self.job is not None and self.job.is_running
-        n_regions = len([v for v in np.unique(self.labels) if v > 0]) if self.labels is not None else 0
+        n_regions = self._n_regions
         for button in self.tool_buttons.values():
             button.setEnabled(has_image)
         for button in (self.add_region_button, self.load_labels_button):

@@ -40,8 +40,8 @@ from app.widgets.colormaps import lut
 from app.widgets.mesh_view import MeshView
 from app.workspace import InfoBox, Workspace
 from engine.mesh import active, spines
-from engine.mesh.entries import (MeshEntry, apply_model, compute_entry_hks, evaluate_entries, labels_snapshot,
-                                  locate_points, open_mesh_entry, train_on_entries)
+from engine.mesh.entries import (MeshEntry, apply_model, evaluate_entries, hks_job, labels_snapshot, locate_points,
+                                  open_mesh_entry, train_on_entries)
 from engine.mesh.hks import HKSResult, log_hks
 from engine.errors import InputError
 from engine.mesh.io import HDF5_EXTENSIONS, MESH_EXTENSIONS, is_hdf5_mesh
@@ -383,7 +383,8 @@ class MorphologyWorkspace(Workspace):
             return None
         self.compute_button.setEnabled(False)
 
-        def done(result: HKSResult) -> None:
+        def done(out: tuple[HKSResult, np.ndarray]) -> None:
+            result, entry.log_hks = out
             entry.hks = result
             if entry is self.entry:
                 self._setup_timescale()
@@ -392,7 +393,7 @@ class MorphologyWorkspace(Workspace):
             self.window.show_status(f"HKS of {entry.path.name}: {result.hks.shape[1]} timescales by {result.method} "
                                     f"in {result.info.get('seconds', 0):.1f} s")
 
-        job = self.window.run_job(f"HKS of {entry.path.name}", compute_entry_hks, entry, self.hks_method.currentText(),
+        job = self.window.run_job(f"HKS of {entry.path.name}", hks_job, entry, self.hks_method.currentText(),
                                   on_result=done)
         job.ended.connect(lambda _: self._refresh_controls())
         return job
@@ -405,7 +406,9 @@ class MorphologyWorkspace(Workspace):
             self.timescale.setRange(0, len(hks.timescales) - 1)
             self.timescale.setValue(len(hks.timescales) // 2)
             self.timescale.blockSignals(False)
-            self._log_hks = np.asfortranarray(log_hks(hks.hks), dtype=np.float32)  # a timescale is one contiguous column
+            if self.entry.log_hks is None or self.entry.log_hks.shape != hks.hks.shape:  # (the HKS job computes it)
+                self.entry.log_hks = np.asfortranarray(log_hks(hks.hks), dtype=np.float32)  # a timescale: one column
+            self._log_hks = self.entry.log_hks
         self._update_timescale_label()
 
     def _update_timescale_label(self) -> None:
@@ -604,7 +607,7 @@ class MorphologyWorkspace(Workspace):
         """Store HKS results a job computed (GUI thread only)."""
         for entry in self.entries:
             if id(entry) in new_hks:
-                entry.hks = new_hks[id(entry)]
+                entry.hks, entry.log_hks = new_hks[id(entry)], None
         if self.entry is not None and id(self.entry) in new_hks:
             self._setup_timescale()
 
@@ -681,7 +684,7 @@ class MorphologyWorkspace(Workspace):
         for entry in self.entries:
             spec = spines.FeatureSpec.default(entry.mesh.units, kind=kind)
             if entry.hks is not None and not np.allclose(entry.hks.timescales, spec.timescales, rtol=1e-4):
-                entry.hks, dropped = None, dropped + 1
+                entry.hks, entry.log_hks, dropped = None, None, dropped + 1
             entry.spec = spec
         if self.entry is not None:
             self._setup_timescale()

@@ -224,6 +224,17 @@ def sort_job(raw_path: str | os.PathLike, params: RecordingParams, probe_path: s
     return out
 
 
+def waveforms_job(curation: "Curation", source: "TraceSource | None", clusters: list[int], n_spikes: int = 40,
+                  progress=None) -> dict[int, dict]:
+    """Job body: :meth:`Curation.waveforms` of each of ``clusters`` (the window's per-selection read, off its thread)."""
+    progress = as_progress(progress)
+    out = {}
+    for cid in clusters:
+        progress.check()
+        out[int(cid)] = curation.waveforms(source, int(cid), n_spikes=n_spikes)
+    return out
+
+
 def open_phy_job(folder: str | os.PathLike, progress=None) -> dict:
     """Job body: load a Phy folder (or its params.py) for curation, with its raw recording and metrics."""
     progress = as_progress(progress)

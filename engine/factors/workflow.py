@@ -424,5 +424,7 @@ def open_project_job(path: str | os.PathLike, device=None, progress: Progress | 
                 project.problems.append(f"Label map '{label_file.name}' not used: {exc.message}")
     if project.regions is None:
         project.regions = RegionSet(tuple(image.shape))
+    progress.report(0.9, "drawing the regions")
+    labels = project.regions.rasterize()  # here, not on the GUI thread (seconds on a whole slice)
     progress.report(1.0, "done")
-    return {"image": image, "project": project}
+    return {"image": image, "project": project, "labels": labels}

@@ -16,7 +16,7 @@ import numpy as np
 
 from engine.errors import InputError
 from engine.mesh import active, spines
-from engine.mesh.hks import HKSResult, compute_hks, read_points
+from engine.mesh.hks import HKSResult, compute_hks, log_hks, read_points
 from engine.mesh.io import Mesh, find_vertex_label_file, guess_units, load_mesh, mesh_summary
 from engine.mesh.labels import LabelEditor
 from engine.mesh.picking import Picker
@@ -38,6 +38,7 @@ class MeshEntry:
     regions: list = field(default_factory=list)  # uncertain regions, most uncertain first
     points: dict | None = None  # a loaded point table: path, points, nearest vertex, distance (locate_points)
     scale: float = 1.0  # the file's coordinates were multiplied by this (e.g. 8: hemibrain voxels → nm)
+    log_hks: np.ndarray | None = None  # log of ``hks.hks`` as the view colours it (one timescale contiguous)
 
     @property
     def has_labels(self) -> bool:
@@ -96,6 +97,13 @@ def locate_points(entry: MeshEntry, path: Path, progress=None) -> dict:
     progress.check()
     vertex, distance = spines.nearest_vertices(entry.mesh, points)
     return {"path": Path(path), "points": points, "vertex": vertex, "distance": distance}
+
+
+def hks_job(entry: MeshEntry, method: str, progress=None) -> tuple[HKSResult, np.ndarray]:
+    """Job body: :func:`compute_entry_hks` and its log as the view colours it (column-major: a timescale is one
+    contiguous column), so the window only stores them."""
+    result = compute_entry_hks(entry, method, progress=progress)
+    return result, np.asfortranarray(log_hks(result.hks), dtype=np.float32)
 
 
 def compute_entry_hks(entry: MeshEntry, method: str, progress=None) -> HKSResult:

@@ -530,3 +530,40 @@ def test_real_recording_traces_spaced_by_noise_and_layout_remembered(window, qtb
     ws = open_in(window, qtbot, tmp_path / "locust_trial_02.raw")
     assert offered[1] == (4, 15000, 2056)  # the layout of trial 1, offered for the next file of the folder
     assert ws.recording.n_channels == 4 and ws.recording.sample_rate == 15000
+
+
+def test_selected_units_waveforms_are_read_off_the_gui_thread_latest_selection_wins(window, qtbot, recording, monkeypatch):
+    """Selecting a unit draws at once (the model's mean) and reads its 40 spike windows in the background; a
+    newer selection makes an older read's result land in the cache only, never on the views."""
+    import threading
+    import time
+
+    from engine.ephys import curation as engine_curation
+
+    ws = open_in(window, qtbot, recording)
+    wait_for_job(qtbot, ws.run_sort(), timeout=120000)
+    a, b = [int(c) for c in ws.curation.cluster_ids[:2]]
+    threads, release = [], threading.Event()
+    original = engine_curation.Curation.waveforms
+
+    def slow(self, source, cluster, *args, **kwargs):
+        if source is not None:
+            threads.append(threading.current_thread())
+            release.wait(10)
+        return original(self, source, cluster, *args, **kwargs)
+
+    monkeypatch.setattr(engine_curation.Curation, "waveforms", slow)
+    started = time.perf_counter()
+    ws.select([a])
+    assert time.perf_counter() - started < 5 and ws.selected == [a] and ws.views._items  # drawn without the read
+    job_a = ws._waveform_job
+    assert job_a.is_running and a not in ws._waveforms
+    ws.select([b])
+    job_b = ws._waveform_job
+    assert job_b is not job_a
+    release.set()
+    for job in (job_a, job_b):
+        wait_for_job(qtbot, job, timeout=30000)
+    assert threads and all(t is not threading.main_thread() for t in threads)
+    assert b in ws._waveforms and len(ws._waveforms[b]["samples"]) > 0  # the spikes of the unit shown
+    assert ws.selected == [b]

@@ -439,3 +439,34 @@ def test_reopened_project_keeps_its_settings_uses_the_space_and_masks_the_backgr
     assert not ws.factors.codes[outside].any()
     assert ws.factors.codes[inside].any(axis=-1).mean() > 0.9
     assert "background outside the tissue, left out" in ws.stage_label.text()
+
+
+def test_a_large_slice_is_drawn_at_the_detail_of_the_zoom(qtbot):
+    """An 8-Mpixel image is never averaged whole on the GUI thread: zoomed out it is drawn from every n-th
+    pixel, zoomed in at full detail; the region overlay is drawn at ≤ 2048 px per side over the full extent."""
+    from app.widgets.image_view import LABELS_MAX_SIDE, ImageView
+
+    view = ImageView(histogram=False)
+    qtbot.addWidget(view)
+    view.resize(900, 400)
+    view.show()
+    qtbot.waitExposed(view)
+    image = (np.arange(1420 * 5805, dtype=np.uint32) % 251).astype(np.uint8).reshape(1420, 5805)
+    view.set_image(image)
+    qtbot.wait(50)
+    step = view._step
+    assert step >= 4 and not view.image.autoDownsample
+    np.testing.assert_array_equal(view.image.image, image[::step, ::step])
+    assert view.image.mapRectToParent(view.image.boundingRect()).width() == pytest.approx(-(-5805 // step) * step)
+    view.viewbox.setRange(xRange=(1000, 1300), yRange=(500, 700), padding=0)  # zoomed in: every pixel
+    qtbot.wait(50)
+    assert view._step == 1 and view.image.image.shape == image.shape
+    labels = np.zeros(image.shape, np.int32)
+    labels[400:1000, 4600:5500] = 1
+    view.set_labels(labels)
+    shown = view.overlay.image
+    assert max(shown.shape[:2]) <= LABELS_MAX_SIDE
+    assert view.overlay.mapRectToParent(view.overlay.boundingRect()).width() == pytest.approx(5805, abs=3)
+    small = np.zeros((256, 256), np.uint8)
+    view.set_image(small)  # a small image: pyqtgraph's own downsampling, the array itself
+    assert view.image.autoDownsample and view.image.image is small or np.array_equal(view.image.image, small)

@@ -272,6 +272,7 @@ def test_hand_labels_over_every_coloring_status_and_framed_region(window, qtbot,
     learned; N tints the uncertain region and frames it; showing another mesh clears ring and tint; Train is in
     view at the default window size."""
     from app.morphology.panel import LABEL_COLORS, REGION_TINT
+    from engine.mesh.hks import log_hks
 
     ws = open_in(window, qtbot, dendrite)
     scroll = ws.layout().itemAt(0).widget()
@@ -280,6 +281,8 @@ def test_hand_labels_over_every_coloring_status_and_framed_region(window, qtbot,
     assert top + ws.train_button.height() <= scroll.viewport().height()  # Train seen without scrolling
 
     wait_for_job(qtbot, ws.compute_hks(), timeout=120000)
+    assert ws._log_hks is ws.entry.log_hks  # the log-HKS came with the job (not computed on the GUI thread)
+    np.testing.assert_allclose(ws._log_hks, log_hks(ws.entry.hks.hks), rtol=1e-6)
     truth = np.load(dendrite.with_name("dendrite_spine_labels.npy"))
     ws.paint_at(int(np.flatnonzero(truth == 1)[0]), 1, radius=0.5)
     ws.paint_at(int(np.flatnonzero(truth == 0)[0]), 0, radius=2.0)
