@@ -239,7 +239,7 @@ class EphysWorkspace(Workspace):
                                     "to select its unit")
         for box in (self.show_data, self.show_model, self.show_residual, self.show_spikes):
             box.toggled.connect(self._layers_toggled)
-        self.data_kind.currentTextChanged.connect(lambda _t: self._auto_spacing() or self.redraw())
+        self.data_kind.currentTextChanged.connect(lambda _t: self._auto_spacing() if self.spacing_auto.isChecked() else self.redraw())
         layers = QGridLayout()
         layers.addWidget(self.show_data, 0, 0)
         layers.addWidget(self.show_model, 0, 1)
