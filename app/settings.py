@@ -8,6 +8,7 @@ recent files, last folders per workspace, and the compute preferences (device, s
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -17,6 +18,7 @@ ORGANIZATION = "NeuroWorkbench"
 APPLICATION = "NeuroWorkbench"
 CONFIG_DIR_ENV = "NEUROWB_CONFIG_DIR"
 MAX_RECENT_FILES = 10
+MAX_REMEMBERED = 50  # per group of remember(): the most recently used paths
 
 
 def _qsettings() -> QSettings:
@@ -95,6 +97,26 @@ class Settings:
 
     def set_scheduler(self, address: str) -> None:
         self.q.setValue("compute/scheduler", address)
+
+    # -- choices remembered per file or folder (a raw layout per folder, mesh units per file) --
+    def remembered(self, group: str, path: str | os.PathLike) -> dict | None:
+        """What :meth:`remember` stored for ``path`` in ``group``, or None."""
+        value = self._remembered(group).get(str(Path(path).absolute()))
+        return value if isinstance(value, dict) else None
+
+    def remember(self, group: str, path: str | os.PathLike, value: dict) -> None:
+        """Keep ``value`` (JSON-able) for ``path``; a group keeps its :data:`MAX_REMEMBERED` latest paths."""
+        key = str(Path(path).absolute())
+        entries = {key: value, **{k: v for k, v in self._remembered(group).items() if k != key}}
+        self.q.setValue(f"remembered/{group}", json.dumps(dict(list(entries.items())[:MAX_REMEMBERED])))
+        self.q.sync()
+
+    def _remembered(self, group: str) -> dict:
+        try:
+            entries = json.loads(self.q.value(f"remembered/{group}", "{}", type=str) or "{}")
+        except ValueError:  # a hand-edited or damaged entry: forget it rather than fail
+            return {}
+        return entries if isinstance(entries, dict) else {}
 
     # -- anything else (per-workspace options) -------------------------------------------
     def value(self, key: str, default=None, type=None):

@@ -113,6 +113,9 @@ def control_column(*groups: QWidget, width: int = 320) -> QScrollArea:
             combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
             combo.setMinimumContentsLength(8)
     inner = QWidget()
+    # the column's width is the viewport's, never the content's minimum: a wider content would be clipped at
+    # the right and shift sideways when a focused control is scrolled into view
+    inner.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
     layout = QVBoxLayout(inner)
     layout.setContentsMargins(8, 4, 8, 8)
     for group in groups:
@@ -124,6 +127,7 @@ def control_column(*groups: QWidget, width: int = 320) -> QScrollArea:
     scroll.setFrameShape(QScrollArea.Shape.NoFrame)
     scroll.setFixedWidth(width)
     scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    scroll.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOn)  # the same width scrolled or not
     return scroll
 
 

@@ -14,13 +14,14 @@ All curation logic lives in engine/ephys/curation.py; this file only draws and d
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 from PyQt6.QtCore import Qt, QTimer
 from PyQt6.QtGui import QKeySequence
 from PyQt6.QtWidgets import (QApplication, QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGridLayout, QGroupBox, QHBoxLayout,
-                             QLabel, QPushButton, QSizePolicy, QSpinBox, QSplitter, QVBoxLayout)
+                             QLabel, QPushButton, QSizePolicy, QSpinBox, QSplitter, QToolButton, QVBoxLayout)
 
 from app.dialogs import ask_nwb_metadata, ask_nwb_path, confirm, show_error
 from app.ephys.driftmap import DriftMapView
@@ -34,7 +35,7 @@ from app.workspace import InfoBox, Workspace
 from engine.calcium.io import is_suite2p_binary
 from engine.ephys import curation as engine_curation
 from engine.ephys.curation import Curation, TraceSource, phy_folder_for
-from engine.ephys.io import RAW_EXTENSIONS, RawRecording, read_sidecar
+from engine.ephys.io import RAW_EXTENSIONS, RawRecording, RecordingParams, read_sidecar
 from engine.ephys.formats import FORMAT_EXTENSIONS, detect_format
 from engine.ephys.nwb import export_units
 from engine.ephys.sorter import SortParams
@@ -45,6 +46,7 @@ SCROLL_STEPS_PER_SECOND = 100  # scroll bar resolution: 10 ms
 MAX_WINDOW_VALUES = 40_000_000  # samples × channels read per redraw at most (~80 MB of int16)
 SYNC_MAX_VALUES = 500_000  # a window this cheap to read (samples × channels, a few ms) is drawn at once on the GUI thread
 DATA_KINDS = ("Preprocessed", "Raw")
+NOISE_SPACING = 10.0  # default trace spacing: this many times the median channel's robust noise SD
 
 class EphysWorkspace(Workspace):
     key = "ephys"
@@ -57,6 +59,7 @@ class EphysWorkspace(Workspace):
         self.session = EphysSession(self)  # recording, curation, selection, running sort: held there once
         self.probe_path: Path | None = None
         self._waveforms: dict[int, dict] = {}
+        self._waveform_job: Job | None = None  # reading the selected units' spikes (latest selection wins)
         self.view_start = 0.0  # s: left edge of the trace window
         self._restoring_view = False
 
@@ -69,6 +72,9 @@ class EphysWorkspace(Workspace):
         self._build_curation_box()
 
         self.traces = TracePanel()
+        self.traces.add_control(QLabel("Spacing"))  # beside the traces it spaces
+        self.traces.add_control(self.spacing)
+        self.traces.add_control(self.spacing_auto)
         self.scroll = self.traces.scroll
         self.scroll.valueChanged.connect(self._scrolled)
         self.traces.view_changed.connect(self._view_changed)
@@ -125,6 +131,7 @@ class EphysWorkspace(Workspace):
         self.loader.loaded.connect(self._traces_loaded)
         self.loader.failed.connect(self._traces_failed)
         QApplication.instance().aboutToQuit.connect(self.loader.wait)  # no trace thread may outlive the app
+        QApplication.instance().aboutToQuit.connect(lambda: self._waveform_job is not None and self._waveform_job.wait(5000))
         self._request_id = 0
         self._frame_id = 0  # the request on screen
 
@@ -231,7 +238,7 @@ class EphysWorkspace(Workspace):
                                     "to select its unit")
         for box in (self.show_data, self.show_model, self.show_residual, self.show_spikes):
             box.toggled.connect(self._layers_toggled)
-        self.data_kind.currentTextChanged.connect(lambda _t: self.redraw())
+        self.data_kind.currentTextChanged.connect(lambda _t: self._auto_spacing() if self.spacing_auto.isChecked() else self.redraw())
         layers = QGridLayout()
         layers.addWidget(self.show_data, 0, 0)
         layers.addWidget(self.show_model, 0, 1)
@@ -239,8 +246,15 @@ class EphysWorkspace(Workspace):
         layers.addWidget(self.show_spikes, 1, 1)
         self.window_seconds = QDoubleSpinBox(minimum=0.01, maximum=10.0, value=0.5, decimals=2, singleStep=0.1, suffix=" s")
         self.window_seconds.setToolTip("Width of the time window (the mouse wheel over the traces zooms it too)")
-        self.spacing = QDoubleSpinBox(minimum=1.0, maximum=100_000.0, value=150.0, decimals=0, singleStep=25, suffix=" µV")
+        self.spacing = QDoubleSpinBox(minimum=0.1, maximum=1e7, value=150.0, decimals=1, suffix=" µV",
+                                      buttonSymbols=QDoubleSpinBox.ButtonSymbols.NoButtons)
+        self.spacing.setStepType(QDoubleSpinBox.StepType.AdaptiveDecimalStepType)
+        self.spacing.setMaximumWidth(74)  # the line under the traces must not widen the window
         self.spacing.setToolTip("Vertical distance between channels: smaller makes the traces taller")
+        self.spacing_auto = QToolButton(text="Auto", checkable=True, checked=True)
+        self.spacing_auto.setToolTip(f"Spacing = {NOISE_SPACING:g} × the median channel's noise SD (MAD / 0.6745 of the data "
+                                     "shown, measured on short windows across the recording), so traces never form a wall "
+                                     "whatever the gain. Editing the spacing turns this off.")
         self.first_channel = QSpinBox(minimum=0, maximum=0)
         self.n_shown = QSpinBox(minimum=1, maximum=1)
         channel_row = QHBoxLayout()
@@ -248,13 +262,13 @@ class EphysWorkspace(Workspace):
         channel_row.addWidget(QLabel("count"))
         channel_row.addWidget(self.n_shown)
         self.window_seconds.valueChanged.connect(self._window_changed)
-        self.spacing.valueChanged.connect(lambda _v: self.redraw())
+        self.spacing.valueChanged.connect(self._spacing_edited)
+        self.spacing_auto.toggled.connect(lambda on: on and self._auto_spacing())
         self.first_channel.valueChanged.connect(lambda _v: self.redraw())
         self.n_shown.valueChanged.connect(lambda _v: self.redraw())
         form.addRow("Show:", self.data_kind)
         form.addRow(layers)
         form.addRow("Window:", self.window_seconds)
-        form.addRow("Spacing:", self.spacing)
         form.addRow("Channels:", channel_row)
 
     def _build_curation_box(self) -> None:
@@ -323,12 +337,21 @@ class EphysWorkspace(Workspace):
         params = read_sidecar(path)
         save = False
         if params is None:
-            dialog = RecordingParamsDialog(path.name, path.stat().st_size, self)
+            dialog = RecordingParamsDialog(path.name, path.stat().st_size, self, last=self._last_layout(path.parent))
             if not dialog.exec():
                 return None
             params, save = dialog.params(), dialog.save_sidecar.isChecked()
+            self.window.settings.remember("ephys_layout", path.parent, dataclasses.asdict(params))  # for the next file here
         return self.window.run_job(f"Open {path.name}", engine_curation.open_recording_job, path, params, save,
                                    on_result=lambda out: self._show_recording(path, out))
+
+    def _last_layout(self, folder: Path) -> RecordingParams | None:
+        """The layout given for the last raw file opened from ``folder`` (None if none, or unreadable)."""
+        stored = self.window.settings.remembered("ephys_layout", folder)
+        try:
+            return RecordingParams(**stored) if stored else None
+        except (TypeError, InputError):
+            return None
 
     def open_phy_dialog(self) -> None:
         start = str(self.raw_path.parent) if self.raw_path else self.window.settings.last_folder("open")
@@ -344,7 +367,7 @@ class EphysWorkspace(Workspace):
 
     def _show_recording(self, path: Path, out: dict) -> None:
         self._flush_view_state()
-        self._set_recording(path, out["recording"], TraceSource(out["recording"]))
+        self._set_recording(path, out["recording"], out.get("source") or TraceSource(out["recording"]))
         self.set_probe(out["probe"])  # found beside the file: shown in the info and sorting boxes
         self._set_curation(None)
         self._stage_counts_units = False
@@ -401,6 +424,7 @@ class EphysWorkspace(Workspace):
         self.output_label.setText(f"Output: {folder.name}/ beside the recording (Phy folder; an earlier curated one is "
                                   "kept under a dated name).")
         self.output_label.setToolTip(str(folder))
+        self._auto_spacing(redraw=False)
         self._window_changed()
 
     def _probe_text(self) -> str:
@@ -477,7 +501,8 @@ class EphysWorkspace(Workspace):
         return {"sort": self._sort_fingerprint(), "selected": [int(c) for c in self.selected], "start_s": round(self.view_start, 4),
                 "window_s": self.window_seconds.value(), "first_channel": self.first_channel.value(),
                 "n_shown": self.n_shown.value(), "data": self.data_kind.currentText(), "show_data": self.show_data.isChecked(),
-                "model": self.show_model.isChecked(), "residual": self.show_residual.isChecked()}
+                "model": self.show_model.isChecked(), "residual": self.show_residual.isChecked(),
+                "spacing_uv": None if self.spacing_auto.isChecked() else self.spacing.value()}
 
     def _sort_fingerprint(self) -> list[int]:
         return [len(self.curation.spike_times), len(self.curation.templates_uv)] if self.curation is not None else []
@@ -515,6 +540,8 @@ class EphysWorkspace(Workspace):
                 for box, key in ((self.show_data, "show_data"), (self.show_model, "model"), (self.show_residual, "residual")):
                     if isinstance(state.get(key), bool) and box.isEnabled():
                         box.setChecked(state[key])
+                if isinstance(state.get("spacing_uv"), (int, float)):
+                    self.spacing.setValue(float(state["spacing_uv"]))  # a spacing set by hand (else Auto stays)
                 if isinstance(state.get("window_s"), (int, float)):
                     self.window_seconds.setValue(float(state["window_s"]))
                 if isinstance(state.get("start_s"), (int, float)):
@@ -587,12 +614,13 @@ class EphysWorkspace(Workspace):
 
     def _selection_changed(self, clusters: list[int]) -> None:
         c = self.curation
+        shown = self._waveforms
         if c is not None:
-            for cid in self.selected[:3]:
-                if cid not in self._waveforms:
-                    self._waveforms[cid] = c.waveforms(self.source if self.source is not None and self.source.has_model else None,
-                                                       cid, n_spikes=40 if c.templates_uv.shape[2] <= 64 else 20)
-        self.views.show_units(c, self.selected[:3], self._waveforms)
+            missing = [cid for cid in self.selected[:3] if cid not in self._waveforms]
+            if missing:  # the model's mean now; the spikes read from the recording in the background, latest selection wins
+                shown = {**self._waveforms, **{cid: c.waveforms(None, cid) for cid in missing}}
+                self._load_waveforms(c, missing)
+        self.views.show_units(c, self.selected[:3], shown)
         self.drift.show_units(c.spike_clusters if c is not None else None, self.selected)
         if c is not None and self.selected:
             self.similar.show_similar([(cid, s, c.groups.get(cid, "unsorted")) for cid, s in c.similar(self.selected[0])],
@@ -602,6 +630,30 @@ class EphysWorkspace(Workspace):
         self._update_counts()
         self._refresh_controls()
         self.redraw()
+
+    def _load_waveforms(self, curation: Curation, clusters: list[int]) -> None:
+        """Read the spike waveforms of ``clusters`` off the GUI thread (40 short preprocessed windows each); a newer
+        selection cancels the read, and a result arriving for an older selection or curation is dropped."""
+        if self._waveform_job is not None and self._waveform_job.is_running:
+            self._waveform_job.cancel()
+        source = self.source if self.source is not None and self.source.has_model else None
+        if source is None:
+            self._waveforms.update({cid: curation.waveforms(None, cid) for cid in clusters})
+            return
+        n = 40 if curation.templates_uv.shape[2] <= 64 else 20
+        job = self._waveform_job = Job("waveforms", engine_curation.waveforms_job, curation, source, clusters, n)
+        selection = list(self.selected)
+
+        def done(result: dict) -> None:
+            if curation is not self.curation:
+                return
+            self._waveforms.update(result)
+            if self.selected == selection:
+                self.views.show_units(curation, self.selected[:3], self._waveforms)
+                self.redraw()  # the highlighted spikes on the traces use the waveforms' trough
+
+        job.finished.connect(done)
+        job.start()
 
     def _update_counts(self) -> None:
         c = self.curation
@@ -748,6 +800,24 @@ class EphysWorkspace(Workspace):
         """Center the trace window on ``seconds``."""
         half = self.window_seconds.value() / 2
         self.scroll.setValue(int(round(max(seconds - half, 0.0) * SCROLL_STEPS_PER_SECOND)))
+
+    def _auto_spacing(self, redraw: bool = True) -> None:
+        """With Auto on, space the traces by :data:`NOISE_SPACING` × the median channel's noise SD of the data shown."""
+        if not self.spacing_auto.isChecked() or self.source is None:
+            return
+        sd = float(np.median(self.source.noise_uv(self.data_kind.currentText().lower())))
+        value = float(f"{NOISE_SPACING * sd:.2g}") if np.isfinite(sd) and sd > 0 else 150.0  # two significant digits
+        self.spacing.blockSignals(True)
+        self.spacing.setValue(value)
+        self.spacing.blockSignals(False)
+        if redraw:
+            self.redraw()
+
+    def _spacing_edited(self, _value: float) -> None:
+        self.spacing_auto.blockSignals(True)
+        self.spacing_auto.setChecked(False)  # a spacing chosen by hand stays until Auto is pressed again
+        self.spacing_auto.blockSignals(False)
+        self.redraw()
 
     def _layers_toggled(self) -> None:
         if (self.show_model.isChecked() or self.show_residual.isChecked()) and self.data_kind.currentText() == "Raw":

@@ -8,7 +8,8 @@ from engine.ephys.io import RecordingParams
 
 
 class RecordingParamsDialog(QDialog):
-    def __init__(self, file_name: str, file_size: int, parent=None):
+    def __init__(self, file_name: str, file_size: int, parent=None, last: RecordingParams | None = None):
+        """``last``: the layout given for the previous file of the same folder, offered again."""
         super().__init__(parent)
         self.setWindowTitle("Raw recording layout")
         form = QFormLayout(self)
@@ -16,6 +17,8 @@ class RecordingParamsDialog(QDialog):
                       "Describe its layout (samples × channels, C order):")
         note.setWordWrap(True)
         form.addRow(note)
+        if last is not None:
+            form.addRow(QLabel("Filled in with the layout of the previous file in this folder.", objectName="Hint"))
         self.n_channels = QSpinBox(minimum=1, maximum=4096, value=32)
         self.sample_rate = QDoubleSpinBox(minimum=100.0, maximum=1_000_000.0, value=30_000.0, decimals=1, suffix=" Hz")
         self.dtype = QComboBox()
@@ -34,6 +37,12 @@ class RecordingParamsDialog(QDialog):
         buttons.accepted.connect(self.accept)
         buttons.rejected.connect(self.reject)
         form.addRow(buttons)
+        if last is not None:
+            self.n_channels.setValue(last.n_channels)
+            self.sample_rate.setValue(last.sample_rate)
+            self.dtype.setCurrentText(str(last.dtype))
+            self.gain.setValue(last.gain_uv)
+            self.offset.setValue(last.offset)
 
     def params(self) -> RecordingParams:
         return RecordingParams(n_channels=self.n_channels.value(), sample_rate=self.sample_rate.value(),

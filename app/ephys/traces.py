@@ -286,6 +286,7 @@ class TracePanel(QWidget):
         bottom.setContentsMargins(4, 0, 4, 0)
         bottom.addWidget(self.legend, 1)
         bottom.addWidget(self.position)  # "12.345–14.345 s / 600.0 s · ch 0–383 / 384" is shown whole
+        self.bottom = bottom
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.setSpacing(2)
@@ -297,6 +298,10 @@ class TracePanel(QWidget):
         self.highlights: list[pg.PlotCurveItem] = []
         self._setting_range = False
         self.shown = {"start": 0, "stop": 0, "rate": 1.0}  # samples of the window on screen
+
+    def add_control(self, widget: QWidget) -> None:
+        """A control of the traces (spacing…) on the line under them, right of the position."""
+        self.bottom.addWidget(widget)
 
     # -- drawing ----------------------------------------------------------------------------------
     def pixel_width(self) -> int:

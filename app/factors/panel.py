@@ -28,6 +28,7 @@ from app.factors.views import (
     composite_rgba, heat_rgba,
 )
 from app.dialogs import confirm, show_error
+from app.widgets.image_view import labels_for_display
 from app.jobs import Job
 from app.widgets.job_box import JobBox
 from app.workspace import InfoBox, Workspace
@@ -64,7 +65,8 @@ class FactorsWorkspace(Workspace):
         self.clusters = None
         self.current_factor: int | None = None
         self.job: Job | None = None
-        self._outlines = None  # (labels, their outlines)
+        self._outlines = None  # (labels, their outlines as drawn, the drawing's step)
+        self._n_regions = 0  # regions with at least one pixel
         self._build_views()
         self._build_controls()
         add = self.registry.add
@@ -159,6 +161,12 @@ class FactorsWorkspace(Workspace):
         self.job_box = JobBox("Draw at least two regions, then Train.", shows=self.shows)
         self.cancel_button, self.progress_bar, self.stage_label = (self.job_box.cancel_button, self.job_box.progress_bar,
                                                                    self.job_box.stage_label)
+        self.mask_background = QCheckBox("Leave out the background")
+        self.mask_background.setChecked(True)
+        self.mask_background.setToolTip("NMF fits the tissue only: the dark field around the slice (dark pixels connected "
+                                         "to the image border) is left out and its codes are zero, so no factor is spent "
+                                         "on it and leakage counts tissue only. An image without a dark margin is "
+                                         "unaffected.")
         form.addRow("Patch size:", self.patch_size)
         form.addRow("Epochs:", self.epochs)
         form.addRow("Patches/epoch:", self.patches)
@@ -168,6 +176,7 @@ class FactorsWorkspace(Workspace):
         form.addRow(self.estimate)
         form.addRow(self.extract_button)
         form.addRow("Factors k:", self.k)
+        form.addRow(self.mask_background)
         form.addRow(self.nmf_button)
         form.addRow(self.job_box)
 
@@ -180,9 +189,12 @@ class FactorsWorkspace(Workspace):
         self.p.valueChanged.connect(lambda _v: self.update_selection(recount=False))
         self.selection_label = QLabel("Run NMF first.")
         self.selection_label.setWordWrap(True)
+        self.score_note = QLabel("", objectName="Hint")  # what the score means; why all may be negative
+        self.score_note.setWordWrap(True)
         form.addRow("λ (leakage):", self.lam)
         form.addRow("p (pairs):", self.p)
         form.addRow(self.selection_label)
+        form.addRow(self.score_note)
 
         self.cluster_box = QGroupBox("Clusters (GMM)")
         form = QFormLayout(self.cluster_box)
@@ -216,6 +228,7 @@ class FactorsWorkspace(Workspace):
         self.rgb = []
         for i, color in enumerate(("red", "green", "blue")):
             box = _spin(0, 63, i, f"Factor shown in {color}")
+            box.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)  # three share the column's width
             box.valueChanged.connect(lambda _v: self._composite_changed())
             rgb_row.addWidget(box)
             self.rgb.append(box)
@@ -289,10 +302,11 @@ class FactorsWorkspace(Workspace):
         self.info.update_values({"file": path.name, "shape": self.image.shape, "folder": str(self.folder)})
         # small images (the demo mosaic): smaller patches, so there are enough of them
         self.patch_size.setValue(64 if self.min_side() < 1024 else 128)
+        self._restore_parameters(path)
         self.view.set_image(self.image)
         self.canvas.set_rotated(self.rotate.isChecked())  # the turn depends on the image's width
         self.loaded(path)
-        self._regions_changed(save=False)
+        self._regions_changed(save=False, raster=result.get("labels"))
         self._factors_changed()
         if self.clusters is not None:
             self.overlay_kind.setCurrentText("Clusters")
@@ -407,16 +421,18 @@ class FactorsWorkspace(Workspace):
             if int(self.region_list.item(row).data(Qt.ItemDataRole.UserRole)) == label:
                 self.region_list.setCurrentRow(row)
 
-    def _regions_changed(self, save: bool = True) -> None:
-        """After every edit: save atomically, rasterize, refresh the list, overlay and selection."""
+    def _regions_changed(self, save: bool = True, raster: np.ndarray | None = None) -> None:
+        """After every edit: save atomically, rasterize, refresh the list, overlay and selection.
+        ``raster``: the regions already rasterized (by the open job, off the GUI thread)."""
         if self.regions is None:
             return
         if save and self.folder is not None:
             self.regions.save(self.folder)
-        raster = self.regions.rasterize()
-        self.labels = raster if raster.any() else None
-        current = self.current_region()
+        raster = self.regions.rasterize() if raster is None else raster
         counts = np.bincount(raster.ravel(), minlength=self.regions.next_label())
+        self.labels = raster if counts[1:].any() else None
+        self._n_regions = int(np.count_nonzero(counts[1:]))
+        current = self.current_region()
         self.region_list.blockSignals(True)
         self.region_list.clear()
         for region in self.regions.regions:
@@ -457,9 +473,10 @@ class FactorsWorkspace(Workspace):
         labels = self.labels
         if self.overlay_kind.currentText() != OVERLAYS[0] and self.factors is not None:
             if self._outlines is None or self._outlines[0] is not labels:  # computed once per region edit
-                # ~1/600 of the long side: still visible when a whole slice fits the screen
-                self._outlines = (labels, outlines(labels, width=max(1, max(labels.shape) // 600)))
-            self.view.set_labels(self._outlines[1], opacity=0.9, colors=self.region_colors())
+                # ~1/600 of the long side: still visible when a whole slice fits the screen; on the labels as drawn
+                shown, step = labels_for_display(labels)
+                self._outlines = (labels, outlines(shown, width=max(1, max(labels.shape) // 600 // step)), step)
+            self.view.set_labels(self._outlines[1], opacity=0.9, colors=self.region_colors(), step=self._outlines[2])
         else:
             self.view.set_labels(labels, opacity=self.opacity.value() / 100, colors=self.region_colors())
 
@@ -496,10 +513,36 @@ class FactorsWorkspace(Workspace):
                 "model makes them meaningless, so they are deleted once it is trained (a cancelled training keeps "
                 "everything). Your regions are kept.", "Train"):
             return None
+        self._remember_parameters()
         return self._start("Train CNN", workflow.train_job, self.image, self.labels.copy(), self.folder,
                            names=self.regions.names, patch_size=self.patch_size.value(), epochs=self.epochs.value(),
                            patches_per_epoch=self.patches.value(), batch_size=32, pixel_size_um=self.pixel_size_um(),
                            on_result=self._trained)
+
+    def _remember_parameters(self) -> None:
+        """The pipeline's settings for this image, offered again when it is reopened (saved results win)."""
+        self.window.settings.remember("factors_pipeline", self.current_path, {
+            "patch_size": self.patch_size.value(), "epochs": self.epochs.value(), "patches": self.patches.value(),
+            "pixel_size_um": self.pixel_size.value(), "stride": self.stride.value(), "k": self.k.value(),
+            "mask_background": self.mask_background.isChecked()})
+
+    def _restore_parameters(self, path: Path) -> None:
+        """The settings last used on this image, then those its saved model, latents and factors were made with."""
+        values = dict(self.window.settings.remembered("factors_pipeline", path) or {})
+        if self.model is not None:
+            values["patch_size"] = self.model.patch_size
+            values["pixel_size_um"] = self.model.preprocessing.pixel_size_um or values.get("pixel_size_um", 0.0)
+        if self.latents is not None:
+            values["stride"] = self.latents.stride
+            values["pixel_size_um"] = self.latents.grid.pixel_size_um or values.get("pixel_size_um", 0.0)
+        if self.factors is not None:
+            values["k"] = self.factors.k
+        for key, box in (("patch_size", self.patch_size), ("epochs", self.epochs), ("patches", self.patches),
+                         ("pixel_size_um", self.pixel_size), ("stride", self.stride), ("k", self.k)):
+            if isinstance(values.get(key), (int, float)) and not isinstance(values[key], bool):
+                box.setValue(values[key] if isinstance(box, QDoubleSpinBox) else int(values[key]))
+        if isinstance(values.get("mask_background"), bool):
+            self.mask_background.setChecked(values["mask_background"])
 
     def _trained(self, result) -> None:
         self.model = result.model
@@ -514,6 +557,7 @@ class FactorsWorkspace(Workspace):
         if self.model is None:
             self.window.show_status("Train the CNN first.")
             return None
+        self._remember_parameters()
         return self._start("Dense latents", workflow.extract_job, self.model, self.image, self.folder,
                            stride=self.stride.value(), pixel_size_um=self.pixel_size_um(), on_result=self._extracted)
 
@@ -530,14 +574,19 @@ class FactorsWorkspace(Workspace):
         if self.latents is None:
             self.window.show_status("Extract the latents first.")
             return None
-        return self._start("NMF", workflow.nmf_job, self.latents, self.folder, k=self.k.value(), on_result=self._factorized)
+        self._remember_parameters()
+        return self._start("NMF", workflow.nmf_job, self.latents, self.folder, k=self.k.value(),
+                           image=self.image if self.mask_background.isChecked() else None, on_result=self._factorized)
 
     def _factorized(self, factors) -> None:
         self.factors = factors
         self.clusters = None
         self._factors_changed()
+        left_out = getattr(factors, "background_positions", 0)
+        background = (f" {left_out:,} of {int(np.prod(factors.grid_shape)):,} positions were background outside the tissue, "
+                      "left out." if left_out else "")
         self.stage_label.setText(f"NMF: {factors.k} factors, relative error {factors.relative_error:.3f} after {factors.n_iter} "
-                                 f"iterations ({factors.seconds:.1f} s).")
+                                 f"iterations ({factors.seconds:.1f} s).{background}")
         self.progress_bar.setValue(1000)
         if self.selection is not None and self.selection.pairs:
             self.show_factor(self.selection.pairs[0][0])
@@ -665,6 +714,7 @@ class FactorsWorkspace(Workspace):
         if f is None or self.labels is None:
             self.selection = None
             self.scores.set_scores(None, [], [])
+            self.score_note.setText("")
             self.selection_label.setText("Run NMF first." if f is None else "Draw regions to score the factors.")
             return
         try:
@@ -687,6 +737,13 @@ class FactorsWorkspace(Workspace):
         self.scores.set_scores(sel.scores, [self._region_name(v) for v in sel.roi_labels],
                                [(fi, column[region]) for fi, region, _ in sel.pairs])
         self.selection_label.setText("; ".join(f"{self._region_name(region)} → factor {fi}" for fi, region, _ in sel.pairs))
+        note = ("Score = latent positions of the region where the factor is on − λ × positions outside it where it "
+                "is on.")
+        if (sel.scores < 0).all():
+            note += (" Every score is negative: each factor is on at more places outside the region (× λ) than inside "
+                     "it — usual when the regions are small parts of the image. The highest score is still the most "
+                     "region-specific factor; a smaller λ weighs coverage more.")
+        self.score_note.setText(note)
         self.factor_list.set_captions({fi: f"→ {self._region_name(region)}" for fi, region, _ in sel.pairs})
         if self.overlay_kind.currentText() == "Factor heatmap" and self.current_factor is not None:
             self.canvas.hint.setText(f"Factor {self.current_factor}: {self._factor_caption(self.current_factor)}")
@@ -763,7 +820,7 @@ class FactorsWorkspace(Workspace):
     def _refresh_controls(self) -> None:
         has_image = self.image is not None
         running = self.job is not None and self.job.is_running
-        n_regions = len([v for v in np.unique(self.labels) if v > 0]) if self.labels is not None else 0
+        n_regions = self._n_regions
         for button in self.tool_buttons.values():
             button.setEnabled(has_image)
         for button in (self.add_region_button, self.load_labels_button):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pyqtgraph as pg
 from PyQt6.QtCore import QPointF, QRectF, QSize, Qt, pyqtSignal
-from PyQt6.QtGui import QColor, QIcon, QImage, QPixmap, QTransform
+from PyQt6.QtGui import QColor, QFontMetrics, QIcon, QImage, QPixmap, QTransform
 from PyQt6.QtWidgets import QLabel, QListWidget, QListWidgetItem, QVBoxLayout, QWidget
 
 from app.widgets.image_view import ImageView
@@ -86,7 +86,7 @@ class RegionCanvas(QWidget):
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
-        self.view = ImageView()
+        self.view = ImageView(histogram=False)  # the image gets the width; contrast is not what this view is about
         self.mode = "pan"
         self.brush_radius = 20.0
         self.vertices: list[tuple[int, int]] = []
@@ -284,12 +284,17 @@ class ScoreMatrix(pg.GraphicsLayoutWidget):
         self.plot.addItem(self.marks)
         self.scores: np.ndarray | None = None
         self.pairs: list[tuple[int, int]] = []  # (factor, column) of the chosen pairs
+        self.region_names: list[str] = []
+        self.setToolTip("Score of each factor (row) for each region (column): latent positions of the region where the "
+                        "factor is on, minus λ × positions outside it where it is on. Click a row to show that factor.")
         self.scene().sigMouseClicked.connect(self._clicked)
+        self.plot.vb.sigResized.connect(lambda _vb: self._fit_region_labels())
 
     def set_scores(self, scores: np.ndarray | None, region_names: list[str], chosen: list[tuple[int, int]]) -> None:
         self.scores = scores
         self.pairs = chosen
         if scores is None:
+            self.region_names = []
             self.image.clear()
             self.marks.setData([], [])
             for axis in ("bottom", "left"):
@@ -301,11 +306,34 @@ class ScoreMatrix(pg.GraphicsLayoutWidget):
         lo, hi = float(scores.min()), float(scores.max())
         self.image.setImage(scores, levels=(lo, hi if hi > lo else lo + 1))
         self.marks.setData([a + 0.5 for _, a in chosen], [f + 0.5 for f, _ in chosen])
-        short = [_abbreviate(name) for name in region_names]
-        self.plot.getAxis("bottom").setTicks([[(a + 0.5, name) for a, name in enumerate(short)]])
+        self.region_names = list(region_names)
         self.plot.getAxis("left").setTicks([[(f + 0.5, str(f)) for f in range(k)]])
         self.plot.setXRange(0, r, padding=0.02)
         self.plot.setYRange(0, k, padding=0.02)
+        self._fit_region_labels()
+
+    def column_labels(self) -> list[str]:
+        """The region names as the bottom axis shows them."""
+        ticks = self.plot.getAxis("bottom")._tickLevels
+        return [label for _, label in ticks[0]] if ticks else []
+
+    def column_width(self) -> float:
+        """Pixels per region column."""
+        return self.plot.vb.width() / max(len(self.region_names), 1)
+
+    def _fit_region_labels(self) -> None:
+        """Each region's name shortened until it fits its column with a gap: no "striatumthalamus"."""
+        if not self.region_names:
+            return
+        axis = self.plot.getAxis("bottom")
+        metrics = QFontMetrics(axis.style.get("tickFont") or axis.font())
+        room = self.column_width() - 8
+        short = []
+        for a, name in enumerate(self.region_names):
+            fitting = (label for label in [name] + [_abbreviate(name, w) for w in range(len(name) - 1, 2, -1)]
+                       if metrics.horizontalAdvance(label) <= room)
+            short.append(next(fitting, str(a + 1)))  # too narrow for three letters: the column number
+        axis.setTicks([[(a + 0.5, label) for a, label in enumerate(short)]])
 
     def _clicked(self, event) -> None:
         if self.scores is None:

@@ -16,6 +16,7 @@ from PyQt6.QtCore import Qt
 from PyQt6.QtGui import QKeySequence
 from PyQt6.QtWidgets import (
     QButtonGroup,
+    QCheckBox,
     QComboBox,
     QDoubleSpinBox,
     QFileDialog,
@@ -39,8 +40,8 @@ from app.widgets.colormaps import lut
 from app.widgets.mesh_view import MeshView
 from app.workspace import InfoBox, Workspace
 from engine.mesh import active, spines
-from engine.mesh.entries import (MeshEntry, apply_model, compute_entry_hks, evaluate_entries, labels_snapshot,
-                                  locate_points, open_mesh_entry, train_on_entries)
+from engine.mesh.entries import (MeshEntry, apply_model, evaluate_entries, hks_job, labels_snapshot, locate_points,
+                                  open_mesh_entry, train_on_entries)
 from engine.mesh.hks import HKSResult, log_hks
 from engine.errors import InputError
 from engine.mesh.io import HDF5_EXTENSIONS, MESH_EXTENSIONS, is_hdf5_mesh
@@ -53,6 +54,11 @@ LABEL_COLORS = {UNLABELLED: (0.80, 0.81, 0.84, 1.0), 0: (0.23, 0.45, 0.85, 1.0),
 RANGE_MODES = ("1–99 %", "min–max", "manual")
 COLOR_MODES = ("Surface", "HKS", "Hand labels", "File labels", "P(spine)", "Uncertainty")
 UNCLASSIFIED_POINT = (0.15, 0.15, 0.15, 1.0)  # a point shown before any model has classified its mesh
+REGION_TINT = (1.0, 0.84, 0.0, 0.6)  # the uncertain region N visits: yellow, mixed over the coloring
+REGION_VIEW = 3.0  # N frames the region at this many times its extent (the region fills about a third of the view)
+# Units of a mesh file, as the CLI's --scale and --units: choice → (scale, units after it; None: guessed)
+UNIT_CHOICES = {"Guess from extent": (1.0, None), "nm": (1.0, "nm"), "µm": (1.0, "um"), "8 nm voxels": (8.0, "nm"),
+                "Scale ×": (None, None)}
 
 
 class MorphologyWorkspace(Workspace):
@@ -69,13 +75,33 @@ class MorphologyWorkspace(Workspace):
         self._training: Job | None = None  # the running Train job: one at a time
         self.tool_code: int | None = None
         self._region_index = -1
+        self._region: np.ndarray | None = None  # vertices of the uncertain region N framed
         self.report = None  # the last evaluation dialog
 
         self.meshes = QListWidget()
-        self.meshes.setMaximumHeight(90)
+        self.meshes.setMaximumHeight(66)
         self.meshes.currentRowChanged.connect(self._select_entry)
         meshes_box = QGroupBox("Meshes")
-        QVBoxLayout(meshes_box).addWidget(self.meshes)
+        meshes_layout = QVBoxLayout(meshes_box)
+        meshes_layout.addWidget(self.meshes)
+        self.units = QComboBox()
+        self.units.addItems(UNIT_CHOICES)
+        self.units.setToolTip("Units of the file's coordinates (most formats do not say; the guess reads the extent). "
+                              "The hemibrain is in 8 nm voxels; “Scale ×” multiplies the coordinates by any factor first, "
+                              "as the CLI's --scale. Remembered for each file; the mesh is read again.")
+        self.scale = QDoubleSpinBox(minimum=1e-6, maximum=1e6, value=1.0, decimals=4)
+        self.scale.setToolTip("Multiply the coordinates by this, then guess their units from the extent")
+        self.scale.setVisible(False)
+        units_row = QGridLayout()
+        units_row.addWidget(QLabel("Units:"), 0, 0)
+        units_row.addWidget(self.units, 0, 1)
+        units_row.addWidget(self.scale, 0, 2)
+        units_row.setColumnStretch(1, 1)
+        for widget in (self.units, self.scale):
+            widget.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+        meshes_layout.addLayout(units_row)
+        self.units.activated.connect(lambda _i: self._units_picked())
+        self.scale.editingFinished.connect(self._units_changed)
 
         self.info = InfoBox("Mesh", [("file", "File"), ("units", "Units"), ("n_vertices", "Vertices"), ("n_faces", "Faces"),
                                      ("n_components", "Components"), ("surface_area", "Surface area")])
@@ -90,10 +116,20 @@ class MorphologyWorkspace(Workspace):
         self.timescale.setEnabled(False)
         self.timescale.valueChanged.connect(self._timescale_changed)
         self.timescale_label = QLabel("t = —")
-        hks_form.addRow("Method:", self.hks_method)
-        hks_form.addRow(self.compute_button)
-        hks_form.addRow("Timescale:", self.timescale)
-        hks_form.addRow("", self.timescale_label)
+        compute_row = QGridLayout()  # compact rows: Train must stay in view at the default window size
+        compute_row.addWidget(self.hks_method, 0, 0)
+        compute_row.addWidget(self.compute_button, 0, 1)
+        compute_row.setColumnStretch(0, 1)
+        compute_row.setColumnStretch(1, 2)
+        timescale_row = QGridLayout()
+        timescale_row.addWidget(self.timescale, 0, 0)
+        timescale_row.addWidget(self.timescale_label, 0, 1)
+        timescale_row.setColumnStretch(0, 1)
+        timescale_row.setColumnStretch(1, 1)
+        for widget in (self.hks_method, self.compute_button, self.timescale, self.timescale_label):
+            widget.setSizePolicy(QSizePolicy.Policy.Ignored, widget.sizePolicy().verticalPolicy())  # share the width
+        hks_form.addRow("Method:", compute_row)
+        hks_form.addRow("Timescale:", timescale_row)
 
         display = QGroupBox("Display")
         display_form = QFormLayout(display)
@@ -125,11 +161,24 @@ class MorphologyWorkspace(Workspace):
         reset = QPushButton("Reset view")
         reset.clicked.connect(lambda: self.view.reset_view())
         display_form.addRow("Color by:", self.color_by)
-        display_form.addRow("Colormap:", self.cmap)
-        display_form.addRow("Range:", self.range_mode)
+        colormap_row = QGridLayout()
+        colormap_row.addWidget(self.cmap, 0, 0)
+        colormap_row.addWidget(self.range_mode, 0, 1)
+        for widget in (self.cmap, self.range_mode):
+            widget.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)  # share the column's width
+        display_form.addRow("Colormap:", colormap_row)
         display_form.addRow("", self.range_limits)
         display_form.addRow(self.colorbar)
-        display_form.addRow(reset)
+        self.labels_on_top = QCheckBox("Hand labels on top")
+        self.labels_on_top.setChecked(True)
+        self.labels_on_top.setToolTip("Draw the painted labels over any coloring (P(spine), uncertainty, HKS…), so a "
+                                      "correction shows where it was made")
+        self.labels_on_top.toggled.connect(lambda _on: self.recolor())
+        reset.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+        overlay_row = QGridLayout()
+        overlay_row.addWidget(self.labels_on_top, 0, 0)
+        overlay_row.addWidget(reset, 0, 1)
+        display_form.addRow(overlay_row)
 
         labels_box = QGroupBox("Labels")
         labels_layout = QVBoxLayout(labels_box)
@@ -142,7 +191,7 @@ class MorphologyWorkspace(Workspace):
             button.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextOnly)
             button.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)  # share the column's width
             self.tool_buttons.addButton(button, i)
-            tools.addWidget(button, i // 2, i % 2)
+            tools.addWidget(button, i // 3, i % 3)
             self.registry.add(f"{name} brush" if code is not None and code >= 0 else name,
                               lambda i=i: self.select_tool(i), key, group="Labels")
         self.registry.add("Back to navigate", lambda: self.select_tool(0), "Esc", group="Labels", hint=False)
@@ -171,9 +220,11 @@ class MorphologyWorkspace(Workspace):
         self.registry.bind("Undo", self.undo_button)
         self.registry.bind("Redo", self.redo_button)
         self.import_button.clicked.connect(self.import_file_labels)
+        for button in (self.undo_button, self.redo_button, self.import_button):
+            button.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
         undo_row.addWidget(self.undo_button, 0, 0)
         undo_row.addWidget(self.redo_button, 0, 1)
-        undo_row.addWidget(self.import_button, 1, 0, 1, 2)
+        undo_row.addWidget(self.import_button, 0, 2, 1, 2)
         labels_layout.addLayout(undo_row)
 
         classifier = QGroupBox("Spine classifier")
@@ -217,6 +268,8 @@ class MorphologyWorkspace(Workspace):
         self.model_status = QLabel("No model yet.")
         self.model_status.setWordWrap(True)
         model_row = QGridLayout()
+        for button in (self.apply_button, self.evaluate_button, self.save_model_button, self.load_model_button):
+            button.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)  # share the column's width
         model_row.addWidget(self.train_button, 0, 0, 1, 2)
         model_row.addWidget(self.next_button, 1, 0, 1, 2)
         model_row.addWidget(self.apply_button, 2, 0)
@@ -231,7 +284,8 @@ class MorphologyWorkspace(Workspace):
         self.view = MeshView()
         self.view.stroke_started.connect(self._stroke_started)
         self.view.stroke_moved.connect(self._stroke_moved)
-        self.assemble([meshes_box, self.info, hks_box, display, labels_box, classifier], self.view, "No mesh open",
+        # the loop's controls first, the mesh's numbers last: Train is in view at the default window size
+        self.assemble([meshes_box, hks_box, display, labels_box, classifier, self.info], self.view, "No mesh open",
                       "Open a neuron surface mesh (PLY, OBJ, OFF, STL, GLB, MeshParty HDF5) to view it in 3D.\n"
                       "Drag to rotate, scroll to zoom, Shift-drag to pan.", "Open mesh…")
         self._refresh_controls()
@@ -243,8 +297,51 @@ class MorphologyWorkspace(Workspace):
         return super().can_open(path)
 
     def open_file(self, path: Path) -> Job:
-        return self.window.run_job(f"Open {path.name}", open_mesh_entry, path, self.feature_kind.currentText(),
+        scale, units = self._units_of(path)
+        return self.window.run_job(f"Open {path.name}", open_mesh_entry, path, self.feature_kind.currentText(), scale, units,
                                    on_result=self._add_entry)
+
+    def _units_of(self, path: Path) -> tuple[float, str | None]:
+        """(scale, units) remembered for ``path`` (the guess when none or unreadable)."""
+        stored = self.window.settings.remembered("mesh_units", path) or {}
+        scale, units = stored.get("scale", 1.0), stored.get("units")
+        if not isinstance(scale, (int, float)) or not scale > 0 or units not in (None, "nm", "um"):
+            return 1.0, None
+        return float(scale), units
+
+    def _units_picked(self) -> None:
+        if self.units.currentText() == "Scale ×":  # the factor is typed next: read the mesh once it is
+            self.scale.setVisible(True)
+            self.scale.setFocus()
+            self.scale.selectAll()
+        else:
+            self._units_changed()
+
+    def _units_changed(self) -> None:
+        """A units choice for the shown mesh: remembered for its file, and the mesh read again in those units."""
+        choice = self.units.currentText()
+        self.scale.setVisible(choice == "Scale ×")
+        entry = self.entry
+        if entry is None:
+            return
+        scale, units = UNIT_CHOICES[choice]
+        scale = self.scale.value() if scale is None else scale
+        if (scale, units) == self._units_of(entry.path) and entry.scale == scale:
+            return
+        self.window.settings.remember("mesh_units", entry.path, {"scale": scale, "units": units})
+        self.open_file(entry.path)
+
+    def _show_units(self, entry: MeshEntry) -> None:
+        """The units control as ``entry`` was opened."""
+        scale, units = self._units_of(entry.path)
+        choice = next((k for k, v in UNIT_CHOICES.items() if v == (scale, units)), "Scale ×")
+        for widget in (self.units, self.scale):
+            widget.blockSignals(True)
+        self.units.setCurrentText(choice)
+        self.scale.setValue(scale)
+        self.scale.setVisible(choice == "Scale ×")
+        for widget in (self.units, self.scale):
+            widget.blockSignals(False)
 
     def _add_entry(self, entry: MeshEntry) -> None:
         for i, existing in enumerate(self.entries):  # reopening replaces
@@ -263,9 +360,13 @@ class MorphologyWorkspace(Workspace):
         entry = self.entry = self.entries[row]
         diagonal = float(np.linalg.norm(entry.mesh.vertices.max(axis=0) - entry.mesh.vertices.min(axis=0)))
         self.brush.setValue(round(diagonal * 0.01, 6))
-        self.info.update_values({**entry.summary, "file": entry.path.name})
-        self.view.set_mesh(entry.mesh.vertices, entry.mesh.faces, entry.picker)
+        units = entry.summary.get("units", entry.mesh.units)
+        self.info.update_values({**entry.summary, "file": entry.path.name,
+                                 "units": f"{units} (×{entry.scale:g})" if entry.scale != 1 else units})
+        self._show_units(entry)
+        self.view.set_mesh(entry.mesh.vertices, entry.mesh.faces, entry.picker)  # no ring, no highlight
         self._region_index = -1
+        self._region = None
         mode = "P(spine)" if entry.proba is not None else "HKS" if entry.hks is not None else \
             "File labels" if entry.file_labels is not None else "Hand labels"
         self._setup_timescale()
@@ -282,7 +383,8 @@ class MorphologyWorkspace(Workspace):
             return None
         self.compute_button.setEnabled(False)
 
-        def done(result: HKSResult) -> None:
+        def done(out: tuple[HKSResult, np.ndarray]) -> None:
+            result, entry.log_hks = out
             entry.hks = result
             if entry is self.entry:
                 self._setup_timescale()
@@ -291,7 +393,7 @@ class MorphologyWorkspace(Workspace):
             self.window.show_status(f"HKS of {entry.path.name}: {result.hks.shape[1]} timescales by {result.method} "
                                     f"in {result.info.get('seconds', 0):.1f} s")
 
-        job = self.window.run_job(f"HKS of {entry.path.name}", compute_entry_hks, entry, self.hks_method.currentText(),
+        job = self.window.run_job(f"HKS of {entry.path.name}", hks_job, entry, self.hks_method.currentText(),
                                   on_result=done)
         job.ended.connect(lambda _: self._refresh_controls())
         return job
@@ -304,7 +406,9 @@ class MorphologyWorkspace(Workspace):
             self.timescale.setRange(0, len(hks.timescales) - 1)
             self.timescale.setValue(len(hks.timescales) // 2)
             self.timescale.blockSignals(False)
-            self._log_hks = np.asfortranarray(log_hks(hks.hks), dtype=np.float32)  # a timescale is one contiguous column
+            if self.entry.log_hks is None or self.entry.log_hks.shape != hks.hks.shape:  # (the HKS job computes it)
+                self.entry.log_hks = np.asfortranarray(log_hks(hks.hks), dtype=np.float32)  # a timescale: one column
+            self._log_hks = self.entry.log_hks
         self._update_timescale_label()
 
     def _update_timescale_label(self) -> None:
@@ -327,6 +431,7 @@ class MorphologyWorkspace(Workspace):
         if entry is None:
             return
         mode = self.color_by.currentText()
+        self.view.set_overlay(self._overlay(mode), compose=False)  # drawn by the coloring below
         self.cmap.setEnabled(mode == "HKS")  # the other modes have fixed, meaningful colormaps and ranges
         self.range_mode.setEnabled(mode == "HKS")
         table = title = None
@@ -349,6 +454,23 @@ class MorphologyWorkspace(Workspace):
         else:
             self.view.set_scalar(None)
         self.colorbar.set_colormap(table, lo, hi, title or "")
+
+    def _overlay(self, mode: str | None = None) -> np.ndarray | None:
+        """What is drawn over the coloring: the uncertain region N framed (tinted), and the hand labels on top."""
+        entry = self.entry
+        mode = mode or self.color_by.currentText()
+        labels = entry.editor.labels
+        painted = self.labels_on_top.isChecked() and mode != "Hand labels" and (labels >= 0).any()
+        if not painted and self._region is None:
+            return None
+        overlay = np.zeros((len(labels), 4), dtype=np.float32)
+        if self._region is not None:
+            overlay[self._region] = REGION_TINT
+        if painted:
+            table = np.array([LABEL_COLORS[0], LABEL_COLORS[1], LABEL_COLORS[2]], dtype=np.float32)
+            done = np.flatnonzero(labels >= 0)
+            overlay[done] = table[labels[done].astype(np.int64)]
+        return overlay
 
     def _hks_range(self, values: np.ndarray) -> tuple[float, float] | None:
         """The color limits the Range control asks for (None: the view's 1–99 % percentiles)."""
@@ -426,6 +548,8 @@ class MorphologyWorkspace(Workspace):
     def _labels_changed(self) -> None:
         if self.color_by.currentText() == "Hand labels":
             self._paint_labels(self.entry.editor.labels)
+        else:  # the labels drawn over the coloring
+            self.view.set_overlay(self._overlay())
         self._refresh_controls()
 
     # -- classifier ----------------------------------------------------------------------
@@ -440,9 +564,10 @@ class MorphologyWorkspace(Workspace):
                 if id(entry) in result["probas"]:
                     entry.proba = result["probas"][id(entry)]
                     entry.regions = []
-            self._region_index = -1
-            self.model_status.setText(f"Trained on {result['n_labelled']:,} labelled vertices. "
-                                      "Press N to visit the most uncertain unlabelled region.")
+            self._region_index, self._region = -1, None
+            message = self._training_summary(result)
+            self.model_status.setText(message + " Press N to visit the most uncertain unlabelled region.")
+            self.window.show_status(message, 15000)
             self.color_by.setCurrentText("P(spine)")
             self.recolor()
             self._show_points()
@@ -454,6 +579,26 @@ class MorphologyWorkspace(Workspace):
         self._refresh_controls()
         return job
 
+    def _training_summary(self, result: dict) -> str:
+        """What training learned from and what it now predicts; where the file has labels, the accuracy of the
+        prediction on the vertices not painted by hand (labels the model never saw)."""
+        n = result["counts"]
+        names = {0: "shaft", 1: "spine", 2: "soma"}
+        learned = ", ".join(f"{names.get(c, c)} {k:,}" for c, k in sorted(n.items()))
+        text = f"Trained on {result['n_labelled']:,} labelled vertices ({learned})."
+        entry = self.entry
+        proba = result["probas"].get(id(entry)) if entry is not None else None
+        if proba is not None:
+            predicted = np.asarray(self.model.classes_)[np.argmax(proba, axis=1)]
+            text += f" This mesh: {np.mean(predicted == 1):.0%} of vertices predicted spine"
+            truth = entry.file_labels
+            unseen = np.flatnonzero((entry.editor.labels < 0) & (truth >= 0)) if truth is not None else np.zeros(0, int)
+            if len(unseen):
+                text += (f"; {np.mean(predicted[unseen] == truth[unseen]):.1%} agree with the file labels on the "
+                         f"{len(unseen):,} vertices not painted")
+            text += "."
+        return text
+
     def _training_ended(self, _job: Job) -> None:
         self._training = None
         self._refresh_controls()
@@ -462,7 +607,7 @@ class MorphologyWorkspace(Workspace):
         """Store HKS results a job computed (GUI thread only)."""
         for entry in self.entries:
             if id(entry) in new_hks:
-                entry.hks = new_hks[id(entry)]
+                entry.hks, entry.log_hks = new_hks[id(entry)], None
         if self.entry is not None and id(self.entry) in new_hks:
             self._setup_timescale()
 
@@ -476,7 +621,7 @@ class MorphologyWorkspace(Workspace):
             self._take_hks(result["hks"])
             for entry in entries:
                 entry.proba, entry.regions = result["probas"][id(entry)], []
-            self._region_index = -1
+            self._region_index, self._region = -1, None
             self.model_status.setText(f"Model applied to {len(entries)} mesh{'es' if len(entries) != 1 else ''}.")
             self.color_by.setCurrentText("P(spine)")
             self.recolor()
@@ -539,7 +684,7 @@ class MorphologyWorkspace(Workspace):
         for entry in self.entries:
             spec = spines.FeatureSpec.default(entry.mesh.units, kind=kind)
             if entry.hks is not None and not np.allclose(entry.hks.timescales, spec.timescales, rtol=1e-4):
-                entry.hks, dropped = None, dropped + 1
+                entry.hks, entry.log_hks, dropped = None, None, dropped + 1
             entry.spec = spec
         if self.entry is not None:
             self._setup_timescale()
@@ -611,9 +756,11 @@ class MorphologyWorkspace(Workspace):
         self._region_index = (self._region_index + 1) % len(entry.regions)
         region = entry.regions[self._region_index]
         extent = np.ptp(entry.mesh.vertices[region.vertices], axis=0).max() if len(region.vertices) > 1 else self.brush.value()
-        self.view.focus_on(region.center, max(extent * 8, self.brush.value() * 20))
+        self.view.focus_on(region.center, max(extent * REGION_VIEW, self.brush.value() * 4))
+        self._region = np.asarray(region.vertices)
         if self.color_by.currentText() not in ("P(spine)", "Uncertainty", "Hand labels"):
             self.color_by.setCurrentText("P(spine)")
+        self.recolor()  # the region tinted over the coloring
         self.window.show_status(f"Uncertain region {self._region_index + 1} of {len(entry.regions)}: "
                                 f"{len(region.vertices):,} vertices, score {region.score:.2f}")
 

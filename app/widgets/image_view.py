@@ -19,12 +19,29 @@ LABEL_COLORS = np.array([
 ], dtype=np.ubyte)
 
 
+# Above this many pixels the image is drawn from every 2nd, 4th… pixel when zoomed out, switched as the zoom
+# changes: pyqtgraph's own downsampling averages the whole image on every zoom (0.2–0.8 s for a slice of 8 Mpx).
+DETAIL_PIXELS = 4_000_000
+LABELS_MAX_SIDE = 2048  # a label overlay is drawn at most this many pixels per side (regions are large and smooth)
+
+
+def labels_for_display(labels: np.ndarray) -> tuple[np.ndarray, int]:
+    """(labels sampled every ``step`` pixels at the centre of each step × step block, step) so that the long
+    side is at most LABELS_MAX_SIDE: colouring and drawing an 8-Mpixel slice's overlay cost seconds, 1/9 of
+    it a fraction of a second, and a region border moves by less than a block."""
+    step = max(1, -(-max(labels.shape[:2]) // LABELS_MAX_SIDE))
+    if step == 1:
+        return labels, 1
+    return labels[step // 2::step, step // 2::step], step
+
+
 class ImageView(QWidget):
     clicked = pyqtSignal(int, int)  # row, column of a left click on the image
     double_clicked = pyqtSignal(int, int)  # row, column of a left double click (after its clicked)
     hovered = pyqtSignal(int, int)  # row, column under the mouse (-1, -1 off the image)
 
-    def __init__(self, parent: QWidget | None = None):
+    def __init__(self, parent: QWidget | None = None, histogram: bool = True):
+        """``histogram``: a histogram with contrast levels beside the image (off where contrast is not the point)."""
         super().__init__(parent)
         self.graphics = pg.GraphicsLayoutWidget()
         self.viewbox = self.graphics.addViewBox(lockAspect=True, invertY=True)
@@ -37,13 +54,19 @@ class ImageView(QWidget):
         self.viewbox.addItem(self.image)
         self.viewbox.addItem(self.heatmap)
         self.viewbox.addItem(self.overlay)
-        self.histogram = pg.HistogramLUTWidget(image=self.image)
-        self.histogram.setFixedWidth(110)
         layout = QHBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.graphics, 1)
-        layout.addWidget(self.histogram)
+        self.histogram = None
+        if histogram:
+            self.histogram = pg.HistogramLUTWidget(image=self.image)
+            self.histogram.setFixedWidth(110)
+            layout.addWidget(self.histogram)
         self.image.mouseClickEvent = self._on_click
+        self._full: np.ndarray | None = None  # a large image, shown every ``self._step``-th pixel
+        self._step = 0
+        self._levels = (0.0, 1.0)
+        self.viewbox.sigRangeChanged.connect(lambda *_: self._show_detail())
         self.graphics.scene().sigMouseMoved.connect(self._mouse_moved)
         self.shape: tuple[int, int] | None = None
 
@@ -53,20 +76,50 @@ class ImageView(QWidget):
             finite = image[np.isfinite(image)] if image.dtype.kind == "f" else image
             sample = finite.ravel()[:: max(1, finite.size // 1_000_000)]
             levels = (float(np.percentile(sample, 0.5)), float(np.percentile(sample, 99.8))) if sample.size else (0.0, 1.0)
-        self.image.setImage(image, levels=levels, autoLevels=False)
-        self.histogram.setLevels(*levels)
+        if image.shape[0] * image.shape[1] > DETAIL_PIXELS:
+            self._full, self._step, self._levels = image, 0, levels
+            self.image.setAutoDownsample(False)
+            self._show_detail()
+        else:
+            self._full = None
+            self.image.setAutoDownsample(True)
+            self.image.setImage(image, levels=levels, autoLevels=False)
+            self.image.setRect(QRectF(0, 0, image.shape[1], image.shape[0]))
+        if self.histogram is not None:
+            self.histogram.setLevels(*levels)
         if autorange or self.shape != image.shape[:2]:
             self.viewbox.autoRange(padding=0.01)
         self.shape = image.shape[:2]
 
-    def set_labels(self, labels: np.ndarray | None, opacity: float | None = None, colors: np.ndarray | None = None) -> None:
-        """Colour each label value (0 transparent); ``colors`` an optional (n, 4) uint8 table indexed by label."""
+    def _show_detail(self) -> None:
+        """A large image at the detail the zoom shows: every step-th pixel, step the power of two ≤ the image
+        pixels per screen pixel (at most 16); drawn again only when the step changes."""
+        if self._full is None:
+            return
+        per_screen = min(self.viewbox.viewPixelSize()) if self.viewbox.width() > 0 else 16.0
+        step = int(2 ** np.clip(np.floor(np.log2(max(per_screen, 1.0))), 0, 4))
+        if step == self._step:
+            return
+        self._step = step
+        rows, cols = self._full.shape[:2]
+        self.image.setImage(self._full[::step, ::step], levels=self._levels, autoLevels=False)
+        self.image.setRect(QRectF(0, 0, -(-cols // step) * step, -(-rows // step) * step))
+
+    def set_labels(self, labels: np.ndarray | None, opacity: float | None = None, colors: np.ndarray | None = None,
+                   step: int | None = None) -> None:
+        """Colour each label value (0 transparent); ``colors`` an optional (n, 4) uint8 table indexed by label.
+        ``step``: ``labels`` is already sampled every ``step`` image pixels (:func:`labels_for_display`);
+        None: a full-size map, sampled here when large."""
         if labels is None:
             self.overlay.clear()
             return
+        if step is None:
+            labels, step = labels_for_display(np.asarray(labels))
         table = LABEL_COLORS if colors is None else np.asarray(colors, dtype=np.ubyte)
         # levels: auto-downsampling averages the colours into floats, which need explicit levels
         self.overlay.setImage(table[np.asarray(labels) % len(table)], autoLevels=False, levels=(0, 255))
+        rows, cols = labels.shape[:2]
+        self.overlay.setRect(QRectF(0, 0, cols * step, rows * step))
         if opacity is not None:
             self.overlay.setOpacity(opacity)
 

@@ -16,6 +16,7 @@ from PyQt6.QtCore import Qt, pyqtSignal  # noqa: E402
 from PyQt6.QtWidgets import QVBoxLayout, QWidget  # noqa: E402
 from vispy import scene  # noqa: E402
 
+from app.widgets.colormaps import lut, map_values  # noqa: E402
 from app.widgets.mesh_visual import IndexedMesh  # noqa: E402
 from engine.mesh.picking import Picker  # noqa: E402
 
@@ -51,6 +52,10 @@ class MeshView(QWidget):
         self.center = np.zeros(3)
         self.picker: Picker | None = None
         self._auto_clim: tuple[float, float] | None = None  # percentile range of the values shown
+        # Colors drawn over any coloring where their alpha > 0 (hand labels, a highlighted region), mixed by
+        # alpha; with one, the view composes on the CPU and uploads RGBA (else scalars go through the colormap)
+        self.overlay: np.ndarray | None = None
+        self._coloring: tuple = ("base",)  # what set_scalar / set_vertex_colors asked for last, to recompose
         self.paint_mode = False
         self._painting = False
         self._space_held = False
@@ -66,6 +71,8 @@ class MeshView(QWidget):
 
         ``picker`` (built on ``vertices`` in a background job for big meshes) enables vertex picking.
         """
+        self.overlay, self._coloring = None, ("base",)
+        self.show_cursor(None)  # a ring on the previous mesh means nothing here
         # Center for float32 precision on the GPU (nm coordinates are large numbers).
         self.center = vertices.mean(axis=0) if len(vertices) else np.zeros(3)
         self.vertices = np.ascontiguousarray(vertices - self.center, dtype=np.float32)
@@ -89,16 +96,21 @@ class MeshView(QWidget):
         Setting the same values again (a colormap or range change) uploads nothing but uniforms.
         """
         if values is None:
+            self._coloring = ("base",)
             if self.mesh is not None:
-                self.mesh.set_base_color()
+                if self.overlay is not None:
+                    self._compose()
+                else:
+                    self.mesh.set_base_color()
                 self.canvas.update()
             return (0.0, 1.0)
         # One contiguous copy: the HKS slider passes a column of a (vertices × timescales) array,
         # strided, so every pass over it reads a cache line per value.
         values = np.array(values, dtype=np.float32)
+        shown = self._coloring[1] if self._coloring[0] == "scalar" else None
+        if shown is None or not np.array_equal(values, shown):
+            self._auto_clim = None  # the range belongs to the values it was measured on
         unchanged = self.mesh is not None and self.mesh.values is not None and np.array_equal(values, self.mesh.values)
-        if not unchanged:
-            self._auto_clim = None
         if clim is None:
             if self._auto_clim is None:
                 # Percentiles of an evenly strided sample: within ~0.05 percentile points of the
@@ -107,7 +119,11 @@ class MeshView(QWidget):
                 sample = sample[np.isfinite(sample)]
                 self._auto_clim = tuple(float(q) for q in np.percentile(sample, [1, 99])) if sample.size else (0.0, 1.0)
             clim = self._auto_clim
-        if self.mesh is not None:
+        self._coloring = ("scalar", values, cmap, clim)
+        if self.mesh is not None and self.overlay is not None:
+            self._compose()
+            self.canvas.update()
+        elif self.mesh is not None:
             if unchanged:
                 self.mesh.show_values()
             else:
@@ -118,10 +134,54 @@ class MeshView(QWidget):
 
     def set_vertex_colors(self, colors: np.ndarray) -> None:
         """One RGBA (0–1) per vertex, e.g. a label overlay (alpha is ignored: the mesh is opaque)."""
+        self._coloring = ("colors", np.asarray(colors, dtype=np.float32))
         if self.mesh is None:
             return
-        self.mesh.set_colors(colors)
+        if self.overlay is not None:
+            self._compose()
+        else:
+            self.mesh.set_colors(colors)
         self.canvas.update()
+
+    def set_overlay(self, colors: np.ndarray | None, compose: bool = True) -> None:
+        """RGBA (0–1) per vertex drawn over the coloring where alpha > 0, mixed by alpha (1: only the overlay);
+        None, or an all-transparent array, removes it. Kept until replaced or another mesh is shown.
+        ``compose=False``: only remember it, for a coloring call that follows (one upload, not two)."""
+        colors = None if colors is None else np.asarray(colors, dtype=np.float32)
+        if colors is not None and not (colors[:, 3] > 0).any():
+            colors = None
+        if colors is None and self.overlay is None:
+            return
+        self.overlay = colors
+        if self.mesh is None or not compose:
+            return
+        kind = self._coloring[0]
+        if colors is not None:
+            self._compose()
+        elif kind == "scalar":  # back to the colormap on the GPU
+            _, values, cmap, clim = self._coloring
+            self.mesh.set_values(values)
+            self.mesh.set_colormap(cmap, clim)
+        elif kind == "colors":
+            self.mesh.set_colors(self._coloring[1])
+        else:
+            self.mesh.set_base_color()
+        self.canvas.update()
+
+    def _compose(self) -> None:
+        """The last coloring with the overlay mixed over it, uploaded as RGBA."""
+        kind = self._coloring[0]
+        if kind == "scalar":
+            _, values, cmap, clim = self._coloring
+            under = map_values(values, lut(cmap), *clim)
+        elif kind == "colors":
+            under = self._coloring[1]
+        else:
+            under = np.broadcast_to(np.asarray(BASE_COLOR, np.float32), (len(self.vertices), 4))
+        alpha = self.overlay[:, 3:4]
+        colors = under * (1 - alpha) + self.overlay * alpha
+        colors[:, 3] = 1.0
+        self.mesh.set_colors(colors)
 
     def set_points(self, points: np.ndarray | None, colors: np.ndarray | None = None, size: float = 11) -> None:
         """Markers at ``points`` (k × 3, mesh coordinates), one RGBA each (0–1); None hides them."""

@@ -45,6 +45,8 @@ from engine.undo import History
 PHY_SUFFIX = "_phy"
 PROBE_NAMES = ("{stem}.probe.json", "{stem}_probe.json", "{stem}.prb.json", "probe.json", "chanMap.mat", "chanMap.json")
 MAX_UNDO = 200
+NOISE_CHUNKS = 16  # noise_uv: random short windows, as SpikeInterface's get_noise_levels reads
+NOISE_CHUNK_S = 0.05
 TILE_SECONDS = 0.25  # trace panel: filtered tiles; a scroll refilters only the ones it uncovers
 TRACE_CACHE_BYTES = 256 * 2**20  # filtered tiles kept (a 2 s window of 384 channels is 92 MB)
 VIEW_FILE = ".neurowb_view.json"  # the workspace's last view of a Phy folder, beside Phy's own .phy/ cache
@@ -167,8 +169,11 @@ def open_recording_job(path: Path, params: RecordingParams | None, save_sidecar:
     probe = find_probe(path)
     if probe is None and isinstance(recording, ExtractorRecording) and recording.probe() is not None:
         probe = recording.target  # the .meta / settings: the file that states the geometry
-    return {"recording": recording, "probe": probe, "phy_folder": folder if is_phy_folder(folder) else None,
-            "note": getattr(recording, "note", "")}
+    source = TraceSource(recording)
+    for kind in ("preprocessed", "raw"):  # the trace spacing's default, measured here off the GUI thread
+        source.noise_uv(kind)
+    return {"recording": recording, "source": source, "probe": probe,
+            "phy_folder": folder if is_phy_folder(folder) else None, "note": getattr(recording, "note", "")}
 
 
 def sort_job(raw_path: str | os.PathLike, params: RecordingParams, probe_path: str | os.PathLike | None,
@@ -220,6 +225,17 @@ def sort_job(raw_path: str | os.PathLike, params: RecordingParams, probe_path: s
     return out
 
 
+def waveforms_job(curation: "Curation", source: "TraceSource | None", clusters: list[int], n_spikes: int = 40,
+                  progress=None) -> dict[int, dict]:
+    """Job body: :meth:`Curation.waveforms` of each of ``clusters`` (the window's per-selection read, off its thread)."""
+    progress = as_progress(progress)
+    out = {}
+    for cid in clusters:
+        progress.check()
+        out[int(cid)] = curation.waveforms(source, int(cid), n_spikes=n_spikes)
+    return out
+
+
 def open_phy_job(folder: str | os.PathLike, progress=None) -> dict:
     """Job body: load a Phy folder (or its params.py) for curation, with its raw recording and metrics."""
     progress = as_progress(progress)
@@ -236,6 +252,9 @@ def open_phy_job(folder: str | os.PathLike, progress=None) -> dict:
             progress.report(i / max(len(ids), 1), "unit metrics")
         curation.row(int(cid))
     source = TraceSource(recording, curation.phy) if recording is not None else None
+    if source is not None:
+        for kind in ("preprocessed", "raw"):  # the trace spacing's default, measured here off the GUI thread
+            source.noise_uv(kind)
     return {"curation": curation, "recording": recording, "source": source, "note": note, "folder": folder}
 
 
@@ -286,6 +305,7 @@ class TraceSource:
         self._tiles: OrderedDict[int, np.ndarray] = OrderedDict()
         self._cached_bytes = 0
         self._lock = threading.Lock()
+        self._noise: dict[str, np.ndarray] = {}
 
     @property
     def n_channels(self) -> int:
@@ -308,6 +328,21 @@ class TraceSource:
     def preprocessed(self, start: int, stop: int) -> np.ndarray:
         """One block filtered with its own margins (short reads: spike waveforms), every display channel."""
         return self.preprocessor.read(self.recording, start, stop, whiten=False, float32=True)
+
+    def noise_uv(self, kind: str = "preprocessed") -> np.ndarray:
+        """Robust noise SD (MAD / 0.6745, µV) of each display channel of ``kind`` ('preprocessed' or 'raw'),
+        from :data:`NOISE_CHUNKS` windows of :data:`NOISE_CHUNK_S` spread at fixed random places (seeded:
+        the same every time). Computed once per kind (the open jobs fill it off the GUI thread)."""
+        from engine.ephys.preprocess import robust_sd
+
+        if kind not in self._noise:
+            n = self.recording.n_samples
+            length = max(min(int(NOISE_CHUNK_S * self.recording.sample_rate), n), 1)
+            starts = np.random.default_rng(0).integers(0, max(n - length, 0) + 1, NOISE_CHUNKS)
+            read = self.raw if kind == "raw" else self.preprocessed
+            blocks = [read(int(a), int(a) + length) for a in np.sort(starts)]
+            self._noise[kind] = robust_sd(np.concatenate(blocks), axis=0).astype(np.float64)
+        return self._noise[kind]
 
     # -- the tile cache ------------------------------------------------------------------------
     def tile_range(self, start: int, stop: int) -> range:

@@ -119,6 +119,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tol", type=nonnegative_float, default=1e-4,
                    help="stop when the relative error falls by less than TOL × its starting value per iteration, on "
                         "average over the last 10 iterations (default 1e-4; 0 runs all --max-iter iterations)")
+    p.add_argument("--image", metavar="IMAGE", help="the image the latents come from: its dark background outside the tissue "
+                   "is left out of the fit (codes zero there), as the window does by default")
     p.add_argument("--device", default=argparse.SUPPRESS, help=device_help)
     p.set_defaults(run=_run_nmf)
 
@@ -266,13 +268,22 @@ def _run_extract(args: argparse.Namespace) -> int:
 
 def _run_nmf(args: argparse.Namespace) -> int:
     from engine.cli import progress_bar
-    from engine.factors.nmf import nmf
+    from engine.factors.io import load_image
+    from engine.factors.tissue import masked_nmf, tissue_mask
 
     _require_suffix(args.output, (".npz",), "factors file (-o)")
     latents = load_latents(args.latents)
+    keep = None
+    if args.image:
+        image = np.asarray(load_image(args.image))
+        if tuple(image.shape[:2]) != tuple(latents.grid.image_shape):
+            raise InputError(f"--image is {image.shape[0]}×{image.shape[1]}, the latents come from a "
+                             f"{latents.grid.image_shape[0]}×{latents.grid.image_shape[1]} image: give that one.")
+        keep = latents.grid.sample(tissue_mask(image)).astype(bool)
+        print(f"background: {int((~keep).sum()):,} of {keep.size:,} positions outside the tissue, left out", file=sys.stderr)
     with progress_bar("NMF") as progress:
-        result = nmf(latents.values, args.k, max_iter=args.max_iter, tol=args.tol, device=getattr(args, "device", None),
-                     progress=progress)
+        result = masked_nmf(latents.values, args.k, keep, max_iter=args.max_iter, tol=args.tol,
+                            device=getattr(args, "device", None), progress=progress)
     save_factors(args.output, Factors.from_nmf(result, latents.grid, latents_id=latents.id))
     state = "converged" if result.converged else "stopped at --max-iter"
     print(f"NMF k={args.k}: relative error {result.final_error:.4f} after {result.n_iter} iterations ({state}), "

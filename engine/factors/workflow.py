@@ -198,16 +198,22 @@ def extract_job(model: PatchModel, image: np.ndarray, folder: str | os.PathLike,
     return latents
 
 
-def nmf_job(latents: Latents, folder: str | os.PathLike, *, k: int = 15, device=None,
+def nmf_job(latents: Latents, folder: str | os.PathLike, *, k: int = 15, image: np.ndarray | None = None, device=None,
             progress: Progress | None = None) -> Factors:
-    """NMF (HALS, NNDSVD start) of the latents with ``k`` factors, saved as factors.npz."""
-    from engine.factors.nmf import nmf
+    """NMF (HALS, NNDSVD start) of the latents with ``k`` factors, saved as factors.npz.
 
-    fit = nmf(latents.values, k, device=device, progress=progress)
+    ``image`` (the image the latents were extracted from): its background outside the tissue
+    (:func:`engine.factors.tissue.tissue_mask`) is left out of the fit, its codes zero; the number of
+    positions left out is ``factors.background_positions``."""
+    from engine.factors.tissue import masked_nmf, tissue_mask
+
+    keep = latents.grid.sample(tissue_mask(image)).astype(bool) if image is not None else None
+    fit = masked_nmf(latents.values, k, keep, device=device, progress=progress)
     as_progress(progress).check()
     factors = Factors.from_nmf(fit, latents.grid, latents_id=latents.id)
     files.save_factors(Path(folder) / FACTORS_FILE, factors)
     invalidate(folder, "factors")
+    factors.background_positions = 0 if keep is None else int((~keep).sum())
     return factors
 
 
@@ -419,5 +425,7 @@ def open_project_job(path: str | os.PathLike, device=None, progress: Progress | 
                 project.problems.append(f"Label map '{label_file.name}' not used: {exc.message}")
     if project.regions is None:
         project.regions = RegionSet(tuple(image.shape))
+    progress.report(0.9, "drawing the regions")
+    labels = project.regions.rasterize()  # here, not on the GUI thread (seconds on a whole slice)
     progress.report(1.0, "done")
-    return {"image": image, "project": project}
+    return {"image": image, "project": project, "labels": labels}

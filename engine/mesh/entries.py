@@ -16,8 +16,8 @@ import numpy as np
 
 from engine.errors import InputError
 from engine.mesh import active, spines
-from engine.mesh.hks import HKSResult, compute_hks, read_points
-from engine.mesh.io import Mesh, find_vertex_label_file, load_mesh, mesh_summary
+from engine.mesh.hks import HKSResult, compute_hks, log_hks, read_points
+from engine.mesh.io import Mesh, find_vertex_label_file, guess_units, load_mesh, mesh_summary
 from engine.mesh.labels import LabelEditor
 from engine.mesh.picking import Picker
 
@@ -37,6 +37,8 @@ class MeshEntry:
     proba: np.ndarray | None = None  # (n_vertices, n_classes) from the classifier
     regions: list = field(default_factory=list)  # uncertain regions, most uncertain first
     points: dict | None = None  # a loaded point table: path, points, nearest vertex, distance (locate_points)
+    scale: float = 1.0  # the file's coordinates were multiplied by this (e.g. 8: hemibrain voxels → nm)
+    log_hks: np.ndarray | None = None  # log of ``hks.hks`` as the view colours it (one timescale contiguous)
 
     @property
     def has_labels(self) -> bool:
@@ -56,10 +58,19 @@ def labels_snapshot(entries: list[MeshEntry], file_fallback: bool = False) -> di
     return {id(e): (e.training_labels() if file_fallback else e.editor.labels).copy() for e in entries}
 
 
-def open_mesh_entry(path: Path, kind: str = spines.DEFAULT_KIND, progress=None) -> MeshEntry:
-    """Job body: the mesh, its summary, labels found beside it, and the hand-label editor (restored)."""
+def open_mesh_entry(path: Path, kind: str = spines.DEFAULT_KIND, scale: float = 1.0, units: str | None = None,
+                    progress=None) -> MeshEntry:
+    """Job body: the mesh, its summary, labels found beside it, and the hand-label editor (restored).
+
+    As the CLI's ``--scale`` / ``--units``: the coordinates are multiplied by ``scale`` first (8: 8 nm voxels → nm),
+    then their units are ``units`` ("nm" / "um"), or guessed from the extent (a unit the file states wins)."""
+    if not (np.isfinite(scale) and scale > 0):
+        raise InputError(f"The scale must be a positive number, got {scale}: 1 keeps the file's coordinates.")
     progress.report(0.1, "reading mesh")
-    mesh = load_mesh(path)
+    mesh = load_mesh(path, units=units)
+    if scale != 1.0:
+        vertices = mesh.vertices * scale
+        mesh = Mesh(vertices, mesh.faces, units=units or guess_units(vertices), name=mesh.name)
     progress.check()
     progress.report(0.5, "inspecting components")
     summary = mesh_summary(mesh)
@@ -76,7 +87,7 @@ def open_mesh_entry(path: Path, kind: str = spines.DEFAULT_KIND, progress=None) 
             file_labels = None
     progress.report(0.9, "preparing picking")
     return MeshEntry(path, mesh, summary, file_labels, editor, spines.FeatureSpec.default(mesh.units, kind=kind),
-                     Picker(mesh.vertices, mesh.faces))
+                     Picker(mesh.vertices, mesh.faces), scale=float(scale))
 
 
 def locate_points(entry: MeshEntry, path: Path, progress=None) -> dict:
@@ -86,6 +97,13 @@ def locate_points(entry: MeshEntry, path: Path, progress=None) -> dict:
     progress.check()
     vertex, distance = spines.nearest_vertices(entry.mesh, points)
     return {"path": Path(path), "points": points, "vertex": vertex, "distance": distance}
+
+
+def hks_job(entry: MeshEntry, method: str, progress=None) -> tuple[HKSResult, np.ndarray]:
+    """Job body: :func:`compute_entry_hks` and its log as the view colours it (column-major: a timescale is one
+    contiguous column), so the window only stores them."""
+    result = compute_entry_hks(entry, method, progress=progress)
+    return result, np.asfortranarray(log_hks(result.hks), dtype=np.float32)
 
 
 def compute_entry_hks(entry: MeshEntry, method: str, progress=None) -> HKSResult:
@@ -119,7 +137,9 @@ def train_on_entries(entries: list[MeshEntry], labels: dict[int, np.ndarray], sp
     probas = {}
     for e in predict_stage.iterate(usable, message="mesh"):
         probas[id(e)] = model.predict_proba(features[id(e)])
-    return {"model": model, "probas": probas, "n_labelled": len(y)}
+    classes, counts = np.unique(y, return_counts=True)
+    return {"model": model, "probas": probas, "n_labelled": len(y),
+            "counts": {int(c): int(k) for c, k in zip(classes, counts)}}
 
 
 def features_for(entries: list[MeshEntry], spec: spines.FeatureSpec, method: str, progress) -> tuple[list, dict]:

@@ -4,7 +4,8 @@ label (Alt+G) → filter the table → reopen the Phy folder and find the curati
 
 import numpy as np
 import pytest
-from PyQt6.QtCore import QPoint, Qt
+from PyQt6.QtCore import QPoint, QTimer, Qt
+from PyQt6.QtWidgets import QApplication
 
 from app.jobs import JobState
 from app.ephys.views import points_in_polygon
@@ -476,3 +477,97 @@ def test_spikeglx_run_opens_without_questions(window, qtbot, tmp_path, monkeypat
         assert ws.key == "ephys" and ws.recording.n_channels == 384 and ws.recording.sample_rate == 30000
         assert ws.info.values["gain_uv"].text().startswith("2.34") and ws.probe_path == bin_path.with_suffix(".meta")
         assert ws.sort_button.isEnabled()
+
+
+def test_real_recording_traces_spaced_by_noise_and_layout_remembered(window, qtbot, tmp_path, shared_data):
+    """The locust tetrode at gain 1 (ADC counts): the default spacing follows the measured noise (no wall of
+    overlapping traces), the spacing control sits under the traces, and the layout typed for trial 1 is
+    offered again for trial 2 of the same folder."""
+    import shutil
+
+    from app.ephys.params_dialog import RecordingParamsDialog
+    from engine.ephys.preprocess import robust_sd
+
+    for name in ("locust_trial_01.raw", "locust_trial_02.raw"):
+        shutil.copy(shared_data / "ephys" / "locust" / name, tmp_path / name)
+    offered = []
+
+    def fill_dialog(first: bool):
+        dialog = next((w for w in QApplication.topLevelWidgets() if isinstance(w, RecordingParamsDialog) and w.isVisible()), None)
+        if dialog is None:
+            QTimer.singleShot(50, lambda: fill_dialog(first))
+            return
+        offered.append((dialog.n_channels.value(), dialog.sample_rate.value(), dialog.offset.value()))
+        if first:
+            dialog.n_channels.setValue(4)
+            dialog.sample_rate.setValue(15000)
+            dialog.offset.setValue(2056)
+        dialog.save_sidecar.setChecked(False)  # only the window's memory may carry the layout over
+        dialog.accept()
+
+    QTimer.singleShot(100, lambda: fill_dialog(True))
+    ws = open_in(window, qtbot, tmp_path / "locust_trial_01.raw")
+    assert ws.recording.n_channels == 4 and not (tmp_path / "locust_trial_01.json").exists()
+    assert ws.traces.isAncestorOf(ws.spacing) and not ws.curation_box.isAncestorOf(ws.spacing)  # under the traces
+    assert ws.spacing_auto.isChecked()
+    # the default spacing: 10 × the median channel's robust noise SD of the preprocessed data (README: MAD 44–56 counts)
+    sd = robust_sd(ws.source.preprocessed(0, ws.recording.n_samples), axis=0)
+    assert ws.spacing.value() == pytest.approx(10 * np.median(sd), rel=0.15)
+    assert 300 < ws.spacing.value() < 800  # was 150 µV: a wall at 3 σ
+    # the drawn traces keep apart: the middle 90 % of each channel's drawn extremes stays within its own lane
+    x, y = layer(ws, "data", 4)
+    for i in range(4):
+        lo, hi = np.percentile(y[i] + i * ws.spacing.value(), [5, 95])
+        assert hi - lo < 0.8 * ws.spacing.value()
+    # Raw (with its slow waves) has its own noise; a spacing typed by hand stays
+    ws.data_kind.setCurrentText("Raw")
+    assert ws.spacing.value() == pytest.approx(float(f"{10 * np.median(ws.source.noise_uv('raw')):.2g}"))
+    ws.spacing.clear()
+    qtbot.keyClicks(ws.spacing, "900")
+    qtbot.keyClick(ws.spacing, Qt.Key.Key_Return)
+    assert ws.spacing.value() == 900 and not ws.spacing_auto.isChecked()
+    assert ws.traces.spacing == 900
+    qtbot.mouseClick(ws.spacing_auto, Qt.MouseButton.LeftButton)
+    assert ws.spacing_auto.isChecked() and ws.spacing.value() < 900
+
+    QTimer.singleShot(100, lambda: fill_dialog(False))
+    ws = open_in(window, qtbot, tmp_path / "locust_trial_02.raw")
+    assert offered[1] == (4, 15000, 2056)  # the layout of trial 1, offered for the next file of the folder
+    assert ws.recording.n_channels == 4 and ws.recording.sample_rate == 15000
+
+
+def test_selected_units_waveforms_are_read_off_the_gui_thread_latest_selection_wins(window, qtbot, recording, monkeypatch):
+    """Selecting a unit draws at once (the model's mean) and reads its 40 spike windows in the background; a
+    newer selection makes an older read's result land in the cache only, never on the views."""
+    import threading
+    import time
+
+    from engine.ephys import curation as engine_curation
+
+    ws = open_in(window, qtbot, recording)
+    wait_for_job(qtbot, ws.run_sort(), timeout=120000)
+    a, b = [int(c) for c in ws.curation.cluster_ids[:2]]
+    threads, release = [], threading.Event()
+    original = engine_curation.Curation.waveforms
+
+    def slow(self, source, cluster, *args, **kwargs):
+        if source is not None:
+            threads.append(threading.current_thread())
+            release.wait(10)
+        return original(self, source, cluster, *args, **kwargs)
+
+    monkeypatch.setattr(engine_curation.Curation, "waveforms", slow)
+    started = time.perf_counter()
+    ws.select([a])
+    assert time.perf_counter() - started < 5 and ws.selected == [a] and ws.views._items  # drawn without the read
+    job_a = ws._waveform_job
+    assert job_a.is_running and a not in ws._waveforms
+    ws.select([b])
+    job_b = ws._waveform_job
+    assert job_b is not job_a
+    release.set()
+    for job in (job_a, job_b):
+        wait_for_job(qtbot, job, timeout=30000)
+    assert threads and all(t is not threading.main_thread() for t in threads)
+    assert b in ws._waveforms and len(ws._waveforms[b]["samples"]) > 0  # the spikes of the unit shown
+    assert ws.selected == [b]

@@ -376,3 +376,100 @@ def test_cancelled_extract_and_nmf_keep_the_results_on_disk_and_shown(window, qt
         assert job.state is JobState.CANCELLED and "earlier results are kept" in ws.stage_label.text()
         assert (ws.latents, ws.factors, ws.clusters, ws.legend.text(), ws.factor_list.count()) == shown
         assert folder_bytes(folder) == before
+
+
+def test_reopened_project_keeps_its_settings_uses_the_space_and_masks_the_background(window, qtbot, tmp_path):
+    """A slice on a dark field, its pipeline run and saved: reopening restores pixel size and stride; the image
+    has no histogram strip beside it; the control column fits its width scrolled or not; the score matrix's
+    region names never run together; all-negative scores are explained; NMF leaves the dark field out."""
+    from PyQt6.QtGui import QFontMetrics
+    from PIL import Image
+
+    from engine.factors.synth import demo_mosaic
+
+    mosaic, labels = demo_mosaic(size=256, n_cells=9, seed=1)
+    margin = 48  # the black field around the tissue
+    image = np.pad(mosaic, margin)
+    path = tmp_path / "slice.png"
+    Image.fromarray(image).save(path)
+    np.save(tmp_path / "slice_labels.npy", np.pad(labels, margin))
+    opened = workflow.open_project_job(path)
+    folder = workflow.project_folder(path)
+    workflow.run_pipeline(opened["image"], opened["project"].regions.rasterize(), folder, patch_size=64, epochs=1,
+                          patches_per_epoch=64, stride=16, k=4, pixel_size_um=1.17, device="cpu")
+
+    ws = open_in(window, qtbot, path)
+    assert ws.stride.value() == 16 and ws.pixel_size.value() == pytest.approx(1.17)  # as the saved results were made
+    assert ws.view.histogram is None and ws.view.graphics.width() >= ws.canvas.width() - 2
+
+    scroll = ws.layout().itemAt(0).widget()
+    for value in (0, scroll.verticalScrollBar().maximum()):
+        scroll.verticalScrollBar().setValue(value)
+        qtbot.wait(50)
+        assert scroll.horizontalScrollBar().maximum() == 0 and scroll.widget().x() == 0  # nothing to shift sideways
+        assert scroll.widget().width() <= scroll.viewport().width()
+        for box in (ws.info, ws.region_box, ws.pipeline_box, ws.select_box, ws.cluster_box, ws.display_box):
+            assert box.geometry().right() < scroll.viewport().width(), box.title()  # not clipped at the right
+    ws.nmf_button.setFocus()  # a focused control scrolled into view moves the column up and down only
+    scroll.ensureWidgetVisible(ws.nmf_button)
+    assert scroll.widget().x() == 0
+
+    # region names as long as a brain's, in a narrow score matrix: each label fits its column
+    for row, name in enumerate(("striatum", "thalamus", "white matter")):
+        ws.region_list.setCurrentRow(row)
+        ws.rename_region(name)
+    ws.splitter.setSizes([1000, 200])
+    qtbot.wait(100)
+    axis = ws.scores.plot.getAxis("bottom")
+    metrics = QFontMetrics(axis.font())
+    shown = ws.scores.column_labels()
+    assert len(shown) == 3 and len(set(shown)) == 3
+    for label in shown:
+        assert metrics.horizontalAdvance(label) <= ws.scores.column_width() - 8, (label, ws.scores.column_width())
+
+    # what the score means; why every score may be negative
+    ws.lam.setValue(100.0)
+    assert (ws.selection.scores < 0).all() and "Every score is negative" in ws.score_note.text()
+    ws.lam.setValue(0.0)
+    assert "Score = " in ws.score_note.text() and "Every score is negative" not in ws.score_note.text()
+
+    # NMF through its button: the dark field is left out (zero codes there), and the window says so
+    assert ws.mask_background.isChecked()
+    run_button(qtbot, ws, ws.nmf_button)
+    rows, cols = ws.factors.grid.centers()
+    inside = (rows[:, None] >= margin + 8) & (rows[:, None] < margin + 248) & (cols[None] >= margin + 8) & (cols[None] < margin + 248)
+    outside = (rows[:, None] < margin - 8) | (rows[:, None] >= margin + 264) | (cols[None] < margin - 8) | (cols[None] >= margin + 264)
+    assert not ws.factors.codes[outside].any()
+    assert ws.factors.codes[inside].any(axis=-1).mean() > 0.9
+    assert "background outside the tissue, left out" in ws.stage_label.text()
+
+
+def test_a_large_slice_is_drawn_at_the_detail_of_the_zoom(qtbot):
+    """An 8-Mpixel image is never averaged whole on the GUI thread: zoomed out it is drawn from every n-th
+    pixel, zoomed in at full detail; the region overlay is drawn at ≤ 2048 px per side over the full extent."""
+    from app.widgets.image_view import LABELS_MAX_SIDE, ImageView
+
+    view = ImageView(histogram=False)
+    qtbot.addWidget(view)
+    view.resize(900, 400)
+    view.show()
+    qtbot.waitExposed(view)
+    image = (np.arange(1420 * 5805, dtype=np.uint32) % 251).astype(np.uint8).reshape(1420, 5805)
+    view.set_image(image)
+    qtbot.wait(50)
+    step = view._step
+    assert step >= 4 and not view.image.autoDownsample
+    np.testing.assert_array_equal(view.image.image, image[::step, ::step])
+    assert view.image.mapRectToParent(view.image.boundingRect()).width() == pytest.approx(-(-5805 // step) * step)
+    view.viewbox.setRange(xRange=(1000, 1300), yRange=(500, 700), padding=0)  # zoomed in: every pixel
+    qtbot.wait(50)
+    assert view._step == 1 and view.image.image.shape == image.shape
+    labels = np.zeros(image.shape, np.int32)
+    labels[400:1000, 4600:5500] = 1
+    view.set_labels(labels)
+    shown = view.overlay.image
+    assert max(shown.shape[:2]) <= LABELS_MAX_SIDE
+    assert view.overlay.mapRectToParent(view.overlay.boundingRect()).width() == pytest.approx(5805, abs=3)
+    small = np.zeros((256, 256), np.uint8)
+    view.set_image(small)  # a small image: pyqtgraph's own downsampling, the array itself
+    assert view.image.autoDownsample and view.image.image is small or np.array_equal(view.image.image, small)

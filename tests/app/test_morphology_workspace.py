@@ -265,3 +265,95 @@ def test_load_points_shows_them_coloured_by_class(window, qtbot, dendrite, tmp_p
     assert "NaN" in box.text()
     box.close()
     assert ws.view.points_data.shape == (12, 3)
+
+
+def test_hand_labels_over_every_coloring_status_and_framed_region(window, qtbot, dendrite, tmp_path):
+    """A correction painted while coloring by P(spine), uncertainty or HKS shows at once; training says what it
+    learned; N tints the uncertain region and frames it; showing another mesh clears ring and tint; Train is in
+    view at the default window size."""
+    from app.morphology.panel import LABEL_COLORS, REGION_TINT
+    from engine.mesh.hks import log_hks
+
+    ws = open_in(window, qtbot, dendrite)
+    scroll = ws.layout().itemAt(0).widget()
+    assert window.size().width() == 1500 and window.size().height() == 920  # the default window
+    top = ws.train_button.mapTo(scroll.widget(), QPoint(0, 0)).y()
+    assert top + ws.train_button.height() <= scroll.viewport().height()  # Train seen without scrolling
+
+    wait_for_job(qtbot, ws.compute_hks(), timeout=120000)
+    assert ws._log_hks is ws.entry.log_hks  # the log-HKS came with the job (not computed on the GUI thread)
+    np.testing.assert_allclose(ws._log_hks, log_hks(ws.entry.hks.hks), rtol=1e-6)
+    truth = np.load(dendrite.with_name("dendrite_spine_labels.npy"))
+    ws.paint_at(int(np.flatnonzero(truth == 1)[0]), 1, radius=0.5)
+    ws.paint_at(int(np.flatnonzero(truth == 0)[0]), 0, radius=2.0)
+    qtbot.mouseClick(ws.train_button, Qt.MouseButton.LeftButton)
+    job = ws._training
+    wait_for_job(qtbot, job, timeout=120000)
+    message = window.statusBar().currentMessage()
+    n = int((ws.entry.editor.labels >= 0).sum())
+    assert f"Trained on {n:,} labelled vertices" in message and "spine" in message and "shaft" in message
+    assert "agree with the file labels" in message  # accuracy on the vertices the model never saw
+    assert message.split(" Press")[0] in ws.model_status.text()
+
+    # a correction: spine painted on a shaft vertex the model calls shaft, while coloring by P(spine)
+    assert ws.color_by.currentText() == "P(spine)"
+    p = ws._spine_probability(ws.entry)
+    shaft = np.flatnonzero((truth == 0) & (p < 0.3) & (ws.entry.editor.labels < 0))
+    changed = ws.paint_at(int(shaft[len(shaft) // 2]), 1, radius=0.3)
+    spine_color = np.array(LABEL_COLORS[1][:3])
+    for mode in ("P(spine)", "Uncertainty", "HKS", "Surface"):
+        ws.color_by.setCurrentText(mode)
+        colors = ws.view.mesh.vertex_colors()
+        np.testing.assert_allclose(colors[changed, :3], np.tile(spine_color, (len(changed), 1)), atol=1e-6, err_msg=mode)
+    qtbot.mouseClick(ws.labels_on_top, Qt.MouseButton.LeftButton, pos=QPoint(8, ws.labels_on_top.height() // 2))
+    assert not ws.labels_on_top.isChecked()
+    assert not np.allclose(ws.view.mesh.vertex_colors()[changed, :3], spine_color)  # the coloring alone again
+    qtbot.mouseClick(ws.labels_on_top, Qt.MouseButton.LeftButton, pos=QPoint(8, ws.labels_on_top.height() // 2))
+
+    # N: the region tinted, the camera framed on it (not the whole dendrite)
+    ws.color_by.setCurrentText("P(spine)")
+    under = ws.view.mesh.vertex_colors().copy()
+    qtbot.keyClick(ws, Qt.Key.Key_N)
+    region = ws.entry.regions[0]
+    extent = np.ptp(ws.entry.mesh.vertices[region.vertices], axis=0).max()
+    diagonal = np.linalg.norm(np.ptp(ws.entry.mesh.vertices, axis=0))
+    assert ws.view.view.camera.scale_factor == pytest.approx(max(3 * extent, 4 * ws.brush.value()))
+    assert ws.view.view.camera.scale_factor < diagonal / 3
+    tinted = ws.view.mesh.vertex_colors()[region.vertices, :3]
+    expected = under[region.vertices, :3] * (1 - REGION_TINT[3]) + np.array(REGION_TINT[:3]) * REGION_TINT[3]
+    np.testing.assert_allclose(tinted, expected, atol=1e-5)
+    assert ws.view.cursor.visible
+
+    # another mesh: no ring, no tint
+    other = write_demo_dendrite(tmp_path / "other.ply", n_spines=5, length=6.0)
+    open_in(window, qtbot, other)
+    assert ws.entry.path == other and not ws.view.cursor.visible and ws.view.overlay is None
+
+
+def test_mesh_units_set_in_the_window_and_remembered(window, qtbot, shared_data):
+    """The hemibrain mesh is in 8 nm voxels: choosing so scales it ×8 (as the CLI's --scale 8), and the choice
+    is remembered for the file."""
+    path = shared_data / "meshes" / "hemibrain_DA1_1734350788.ply"
+    ws = open_in(window, qtbot, path)
+    raw = ws.entry.mesh.vertices.copy()
+    assert ws.entry.scale == 1.0 and ws.units.currentText() == "Guess from extent"
+    with qtbot.waitSignal(window.jobs.job_added, timeout=5000) as blocker:
+        ws.units.setCurrentText("8 nm voxels")
+        ws.units.activated.emit(ws.units.currentIndex())  # as a person's pick does
+    wait_for_job(qtbot, blocker.args[0], timeout=60000)
+    assert ws.entry.scale == 8.0 and ws.entry.mesh.units == "nm"
+    np.testing.assert_allclose(ws.entry.mesh.vertices, raw * 8)
+    assert ws.info.values["units"].text() == "nm (×8)"
+    assert ws.entry.spec.timescales == spines.FeatureSpec.default("nm").timescales
+
+    # a custom factor, then reopening the file: the choice stays with it
+    ws.units.setCurrentText("Scale ×")
+    ws.units.activated.emit(ws.units.currentIndex())
+    assert ws.scale.isVisible()
+    ws.scale.setValue(2.5)
+    with qtbot.waitSignal(window.jobs.job_added, timeout=5000) as blocker:
+        ws.scale.editingFinished.emit()
+    wait_for_job(qtbot, blocker.args[0], timeout=60000)
+    np.testing.assert_allclose(ws.entry.mesh.vertices, raw * 2.5)
+    ws = open_in(window, qtbot, path)
+    assert ws.entry.scale == 2.5 and ws.units.currentText() == "Scale ×" and ws.scale.value() == 2.5
