@@ -1,25 +1,31 @@
-"""CNMF pipeline benchmark: ROI F1 and trace correlation against ground truth, and wall time.
+"""CNMF pipeline benchmark: ROI F1 and trace correlation against ground truth, and wall time, on
+every simulator's movies, ours beside Suite2p in the same run.
 
-Movie: :func:`engine.calcium.synth.recording` (documented there): 128 × 128 px × 3000 frames at
-30 Hz, 50 cells, neuropil, drift, shot and read noise; once without motion (pipeline run without
-registration) and once with 1.5 px RMS rigid motion (run with rigid registration).
+Movies (``KINDS``; 128 × 128 px × ``--frames`` 3000 at 30 Hz, each for every ``--seeds``):
+``synth`` (:func:`engine.calcium.synth.recording`, the simulator the pipeline was first written
+against), ``doughnut`` and ``doughnut-dim`` (:func:`engine.calcium.simulators.doughnut_recording`,
+the issue's independent-simulator movie and its smaller, dimmer, slower variant) and ``dense``
+(:func:`engine.calcium.simulators.dense_recording`); ``--motion`` adds a synth movie with 1.5 px RMS
+rigid motion, run with rigid registration. Each movie is written as an int16 TIFF, and both pipelines
+are timed from that file as a user runs them: ours as ``neurowb cnmf MOVIE -o OUT`` does with its
+defaults (:func:`run_ours`: open, ``run_cnmf``, write the Suite2p folder), Suite2p's ``run_s2p``.
 Scoring: footprints and true cells binarized at 20 % of their peak; IoU; Hungarian matching
 (``scipy.optimize.linear_sum_assignment``); a match counts at IoU ≥ 0.5; F1 over accepted
-components; Pearson correlation of each matched component's deconvolved calcium ``C`` with the
+components; median Pearson correlation of each matched component's deconvolved calcium ``C`` with the
 true calcium. Scale: ``--scale`` runs a larger memmapped movie (see :func:`run_scale`: generated and
 processed in separate child processes, memory measured on the pipeline's only) and extrapolates
 linearly in pixels × frames.
 
-    .venv/bin/python -m benchmarks.cnmf [--frames 3000] [--scale 256x256x3000 [--scale-dir DIR]]
-        [--suite2p /work/s2penv/bin/python [--suite2p-register]]
+    .venv/bin/python -m benchmarks.cnmf [--frames 3000] [--kinds synth,doughnut,doughnut-dim,dense] [--seeds 1,2,3]
+        [--motion] [--scale 256x256x3000 [--scale-dir DIR]] [--suite2p /work/s2penv/bin/python [--suite2p-register]]
 
 Suite2p side by side (``--suite2p PYTHON``, the interpreter of a separate environment where
-``pip install suite2p`` worked; never our .venv): the same simulated movie is written as an int16
-TIFF and :func:`run_suite2p` runs ``suite2p.run_s2p`` on it in a subprocess (fs 30, tau 1.0,
-diameter [10, 10], 1 thread, CPU, ``do_registration`` 0, or 1 with ``nonrigid`` False when
-``--suite2p-register``). Its accepted ROIs (``iscell``) are scored the same way: masks = stat
-pixels with ``lam`` ≥ 20 % of the ROI's peak, trace = ``F - 0.7 Fneu`` (its closest output to the
-calcium). Its wall time counts ``run_s2p`` (TIFF → binary included), not the interpreter start.
+``pip install suite2p`` worked; never our .venv): :func:`run_suite2p` runs ``suite2p.run_s2p`` on the
+same TIFF in a subprocess (fs 30, tau 1.0, diameter [10, 10], 1 thread, CPU, ``do_registration`` 0,
+or 1 with ``nonrigid`` False for the motion movie when ``--suite2p-register``). Its accepted ROIs
+(``iscell``) are scored the same way: masks = stat pixels with ``lam`` ≥ 20 % of the ROI's peak,
+trace = ``F - 0.7 Fneu`` (its closest output to the calcium). Its wall time counts ``run_s2p`` (TIFF →
+binary included), not the interpreter start.
 """
 
 from __future__ import annotations

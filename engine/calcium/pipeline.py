@@ -448,7 +448,8 @@ def run_cnmf(
     default ``NEUROWB_SCHEDULER``, else serial in this process for movies held in memory and a
     local process cluster for bigger ones; a scheduler address sends the work there, where
     workers reopen the movie by its path, or get their boxes sent for an array); ``work_dir`` where a registered
-    movie too big for memory is written (default a temporary file).
+    movie too big for memory is written (default a temporary file); ``residual_pass`` the greedy search for missed
+    cells on the residual (step 4b); ``min_snr`` default :func:`noise_snr_threshold` of the movie's length.
     """
     progress = as_progress(progress)
     timings: dict[str, float] = {}

@@ -97,3 +97,17 @@ def test_default_pipeline_finds_the_cells_of_each_simulator(kind):
     ok = iou[rows, cols] >= 0.5
     corr = [np.corrcoef(result.C[accepted[r]], sim["calcium"][c])[0, 1] for r, c in zip(rows[ok], cols[ok])]
     assert np.median(corr) > 0.9
+
+
+def test_cli_writes_each_simulator(tmp_path, capsys):
+    from engine.calcium.cli import register
+    from engine.cli import main
+
+    for kind in ("doughnut", "dense"):
+        out = tmp_path / kind
+        assert main(["simulate-calcium", "-o", str(out), "--size", "40", "--frames", "60", "--cells", "5", "--kind", kind], [register]) == 0
+        truth = np.load(out / "ground_truth.npz")
+        assert truth["footprints"].shape[1:] == (40, 40) and truth["calcium"].shape[1] == 60
+        assert {"f0", "df", "spikes", "centers", "shifts"} <= set(truth.files)
+    assert main(["simulate-calcium", "-o", str(tmp_path / "bad"), "--kind", "doughnut", "--motion", "1"], [register]) == 2
+    assert "doughnut simulator has no motion" in capsys.readouterr().err
