@@ -287,10 +287,17 @@ def main() -> None:
     print(machine_header("CNMF pipeline (benchmarks.cnmf)"))
     print(f"- load average at start: {os.getloadavg()[0]:.1f}\n")
     seeds = [int(v) for v in args.seeds.split(",")]
-    jobs = [(kind, seed, "none") for kind in args.kinds.split(",") for seed in seeds]
+    jobs = [(kind, seed, "none") for seed in seeds for kind in args.kinds.split(",")]  # every kind early: partial runs cover all
     if args.motion:
         jobs.append(("synth+motion", seeds[0], "rigid"))
     rows, summary = [], {}
+    columns = ["movie", "method", "cells", "wall s", "F1", "precision", "recall", "median corr C", "accepted / components",
+               "time ratio Suite2p / ours", "stages s"]  # fmt: skip
+
+    def progress_line(row: dict) -> None:  # each row as soon as it is measured (a long run may be cut short)
+        print("<!-- " + " | ".join(f"{row[c]:.3g}" if isinstance(row.get(c), float) else str(row.get(c, "")) for c in columns) + " -->",
+              flush=True)
+
     for kind, seed, register in jobs:
         if kind == "synth+motion":
             sim = synth.recording(args.frames, 128, 128, 50, seed=seed, motion=1.5)
@@ -310,6 +317,7 @@ def main() -> None:
                 err -= np.median(err, axis=0)
                 ours["stages s"] += f"; shift RMS error {float(np.sqrt((err**2).mean())):.2f} px"
             rows.append(ours)
+            progress_line(ours)
             summary.setdefault((kind, "ours"), []).append(ours)
             if args.suite2p and (register == "none" or args.suite2p_register):
                 s2p = run_suite2p(args.suite2p, sim, register == "rigid", tiff=tiff)
@@ -318,10 +326,10 @@ def main() -> None:
                        "median corr C": s2p["median_corr"], "accepted / components": f"{s2p['accepted']} / {s2p['components']}",
                        "stages s": f"process incl. imports {s2p['process_wall']:.1f}", "time ratio Suite2p / ours": s2p["wall"] / wall}  # fmt: skip
                 rows.append(row)
+                progress_line(row)
                 summary.setdefault((kind, "Suite2p"), []).append(row)
         print(f"<!-- {kind} seed {seed} done, load {os.getloadavg()[0]:.1f} -->", flush=True)
-    markdown_table(rows, ["movie", "method", "cells", "wall s", "F1", "precision", "recall", "median corr C", "accepted / components",
-                          "time ratio Suite2p / ours", "stages s"])  # fmt: skip
+    markdown_table(rows, columns)
     print("\nMeans over seeds, per movie kind:\n")
     means = []
     for (kind, method), group in summary.items():

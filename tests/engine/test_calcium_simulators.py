@@ -77,11 +77,13 @@ def test_dense_motion_is_the_rigid_integer_shift_of_the_field():
 
 
 # Small movies of each kind; seeds 11+ were never used while tuning the pipeline. Floors sit a bit
-# under what the default pipeline reached on them (see benchmarks/RESULTS.md for the full-size runs).
+# under what the default pipeline reached on seeds 11-13 (synth ≥ 0.97, doughnut ≥ 0.82, dense ≥ 0.98;
+# before the residual pass, duplicate merging and the noise-set SNR threshold, dense scored 0.86, 0.76,
+# 0.75); full-size figures beside Suite2p are in benchmarks/RESULTS.md.
 KINDS = {
     "synth": (lambda: synth.recording(1500, 64, 64, 14, seed=11), 0.85),
     "doughnut": (lambda: simulators.doughnut_recording(1500, 64, 64, 14, seed=11), 0.85),
-    "dense": (lambda: simulators.dense_recording(1500, 64, 64, 25, seed=11), 0.85),
+    "dense": (lambda: simulators.dense_recording(1500, 64, 64, 25, seed=11), 0.9),
 }
 
 
