@@ -15,11 +15,11 @@ Stages of :func:`run_cnmf`:
    ``n_background`` background components of its own. Patches go through
    :func:`engine.parallel.parallel_map` (serial in this process for small movies; workers reopen
    the movie file themselves).
-4b. **Greedy pass on the residual** (``residual_pass``, on by default): the binned movie minus each
-   patch's fitted model gets the same detection images and thresholds; its peaks farther than 1.2
-   radii from every fitted footprint's centroid are new cells (a dim cell on the shoulder of a bright neighbour is
-   no local maximum until the neighbour is taken away), and the patches that hold them are fitted
-   again with all their centers.
+   Before it, a **greedy pass on the residual** (``residual_pass``, on by default): the patches are
+   fitted quickly on the binned movie; the binned movie minus that model gets the same detection
+   images and thresholds; its peaks farther than 1.2 radii from every fitted footprint's centroid are
+   new centers (a dim cell on the shoulder of a bright neighbour is no local maximum until the
+   neighbour is taken away), fitted with the others in the full fit.
 5. **Merging**: a cell near a border is fitted by up to four patches. Copies whose footprints
    overlap (cosine ≥ ``merge_overlap``) and for which cosine × activity correlation ≥
    ``merge_overlap`` × ``merge_correlation``, or whose footprints are near-identical (cosine ≥ 0.85),
@@ -208,16 +208,17 @@ def _fit_patch(task: dict) -> dict:
         f = (bimg @ Y3.reshape(h * w, T)) / max(float(bimg @ bimg), 1e-12)
         return {**task, "A": np.zeros((h * w, 0), np.float32), "C": np.zeros((0, T), np.float32), "b": bimg[:, None],
                 "f": f[None].astype(np.float32), "r_value": np.zeros(0, np.float32)}  # fmt: skip
-    temporal = int(max(1, min(30, T // 20)))
+    temporal = int(max(1, min(task.get("temporal_factor", 30), T // 20)))
     res = fast_nmf(Y3, centers, neuron_radius=task["radius"], n_background=task["n_background"],
                    temporal_factor=temporal, backend=task.get("backend", "auto"))  # fmt: skip
-    return {**task, "A": res.A, "C": res.C, "b": res.b, "f": res.f, "r_value": _patch_r_values(Y3, res, res.patches)}
+    r_value = _patch_r_values(Y3, res, res.patches) if task.get("r_values", True) else np.zeros(len(centers), np.float32)
+    return {**task, "A": res.A, "C": res.C, "b": res.b, "f": res.f, "r_value": r_value}
 
 
-def _residual_centers(binned: np.ndarray, bin_: int, parts: list[dict], shape, centers: np.ndarray, radius: float,
-                      min_correlation: float, min_pnr: float) -> np.ndarray:
-    """Centers of cells the first fit missed: the detection images of the binned movie minus every
-    patch's model (components and background, each patch on its core), same thresholds; a peak
+def _residual_centers(binned: np.ndarray, parts: list[dict], shape, radius: float, min_correlation: float,
+                      min_pnr: float) -> np.ndarray:
+    """Centers of cells a fit missed: the detection images of the binned movie minus every patch's
+    model fitted to it (components and background, each patch on its core), same thresholds; a peak
     closer than 1.2 radii to a fitted footprint's centroid is that cell's leftover, not a new cell (touching cells are
     about two radii apart)."""
     from engine.calcium.summary import detection_images, find_centers
@@ -229,8 +230,8 @@ def _residual_centers(binned: np.ndarray, bin_: int, parts: list[dict], shape, c
         g0, g1, e0, e1 = part["box"]
         q0, q1, s0, s1 = part["core"]
         model = np.hstack([part["A"], part["b"]]).astype(np.float32)
-        act = np.vstack([part["C"], part["f"]])[:, :n_bins * bin_].reshape(model.shape[1], n_bins, bin_).mean(axis=2)
-        fitted = (model @ act.astype(np.float32)).reshape(g1 - g0, e1 - e0, n_bins)
+        act = np.vstack([part["C"], part["f"]]).astype(np.float32)
+        fitted = (model @ act).reshape(g1 - g0, e1 - e0, n_bins)
         residual[:, q0:q1, s0:s1] -= fitted[q0 - g0:q1 - g0, s0 - e0:s1 - e0].transpose(2, 0, 1)
     det = detection_images(residual, neuron_radius=radius)
     found = find_centers(det["correlation"], det["pnr"], neuron_radius=0.6 * radius,
@@ -397,9 +398,9 @@ def noise_snr_threshold(n_frames: int, false_alarm: float = 0.05) -> float:
     frames with probability ``false_alarm`` (Bonferroni over frames: the (1 - p / T) quantile);
     4.15 for 3000 frames. The fixed 3 it replaces let leftovers of the residual pass through (on
     the simulators' movies true cells had SNR ≥ 7, residual leftovers 1–5)."""
-    from scipy.stats import norm
+    from scipy.special import ndtri  # the normal quantile (scipy.stats costs seconds to import)
 
-    return float(max(3.0, norm.isf(false_alarm / max(int(n_frames), 1))))
+    return float(max(3.0, -ndtri(false_alarm / max(int(n_frames), 1))))
 
 
 def evaluate_components(A: sparse.csc_matrix, C: np.ndarray, sigma: np.ndarray, r_value: np.ndarray,
@@ -449,7 +450,7 @@ def run_cnmf(
     local process cluster for bigger ones; a scheduler address sends the work there, where
     workers reopen the movie by its path, or get their boxes sent for an array); ``work_dir`` where a registered
     movie too big for memory is written (default a temporary file); ``residual_pass`` the greedy search for missed
-    cells on the residual (step 4b); ``min_snr`` default :func:`noise_snr_threshold` of the movie's length.
+    cells on the residual (step 4); ``min_snr`` default :func:`noise_snr_threshold` of the movie's length.
     """
     progress = as_progress(progress)
     timings: dict[str, float] = {}
@@ -536,43 +537,40 @@ def run_cnmf(
         data = data if data is not None else movie.frames(0, n)
     else:
         source, sched = (data if data is not None else movie.frames(0, n)), "serial"
-    def patch_tasks(centers: np.ndarray, only: np.ndarray | None = None) -> list[dict]:
-        """One task per tile whose grown box holds a center (of ``only`` when given: the new ones)."""
+    def patch_tasks(centers: np.ndarray, frames: np.ndarray | None = None) -> list[dict]:
+        """One task per tile. ``frames`` (e.g. the binned movie): fit those instead, each task carrying its box."""
         tasks = []
         for q0, q1, g0, g1 in _tiles(h, patch_size, overlap):
             for s0, s1, e0, e1 in _tiles(w, patch_size, overlap):
-                def inside_of(c):
-                    return (c[:, 0] >= g0) & (c[:, 0] <= g1 - 1) & (c[:, 1] >= e0) & (c[:, 1] <= e1 - 1)
-                inside = np.flatnonzero(inside_of(centers))
-                if only is not None and not inside_of(only).any():
-                    tasks.append(None)  # unchanged: its earlier fit stands
-                    continue
+                inside = np.flatnonzero((centers[:, 0] >= g0) & (centers[:, 0] <= g1 - 1) & (centers[:, 1] >= e0) & (centers[:, 1] <= e1 - 1))
                 tasks.append({"box": (g0, g1, e0, e1), "core": (q0, q1, s0, s1), "source": source, "center_ids": inside,
                               "global_centers": centers[inside], "centers": centers[inside] - [g0, e0], "radius": radius,
                               "n_background": n_background, "backend": backend})  # fmt: skip
-                if send_boxes:
+                if frames is not None:
+                    # ~100 time points in NMF's downsampled stage, as the full fit has
+                    tasks[-1].update(block=frames[:, g0:g1, e0:e1], temporal_factor=int(max(1, round(30 / bin_))), r_values=False)
+                elif send_boxes:
                     tasks[-1]["block"] = np.ascontiguousarray(data[:, g0:g1, e0:e1])
         return tasks
 
-    # Movies too big for memory are big jobs: worker processes repay their start-up.
-    first_nmf, second_nmf = s_nmf.split([1, 1], ["Demixing patches", "Demixing with cells found in the residual"])
-    parts = parallel_map(_fit_patch, patch_tasks(centers), scheduler=sched, progress=first_nmf, label="patches", processes=True)
-    timings["patches"] = time.perf_counter() - t
-
-    # 4b. Greedy pass on the residual: a cell on the shoulder of a brighter neighbour is no local
-    # maximum of the detection score until that neighbour's fitted light is taken away.
+    # 4a. Greedy pass on the residual: a cell on the shoulder of a brighter neighbour is no local
+    # maximum of the detection score until that neighbour's light is taken away. A quick fit of the
+    # binned movie (bin_ × fewer frames) is enough to see what the centers leave behind.
+    full_nmf_progress = s_nmf
     if residual_pass and user_centers is None:
         t = time.perf_counter()
-        new = _residual_centers(binned, bin_, parts, (h, w), centers, radius, min_correlation, min_pnr)
+        quick_progress, full_nmf_progress = s_nmf.split([1, 3], ["looking for missed cells", None])
+        quick = parallel_map(_fit_patch, patch_tasks(centers, frames=binned), scheduler=sched, progress=quick_progress,
+                             label="patches", processes=True)  # fmt: skip
+        new = _residual_centers(binned, quick, (h, w), radius, min_correlation, min_pnr)
         info["centers_from_residual"] = len(new)
-        if len(new):
-            centers = np.vstack([centers, new])
-            redo = patch_tasks(centers, only=new)
-            fits = parallel_map(_fit_patch, [task for task in redo if task is not None], scheduler=sched, progress=second_nmf,
-                                label="patches", processes=True)  # fmt: skip
-            fits = iter(fits)
-            parts = [next(fits) if task is not None else old for task, old in zip(redo, parts)]
+        centers = np.vstack([centers, new])
         timings["residual_pass"] = time.perf_counter() - t
+
+    # 4b. The fit of the whole movie. Movies too big for memory are big jobs: worker processes repay their start-up.
+    t = time.perf_counter()
+    parts = parallel_map(_fit_patch, patch_tasks(centers), scheduler=sched, progress=full_nmf_progress, label="patches", processes=True)
+    timings["patches"] = time.perf_counter() - t
 
     # 5. Merge.
     t = time.perf_counter()
