@@ -24,7 +24,8 @@ Poisson noise of variance equal to the expected photons plus ``read_noise²``.
 * **Baseline**: a vignetting field (1 at the centre, cos⁴ fall-off to ~55 % at the corners) ×
   ``photons`` × 0.6, times a slow global drift (−15 % exponential bleaching + a 0.02 Hz wobble).
 * **Neuropil**: two smooth spatial components (Gaussian-filtered noise at σ 10 and 25 px, smoother
-  than a cell: neuropil sums many fine processes) each with its own slow activity (low-rate Poisson events through a 3 s decay), ~20 % of the baseline.
+  than a cell: neuropil sums many fine processes), each with its own slow activity (low-rate Poisson
+  events through a 3 s decay), ~20 % of the baseline.
 * **Noise**: Poisson shot noise, Gaussian read noise σ ``read_noise``, ADC offset +100.
 
 :func:`dense_recording` — a crowded field of filled somata
