@@ -1,25 +1,31 @@
-"""CNMF pipeline benchmark: ROI F1 and trace correlation against ground truth, and wall time.
+"""CNMF pipeline benchmark: ROI F1 and trace correlation against ground truth, and wall time, on
+every simulator's movies, ours beside Suite2p in the same run.
 
-Movie: :func:`engine.calcium.synth.recording` (documented there): 128 × 128 px × 3000 frames at
-30 Hz, 50 cells, neuropil, drift, shot and read noise; once without motion (pipeline run without
-registration) and once with 1.5 px RMS rigid motion (run with rigid registration).
+Movies (``KINDS``; 128 × 128 px × ``--frames`` 3000 at 30 Hz, each for every ``--seeds``):
+``synth`` (:func:`engine.calcium.synth.recording`, the simulator the pipeline was first written
+against), ``doughnut`` and ``doughnut-dim`` (:func:`engine.calcium.simulators.doughnut_recording`,
+the issue's independent-simulator movie and its smaller, dimmer, slower variant) and ``dense``
+(:func:`engine.calcium.simulators.dense_recording`); ``--motion`` adds a synth movie with 1.5 px RMS
+rigid motion, run with rigid registration. Each movie is written as an int16 TIFF, and both pipelines
+are timed from that file as a user runs them: ours as ``neurowb cnmf MOVIE -o OUT`` does with its
+defaults (:func:`run_ours`: open, ``run_cnmf``, write the Suite2p folder), Suite2p's ``run_s2p``.
 Scoring: footprints and true cells binarized at 20 % of their peak; IoU; Hungarian matching
 (``scipy.optimize.linear_sum_assignment``); a match counts at IoU ≥ 0.5; F1 over accepted
-components; Pearson correlation of each matched component's deconvolved calcium ``C`` with the
+components; median Pearson correlation of each matched component's deconvolved calcium ``C`` with the
 true calcium. Scale: ``--scale`` runs a larger memmapped movie (see :func:`run_scale`: generated and
 processed in separate child processes, memory measured on the pipeline's only) and extrapolates
 linearly in pixels × frames.
 
-    .venv/bin/python -m benchmarks.cnmf [--frames 3000] [--scale 256x256x3000 [--scale-dir DIR]]
-        [--suite2p /work/s2penv/bin/python [--suite2p-register]]
+    .venv/bin/python -m benchmarks.cnmf [--frames 3000] [--kinds synth,doughnut,doughnut-dim,dense] [--seeds 1,2,3]
+        [--motion] [--scale 256x256x3000 [--scale-dir DIR]] [--suite2p /work/s2penv/bin/python [--suite2p-register]]
 
 Suite2p side by side (``--suite2p PYTHON``, the interpreter of a separate environment where
-``pip install suite2p`` worked; never our .venv): the same simulated movie is written as an int16
-TIFF and :func:`run_suite2p` runs ``suite2p.run_s2p`` on it in a subprocess (fs 30, tau 1.0,
-diameter [10, 10], 1 thread, CPU, ``do_registration`` 0, or 1 with ``nonrigid`` False when
-``--suite2p-register``). Its accepted ROIs (``iscell``) are scored the same way: masks = stat
-pixels with ``lam`` ≥ 20 % of the ROI's peak, trace = ``F - 0.7 Fneu`` (its closest output to the
-calcium). Its wall time counts ``run_s2p`` (TIFF → binary included), not the interpreter start.
+``pip install suite2p`` worked; never our .venv): :func:`run_suite2p` runs ``suite2p.run_s2p`` on the
+same TIFF in a subprocess (fs 30, tau 1.0, diameter [10, 10], 1 thread, CPU, ``do_registration`` 0,
+or 1 with ``nonrigid`` False for the motion movie when ``--suite2p-register``). Its accepted ROIs
+(``iscell``) are scored the same way: masks = stat pixels with ``lam`` ≥ 20 % of the ROI's peak,
+trace = ``F - 0.7 Fneu`` (its closest output to the calcium). Its wall time counts ``run_s2p`` (TIFF →
+binary included), not the interpreter start.
 """
 
 from __future__ import annotations
@@ -75,19 +81,33 @@ print("SUITE2P_RESULT " + json.dumps({"wall": time.perf_counter() - start, "vers
 """
 
 
-def run_suite2p(python: str, sim, register: bool) -> dict:
+def write_tiff(folder: str, movie: np.ndarray) -> str:
+    """The movie as ``folder/movie.tif`` (int16, what both pipelines read), fps 30 in its metadata."""
+    import tifffile
+
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, "movie.tif")
+    tifffile.imwrite(path, np.clip(np.round(movie), -32768, 32767).astype(np.int16), imagej=True,
+                     metadata={"axes": "TYX", "fps": 30.0, "finterval": 1 / 30.0})  # fmt: skip
+    return path
+
+
+def run_suite2p(python: str, sim, register: bool, tiff: str | None = None) -> dict:
     """Suite2p's whole pipeline (TIFF → binary, registration if asked, detection, extraction,
     deconvolution, classification) on the same movie in a subprocess; its ROIs scored like ours:
-    masks = stat pixels with lam ≥ 20 % of the ROI's peak, accepted = iscell, trace = F - 0.7 Fneu."""
+    masks = stat pixels with lam ≥ 20 % of the ROI's peak, accepted = iscell, trace = F - 0.7 Fneu.
+    ``tiff`` an already written movie (alone in its folder), else it is written here."""
     import json
+    import shutil
     import subprocess
-
-    import tifffile
 
     with tempfile.TemporaryDirectory() as tmp:
         data = os.path.join(tmp, "data")
-        os.makedirs(data)
-        tifffile.imwrite(os.path.join(data, "movie.tif"), np.clip(np.round(sim["movie"]), -32768, 32767).astype(np.int16))
+        if tiff is None:
+            write_tiff(data, sim["movie"])
+        else:
+            os.makedirs(data)
+            shutil.copy(tiff, os.path.join(data, "movie.tif"))
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
         start = time.perf_counter()
         proc = subprocess.run([python, "-c", SUITE2P_RUNNER, data, tmp, str(int(register))], capture_output=True, text=True, env=env)
@@ -209,55 +229,119 @@ def run_scale(folder: str, h: int, w: int, T: int, n_cells: int) -> dict:
     return {**info, **score_masks(masks, saved["C"], truth)}
 
 
+# The movie kinds: each simulator (and the issue's two variants of the doughnut one), 128 × 128 px.
+KINDS = {
+    "synth": ("synth.recording: soft disks r 4–6, AR(1) calcium, neuropil, drift (50 cells)",
+              lambda T, seed: _synth().recording(T, 128, 128, 50, seed=seed)),
+    "doughnut": ("simulators.doughnut_recording: doughnuts r 5 ± 20 %, vignetting, 2 neuropil components (50 cells)",
+                 lambda T, seed: _sims().doughnut_recording(T, seed=seed)),
+    "doughnut-dim": ("doughnut_recording: 80 smaller (r 4), dimmer (25 photons), slower (0.25 Hz) cells",
+                     lambda T, seed: _sims().doughnut_recording(T, n_cells=80, radius=4.0, photons=25.0, rate=0.25, seed=seed)),
+    "dense": ("simulators.dense_recording: touching filled somata r 3–8, a decade of brightness, bursts, 25 photons (90 cells)",
+              lambda T, seed: _sims().dense_recording(T, seed=seed)),
+}
+
+
+def _synth():
+    from engine.calcium import synth
+
+    return synth
+
+
+def _sims():
+    from engine.calcium import simulators
+
+    return simulators
+
+
+def run_ours(tiff: str, out_dir: str, register: str = "none"):
+    """What ``neurowb cnmf MOVIE -o OUT`` does, defaults included: open the TIFF, run_cnmf, write the
+    Suite2p folder. Returns (result, wall seconds)."""
+    from engine.calcium.export import export_suite2p
+    from engine.calcium.io import open_movie
+    from engine.calcium.pipeline import run_cnmf
+
+    start = time.perf_counter()
+    with open_movie(tiff) as movie:
+        result = run_cnmf(movie, register=register)
+    export_suite2p(result, out_dir, data_path=tiff)
+    return result, time.perf_counter() - start
+
+
 def main() -> None:
     from engine.calcium import synth
-    from engine.calcium.pipeline import run_cnmf
     from engine.device import configure_threads
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--frames", type=int, default=3000)
-    parser.add_argument("--size", type=int, default=128)
-    parser.add_argument("--cells", type=int, default=50)
-    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--kinds", default=",".join(KINDS), help=f"comma-separated, of {', '.join(KINDS)}")
+    parser.add_argument("--seeds", default="1,2,3", help="comma-separated simulator seeds, each kind")
+    parser.add_argument("--motion", action="store_true", help="also a synth movie with 1.5 px RMS rigid motion, registered")
     parser.add_argument("--scale", default=None, help="HxWxT of a memmapped scale run, e.g. 256x256x3000")
     parser.add_argument("--scale-dir", default=None, help="where the scale movie is written (default the system's temporary folder)")
     parser.add_argument("--suite2p", default=None, metavar="PYTHON",
                         help="interpreter of a separate environment with suite2p, e.g. /work/s2penv/bin/python: run it side by side")
-    parser.add_argument("--suite2p-register", action="store_true", help="also run Suite2p with rigid registration (slow)")
+    parser.add_argument("--suite2p-register", action="store_true", help="also run Suite2p with rigid registration on the motion movie")
     args = parser.parse_args()
     configure_threads(1)
     print(machine_header("CNMF pipeline (benchmarks.cnmf)"))
     print(f"- load average at start: {os.getloadavg()[0]:.1f}\n")
-    rows = []
-    for register, motion in (("none", 0.0), ("rigid", 1.5)):
-        sim = synth.recording(args.frames, args.size, args.size, args.cells, seed=args.seed, motion=motion)
-        start = time.perf_counter()
-        result = run_cnmf(sim["movie"], fs=30.0, neuron_diameter=10, register=register)
-        wall = time.perf_counter() - start
-        s = score(result, sim)
-        t = result.info["timings"]
-        rows.append({"method": "neurowb run_cnmf", "registration": register, "motion RMS px": motion, "wall s": wall, "F1": s["f1"],
-                     "precision": s["precision"], "recall": s["recall"], "median corr C": s["median_corr"],
-                     "accepted / components": f"{s['accepted']} / {s.get('components', 0)}",
-                     "stages s": ", ".join(f"{k} {v:.2f}" for k, v in t.items() if k != "total")})  # fmt: skip
-        if register == "rigid":
-            err = result.shifts - sim["shifts"]
-            err -= np.median(err, axis=0)
-            rows[-1]["shift RMS error px"] = float(np.sqrt((err**2).mean()))
-        if args.suite2p and (register == "none" or args.suite2p_register):
-            ours = rows[-1]
-            s2p = run_suite2p(args.suite2p, sim, register == "rigid")
-            rows.append({"method": f"Suite2p {s2p['version']}", "registration": register, "motion RMS px": motion,
-                         "wall s": s2p["wall"], "F1": s2p["f1"], "precision": s2p["precision"], "recall": s2p["recall"],
-                         "median corr C": s2p["median_corr"], "accepted / components": f"{s2p['accepted']} / {s2p['components']}",
-                         "stages s": f"process incl. imports {s2p['process_wall']:.1f}",
-                         "time ratio Suite2p / ours": s2p["wall"] / ours["wall s"]})  # fmt: skip
-    markdown_table(rows, ["method", "registration", "motion RMS px", "wall s", "F1", "precision", "recall", "median corr C",
-                          "accepted / components", "shift RMS error px", "time ratio Suite2p / ours", "stages s"])  # fmt: skip
+    seeds = [int(v) for v in args.seeds.split(",")]
+    jobs = [(kind, seed, "none") for seed in seeds for kind in args.kinds.split(",")]  # every kind early: partial runs cover all
+    if args.motion:
+        jobs.append(("synth+motion", seeds[0], "rigid"))
+    rows, summary = [], {}
+    columns = ["movie", "method", "cells", "wall s", "F1", "precision", "recall", "median corr C", "accepted / components",
+               "time ratio Suite2p / ours", "stages s"]  # fmt: skip
+
+    def progress_line(row: dict) -> None:  # each row as soon as it is measured (a long run may be cut short)
+        print("<!-- " + " | ".join(f"{row[c]:.3g}" if isinstance(row.get(c), float) else str(row.get(c, "")) for c in columns) + " -->",
+              flush=True)
+
+    for kind, seed, register in jobs:
+        if kind == "synth+motion":
+            sim = synth.recording(args.frames, 128, 128, 50, seed=seed, motion=1.5)
+        else:
+            sim = KINDS[kind][1](args.frames, seed)
+        with tempfile.TemporaryDirectory() as tmp:
+            tiff = write_tiff(os.path.join(tmp, "movie"), sim["movie"])
+            result, wall = run_ours(tiff, os.path.join(tmp, "out"), register)
+            s = score(result, sim)
+            t = result.info["timings"]
+            ours = {"movie": f"{kind} seed {seed}", "method": "neurowb cnmf (defaults)", "cells": len(sim["footprints"]),
+                    "wall s": wall, "F1": s["f1"], "precision": s["precision"], "recall": s["recall"],
+                    "median corr C": s["median_corr"], "accepted / components": f"{s['accepted']} / {s.get('components', 0)}",
+                    "stages s": ", ".join(f"{k} {v:.1f}" for k, v in t.items() if k != "total")}  # fmt: skip
+            if register == "rigid":
+                err = result.shifts - sim["shifts"]
+                err -= np.median(err, axis=0)
+                ours["stages s"] += f"; shift RMS error {float(np.sqrt((err**2).mean())):.2f} px"
+            rows.append(ours)
+            progress_line(ours)
+            summary.setdefault((kind, "ours"), []).append(ours)
+            if args.suite2p and (register == "none" or args.suite2p_register):
+                s2p = run_suite2p(args.suite2p, sim, register == "rigid", tiff=tiff)
+                row = {"movie": f"{kind} seed {seed}", "method": f"Suite2p {s2p['version']}", "cells": len(sim["footprints"]),
+                       "wall s": s2p["wall"], "F1": s2p["f1"], "precision": s2p["precision"], "recall": s2p["recall"],
+                       "median corr C": s2p["median_corr"], "accepted / components": f"{s2p['accepted']} / {s2p['components']}",
+                       "stages s": f"process incl. imports {s2p['process_wall']:.1f}", "time ratio Suite2p / ours": s2p["wall"] / wall}  # fmt: skip
+                rows.append(row)
+                progress_line(row)
+                summary.setdefault((kind, "Suite2p"), []).append(row)
+        print(f"<!-- {kind} seed {seed} done, load {os.getloadavg()[0]:.1f} -->", flush=True)
+    markdown_table(rows, columns)
+    print("\nMeans over seeds, per movie kind:\n")
+    means = []
+    for (kind, method), group in summary.items():
+        means.append({"movie kind": kind, "method": method, "movies": len(group),
+                      **{k: float(np.mean([g[k] for g in group])) for k in ("F1", "precision", "recall", "median corr C", "wall s")},
+                      "min F1": float(np.min([g["F1"] for g in group]))})  # fmt: skip
+    markdown_table(means, ["movie kind", "method", "movies", "F1", "min F1", "precision", "recall", "median corr C", "wall s"])
+    print("\nKinds: " + "; ".join(f"**{k}** {v[0]}" for k, v in KINDS.items()))
     if args.scale:
         h, w, T = (int(v) for v in args.scale.lower().split("x"))
         with tempfile.TemporaryDirectory(dir=args.scale_dir) as tmp:
-            s = run_scale(tmp, h, w, T, int(args.cells * h * w / 128**2))
+            s = run_scale(tmp, h, w, T, int(50 * h * w / 128**2))
         factor = (512 * 512 * 10000) / (h * w * T)
         markdown_table([{"movie": f"{h}x{w}x{T} memmap ({h * w * T * 4 / 2**30:.1f} GiB)", "wall s": s["wall"], "F1": s["f1"],
                          "precision": s["precision"], "recall": s["recall"], "median corr C": s["median_corr"],

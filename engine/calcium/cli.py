@@ -10,7 +10,7 @@
 ``neurowb deconvolve TRACES.npy [--fs HZ] [--method fast|cvxpy] -o OUT.npz``
     deconvolves every row (traces × frames; a 1-D array is one trace) and writes ``c``, ``s``,
     ``b``, ``g``, ``sigma``, ``tau`` (s, when --fs is given).
-``neurowb simulate-calcium -o DIR [--size 128 --frames 3000 --cells 50 --seed S]``
+``neurowb simulate-calcium -o DIR [--size 128 --frames 3000 --cells 50 --seed S] [--kind recording|doughnut|dense]``
     writes ``movie.tif`` and ``ground_truth.npz`` (:func:`engine.calcium.synth.write_recording`).
 """
 
@@ -65,6 +65,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--fs", type=positive_float, default=30.0, metavar="HZ", help="frame rate (default 30)")
     p.add_argument("--motion", type=nonnegative_float, default=0.0, metavar="PX", help="RMS rigid motion in pixels (default 0)")
     p.add_argument("--seed", type=nonnegative_int, default=0, help="random seed (default 0)")
+    p.add_argument("--kind", choices=("recording", "doughnut", "dense"), default="recording",
+                   help="simulator: soft disks (default), doughnut somata with neuropil and vignetting, or dense touching somata")
     p.set_defaults(run=_run_simulate)
 
 
@@ -165,7 +167,10 @@ def _run_simulate(args: argparse.Namespace) -> int:
 
     if args.size < 24 or args.frames < 40 or args.cells < 0 or not args.fs > 0:
         raise InputError("simulate-calcium needs --size >= 24, --frames >= 40, --cells >= 0 and --fs > 0.")
-    movie, truth = write_recording(args.output, n_frames=args.frames, height=args.size, width=args.size, n_cells=args.cells,
-                                   fps=args.fs, motion=args.motion, seed=args.seed)  # fmt: skip
+    if args.motion > 0 and args.kind == "doughnut":
+        raise InputError("The doughnut simulator has no motion: drop --motion or use --kind recording or dense.")
+    options = {"motion": args.motion} if args.motion > 0 else {}
+    movie, truth = write_recording(args.output, kind=args.kind, n_frames=args.frames, height=args.size, width=args.size,
+                                   n_cells=args.cells, fps=args.fs, seed=args.seed, **options)  # fmt: skip
     print(f"wrote {movie} and {truth}", file=sys.stderr)
     return 0

@@ -15,9 +15,15 @@ Stages of :func:`run_cnmf`:
    ``n_background`` background components of its own. Patches go through
    :func:`engine.parallel.parallel_map` (serial in this process for small movies; workers reopen
    the movie file themselves).
+   Before it, a **greedy pass on the residual** (``residual_pass``, on by default): the patches are
+   fitted quickly on the binned movie; the binned movie minus that model gets the same detection
+   images and thresholds; its peaks farther than 1.2 radii from every fitted footprint's centroid are
+   new centers (a dim cell on the shoulder of a bright neighbour is no local maximum until the
+   neighbour is taken away), fitted with the others in the full fit.
 5. **Merging**: a cell near a border is fitted by up to four patches. Copies whose footprints
-   overlap (cosine ≥ ``merge_overlap``) and whose activities correlate (≥ ``merge_correlation``) are
-   one cell; the copy from the patch whose core holds the center is kept (its box is complete).
+   overlap (cosine ≥ ``merge_overlap``) and for which cosine × activity correlation ≥
+   ``merge_overlap`` × ``merge_correlation``, or whose footprints are near-identical (cosine ≥ 0.85),
+   are one cell; the copy from the patch whose core holds the center is kept (its box is complete).
    Distinct centers that pass the same test (one cell detected twice) are merged into one
    rank-1 component. Copies that matched nothing are neighbours fitted only for the patch's
    sake and are dropped too.
@@ -27,9 +33,11 @@ Stages of :func:`run_cnmf`:
 7. **Deconvolution** of ``F``: :func:`engine.calcium.deconvolution.deconvolve_batch` (AR(1), noise
    constrained): ``C`` calcium above baseline, ``S`` spikes.
 8. **Evaluation**: SNR of the trace (peak of ``C`` over the noise σ of ``F``), spatial correlation
-   of the footprint with the data (``r_value``: the background-subtracted movie averaged with the
+   of the footprint with the data (``r_value``: the movie less background and the other components averaged with the
    component's activity as weights, against the footprint, in the NMF box), and size (pixels of
-   the footprint ≥ 20 % of its peak); accepted when all three pass.
+   the footprint ≥ 20 % of its peak); accepted when all three pass, unless it overlaps an accepted
+   component of higher SNR (cosine ≥ ``merge_overlap``) with an anti-correlated trace (a demixing
+   artifact: light from overlapping cells adds).
 
 Footprints ``A`` are a scipy.sparse matrix pixels × K with pixel index ``y * width + x`` and each
 column scaled to a peak of 1, so ``F`` is in the movie's units at the cell's brightest pixel.
@@ -56,6 +64,7 @@ DETECTION_RATE_HZ = 7.5  # frames are averaged down to about this rate for detec
 MAX_DETECTION_FRAMES = 2000
 IN_MEMORY_BYTES = 2 * 2**30  # float32 movies up to this size are held whole for the patches
 SIZE_THRESHOLD = 0.2  # a footprint's size counts pixels at ≥ 20 % of its peak
+DUPLICATE_COSINE = 0.85  # footprints this alike are merged whatever their traces
 
 
 @dataclass
@@ -158,9 +167,10 @@ def _pixels_by_time(block: np.ndarray) -> np.ndarray:
 
 def _patch_r_values(Y3: np.ndarray, res, boxes: np.ndarray) -> np.ndarray:
     """Spatial correlation of each footprint with the data it explains: the movie minus the
-    background, averaged over time with weights max(c - median c, 0) (the frames where the
-    component is active), against the footprint over its NMF box (zeros included, so a
-    footprint that does not look like the active data scores low)."""
+    background and minus the other components' fitted light, averaged over time with weights
+    max(c - median c, 0) (the frames where the component is active), against the footprint over
+    its NMF box (zeros included, so a footprint that does not look like the active data scores
+    low). Without the neighbours' share a dim cell beside a co-active bright one scored ~0.4."""
     h, w, T = Y3.shape
     out = np.zeros(len(res.centers), dtype=np.float32)
     for k, (r0, r1, c0, c1) in enumerate(boxes):
@@ -172,6 +182,9 @@ def _patch_r_values(Y3: np.ndarray, res, boxes: np.ndarray) -> np.ndarray:
         weights /= total
         mean_img = Y3[r0:r1, c0:c1] @ weights.astype(np.float32)
         bg = (res.b.reshape(h, w, -1)[r0:r1, c0:c1] @ (res.f @ weights)).astype(np.float64)
+        others = res.C @ weights
+        others[k] = 0.0  # co-active neighbours' light is theirs, not this footprint's
+        bg += res.A.reshape(h, w, -1)[r0:r1, c0:c1] @ others
         img = (mean_img - bg).ravel()
         a = res.A[:, k].reshape(h, w)[r0:r1, c0:c1].ravel().astype(np.float64)
         if a.std() > 0 and img.std() > 0:
@@ -197,10 +210,49 @@ def _fit_patch(task: dict) -> dict:
         f = (bimg @ Y3.reshape(h * w, T)) / max(float(bimg @ bimg), 1e-12)
         return {**task, "A": np.zeros((h * w, 0), np.float32), "C": np.zeros((0, T), np.float32), "b": bimg[:, None],
                 "f": f[None].astype(np.float32), "r_value": np.zeros(0, np.float32)}  # fmt: skip
-    temporal = int(max(1, min(30, T // 20)))
+    temporal = int(max(1, min(task.get("temporal_factor", 30), T // 20)))
     res = fast_nmf(Y3, centers, neuron_radius=task["radius"], n_background=task["n_background"],
                    temporal_factor=temporal, backend=task.get("backend", "auto"))  # fmt: skip
-    return {**task, "A": res.A, "C": res.C, "b": res.b, "f": res.f, "r_value": _patch_r_values(Y3, res, res.patches)}
+    r_value = _patch_r_values(Y3, res, res.patches) if task.get("r_values", True) else np.zeros(len(centers), np.float32)
+    return {**task, "A": res.A, "C": res.C, "b": res.b, "f": res.f, "r_value": r_value}
+
+
+def _residual_centers(binned: np.ndarray, parts: list[dict], shape, radius: float, min_correlation: float,
+                      min_pnr: float) -> np.ndarray:
+    """Centers of cells a fit missed: the detection images of the binned movie minus every patch's
+    model fitted to it (components and background, each patch on its core), same thresholds; a peak
+    closer than 1.2 radii to a fitted footprint's centroid is that cell's leftover, not a new cell (touching cells are
+    about two radii apart)."""
+    from engine.calcium.summary import detection_images, find_centers
+
+    h, w = shape
+    n_bins = len(binned)
+    residual = binned.copy()
+    for part in parts:
+        g0, g1, e0, e1 = part["box"]
+        q0, q1, s0, s1 = part["core"]
+        model = np.hstack([part["A"], part["b"]]).astype(np.float32)
+        act = np.vstack([part["C"], part["f"]]).astype(np.float32)
+        fitted = (model @ act).reshape(g1 - g0, e1 - e0, n_bins)
+        residual[:, q0:q1, s0:s1] -= fitted[q0 - g0:q1 - g0, s0 - e0:s1 - e0].transpose(2, 0, 1)
+    det = detection_images(residual, neuron_radius=radius)
+    found = find_centers(det["correlation"], det["pnr"], neuron_radius=0.6 * radius,
+                         min_correlation=min_correlation, min_pnr=min_pnr)  # fmt: skip
+    # Known cells are where their fitted footprints ended up (a component seeded on a quiet cell
+    # can move onto a livelier neighbour, leaving its seed's cell in the residual).
+    known = [np.zeros((0, 2))]
+    for part in parts:
+        g0, g1, e0, e1 = part["box"]
+        mass = part["A"].sum(axis=0)
+        if len(mass):
+            yy, xx = np.mgrid[g0:g1, e0:e1]
+            weights = part["A"] / np.maximum(mass, 1e-12)
+            known.append(np.stack([yy.ravel() @ weights, xx.ravel() @ weights], axis=1)[mass > 0])
+    known = np.vstack(known)
+    if len(found) == 0 or len(known) == 0:
+        return found
+    distance = np.hypot(found[:, None, 0] - known[None, :, 0], found[:, None, 1] - known[None, :, 1]).min(axis=1)
+    return found[distance >= 1.2 * radius]
 
 
 def _cosine(A: sparse.csc_matrix) -> sparse.coo_matrix:
@@ -272,9 +324,13 @@ def _merge(parts: list[dict], shape, overlap_thr: float, corr_thr: float) -> tup
     rows, cols_ = G.row[upper], G.col[upper]
     cos = G.data[upper]
     near = cos >= overlap_thr
-    rows, cols_ = rows[near], cols_[near]
+    rows, cols_, cos = rows[near], cols_[near], cos[near]
     corr = _correlation(C, rows, cols_)
-    same = corr >= corr_thr
+    # Footprints this alike are one cell fitted twice (e.g. two centers on a doughnut's ring), however
+    # NMF split its activity between them; touching cells overlap far less (cosine < 0.5).
+    # A pair whose footprints overlap that much but whose activity NMF split a little (a second
+    # center on the cell's leftover in the residual) is caught by the product: cosine × correlation.
+    same = (cos * corr >= overlap_thr * corr_thr) | (cos >= DUPLICATE_COSINE)
     rows, cols_ = rows[same], cols_[same]
     # Copies of one cell: the connected components of the matched pairs (labelled by their first member).
     pairs = sparse.coo_matrix((np.ones(len(rows)), (rows, cols_)), shape=(n, n))
@@ -339,12 +395,40 @@ def _deconvolve(F: np.ndarray, scheduler, progress: Progress):
     return out.C.astype(np.float32), out.S.astype(np.float32), out.b, out.g, out.sigma
 
 
+def _compensating(A: sparse.csc_matrix, F: np.ndarray, snr: np.ndarray, accepted: np.ndarray, min_overlap: float) -> np.ndarray:
+    """Accepted components that only make up for an overlapping one's misfit: of two accepted footprints
+    overlapping that much (cosine ≥ ``min_overlap``) whose fluorescence traces anti-correlate, the
+    one of lower SNR. Light from two cells adds, so overlapping cells are never anti-correlated;
+    a second footprint that takes back what NMF gave the first too much is (on the simulators'
+    movies: never a true cell, 1–3 such on 2 of 12 movies)."""
+    out = np.zeros(len(accepted), bool)
+    if A.shape[1] < 2:
+        return out
+    G = _cosine(A)
+    pick = (G.row < G.col) & (G.data >= min_overlap) & accepted[G.row] & accepted[G.col]
+    rows, cols = G.row[pick], G.col[pick]
+    anti = _correlation(F, rows, cols) < 0
+    for i, j in zip(rows[anti], cols[anti]):
+        out[i if snr[i] < snr[j] else j] = True
+    return out
+
+
+def noise_snr_threshold(n_frames: int, false_alarm: float = 0.05) -> float:
+    """The SNR (peak over noise σ) that white Gaussian noise alone exceeds somewhere in ``n_frames``
+    frames with probability ``false_alarm`` (Bonferroni over frames: the (1 - p / T) quantile);
+    4.15 for 3000 frames. The fixed 3 it replaces let leftovers of the residual pass through (on
+    the simulators' movies true cells had SNR ≥ 7, residual leftovers 1–5)."""
+    from scipy.special import ndtri  # the normal quantile (scipy.stats costs seconds to import)
+
+    return float(max(3.0, -ndtri(false_alarm / max(int(n_frames), 1))))
+
+
 def evaluate_components(A: sparse.csc_matrix, C: np.ndarray, sigma: np.ndarray, r_value: np.ndarray,
                         neuron_diameter: float, min_snr: float = 3.0, min_r: float = 0.5,
-                        size_range: tuple[float, float] = (0.25, 2.5)) -> tuple[dict, np.ndarray]:
+                        size_range: tuple[float, float] = (0.25, 3.0)) -> tuple[dict, np.ndarray]:
     """(metrics, accepted). ``snr`` = peak of the deconvolved calcium / noise σ of F; ``size`` =
     pixels ≥ 20 % of the footprint's peak, accepted within ``size_range`` × the area of a disk of
-    ``neuron_diameter``; ``r_value`` ≥ ``min_r``; ``snr`` ≥ ``min_snr``."""
+    ``neuron_diameter`` (0.25–3: cells of half to 1.7 × the diameter); ``r_value`` ≥ ``min_r``; ``snr`` ≥ ``min_snr``."""
     peak = C.max(axis=1) if C.size else np.zeros(len(sigma))
     snr = np.where(sigma > 0, peak / np.maximum(sigma, 1e-12), 0.0).astype(np.float32)
     Ad = A.tocsc()
@@ -368,8 +452,9 @@ def run_cnmf(
     min_correlation: float = 0.03,
     merge_overlap: float = 0.5,
     merge_correlation: float = 0.8,
-    min_snr: float = 3.0,
+    min_snr: float | None = None,
     min_r: float = 0.5,
+    residual_pass: bool = True,
     scheduler: str | None = None,
     work_dir: str | Path | None = None,
     backend: str = "auto",
@@ -384,7 +469,8 @@ def run_cnmf(
     default ``NEUROWB_SCHEDULER``, else serial in this process for movies held in memory and a
     local process cluster for bigger ones; a scheduler address sends the work there, where
     workers reopen the movie by its path, or get their boxes sent for an array); ``work_dir`` where a registered
-    movie too big for memory is written (default a temporary file).
+    movie too big for memory is written (default a temporary file); ``residual_pass`` the greedy search for missed
+    cells on the residual (step 4); ``min_snr`` default :func:`noise_snr_threshold` of the movie's length.
     """
     progress = as_progress(progress)
     timings: dict[str, float] = {}
@@ -445,6 +531,7 @@ def run_cnmf(
 
     det = detection_images(Movie.from_array(binned), neuron_radius=radius, progress=s_detect)
     images.update(correlation=det["correlation"], pnr=det["pnr"], noise=(det["noise"] * math.sqrt(bin_)).astype(np.float32))
+    user_centers = centers
     if centers is None:
         # A suppression radius below the cell's finds touching neighbours (at d/2 about 1 cell in
         # 10 was missed on simulated movies); a cell found twice is merged again in step 5.
@@ -470,18 +557,39 @@ def run_cnmf(
         data = data if data is not None else movie.frames(0, n)
     else:
         source, sched = (data if data is not None else movie.frames(0, n)), "serial"
-    tasks = []
-    for q0, q1, g0, g1 in _tiles(h, patch_size, overlap):
-        for s0, s1, e0, e1 in _tiles(w, patch_size, overlap):
-            inside = np.flatnonzero((centers[:, 0] >= g0) & (centers[:, 0] <= g1 - 1) & (centers[:, 1] >= e0) & (centers[:, 1] <= e1 - 1))
-            tasks.append({"box": (g0, g1, e0, e1), "core": (q0, q1, s0, s1), "source": source, "center_ids": inside,
-                          "global_centers": centers[inside], "centers": centers[inside] - [g0, e0], "radius": radius,
-                          "n_background": n_background, "backend": backend})  # fmt: skip
-            if send_boxes:
-                tasks[-1]["block"] = np.ascontiguousarray(data[:, g0:g1, e0:e1])
+    def patch_tasks(centers: np.ndarray, frames: np.ndarray | None = None) -> list[dict]:
+        """One task per tile. ``frames`` (e.g. the binned movie): fit those instead, each task carrying its box."""
+        tasks = []
+        for q0, q1, g0, g1 in _tiles(h, patch_size, overlap):
+            for s0, s1, e0, e1 in _tiles(w, patch_size, overlap):
+                inside = np.flatnonzero((centers[:, 0] >= g0) & (centers[:, 0] <= g1 - 1) & (centers[:, 1] >= e0) & (centers[:, 1] <= e1 - 1))
+                tasks.append({"box": (g0, g1, e0, e1), "core": (q0, q1, s0, s1), "source": source, "center_ids": inside,
+                              "global_centers": centers[inside], "centers": centers[inside] - [g0, e0], "radius": radius,
+                              "n_background": n_background, "backend": backend})  # fmt: skip
+                if frames is not None:
+                    # ~100 time points in NMF's downsampled stage, as the full fit has
+                    tasks[-1].update(block=frames[:, g0:g1, e0:e1], temporal_factor=int(max(1, round(30 / bin_))), r_values=False)
+                elif send_boxes:
+                    tasks[-1]["block"] = np.ascontiguousarray(data[:, g0:g1, e0:e1])
+        return tasks
 
-    # Movies too big for memory are big jobs: worker processes repay their start-up.
-    parts = parallel_map(_fit_patch, tasks, scheduler=sched, progress=s_nmf, label="patches", processes=True)
+    # 4a. Greedy pass on the residual: a cell on the shoulder of a brighter neighbour is no local
+    # maximum of the detection score until that neighbour's light is taken away. A quick fit of the
+    # binned movie (bin_ × fewer frames) is enough to see what the centers leave behind.
+    full_nmf_progress = s_nmf
+    if residual_pass and user_centers is None:
+        t = time.perf_counter()
+        quick_progress, full_nmf_progress = s_nmf.split([1, 3], ["looking for missed cells", None])
+        quick = parallel_map(_fit_patch, patch_tasks(centers, frames=binned), scheduler=sched, progress=quick_progress,
+                             label="patches", processes=True)  # fmt: skip
+        new = _residual_centers(binned, quick, (h, w), radius, min_correlation, min_pnr)
+        info["centers_from_residual"] = len(new)
+        centers = np.vstack([centers, new])
+        timings["residual_pass"] = time.perf_counter() - t
+
+    # 4b. The fit of the whole movie. Movies too big for memory are big jobs: worker processes repay their start-up.
+    t = time.perf_counter()
+    parts = parallel_map(_fit_patch, patch_tasks(centers), scheduler=sched, progress=full_nmf_progress, label="patches", processes=True)
     timings["patches"] = time.perf_counter() - t
 
     # 5. Merge.
@@ -510,11 +618,16 @@ def run_cnmf(
     F, Fneu = _project(movie, data, A, C_nmf, b, f, s_proj)
     C, S, baseline, g, sigma = _deconvolve(F, scheduler, s_dec)
     timings["traces_and_deconvolution"] = time.perf_counter() - t
+    if min_snr is None:
+        min_snr = noise_snr_threshold(n)
     metrics, accepted = evaluate_components(A, C, sigma, r_value, neuron_diameter, min_snr, min_r)
+    compensating = _compensating(A, F, metrics["snr"], accepted, merge_overlap)
+    accepted &= ~compensating
+    info["rejected_as_compensating"] = int(compensating.sum())
     timings["total"] = time.perf_counter() - t0
     info["timings"] = timings
     params = {"fs": fps, "neuron_diameter": float(neuron_diameter), "register": register, "patch_size": int(patch_size),
-              "n_background": n_background, "min_snr": min_snr, "min_r": min_r, "detection_bin": bin_,
+              "n_background": n_background, "min_snr": float(min_snr), "min_r": min_r, "detection_bin": bin_,
               "merge_overlap": merge_overlap, "merge_correlation": merge_correlation}  # fmt: skip
     progress.report(1.0, "Done")
     return CNMFResult(A=A, C=C, S=S, F=F, Fneu=Fneu, b=b, f=f, baseline=np.asarray(baseline), g=np.asarray(g),

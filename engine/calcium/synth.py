@@ -6,6 +6,8 @@
 * :func:`calcium_traces` — fluorescence traces of the AR(1) model itself (deconvolution);
 * :func:`recording` / :func:`write_recording` — the CNMF pipeline benchmark's movie: somata, AR(1)
   calcium, neuropil, drift, shot and read noise, optional rigid motion; ground truth; chunked.
+  :func:`write_recording` also writes the independent simulators of :mod:`engine.calcium.simulators`
+  (doughnut somata; dense touching somata), by ``kind``.
 
 What demo_movie simulates
 -------------------------
@@ -384,9 +386,23 @@ def recording(
     }  # fmt: skip
 
 
-def write_recording(directory: str | os.PathLike, **kwargs) -> tuple[Path, Path]:
-    """Simulate :func:`recording` and write ``movie.tif`` (uint16 ImageJ TIFF, fps in its metadata)
-    and ``ground_truth.npz`` (footprints, calcium, spikes, centers, shifts, fps) into ``directory``.
+def simulator(kind: str):
+    """The movie simulator called ``kind``: "recording" (:func:`recording`), "doughnut" or "dense"
+    (:mod:`engine.calcium.simulators`, written apart from this module)."""
+    from engine.calcium import simulators
+
+    kinds = {"recording": recording, "doughnut": simulators.doughnut_recording, "dense": simulators.dense_recording}
+    if kind not in kinds:
+        from engine.errors import InputError
+
+        raise InputError(f"Unknown simulator {kind!r}: use one of {', '.join(kinds)}.")
+    return kinds[kind]
+
+
+def write_recording(directory: str | os.PathLike, kind: str = "recording", **kwargs) -> tuple[Path, Path]:
+    """Simulate a movie (:func:`simulator` ``kind``, keyword arguments passed on) and write ``movie.tif``
+    (uint16 ImageJ TIFF, fps in its metadata) and ``ground_truth.npz`` (footprints, calcium, spikes,
+    centers, shifts, fps, and whatever else that simulator returns) into ``directory``.
     Returns the two paths."""
     import tifffile
 
@@ -394,7 +410,7 @@ def write_recording(directory: str | os.PathLike, **kwargs) -> tuple[Path, Path]
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    sim = recording(**kwargs)
+    sim = simulator(kind)(**kwargs)
     fps = sim["fps"]
     data = np.clip(np.round(sim["movie"]), 0, 65535).astype(np.uint16)
     buffer = io.BytesIO()
