@@ -11,23 +11,20 @@ import numpy as np
 from PyQt6.QtCore import QObject, pyqtSignal
 
 from app.jobs import Job
+from app.session import CurationSession
 from engine.calcium.curation import Curation
 from engine.calcium.io import Movie
 
 
-class CalciumSession(QObject):
+class CalciumSession(CurationSession):
     movie_changed = pyqtSignal()  # another movie (and its summary images)
-    curation_changed = pyqtSignal()  # another CNMF result to curate, or none; the selection is emptied first
-    selection_changed = pyqtSignal(list)  # the selected ROI indices, the current one first
-    history_changed = pyqtSignal()  # what Undo / Redo can do changed
     busy_changed = pyqtSignal()  # CNMF or an edit job started or ended
 
     def __init__(self, parent: QObject | None = None):
         super().__init__(parent)
         self.movie: Movie | None = None
         self.summaries: dict[str, np.ndarray] = {}
-        self.curation: Curation | None = None
-        self.selected: list[int] = []  # ROI indices, the current one first
+        self.curation: Curation | None = None  # the CNMF result being curated; selected: ROI indices
         self.cnmf_job: Job | None = None
         self.edit_job: Job | None = None  # add or merge in flight: other edits wait for it
 
@@ -38,20 +35,10 @@ class CalciumSession(QObject):
         self.movie, self.summaries = movie, summaries
         self.movie_changed.emit()
 
-    def set_curation(self, curation: Curation | None) -> None:
-        if self.curation is not None:
-            self.curation.history.on_change = None
-        self.curation = curation
-        if curation is not None:
-            curation.history.on_change = self.history_changed.emit
-        self.selected = []
-        self.curation_changed.emit()
-
     def select(self, indices: list[int]) -> None:
         """Select ROIs (the first is the current one; indices the result has not are left out)."""
         n = self.curation.result.n_components if self.curation is not None else 0
-        self.selected = [int(k) for k in dict.fromkeys(indices) if 0 <= k < n]
-        self.selection_changed.emit(list(self.selected))
+        self._announce_selection(k for k in indices if 0 <= k < n)
 
     @property
     def editing(self) -> bool:

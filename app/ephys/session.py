@@ -15,15 +15,13 @@ from pathlib import Path
 from PyQt6.QtCore import QObject, pyqtSignal
 
 from app.jobs import Job
+from app.session import CurationSession
 from engine.ephys.curation import Curation, TraceSource
 from engine.ephys.io import RawRecording
 
 
-class EphysSession(QObject):
+class EphysSession(CurationSession):
     recording_changed = pyqtSignal()  # another recording, or its trace source (the sort's model arrived)
-    curation_changed = pyqtSignal()  # another Phy folder (opened, sorted) or none; the selection is emptied first
-    selection_changed = pyqtSignal(list)  # the selected unit ids, the current one first
-    history_changed = pyqtSignal()  # what Undo / Redo can do changed (a curation change, an undo, a redo)
     busy_changed = pyqtSignal(bool)  # a sort started (True) or ended (False)
 
     def __init__(self, parent: QObject | None = None):
@@ -31,8 +29,7 @@ class EphysSession(QObject):
         self.recording: RawRecording | None = None
         self.source: TraceSource | None = None
         self.raw_path: Path | None = None
-        self.curation: Curation | None = None
-        self.selected: list[int] = []
+        self.curation: Curation | None = None  # the Phy folder (opened or sorted) being curated
         self.sort_job: Job | None = None
 
     # -- data ----------------------------------------------------------------------------------
@@ -47,22 +44,11 @@ class EphysSession(QObject):
         self.source = source
         self.recording_changed.emit()
 
-    def set_curation(self, curation: Curation | None) -> None:
-        """Curate ``curation`` (None: nothing to curate); nothing stays selected."""
-        if self.curation is not None:
-            self.curation.history.on_change = None
-        self.curation = curation
-        if curation is not None:
-            curation.history.on_change = self.history_changed.emit
-        self.selected = []
-        self.curation_changed.emit()
-
     # -- selection -----------------------------------------------------------------------------
     def select(self, clusters: list[int]) -> None:
         """Select units (the first is the current one). Said even when they are the ones selected:
         after a curation change the same ids show new data (a label, a merged unit's spikes)."""
-        self.selected = [int(c) for c in dict.fromkeys(clusters)]
-        self.selection_changed.emit(list(self.selected))
+        self._announce_selection(clusters)
 
     # -- jobs ----------------------------------------------------------------------------------
     @property
