@@ -146,25 +146,35 @@ def si_case(name: str, n_units: int, noise: float, duration: float, seed: int, p
     raw = next((folder / "recording").glob("traces_cached_seg0.raw"))
     positions = rec.get_probe().contact_positions
     rows = []
-    for motion in ("auto", "off"):  # "off" = the sorter as it was before drift correction
+
+    def ours(motion: str) -> None:
         result, wall = _run_ours(raw, rec.get_num_channels(), 30000.0, positions, str(rec.get_dtype()), folder / f"ours_{motion}_phy",
                                  motion=motion)
-        ours = NumpySorting.from_samples_and_labels([result.spike_times], [result.spike_units], 30000.0)
+        found = NumpySorting.from_samples_and_labels([result.spike_times], [result.spike_units], 30000.0)
         label = "neurowb (ours)" if motion == "auto" else "neurowb, motion off"
-        rows.append({"case": name, "sorter": label, **_score_si(gt, ours), "wall_s": wall, "x_realtime": duration / wall,
+        rows.append({"case": name, "sorter": label, **_score_si(gt, found), "wall_s": wall, "x_realtime": duration / wall,
                      "stages": _stages(result), "drift": result.info.get("drift_correction")})
-        print(f"{name}: ours ({motion}) done in {wall:.1f} s", file=sys.stderr, flush=True)
-    for peer in peers:
+        print(f"{name}: ours ({motion}) done in {wall:.1f} s: {rows[-1]}", file=sys.stderr, flush=True)  # a long run's partial results
+
+    def peer(name_: str) -> None:
         start = time.perf_counter()
         try:
-            extra = {"torch_device": "cpu"} if peer == "kilosort4" else {}  # Kilosort 4 runs where it is installed (its own venv)
-            sorting = si.run_sorter(peer, rec, folder=folder / peer, remove_existing_folder=True, verbose=False, **extra)
+            extra = {"torch_device": "cpu"} if name_ == "kilosort4" else {}  # Kilosort 4 runs where it is installed (its own venv)
+            sorting = si.run_sorter(name_, rec, folder=folder / name_, remove_existing_folder=True, verbose=False, **extra)
         except Exception as exc:  # a peer failing must not sink the benchmark
-            rows.append({"case": name, "sorter": peer, "well": f"failed: {type(exc).__name__}: {str(exc)[:80]}"})
-            continue
+            rows.append({"case": name, "sorter": name_, "well": f"failed: {type(exc).__name__}: {str(exc)[:80]}"})
+            return
         wall = time.perf_counter() - start
-        rows.append({"case": name, "sorter": peer, **_score_si(gt, sorting), "wall_s": wall, "x_realtime": duration / wall})
-        print(f"{name}: {peer} done in {wall:.1f} s", file=sys.stderr, flush=True)
+        rows.append({"case": name, "sorter": name_, **_score_si(gt, sorting), "wall_s": wall, "x_realtime": duration / wall})
+        print(f"{name}: {name_} done in {wall:.1f} s: {rows[-1]}", file=sys.stderr, flush=True)
+
+    # ours, the first peer, ours with motion off (the sorter before drift correction), the other peers
+    ours("auto")
+    for p in peers[:1]:
+        peer(p)
+    ours("off")
+    for p in peers[1:]:
+        peer(p)
     return rows
 
 
