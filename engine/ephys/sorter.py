@@ -735,7 +735,7 @@ def sort_recording(
             info={**timings, "params": asdict(params), "duration_s": recording.n_samples / fs},
         )
         progress.report(1.0, f"{result.n_units} units")
-        detect_batch = run_batch = None  # they hold xw (default arguments): release the file before cleanup
+        detect_batch = run_batch = None  # noqa: F811 -- they hold xw (default arguments): release the file before cleanup
         del xw
         return result
     finally:
