@@ -100,7 +100,7 @@ class SortParams:
     max_shadow_fraction: float = 0.7  # drop units firing ≥ 70 % within 0.5 ms of a nearby unit
     n_pc_channels: int = 8
     motion: str = "auto"  # drift correction: "auto", "rigid", "nonrigid" or "off" (engine/ephys/motion.py)
-    motion_min_um: float = 5.0  # auto corrects when the estimated displacement reaches this (static estimates stay < 1.5 µm)
+    motion_min_um: float = 5.0  # auto corrects when the estimated displacement reaches this (static benchmarks: ≤ 0.2 µm)
     motion_nonrigid_span_um: float = 1000.0  # auto estimates per depth window on probes spanning at least this
     seed: int = 0
     device: str | None = None
