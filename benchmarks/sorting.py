@@ -1,6 +1,6 @@
 """Spike sorting benchmark: our deconvolution sorter against ground truth and SpikeInterface's sorters.
 
-Run: ``OMP_NUM_THREADS=1 python -m benchmarks.sorting [--duration 60] [--cases easy,hard,own,locust,threads] [--no-peers]``
+Run: ``OMP_NUM_THREADS=1 python -m benchmarks.sorting [--duration 60] [--cases easy,hard,own,locust,threads,drift-zigzag-128,...] [--no-peers]``
 
 Cases
 -----
@@ -15,6 +15,17 @@ Cases
 * **own** — our simulator (engine/ephys/synth.py), scored with engine/ephys/groundtruth.py (same
   definitions). Note: it places units at random heights with similar waveforms, so some pairs have
   template cosine ≥ 0.99 and differ only in amplitude — harder than SpikeInterface's generator.
+* **drift-*** — SpikeInterface ``generate_drifting_recording`` (its ellipsoid templates, 2–8 Hz units,
+  noise 6–8 µV) on a Neuropixels-like probe: four staggered columns 16 µm apart, contacts every 40 µm in
+  a column shifted by 20 µm in alternate columns (20 µm rows, as Neuropixels 1.0), 128 or 384 sites:
+  ``drift-zigzag`` rigid ±25 µm reversing every minute (period 120 s); ``drift-ramp`` a slow rigid ramp
+  (60 µm over the recording); ``drift-nonrigid`` zigzag ±30 µm scaled from 20 % at one end of the probe
+  to 100 % at the other. Rows (every SpikeInterface case): ours with its default (``motion='auto'``), ours
+  with ``motion='off'`` (the sorter before drift correction), and the peers on the same saved file, scored as
+  above. Kilosort 4 (``--peers ...,kilosort4``) needs the ``kilosort`` package where the benchmark runs; it is
+  kept out of our environment (e.g. a separate venv that sees ours through a ``.pth`` file), on the CPU.
+* **throughput-384** — ours on 384 × 30 kHz (the drift-zigzag 384 file): × real time and peak memory
+  (RSS of a fresh process), from which an hour is extrapolated.
 * **threads** — throughput: ours on the easy recording with 1 and 2 threads, alternating, best of 2.
 * **locust** — the real 4-channel locust recordings in ../shared/data/ephys/locust (15 kHz, int16,
   offset 2056, gain unknown → µV = ADC counts), sorted with a tetrode-like geometry (4 contacts on
@@ -59,30 +70,32 @@ def _own_threads() -> None:
     configure_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
 
 
-def _run_ours(raw_path: Path, n_channels: int, fs: float, positions: np.ndarray, dtype: str, out: Path, offset: float = 0.0):
+def _run_ours(raw_path: Path, n_channels: int, fs: float, positions: np.ndarray, dtype: str, out: Path, offset: float = 0.0,
+              motion: str = "auto"):
     _own_threads()
     start = time.perf_counter()
-    result = _sort(raw_path, n_channels, fs, positions, dtype, out, offset)
+    result = _sort(raw_path, n_channels, fs, positions, dtype, out, offset, motion)
     return result, time.perf_counter() - start
 
 
-def _sort(raw_path: Path, n_channels: int, fs: float, positions: np.ndarray, dtype: str, out: Path, offset: float = 0.0):
+def _sort(raw_path: Path, n_channels: int, fs: float, positions: np.ndarray, dtype: str, out: Path, offset: float = 0.0,
+          motion: str = "auto"):
     """Raw file → Phy folder with the threads as they are set."""
     from engine.ephys.io import RawRecording, RecordingParams
     from engine.ephys.phy import write_phy
     from engine.ephys.probe import Probe
-    from engine.ephys.sorter import sort_recording
+    from engine.ephys.sorter import SortParams, sort_recording
 
     params = RecordingParams(n_channels=n_channels, sample_rate=fs, dtype=dtype, offset=offset)
-    result = sort_recording(RawRecording(raw_path, params), Probe(positions, np.arange(n_channels)))
+    result = sort_recording(RawRecording(raw_path, params), Probe(positions, np.arange(n_channels)), SortParams(motion=motion))
     write_phy(result, out, raw_path=raw_path, recording_params=params)
     return result
 
 
 def _stages(result) -> str:
-    """Seconds per stage: preprocess / detect / cluster / deconvolve."""
+    """Seconds per stage: preprocess / detect / drift / cluster / deconvolve."""
     i = result.info
-    return "/".join(f"{i[k]:.1f}" for k in ("preprocess_s", "detect_s", "cluster_s", "deconvolve_s"))
+    return "/".join(f"{i.get(k, 0.0):.1f}" for k in ("preprocess_s", "detect_s", "drift_s", "cluster_s", "deconvolve_s"))
 
 
 def _score_si(gt, sorting) -> dict:
@@ -99,30 +112,69 @@ def _score_si(gt, sorting) -> dict:
     }
 
 
-def si_case(name: str, n_units: int, noise: float, duration: float, seed: int, peers: list[str], work: Path) -> list[dict]:
+def _drifting_recording(kind: str, n_sites: int, n_units: int, duration: float, seed: int, folder: Path):
+    """A SpikeInterface drifting ground truth (see the module docstring), saved as a binary folder."""
+    from probeinterface import generate_multi_columns_probe
+    from spikeinterface.core import load
+    from spikeinterface.generation import generate_drifting_recording
+
+    probe = generate_multi_columns_probe(num_columns=4, num_contact_per_column=n_sites // 4, xpitch=16, ypitch=40,
+                                         y_shift_per_column=[20, 0, 20, 0], contact_shapes="square", contact_shape_params={"width": 12})
+    probe.set_device_channel_indices(np.arange(n_sites))
+    zigzag = dict(drift_mode="zigzag", non_rigid_gradient=None, t_start_drift=0.0, t_end_drift=None, period_s=120.0)
+    motion, amplitude = {"zigzag": (zigzag, 25.0), "ramp": ({**zigzag, "period_s": 4 * duration}, 30.0),
+                         "nonrigid": ({**zigzag, "non_rigid_gradient": 0.2}, 30.0)}[kind]
+    _static, rec, gt = generate_drifting_recording(
+        num_units=n_units, duration=duration, probe=probe, seed=seed,
+        generate_displacement_vector_kwargs=dict(displacement_sampling_frequency=5.0, drift_start_um=[0, amplitude],
+                                                 drift_stop_um=[0, -amplitude], drift_step_um=1, motion_list=[motion]))
+    saved = rec.save(folder=folder / "recording", format="binary", n_jobs=1, progress_bar=False, verbose=False)
+    return load(folder / "recording") if saved is None else saved, gt
+
+
+def si_case(name: str, n_units: int, noise: float, duration: float, seed: int, peers: list[str], work: Path,
+            drift: tuple[str, int] | None = None) -> list[dict]:
     import spikeinterface.full as si
     from spikeinterface.core import NumpySorting
 
     si.set_global_job_kwargs(n_jobs=1, progress_bar=False)
-    folder = work / name
-    rec, gt = _si_recording(n_units, noise, duration, seed, folder)
+    folder = work / name.split()[0]
+    if drift is None:
+        rec, gt = _si_recording(n_units, noise, duration, seed, folder)
+    else:
+        rec, gt = _drifting_recording(drift[0], drift[1], n_units, duration, seed, folder)
     raw = next((folder / "recording").glob("traces_cached_seg0.raw"))
     positions = rec.get_probe().contact_positions
-    result, wall = _run_ours(raw, rec.get_num_channels(), 30000.0, positions, str(rec.get_dtype()), folder / "ours_phy")
-    ours = NumpySorting.from_samples_and_labels([result.spike_times], [result.spike_units], 30000.0)
-    rows = [{"case": name, "sorter": "neurowb (ours)", **_score_si(gt, ours), "wall_s": wall, "x_realtime": duration / wall,
-             "stages": _stages(result)}]
-    print(f"{name}: ours done in {wall:.1f} s", file=sys.stderr, flush=True)
-    for peer in peers:
+    rows = []
+
+    def ours(motion: str) -> None:
+        result, wall = _run_ours(raw, rec.get_num_channels(), 30000.0, positions, str(rec.get_dtype()), folder / f"ours_{motion}_phy",
+                                 motion=motion)
+        found = NumpySorting.from_samples_and_labels([result.spike_times], [result.spike_units], 30000.0)
+        label = "neurowb (ours)" if motion == "auto" else "neurowb, motion off"
+        rows.append({"case": name, "sorter": label, **_score_si(gt, found), "wall_s": wall, "x_realtime": duration / wall,
+                     "stages": _stages(result), "drift": result.info.get("drift_correction")})
+        print(f"{name}: ours ({motion}) done in {wall:.1f} s: {rows[-1]}", file=sys.stderr, flush=True)  # a long run's partial results
+
+    def peer(name_: str) -> None:
         start = time.perf_counter()
         try:
-            sorting = si.run_sorter(peer, rec, folder=folder / peer, remove_existing_folder=True, verbose=False)
+            extra = {"torch_device": "cpu"} if name_ == "kilosort4" else {}  # Kilosort 4 runs where it is installed (its own venv)
+            sorting = si.run_sorter(name_, rec, folder=folder / name_, remove_existing_folder=True, verbose=False, **extra)
         except Exception as exc:  # a peer failing must not sink the benchmark
-            rows.append({"case": name, "sorter": peer, "well": f"failed: {type(exc).__name__}: {str(exc)[:80]}"})
-            continue
+            rows.append({"case": name, "sorter": name_, "well": f"failed: {type(exc).__name__}: {str(exc)[:80]}"})
+            return
         wall = time.perf_counter() - start
-        rows.append({"case": name, "sorter": peer, **_score_si(gt, sorting), "wall_s": wall, "x_realtime": duration / wall})
-        print(f"{name}: {peer} done in {wall:.1f} s", file=sys.stderr, flush=True)
+        rows.append({"case": name, "sorter": name_, **_score_si(gt, sorting), "wall_s": wall, "x_realtime": duration / wall})
+        print(f"{name}: {name_} done in {wall:.1f} s: {rows[-1]}", file=sys.stderr, flush=True)
+
+    # ours, the first peer, ours with motion off (the sorter before drift correction), the other peers
+    ours("auto")
+    for p in peers[:1]:
+        peer(p)
+    ours("off")
+    for p in peers[1:]:
+        peer(p)
     return rows
 
 
@@ -193,6 +245,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of simulated recording (default 60)")
     parser.add_argument("--cases", default="easy,hard,own,locust")
+    parser.add_argument("--duration-384", type=float, default=30.0, help="seconds of the 384-site drift cases (default 30)")
     parser.add_argument("--no-peers", action="store_true", help="skip SpikeInterface's sorters")
     parser.add_argument("--peers", default="spykingcircus2,tridesclous2")
     parser.add_argument("--seed", type=int, default=0)
@@ -215,6 +268,11 @@ def main(argv=None) -> int:
             rows += si_case("easy (16 units, 5 µV)", 16, 5.0, args.duration, args.seed, peers, work)
         if have_si and "hard" in cases:
             rows += si_case("hard (32 units, 10 µV)", 32, 10.0, args.duration, args.seed, peers, work)
+        for case in sorted(c for c in cases if have_si and c.startswith("drift-")):  # drift-zigzag-128, drift-ramp-128, drift-nonrigid-384, ...
+            _, kind, sites = case.split("-")
+            n_units = 40 if int(sites) <= 128 else 100
+            duration = args.duration if int(sites) <= 128 else args.duration_384
+            rows += si_case(f"{case} ({n_units} units, {duration:g} s)", n_units, 0.0, duration, args.seed, peers, work, drift=(kind, int(sites)))
         if have_si and "threads" in cases:
             print("Throughput, ours on the easy recording (best of 2, alternating):\n")
             markdown_table(threads_case(args.duration, args.seed, work), ["threads", "wall_s", "x_realtime", "stages"])
@@ -223,8 +281,8 @@ def main(argv=None) -> int:
             rows.append(own_case("16 units, 5 µV", 16, 5.0, args.duration, args.seed, work))
             rows.append(own_case("32 units, 10 µV", 32, 10.0, args.duration, args.seed, work))
         if rows:
-            markdown_table(rows, ["case", "sorter", "well", "mean_acc", "units", "fp_units", "redundant", "wall_s", "x_realtime", "stages"])
-            print("\nstages: our seconds for preprocess / detect / cluster / deconvolve")
+            markdown_table(rows, ["case", "sorter", "well", "mean_acc", "units", "fp_units", "redundant", "wall_s", "x_realtime", "stages", "drift"])
+            print("\nstages: our seconds for preprocess / detect / drift (estimate, correct, detect again) / cluster / deconvolve")
         if "locust" in cases:
             if not SHARED.is_dir():
                 print(f"\n{SHARED} not found: locust case skipped.")

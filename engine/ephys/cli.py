@@ -1,7 +1,7 @@
 """`neurowb sort`, `neurowb qc`, `neurowb driftmap` and `neurowb simulate-ephys` (registered through the neurowb.commands
 entry point).
 
-``neurowb sort RECORDING [--probe P] -o PHY_DIR [--nwb UNITS.nwb] [--nwb-metadata META]``
+``neurowb sort RECORDING [--probe P] -o PHY_DIR [--motion {auto,rigid,nonrigid,off}] [--nwb UNITS.nwb] [--nwb-metadata META]``
     sorts a recording into a Phy folder (and the units into an NWB file). RECORDING: any format of
     :mod:`engine.ephys.formats` (SpikeGLX, Open Ephys, Intan, Neuralynx, Blackrock, NWB: layout, gains and
     probe from the file), or a flat binary (samples × channels) with its sidecar or
@@ -40,6 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--probe", metavar="PROBE", help="probeinterface .json or Kilosort channel map (.json / .mat)")
     p.add_argument("-o", "--output", metavar="PHY_DIR", required=True, help="output folder (created)")
     p.add_argument("--threshold", type=positive_float, help="spike score threshold in noise SDs (default 6)")
+    p.add_argument("--motion", choices=("auto", "rigid", "nonrigid", "off"), default="auto",
+                   help="drift correction (default auto: estimated when the probe has ≥ 4 rows over ≥ 60 µm, corrected when it "
+                   "moves ≥ 5 µm; rigid below 1 mm of probe, per depth window above)")
     p.add_argument("--nwb", metavar="UNITS.nwb", help="also write the units as an NWB file (as the window's Export NWB does)")
     p.add_argument("--nwb-metadata", metavar="META", help="JSON or YAML with NWB's field names: session_description, experimenter, "
                    "institution, lab, keywords, experiment_description, subject {subject_id, species, sex, age}, location")
@@ -108,7 +111,7 @@ def _run_sort(args: argparse.Namespace) -> int:
     else:
         print("warning: no --probe given: assuming a linear probe 20 µm apart", file=sys.stderr)
     recording.close()
-    sort_params = SortParams()
+    sort_params = SortParams(motion=args.motion)
     if args.threshold is not None:
         sort_params.threshold = args.threshold
     logging.getLogger("engine.ephys").setLevel(logging.WARNING)
@@ -116,6 +119,7 @@ def _run_sort(args: argparse.Namespace) -> int:
         out = sort_job(args.raw, params, args.probe, sort_params, folder=args.output, progress=progress)
     curation, folder = out["curation"], out["folder"]
     info = curation.phy.meta.get("info", {})
+    print(f"drift correction: {info['drift_correction']}" + (f" (estimated up to {info['drift_max_um']:.1f} µm)" if "drift_max_um" in info else ""))
     print(f"{len(curation.cluster_ids)} units, {len(curation.spike_times)} spikes in {info['duration_s']:.1f} s of recording; "
           f"sorted in {info['total_s']:.1f} s on {info['device']} ({info['duration_s'] / max(info['total_s'], 1e-9):.1f}x real time)")
     if out["backup"] is not None:

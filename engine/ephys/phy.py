@@ -15,6 +15,10 @@ Written by :func:`write_phy`:
 ``similar_templates.npy``     (K, K) float32 best-lag cosine similarity
 ``pc_features.npy``           (n, 3, P) float32 temporal-PC features on the template's P channels
 ``pc_feature_ind.npy``        (K, P) uint32 those channels (indices into channel_map)
+``spike_positions.npy``       (n, 2) float32 x, y in µm of each spike in the recording's coordinates (before drift
+                              correction; Kilosort 4's name): the centre of mass of its PC features plus the drift
+``motion.npz``                when drift was estimated (engine/ephys/motion.py): temporal_bins_s (T,),
+                              spatial_bins_um (D,), displacement_um (T, D) float32 (D = 1 when rigid), rigid (bool)
 ``cluster_group.tsv``         cluster_id, group (unsorted / good / mua / noise)
 ``neurowb_sort.json``         ours: preprocessing (to rebuild traces and residuals), raw scaling, timings
 ``cluster_SNR.tsv``, ``cluster_ISIViol.tsv``, ``cluster_PresenceRatio.tsv``
@@ -40,7 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import InputError
-from engine.storage import atomic_save_json, atomic_save_npy, atomic_write_text
+from engine.storage import atomic_save_json, atomic_save_npy, atomic_write_bytes, atomic_write_text
 
 GROUPS = ("good", "mua", "noise", "unsorted")
 REQUIRED = ("params.py", "spike_times.npy", "spike_templates.npy", "amplitudes.npy", "templates.npy", "channel_map.npy", "channel_positions.npy")
@@ -85,6 +89,10 @@ def write_phy(sorting, folder: str | os.PathLike, raw_path: str | os.PathLike | 
     if sorting.pc_features is not None and sorting.pc_feature_ind is not None:
         atomic_save_npy(folder / "pc_features.npy", sorting.pc_features.astype(np.float32))
         atomic_save_npy(folder / "pc_feature_ind.npy", sorting.pc_feature_ind.astype(np.uint32))
+    if sorting.spike_positions is not None:  # Kilosort 4's name: x, y in µm of each spike, the recording's coordinates
+        atomic_save_npy(folder / "spike_positions.npy", sorting.spike_positions.astype(np.float32))
+    if sorting.motion is not None:  # the estimated drift (engine/ephys/motion.py)
+        atomic_write_bytes(folder / "motion.npz", sorting.motion.to_bytes())
     write_cluster_groups(folder, {k: "unsorted" for k in range(sorting.n_units)})
     meta = {
         "template_troughs": sorting.template_troughs.tolist(),

@@ -40,9 +40,14 @@ Batches: time is cut into ``batch_seconds`` batches read with D-sample margins; 
 only when their window starts in the batch's own range. On a CPU with n torch threads the
 batches (and the filtering and detection chunks) run n at a time in threads, each
 single-threaded: the same result as one at a time, and ~1.8x faster on 2 cores where torch's
-own intra-op threads gained ~1.3x (many small ops). Drift: **not tracked** — templates are
-fixed over the recording (fine for the simulations and the 29 s locust trials; long probe
-recordings with drift would need Kilosort's drift correction).
+own intra-op threads gained ~1.3x (many small ops).
+
+Drift (:mod:`engine.ephys.motion`): after the first detection, the peaks' depths over time give the
+probe's motion; when it is corrected (``motion``: ``auto`` corrects when the probe has depth and the
+estimate moves ≥ ``motion_min_um``), the whitened file is interpolated back to the reference depths in
+place, detection runs again on it, and everything after (templates fixed over the recording) works on
+corrected traces. Each spike's position (recording coordinates, before correction) comes from its PC
+features' centre of mass plus the displacement at its time and depth.
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ import numpy as np
 
 from engine.device import single_threaded
 from engine.ephys.clustering import detect_peaks, initial_templates
+from engine.ephys.motion import LOCALIZE_RADIUS_UM, check_mode, check_probe, correct_in_place, estimate_motion, localize_peaks, spike_positions
 from engine.ephys.preprocess import PreprocessParams, Preprocessor
 from engine.ephys.probe import Probe, linear_probe
 from engine.errors import InputError
@@ -93,6 +99,9 @@ class SortParams:
     min_spikes: int = 20
     max_shadow_fraction: float = 0.7  # drop units firing ≥ 70 % within 0.5 ms of a nearby unit
     n_pc_channels: int = 8
+    motion: str = "auto"  # drift correction: "auto", "rigid", "nonrigid" or "off" (engine/ephys/motion.py)
+    motion_min_um: float = 5.0  # auto corrects when the estimated displacement reaches this (static benchmarks: ≤ 0.2 µm)
+    motion_nonrigid_span_um: float = 1000.0  # auto estimates per depth window on probes spanning at least this
     seed: int = 0
     device: str | None = None
 
@@ -113,6 +122,8 @@ class Sorting:
     preprocess_state: dict
     pc_features: np.ndarray | None = None
     pc_feature_ind: np.ndarray | None = None
+    spike_positions: np.ndarray | None = None  # (n, 2) µm, recording coordinates (before drift correction)
+    motion: object | None = None  # engine.ephys.motion.Motion when drift was estimated
     info: dict = field(default_factory=dict)
 
     @property
@@ -518,8 +529,13 @@ def sort_recording(
         if not getattr(params, name) > 0:  # also NaN
             raise InputError(f"The spike {name.replace('_', ' ')} must be a positive number of noise SDs, got {getattr(params, name)}.")
     device = select_device(params.device)
-    p_check, p_pre, p_detect, p_cluster, p_deconv = progress.split(
-        [0.2, 2, 1, 2, 6], ["Checking samples", "Filtering", "Detecting", "Clustering", "Deconvolving"])
+    motion_mode = check_mode(params.motion)
+    why_not = check_probe(probe.positions, motion_mode) if motion_mode != "off" else "off"
+    if why_not and motion_mode in ("rigid", "nonrigid"):
+        raise InputError(f"{why_not[0].upper()}{why_not[1:]}: sort it with drift correction 'off' (or 'auto', which skips it).")
+    estimate = why_not is None
+    p_check, p_pre, p_detect, p_motion, p_cluster, p_deconv = progress.split(
+        [0.2, 2, 1, 1.5 if estimate else 0, 2, 6], ["Checking samples", "Filtering", "Detecting", "Drift", "Clustering", "Deconvolving"])
     check_finite(recording, p_check)
 
     tmp = None
@@ -542,25 +558,48 @@ def sort_recording(
         excl = probe.neighbours(params.exclusion_radius)
         half = max(1, int(round(params.exclusion_ms * 1e-3 * fs)))
         batch = int(params.batch_seconds * fs)
-        det_t, det_c = [], []
         bounds = list(range(0, n_t, batch))
+        local = probe.neighbours(LOCALIZE_RADIUS_UM)
 
-        def detect_batch(a, sd, xw=xw):
+        def detect_batch(a, sd, xw=xw, localize=False):
             lo, hi = max(0, a - half), min(n_t, a + batch + half)
             block = np.asarray(xw[lo:hi])
             if sd is None:  # whitened noise is ~1 SD; measure it once (first batch) to be safe
                 sd = np.maximum(np.median(np.abs(block), axis=0) / 0.6745, 1e-6)
             t, c, _ = detect_peaks(block / sd, params.detect_threshold, excl, half)
-            t = t + lo
-            keep = (t >= a) & (t < a + batch) & (t >= trough) & (t < n_t - (d - trough))
-            return t[keep], c[keep], sd
+            keep = (t + lo >= a) & (t + lo < a + batch) & (t + lo >= trough) & (t + lo < n_t - (d - trough))
+            t, c = t[keep], c[keep]
+            where = localize_peaks(block, t, c, probe.positions, local) if localize else (None, None)
+            return t + lo, c, *where, sd
 
-        for i, (t, c, _sd) in enumerate(_in_order(detect_batch, bounds, None, workers, p_detect.check)):
-            det_t.append(t)
-            det_c.append(c)
-            p_detect.report((i + 1) / len(bounds), "threshold crossings")
-        det_t, det_c = np.concatenate(det_t), np.concatenate(det_c)
+        def detect(progress, localize=False):
+            found = []
+            for i, out in enumerate(_in_order(lambda a, sd: detect_batch(a, sd, localize=localize), bounds, None, workers, progress.check)):
+                found.append(out[:-1])
+                progress.report((i + 1) / len(bounds), "threshold crossings")
+            return [np.concatenate(v) if v[0] is not None else None for v in zip(*found)]
+
+        det_t, det_c, det_xy, det_amp = detect(p_detect, localize=estimate)
         timings["detect_s"] = time.perf_counter() - t0
+
+        # -- drift ---------------------------------------------------------------------------------
+        motion = corrected = None
+        timings["drift_correction"] = "off" if motion_mode == "off" else f"not estimated: {why_not}" if why_not else "none"
+        if estimate:
+            t0 = time.perf_counter()
+            rigid = motion_mode == "rigid" or (motion_mode == "auto" and np.ptp(probe.positions[:, 1]) < params.motion_nonrigid_span_um)
+            p_est, p_fix, p_redetect = p_motion.split([1, 3, 2])
+            motion = estimate_motion(det_t / fs, det_xy, det_amp, n_t / fs, probe.positions, rigid, device=device, progress=p_est)
+            timings["drift_max_um"] = motion.max_displacement_um
+            if motion_mode != "auto" or motion.max_displacement_um >= params.motion_min_um:
+                correct_in_place(xw, fs, probe.positions, motion, device=device, progress=p_fix)
+                xw.flush()
+                det_t, det_c, _xy, _amp = detect(p_redetect)
+                corrected = motion
+                timings["drift_correction"] = "rigid" if rigid else "nonrigid"
+            else:
+                timings["drift_correction"] = f"none (estimated ≤ {motion.max_displacement_um:.1f} µm)"
+            timings["drift_s"] = time.perf_counter() - t0
 
         # -- initialization ------------------------------------------------------------------------
         t0 = time.perf_counter()
@@ -674,7 +713,6 @@ def sort_recording(
         timings["deconvolve_s"] = time.perf_counter() - t0
         timings["total_s"] = time.perf_counter() - t_start
         timings["device"] = str(device)
-        timings["drift_correction"] = False
         spike_units = units.astype(np.int64)
         spike_times = (starts.astype(np.int64) + troughs[spike_units]) if len(spike_units) else np.zeros(0, np.int64)
         order = np.argsort(spike_times, kind="stable")
@@ -691,10 +729,13 @@ def sort_recording(
             preprocess_state=pre.state(),
             pc_features=None if pc_features is None else pc_features[order],
             pc_feature_ind=pc_ind,
+            spike_positions=None if pc_features is None else spike_positions(
+                pc_features[order], pc_ind, spike_units[order], probe.positions, spike_times[order] / fs, corrected),
+            motion=motion,
             info={**timings, "params": asdict(params), "duration_s": recording.n_samples / fs},
         )
         progress.report(1.0, f"{result.n_units} units")
-        detect_batch = run_batch = None  # they hold xw (default arguments): release the file before cleanup
+        detect_batch = run_batch = None  # noqa: F811 -- they hold xw (default arguments): release the file before cleanup
         del xw
         return result
     finally:

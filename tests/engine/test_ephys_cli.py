@@ -38,6 +38,8 @@ def test_round_trip(tmp_path, capsys):
     assert sum(len(ks.get_unit_spike_train(u)) for u in ks.unit_ids) == len(np.load(phy / "spike_times.npy"))
     text = capsys.readouterr().out
     assert "units" in text and "real time" in text
+    assert "drift correction: none (estimated" in text  # auto on a static recording, two columns over 150 µm: estimated, nothing to undo
+    assert np.load(phy / "spike_positions.npy").shape == (len(np.load(phy / "spike_times.npy")), 2) and (phy / "motion.npz").is_file()
     gt = np.load(out / "recording_ground_truth.npz")
     n_sorted = len(np.unique(np.load(phy / "spike_clusters.npy")))
     assert n_sorted == len(np.unique(gt["spike_units"]))
@@ -75,3 +77,12 @@ def test_bad_inputs(tmp_path, capsys):
     assert "Phy folder not found" in capsys.readouterr().err
     assert run(["sort", str(good), "--n-channels", "8", "--fs", "30000", "--dtype", "int8", "-o", "x"]) == 2
     assert "invalid choice: 'int8'" in capsys.readouterr().err
+    from engine.ephys.probe import Probe
+
+    write_probe(tmp_path / "row.json", Probe(np.stack([np.arange(8) * 20.0, np.zeros(8)], axis=1), np.arange(8)))
+    assert run(["sort", str(good), "--n-channels", "8", "--fs", "30000", "--probe", str(tmp_path / "row.json"), "--motion", "rigid",
+                "-o", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "needs contacts along the probe's depth" in err and "1 row" in err and err.count("\n") == 1
+    assert run(["sort", str(good), "--n-channels", "8", "--fs", "30000", "--motion", "sideways", "-o", "x"]) == 2
+    assert "invalid choice: 'sideways'" in capsys.readouterr().err
