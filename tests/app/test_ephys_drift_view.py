@@ -37,16 +37,26 @@ def test_drift_map_follows_sorts_and_phy_folders(window, qtbot, recording, tmp_p
     assert blocker.args[0].state is JobState.FINISHED
     drift = drift_shown(ws, qtbot)
     c = ws.curation
+    # our sorter writes each spike's position (spike_positions.npy), which the map uses first
+    assert drift.n_total == len(c.spike_times) == len(drift.spikes) and drift.depth_source == "spike positions"
+    assert (c.folder / "spike_positions.npy").exists()
+    assert f"{drift.n_total:,} spikes" in ws.drift.summary.text()
+    folder = c.folder
+    # a Phy folder without them (as other sorters write) falls back to the PC features
+    (folder / "spike_positions.npy").unlink()
+    (folder / "motion.npz").unlink(missing_ok=True)
+    ws.drift.drift = None
+    open_in(window, qtbot, folder)
+    drift = drift_shown(ws, qtbot)
+    c = ws.curation
     assert drift.n_total == len(c.spike_times) == len(drift.spikes) and drift.depth_source == "PC features"
     # each unit's spikes sit near its peak channel's depth (channels 20 µm apart on the assumed linear probe)
     for row in c.rows():
         mine = c.spike_clusters[drift.spikes] == row["cluster_id"]
         assert abs(np.median(drift.depths_um[mine]) - row["depth_um"]) < 25, row
     assert ws.drift.note.text() == NO_MOTION and not ws.drift.motion_lines
-    assert f"{drift.n_total:,} spikes" in ws.drift.summary.text()
 
-    # the same folder with our sorter's spike positions and an estimated motion: reopened, both are shown
-    folder = c.folder
+    # the same folder with spike positions and an estimated motion: reopened, both are shown
     n = drift.n_total
     units = c.spike_clusters % 3
     depths = (100.0 + 60.0 * units).astype(np.float32)
