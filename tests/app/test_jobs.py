@@ -127,10 +127,11 @@ def test_gui_stays_responsive_during_cpu_heavy_job(qtbot):
     timer.stop()
     assert job.state is JobState.FINISHED
     assert job_thread and job_thread[0] is not threading.current_thread()
-    # The event loop kept running during the 2 s job. Typical gaps are ~10 ms; the bounds are loose
-    # because a loaded CI machine can delay single pings (speed itself is measured in benchmarks/).
+    # The event loop kept running during the 2 s job: a loop blocked by the job would tick once (one 2 s gap),
+    # or a few times if blocked piece by piece. Typical gaps are ~10 ms, but a loaded CI machine delays pings,
+    # so the bounds only tell blocked from running (stall lengths are measured in benchmarks/gui_stalls.py).
     assert len(gaps) > 20, f"only {len(gaps)} timer ticks in a 2 s job: the event loop was blocked"
-    assert float(np.median(gaps[1:])) < 50, f"median gap {np.median(gaps[1:])} ms"
+    assert max(gaps[1:]) < 1000, f"the event loop stood still for {max(gaps[1:])} ms during the job"
 
 
 def test_job_cannot_start_twice(qtbot):
