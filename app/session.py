@@ -11,6 +11,20 @@ from __future__ import annotations
 from PyQt6.QtCore import QObject, pyqtSignal
 
 
+class from_session:
+    """A panel attribute that reads the session's attribute of the same name: the panel shows the state,
+    the session holds it (``curation = from_session()`` in a panel class whose ``self.session`` is set)."""
+
+    def __set_name__(self, owner, name: str) -> None:
+        self.name = name
+
+    def __get__(self, panel, owner=None):
+        return self if panel is None else getattr(panel.session, self.name)
+
+    def __set__(self, panel, value) -> None:  # a change goes through the session, which signals it
+        raise AttributeError(f"{self.name} belongs to the session: change it through self.session")
+
+
 class CurationSession(QObject):
     curation_changed = pyqtSignal()  # another result to curate, or none; the selection is emptied first
     selection_changed = pyqtSignal(list)  # the selected ids, the current one first

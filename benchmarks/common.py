@@ -85,3 +85,28 @@ def markdown_table(rows: Sequence[Sequence[Any] | Mapping[str, Any]], columns: S
     text = "\n".join(lines)
     print(text, flush=True)
     return text
+
+
+class StallProbe:
+    """A 2 ms timer on the GUI thread; its largest gap is the longest the event loop was blocked."""
+
+    def __init__(self):
+        from PyQt6.QtCore import QTimer  # here, so benchmarks without a window never import Qt
+
+        self.ticks: list[float] = []
+        self.timer = QTimer()
+        self.timer.setInterval(2)
+        self.timer.timeout.connect(lambda: self.ticks.append(time.perf_counter()))
+
+    def __enter__(self):
+        self.ticks = [time.perf_counter()]
+        self.timer.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.timer.stop()
+        self.ticks.append(time.perf_counter())
+
+    @property
+    def max_gap_ms(self) -> float:
+        return max((b - a) * 1e3 for a, b in zip(self.ticks, self.ticks[1:])) if len(self.ticks) > 1 else 0.0

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import machine_header, markdown_table
+from benchmarks.common import StallProbe, machine_header, markdown_table
 
 FOLDER = Path("/tmp/neurowb-bench-driftmap")
 N_CH, K, D, P = 384, 300, 61, 32
@@ -55,31 +55,6 @@ def make_folder(n: int) -> Path:
     features.flush()
     del features
     return folder
-
-
-class StallProbe:
-    """A 2 ms timer on the GUI thread; its largest gap is the longest the event loop was blocked."""
-
-    def __init__(self):
-        from PyQt6.QtCore import QTimer
-
-        self.ticks: list[float] = []
-        self.timer = QTimer()
-        self.timer.setInterval(2)
-        self.timer.timeout.connect(lambda: self.ticks.append(time.perf_counter()))
-
-    def __enter__(self):
-        self.ticks = [time.perf_counter()]
-        self.timer.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.timer.stop()
-        self.ticks.append(time.perf_counter())
-
-    @property
-    def max_gap_ms(self) -> float:
-        return float(np.diff(self.ticks).max() * 1e3)
 
 
 def median_ms(func, repeat: int = 5) -> float:

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import machine_header, markdown_table, peak_rss_mb, ratio
+from benchmarks.common import StallProbe, machine_header, markdown_table, peak_rss_mb, ratio
 
 N_CHANNELS, RATE, DURATION, N_UNITS = 384, 30000.0, 20.0, 64
 WINDOWS = (0.1, 0.5, 2.0)
@@ -190,30 +190,6 @@ def component_rows(recording, phy, panel, app) -> list[list]:
 
 
 # -- 2: scrolling in the workspace ---------------------------------------------------------------------
-
-class StallProbe:
-    """A 2 ms timer on the GUI thread; its largest gap is the longest the GUI was blocked."""
-
-    def __init__(self):
-        from PyQt6.QtCore import QTimer
-
-        self.ticks: list[float] = []
-        self.timer = QTimer()
-        self.timer.setInterval(2)
-        self.timer.timeout.connect(lambda: self.ticks.append(time.perf_counter()))
-
-    def __enter__(self):
-        self.ticks = [time.perf_counter()]
-        self.timer.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.timer.stop()
-        self.ticks.append(time.perf_counter())
-
-    @property
-    def max_gap_ms(self) -> float:
-        return float(np.diff(self.ticks).max() * 1e3) if len(self.ticks) > 1 else 0.0
 
 
 def wait_frame(app, ws, timeout: float = 30.0) -> None:

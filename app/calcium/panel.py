@@ -45,13 +45,14 @@ from PyQt6.QtWidgets import (
 from engine.calcium import classifier, curation
 from engine.calcium.curation import MOVIE_SOURCES, Curation
 from app.calcium.session import CalciumSession
+from app.session import from_session
 from app.calcium.views import FieldOfView, TracePanel
 from app.dialogs import ask_nwb_metadata, ask_nwb_path, show_error
 from app.jobs import Job
 from app.widgets.job_box import JobBox
 from app.widgets.number_item import NumberItem
 from app.workspace import InfoBox, Workspace
-from engine.calcium.io import MOVIE_EXTENSIONS, Movie, is_suite2p_binary, recording_layout, region_trace
+from engine.calcium.io import MOVIE_EXTENSIONS, is_suite2p_binary, recording_layout, region_trace
 from engine.calcium.pipeline import REGISTER
 from engine.errors import InputError
 from engine.mesh.io import HDF5_EXTENSIONS, is_hdf5_mesh
@@ -616,29 +617,12 @@ class CalciumWorkspace(Workspace):
         self.export_nwb_button.setEnabled(self.export_button.isEnabled())
 
     # -- session state (read here, changed through self.session) ------------------------------
-    @property
-    def movie(self) -> Movie | None:
-        return self.session.movie
-
-    @property
-    def summaries(self) -> dict[str, np.ndarray]:
-        return self.session.summaries
-
-    @property
-    def curation(self) -> Curation | None:
-        return self.session.curation
-
-    @property
-    def selected(self) -> list[int]:
-        return self.session.selected
-
-    @property
-    def cnmf_job(self) -> Job | None:
-        return self.session.cnmf_job
-
-    @property
-    def edit_job(self) -> Job | None:
-        return self.session.edit_job
+    movie = from_session()
+    summaries = from_session()
+    curation = from_session()
+    selected = from_session()
+    cnmf_job = from_session()
+    edit_job = from_session()
 
     # -- decisions -------------------------------------------------------------------------
     def _editable(self) -> bool:

@@ -27,6 +27,7 @@ from app.dialogs import ask_nwb_metadata, ask_nwb_path, confirm, show_error
 from app.ephys.driftmap import DriftMapView
 from app.ephys.params_dialog import RecordingParamsDialog
 from app.ephys.session import EphysSession
+from app.session import from_session
 from app.ephys.traces import TraceLoader, TracePanel, TraceRequest, load_traces
 from app.ephys.views import SimilarList, UnitTable, UnitViews, selection_color
 from app.jobs import Job
@@ -381,29 +382,12 @@ class EphysWorkspace(Workspace):
             self.open_phy(out["phy_folder"])
 
     # -- session state (read here, changed through self.session) ----------------------------------
-    @property
-    def recording(self) -> RawRecording | None:
-        return self.session.recording
-
-    @property
-    def source(self) -> TraceSource | None:
-        return self.session.source
-
-    @property
-    def raw_path(self) -> Path | None:
-        return self.session.raw_path
-
-    @property
-    def curation(self) -> Curation | None:
-        return self.session.curation
-
-    @property
-    def selected(self) -> list[int]:
-        return self.session.selected
-
-    @property
-    def sort_job(self) -> Job | None:
-        return self.session.sort_job
+    recording = from_session()
+    source = from_session()
+    raw_path = from_session()
+    curation = from_session()
+    selected = from_session()
+    sort_job = from_session()
 
     def _set_recording(self, path: Path, recording: RawRecording, source: TraceSource) -> None:
         self.session.set_recording(path, recording, source)
