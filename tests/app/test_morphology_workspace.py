@@ -324,6 +324,12 @@ def test_hand_labels_over_every_coloring_status_and_framed_region(window, qtbot,
     np.testing.assert_allclose(tinted, expected, atol=1e-5)
     assert ws.view.cursor.visible
 
+    # features of another kind, at more timescales: the HKS is dropped (it crashed on lists of other lengths)
+    ws.feature_kind.setCurrentText(next(k for k in spines.FEATURE_KINDS if k.startswith("sihks")))
+    assert ws.entry.hks is None and not ws.timescale.isEnabled() and ws.timescale_label.text() == "t = —"
+    assert "compute the HKS again (1 mesh need other timescales)" in window.statusBar().currentMessage()
+    assert not ws.train_button.isEnabled()
+
     # another mesh: no ring, no tint
     other = write_demo_dendrite(tmp_path / "other.ply", n_spines=5, length=6.0)
     open_in(window, qtbot, other)
