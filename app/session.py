@@ -1,14 +1,18 @@
-"""What every workspace session shares: the hand work being curated, its selection, its undo history.
+"""What every workspace session shares, and the curation sessions' selection.
 
-A workspace's session (:mod:`app.ephys.session`, :mod:`app.calcium.session`) holds what is shown now,
-once, and says every change with a signal; the panel and its views read the session and follow the
-signals (as Phy's and napari's views follow their model). The curated object is any engine hand-work
-model with an :class:`engine.undo.History` as ``history``.
+A workspace's session (:mod:`app.ephys.session`, :mod:`app.calcium.session`,
+:mod:`app.morphology.session`, :mod:`app.factors.session`) holds what is shown now, once, and says
+every change with a signal; the panel and its views read the session and follow the signals (as
+Phy's and napari's views follow their model). Every session hears the undo history of the hand
+work it shows (an engine hand-work model with an :class:`engine.undo.History` as ``history``) and
+follows the jobs that make it busy.
 """
 
 from __future__ import annotations
 
 from PyQt6.QtCore import QObject, pyqtSignal
+
+from app.jobs import Job
 
 
 class from_session:
@@ -25,10 +29,34 @@ class from_session:
         raise AttributeError(f"{self.name} belongs to the session: change it through self.session")
 
 
-class CurationSession(QObject):
+class Session(QObject):
+    history_changed = pyqtSignal()  # what Undo / Redo can do changed (an edit, an undo, a redo)
+    busy_changed = pyqtSignal()  # a job of the session started or ended
+
+    def __init__(self, parent: QObject | None = None):
+        super().__init__(parent)
+        self._heard = None
+
+    def _hear(self, handwork) -> None:
+        """Say ``history_changed`` for ``handwork``'s history (None: none), no longer for the one heard before."""
+        if self._heard is not None:
+            self._heard.history.on_change = None
+        self._heard = handwork
+        if handwork is not None:
+            handwork.history.on_change = self.history_changed.emit
+
+    def _follow(self, job: Job) -> Job:
+        """Say ``busy_changed`` now (``job`` has started) and when ``job`` ends."""
+        job.ended.connect(lambda _job: self.busy_changed.emit())
+        self.busy_changed.emit()
+        return job
+
+
+class CurationSession(Session):
+    """A session curating one result at a time, with a selection of its items (units, ROIs)."""
+
     curation_changed = pyqtSignal()  # another result to curate, or none; the selection is emptied first
     selection_changed = pyqtSignal(list)  # the selected ids, the current one first
-    history_changed = pyqtSignal()  # what Undo / Redo can do changed (an edit, an undo, a redo)
 
     def __init__(self, parent: QObject | None = None):
         super().__init__(parent)
@@ -37,11 +65,8 @@ class CurationSession(QObject):
 
     def set_curation(self, curation) -> None:
         """Curate ``curation`` (None: nothing to curate); nothing stays selected."""
-        if self.curation is not None:
-            self.curation.history.on_change = None
+        self._hear(curation)
         self.curation = curation
-        if curation is not None:
-            curation.history.on_change = self.history_changed.emit
         self.selected = []
         self.curation_changed.emit()
 

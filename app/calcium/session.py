@@ -18,7 +18,7 @@ from engine.calcium.io import Movie
 
 class CalciumSession(CurationSession):
     movie_changed = pyqtSignal()  # another movie (and its summary images)
-    busy_changed = pyqtSignal()  # CNMF or an edit job started or ended
+    # busy_changed (Session): CNMF or an edit job started or ended
 
     def __init__(self, parent: QObject | None = None):
         super().__init__(parent)
@@ -52,8 +52,3 @@ class CalciumSession(CurationSession):
     def set_edit_job(self, job: Job) -> Job:
         self.edit_job = job
         return self._follow(job)
-
-    def _follow(self, job: Job) -> Job:
-        job.ended.connect(lambda _job: self.busy_changed.emit())
-        self.busy_changed.emit()
-        return job

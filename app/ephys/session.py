@@ -22,7 +22,7 @@ from engine.ephys.io import RawRecording
 
 class EphysSession(CurationSession):
     recording_changed = pyqtSignal()  # another recording, or its trace source (the sort's model arrived)
-    busy_changed = pyqtSignal(bool)  # a sort started (True) or ended (False)
+    # busy_changed (Session): a sort started or ended
 
     def __init__(self, parent: QObject | None = None):
         super().__init__(parent)
@@ -58,6 +58,4 @@ class EphysSession(CurationSession):
 
     def set_sort_job(self, job: Job) -> Job:
         self.sort_job = job
-        job.ended.connect(lambda _job: self.busy_changed.emit(False))
-        self.busy_changed.emit(True)
-        return job
+        return self._follow(job)

@@ -28,6 +28,8 @@ from app.factors.views import (
     composite_rgba, heat_rgba,
 )
 from app.dialogs import confirm, show_error
+from app.factors.session import PIPELINE_DEFAULTS, FactorsSession
+from app.session import from_session
 from app.widgets.image_view import labels_for_display
 from app.jobs import Job
 from app.widgets.job_box import JobBox
@@ -35,7 +37,6 @@ from app.workspace import InfoBox, Workspace
 from engine.errors import InputError
 from engine.factors import workflow
 from engine.factors.io import IMAGE_EXTENSIONS, LABEL_EXTENSIONS
-from engine.factors.rois import RegionSet
 
 OVERLAYS = ("Regions only", "Factor heatmap", "RGB composite", "Clusters")
 
@@ -54,21 +55,12 @@ class FactorsWorkspace(Workspace):
 
     def __init__(self, window):
         super().__init__(window)
-        self.image: np.ndarray | None = None
-        self.folder: Path | None = None
-        self.regions: RegionSet | None = None
-        self.labels: np.ndarray | None = None  # the regions as a label image (0 = none)
-        self.model = None
-        self.latents = None
-        self.factors: workflow.Factors | None = None
-        self.selection = None
-        self.clusters = None
-        self.current_factor: int | None = None
-        self.job: Job | None = None
+        # the image, settings, regions, results, factor shown and running job: held there once
+        self.session = FactorsSession(self)
         self._outlines = None  # (labels, their outlines as drawn, the drawing's step)
-        self._n_regions = 0  # regions with at least one pixel
         self._build_views()
         self._build_controls()
+        self._follow_session()
         add = self.registry.add
         for key, tool, name in (("P", "polygon", "Polygon"), ("B", "brush", "Brush"), ("E", "erase", "Eraser"), ("V", "pan", "Pan")):
             add(name, lambda tool=tool: self.set_tool(tool), key, group="Regions")
@@ -76,10 +68,10 @@ class FactorsWorkspace(Workspace):
         add("Drop last vertex", None, "Backspace", group="Regions", hint=False)
         add("Cancel shape", None, "Esc", group="Regions", hint=False)
         add("Undo", self.undo, QKeySequence.StandardKey.Undo, group="Regions",
-            enabled=lambda: self.regions is not None and self.regions.history.can_undo,
+            enabled=lambda: self.session.can_undo,
             help="Take back the last shape, new region, renaming, deletion or label file")
         add("Redo", self.redo, "Ctrl+Shift+Z", group="Regions", hint=False,
-            enabled=lambda: self.regions is not None and self.regions.history.can_redo)
+            enabled=lambda: self.session.can_redo)
         add("Zoom / pan", None, ("wheel", "drag"), group="View", hint=False)
         self.keys_hint.setText(self.registry.hint() + " · Enter/double-click closes a polygon · Backspace drops a vertex · "
                                "Esc cancels · wheel zooms, drag pans")
@@ -99,7 +91,7 @@ class FactorsWorkspace(Workspace):
         box = QVBoxLayout(self.region_box)
         self.region_list = QListWidget()
         self.region_list.setMaximumHeight(120)
-        self.region_list.currentRowChanged.connect(lambda _row: self._refresh_controls())
+        self.region_list.currentRowChanged.connect(lambda row: self.session.select_region(self._row_label(row)))
         self.region_list.itemDoubleClicked.connect(lambda _item: self.rename_region())
         box.addWidget(self.region_list)
         grid = QGridLayout()
@@ -144,25 +136,25 @@ class FactorsWorkspace(Workspace):
 
         self.pipeline_box = QGroupBox("Pipeline")
         form = QFormLayout(self.pipeline_box)
-        self.patch_size = _spin(54, 512, 128, "Patch side in pixels (128 ≈ 150 µm at 1.17 µm/px, the paper's)", 2, " px")
-        self.epochs = _spin(1, 500, 4, "Passes over freshly drawn patches; a few are enough to see factors on a CPU")
-        self.patches = _spin(32, 100000, 1024, "Patches drawn per epoch, balanced over the regions", 64)
-        self.pixel_size = QDoubleSpinBox(minimum=0.0, maximum=1000.0, value=0.0, decimals=3, suffix=" µm")
+        defaults = PIPELINE_DEFAULTS
+        self.patch_size = _spin(54, 512, defaults["patch_size"], "Patch side in pixels (128 ≈ 150 µm at 1.17 µm/px, the paper's)", 2, " px")
+        self.epochs = _spin(1, 500, defaults["epochs"], "Passes over freshly drawn patches; a few are enough to see factors on a CPU")
+        self.patches = _spin(32, 100000, defaults["patches"], "Patches drawn per epoch, balanced over the regions", 64)
+        self.pixel_size = QDoubleSpinBox(minimum=0.0, maximum=1000.0, value=defaults["pixel_size_um"], decimals=3, suffix=" µm")
         self.pixel_size.setSpecialValueText("unknown")
         self.pixel_size.setToolTip("Pixel size, saved with the model (later images must match it)")
         self.train_button = self._button("Train", self.train, primary=True)
-        self.stride = _spin(1, 64, 8, "Pixels between latent positions (1 = every pixel; 8–16 for a whole slice on a CPU)")
-        self.stride.valueChanged.connect(lambda _v: self._update_estimate())
+        self.stride = _spin(1, 64, defaults["stride"], "Pixels between latent positions (1 = every pixel; 8–16 for a whole slice on a CPU)")
         self.estimate = QLabel("", objectName="Hint")
         self.estimate.setWordWrap(True)
         self.extract_button = self._button("Extract", self.extract, primary=True)
-        self.k = _spin(1, 64, 15, "Number of NMF factors (15 in the paper)")
+        self.k = _spin(1, 64, defaults["k"], "Number of NMF factors (15 in the paper)")
         self.nmf_button = self._button("NMF", self.run_nmf, primary=True)
         self.job_box = JobBox("Draw at least two regions, then Train.", shows=self.shows)
         self.cancel_button, self.progress_bar, self.stage_label = (self.job_box.cancel_button, self.job_box.progress_bar,
                                                                    self.job_box.stage_label)
         self.mask_background = QCheckBox("Leave out the background")
-        self.mask_background.setChecked(True)
+        self.mask_background.setChecked(defaults["mask_background"])
         self.mask_background.setToolTip("NMF fits the tissue only: the dark field around the slice (dark pixels connected "
                                          "to the image border) is left out and its codes are zero, so no factor is spent "
                                          "on it and leakage counts tissue only. An image without a dark margin is "
@@ -184,9 +176,9 @@ class FactorsWorkspace(Workspace):
         form = QFormLayout(self.select_box)
         self.lam = QDoubleSpinBox(minimum=0.0, maximum=100.0, value=0.5, decimals=2, singleStep=0.1)
         self.lam.setToolTip("λ: weight of leakage (positive codes outside the region) against coverage inside it")
-        self.lam.valueChanged.connect(lambda _v: self.update_selection(recount=False))
+        self.lam.valueChanged.connect(lambda v: self.session.set_weights(lam=v))
         self.p = _spin(1, 64, 1, "p: how many (factor, region) pairs to pick greedily")
-        self.p.valueChanged.connect(lambda _v: self.update_selection(recount=False))
+        self.p.valueChanged.connect(lambda v: self.session.set_weights(pairs=v))
         self.selection_label = QLabel("Run NMF first.")
         self.selection_label.setWordWrap(True)
         self.score_note = QLabel("", objectName="Hint")  # what the score means; why all may be negative
@@ -278,6 +270,40 @@ class FactorsWorkspace(Workspace):
         self.splitter.setStretchFactor(1, 1)
         self.splitter.setSizes([900, 290])
 
+    def _follow_session(self) -> None:
+        """The views follow the session; the settings typed in go to it."""
+        session = self.session
+        session.image_changed.connect(self._show_image)
+        session.parameters_changed.connect(self._show_parameters)
+        session.regions_changed.connect(self._show_regions)
+        session.region_selected.connect(self._show_current_region)
+        session.results_changed.connect(self._factors_changed)
+        session.clusters_changed.connect(self._show_cluster_legend)
+        session.selection_changed.connect(self._show_selection)
+        session.factor_shown.connect(self._show_factor)
+        session.busy_changed.connect(self._refresh_controls)
+        for name, box in self._parameter_boxes().items():
+            changed = box.toggled if isinstance(box, QCheckBox) else box.valueChanged
+            changed.connect(lambda value, name=name: self.session.set_parameter(name, value))
+        self.stride.valueChanged.connect(lambda _v: self._update_estimate())
+
+    def _parameter_boxes(self) -> dict:
+        return {"patch_size": self.patch_size, "epochs": self.epochs, "patches": self.patches,
+                "pixel_size_um": self.pixel_size, "stride": self.stride, "k": self.k,
+                "mask_background": self.mask_background}
+
+    def _show_parameters(self) -> None:
+        """The settings the session restored for an image (a box keeps a value within its range)."""
+        for name, box in self._parameter_boxes().items():
+            box.blockSignals(True)
+            if isinstance(box, QCheckBox):
+                box.setChecked(self.session.parameters[name])
+            else:
+                box.setValue(self.session.parameters[name])
+                self.session.set_parameter(name, box.value())
+            box.blockSignals(False)
+        self._update_estimate()
+
     def _button(self, text: str, slot, primary: bool = False) -> QPushButton:
         button = QPushButton(text, objectName="Primary" if primary else "")
         button.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
@@ -288,26 +314,25 @@ class FactorsWorkspace(Workspace):
     # -- opening ---------------------------------------------------------------------------
     def open_file(self, path: Path) -> Job:
         return self.window.run_job(f"Open {path.name}", workflow.open_project_job, path,
-                                   on_result=lambda result: self._show(path, result))
+                                   on_result=lambda result: self._opened(path, result))
 
-    def _show(self, path: Path, result: dict) -> None:
-        project: workflow.Project = result["project"]
-        self.image = result["image"]
-        self.folder = workflow.project_folder(path)
-        self.regions = project.regions
-        self.model, self.latents, self.factors = project.model, project.latents, project.factors
-        self.clusters = project.clusters
-        self.selection = None
-        self.current_factor = None
+    def _opened(self, path: Path, result: dict) -> None:
+        project = self.session.open(path, result, self.window.settings.remembered("factors_pipeline", path))
+        for problem in project.problems:
+            self.window.show_status(problem, 15000)
+        for notice in project.notices:  # hand work set aside, never overwritten: say so plainly
+            show_error(self, "Saved regions set aside", notice)
+
+    def _show_image(self) -> None:
+        """The session's image, with its regions and what its project folder held."""
+        path = self.session.path
         self.info.update_values({"file": path.name, "shape": self.image.shape, "folder": str(self.folder)})
-        # small images (the demo mosaic): smaller patches, so there are enough of them
-        self.patch_size.setValue(64 if self.min_side() < 1024 else 128)
-        self._restore_parameters(path)
         self.view.set_image(self.image)
         self.canvas.set_rotated(self.rotate.isChecked())  # the turn depends on the image's width
         self.loaded(path)
-        self._regions_changed(save=False, raster=result.get("labels"))
+        self._show_regions()
         self._factors_changed()
+        self._show_selection()
         if self.clusters is not None:
             self.overlay_kind.setCurrentText("Clusters")
         self._show_cluster_legend()  # or clear the previous image's
@@ -315,15 +340,8 @@ class FactorsWorkspace(Workspace):
                                              ("clusters", self.clusters)) if thing is not None]
         self.stage_label.setText(f"Restored {', '.join(restored)} from the project folder." if restored else
                                  "Draw at least two regions, then Train.")
-        for problem in project.problems:
-            self.window.show_status(problem, 15000)
-        for notice in project.notices:  # hand work set aside, never overwritten: say so plainly
-            show_error(self, "Saved regions set aside", notice)
         self._update_estimate()
         self._refresh_controls()
-
-    def min_side(self) -> int:
-        return int(min(self.image.shape)) if self.image is not None else 0
 
     # -- regions ---------------------------------------------------------------------------
     def set_tool(self, mode: str) -> None:
@@ -332,16 +350,14 @@ class FactorsWorkspace(Workspace):
             self.canvas.setFocus()
 
     def current_region(self) -> int | None:
-        item = self.region_list.currentItem()
+        return self.session.current_region
+
+    def _row_label(self, row: int) -> int | None:
+        item = self.region_list.item(row)
         return int(item.data(Qt.ItemDataRole.UserRole)) if item is not None else None
 
     def add_region(self, name: str | None = None) -> int | None:
-        if self.regions is None:
-            return None
-        region = self.regions.add_region(name)
-        self._regions_changed()
-        self._select_region(region.label)
-        return region.label
+        return self.session.add_region(name)
 
     def rename_region(self, name: str | None = None) -> None:
         label = self.current_region()
@@ -352,31 +368,26 @@ class FactorsWorkspace(Workspace):
             if not ok:
                 return
         try:
-            self.regions.rename(label, name)
+            self.session.rename_region(label, name)
         except InputError as exc:
             self.window.show_status(exc.message)
-            return
-        self._regions_changed()
 
     def delete_region(self) -> None:
         label = self.current_region()
         if label is None:
             return
         name = self.regions.region(label).name
-        self.regions.delete(label)
-        self._regions_changed()
+        self.session.delete_region(label)
         self.window.show_status(f"Deleted region “{name}”.")
 
     def undo(self) -> None:
-        what = self.regions.undo() if self.regions is not None else None
+        what = self.session.undo()
         if what is not None:
-            self._regions_changed()
             self.window.show_status(f"Undid the {what} (Ctrl+Shift+Z redoes it).")
 
     def redo(self) -> None:
-        what = self.regions.redo() if self.regions is not None else None
+        what = self.session.redo()
         if what is not None:
-            self._regions_changed()
             self.window.show_status(f"Redid the {what}.")
 
     def load_labels_dialog(self) -> None:
@@ -391,48 +402,35 @@ class FactorsWorkspace(Workspace):
     def load_labels(self, path: Path) -> None:
         """Use a label file as the regions' first layer (drawn shapes of other regions are kept on top)."""
         try:
-            base = workflow.regions_from_label_file(path, self.image.shape)
+            self.session.load_labels(path)
         except InputError as exc:
             self.window.show_job_error("Load labels", _as_job_error(exc))
-            return
-        self.regions.set_base(base.base, base.names)
-        self._regions_changed()
-
-    def _ensure_region(self) -> int:
-        label = self.current_region()
-        return label if label is not None else self.add_region()
 
     def _polygon_drawn(self, vertices: list) -> None:
-        if self.regions is None:
-            return
-        label = self._ensure_region()
-        self.regions.add_polygon(label, vertices)
-        self._regions_changed()
-        self.window.show_status(f"Polygon added to “{self.regions.region(label).name}” (Ctrl+Z undoes it).")
+        label = self.session.add_polygon(vertices)
+        if label is not None:
+            self.window.show_status(f"Polygon added to “{self.regions.region(label).name}” (Ctrl+Z undoes it).")
 
     def _stroke_drawn(self, points: list, radius: float, erase: bool) -> None:
-        if self.regions is None:
-            return
-        self.regions.add_stroke(self._ensure_region(), points, radius, erase)
-        self._regions_changed()
+        self.session.add_stroke(points, radius, erase)
 
     def _select_region(self, label: int) -> None:
-        for row in range(self.region_list.count()):
-            if int(self.region_list.item(row).data(Qt.ItemDataRole.UserRole)) == label:
-                self.region_list.setCurrentRow(row)
+        self.session.select_region(label)
 
-    def _regions_changed(self, save: bool = True, raster: np.ndarray | None = None) -> None:
-        """After every edit: save atomically, rasterize, refresh the list, overlay and selection.
-        ``raster``: the regions already rasterized (by the open job, off the GUI thread)."""
+    def _show_current_region(self) -> None:
+        """The list selects the session's current region."""
+        self.region_list.blockSignals(True)
+        for row in range(self.region_list.count()):
+            if self._row_label(row) == self.session.current_region:
+                self.region_list.setCurrentRow(row)
+        self.region_list.blockSignals(False)
+        self._refresh_controls()
+
+    def _show_regions(self) -> None:
+        """After every edit (the session saved and rasterized it): the list, the clusters' region choice, the overlay."""
         if self.regions is None:
             return
-        if save and self.folder is not None:
-            self.regions.save(self.folder)
-        raster = self.regions.rasterize() if raster is None else raster
-        counts = np.bincount(raster.ravel(), minlength=self.regions.next_label())
-        self.labels = raster if counts[1:].any() else None
-        self._n_regions = int(np.count_nonzero(counts[1:]))
-        current = self.current_region()
+        counts = self.session.counts
         self.region_list.blockSignals(True)
         self.region_list.clear()
         for region in self.regions.regions:
@@ -442,10 +440,7 @@ class FactorsWorkspace(Workspace):
             item.setData(Qt.ItemDataRole.UserRole, region.label)
             self.region_list.addItem(item)
         self.region_list.blockSignals(False)
-        if current is not None and any(r.label == current for r in self.regions.regions):
-            self._select_region(current)
-        elif self.regions.regions:
-            self.region_list.setCurrentRow(self.region_list.count() - 1)
+        self._show_current_region()
         self.cluster_region.blockSignals(True)
         chosen = self.cluster_region.currentData()
         self.cluster_region.clear()
@@ -455,7 +450,6 @@ class FactorsWorkspace(Workspace):
             self.cluster_region.setCurrentIndex(self.cluster_region.findData(chosen))
         self.cluster_region.blockSignals(False)
         self._update_overlay()
-        self.update_selection(recount=True)
         self._refresh_controls()
 
     def region_colors(self) -> np.ndarray:
@@ -481,26 +475,21 @@ class FactorsWorkspace(Workspace):
             self.view.set_labels(labels, opacity=self.opacity.value() / 100, colors=self.region_colors())
 
     def _region_name(self, label: int) -> str:
-        try:
-            return self.regions.region(label).name
-        except (InputError, AttributeError):
-            return f"region {label}"
+        return self.session.region_name(label)
 
     # -- jobs ------------------------------------------------------------------------------
     def _start(self, name: str, func, *args, on_result, **kwargs) -> Job | None:
-        if self.job is not None and self.job.is_running:
+        if self.session.busy:
             self.window.show_status(f"Wait for “{self.job.name}” to finish (or cancel it).")
             return None
-        self.job = self.job_box.follow(self.run_dataset_job(name, func, *args, on_result=on_result, **kwargs))
-        self.job.ended.connect(lambda _job: self._refresh_controls())
-        self._refresh_controls()
-        return self.job
+        return self.session.set_job(self.job_box.follow(self.run_dataset_job(name, func, *args, on_result=on_result,
+                                                                             **kwargs)))
 
     def cancel(self) -> None:
         self.job_box.cancel()
 
     def pixel_size_um(self) -> float | None:
-        return self.pixel_size.value() or None
+        return self.session.pixel_size_um()
 
     def train(self) -> Job | None:
         if self.image is None or self.labels is None:
@@ -508,46 +497,24 @@ class FactorsWorkspace(Workspace):
             return None
         made = [name for name, thing in (("latents", self.latents), ("factors", self.factors), ("clusters", self.clusters))
                 if thing is not None]
-        if made and not (self.job is not None and self.job.is_running) and not confirm(
+        if made and not self.session.busy and not confirm(
                 self, "Train a new model?", f"The {', '.join(made)} in {self.folder.name}/ come from the current model: a new "
                 "model makes them meaningless, so they are deleted once it is trained (a cancelled training keeps "
                 "everything). Your regions are kept.", "Train"):
             return None
         self._remember_parameters()
+        settings = self.session.parameters
         return self._start("Train CNN", workflow.train_job, self.image, self.labels.copy(), self.folder,
-                           names=self.regions.names, patch_size=self.patch_size.value(), epochs=self.epochs.value(),
-                           patches_per_epoch=self.patches.value(), batch_size=32, pixel_size_um=self.pixel_size_um(),
+                           names=self.regions.names, patch_size=settings["patch_size"], epochs=settings["epochs"],
+                           patches_per_epoch=settings["patches"], batch_size=32, pixel_size_um=self.pixel_size_um(),
                            on_result=self._trained)
 
     def _remember_parameters(self) -> None:
         """The pipeline's settings for this image, offered again when it is reopened (saved results win)."""
-        self.window.settings.remember("factors_pipeline", self.current_path, {
-            "patch_size": self.patch_size.value(), "epochs": self.epochs.value(), "patches": self.patches.value(),
-            "pixel_size_um": self.pixel_size.value(), "stride": self.stride.value(), "k": self.k.value(),
-            "mask_background": self.mask_background.isChecked()})
-
-    def _restore_parameters(self, path: Path) -> None:
-        """The settings last used on this image, then those its saved model, latents and factors were made with."""
-        values = dict(self.window.settings.remembered("factors_pipeline", path) or {})
-        if self.model is not None:
-            values["patch_size"] = self.model.patch_size
-            values["pixel_size_um"] = self.model.preprocessing.pixel_size_um or values.get("pixel_size_um", 0.0)
-        if self.latents is not None:
-            values["stride"] = self.latents.stride
-            values["pixel_size_um"] = self.latents.grid.pixel_size_um or values.get("pixel_size_um", 0.0)
-        if self.factors is not None:
-            values["k"] = self.factors.k
-        for key, box in (("patch_size", self.patch_size), ("epochs", self.epochs), ("patches", self.patches),
-                         ("pixel_size_um", self.pixel_size), ("stride", self.stride), ("k", self.k)):
-            if isinstance(values.get(key), (int, float)) and not isinstance(values[key], bool):
-                box.setValue(values[key] if isinstance(box, QDoubleSpinBox) else int(values[key]))
-        if isinstance(values.get("mask_background"), bool):
-            self.mask_background.setChecked(values["mask_background"])
+        self.window.settings.remember("factors_pipeline", self.current_path, dict(self.session.parameters))
 
     def _trained(self, result) -> None:
-        self.model = result.model
-        self.latents = self.factors = self.clusters = None
-        self._factors_changed()
+        self.session.take_model(result.model)  # the views follow (results_changed)
         acc = result.val_accuracy
         self.stage_label.setText(f"Trained: validation accuracy {acc:.0%} (held-out blocks, epoch {result.best_epoch} of "
                                  f"{len(result.history)}; chance {1 / max(1, result.model.n_classes):.0%}). Now Extract.")
@@ -559,12 +526,10 @@ class FactorsWorkspace(Workspace):
             return None
         self._remember_parameters()
         return self._start("Dense latents", workflow.extract_job, self.model, self.image, self.folder,
-                           stride=self.stride.value(), pixel_size_um=self.pixel_size_um(), on_result=self._extracted)
+                           stride=self.session.parameters["stride"], pixel_size_um=self.pixel_size_um(), on_result=self._extracted)
 
     def _extracted(self, latents) -> None:
-        self.latents = latents
-        self.factors = self.clusters = None
-        self._factors_changed()
+        self.session.take_latents(latents)
         rows, cols = latents.grid_shape
         self.stage_label.setText(f"Latents: {rows} × {cols} positions × 64 at stride {latents.stride} in "
                                  f"{latents.seconds:.0f} s. Now NMF.")
@@ -575,13 +540,12 @@ class FactorsWorkspace(Workspace):
             self.window.show_status("Extract the latents first.")
             return None
         self._remember_parameters()
-        return self._start("NMF", workflow.nmf_job, self.latents, self.folder, k=self.k.value(),
-                           image=self.image if self.mask_background.isChecked() else None, on_result=self._factorized)
+        settings = self.session.parameters
+        return self._start("NMF", workflow.nmf_job, self.latents, self.folder, k=settings["k"],
+                           image=self.image if settings["mask_background"] else None, on_result=self._factorized)
 
     def _factorized(self, factors) -> None:
-        self.factors = factors
-        self.clusters = None
-        self._factors_changed()
+        self.session.take_factors(factors)
         left_out = getattr(factors, "background_positions", 0)
         background = (f" {left_out:,} of {int(np.prod(factors.grid_shape)):,} positions were background outside the tissue, "
                       "left out." if left_out else "")
@@ -600,10 +564,9 @@ class FactorsWorkspace(Workspace):
                            int(self.cluster_region.currentData()), self.folder, n_clusters=n, on_result=self._clustered)
 
     def _clustered(self, clusters) -> None:
-        self.clusters = clusters
+        self.session.take_clusters(clusters)  # the legend follows (clusters_changed)
         self.overlay_kind.setCurrentText("Clusters")
         self.redraw_layer()
-        self._show_cluster_legend()
         self.progress_bar.setValue(1000)
         self.stage_label.setText(f"Clusters: {clusters.n_clusters} in {self.cluster_region.currentText()}.")
 
@@ -611,7 +574,7 @@ class FactorsWorkspace(Workspace):
         if self.image is None:
             self.estimate.setText("")
             return
-        stride = self.stride.value()
+        stride = self.session.parameters["stride"]
         rows, cols = -(-self.image.shape[0] // stride), -(-self.image.shape[1] // stride)
         seconds = workflow.estimate_extract_seconds(self.image.shape, stride)
         when = f"~{seconds:.0f} s" if seconds < 120 else f"~{seconds / 60:.0f} min"
@@ -619,22 +582,17 @@ class FactorsWorkspace(Workspace):
 
     # -- factors ----------------------------------------------------------------------------
     def _factors_changed(self) -> None:
-        """New (or no) NMF result: thumbnails, spin box ranges, selection, layer."""
+        """New (or no) NMF result: thumbnails, spin box ranges, layer (the selection follows: selection_changed)."""
         self._show_cluster_legend()  # the clusters go with the factors they were computed from
         f = self.factors
         if f is None:
             self.factor_list.set_factors([])
-            self.current_factor = None
-            self.update_selection(recount=True)
             self.redraw_layer()
             self._refresh_controls()
             return
         self._update_thumbnails()
         for box in self.rgb:
             box.setMaximum(f.k - 1)
-        self.update_selection(recount=True)
-        if self.current_factor is None or self.current_factor >= f.k:
-            self.current_factor = self.selection.pairs[0][0] if self.selection and self.selection.pairs else 0
         self.factor_list.select_factor(self.current_factor)
         self.redraw_layer()
         self._update_overlay()
@@ -664,14 +622,14 @@ class FactorsWorkspace(Workspace):
         self.canvas.set_rotated(rotated)
         if self.factors is not None:
             self._update_thumbnails()
-            self.update_selection(recount=False)  # the captions of the chosen factors
+            self._show_selection()  # the captions of the chosen factors
             if self.current_factor is not None:
                 self.factor_list.select_factor(self.current_factor)
 
     def show_factor(self, i: int) -> None:
-        if self.factors is None or not 0 <= i < self.factors.k:
-            return
-        self.current_factor = int(i)
+        self.session.show_factor(i)  # the views follow (factor_shown)
+
+    def _show_factor(self, i: int) -> None:
         self.factor_list.select_factor(i)
         self.overlay_kind.setCurrentText("Factor heatmap")
         self.redraw_layer()
@@ -708,31 +666,19 @@ class FactorsWorkspace(Workspace):
                     return f"chosen for {self._region_name(region)} (score {score:,.0f})"
         return "not chosen"
 
-    def update_selection(self, recount: bool = True) -> None:
-        """Coverage counts are recounted only when the regions or factors change; λ and p just rescore (instant)."""
-        f = self.factors
-        if f is None or self.labels is None:
-            self.selection = None
+    def _show_selection(self) -> None:
+        """The session's choice of factors for the regions: score matrix, pairs, captions (p as it was counted)."""
+        session, sel = self.session, self.selection
+        if sel is None:
             self.scores.set_scores(None, [], [])
             self.score_note.setText("")
-            self.selection_label.setText("Run NMF first." if f is None else "Draw regions to score the factors.")
+            self.selection_label.setText(session.selection_error or ("Run NMF first." if self.factors is None else
+                                                                     "Draw regions to score the factors."))
             return
-        try:
-            if recount or self.selection is None:
-                self.selection = workflow.select(f, self.labels, p=1, lam=self.lam.value())
-                n_regions = len(self.selection.roi_labels)
-                self.p.blockSignals(True)
-                self.p.setMaximum(min(f.k, n_regions))
-                if recount:
-                    self.p.setValue(min(f.k, n_regions))
-                self.p.blockSignals(False)
-            self.selection = self.selection.rescore(lam=self.lam.value(), p=self.p.value())
-        except InputError as exc:
-            self.selection = None
-            self.scores.set_scores(None, [], [])
-            self.selection_label.setText(exc.message)
-            return
-        sel = self.selection
+        self.p.blockSignals(True)
+        self.p.setMaximum(session.max_pairs)
+        self.p.setValue(session.pairs)
+        self.p.blockSignals(False)
         column = {label: a for a, label in enumerate(sel.roi_labels)}
         self.scores.set_scores(sel.scores, [self._region_name(v) for v in sel.roi_labels],
                                [(fi, column[region]) for fi, region, _ in sel.pairs])
@@ -819,8 +765,8 @@ class FactorsWorkspace(Workspace):
     # -- state -------------------------------------------------------------------------------
     def _refresh_controls(self) -> None:
         has_image = self.image is not None
-        running = self.job is not None and self.job.is_running
-        n_regions = self._n_regions
+        running = self.session.busy
+        n_regions = self.session.n_regions
         for button in self.tool_buttons.values():
             button.setEnabled(has_image)
         for button in (self.add_region_button, self.load_labels_button):
@@ -836,6 +782,19 @@ class FactorsWorkspace(Workspace):
             box.setEnabled(self.factors is not None)
         self.export_button.setEnabled(has_image)
         self.rotate.setEnabled(has_image)
+
+    # -- session state (read here, changed through self.session) ------------------------------
+    image = from_session()
+    folder = from_session()
+    regions = from_session()
+    labels = from_session()  # the regions as a label image (0 = none)
+    model = from_session()
+    latents = from_session()
+    factors = from_session()
+    clusters = from_session()
+    selection = from_session()
+    current_factor = from_session()
+    job = from_session()
 
     # -- demo ----------------------------------------------------------------------------------
     def demo_steps(self) -> list:

@@ -35,6 +35,8 @@ from PyQt6.QtWidgets import (
 
 from app.dialogs import show_error
 from app.jobs import Job
+from app.morphology.session import MorphologySession
+from app.session import from_session
 from app.widgets.colorbar import ColorBar
 from app.widgets.colormaps import lut
 from app.widgets.mesh_view import MeshView
@@ -42,10 +44,10 @@ from app.workspace import InfoBox, Workspace
 from engine.mesh import active, spines
 from engine.mesh.entries import (MeshEntry, apply_model, evaluate_entries, hks_job, labels_snapshot, locate_points,
                                   open_mesh_entry, train_on_entries)
-from engine.mesh.hks import HKSResult, log_hks
+from engine.mesh.hks import HKSResult
 from engine.errors import InputError
 from engine.mesh.io import HDF5_EXTENSIONS, MESH_EXTENSIONS, is_hdf5_mesh
-from engine.mesh.labels import UNLABELLED, vertices_within
+from engine.mesh.labels import UNLABELLED
 
 # Brush tools: (name, label code, key). Codes follow engine.mesh.spines (0 shaft, 1 spine, 2 soma).
 TOOLS = (("Navigate", None, "V"), ("Shaft", 0, "1"), ("Spine", 1, "2"), ("Soma", 2, "3"), ("Erase", UNLABELLED, "E"))
@@ -69,18 +71,14 @@ class MorphologyWorkspace(Workspace):
 
     def __init__(self, window):
         super().__init__(window)
-        self.entries: list[MeshEntry] = []
-        self.entry: MeshEntry | None = None
-        self.model = None
-        self._training: Job | None = None  # the running Train job: one at a time
-        self.tool_code: int | None = None
-        self._region_index = -1
-        self._region: np.ndarray | None = None  # vertices of the uncertain region N framed
+        # the meshes, the current one, its labels, the classifier, the training, the region N framed: held there once
+        self.session = MorphologySession(self)
+        self.tool_code: int | None = None  # the brush (None: navigate)
         self.report = None  # the last evaluation dialog
 
         self.meshes = QListWidget()
         self.meshes.setMaximumHeight(66)
-        self.meshes.currentRowChanged.connect(self._select_entry)
+        self.meshes.currentRowChanged.connect(self.session.select)
         meshes_box = QGroupBox("Meshes")
         meshes_layout = QVBoxLayout(meshes_box)
         meshes_layout.addWidget(self.meshes)
@@ -214,9 +212,9 @@ class MorphologyWorkspace(Workspace):
         self.import_button = QPushButton("Use file labels")
         self.import_button.setToolTip("Copy the labels found beside the mesh file into the hand labels (one undo step)")
         self.registry.add("Undo", self.undo, QKeySequence.StandardKey.Undo, group="Labels", hint=False,
-                          enabled=lambda: self.entry is not None and self.entry.editor.can_undo)
+                          enabled=lambda: self.session.can_undo)
         self.registry.add("Redo", self.redo, "Ctrl+Shift+Z", group="Labels", hint=False,
-                          enabled=lambda: self.entry is not None and self.entry.editor.can_redo)
+                          enabled=lambda: self.session.can_redo)
         self.registry.bind("Undo", self.undo_button)
         self.registry.bind("Redo", self.redo_button)
         self.import_button.clicked.connect(self.import_file_labels)
@@ -240,7 +238,7 @@ class MorphologyWorkspace(Workspace):
         kind_form.addRow("Features:", self.feature_kind)
         classifier_layout.addLayout(kind_form)
         self.registry.add("Train", self.train, "T", group="Spine classifier",
-                          enabled=lambda: self._training is None and any(e.hks is not None for e in self.entries),
+                          enabled=lambda: not self.session.training and any(e.hks is not None for e in self.entries),
                           help="Fit the classifier on the hand labels as they are now (painting may go on meanwhile)")
         self.registry.add("Next uncertain region", self.next_uncertain_region, "N", group="Spine classifier",
                           enabled=lambda: self.entry is not None and self.entry.proba is not None,
@@ -284,6 +282,14 @@ class MorphologyWorkspace(Workspace):
         self.view = MeshView()
         self.view.stroke_started.connect(self._stroke_started)
         self.view.stroke_moved.connect(self._stroke_moved)
+        session = self.session  # the views follow it
+        session.entries_changed.connect(self._list_entries)
+        session.entry_changed.connect(self._show_entry)
+        session.labels_changed.connect(self._labels_changed)
+        session.hks_changed.connect(self._setup_timescale)
+        session.points_changed.connect(self._show_points)
+        for changed in (session.model_changed, session.busy_changed):
+            changed.connect(self._refresh_controls)
         # the loop's controls first, the mesh's numbers last: Train is in view at the default window size
         self.assemble([meshes_box, hks_box, display, labels_box, classifier, self.info], self.view, "No mesh open",
                       "Open a neuron surface mesh (PLY, OBJ, OFF, STL, GLB, MeshParty HDF5) to view it in 3D.\n"
@@ -299,7 +305,7 @@ class MorphologyWorkspace(Workspace):
     def open_file(self, path: Path) -> Job:
         scale, units = self._units_of(path)
         return self.window.run_job(f"Open {path.name}", open_mesh_entry, path, self.feature_kind.currentText(), scale, units,
-                                   on_result=self._add_entry)
+                                   on_result=self.session.add_entry)
 
     def _units_of(self, path: Path) -> tuple[float, str | None]:
         """(scale, units) remembered for ``path`` (the guess when none or unreadable)."""
@@ -343,21 +349,22 @@ class MorphologyWorkspace(Workspace):
         for widget in (self.units, self.scale):
             widget.blockSignals(False)
 
-    def _add_entry(self, entry: MeshEntry) -> None:
-        for i, existing in enumerate(self.entries):  # reopening replaces
-            if existing.path == entry.path:
-                self.entries[i] = entry
+    def _list_entries(self) -> None:
+        """The mesh list names the session's meshes (one opened again keeps its row)."""
+        self.meshes.blockSignals(True)
+        for i, entry in enumerate(self.entries):
+            if i < self.meshes.count():
                 self.meshes.item(i).setText(entry.path.name)
-                self._select_entry(i, force=True)
-                return
-        self.entries.append(entry)
-        self.meshes.addItem(entry.path.name)
-        self.meshes.setCurrentRow(len(self.entries) - 1)
+            else:
+                self.meshes.addItem(entry.path.name)
+        self.meshes.blockSignals(False)
 
-    def _select_entry(self, row: int, force: bool = False) -> None:
-        if not 0 <= row < len(self.entries) or (self.entry is self.entries[row] and not force):
-            return
-        entry = self.entry = self.entries[row]
+    def _show_entry(self) -> None:
+        """The session's current mesh: its row, brush size, numbers, units, surface, coloring and points."""
+        entry = self.entry
+        self.meshes.blockSignals(True)
+        self.meshes.setCurrentRow(self.session.row)
+        self.meshes.blockSignals(False)
         diagonal = float(np.linalg.norm(entry.mesh.vertices.max(axis=0) - entry.mesh.vertices.min(axis=0)))
         self.brush.setValue(round(diagonal * 0.01, 6))
         units = entry.summary.get("units", entry.mesh.units)
@@ -365,8 +372,6 @@ class MorphologyWorkspace(Workspace):
                                  "units": f"{units} (×{entry.scale:g})" if entry.scale != 1 else units})
         self._show_units(entry)
         self.view.set_mesh(entry.mesh.vertices, entry.mesh.faces, entry.picker)  # no ring, no highlight
-        self._region_index = -1
-        self._region = None
         mode = "P(spine)" if entry.proba is not None else "HKS" if entry.hks is not None else \
             "File labels" if entry.file_labels is not None else "Hand labels"
         self._setup_timescale()
@@ -384,10 +389,9 @@ class MorphologyWorkspace(Workspace):
         self.compute_button.setEnabled(False)
 
         def done(out: tuple[HKSResult, np.ndarray]) -> None:
-            result, entry.log_hks = out
-            entry.hks = result
+            result, log = out
+            self.session.set_hks(entry, result, log)  # the slider follows (hks_changed)
             if entry is self.entry:
-                self._setup_timescale()
                 self.color_by.setCurrentText("HKS")
                 self.recolor()
             self.window.show_status(f"HKS of {entry.path.name}: {result.hks.shape[1]} timescales by {result.method} "
@@ -406,9 +410,7 @@ class MorphologyWorkspace(Workspace):
             self.timescale.setRange(0, len(hks.timescales) - 1)
             self.timescale.setValue(len(hks.timescales) // 2)
             self.timescale.blockSignals(False)
-            if self.entry.log_hks is None or self.entry.log_hks.shape != hks.hks.shape:  # (the HKS job computes it)
-                self.entry.log_hks = np.asfortranarray(log_hks(hks.hks), dtype=np.float32)  # a timescale: one column
-            self._log_hks = self.entry.log_hks
+            self._log_hks = self.session.log_hks()  # (the HKS job brought it)
         self._update_timescale_label()
 
     def _update_timescale_label(self) -> None:
@@ -461,11 +463,12 @@ class MorphologyWorkspace(Workspace):
         mode = mode or self.color_by.currentText()
         labels = entry.editor.labels
         painted = self.labels_on_top.isChecked() and mode != "Hand labels" and (labels >= 0).any()
-        if not painted and self._region is None:
+        region = self.session.region
+        if not painted and region is None:
             return None
         overlay = np.zeros((len(labels), 4), dtype=np.float32)
-        if self._region is not None:
-            overlay[self._region] = REGION_TINT
+        if region is not None:
+            overlay[region] = REGION_TINT
         if painted:
             table = np.array([LABEL_COLORS[0], LABEL_COLORS[1], LABEL_COLORS[2]], dtype=np.float32)
             done = np.flatnonzero(labels >= 0)
@@ -493,7 +496,7 @@ class MorphologyWorkspace(Workspace):
         self.recolor()
 
     def _spine_probability(self, entry: MeshEntry) -> np.ndarray:
-        return spines.spine_probability(self.model, proba=entry.proba)
+        return self.session.spine_probability(entry)
 
     def _paint_labels(self, labels: np.ndarray) -> None:
         table = np.array([LABEL_COLORS[UNLABELLED], LABEL_COLORS[0], LABEL_COLORS[1], LABEL_COLORS[2]], dtype=np.float32)
@@ -508,42 +511,27 @@ class MorphologyWorkspace(Workspace):
         if code is not None and self.color_by.currentText() not in ("Hand labels", "P(spine)", "Uncertainty"):
             self.color_by.setCurrentText("Hand labels")
 
+    # the session says every change of the labels (labels_changed): the coloring follows
     def _stroke_started(self, vertex: int) -> None:
-        if self.entry is None or self.tool_code is None:
-            return
-        self.entry.editor.paint(vertex, self.brush.value(), self.tool_code)
-        self._labels_changed()
+        if self.entry is not None and self.tool_code is not None:
+            self.session.paint(vertex, self.brush.value(), self.tool_code)
 
     def _stroke_moved(self, vertex: int) -> None:
-        if self.entry is None or self.tool_code is None:
-            return
-        editor = self.entry.editor
-        editor.merge_into_last(vertices_within(editor.graph, vertex, self.brush.value()), self.tool_code)
-        self._labels_changed()
+        if self.entry is not None and self.tool_code is not None:
+            self.session.extend_stroke(vertex, self.brush.value(), self.tool_code)
 
     def paint_at(self, vertex: int, code: int, radius: float | None = None) -> np.ndarray:
         """Programmatic stroke (as a click would do); returns the vertices labelled."""
-        changed = self.entry.editor.paint(vertex, self.brush.value() if radius is None else radius, code)
-        self._labels_changed()
-        return changed
+        return self.session.paint(vertex, self.brush.value() if radius is None else radius, code)
 
     def undo(self) -> None:
-        if self.entry is not None and self.entry.editor.undo() is not None:
-            self._labels_changed()
+        self.session.undo()
 
     def redo(self) -> None:
-        if self.entry is not None and self.entry.editor.redo() is not None:
-            self._labels_changed()
+        self.session.redo()
 
     def import_file_labels(self) -> None:
-        entry = self.entry
-        if entry is None or entry.file_labels is None:
-            return
-        labels = entry.file_labels
-        keep = np.flatnonzero(labels >= 0)
-        for code in np.unique(labels[keep]):
-            entry.editor.assign(keep[labels[keep] == code], int(code))
-        self._labels_changed()
+        self.session.import_file_labels()
 
     def _labels_changed(self) -> None:
         if self.color_by.currentText() == "Hand labels":
@@ -555,16 +543,11 @@ class MorphologyWorkspace(Workspace):
     # -- classifier ----------------------------------------------------------------------
     def train(self) -> Job | None:
         """Train on the hand labels as they are now: painting goes on while the job runs, on a copy."""
-        if not self.entries or self.entry is None or self._training is not None:
+        if not self.entries or self.entry is None or self.session.training:
             return None
 
         def done(result: dict) -> None:
-            self.model = result["model"]
-            for entry in self.entries:
-                if id(entry) in result["probas"]:
-                    entry.proba = result["probas"][id(entry)]
-                    entry.regions = []
-            self._region_index, self._region = -1, None
+            self.session.take_training(result)
             message = self._training_summary(result)
             self.model_status.setText(message + " Press N to visit the most uncertain unlabelled region.")
             self.window.show_status(message, 15000)
@@ -573,11 +556,9 @@ class MorphologyWorkspace(Workspace):
             self._show_points()
 
         entries = list(self.entries)
-        job = self._training = self.window.run_job("Train spine classifier", train_on_entries, entries,
-                                                   labels_snapshot(entries), self.entry.spec, self.model, on_result=done)
-        job.ended.connect(self._training_ended)
-        self._refresh_controls()
-        return job
+        return self.session.set_train_job(self.window.run_job(  # Train waits until it ends (busy_changed)
+            "Train spine classifier", train_on_entries, entries, labels_snapshot(entries), self.entry.spec, self.model,
+            on_result=done))
 
     def _training_summary(self, result: dict) -> str:
         """What training learned from and what it now predicts; where the file has labels, the accuracy of the
@@ -599,18 +580,6 @@ class MorphologyWorkspace(Workspace):
             text += "."
         return text
 
-    def _training_ended(self, _job: Job) -> None:
-        self._training = None
-        self._refresh_controls()
-
-    def _take_hks(self, new_hks: dict) -> None:
-        """Store HKS results a job computed (GUI thread only)."""
-        for entry in self.entries:
-            if id(entry) in new_hks:
-                entry.hks, entry.log_hks = new_hks[id(entry)], None
-        if self.entry is not None and id(self.entry) in new_hks:
-            self._setup_timescale()
-
     def apply_to_all(self) -> Job | None:
         if self.model is None or not self.entries:
             self.window.show_status("Train or load a model first, then apply it to every open mesh.")
@@ -618,10 +587,8 @@ class MorphologyWorkspace(Workspace):
         model, entries = self.model, list(self.entries)
 
         def done(result: dict) -> None:
-            self._take_hks(result["hks"])
-            for entry in entries:
-                entry.proba, entry.regions = result["probas"][id(entry)], []
-            self._region_index, self._region = -1, None
+            self.session.take_hks(result["hks"])
+            self.session.take_predictions(entries, result["probas"])
             self.model_status.setText(f"Model applied to {len(entries)} mesh{'es' if len(entries) != 1 else ''}.")
             self.color_by.setCurrentText("P(spine)")
             self.recolor()
@@ -640,7 +607,7 @@ class MorphologyWorkspace(Workspace):
         def done(result: dict) -> None:
             from app.morphology.report import EvaluationDialog
 
-            self._take_hks(result["hks"])
+            self.session.take_hks(result["hks"])
             self.report = EvaluationDialog(result["evaluation"], f"Features: {result['spec'].describe()}.", self)
             self.report.show()
 
@@ -673,21 +640,14 @@ class MorphologyWorkspace(Workspace):
         except InputError as error:
             show_error(self, "Cannot use this model", str(error), error.details)
             return False
-        self.model = model
+        self.session.set_model(model)
         self.model_status.setText(f"Loaded {path.name} ({model.feature_spec_.describe()}). Press “Apply to all meshes”.")
-        self._refresh_controls()
         return True
 
     def _feature_kind_changed(self, kind: str) -> None:
         """Every open mesh's features become ``kind``'s defaults; an HKS at other timescales is dropped."""
-        dropped = 0
-        for entry in self.entries:
-            spec = spines.FeatureSpec.default(entry.mesh.units, kind=kind)
-            if entry.hks is not None and not np.allclose(entry.hks.timescales, spec.timescales, rtol=1e-4):
-                entry.hks, entry.log_hks, dropped = None, None, dropped + 1
-            entry.spec = spec
+        dropped = self.session.set_feature_kind(kind)  # the slider follows (hks_changed)
         if self.entry is not None:
-            self._setup_timescale()
             self.recolor()
         self._refresh_controls()
         self.window.show_status(f"Features: {kind}" + (f"; compute the HKS again ({dropped} mesh{'es' if dropped != 1 else ''} "
@@ -708,20 +668,13 @@ class MorphologyWorkspace(Workspace):
             return None
 
         def done(result: dict) -> None:
-            entry.points = result
-            if entry is self.entry:
-                self._show_points()
+            self.session.set_points(entry, result)  # drawn if still shown (points_changed)
 
         return self.window.run_job(f"Points {Path(path).name}", locate_points, entry, Path(path), on_result=done)
 
     def point_predictions(self, entry: MeshEntry | None = None) -> spines.PointPredictions | None:
         """The class of each loaded point from its mesh's posterior (None without points or a posterior)."""
-        entry = entry or self.entry
-        if entry is None or entry.points is None or entry.proba is None or self.model is None:
-            return None
-        p = entry.points
-        return spines.PointPredictions(p["points"], p["vertex"], p["distance"], entry.proba[p["vertex"]],
-                                       tuple(int(c) for c in self.model.classes_))
+        return self.session.point_predictions(entry)
 
     def _show_points(self) -> None:
         entry = self.entry
@@ -747,21 +700,16 @@ class MorphologyWorkspace(Workspace):
         if entry is None or entry.proba is None:
             self.window.show_status("Train the classifier first: uncertain regions come from its posterior.")
             return
-        if not entry.regions:
-            entry.regions = active.uncertain_regions(entry.mesh, entry.proba, entry.editor.labels >= 0)
-            self._region_index = -1
-        if not entry.regions:
+        region = self.session.next_uncertain_region()
+        if region is None:
             self.window.show_status("No uncertain unlabelled region left.")
             return
-        self._region_index = (self._region_index + 1) % len(entry.regions)
-        region = entry.regions[self._region_index]
         extent = np.ptp(entry.mesh.vertices[region.vertices], axis=0).max() if len(region.vertices) > 1 else self.brush.value()
         self.view.focus_on(region.center, max(extent * REGION_VIEW, self.brush.value() * 4))
-        self._region = np.asarray(region.vertices)
         if self.color_by.currentText() not in ("P(spine)", "Uncertainty", "Hand labels"):
             self.color_by.setCurrentText("P(spine)")
         self.recolor()  # the region tinted over the coloring
-        self.window.show_status(f"Uncertain region {self._region_index + 1} of {len(entry.regions)}: "
+        self.window.show_status(f"Uncertain region {self.session.region_index + 1} of {len(entry.regions)}: "
                                 f"{len(region.vertices):,} vertices, score {region.score:.2f}")
 
     def demo_steps(self) -> list:
@@ -775,7 +723,6 @@ class MorphologyWorkspace(Workspace):
             first_third = along <= np.quantile(along, 1 / 3)
             for code in (0, 1):
                 entry.editor.assign(np.flatnonzero(first_third & (entry.file_labels == code)), code)
-            self._labels_changed()
             self.color_by.setCurrentText("Hand labels")
 
         def uncertain() -> None:
@@ -784,7 +731,11 @@ class MorphologyWorkspace(Workspace):
 
         return [("hks", self.compute_hks), ("labels", labels), ("posterior", self.train), ("uncertain", uncertain)]
 
-    # -- state ---------------------------------------------------------------------------
+    # -- session state (read here, changed through self.session) ---------------------------
+    entries = from_session()
+    entry = from_session()  # the current mesh
+    model = from_session()  # the spine classifier
+
     def _refresh_controls(self) -> None:
         entry = self.entry
         has = entry is not None

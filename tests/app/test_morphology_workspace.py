@@ -189,7 +189,7 @@ def test_apply_to_all_evaluate_and_model_files(window, qtbot, tmp_path, monkeypa
     monkeypatch.setattr("app.morphology.panel.QFileDialog.getSaveFileName", lambda *a, **k: (str(model_path), ""))
     ws.save_model_button.click()
     assert model_path.exists()
-    ws.model = None
+    ws.session.set_model(None)
     assert ws.use_model_file(model_path) and ws.model is not None and "Loaded model.nwbspine" in ws.model_status.text()
     bad = tmp_path / "bad.nwbspine"
     bad.write_bytes(b"not a model")
@@ -287,7 +287,7 @@ def test_hand_labels_over_every_coloring_status_and_framed_region(window, qtbot,
     ws.paint_at(int(np.flatnonzero(truth == 1)[0]), 1, radius=0.5)
     ws.paint_at(int(np.flatnonzero(truth == 0)[0]), 0, radius=2.0)
     qtbot.mouseClick(ws.train_button, Qt.MouseButton.LeftButton)
-    job = ws._training
+    job = ws.session.train_job
     wait_for_job(qtbot, job, timeout=120000)
     message = window.statusBar().currentMessage()
     n = int((ws.entry.editor.labels >= 0).sum())
@@ -323,6 +323,12 @@ def test_hand_labels_over_every_coloring_status_and_framed_region(window, qtbot,
     expected = under[region.vertices, :3] * (1 - REGION_TINT[3]) + np.array(REGION_TINT[:3]) * REGION_TINT[3]
     np.testing.assert_allclose(tinted, expected, atol=1e-5)
     assert ws.view.cursor.visible
+
+    # features of another kind, at more timescales: the HKS is dropped (it crashed on lists of other lengths)
+    ws.feature_kind.setCurrentText(next(k for k in spines.FEATURE_KINDS if k.startswith("sihks")))
+    assert ws.entry.hks is None and not ws.timescale.isEnabled() and ws.timescale_label.text() == "t = —"
+    assert "compute the HKS again (1 mesh need other timescales)" in window.statusBar().currentMessage()
+    assert not ws.train_button.isEnabled()
 
     # another mesh: no ring, no tint
     other = write_demo_dendrite(tmp_path / "other.ply", n_spines=5, length=6.0)

@@ -44,7 +44,7 @@ def test_ephys_selection_recording_and_sort(qtbot):
     session = EphysSession()
     said, busy = [], []
     session.selection_changed.connect(said.append)
-    session.busy_changed.connect(busy.append)
+    session.busy_changed.connect(lambda: busy.append(session.busy))
     session.set_curation(_curation())
     session.select([np.int64(4), 2, 4])
     assert session.selected == [4, 2] and said == [[4, 2]] and type(session.selected[0]) is int
@@ -56,9 +56,9 @@ def test_ephys_selection_recording_and_sort(qtbot):
     session.set_recording("b.raw", second, "source b")
     assert first.closed and not second.closed and session.raw_path == "b.raw"
 
-    job = session.set_sort_job(Job("sort", lambda progress=None: 1))
+    job = Job("sort", lambda progress=None: 1)
     with qtbot.waitSignal(job.ended, timeout=5000):
-        job.start()
+        session.set_sort_job(job.start())  # started, as window.run_job hands it over
     assert busy == [True, False] and not session.busy
 
 
