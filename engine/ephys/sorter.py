@@ -34,7 +34,12 @@ MAP inference by coordinate ascent:
 
 * **Clean-up**: units with < ``min_spikes`` spikes, and "shadow" units (≥ 70 % of their spikes
   within 0.5 ms of a nearby unit's: they fit another unit's misfit, not a neuron) are dropped;
-  near-duplicate templates are merged between template passes.
+  near-duplicate templates are merged between template passes. After the last pass, a neuron cut in two is
+  made one unit again (:func:`_merge_split_units`): templates ≥ ``split_similarity`` alike within
+  ``split_radius_um`` are merged when their spikes fire in turn (the halves drift correction leaves: each
+  fires while the probe sits in its range of depths) or form one cloud in PC features (which such pairs
+  compute on shared channels), with similar amplitudes and a refractory gap between the two trains. The
+  unit's template is the members' aligned, spike-weighted mean; its spikes keep their own trough times.
 
 Batches: time is cut into ``batch_seconds`` batches read with D-sample margins; spikes are kept
 only when their window starts in the batch's own range. On a CPU with n torch threads the
@@ -70,6 +75,7 @@ from engine.errors import InputError
 from engine.progress import as_progress
 
 log = logging.getLogger(__name__)
+DUPLICATE_MS = 0.3  # two spikes of one unit this close are one spike fitted twice (SpikeInterface's censored period)
 MIN_SAMPLE_RATE = 5000.0  # Hz: below it a spike is a handful of samples (LFP, or a wrong rate entered)
 
 
@@ -99,8 +105,8 @@ class SortParams:
     min_spikes: int = 20
     max_shadow_fraction: float = 0.7  # drop units firing ≥ 70 % within 0.5 ms of a nearby unit
     n_pc_channels: int = 8
-    split_similarity: float = 0.8  # templates this similar within split_radius_um may be one neuron cut in two (merged
-    split_radius_um: float = 60.0  # when they fire in turn: see _merge_complementary)
+    split_similarity: float = 0.65  # templates this similar within split_radius_um may be one neuron cut in two, merged
+    split_radius_um: float = 60.0  # when their spikes say so (_merge_split_units)
     motion: str = "auto"  # drift correction: "auto", "rigid", "nonrigid" or "off" (engine/ephys/motion.py)
     motion_min_um: float = 5.0  # auto corrects when the estimated displacement reaches this (static benchmarks: ≤ 0.2 µm)
     motion_nonrigid_span_um: float = 1000.0  # auto estimates per depth window on probes spanning at least this
@@ -398,7 +404,7 @@ def _merge_duplicates(templates: np.ndarray, units: np.ndarray, typical: np.ndar
 
 def _split_candidates(templates: np.ndarray, positions: np.ndarray, similarity: float, radius_um: float) -> np.ndarray:
     """(n, 2) pairs i < j of templates that may be halves of one neuron: similar shapes (best lag) peaking within
-    ``radius_um`` of each other. Whether they are is decided on their spikes (:func:`_merge_complementary`)."""
+    ``radius_um`` of each other. Whether they are is decided on their spikes (:func:`_merge_split_units`)."""
     from engine.ephys.clustering import template_similarity
 
     k = len(templates)
@@ -417,49 +423,73 @@ def _candidate_groups(pairs: np.ndarray, k: int) -> np.ndarray:
     return connected_components(graph, directed=False)[1]
 
 
-def _merge_complementary(pairs: np.ndarray, times: np.ndarray, units: np.ndarray, amps: np.ndarray, k: int, n_samples: int,
-                         fs: float, max_overlap: float = 0.3, max_amplitude_ratio: float = 1.6, refractory_ms: float = 1.5) -> np.ndarray:
-    """Group index per template after merging candidate pairs that are one neuron seen two ways over time.
+def _merge_split_units(pairs: np.ndarray, times: np.ndarray, units: np.ndarray, amps: np.ndarray, k: int, n_samples: int,
+                       fs: float, features: np.ndarray | None = None, valley_ratio: float = 0.4, min_cloud: int = 25, max_overlap: float = 0.3,
+                       max_amplitude_ratio: float = 2.0, refractory_ms: float = 1.5, duplicate_ms: float = DUPLICATE_MS) -> np.ndarray:
+    """Group index per template after merging the candidate pairs that are one neuron cut in two.
 
-    After drift correction a neuron's waveform still changes a little with the displacement (the interpolation
-    blurs a sharp footprint differently at each depth), and clustering can cut it into two units, each firing
-    only while the probe sits in its range of depths. Such halves fire *in turn*: the overlap Σ_t min(p_t, q_t) of
-    their normalised spike counts in time bins is near 0, while two neurons firing throughout overlap by ~0.8
-    (bins sized for ≥ 8 spikes of the smaller unit, so Poisson noise does not fake a gap). A merge also needs
-    amplitudes within ``max_amplitude_ratio`` and a respected refractory period between the two trains (the
-    spikes of one neuron are not within ``refractory_ms`` of each other; independent units coincide at chance
-    level). Pairs are merged most complementary first, each group checked as a whole."""
+    Two ways a neuron ends up as two units: (1) after drift correction its waveform still changes a little with the
+    displacement (the interpolation blurs a sharp footprint differently at each depth), and clustering cuts it by
+    depth, each half firing only while the probe sits in its range. Such halves fire *in turn*: the overlap
+    Σ_t min(p_t, q_t) of their normalised spike counts in time bins is near 0, while two neurons firing throughout
+    overlap by ~0.8 (bins sized for ≥ 8 spikes of the smaller unit, so Poisson noise does not fake a gap).
+    (2) Both fire throughout but their spikes form one cloud: ``features`` (n, F; comparable between the pair,
+    e.g. PC features on shared channels) projected on the line between the two means are not bimodal — the
+    test clustering uses (:func:`engine.ephys.clustering._bimodal`), with ≥ ``min_cloud`` spikes on each side. Either way a merge also needs amplitudes within
+    ``max_amplitude_ratio`` and a refractory period between the two trains (spikes of one neuron are not within
+    ``refractory_ms`` of each other; independent units coincide at chance level). Closer than ``duplicate_ms`` is one
+    spike fitted by both, not a violation (the merged unit keeps one: :func:`_duplicates`). Pairs are merged most
+    complementary first, each group checked as a whole as it grows."""
+    from engine.ephys.clustering import _bimodal, _pair_projection
+
     group = np.arange(k)
     if len(pairs) == 0 or len(times) == 0:
         return group
     order = np.argsort(times, kind="stable")
     times, units, amps = times[order], units[order], amps[order]
-    window = refractory_ms * 1e-3 * fs
-
-    def members(g):
-        return np.isin(units, np.flatnonzero(group == g))
+    features = None if features is None else features[order]
+    window, same = refractory_ms * 1e-3 * fs, duplicate_ms * 1e-3 * fs
 
     def verdict(a, b):
-        in_a, in_b = members(group[a]), members(group[b])
+        in_a, in_b = np.isin(units, np.flatnonzero(group == group[a])), np.isin(units, np.flatnonzero(group == group[b]))
         ta, tb = times[in_a], times[in_b]
         if min(len(ta), len(tb)) < 4:
             return None
         ratio = np.median(amps[in_a]) / max(np.median(amps[in_b]), 1e-6)
         if max(ratio, 1 / max(ratio, 1e-6)) > max_amplitude_ratio:
             return None
-        edges = np.linspace(0, n_samples, int(np.clip(min(len(ta), len(tb)) // 8, 3, 200)) + 1)
-        ha, hb = np.histogram(ta, edges)[0] / len(ta), np.histogram(tb, edges)[0] / len(tb)
-        overlap = float(np.minimum(ha, hb).sum())
         idx = np.clip(np.searchsorted(tb, ta), 1, len(tb) - 1)
-        close = int((np.minimum(np.abs(ta - tb[idx - 1]), np.abs(tb[idx] - ta)) < window).sum())
-        chance = len(ta) * len(tb) * 2 * window / n_samples  # coincidences of independent trains
-        return overlap if overlap <= max_overlap and close <= 1 + 0.2 * chance else None
+        gap = np.minimum(np.abs(ta - tb[idx - 1]), np.abs(tb[idx] - ta))
+        chance = len(ta) * len(tb) * 2 * (window - same) / n_samples  # coincidences of independent trains
+        if ((gap >= same) & (gap < window)).sum() > 1 + 0.2 * chance:
+            return None
+        edges = np.linspace(0, n_samples, int(np.clip(min(len(ta), len(tb)) // 8, 3, 200)) + 1)
+        overlap = float(np.minimum(np.histogram(ta, edges)[0] / len(ta), np.histogram(tb, edges)[0] / len(tb)).sum())
+        if overlap <= max_overlap:
+            return overlap
+        if features is not None and min(len(ta), len(tb)) >= min_cloud:
+            fa, fb = (features[m][np.linspace(0, m.sum() - 1, min(m.sum(), 1000)).astype(int)] for m in (in_a, in_b))
+            proj, lab = _pair_projection(np.concatenate([fa, fb]), np.arange(len(fa)), np.arange(len(fa), len(fa) + len(fb)))
+            if not _bimodal(proj, lab, valley_ratio):
+                return overlap
+        return None
 
     scored = [(v, a, b) for a, b in pairs if (v := verdict(a, b)) is not None]
     for _v, a, b in sorted(scored):
         if group[a] != group[b] and verdict(a, b) is not None:  # re-checked: either side may have grown
             group[group == group[b]] = group[a]
     return np.unique(group, return_inverse=True)[1]
+
+
+def _duplicates(times: np.ndarray, units: np.ndarray, amps: np.ndarray, window: float) -> np.ndarray:
+    """Mask of spikes that repeat a larger spike of the same unit within ``window`` samples (a merged unit's
+    halves both fitted one spike; a single template never has two spikes closer than its length)."""
+    order = np.lexsort((times, units))
+    t, u, a = times[order], units[order], amps[order]
+    pair = np.flatnonzero((np.diff(t) < window) & (u[1:] == u[:-1]))  # spikes pair and pair + 1 (sorted) are one
+    dup = np.zeros(len(times), bool)
+    dup[order[np.where(a[pair] >= a[pair + 1], pair + 1, pair)]] = True  # the smaller goes
+    return dup
 
 
 def _merged_templates(templates: np.ndarray, group: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -808,8 +838,9 @@ def sort_recording(
             times, amps, mus, pc_features = times[keep], amps[keep], mus[keep], feats[keep]
             units = index[units[keep]]
             split_pairs = index[split_pairs[~shadow[split_pairs].any(axis=1)]] if len(split_pairs) else split_pairs
-            # halves of one neuron (firing in turn as the probe drifted) become one unit
-            group = _merge_complementary(split_pairs, times, units, amps, len(kept), n_t, fs)
+            # a neuron cut in two (halves firing in turn as the probe drifted, or one cloud of spikes) becomes one unit
+            group = _merge_split_units(split_pairs, times, units, amps, len(kept), n_t, fs, pc_features.reshape(len(units), -1),
+                                       params.valley_ratio, params.min_cluster)
             timings["n_merged_splits"] = int(len(kept) - (group.max() + 1 if len(kept) else 0))
             per_template = np.bincount(units, minlength=len(kept))
             templates = _merged_templates(templates[kept], group, per_template) if len(kept) else templates[kept]
@@ -818,7 +849,7 @@ def sort_recording(
             counts = np.bincount(group[units], minlength=len(templates))
             keep_units = counts >= params.min_spikes
             remap = np.cumsum(keep_units) - 1
-            keep = keep_units[group[units]]
+            keep = keep_units[group[units]] & ~_duplicates(times, group[units], amps, DUPLICATE_MS * 1e-3 * fs)
             times, units, amps, mus, pc_features = times[keep], remap[group[units[keep]]], amps[keep], mus[keep], pc_features[keep]
             templates = templates[keep_units]
             pc_ind = unit_pc[keep_units].astype(np.uint32)
