@@ -34,7 +34,12 @@ MAP inference by coordinate ascent:
 
 * **Clean-up**: units with < ``min_spikes`` spikes, and "shadow" units (≥ 70 % of their spikes
   within 0.5 ms of a nearby unit's: they fit another unit's misfit, not a neuron) are dropped;
-  near-duplicate templates are merged between template passes.
+  near-duplicate templates are merged between template passes. After the last pass, a neuron cut in two is
+  made one unit again (:func:`_merge_split_units`): templates ≥ ``split_similarity`` alike within
+  ``split_radius_um`` are merged when their spikes fire in turn (the halves drift correction leaves: each
+  fires while the probe sits in its range of depths) or form one cloud in PC features (which such pairs
+  compute on shared channels), with similar amplitudes and a refractory gap between the two trains. The
+  unit's template is the members' aligned, spike-weighted mean; its spikes keep their own trough times.
 
 Batches: time is cut into ``batch_seconds`` batches read with D-sample margins; spikes are kept
 only when their window starts in the batch's own range. On a CPU with n torch threads the
@@ -70,6 +75,7 @@ from engine.errors import InputError
 from engine.progress import as_progress
 
 log = logging.getLogger(__name__)
+DUPLICATE_MS = 0.3  # two spikes of one unit this close are one spike fitted twice (SpikeInterface's censored period)
 MIN_SAMPLE_RATE = 5000.0  # Hz: below it a spike is a handful of samples (LFP, or a wrong rate entered)
 
 
@@ -99,6 +105,8 @@ class SortParams:
     min_spikes: int = 20
     max_shadow_fraction: float = 0.7  # drop units firing ≥ 70 % within 0.5 ms of a nearby unit
     n_pc_channels: int = 8
+    split_similarity: float = 0.65  # templates this similar within split_radius_um may be one neuron cut in two, merged
+    split_radius_um: float = 60.0  # when their spikes say so (_merge_split_units)
     motion: str = "auto"  # drift correction: "auto", "rigid", "nonrigid" or "off" (engine/ephys/motion.py)
     motion_min_um: float = 5.0  # auto corrects when the estimated displacement reaches this (static benchmarks: ≤ 0.2 µm)
     motion_nonrigid_span_um: float = 1000.0  # auto estimates per depth window on probes spanning at least this
@@ -394,6 +402,119 @@ def _merge_duplicates(templates: np.ndarray, units: np.ndarray, typical: np.ndar
     return templates[kept], remap[target[units.astype(int)]], typical[kept]
 
 
+def _split_candidates(templates: np.ndarray, positions: np.ndarray, similarity: float, radius_um: float) -> np.ndarray:
+    """(n, 2) pairs i < j of templates that may be halves of one neuron: similar shapes (best lag) peaking within
+    ``radius_um`` of each other. Whether they are is decided on their spikes (:func:`_merge_split_units`)."""
+    from engine.ephys.clustering import template_similarity
+
+    k = len(templates)
+    if k < 2:
+        return np.zeros((0, 2), np.int64)
+    centre = positions[np.abs(templates).max(axis=2).argmax(axis=1)]
+    near = np.linalg.norm(centre[:, None] - centre[None], axis=2) <= radius_um
+    return np.argwhere(np.triu((template_similarity(templates) >= similarity) & near, 1))
+
+
+def _candidate_groups(pairs: np.ndarray, k: int) -> np.ndarray:
+    from scipy import sparse
+    from scipy.sparse.csgraph import connected_components
+
+    graph = sparse.coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(k, k)) if len(pairs) else sparse.coo_matrix((k, k))
+    return connected_components(graph, directed=False)[1]
+
+
+def _merge_split_units(pairs: np.ndarray, times: np.ndarray, units: np.ndarray, amps: np.ndarray, k: int, n_samples: int,
+                       fs: float, features: np.ndarray | None = None, valley_ratio: float = 0.4, min_cloud: int = 25, max_overlap: float = 0.3,
+                       max_amplitude_ratio: float = 2.0, refractory_ms: float = 1.5, duplicate_ms: float = DUPLICATE_MS) -> np.ndarray:
+    """Group index per template after merging the candidate pairs that are one neuron cut in two.
+
+    Two ways a neuron ends up as two units: (1) after drift correction its waveform still changes a little with the
+    displacement (the interpolation blurs a sharp footprint differently at each depth), and clustering cuts it by
+    depth, each half firing only while the probe sits in its range. Such halves fire *in turn*: the overlap
+    Σ_t min(p_t, q_t) of their normalised spike counts in time bins is near 0, while two neurons firing throughout
+    overlap by ~0.8 (bins sized for ≥ 8 spikes of the smaller unit, so Poisson noise does not fake a gap).
+    (2) Both fire throughout but their spikes form one cloud: ``features`` (n, F; comparable between the pair,
+    e.g. PC features on shared channels) projected on the line between the two means are not bimodal — the
+    test clustering uses (:func:`engine.ephys.clustering._bimodal`), with ≥ ``min_cloud`` spikes on each side. Either way a merge also needs amplitudes within
+    ``max_amplitude_ratio`` and a refractory period between the two trains (spikes of one neuron are not within
+    ``refractory_ms`` of each other; independent units coincide at chance level). Closer than ``duplicate_ms`` is one
+    spike fitted by both, not a violation (the merged unit keeps one: :func:`_duplicates`). Pairs are merged most
+    complementary first, each group checked as a whole as it grows."""
+    from engine.ephys.clustering import _bimodal, _pair_projection
+
+    group = np.arange(k)
+    if len(pairs) == 0 or len(times) == 0:
+        return group
+    order = np.argsort(times, kind="stable")
+    times, units, amps = times[order], units[order], amps[order]
+    features = None if features is None else features[order]
+    window, same = refractory_ms * 1e-3 * fs, duplicate_ms * 1e-3 * fs
+
+    def verdict(a, b):
+        in_a, in_b = np.isin(units, np.flatnonzero(group == group[a])), np.isin(units, np.flatnonzero(group == group[b]))
+        ta, tb = times[in_a], times[in_b]
+        if min(len(ta), len(tb)) < 4:
+            return None
+        ratio = np.median(amps[in_a]) / max(np.median(amps[in_b]), 1e-6)
+        if max(ratio, 1 / max(ratio, 1e-6)) > max_amplitude_ratio:
+            return None
+        idx = np.clip(np.searchsorted(tb, ta), 1, len(tb) - 1)
+        gap = np.minimum(np.abs(ta - tb[idx - 1]), np.abs(tb[idx] - ta))
+        chance = len(ta) * len(tb) * 2 * (window - same) / n_samples  # coincidences of independent trains
+        if ((gap >= same) & (gap < window)).sum() > 1 + 0.2 * chance:
+            return None
+        edges = np.linspace(0, n_samples, int(np.clip(min(len(ta), len(tb)) // 8, 3, 200)) + 1)
+        overlap = float(np.minimum(np.histogram(ta, edges)[0] / len(ta), np.histogram(tb, edges)[0] / len(tb)).sum())
+        if overlap <= max_overlap:
+            return overlap
+        if features is not None and min(len(ta), len(tb)) >= min_cloud:
+            fa, fb = (features[m][np.linspace(0, m.sum() - 1, min(m.sum(), 1000)).astype(int)] for m in (in_a, in_b))
+            proj, lab = _pair_projection(np.concatenate([fa, fb]), np.arange(len(fa)), np.arange(len(fa), len(fa) + len(fb)))
+            if not _bimodal(proj, lab, valley_ratio):
+                return overlap
+        return None
+
+    scored = [(v, a, b) for a, b in pairs if (v := verdict(a, b)) is not None]
+    for _v, a, b in sorted(scored):
+        if group[a] != group[b] and verdict(a, b) is not None:  # re-checked: either side may have grown
+            group[group == group[b]] = group[a]
+    return np.unique(group, return_inverse=True)[1]
+
+
+def _duplicates(times: np.ndarray, units: np.ndarray, amps: np.ndarray, window: float) -> np.ndarray:
+    """Mask of spikes that repeat a larger spike of the same unit within ``window`` samples (a merged unit's
+    halves both fitted one spike; a single template never has two spikes closer than its length)."""
+    order = np.lexsort((times, units))
+    t, u, a = times[order], units[order], amps[order]
+    pair = np.flatnonzero((np.diff(t) < window) & (u[1:] == u[:-1]))  # spikes pair and pair + 1 (sorted) are one
+    dup = np.zeros(len(times), bool)
+    dup[order[np.where(a[pair] >= a[pair + 1], pair + 1, pair)]] = True  # the smaller goes
+    return dup
+
+
+def _merged_templates(templates: np.ndarray, group: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """One unit-norm template per group: the members' templates aligned on the largest one (best lag) and
+    averaged with their spike counts as weights."""
+    from engine.ephys.clustering import MAX_LAG, _best_lag
+
+    out = np.zeros((group.max() + 1, *templates.shape[1:]), np.float32)
+    for g in range(len(out)):
+        m = np.flatnonzero(group == g)
+        if len(m) == 1:
+            out[g] = templates[m[0]]
+            continue
+        ref = m[np.argmax(counts[m])]
+        acc = np.zeros(templates.shape[1:])
+        for j in m:
+            lag = _best_lag(templates[ref], templates[j], MAX_LAG)  # j's spikes at t + lag line up with ref's at t
+            shifted = np.zeros_like(templates[j])  # templates[j] moved ``lag`` samples earlier, zeros shifted in
+            d = templates.shape[2]
+            shifted[:, max(-lag, 0): d - max(lag, 0)] = templates[j][:, max(lag, 0): d - max(-lag, 0)]
+            acc += counts[j] * shifted
+        out[g] = acc / max(np.linalg.norm(acc), 1e-12)
+    return out
+
+
 def _shadow_units(templates: np.ndarray, starts: np.ndarray, units: np.ndarray, positions: np.ndarray, window: int,
                   max_fraction: float, radius: float = 150.0) -> np.ndarray:
     """Boolean mask of "shadow" units: units whose spikes fall within ±``window`` samples of a spike of a
@@ -624,7 +745,7 @@ def sort_recording(
         # -- deconvolution -------------------------------------------------------------------------
         t0 = time.perf_counter()
         k_units = len(templates)
-        starts = units = amps = mus = np.zeros(0)
+        times = units = amps = mus = np.zeros(0)
         pc_features = pc_ind = None
         troughs = np.full(k_units, trough)
         workers = _batch_workers(device)  # 1 on a GPU
@@ -638,7 +759,15 @@ def sort_recording(
                 all_s, all_u, all_a, all_m = [], [], [], []
                 feats = []  # last pass: PC features per batch (not the snippets: 175 MB per minute at 32 ch)
                 n_pc = min(params.n_pc_channels, n_ch)
-                pc_chans = torch.as_tensor(np.argsort(-np.abs(tpl.w).max(axis=2), axis=1)[:, :n_pc], device=device)
+                energy = np.abs(tpl.w).max(axis=2)  # (K, C)
+                if last:  # possible halves of one neuron share PC channels: their features stay comparable once merged
+                    split_pairs = _split_candidates(tpl.w, probe.positions, params.split_similarity, params.split_radius_um)
+                    component = _candidate_groups(split_pairs, tpl.k)
+                    summed = np.zeros((component.max() + 1, n_ch))
+                    np.add.at(summed, component, energy)
+                    energy = summed[component]
+                pc_chans_np = np.argsort(-energy, axis=1, kind="stable")[:, :n_pc]
+                pc_chans = torch.as_tensor(pc_chans_np, device=device)
                 # Template-learning passes use evenly spaced batches covering ~learn_seconds (as
                 # Kilosort learns templates on a subset of batches); the final pass covers everything.
                 n_learn = max(1, int(math.ceil(params.learn_seconds / params.batch_seconds)))
@@ -695,26 +824,43 @@ def sort_recording(
                 templates = new if not last else tpl.w
                 if not last:
                     templates, prev_u, typical = _merge_duplicates(templates, prev_u, typical, max(params.merge_similarity, 0.97))
-            # drop units with too few spikes, and "shadow" units: units that fire almost only
-            # together with a nearby unit are fitting what that unit's template leaves behind
-            counts = np.bincount(units.astype(int), minlength=len(templates))
-            shadow = _shadow_units(templates, starts, units.astype(int), probe.positions, int(round(0.5e-3 * fs)), params.max_shadow_fraction)
-            keep_units = (counts >= params.min_spikes) & ~shadow
+            # drop "shadow" templates: templates that fire almost only together with a nearby unit are fitting
+            # what that unit's template leaves behind
+            units = units.astype(int)
+            shadow = _shadow_units(templates, starts, units, probe.positions, int(round(0.5e-3 * fs)), params.max_shadow_fraction)
             timings["n_shadow_units"] = int(shadow.sum())
+            # spike time = the trough on the peak channel of the spike's own template
+            peak_ch = np.abs(templates).max(axis=2).argmax(axis=1)
+            times = starts.astype(np.int64) + np.abs(templates[np.arange(len(templates)), peak_ch]).argmax(axis=1)[units]
+            kept = np.flatnonzero(~shadow)
+            index = np.cumsum(~shadow) - 1  # template → index among the kept ones
+            keep = ~shadow[units]
+            times, amps, mus, pc_features = times[keep], amps[keep], mus[keep], feats[keep]
+            units = index[units[keep]]
+            split_pairs = index[split_pairs[~shadow[split_pairs].any(axis=1)]] if len(split_pairs) else split_pairs
+            # a neuron cut in two (halves firing in turn as the probe drifted, or one cloud of spikes) becomes one unit
+            group = _merge_split_units(split_pairs, times, units, amps, len(kept), n_t, fs, pc_features.reshape(len(units), -1),
+                                       params.valley_ratio, params.min_cluster)
+            timings["n_merged_splits"] = int(len(kept) - (group.max() + 1 if len(kept) else 0))
+            per_template = np.bincount(units, minlength=len(kept))
+            templates = _merged_templates(templates[kept], group, per_template) if len(kept) else templates[kept]
+            unit_pc = pc_chans_np[kept][np.unique(group, return_index=True)[1]] if len(kept) else pc_chans_np[:0]  # a group's members share them
+            # drop units with too few spikes (counted after merging)
+            counts = np.bincount(group[units], minlength=len(templates))
+            keep_units = counts >= params.min_spikes
             remap = np.cumsum(keep_units) - 1
-            keep = keep_units[units.astype(int)]
-            starts, units, amps, mus = starts[keep], remap[units[keep].astype(int)], amps[keep], mus[keep]
-            pc_features = feats[keep]
+            keep = keep_units[group[units]] & ~_duplicates(times, group[units], amps, DUPLICATE_MS * 1e-3 * fs)
+            times, units, amps, mus, pc_features = times[keep], remap[group[units[keep]]], amps[keep], mus[keep], pc_features[keep]
             templates = templates[keep_units]
-            # trough = largest |value| on the peak channel: report spike times there
+            pc_ind = unit_pc[keep_units].astype(np.uint32)
+            # a unit's trough = largest |value| on its peak channel (where its spike times are reported)
             peak_ch = np.abs(templates).max(axis=2).argmax(axis=1)
             troughs = np.array([int(np.abs(templates[k, peak_ch[k]]).argmax()) for k in range(len(templates))], dtype=np.int64)
-            pc_ind = np.argsort(-np.abs(templates).max(axis=2), axis=1)[:, :n_pc].astype(np.uint32)  # as pc_chans
         timings["deconvolve_s"] = time.perf_counter() - t0
         timings["total_s"] = time.perf_counter() - t_start
         timings["device"] = str(device)
         spike_units = units.astype(np.int64)
-        spike_times = (starts.astype(np.int64) + troughs[spike_units]) if len(spike_units) else np.zeros(0, np.int64)
+        spike_times = times.astype(np.int64) if len(spike_units) else np.zeros(0, np.int64)
         order = np.argsort(spike_times, kind="stable")
         result = Sorting(
             spike_times=spike_times[order],

@@ -1,4 +1,4 @@
-"""Sorter: exact score bookkeeping, recovery of simulated units, reconstruction and residual."""
+"""Sorter: exact score bookkeeping, recovery of simulated units, merging of a unit cut in two by drift, reconstruction and residual."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from engine.ephys.groundtruth import compare, count_matches
 from engine.ephys.preprocess import ArrayRecording
 from engine.ephys.probe import Probe, linear_probe
 from engine.ephys.clustering import detect_peaks
-from engine.ephys.sorter import SortParams, _net_change, _Templates, _update_scores, sort_recording
+from engine.ephys.sorter import SortParams, _merge_split_units, _net_change, _Templates, _update_scores, sort_recording
 from engine.ephys.synth import demo_probe, demo_recording
 from engine.errors import InputError
 
@@ -157,3 +157,73 @@ def test_lfp_rate_recording_is_refused_with_the_reason():
     rec = ArrayRecording(np.random.default_rng(0).standard_normal((20000, 8)).astype(np.float32) * 100, 1000.0)
     with pytest.raises(InputError, match="LFP"):
         sort_recording(rec, linear_probe(8, warn=False))
+
+
+def _stepped_recording(shift_um: float, duration: float = 24.0, seed: int = 0):
+    """Three units on a 16-site probe; unit 0 sits 20 µm deeper during the middle third (a drift step nothing
+    corrected), unit 1 is another neuron 40 µm away firing throughout, unit 2 is far. (recording, probe, times, units)."""
+    rng = np.random.default_rng(seed)
+    fs, pos = 30000.0, demo_probe(16)
+    n, trough = int(duration * fs), 22
+    t_ms = (np.arange(75) - trough) / fs * 1e3
+
+    def wave(trough_ms, peak_lag_ms, peak_amp):
+        return -np.exp(-0.5 * (t_ms / trough_ms) ** 2) + peak_amp * np.exp(-0.5 * ((t_ms - peak_lag_ms) / 0.3) ** 2)
+
+    units = [(wave(0.15, 0.45, 0.3), [(16.0, 150.0), (16.0, 150.0 + shift_um)]),
+             (wave(0.17, 0.5, 0.35), [(16.0, 190.0)] * 2), (wave(0.14, 0.4, 0.25), [(16.0, 20.0)] * 2)]
+    x = rng.standard_normal((n, 16)).astype(np.float32) * 10.0
+    st, su = [], []
+    for k, (w, places) in enumerate(units):
+        times = np.cumsum(0.002 + rng.exponential(1 / 8.0, 400))  # 8 Hz, 2 ms refractory
+        for t in times[(times * fs > trough) & (times * fs < n - 75 + trough)]:
+            where = np.array(places[int(duration / 3 <= t < 2 * duration / 3)])
+            i = int(t * fs) - trough
+            x[i: i + 75] += 150.0 * w[:, None] * np.exp(-np.linalg.norm(pos - where, axis=1) / 28.0)[None]
+            st.append(i + trough)
+            su.append(k)
+    order = np.argsort(st)
+    return ArrayRecording(x, fs), Probe(pos, np.arange(16)), np.array(st)[order], np.array(su)[order]
+
+
+def test_unit_cut_in_two_by_a_drift_step_is_merged_and_its_neighbour_is_not():
+    """Clustering cuts unit 0 in two (its footprint 20 µm apart before/after the step: templates ~0.9 similar);
+    the halves fire in turn, so they are merged into one unit. Its neighbour (similar shape, firing throughout)
+    stays a unit of its own. Before the merge step: unit 0 at accuracy 0.65, split in two."""
+    rec, probe, st, su = _stepped_recording(20.0)
+    result = sort_recording(rec, probe, SortParams(motion="off", seed=0))
+    c = compare(st, su, result.spike_times, result.spike_units, rec.sample_rate)
+    assert result.n_units == 3 and c.well_detected(0.95) == 3, (c.accuracy, c.summary())
+    assert result.info["n_merged_splits"] == 1
+    # the merged unit's spikes are reported at the trough, on a unit-norm template
+    assert np.allclose(np.linalg.norm(result.templates.reshape(3, -1), axis=1), 1, atol=1e-5)
+    assert result.pc_features.shape[0] == len(result.spike_times)
+
+
+def test_merge_needs_trains_in_turn_alike_amplitudes_and_a_refractory_gap():
+    """Halves of one neuron: spikes of A early and late, of B in the middle → merged. Not merged: two units
+    firing throughout (without features); halves in turn whose amplitudes differ 3x; halves in turn with many
+    spikes < 1.5 ms apart. Two units firing throughout: merged when their features are one cloud."""
+    fs, n = 30000.0, 30 * 30000
+    rng = np.random.default_rng(1)
+    train = np.sort(rng.choice(np.arange(0, n, 200), 300, replace=False))  # ≥ 6.7 ms apart: refractory
+    middle = (train >= n / 3) & (train < 2 * n / 3)
+    other = np.sort(rng.choice(np.arange(100, n, 200), 300, replace=False))
+
+    def merged(times_a, times_b, amp_b=10.0):
+        times = np.r_[times_a, times_b]
+        units = np.r_[np.zeros(len(times_a), int), np.ones(len(times_b), int)]
+        amps = np.r_[np.full(len(times_a), 10.0), np.full(len(times_b), amp_b)]
+        return _merge_split_units(np.array([[0, 1]]), times, units, amps, 2, n, fs).tolist() == [0, 0]
+
+    assert merged(train[~middle], train[middle])
+    assert not merged(train, other)  # both fire throughout
+    assert not merged(train[~middle], train[middle], amp_b=30.0)
+    assert not merged(train[~middle], np.r_[train[middle], train[~middle][::3] + 15])  # a third of A's spikes 0.5 ms later in B
+    # both firing throughout: merged when their features form one cloud, not when two
+    feats = rng.standard_normal((600, 4))
+    times, units = np.r_[train, other], np.r_[np.zeros(300, int), np.ones(300, int)]
+    assert _merge_split_units(np.array([[0, 1]]), times, units, np.full(600, 10.0), 2, n, fs, feats).tolist() == [0, 0]
+    feats[300:, 0] += 8.0
+    assert _merge_split_units(np.array([[0, 1]]), times, units, np.full(600, 10.0), 2, n, fs, feats).tolist() == [0, 1]
+    assert _merge_split_units(np.zeros((0, 2), int), train, np.zeros(len(train), int), np.ones(len(train)), 1, n, fs).tolist() == [0]
