@@ -435,10 +435,11 @@ def _merge_split_units(pairs: np.ndarray, times: np.ndarray, units: np.ndarray, 
     overlap by ~0.8 (bins sized for ≥ 8 spikes of the smaller unit, so Poisson noise does not fake a gap).
     (2) Both fire throughout but their spikes form one cloud: ``features`` (n, F; comparable between the pair,
     e.g. PC features on shared channels) projected on the line between the two means are not bimodal — the
-    test clustering uses (:func:`engine.ephys.clustering._bimodal`), with ≥ ``min_cloud`` spikes on each side. Either way a merge also needs amplitudes within
-    ``max_amplitude_ratio`` and a refractory period between the two trains (spikes of one neuron are not within
-    ``refractory_ms`` of each other; independent units coincide at chance level). Closer than ``duplicate_ms`` is one
-    spike fitted by both, not a violation (the merged unit keeps one: :func:`_duplicates`). Pairs are merged most
+    test clustering uses (:func:`engine.ephys.clustering._bimodal`), with ≥ ``min_cloud`` spikes on each side.
+    Either way a merge also needs amplitudes within ``max_amplitude_ratio`` and a refractory period between the two
+    trains (spikes of one neuron are not within ``refractory_ms`` of each other; independent units coincide at
+    chance level). Closer than ``duplicate_ms`` is one spike fitted by both, not a violation (the merged unit keeps
+    one: :func:`_duplicates`). Pairs are merged most
     complementary first, each group checked as a whole as it grows."""
     from engine.ephys.clustering import _bimodal, _pair_projection
 
