@@ -439,8 +439,8 @@ def _merge_split_units(pairs: np.ndarray, times: np.ndarray, units: np.ndarray, 
     Either way a merge also needs amplitudes within ``max_amplitude_ratio`` and a refractory period between the two
     trains (spikes of one neuron are not within ``refractory_ms`` of each other; independent units coincide at
     chance level). Closer than ``duplicate_ms`` is one spike fitted by both, not a violation (the merged unit keeps
-    one: :func:`_duplicates`). Pairs are merged most
-    complementary first, each group checked as a whole as it grows."""
+    one: :func:`_duplicates`). Pairs are merged most complementary first,
+    each group checked as a whole as it grows."""
     from engine.ephys.clustering import _bimodal, _pair_projection
 
     group = np.arange(k)
