@@ -24,7 +24,7 @@ from PyQt6.QtWidgets import (
 )
 
 from app.dialogs import AboutDialog, PreferencesDialog, ShortcutsDialog, show_error
-from app.jobs import Job, JobError, JobManager
+from app.jobs import Job, JobError, JobManager, freeze_long_lived
 from app.resources import icon, style_sheet
 from app.settings import Settings
 from app.widgets.job_panel import JobPanel
@@ -76,6 +76,7 @@ class MainWindow(QMainWindow):
         self._build_status_bar()
         self._build_menus()
         self._restore_state()
+        freeze_long_lived()  # what start-up made lives until exit: full collections need not walk it
 
     # -- construction ------------------------------------------------------------------
     def _build_sidebar(self) -> QWidget:

@@ -306,7 +306,7 @@ class FactorsWorkspace(Workspace):
         self.view.set_image(self.image)
         self.canvas.set_rotated(self.rotate.isChecked())  # the turn depends on the image's width
         self.loaded(path)
-        self._regions_changed(save=False, raster=result.get("labels"))
+        self._regions_changed(save=False, raster=result.get("labels"), counts=result.get("label_counts"))
         self._factors_changed()
         if self.clusters is not None:
             self.overlay_kind.setCurrentText("Clusters")
@@ -421,15 +421,16 @@ class FactorsWorkspace(Workspace):
             if int(self.region_list.item(row).data(Qt.ItemDataRole.UserRole)) == label:
                 self.region_list.setCurrentRow(row)
 
-    def _regions_changed(self, save: bool = True, raster: np.ndarray | None = None) -> None:
+    def _regions_changed(self, save: bool = True, raster: np.ndarray | None = None, counts: np.ndarray | None = None) -> None:
         """After every edit: save atomically, rasterize, refresh the list, overlay and selection.
-        ``raster``: the regions already rasterized (by the open job, off the GUI thread)."""
+        ``raster``, ``counts``: the regions already rasterized and counted (by the open job, off the GUI thread)."""
         if self.regions is None:
             return
         if save and self.folder is not None:
             self.regions.save(self.folder)
         raster = self.regions.rasterize() if raster is None else raster
-        counts = np.bincount(raster.ravel(), minlength=self.regions.next_label())
+        if counts is None:
+            counts = np.bincount(raster.ravel(), minlength=self.regions.next_label())
         self.labels = raster if counts[1:].any() else None
         self._n_regions = int(np.count_nonzero(counts[1:]))
         current = self.current_region()
