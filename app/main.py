@@ -32,6 +32,7 @@ from app.workspace import Workspace
 from engine import __version__
 from engine.device import DEVICE_ENV
 from engine.errors import InputError
+from engine.mesh import laplacian
 from engine.parallel import SCHEDULER_ENV
 
 
@@ -77,6 +78,7 @@ class MainWindow(QMainWindow):
         self._build_menus()
         self._restore_state()
         freeze_long_lived()  # what start-up made lives until exit: full collections need not walk it
+        laplacian.ISOLATE_FACES = 20_000  # its C++ would hold the GIL, and so stop this window, for 0.1 s and more
 
     # -- construction ------------------------------------------------------------------
     def _build_sidebar(self) -> QWidget:

@@ -10,6 +10,11 @@ recording (open, sort, select units one after another); Calcium on the demo movi
 Run (needs a display for the 3D view; the shared data beside the repository):
 ``xvfb-run -a -s "-screen 0 1600x1000x24" python -m benchmarks.gui_stalls``; name loops to run only
 those (``... gui_stalls ephys calcium``; the loops are microarchitecture, morphology, ephys, calcium).
+``--without-3d`` builds the window without the Morphology workspace: its OpenGL view makes Qt composite
+the whole window through OpenGL at every repaint (on Mesa's software rasterizer, tens of ms a frame), so
+the other loops run with and without it tell what that composition costs. ``NEUROWB_STALL_DUMPS=file``
+(py-spy on the PATH) appends every thread's native stack once per stall: which thread held the GIL, and
+where (each dump pauses the process, so the stall numbers of such a run are not the measurement).
 """
 
 from __future__ import annotations
@@ -160,8 +165,11 @@ def job_done(ws_or_job):
     return lambda: ws_or_job() is None or not ws_or_job().is_running
 
 
-def main(loops: list[str]) -> None:
-    loops = [name.lower() for name in loops] or ["microarchitecture", "morphology", "ephys", "calcium"]
+def main(args: list[str]) -> None:
+    without_3d = "--without-3d" in args
+    loops = [name.lower() for name in args if not name.startswith("--")]
+    loops = loops or (["microarchitecture", "ephys", "calcium"] if without_3d else
+                      ["microarchitecture", "morphology", "ephys", "calcium"])
     if not DATA.is_dir():
         print(f"the shared data is not at {DATA}: nothing to measure")
         return
@@ -172,6 +180,12 @@ def main(loops: list[str]) -> None:
 
     from app.main import MainWindow, create_application
     from app.settings import Settings
+    if without_3d:
+        import app.main
+
+        every = app.main.workspace_classes
+        app.main.workspace_classes = lambda: [cls for cls in every() if cls.__name__ != "MorphologyWorkspace"]
+        loops = [name for name in loops if name != "morphology"]
     _app = create_application()  # held for the whole run
     window = MainWindow(Settings())
     window.show()
@@ -213,7 +227,7 @@ def main(loops: list[str]) -> None:
     if "calcium" in loops:
         calcium(window, work, step, opening)
 
-    print(machine_header("GUI stalls: longest gap in the event loop per step"))
+    print(machine_header("GUI stalls: longest gap in the event loop per step" + (" (window without the 3D view)" if without_3d else "")))
     print(f"- load average at the end: {os.getloadavg()[0]:.1f} (2 cores); a 10 ms timer on the GUI thread, the real window on Xvfb")
     print()
     markdown_table(rows, ["loop", "step", "longest stall (ms)", "step wall (s)", f"≤ {GOAL_MS} ms", "longest garbage collection (ms)",

@@ -431,6 +431,7 @@ class FactorsWorkspace(Workspace):
         raster = self.regions.rasterize() if raster is None else raster
         if counts is None:
             counts = np.bincount(raster.ravel(), minlength=self.regions.next_label())
+        raster.flags.writeable = False  # replaced at every edit, never written: jobs take it without a copy
         self.labels = raster if counts[1:].any() else None
         self._n_regions = int(np.count_nonzero(counts[1:]))
         current = self.current_region()
@@ -515,7 +516,7 @@ class FactorsWorkspace(Workspace):
                 "everything). Your regions are kept.", "Train"):
             return None
         self._remember_parameters()
-        return self._start("Train CNN", workflow.train_job, self.image, self.labels.copy(), self.folder,
+        return self._start("Train CNN", workflow.train_job, self.image, self.labels, self.folder,
                            names=self.regions.names, patch_size=self.patch_size.value(), epochs=self.epochs.value(),
                            patches_per_epoch=self.patches.value(), batch_size=32, pixel_size_um=self.pixel_size_um(),
                            on_result=self._trained)
@@ -597,7 +598,7 @@ class FactorsWorkspace(Workspace):
             self.window.show_status("Run NMF and pick a region first.")
             return None
         n = self.n_clusters.value() or None
-        return self._start("GMM clusters", workflow.cluster_job, self.factors, self.labels.copy(),
+        return self._start("GMM clusters", workflow.cluster_job, self.factors, self.labels,
                            int(self.cluster_region.currentData()), self.folder, n_clusters=n, on_result=self._clustered)
 
     def _clustered(self, clusters) -> None:
