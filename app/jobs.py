@@ -82,7 +82,8 @@ def freeze_long_lived() -> None:
     functions live until exit, and once frozen a full collection walks only what was made since (tens of
     thousands of objects, a few ms). A young collection first drops the latest garbage; an object frozen
     while alive is still freed by reference counting, only a reference cycle that becomes garbage after
-    its freeze stays (bounded: freezes happen at start-up and after the few jobs that import modules).
+    its freeze stays (bounded: freezes happen at start-up and after the few jobs that import modules), until
+    the window closes and unfreezes everything.
     """
     global _modules_at_freeze
     gc.collect(1)

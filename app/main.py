@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from pathlib import Path
@@ -356,6 +357,7 @@ class MainWindow(QMainWindow):
             ws.closing()
         if not self.jobs.shutdown(timeout_ms=5000):
             self.show_status("Some jobs are still stopping…")
+        gc.unfreeze()  # what this window froze can be collected again (a process may open another, e.g. tests)
         super().closeEvent(event)
 
 

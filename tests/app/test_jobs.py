@@ -237,3 +237,4 @@ def test_a_job_that_imports_modules_leaves_them_frozen(qtbot, tmp_path, monkeypa
     assert gc.get_freeze_count() >= before + 50_000  # the module's 50,000 lists are no longer walked
     assert len(gc.get_objects()) < 50_000
     sys.modules.pop("freshly_imported_module", None)
+    gc.unfreeze()
