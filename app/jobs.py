@@ -9,11 +9,22 @@ Progress, and the engine's next ``progress.check()`` raises ``Cancelled``.
 
 :class:`JobManager` owns running jobs (keeps them alive, lists them for the job panel, cancels
 them all when the window closes).
+
+Two things keep the window responsive while jobs run, because every thread shares one GIL and the
+machine's cores: a job thread (and the threads it starts) runs at a lower scheduling priority than the
+GUI thread (:data:`JOB_NICENESS`), and :func:`freeze_long_lived` keeps Python's cyclic garbage collector
+from walking every long-lived object — a full collection holds the GIL throughout, and with Qt, torch,
+scipy and trimesh loaded it walked ~300,000 objects for 200–500 ms, stopping the window whichever
+thread triggered it.
 """
 
 from __future__ import annotations
 
 import enum
+import gc
+import os
+import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -56,6 +67,37 @@ class JobError:
         return f"{extra}\n\n{self.traceback}" if extra else self.traceback
 
 
+# Added to a job thread's nice value (Linux: per thread, inherited by the threads it starts, e.g. a
+# slice pool): when a job and the window want the CPU at once, the window (and the OpenGL rasterizer
+# threads that composite it) go first; a job alone on the machine runs at full speed.
+JOB_NICENESS = 5
+
+_modules_at_freeze = 0
+
+
+def freeze_long_lived() -> None:
+    """Move every object alive now out of the cyclic collector's sight (:func:`gc.freeze`).
+
+    Called once the window is built and again when a job has imported new modules: modules, classes and
+    functions live until exit, and once frozen a full collection walks only what was made since (tens of
+    thousands of objects, a few ms). A young collection first drops the latest garbage; an object frozen
+    while alive is still freed by reference counting, only a reference cycle that becomes garbage after
+    its freeze stays (bounded: freezes happen at start-up and after the few jobs that import modules), until
+    the window closes and unfreezes everything.
+    """
+    global _modules_at_freeze
+    gc.collect(1)
+    gc.freeze()
+    _modules_at_freeze = len(sys.modules)
+
+
+def _lower_priority() -> None:
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, 0) + JOB_NICENESS)
+    except (AttributeError, OSError):  # not Linux: jobs keep the window's priority
+        pass
+
+
 class _Worker(QThread):
     """Runs the callable; emits from the worker thread (delivered queued to the GUI thread)."""
 
@@ -70,6 +112,7 @@ class _Worker(QThread):
         self.progress = Progress(self.progressed.emit, min_interval=progress_interval)
 
     def run(self) -> None:
+        _lower_priority()
         try:
             self.progress.check()  # cancelled before it started
             result = self._func(*self._args, progress=self.progress, **self._kwargs)
@@ -239,4 +282,6 @@ class JobManager(QObject):
     def _on_ended(self, job: Job) -> None:
         if job in self._jobs:
             self._jobs.remove(job)
+        if len(sys.modules) > _modules_at_freeze and not self.running():
+            freeze_long_lived()  # the job imported modules: keep full collections short
         self.job_ended.emit(job)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from pathlib import Path
@@ -24,7 +25,7 @@ from PyQt6.QtWidgets import (
 )
 
 from app.dialogs import AboutDialog, PreferencesDialog, ShortcutsDialog, show_error
-from app.jobs import Job, JobError, JobManager
+from app.jobs import Job, JobError, JobManager, freeze_long_lived
 from app.resources import icon, style_sheet
 from app.settings import Settings
 from app.widgets.job_panel import JobPanel
@@ -32,6 +33,7 @@ from app.workspace import Workspace
 from engine import __version__
 from engine.device import DEVICE_ENV
 from engine.errors import InputError
+from engine.mesh import laplacian
 from engine.parallel import SCHEDULER_ENV
 
 
@@ -76,6 +78,8 @@ class MainWindow(QMainWindow):
         self._build_status_bar()
         self._build_menus()
         self._restore_state()
+        freeze_long_lived()  # what start-up made lives until exit: full collections need not walk it
+        laplacian.ISOLATE_FACES = 20_000  # its C++ would hold the GIL, and so stop this window, for 0.1 s and more
 
     # -- construction ------------------------------------------------------------------
     def _build_sidebar(self) -> QWidget:
@@ -353,6 +357,7 @@ class MainWindow(QMainWindow):
             ws.closing()
         if not self.jobs.shutdown(timeout_ms=5000):
             self.show_status("Some jobs are still stopping…")
+        gc.unfreeze()  # what this window froze can be collected again (a process may open another, e.g. tests)
         super().closeEvent(event)
 
 

@@ -8,14 +8,22 @@ worst stall. Goal (issue 13): no stall above 100 ms. Steps: Microarchitecture on
 recording (open, sort, select units one after another); Calcium on the demo movie (open, CNMF).
 
 Run (needs a display for the 3D view; the shared data beside the repository):
-``xvfb-run -a -s "-screen 0 1600x1000x24" python -m benchmarks.gui_stalls``
+``xvfb-run -a -s "-screen 0 1600x1000x24" python -m benchmarks.gui_stalls``; name loops to run only
+those (``... gui_stalls ephys calcium``; the loops are microarchitecture, morphology, ephys, calcium).
+``--without-3d`` builds the window without the Morphology workspace: its OpenGL view makes Qt composite
+the whole window through OpenGL at every repaint (on Mesa's software rasterizer, tens of ms a frame), so
+the other loops run with and without it tell what that composition costs. ``NEUROWB_STALL_DUMPS=file``
+(py-spy on the PATH) appends every thread's native stack once per stall: which thread held the GIL, and
+where (each dump pauses the process, so the stall numbers of such a run are not the measurement).
 """
 
 from __future__ import annotations
 
 import collections
+import gc
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -28,6 +36,7 @@ from benchmarks.common import machine_header, markdown_table
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 TICK_MS = 10
 GOAL_MS = 100
+NATIVE_DUMPS = os.environ.get("NEUROWB_STALL_DUMPS")  # a file: py-spy's native dump of every thread, once per stall
 
 
 class StallMeter:
@@ -65,20 +74,49 @@ class StallSampler(threading.Thread):
         super().__init__(daemon=True)
         self.meter, self.gui = meter, threading.main_thread().ident
         self.where: collections.Counter = collections.Counter()
+        self.step = ""
 
     def run(self) -> None:
+        dumped = None
         while True:
             time.sleep(0.005)
             if time.perf_counter() - self.meter.last > GOAL_MS / 1000:
                 frame = sys._current_frames().get(self.gui)
                 if frame is not None:
                     self.where[_describe(traceback.extract_stack(frame))] += 1
+                if NATIVE_DUMPS and dumped != self.meter.last:  # once per stall: every thread's native stack
+                    dumped = self.meter.last
+                    dump = subprocess.run(["py-spy", "dump", "--native", "--pid", str(os.getpid())], capture_output=True, text=True)
+                    with open(NATIVE_DUMPS, "a") as out:
+                        out.write(f"=== {self.step} stalled {time.perf_counter() - dumped:.3f} s\n{dump.stdout}{dump.stderr}\n")
 
     def take(self) -> str:
         """Where the GUI thread was seen stalled most often since the last call ('' when never)."""
         top = self.where.most_common(1)
         self.where.clear()
         return f"{top[0][0]} ({top[0][1] * 5} ms seen)" if top else ""
+
+
+class GcMeter:
+    """The longest cyclic garbage collection since :meth:`take`: it holds the GIL throughout, so a full
+    collection of a process with a few hundred thousand objects stalls the GUI thread whichever thread ran it."""
+
+    def __init__(self):
+        self.started, self.worst = 0.0, (0.0, "")
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self.started = time.perf_counter()
+        else:
+            took = time.perf_counter() - self.started
+            if took > self.worst[0]:
+                self.worst = (took, f"gen {info['generation']} in {threading.current_thread().name}")
+
+    def take(self) -> str:
+        took, what = self.worst
+        self.worst = (0.0, "")
+        return f"{took * 1000:.0f} ({what})" if what else "0"
 
 
 def _describe(stack) -> str:
@@ -127,7 +165,11 @@ def job_done(ws_or_job):
     return lambda: ws_or_job() is None or not ws_or_job().is_running
 
 
-def main() -> None:
+def main(args: list[str]) -> None:
+    without_3d = "--without-3d" in args
+    loops = [name.lower() for name in args if not name.startswith("--")]
+    loops = loops or (["microarchitecture", "ephys", "calcium"] if without_3d else
+                      ["microarchitecture", "morphology", "ephys", "calcium"])
     if not DATA.is_dir():
         print(f"the shared data is not at {DATA}: nothing to measure")
         return
@@ -138,24 +180,30 @@ def main() -> None:
 
     from app.main import MainWindow, create_application
     from app.settings import Settings
-    from engine.ephys.io import RecordingParams, write_sidecar
-    from engine.factors import workflow
-    from engine.factors.rois import RegionSet
+    if without_3d:
+        import app.main
 
+        every = app.main.workspace_classes
+        app.main.workspace_classes = lambda: [cls for cls in every() if cls.__name__ != "MorphologyWorkspace"]
+        loops = [name for name in loops if name != "morphology"]
     _app = create_application()  # held for the whole run
     window = MainWindow(Settings())
     window.show()
     meter = StallMeter()
     sampler = StallSampler(meter)
     sampler.start()
+    collections_meter = GcMeter()
     rows = []
 
     def step(loop: str, name: str, action, done, **kw):
         sampler.take()
+        sampler.step = f"{loop}: {name}"
+        collections_meter.take()
         stall, wall = run_step(meter, action, done, **kw)
         where = sampler.take() if stall > GOAL_MS else ""
-        rows.append([loop, name, f"{stall:.0f}", f"{wall:.1f}", "yes" if stall <= GOAL_MS else "**no**", where])
-        print(f"{loop:18s} {name:40s} {stall:8.0f} ms  {wall:6.1f} s  {where}", file=sys.stderr, flush=True)
+        collected = collections_meter.take()
+        rows.append([loop, name, f"{stall:.0f}", f"{wall:.1f}", "yes" if stall <= GOAL_MS else "**no**", collected, where])
+        print(f"{loop:18s} {name:40s} {stall:8.0f} ms  {wall:6.1f} s  gc {collected}  {where}", file=sys.stderr, flush=True)
 
     def opening(path):
         jobs = []
@@ -170,7 +218,31 @@ def main() -> None:
     step("(reference)", "idle window, 3 s, nothing running", lambda: QTimer.singleShot(3000, lambda: idle.setdefault("done", 1)),
          lambda: "done" in idle, settle=0.0)
 
-    # -- Microarchitecture: the X-ray slice with three regions drawn ---------------------------------
+    if "microarchitecture" in loops:
+        microarchitecture(window, work, step, opening)
+    if "morphology" in loops:
+        morphology(window, step, opening)
+    if "ephys" in loops:
+        ephys(window, work, step, opening)
+    if "calcium" in loops:
+        calcium(window, work, step, opening)
+
+    print(machine_header("GUI stalls: longest gap in the event loop per step" + (" (window without the 3D view)" if without_3d else "")))
+    print(f"- load average at the end: {os.getloadavg()[0]:.1f} (2 cores); a 10 ms timer on the GUI thread, the real window on Xvfb")
+    print()
+    markdown_table(rows, ["loop", "step", "longest stall (ms)", "step wall (s)", f"≤ {GOAL_MS} ms", "longest garbage collection (ms)",
+                          "where the GUI thread was"])
+    window.jobs.shutdown(5000)
+    window.close()
+    shutil.rmtree(work, ignore_errors=True)
+    np.seterr()
+
+
+def microarchitecture(window, work, step, opening) -> None:
+    """The X-ray slice with three regions drawn: open, train, dense latents, NMF, reopen."""
+    from engine.factors import workflow
+    from engine.factors.rois import RegionSet
+
     xray = work / "xray" / "xray_thalamocortical_slice159.png"
     xray.parent.mkdir()
     shutil.copy(DATA / "images" / xray.name, xray)
@@ -194,7 +266,8 @@ def main() -> None:
     action, done = opening(xray)
     step("Microarchitecture", "reopen the project with saved results", action, done)
 
-    # -- Morphology ---------------------------------------------------------------------------------
+
+def morphology(window, step, opening) -> None:
     window.show_workspace("morphology")
     ws = window.current_workspace
     action, done = opening(DATA / "meshes" / "microns_neuron_7666_decimated_fragmented.off")
@@ -204,7 +277,10 @@ def main() -> None:
     hks = {}
     step("Morphology", "HKS of the dendrite", lambda: hks.setdefault("job", ws.compute_hks()), job_done(lambda: hks.get("job")))
 
-    # -- Ephys: the locust recording ---------------------------------------------------------------
+
+def ephys(window, work, step, opening) -> None:
+    from engine.ephys.io import RecordingParams, write_sidecar
+
     raw = work / "locust" / "locust_trial_01.raw"
     raw.parent.mkdir()
     shutil.copy(DATA / "ephys" / "locust" / raw.name, raw)
@@ -226,7 +302,8 @@ def main() -> None:
     selected = lambda: len(ids) == 0 or ws.selected == ids[:6][-1:]  # noqa: E731
     step("Ephys", f"select {min(len(ids), 6)} units one after another", select_each, selected, settle=1.0)
 
-    # -- Calcium: the demo movie --------------------------------------------------------------------
+
+def calcium(window, work, step, opening) -> None:
     from engine.demo import ensure_demo_data
 
     movie = ensure_demo_data(work / "demo")["calcium"]
@@ -237,15 +314,6 @@ def main() -> None:
     cnmf = {}
     step("Calcium", "CNMF", lambda: cnmf.setdefault("job", ws.run_cnmf()), job_done(lambda: cnmf.get("job")), timeout=1800)
 
-    print(machine_header("GUI stalls: longest gap in the event loop per step"))
-    print(f"- load average at the end: {os.getloadavg()[0]:.1f} (2 cores); a 10 ms timer on the GUI thread, the real window on Xvfb")
-    print()
-    markdown_table(rows, ["loop", "step", "longest stall (ms)", "step wall (s)", f"≤ {GOAL_MS} ms", "where the GUI thread was"])
-    window.jobs.shutdown(5000)
-    window.close()
-    shutil.rmtree(work, ignore_errors=True)
-    np.seterr()
-
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

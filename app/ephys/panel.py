@@ -633,7 +633,7 @@ class EphysWorkspace(Workspace):
                 return
             self._waveforms.update(result)
             if self.selected == selection:
-                self.views.show_units(curation, self.selected[:3], self._waveforms)
+                self.views.update_waveforms(curation, self.selected[:3], self._waveforms)
                 self.redraw()  # the highlighted spikes on the traces use the waveforms' trough
 
         job.finished.connect(done)

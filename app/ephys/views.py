@@ -327,6 +327,15 @@ class UnitViews(QWidget):
                           f"then K (Esc clears). Merge the selection: G. Feature axes: Ctrl-click (x) or Shift-click (y) "
                           f"a channel on the waveforms.")
 
+    def update_waveforms(self, curation, clusters: list[int], waveforms: dict[int, dict]) -> None:
+        """Redraw only the waveform view (the spikes read in the background arrived); the other views stand."""
+        if self._shown is None or self._shown[0] is not curation or list(self._shown[1]) != list(clusters):
+            return self.show_units(curation, clusters, waveforms)
+        for plot, item in [pair for pair in self._items if pair[0] is self.waveforms]:
+            plot.removeItem(item)
+            self._items.remove((plot, item))
+        self._draw_waveforms(curation, clusters, waveforms)
+
     def _draw_waveforms(self, curation, clusters, waveforms) -> None:
         pos = curation.positions
         channels = curation.best_channels(clusters[0], n=12)

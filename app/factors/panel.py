@@ -504,7 +504,7 @@ class FactorsWorkspace(Workspace):
             return None
         self._remember_parameters()
         settings = self.session.parameters
-        return self._start("Train CNN", workflow.train_job, self.image, self.labels.copy(), self.folder,
+        return self._start("Train CNN", workflow.train_job, self.image, self.labels, self.folder,
                            names=self.regions.names, patch_size=settings["patch_size"], epochs=settings["epochs"],
                            patches_per_epoch=settings["patches"], batch_size=32, pixel_size_um=self.pixel_size_um(),
                            on_result=self._trained)
@@ -560,7 +560,7 @@ class FactorsWorkspace(Workspace):
             self.window.show_status("Run NMF and pick a region first.")
             return None
         n = self.n_clusters.value() or None
-        return self._start("GMM clusters", workflow.cluster_job, self.factors, self.labels.copy(),
+        return self._start("GMM clusters", workflow.cluster_job, self.factors, self.labels,
                            int(self.cluster_region.currentData()), self.folder, n_clusters=n, on_result=self._clustered)
 
     def _clustered(self, clusters) -> None:

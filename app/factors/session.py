@@ -70,7 +70,8 @@ class FactorsSession(Session):
         self._restore_parameters(remembered or {})
         self.regions = project.regions
         self._hear(self.regions)
-        self._measure_regions(result.get("labels"), say=False)  # rasterized by the open job, off the GUI thread
+        # rasterized and counted by the open job, off the GUI thread
+        self._measure_regions(result.get("labels"), result.get("label_counts"), say=False)
         self._score(recount=True, say=False)
         self._pick_factor()
         self.image_changed.emit()  # says it all: the views draw the image first, then regions and results
@@ -192,10 +193,11 @@ class FactorsSession(Session):
         self._measure_regions()
         self._score(recount=True)
 
-    def _measure_regions(self, raster: np.ndarray | None = None, say: bool = True) -> None:
+    def _measure_regions(self, raster: np.ndarray | None = None, counts: np.ndarray | None = None, say: bool = True) -> None:
         """The label image and each region's pixels; the current region stays, else the last one is current."""
         raster = self.regions.rasterize() if raster is None else raster
-        self.counts = np.bincount(raster.ravel(), minlength=self.regions.next_label())
+        raster.flags.writeable = False  # replaced at every edit, never written: jobs take it without a copy
+        self.counts = np.bincount(raster.ravel(), minlength=self.regions.next_label()) if counts is None else counts
         self.labels = raster if self.counts[1:].any() else None
         self.n_regions = int(np.count_nonzero(self.counts[1:]))
         labels = [r.label for r in self.regions.regions]

@@ -46,7 +46,9 @@ class ImageView(QWidget):
         self.graphics = pg.GraphicsLayoutWidget()
         self.viewbox = self.graphics.addViewBox(lockAspect=True, invertY=True)
         self.image = pg.ImageItem(axisOrder="row-major", autoDownsample=True)
-        self.overlay = pg.ImageItem(axisOrder="row-major", autoDownsample=True)
+        # not downsampled by pyqtgraph: that averages the overlay's colours on the GUI thread at every redraw
+        # (~100 ms); it is at most LABELS_MAX_SIDE per side already, which Qt scales when painting
+        self.overlay = pg.ImageItem(axisOrder="row-major")
         self.overlay.setZValue(10)
         self.overlay.setOpacity(0.35)
         self.heatmap = pg.ImageItem(axisOrder="row-major")  # below the label overlay
@@ -116,7 +118,6 @@ class ImageView(QWidget):
         if step is None:
             labels, step = labels_for_display(np.asarray(labels))
         table = LABEL_COLORS if colors is None else np.asarray(colors, dtype=np.ubyte)
-        # levels: auto-downsampling averages the colours into floats, which need explicit levels
         self.overlay.setImage(table[np.asarray(labels) % len(table)], autoLevels=False, levels=(0, 255))
         rows, cols = labels.shape[:2]
         self.overlay.setRect(QRectF(0, 0, cols * step, rows * step))

@@ -427,5 +427,6 @@ def open_project_job(path: str | os.PathLike, device=None, progress: Progress | 
         project.regions = RegionSet(tuple(image.shape))
     progress.report(0.9, "drawing the regions")
     labels = project.regions.rasterize()  # here, not on the GUI thread (seconds on a whole slice)
+    counts = np.bincount(labels.ravel(), minlength=project.regions.next_label())  # pixels per label
     progress.report(1.0, "done")
-    return {"image": image, "project": project, "labels": labels}
+    return {"image": image, "project": project, "labels": labels, "label_counts": counts}

@@ -41,6 +41,19 @@ from engine.mesh.io import Mesh
 KINDS = ("robust", "cotangent")
 #: Off-diagonal weights below this fraction of the largest one are treated as exact zeros.
 _WEIGHT_FLOOR = 1e-12
+#: robust_laplacian's C++ holds the GIL for the whole call (0.1-0.3 s on a 64,000-face dendrite), which stops a
+#: window's event loop however the work is threaded. Where that matters (the app sets it), meshes with at least
+#: this many faces get it built in a child process (~0.5 s to start); None: always here (CLI, scripts).
+ISOLATE_FACES: int | None = None
+
+
+def _in_child_process(func, *args):
+    """``func(*args)`` in a fresh child process (spawned: forking a process with threads is unsafe)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(func, *args).result()
 
 
 def laplacian(mesh: Mesh, kind: str = "robust", *, mollify_factor: float = 1e-5) -> tuple[sp.csr_matrix, sp.dia_matrix]:
@@ -56,9 +69,12 @@ def laplacian(mesh: Mesh, kind: str = "robust", *, mollify_factor: float = 1e-5)
     if kind == "robust":
         import robust_laplacian
 
-        L, M = robust_laplacian.mesh_laplacian(
-            np.ascontiguousarray(mesh.vertices, dtype=np.float64), np.ascontiguousarray(mesh.faces, dtype=np.int64), mollify_factor
-        )
+        args = (np.ascontiguousarray(mesh.vertices, dtype=np.float64), np.ascontiguousarray(mesh.faces, dtype=np.int64),
+                mollify_factor)
+        if ISOLATE_FACES is not None and mesh.n_faces >= ISOLATE_FACES:
+            L, M = _in_child_process(robust_laplacian.mesh_laplacian, *args)
+        else:
+            L, M = robust_laplacian.mesh_laplacian(*args)
         mass = np.asarray(M.diagonal(), dtype=np.float64)
     else:
         L, mass = _cotangent(mesh.vertices, mesh.faces)

@@ -1,3 +1,6 @@
+import gc
+import os
+import sys
 import threading
 import time
 
@@ -5,7 +8,7 @@ import numpy as np
 import pytest
 from PyQt6.QtCore import QCoreApplication, QElapsedTimer, QThread, QTimer
 
-from app.jobs import Job, JobManager, JobState
+from app.jobs import JOB_NICENESS, Job, JobManager, JobState, freeze_long_lived
 from engine.errors import InputError
 
 
@@ -200,3 +203,39 @@ def test_number_items_sort_by_value_with_nan_last(qtbot, order):
     shown = [table.item(row, 0).value for row in range(len(values))]
     finite = sorted(v for v in values if not np.isnan(v))
     assert shown[:4] == (finite if order == "ascending" else finite[::-1]) and np.isnan(shown[4:]).all()
+
+
+@pytest.mark.skipif(not hasattr(os, "setpriority"), reason="per-thread nice values are a Linux feature")
+def test_job_threads_run_below_the_window_priority(qtbot):
+    """A job and the threads it starts yield the CPU to the GUI thread when both want it."""
+
+    def niceness(progress=None):
+        seen = [os.getpriority(os.PRIO_PROCESS, 0)]
+        child = threading.Thread(target=lambda: seen.append(os.getpriority(os.PRIO_PROCESS, 0)))
+        child.start()
+        child.join()
+        return seen
+
+    job = Job("nice", niceness)
+    with qtbot.waitSignal(job.finished, timeout=5000) as result:
+        job.start()
+    window_nice = os.getpriority(os.PRIO_PROCESS, 0)
+    assert result.args[0] == [min(window_nice + JOB_NICENESS, 19)] * 2
+
+
+def test_a_job_that_imports_modules_leaves_them_frozen(qtbot, tmp_path, monkeypatch):
+    """Full garbage collections hold the GIL for as long as they walk objects: what start-up and a job's
+    imports made is frozen, so one walks only what was made since."""
+    freeze_long_lived()
+    assert gc.get_freeze_count() > 10_000  # the test session's modules
+    (tmp_path / "freshly_imported_module.py").write_text("TABLE = {i: [i] for i in range(50_000)}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    manager = JobManager()
+    before = gc.get_freeze_count()
+    job = manager.submit("import", lambda progress=None: __import__("freshly_imported_module") and None)
+    qtbot.waitUntil(lambda: not job.is_running, timeout=5000)
+    qtbot.wait(50)
+    assert gc.get_freeze_count() >= before + 50_000  # the module's 50,000 lists are no longer walked
+    assert len(gc.get_objects()) < 50_000
+    sys.modules.pop("freshly_imported_module", None)
+    gc.unfreeze()

@@ -63,6 +63,21 @@ def test_laplacian_is_symmetric_psd_with_constants_in_its_kernel(kind, make):
     assert mass[~orphans].sum() == pytest.approx(area, rel=1e-3)
 
 
+def test_robust_laplacian_built_in_a_child_process_is_the_same(monkeypatch):
+    """Where a window must keep running (the app sets ISOLATE_FACES), the GIL-holding C++ call runs in a child."""
+    import engine.mesh.laplacian as module
+
+    mesh = messy()
+    L, M = laplacian(mesh, "robust")
+    calls = []
+    real = module._in_child_process
+    monkeypatch.setattr(module, "_in_child_process", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(module, "ISOLATE_FACES", mesh.n_faces)
+    L_child, M_child = laplacian(mesh, "robust")
+    assert calls == [1]
+    assert (L_child != L).nnz == 0 and np.array_equal(M_child.diagonal(), M.diagonal())
+
+
 @pytest.mark.parametrize("kind", ["robust", "cotangent"])
 def test_laplacian_marks_degenerate_vertices_as_orphans_and_rejects_bad_input(kind):
     mesh = messy()
