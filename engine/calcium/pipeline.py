@@ -236,7 +236,7 @@ def _residual_centers(binned: np.ndarray, parts: list[dict], shape, radius: floa
                       min_pnr: float) -> np.ndarray:
     """Centers of cells a fit missed: the detection images of the binned movie minus every patch's
     model fitted to it (components and background, each patch on its core), same thresholds; a peak
-    closer than 1.2 radii to a fitted footprint's centroid is that cell's leftover, not a new cell (touching cells are
+    closer than 1.2 radii to where a fitted footprint's light is is that cell's leftover, not a new cell (touching cells are
     about two radii apart)."""
     from engine.calcium.summary import detection_images, find_centers
 
@@ -246,23 +246,29 @@ def _residual_centers(binned: np.ndarray, parts: list[dict], shape, radius: floa
     for part in parts:
         g0, g1, e0, e1 = part["box"]
         q0, q1, s0, s1 = part["core"]
-        model = np.hstack([part["A"], part["b"]]).astype(np.float32)
+        # The model on the core only, computed frames-major (no transposed copy).
+        model = np.hstack([part["A"], part["b"]]).reshape(g1 - g0, e1 - e0, -1)[q0 - g0:q1 - g0, s0 - e0:s1 - e0]
         act = np.vstack([part["C"], part["f"]]).astype(np.float32)
-        fitted = (model @ act).reshape(g1 - g0, e1 - e0, n_bins)
-        residual[:, q0:q1, s0:s1] -= fitted[q0 - g0:q1 - g0, s0 - e0:s1 - e0].transpose(2, 0, 1)
+        residual[:, q0:q1, s0:s1] -= (act.T @ model.reshape(-1, act.shape[0]).T.astype(np.float32)).reshape(n_bins, q1 - q0, s1 - s0)
     det = detection_images(residual, neuron_radius=radius, noise=False)
     found = find_centers(det["correlation"], det["pnr"], neuron_radius=0.6 * radius,
                          min_correlation=min_correlation, min_pnr=min_pnr)  # fmt: skip
     # Known cells are where their fitted footprints ended up (a component seeded on a quiet cell
     # can move onto a livelier neighbour, leaving its seed's cell in the residual).
+    # Where a footprint's light is: the peak of the footprint blurred at the cell's scale (a
+    # doughnut's peak moves to its middle). Not its centroid: a footprint that took two touching
+    # cells has its centroid between them, within reach of the missed one's peak in the residual.
+    from scipy.ndimage import gaussian_filter
+
     known = [np.zeros((0, 2))]
     for part in parts:
         g0, g1, e0, e1 = part["box"]
-        mass = part["A"].sum(axis=0)
-        if len(mass):
-            yy, xx = np.mgrid[g0:g1, e0:e1]
-            weights = part["A"] / np.maximum(mass, 1e-12)
-            known.append(np.stack([yy.ravel() @ weights, xx.ravel() @ weights], axis=1)[mass > 0])
+        A = part["A"]
+        if A.shape[1]:
+            imgs = gaussian_filter(A.reshape(g1 - g0, e1 - e0, -1), (radius / 2.0, radius / 2.0, 0), mode="constant")
+            peak = imgs.reshape(-1, A.shape[1]).argmax(axis=0)
+            rows, cols = np.divmod(peak, e1 - e0)
+            known.append(np.stack([rows + g0, cols + e0], axis=1)[A.max(axis=0) > 0])
     known = np.vstack(known)
     if len(found) == 0 or len(known) == 0:
         return found
