@@ -588,7 +588,7 @@ def run_cnmf(
     if sched in ("auto", "serial") and (data is not None or movie.path is None):
         sched = "serial"
 
-    def patch_tasks(centers: np.ndarray, earlier: list[dict] | None = None) -> list[dict]:
+    def patch_tasks(centers: np.ndarray, earlier: list[dict] | None = None, r_values: bool = True) -> list[dict]:
         """One task per tile; ``earlier`` a fit of the same tiles to start from."""
         tasks = []
         for q0, q1, g0, g1 in _tiles(h, patch_size, overlap):
@@ -598,7 +598,8 @@ def run_cnmf(
                               "global_centers": centers[inside], "centers": centers[inside] - [g0, e0], "radius": radius,
                               "n_background": n_background, "backend": backend, "block": binned[:, g0:g1, e0:e1],
                               # ~100 time points in NMF's downsampled stage
-                              "temporal_factor": int(max(1, round(30 / bin_))), "refit_iterations": REFIT_ITERATIONS})  # fmt: skip
+                              "temporal_factor": int(max(1, round(30 / bin_))), "refit_iterations": REFIT_ITERATIONS,
+                              "r_values": r_values})  # fmt: skip
                 if earlier is not None:
                     part = earlier[len(tasks) - 1]
                     tasks[-1]["init"] = {key: part[key] for key in ("A", "C", "b", "f")}
@@ -609,17 +610,18 @@ def run_cnmf(
     # fitted, the residual searched, and patches that got new centers fitted again from there.
     t = time.perf_counter()
     first_progress, refit_progress = s_nmf.split([3, 1], [None, "fitting the cells found in the residual"])
-    parts = parallel_map(_fit_patch, patch_tasks(centers), scheduler=sched, progress=first_progress, label="patches",
-                         processes=True)  # fmt: skip
+    search = residual_pass and user_centers is None
+    parts = parallel_map(_fit_patch, patch_tasks(centers, r_values=not search), scheduler=sched, progress=first_progress,
+                         label="patches", processes=True)  # fmt: skip
     timings["patches"] = time.perf_counter() - t
-    if residual_pass and user_centers is None:
+    if search:
         t = time.perf_counter()
         new = _residual_centers(binned, parts, (h, w), radius, min_correlation, min_pnr)
         info["centers_from_residual"] = len(new)
-        if len(new):
-            centers = np.vstack([centers, new])
-            parts = parallel_map(_fit_patch, patch_tasks(centers, earlier=parts), scheduler=sched, progress=refit_progress,
-                                 label="patches", processes=True)  # fmt: skip
+        centers = np.vstack([centers, new])
+        # Patches without new centers keep their fit (and get their r-values here).
+        parts = parallel_map(_fit_patch, patch_tasks(centers, earlier=parts), scheduler=sched, progress=refit_progress,
+                             label="patches", processes=True)  # fmt: skip
         timings["residual_pass"] = time.perf_counter() - t
 
     # 5. Merge.
