@@ -6,20 +6,24 @@ Stages of :func:`run_cnmf`:
 2. **One pass over the movie** (:func:`engine.calcium.io.summary_images`): mean, max and std images,
    and a copy averaged over blocks of ``bin`` frames (~7.5 Hz). Detection works on that copy:
    calcium transients last many frames, so averaging raises their SNR while the detection images
-   (:func:`engine.calcium.summary.detection_images`) cost ``bin`` times less. Small movies are
-   also kept whole in memory for the next stages.
+   (:func:`engine.calcium.summary.detection_images`) cost ``bin`` times less. Movies up to
+   ``IN_MEMORY_BYTES`` are also kept whole in memory (16-bit ones in their own type) for the traces.
 3. **Centers**: :func:`engine.calcium.summary.find_centers` on correlation × PNR.
-4. **Fast NMF per patch** (:func:`engine.calcium.nmf.fast_nmf`, Algorithm 1): the field of view is
-   tiled into square cores of ``patch_size`` px, each grown by one neuron diameter of overlap; a
-   patch fits every center in its grown box (so cells across the border are modelled too) with
-   ``n_background`` background components of its own. Patches go through
-   :func:`engine.parallel.parallel_map` (serial in this process for small movies; workers reopen
-   the movie file themselves).
-   Before it, a **greedy pass on the residual** (``residual_pass``, on by default): the patches are
-   fitted quickly on the binned movie; the binned movie minus that model gets the same detection
-   images and thresholds; its peaks farther than 1.2 radii from every fitted footprint's centroid are
-   new centers (a dim cell on the shoulder of a bright neighbour is no local maximum until the
-   neighbour is taken away), fitted with the others in the full fit.
+4. **Fast NMF per patch of the binned movie** (:func:`engine.calcium.nmf.fast_nmf`, Algorithm 1):
+   the field of view is tiled into square cores of ``patch_size`` px, each grown by one neuron
+   diameter of overlap; a patch fits every center in its grown box (so cells across the border are
+   modelled too) with ``n_background`` background components of its own, on the binned movie (shapes
+   do not change over time, and averaging raises the transients' SNR; the full frame rate comes back
+   in step 6). Patches go through :func:`engine.parallel.parallel_map` (serial in this process for
+   movies held in memory), each task carrying its box of the binned movie.
+   Then a **greedy pass on the residual** (``residual_pass``, on by default): the binned movie minus
+   the fitted model gets the same detection images and thresholds; its peaks farther than 1.2 radii
+   from where every fitted footprint's light is (the peak of the footprint blurred at the cell's scale:
+   not its centroid, which for a footprint that took two touching cells lies between them) are new
+   centers (a dim cell on the shoulder of a bright neighbour is no local maximum until the neighbour is
+   taken away). Patches that got new centers are fitted again from the first fit, the new cells
+   starting as Gaussians carrying what the fit left at their centers (``REFIT_ITERATIONS`` HALS
+   iterations); the others keep their fit.
 5. **Merging**: a cell near a border is fitted by up to four patches. Copies whose footprints
    overlap (cosine ≥ ``merge_overlap``) and for which cosine × activity correlation ≥
    ``merge_overlap`` × ``merge_correlation``, or whose footprints are near-identical (cosine ≥ 0.85),
@@ -27,9 +31,11 @@ Stages of :func:`run_cnmf`:
    Distinct centers that pass the same test (one cell detected twice) are merged into one
    rank-1 component. Copies that matched nothing are neighbours fitted only for the patch's
    sake and are dropped too.
-6. **Traces**: ``F`` = NMF activity + the projection of the residual on the footprint (CNMF's
-   "C + YrA", raw demixed fluorescence, background removed), ``Fneu`` the background under the
-   footprint; one chunked pass over the movie.
+6. **Traces** at the movie's frame rate, in one chunked pass over it (:func:`_project`): with the
+   footprints and backgrounds fixed, their activities start from the binned fit's and get
+   ``TRACE_SWEEPS`` HALS sweeps on their product with the movie; ``F`` = that activity + the
+   projection of the residual on the footprint (CNMF's "C + YrA", raw demixed fluorescence,
+   background removed), ``Fneu`` the background under the footprint.
 7. **Deconvolution** of ``F``: :func:`engine.calcium.deconvolution.deconvolve_batch` (AR(1), noise
    constrained): ``C`` calcium above baseline, ``S`` spikes.
 8. **Evaluation**: SNR of the trace (peak of ``C`` over the noise σ of ``F``), spatial correlation
@@ -56,13 +62,13 @@ from scipy.sparse.csgraph import connected_components
 
 from engine.calcium.io import Movie, open_movie, summary_images
 from engine.errors import InputError
-from engine.parallel import is_address, parallel_map, requested_scheduler
+from engine.parallel import parallel_map, requested_scheduler
 from engine.progress import Progress, as_progress
 
 REGISTER = ("none", "rigid", "piecewise")
 DETECTION_RATE_HZ = 7.5  # frames are averaged down to about this rate for detection
 MAX_DETECTION_FRAMES = 2000
-IN_MEMORY_BYTES = 2 * 2**30  # float32 movies up to this size are held whole for the patches
+IN_MEMORY_BYTES = 2 * 2**30  # movies up to this size as float32 are held whole for the traces
 SIZE_THRESHOLD = 0.2  # a footprint's size counts pixels at ≥ 20 % of its peak
 DUPLICATE_COSINE = 0.85  # footprints this alike are merged whatever their traces
 TRACE_SWEEPS = 5  # HALS sweeps of the full-rate activities (from the binned fit's) with the footprints fixed
@@ -501,8 +507,8 @@ def run_cnmf(
     patch core (default max(64, 6 diameters)); ``centers`` (row, col) skip detection;
     ``scheduler`` for the patches and deconvolution (as :func:`engine.parallel.parallel_map`:
     default ``NEUROWB_SCHEDULER``, else serial in this process for movies held in memory and a
-    local process cluster for bigger ones; a scheduler address sends the work there, where
-    workers reopen the movie by its path, or get their boxes sent for an array); ``work_dir`` where a registered
+    local process cluster for bigger ones; a scheduler address sends the work there, each patch
+    task carrying its box of the binned movie); ``work_dir`` where a registered
     movie too big for memory is written (default a temporary file); ``residual_pass`` the greedy search for missed
     cells on the residual (step 4); ``min_snr`` default :func:`noise_snr_threshold` of the movie's length.
     """
