@@ -35,6 +35,8 @@ A folder holding anything but these files is refused rather than replaced.
 
 from __future__ import annotations
 
+import functools
+
 import io
 import os
 from pathlib import Path
@@ -85,6 +87,15 @@ def _soma_crop(ypix, xpix, lam, med) -> np.ndarray:
     return crop if crop.any() else np.ones(ypix.size, bool)
 
 
+@functools.lru_cache(maxsize=8)
+def _disk_mean_radius(d: float) -> np.ndarray:
+    """[n - 1]: the mean distance (in diameters) of the n pixels nearest the center of a grid of ±3 diameters
+    (Suite2p's mrs0 for an ROI of n pixels); the same for every ROI, so computed once."""
+    grid = np.arange(-d * 3, d * 3 + 1) / d
+    disk = np.sort(np.hypot(*np.meshgrid(grid, grid, indexing="ij")).ravel())
+    return np.cumsum(disk) / np.arange(1, disk.size + 1)
+
+
 def _shape_stats(ypix, xpix, lam, diameter: float) -> dict:
     """``med``, ``soma_crop``, ``npix_soma``, ``mrs``, ``mrs0``, ``compact``, ``radius`` and
     ``aspect_ratio`` as Suite2p 1.1 ``detection.stats.roi_stats`` computes them (diameter [d, d])."""
@@ -93,9 +104,7 @@ def _shape_stats(ypix, xpix, lam, diameter: float) -> dict:
     y, x, lw = ypix[crop].astype(np.float64), xpix[crop].astype(np.float64), lam[crop].astype(np.float64)
     d = float(diameter)
     dists = np.hypot(y - np.median(y), x - np.median(x)) / d
-    grid = np.arange(-d * 3, d * 3 + 1) / d
-    disk = np.sort(np.hypot(*np.meshgrid(grid, grid, indexing="ij")).ravel())
-    mrs, mrs0 = float(dists.mean()), float(disk[: y.size].mean())
+    mrs, mrs0 = float(dists.mean()), float(_disk_mean_radius(d)[min(y.size, len(_disk_mean_radius(d))) - 1])
     # fitMVGaus(thres=2) on coordinates in diameters: weighted covariance → ellipse radii.
     keep = lw > 0
     if keep.sum() >= 2:
@@ -128,6 +137,7 @@ def _stat(result, dF: np.ndarray) -> np.ndarray:
     diameter = float(result.params.get("neuron_diameter", 10.0))
     var = dF.var(axis=1)
     snr = np.where(var > 0, 1 - 0.5 * np.diff(dF, axis=1).var(axis=1) / np.maximum(var, 1e-30), 0.0)
+    skews = np.where(dF.std(axis=1) > 0, skew(dF, axis=1), 0.0) if len(dF) else np.zeros(0)
     stats = []
     for k, (pix, val) in enumerate(pixels):
         ypix, xpix = (v.astype(np.int32) for v in np.divmod(pix, w))
@@ -140,7 +150,7 @@ def _stat(result, dF: np.ndarray) -> np.ndarray:
         trace = dF[k]
         stats.append({"ypix": ypix, "xpix": xpix, "lam": lam, "npix": int(len(pix)), **shape, "footprint": 0,
                       "overlap": counts[pix] > 1, "snr": float(snr[k]),
-                      "skew": float(skew(trace)) if trace.std() > 0 else 0.0, "std": float(trace.std()),
+                      "skew": float(skews[k]), "std": float(trace.std()),
                       "iplane": 0})  # fmt: skip
     # npix_norm: npix_soma over the median of the first 100 ROIs' (roi_stats, median=False).
     if stats:

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
+from scipy import sparse
 
 from engine.errors import InputError
 from engine.progress import Progress, as_progress
@@ -266,6 +267,7 @@ class _Data:
         self.rows = np.concatenate(rows)
         self.cols = np.repeat(np.arange(n), [len(r) for r in rows])
         self.starts = np.concatenate(([0], np.cumsum([len(r) for r in rows])[:-1]))
+        self.indptr = np.concatenate(([0], np.cumsum([len(r) for r in rows])))
         if xp.name != "numpy":
             self.mode = "dense"
         elif self.rows.size * T * 4 <= _GATHER_BYTES:
@@ -307,7 +309,10 @@ class _Data:
         K, T = A.shape[1], Y3.shape[2]
         U = np.empty((K, T), dtype=np.float32)
         if self.mode == "gathered":
-            U[:n] = np.add.reduceat(A[self.rows, self.cols][:, None] * self.Yg, self.starts, axis=0)
+            # Row k of a sparse n × (gathered pixels) matrix holds neuron k's shape on its own pixels: one
+            # sparse product (np.add.reduceat over a pixels × T temporary was 20x slower).
+            S = sparse.csr_matrix((A[self.rows, self.cols], np.arange(self.rows.size), self.indptr), shape=(n, self.rows.size))
+            U[:n] = S @ self.Yg
         else:
             h, w = Y3.shape[:2]
             for k, (r0, r1, c0, c1) in enumerate(self.layout.patches):
@@ -322,7 +327,8 @@ class _Data:
         n, Y3 = self.n, self.Y3
         U = np.zeros((self.Yflat.shape[0], C.shape[0]), dtype=np.float32)
         if self.mode == "gathered":
-            U[self.rows, self.cols] = np.einsum("ij,ij->i", self.Yg, C[self.cols])
+            for k in range(n):  # one matrix-vector product per neuron (no pixels × T gather of C)
+                U[self.rows[self.starts[k]:self.indptr[k + 1]], k] = self.Yg[self.starts[k]:self.indptr[k + 1]] @ C[k]
         else:
             for k, (r0, r1, c0, c1) in enumerate(self.layout.patches):
                 U[self.layout.rows[k], k] = (Y3[r0:r1, c0:c1] @ C[k]).ravel()

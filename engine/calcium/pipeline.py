@@ -6,20 +6,24 @@ Stages of :func:`run_cnmf`:
 2. **One pass over the movie** (:func:`engine.calcium.io.summary_images`): mean, max and std images,
    and a copy averaged over blocks of ``bin`` frames (~7.5 Hz). Detection works on that copy:
    calcium transients last many frames, so averaging raises their SNR while the detection images
-   (:func:`engine.calcium.summary.detection_images`) cost ``bin`` times less. Small movies are
-   also kept whole in memory for the next stages.
+   (:func:`engine.calcium.summary.detection_images`) cost ``bin`` times less. Movies up to
+   ``IN_MEMORY_BYTES`` are also kept whole in memory (16-bit ones in their own type) for the traces.
 3. **Centers**: :func:`engine.calcium.summary.find_centers` on correlation × PNR.
-4. **Fast NMF per patch** (:func:`engine.calcium.nmf.fast_nmf`, Algorithm 1): the field of view is
-   tiled into square cores of ``patch_size`` px, each grown by one neuron diameter of overlap; a
-   patch fits every center in its grown box (so cells across the border are modelled too) with
-   ``n_background`` background components of its own. Patches go through
-   :func:`engine.parallel.parallel_map` (serial in this process for small movies; workers reopen
-   the movie file themselves).
-   Before it, a **greedy pass on the residual** (``residual_pass``, on by default): the patches are
-   fitted quickly on the binned movie; the binned movie minus that model gets the same detection
-   images and thresholds; its peaks farther than 1.2 radii from every fitted footprint's centroid are
-   new centers (a dim cell on the shoulder of a bright neighbour is no local maximum until the
-   neighbour is taken away), fitted with the others in the full fit.
+4. **Fast NMF per patch of the binned movie** (:func:`engine.calcium.nmf.fast_nmf`, Algorithm 1):
+   the field of view is tiled into square cores of ``patch_size`` px, each grown by one neuron
+   diameter of overlap; a patch fits every center in its grown box (so cells across the border are
+   modelled too) with ``n_background`` background components of its own, on the binned movie (shapes
+   do not change over time, and averaging raises the transients' SNR; the full frame rate comes back
+   in step 6). Patches go through :func:`engine.parallel.parallel_map` (serial in this process for
+   movies held in memory), each task carrying its box of the binned movie.
+   Then a **greedy pass on the residual** (``residual_pass``, on by default): the binned movie minus
+   the fitted model gets the same detection images and thresholds; its peaks farther than 1.2 radii
+   from where every fitted footprint's light is (the peak of the footprint blurred at the cell's scale:
+   not its centroid, which for a footprint that took two touching cells lies between them) are new
+   centers (a dim cell on the shoulder of a bright neighbour is no local maximum until the neighbour is
+   taken away). Patches that got new centers are fitted again from the first fit, the new cells
+   starting as Gaussians carrying what the fit left at their centers (``REFIT_ITERATIONS`` HALS
+   iterations); the others keep their fit.
 5. **Merging**: a cell near a border is fitted by up to four patches. Copies whose footprints
    overlap (cosine ≥ ``merge_overlap``) and for which cosine × activity correlation ≥
    ``merge_overlap`` × ``merge_correlation``, or whose footprints are near-identical (cosine ≥ 0.85),
@@ -27,9 +31,11 @@ Stages of :func:`run_cnmf`:
    Distinct centers that pass the same test (one cell detected twice) are merged into one
    rank-1 component. Copies that matched nothing are neighbours fitted only for the patch's
    sake and are dropped too.
-6. **Traces**: ``F`` = NMF activity + the projection of the residual on the footprint (CNMF's
-   "C + YrA", raw demixed fluorescence, background removed), ``Fneu`` the background under the
-   footprint; one chunked pass over the movie.
+6. **Traces** at the movie's frame rate, in one chunked pass over it (:func:`_project`): with the
+   footprints and backgrounds fixed, their activities start from the binned fit's and get
+   ``TRACE_SWEEPS`` HALS sweeps on their product with the movie; ``F`` = that activity + the
+   projection of the residual on the footprint (CNMF's "C + YrA", raw demixed fluorescence,
+   background removed), ``Fneu`` the background under the footprint.
 7. **Deconvolution** of ``F``: :func:`engine.calcium.deconvolution.deconvolve_batch` (AR(1), noise
    constrained): ``C`` calcium above baseline, ``S`` spikes.
 8. **Evaluation**: SNR of the trace (peak of ``C`` over the noise σ of ``F``), spatial correlation
@@ -56,15 +62,17 @@ from scipy.sparse.csgraph import connected_components
 
 from engine.calcium.io import Movie, open_movie, summary_images
 from engine.errors import InputError
-from engine.parallel import is_address, parallel_map, requested_scheduler
+from engine.parallel import parallel_map, requested_scheduler
 from engine.progress import Progress, as_progress
 
 REGISTER = ("none", "rigid", "piecewise")
 DETECTION_RATE_HZ = 7.5  # frames are averaged down to about this rate for detection
 MAX_DETECTION_FRAMES = 2000
-IN_MEMORY_BYTES = 2 * 2**30  # float32 movies up to this size are held whole for the patches
+IN_MEMORY_BYTES = 2 * 2**30  # movies up to this size as float32 are held whole for the traces
 SIZE_THRESHOLD = 0.2  # a footprint's size counts pixels at ≥ 20 % of its peak
 DUPLICATE_COSINE = 0.85  # footprints this alike are merged whatever their traces
+TRACE_SWEEPS = 5  # HALS sweeps of the full-rate activities (from the binned fit's) with the footprints fixed
+REFIT_ITERATIONS = 5  # HALS iterations of a patch fitted again with the centers the residual pass added
 
 
 @dataclass
@@ -146,15 +154,6 @@ def _tiles(n: int, core: int, overlap: int) -> list[tuple[int, int, int, int]]:
     return [(a, b, max(0, a - overlap), min(n, b + overlap)) for a, b in zip(edges[:-1], edges[1:])]
 
 
-def _read_box(source, rows: slice, cols: slice) -> np.ndarray:
-    """All frames of a box, frames × rows × cols float32, from an array or a movie file."""
-    if isinstance(source, np.ndarray):
-        return source[:, rows, cols]
-    path, fps, selection = source
-    with open_movie(path, fps=fps, **selection) as movie:
-        return movie._block(0, movie.n_frames, rows, cols)
-
-
 def _pixels_by_time(block: np.ndarray) -> np.ndarray:
     """frames × rows × cols → rows × cols × frames float32, C-contiguous. Copied 16 frames at a
     time: the transposed writes then stay in cache (2x faster than one strided copy)."""
@@ -193,26 +192,48 @@ def _patch_r_values(Y3: np.ndarray, res, boxes: np.ndarray) -> np.ndarray:
 
 
 def _fit_patch(task: dict) -> dict:
-    """Fast NMF of one patch (runs in a worker): local footprints, activities, background, r-values."""
-    from engine.calcium.nmf import fast_nmf
+    """NMF of one patch of the binned movie (runs in a worker): local footprints, activities at the
+    binned rate, background, r-values. With ``init`` (an earlier fit of the same patch and the
+    centers it had) the fit starts there, the centers added since starting as Gaussians on the
+    residual, and runs ``refit_iterations`` HALS iterations; no centers added: the earlier fit stands."""
+    from engine.calcium.nmf import _initialize, _layout, _Numpy, fast_nmf, hals
 
-    r0, r1, c0, c1 = task["box"]
-    block = task.pop("block", None)  # the box itself, sent with the task (not sent back)
-    if block is None:
-        block = _read_box(task["source"], slice(r0, r1), slice(c0, c1))
+    block = task.pop("block")  # the box itself, sent with the task (not sent back)
     Y3 = _pixels_by_time(block)
     del block
     h, w, T = Y3.shape
     centers = task["centers"]
+    init = task.pop("init", None)
     if len(centers) == 0:  # background only: the 20th-percentile image and its least-squares activity
         sample = Y3[:, :, :: max(1, T // 200)]
         bimg = np.percentile(sample, 20, axis=2).reshape(-1).astype(np.float32)
         f = (bimg @ Y3.reshape(h * w, T)) / max(float(bimg @ bimg), 1e-12)
         return {**task, "A": np.zeros((h * w, 0), np.float32), "C": np.zeros((0, T), np.float32), "b": bimg[:, None],
                 "f": f[None].astype(np.float32), "r_value": np.zeros(0, np.float32)}  # fmt: skip
-    temporal = int(max(1, min(task.get("temporal_factor", 30), T // 20)))
-    res = fast_nmf(Y3, centers, neuron_radius=task["radius"], n_background=task["n_background"],
-                   temporal_factor=temporal, backend=task.get("backend", "auto"))  # fmt: skip
+    radius = task["radius"]
+    if init is not None and init["A"].shape[1] == len(centers):
+        from engine.calcium.nmf import NMFResult, _patches
+
+        res = NMFResult(A=init["A"], C=init["C"], b=init["b"], f=init["f"], image_shape=(h, w), centers=centers,
+                        patches=_patches(centers, int(math.ceil(2 * radius)), (h, w)))  # fmt: skip
+    elif init is not None and init["b"].shape[1] == task["n_background"]:
+        old = init["A"].shape[1]
+        fresh = centers[old:]
+        # The new cells start as Gaussians whose activity is what the earlier fit left at their centers.
+        layout = _layout(fresh, int(math.ceil(2 * radius)), (h, w), 0, _Numpy())
+        A_new, _ = _initialize(Y3, fresh, radius / 2.0, layout)
+        rc = np.clip(np.rint(fresh).astype(int), 0, [h - 1, w - 1])
+        pix = rc[:, 0] * w + rc[:, 1]
+        model = np.hstack([init["A"], init["b"]])[pix] @ np.vstack([init["C"], init["f"]])
+        C_new = np.maximum(Y3.reshape(h * w, T)[pix] - model, 0.0)
+        A0 = np.hstack([init["A"], A_new, init["b"]]).astype(np.float32)
+        C0 = np.vstack([init["C"], C_new, init["f"]]).astype(np.float32)
+        res = hals(Y3, centers, neuron_radius=radius, n_background=task["n_background"], iterations=task["refit_iterations"],
+                   init=(A0, C0), backend=task.get("backend", "auto"))  # fmt: skip
+    else:
+        temporal = int(max(1, min(task.get("temporal_factor", 30), T // 20)))
+        res = fast_nmf(Y3, centers, neuron_radius=radius, n_background=task["n_background"], temporal_factor=temporal,
+                       backend=task.get("backend", "auto"))  # fmt: skip
     r_value = _patch_r_values(Y3, res, res.patches) if task.get("r_values", True) else np.zeros(len(centers), np.float32)
     return {**task, "A": res.A, "C": res.C, "b": res.b, "f": res.f, "r_value": r_value}
 
@@ -221,7 +242,7 @@ def _residual_centers(binned: np.ndarray, parts: list[dict], shape, radius: floa
                       min_pnr: float) -> np.ndarray:
     """Centers of cells a fit missed: the detection images of the binned movie minus every patch's
     model fitted to it (components and background, each patch on its core), same thresholds; a peak
-    closer than 1.2 radii to a fitted footprint's centroid is that cell's leftover, not a new cell (touching cells are
+    closer than 1.2 radii to where a fitted footprint's light is is that cell's leftover, not a new cell (touching cells are
     about two radii apart)."""
     from engine.calcium.summary import detection_images, find_centers
 
@@ -231,23 +252,29 @@ def _residual_centers(binned: np.ndarray, parts: list[dict], shape, radius: floa
     for part in parts:
         g0, g1, e0, e1 = part["box"]
         q0, q1, s0, s1 = part["core"]
-        model = np.hstack([part["A"], part["b"]]).astype(np.float32)
+        # The model on the core only, computed frames-major (no transposed copy).
+        model = np.hstack([part["A"], part["b"]]).reshape(g1 - g0, e1 - e0, -1)[q0 - g0:q1 - g0, s0 - e0:s1 - e0]
         act = np.vstack([part["C"], part["f"]]).astype(np.float32)
-        fitted = (model @ act).reshape(g1 - g0, e1 - e0, n_bins)
-        residual[:, q0:q1, s0:s1] -= fitted[q0 - g0:q1 - g0, s0 - e0:s1 - e0].transpose(2, 0, 1)
-    det = detection_images(residual, neuron_radius=radius)
+        residual[:, q0:q1, s0:s1] -= (act.T @ model.reshape(-1, act.shape[0]).T.astype(np.float32)).reshape(n_bins, q1 - q0, s1 - s0)
+    det = detection_images(residual, neuron_radius=radius, noise=False)
     found = find_centers(det["correlation"], det["pnr"], neuron_radius=0.6 * radius,
                          min_correlation=min_correlation, min_pnr=min_pnr)  # fmt: skip
     # Known cells are where their fitted footprints ended up (a component seeded on a quiet cell
     # can move onto a livelier neighbour, leaving its seed's cell in the residual).
+    # Where a footprint's light is: the peak of the footprint blurred at the cell's scale (a
+    # doughnut's peak moves to its middle). Not its centroid: a footprint that took two touching
+    # cells has its centroid between them, within reach of the missed one's peak in the residual.
+    from scipy.ndimage import gaussian_filter
+
     known = [np.zeros((0, 2))]
     for part in parts:
         g0, g1, e0, e1 = part["box"]
-        mass = part["A"].sum(axis=0)
-        if len(mass):
-            yy, xx = np.mgrid[g0:g1, e0:e1]
-            weights = part["A"] / np.maximum(mass, 1e-12)
-            known.append(np.stack([yy.ravel() @ weights, xx.ravel() @ weights], axis=1)[mass > 0])
+        A = part["A"]
+        if A.shape[1]:
+            imgs = gaussian_filter(A.reshape(g1 - g0, e1 - e0, -1), (radius / 2.0, radius / 2.0, 0), mode="constant")
+            peak = imgs.reshape(-1, A.shape[1]).argmax(axis=0)
+            rows, cols = np.divmod(peak, e1 - e0)
+            known.append(np.stack([rows + g0, cols + e0], axis=1)[A.max(axis=0) > 0])
     known = np.vstack(known)
     if len(found) == 0 or len(known) == 0:
         return found
@@ -361,28 +388,41 @@ def _merge(parts: list[dict], shape, overlap_thr: float, corr_thr: float) -> tup
     return A, C, np.array(out_id)[order], np.array(out_r, dtype=np.float32)[order], {"copies_merged": int(copies), "cells_merged": int(cells)}
 
 
-def _project(movie: Movie, data, A: sparse.csc_matrix, C: np.ndarray, b: sparse.csc_matrix, f: np.ndarray,
-             progress: Progress) -> tuple[np.ndarray, np.ndarray]:
-    """(F, Fneu): NMF activity plus the residual projected on each footprint; background under it."""
+def _project(movie: Movie, data, A: sparse.csc_matrix, C: np.ndarray, b: sparse.csc_matrix, f: np.ndarray, bin_: int,
+             progress: Progress) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(F, Fneu, f) at the movie's frame rate from the fit of the binned movie (``C``, ``f`` one value
+    per bin of ``bin_`` frames): with the footprints and backgrounds W = [A b] fixed, their activities
+    start from the binned ones held over each bin's frames and get :data:`TRACE_SWEEPS` HALS sweeps
+    on Wᵀ Y (one pass over the movie, the only product with it at full rate); F = NMF activity
+    plus the residual projected on each footprint, Fneu the background under it."""
     n, h, w = movie.shape
     K = A.shape[1]
-    At = A.T.tocsr()
-    AtY = np.zeros((K, n), dtype=np.float64)
-    step = int(max(1, 64 * 2**20 // (h * w * 4)))
+    W = sparse.hstack([A, b]).tocsc().astype(np.float32)
+    Wt = W.T.tocsr()
+    WtY = np.zeros((W.shape[1], n), dtype=np.float64)
+    step = int(max(1, 16 * 2**20 // (h * w * 4)))
     # Few components: frames @ dense footprints in BLAS (3.5x faster on 128² × 47: the sparse
     # product needs the frames transposed, a strided copy that costs more than the dense flops).
-    dense = A.toarray().astype(np.float32) if K <= 128 and h * w * K * 4 <= 256 * 2**20 else None
+    dense = W.toarray() if W.shape[1] <= 256 and h * w * W.shape[1] * 4 <= 256 * 2**20 else None
     for start in range(0, n, step):
         progress.check()
-        block = data[start:start + step] if data is not None else movie.frames(start, start + step)
+        block = np.asarray(data[start:start + step], np.float32) if data is not None else movie.frames(start, start + step)
         flat = block.reshape(len(block), -1)
-        AtY[:, start:start + len(block)] = (flat @ dense).T if dense is not None else At @ flat.T
+        WtY[:, start:start + len(block)] = (flat @ dense).T if dense is not None else Wt @ flat.T
         progress.report(min(start + step, n) / n, "Projecting traces")
-    AtA = (At @ A).toarray()
-    d = np.maximum(np.diag(AtA), 1e-12)[:, None]
-    background = (At @ b).toarray() @ f
-    F = C + (AtY - AtA @ C - background) / d
-    return F.astype(np.float32), (background / d).astype(np.float32)
+    G = (Wt @ W).toarray().astype(np.float64)
+    d = np.maximum(np.diag(G), 1e-12)
+    X = np.repeat(np.vstack([C, f]).astype(np.float64), bin_, axis=1)[:, :n]
+    if X.shape[1] < n:  # frames after the last whole bin keep its value
+        X = np.hstack([X, np.repeat(X[:, -1:], n - X.shape[1], axis=1)])
+    X = np.ascontiguousarray(X)
+    for _ in range(TRACE_SWEEPS):
+        for k in range(len(X)):
+            X[k] = np.maximum(X[k] + (WtY[k] - G[k] @ X) / d[k], 0.0)
+    C, f = X[:K], X[K:]
+    background = G[:K, K:] @ f
+    F = C + (WtY[:K] - G[:K, :K] @ C - background) / d[:K, None]
+    return F.astype(np.float32), (background / d[:K, None]).astype(np.float32), f.astype(np.float32)
 
 
 def _deconvolve(F: np.ndarray, scheduler, progress: Progress):
@@ -467,8 +507,8 @@ def run_cnmf(
     patch core (default max(64, 6 diameters)); ``centers`` (row, col) skip detection;
     ``scheduler`` for the patches and deconvolution (as :func:`engine.parallel.parallel_map`:
     default ``NEUROWB_SCHEDULER``, else serial in this process for movies held in memory and a
-    local process cluster for bigger ones; a scheduler address sends the work there, where
-    workers reopen the movie by its path, or get their boxes sent for an array); ``work_dir`` where a registered
+    local process cluster for bigger ones; a scheduler address sends the work there, each patch
+    task carrying its box of the binned movie); ``work_dir`` where a registered
     movie too big for memory is written (default a temporary file); ``residual_pass`` the greedy search for missed
     cells on the residual (step 4); ``min_snr`` default :func:`noise_snr_threshold` of the movie's length.
     """
@@ -513,7 +553,10 @@ def run_cnmf(
     if in_memory:
         src = getattr(movie, "_source", None)
         in_memory = isinstance(src, np.ndarray) and src.dtype == np.float32 and src.ndim == 3 and movie._reader is None
-        data = src if in_memory else np.empty((n, h, w), np.float32)
+        # Integer movies are kept in their own type (exact, half the bytes of float32 for 16-bit data:
+        # the copy and the traces' pass over it are memory-bound).
+        small_int = np.issubdtype(movie.dtype, np.integer) and movie.dtype.itemsize <= 2
+        data = src if in_memory else np.empty((n, h, w), movie.dtype if small_int else np.float32)
     copy = data is not None and data is not getattr(movie, "_source", None)
 
     def visit(start: int, block: np.ndarray) -> None:
@@ -541,56 +584,51 @@ def run_cnmf(
     timings["detection"] = time.perf_counter() - t
     info["centers_detected"] = len(centers)
 
-    # 4. Patches.
-    t = time.perf_counter()
+    # 4. Patches: NMF of the binned movie, each task carrying its box. Shapes do not change over
+    # time and the binned movie has the transients at bin_ × fewer frames (the full-rate activities
+    # come in step 6, from one product with the movie).
     overlap = int(math.ceil(neuron_diameter))
     # A scheduler address (argument, or NEUROWB_SCHEDULER / neurowb --scheduler) sends the
     # patches there; on this machine a movie held in memory is demixed here, serially.
     sched = requested_scheduler(scheduler)
-    send_boxes = False
-    if data is not None and sched in ("auto", "serial"):
-        source, sched = data, "serial"
-    elif movie.path is not None:
-        source = (str(movie.path), fps, movie.selection)  # workers reopen the file (on a cluster: a shared filesystem)
-    elif is_address(sched):
-        source, send_boxes = None, True  # no file to reopen: each task carries its box
-        data = data if data is not None else movie.frames(0, n)
-    else:
-        source, sched = (data if data is not None else movie.frames(0, n)), "serial"
-    def patch_tasks(centers: np.ndarray, frames: np.ndarray | None = None) -> list[dict]:
-        """One task per tile. ``frames`` (e.g. the binned movie): fit those instead, each task carrying its box."""
+    if sched in ("auto", "serial") and (data is not None or movie.path is None):
+        sched = "serial"
+
+    def patch_tasks(centers: np.ndarray, earlier: list[dict] | None = None, r_values: bool = True) -> list[dict]:
+        """One task per tile; ``earlier`` a fit of the same tiles to start from."""
         tasks = []
         for q0, q1, g0, g1 in _tiles(h, patch_size, overlap):
             for s0, s1, e0, e1 in _tiles(w, patch_size, overlap):
                 inside = np.flatnonzero((centers[:, 0] >= g0) & (centers[:, 0] <= g1 - 1) & (centers[:, 1] >= e0) & (centers[:, 1] <= e1 - 1))
-                tasks.append({"box": (g0, g1, e0, e1), "core": (q0, q1, s0, s1), "source": source, "center_ids": inside,
+                tasks.append({"box": (g0, g1, e0, e1), "core": (q0, q1, s0, s1), "center_ids": inside,
                               "global_centers": centers[inside], "centers": centers[inside] - [g0, e0], "radius": radius,
-                              "n_background": n_background, "backend": backend})  # fmt: skip
-                if frames is not None:
-                    # ~100 time points in NMF's downsampled stage, as the full fit has
-                    tasks[-1].update(block=frames[:, g0:g1, e0:e1], temporal_factor=int(max(1, round(30 / bin_))), r_values=False)
-                elif send_boxes:
-                    tasks[-1]["block"] = np.ascontiguousarray(data[:, g0:g1, e0:e1])
+                              "n_background": n_background, "backend": backend, "block": binned[:, g0:g1, e0:e1],
+                              # ~100 time points in NMF's downsampled stage
+                              "temporal_factor": int(max(1, round(30 / bin_))), "refit_iterations": REFIT_ITERATIONS,
+                              "r_values": r_values})  # fmt: skip
+                if earlier is not None:
+                    part = earlier[len(tasks) - 1]
+                    tasks[-1]["init"] = {key: part[key] for key in ("A", "C", "b", "f")}
         return tasks
 
     # 4a. Greedy pass on the residual: a cell on the shoulder of a brighter neighbour is no local
-    # maximum of the detection score until that neighbour's light is taken away. A quick fit of the
-    # binned movie (bin_ × fewer frames) is enough to see what the centers leave behind.
-    full_nmf_progress = s_nmf
-    if residual_pass and user_centers is None:
+    # maximum of the detection score until that neighbour's light is taken away. The patches are
+    # fitted, the residual searched, and patches that got new centers fitted again from there.
+    t = time.perf_counter()
+    first_progress, refit_progress = s_nmf.split([3, 1], [None, "fitting the cells found in the residual"])
+    search = residual_pass and user_centers is None
+    parts = parallel_map(_fit_patch, patch_tasks(centers, r_values=not search), scheduler=sched, progress=first_progress,
+                         label="patches", processes=True)  # fmt: skip
+    timings["patches"] = time.perf_counter() - t
+    if search:
         t = time.perf_counter()
-        quick_progress, full_nmf_progress = s_nmf.split([1, 3], ["looking for missed cells", None])
-        quick = parallel_map(_fit_patch, patch_tasks(centers, frames=binned), scheduler=sched, progress=quick_progress,
-                             label="patches", processes=True)  # fmt: skip
-        new = _residual_centers(binned, quick, (h, w), radius, min_correlation, min_pnr)
+        new = _residual_centers(binned, parts, (h, w), radius, min_correlation, min_pnr)
         info["centers_from_residual"] = len(new)
         centers = np.vstack([centers, new])
+        # Patches without new centers keep their fit (and get their r-values here).
+        parts = parallel_map(_fit_patch, patch_tasks(centers, earlier=parts), scheduler=sched, progress=refit_progress,
+                             label="patches", processes=True)  # fmt: skip
         timings["residual_pass"] = time.perf_counter() - t
-
-    # 4b. The fit of the whole movie. Movies too big for memory are big jobs: worker processes repay their start-up.
-    t = time.perf_counter()
-    parts = parallel_map(_fit_patch, patch_tasks(centers), scheduler=sched, progress=full_nmf_progress, label="patches", processes=True)
-    timings["patches"] = time.perf_counter() - t
 
     # 5. Merge.
     t = time.perf_counter()
@@ -615,7 +653,7 @@ def run_cnmf(
 
     # 6-7. Traces and deconvolution.
     t = time.perf_counter()
-    F, Fneu = _project(movie, data, A, C_nmf, b, f, s_proj)
+    F, Fneu, f = _project(movie, data, A, C_nmf, b, f, bin_, s_proj)
     C, S, baseline, g, sigma = _deconvolve(F, scheduler, s_dec)
     timings["traces_and_deconvolution"] = time.perf_counter() - t
     if min_snr is None:

@@ -82,7 +82,8 @@ def _filter(block: np.ndarray, neuron_radius: float) -> tuple[np.ndarray, np.nda
     return high, _blur(high, neuron_radius / 2.0)
 
 
-def detection_images(movie, neuron_radius: float = 4.0, noise_method: str = "mean", progress: Progress | None = None) -> dict:
+def detection_images(movie, neuron_radius: float = 4.0, noise_method: str = "mean", progress: Progress | None = None,
+                     noise: bool = True) -> dict:
     """Noise, local correlation and peak-to-noise images (float32, height × width).
 
     ``noise`` is σ of the raw data per pixel (power spectrum, the noise deconvolution and
@@ -90,7 +91,8 @@ def detection_images(movie, neuron_radius: float = 4.0, noise_method: str = "mea
     in the high-passed movie, where a shared smooth background no longer correlates neighbours;
     ``pnr`` is (max - mean) over time of the band-passed movie divided by its noise (from first
     differences in time, a high-pass that fits chunked reading); see :func:`_filter`. Two passes: chunks of frames, then bands of
-    rows for the spectrum. InputError on NaN/inf frames or fewer than 8 frames.
+    rows for the spectrum (``noise=False``: no ``noise`` image, one pass). InputError on NaN/inf frames or
+    fewer than 8 frames.
     """
     progress = as_progress(progress)
     movie = _as_movie(movie)
@@ -144,6 +146,9 @@ def detection_images(movie, neuron_radius: float = 4.0, noise_method: str = "mea
     filtered_noise = np.sqrt(d2 / (2.0 * (n - 1)))  # white noise: E (x_t - x_{t-1})² = 2σ²
     pnr = np.divide(peak - b1 / n, filtered_noise, out=np.zeros_like(mean), where=filtered_noise > 0)
 
+    out = {"correlation": correlation.astype(np.float32), "pnr": pnr.astype(np.float32)}
+    if not noise:
+        return out
     noise = np.zeros((h, w))
     band = int(max(1, _CHUNK_BYTES // (n * w * 8 * 3)))
     for r0 in range(0, h, band):
@@ -152,7 +157,7 @@ def detection_images(movie, neuron_radius: float = 4.0, noise_method: str = "mea
         data = movie._block(0, n, slice(r0, r1), slice(0, w))  # all frames of a band of rows
         noise[r0:r1] = noise_std(data, axis=0, method=noise_method)
         second.report(r1 / h)
-    return {"noise": noise.astype(np.float32), "correlation": correlation.astype(np.float32), "pnr": pnr.astype(np.float32)}
+    return {"noise": noise.astype(np.float32), **out}
 
 
 def find_centers(

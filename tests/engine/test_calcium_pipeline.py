@@ -206,3 +206,76 @@ def test_cli_scheduler_address_runs_the_patches_and_deconvolution_there(tmp_path
             parallel.shutdown()
     assert {"patches", "deconvolving"} <= ran
     assert len(np.load(tmp_path / "out" / "iscell.npy")) > 0
+
+
+def _touching_pair(T: int = 600, seed: int = 0):
+    """Two soft disks (radius 3.5 px) 7 px apart on a flat background: cell 0 fires often, cell 1 rarely."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:40, 0:40]
+    centers = np.array([[20.0, 16.5], [20.0, 23.5]])
+    shapes = np.stack([1 / (1 + np.exp((np.hypot(yy - cy, xx - cx) - 3.5) / 0.6)) for cy, cx in centers])
+    C = np.zeros((2, T))
+    for k, rate in enumerate((0.08, 0.02)):
+        s = (rng.random(T) < rate) * rng.uniform(10, 30, T)
+        for t in range(T):
+            C[k, t] = (0.8 * C[k, t - 1] if t else 0.0) + s[t]
+    movie = 50 + np.einsum("kt,kij->tij", C, shapes) + rng.normal(0, 1.0, (T, 40, 40))
+    return movie.astype(np.float32), centers, shapes, C
+
+
+def test_residual_pass_finds_the_cell_a_footprint_over_two_took():
+    """A footprint that took a touching pair (mostly the livelier cell, partly its neighbour) has its
+    centroid between the two, 4.4 px from the missed cell: within the 1.2-radius leftover zone
+    when that zone was measured from the centroid, so the missed cell was never looked for. Measured
+    from where the footprint's light is (its blurred peak, on the livelier cell) the missed cell is found."""
+    movie, centers, shapes, C = _touching_pair()
+    footprint = (shapes[0] + 0.6 * shapes[1]).reshape(-1, 1).astype(np.float32)
+    part = {"box": (0, 40, 0, 40), "core": (0, 40, 0, 40), "A": footprint, "C": C[:1].astype(np.float32),
+            "b": np.full((1600, 1), 50.0, np.float32), "f": np.ones((1, len(movie)), np.float32)}
+    found = pipeline._residual_centers(movie, [part], (40, 40), 5.0, 0.03, 5.0)
+    assert len(found) == 1 and np.hypot(*(found[0] - centers[1])) <= 2.0, found
+
+
+def test_traces_at_the_full_rate_from_a_binned_fit():
+    """The patches are fitted on the movie averaged over bins of 4 frames; step 6 gets the activities
+    at the movie's rate from one product with it: a spike's rise within a bin is back (a trace that
+    held each bin's value correlates less), and the two overlapping cells stay demixed."""
+    from engine.calcium.io import Movie
+
+    movie, centers, shapes, C = _touching_pair()
+    A = sparse.csc_matrix(shapes.reshape(2, -1).T.astype(np.float32))
+    b = sparse.csc_matrix(np.ones((1600, 1), np.float32))
+    T = len(movie)
+    C_binned = C.reshape(2, T // 4, 4).mean(axis=2)
+    held = np.repeat(C_binned, 4, axis=1)
+    F, Fneu, f = pipeline._project(Movie.from_array(movie), movie, A, C_binned, b, np.full((1, T // 4), 50.0), 4,
+                                   pipeline.as_progress(None))  # fmt: skip
+    for k in range(2):
+        exact = np.corrcoef(F[k], C[k])[0, 1]
+        assert exact > 0.99 and exact > np.corrcoef(held[k], C[k])[0, 1] + 0.01
+    under = 50.0 * shapes.reshape(2, -1).sum(1) / (shapes.reshape(2, -1) ** 2).sum(1)  # the background projected on each footprint
+    np.testing.assert_allclose(Fneu, np.broadcast_to(under[:, None], Fneu.shape), rtol=0.01)
+    np.testing.assert_allclose(f, 50.0, rtol=0.02)
+
+
+def test_refit_starts_from_the_first_fit():
+    """Patches that got cells from the residual pass are fitted again from the first fit (a fit from
+    scratch let dim cells' footprints spread over bright neighbours: dense seed 1 scored 0.92 instead of
+    0.99); a patch that got none keeps its fit as it was."""
+    movie, centers, shapes, C = _touching_pair()
+    task = {"box": (0, 40, 0, 40), "core": (0, 40, 0, 40), "radius": 5.0, "n_background": 1, "backend": "numpy",
+            "temporal_factor": 8, "refit_iterations": 5, "r_values": True}
+    first = pipeline._fit_patch({**task, "block": movie, "centers": centers[:1]})
+    init = {key: first[key] for key in ("A", "C", "b", "f")}
+    # No new cell: the earlier fit is kept as given (here one with its footprint scaled, so a fresh fit would differ).
+    kept = {**init, "A": init["A"] * 0.5, "C": init["C"] * 2.0}
+    same = pipeline._fit_patch({**task, "block": movie, "centers": centers[:1], "init": kept})
+    for key in ("A", "C", "b", "f"):
+        np.testing.assert_array_equal(same[key], kept[key])
+    assert same["r_value"][0] > 0.5
+    both = pipeline._fit_patch({**task, "block": movie, "centers": centers, "init": init})
+    a0 = both["A"][:, 0]
+    assert a0 @ first["A"][:, 0] / (np.linalg.norm(a0) * np.linalg.norm(first["A"][:, 0])) > 0.9
+    truth = shapes.reshape(2, -1)
+    cos = (both["A"].T @ truth.T) / np.outer(np.linalg.norm(both["A"], axis=0), np.linalg.norm(truth, axis=1))
+    assert cos[0, 0] > 0.9 and cos[1, 1] > 0.9, cos

@@ -70,6 +70,15 @@ def test_chunked_reading_gives_the_same_images(patch, images, monkeypatch):
         np.testing.assert_allclose(chunked[key], images[key], rtol=1e-4, atol=1e-5)
 
 
+
+def test_without_the_noise_image_the_rest_is_the_same(patch, images):
+    """The residual pass asks for correlation and PNR only (no second pass over the movie for the spectrum)."""
+    quick = detection_images(patch["movie"], neuron_radius=3.0, noise=False)
+    assert set(quick) == {"correlation", "pnr"}
+    for key in quick:
+        np.testing.assert_array_equal(quick[key], images[key])
+
+
 def test_bad_input():
     with pytest.raises(InputError, match="at least 8"):
         detection_images(np.zeros((5, 10, 10)))
