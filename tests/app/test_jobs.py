@@ -123,11 +123,15 @@ def test_gui_stays_responsive_during_cpu_heavy_job(qtbot):
     timer = QTimer()
     timer.setInterval(10)
     timer.timeout.connect(ping)
+    freeze_long_lived()  # as the window does once built: a full collection does not walk the whole test session
     timer.start()
     job = Job("heavy", heavy)
-    with qtbot.waitSignal(job.ended, timeout=15000):
-        job.start()
-    timer.stop()
+    try:
+        with qtbot.waitSignal(job.ended, timeout=15000):
+            job.start()
+    finally:
+        timer.stop()
+        gc.unfreeze()
     assert job.state is JobState.FINISHED
     assert job_thread and job_thread[0] is not threading.current_thread()
     # The event loop kept running during the 2 s job: a loop blocked by the job would tick once (one 2 s gap),
