@@ -45,6 +45,14 @@ class Session(QObject):
         if handwork is not None:
             handwork.history.on_change = self.history_changed.emit
 
+    @property
+    def can_undo(self) -> bool:
+        return self._heard is not None and self._heard.history.can_undo
+
+    @property
+    def can_redo(self) -> bool:
+        return self._heard is not None and self._heard.history.can_redo
+
     def _follow(self, job: Job) -> Job:
         """Say ``busy_changed`` now (``job`` has started) and when ``job`` ends."""
         job.ended.connect(lambda _job: self.busy_changed.emit())

@@ -176,14 +176,6 @@ class FactorsSession(Session):
             self._regions_edited()
         return what
 
-    @property
-    def can_undo(self) -> bool:
-        return self.regions is not None and self.regions.history.can_undo
-
-    @property
-    def can_redo(self) -> bool:
-        return self.regions is not None and self.regions.history.can_redo
-
     def _ensure_region(self) -> int:
         return self.current_region if self.current_region is not None else self.add_region()
 

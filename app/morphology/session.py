@@ -92,14 +92,6 @@ class MorphologySession(Session):
             entry.editor.assign(keep[labels[keep] == code], int(code))
         return True
 
-    @property
-    def can_undo(self) -> bool:
-        return self.entry is not None and self.entry.editor.can_undo
-
-    @property
-    def can_redo(self) -> bool:
-        return self.entry is not None and self.entry.editor.can_redo
-
     # -- HKS ------------------------------------------------------------------------------
     def set_hks(self, entry: MeshEntry, result: HKSResult, log: np.ndarray | None = None) -> None:
         """Store an HKS a job computed (and its log as the view colours it)."""
