@@ -50,7 +50,7 @@ from engine.mesh.io import HDF5_EXTENSIONS, MESH_EXTENSIONS, is_hdf5_mesh
 from engine.mesh.labels import UNLABELLED
 
 # Brush tools: (name, label code, key). Codes follow engine.mesh.spines (0 shaft, 1 spine, 2 soma).
-TOOLS = (("Navigate", None, "V"), ("Shaft", 0, "1"), ("Spine", 1, "2"), ("Soma", 2, "3"), ("Erase", UNLABELLED, "E"))
+TOOLS = (("View", None, "V"), ("Shaft", 0, "1"), ("Spine", 1, "2"), ("Soma", 2, "3"), ("Erase", UNLABELLED, "E"))
 LABEL_COLORS = {UNLABELLED: (0.80, 0.81, 0.84, 1.0), 0: (0.23, 0.45, 0.85, 1.0), 1: (0.90, 0.30, 0.20, 1.0),
                 2: (0.55, 0.35, 0.75, 1.0)}
 RANGE_MODES = ("1–99 %", "min–max", "manual")
@@ -108,6 +108,8 @@ class MorphologyWorkspace(Workspace):
         hks_form = QFormLayout(hks_box)
         self.hks_method = QComboBox()
         self.hks_method.addItems(["auto", "exact", "chunked", "chebyshev"])
+        self.hks_method.setToolTip("HKS method: auto chooses by mesh size; exact (one eigensolve), chunked (band by "
+                                   "band, overlapping chunks) or chebyshev (polynomial heat kernel, no eigenvectors)")
         self.compute_button = QPushButton("Compute HKS", objectName="Primary")
         self.compute_button.clicked.connect(self.compute_hks)
         self.timescale = QSlider(Qt.Orientation.Horizontal)
@@ -126,7 +128,7 @@ class MorphologyWorkspace(Workspace):
         timescale_row.setColumnStretch(1, 1)
         for widget in (self.hks_method, self.compute_button, self.timescale, self.timescale_label):
             widget.setSizePolicy(QSizePolicy.Policy.Ignored, widget.sizePolicy().verticalPolicy())  # share the width
-        hks_form.addRow("Method:", compute_row)
+        hks_form.addRow(compute_row)  # the whole width, no label: the button's text must fit
         hks_form.addRow("Timescale:", timescale_row)
 
         display = QGroupBox("Display")
@@ -188,11 +190,12 @@ class MorphologyWorkspace(Workspace):
             button.setCheckable(True)
             button.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextOnly)
             button.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)  # share the column's width
+            button.setToolTip("Rotate, pan and zoom without painting" if code is None else f"Paint {name.lower()} labels")
             self.tool_buttons.addButton(button, i)
             tools.addWidget(button, i // 3, i % 3)
             self.registry.add(f"{name} brush" if code is not None and code >= 0 else name,
                               lambda i=i: self.select_tool(i), key, group="Labels")
-        self.registry.add("Back to navigate", lambda: self.select_tool(0), "Esc", group="Labels", hint=False)
+        self.registry.add("Back to view", lambda: self.select_tool(0), "Esc", group="Labels", hint=False)
         self.tool_buttons.idClicked.connect(self.select_tool)
         self.tool_buttons.button(0).setChecked(True)
         labels_layout.addLayout(tools)
@@ -246,7 +249,7 @@ class MorphologyWorkspace(Workspace):
         self.registry.add("Rotate", None, "drag", group="View", help="Shift-drag pans, the wheel zooms", hint=False)
         self.train_button = self.registry.bind("Train", QPushButton("Train (T)", objectName="Primary"))
         self.next_button = self.registry.bind("Next uncertain region", QPushButton("Next uncertain region (N)"))
-        self.apply_button = QPushButton("Apply to all meshes")
+        self.apply_button = QPushButton("Apply to all")
         self.apply_button.setToolTip("Paint P(spine) on every open mesh (computes missing HKS)")
         self.apply_button.clicked.connect(self.apply_to_all)
         self.evaluate_button = QPushButton("Evaluate…")
@@ -632,7 +635,7 @@ class MorphologyWorkspace(Workspace):
             self.use_model_file(Path(path))
 
     def use_model_file(self, path: Path) -> bool:
-        """Load a saved model (a bad file shows why); it is applied with “Apply to all meshes”."""
+        """Load a saved model (a bad file shows why); it is applied with “Apply to all”."""
         try:
             model = spines.SpineClassifier.load(path)
             if model.feature_spec_ is None:
@@ -641,7 +644,7 @@ class MorphologyWorkspace(Workspace):
             show_error(self, "Cannot use this model", str(error), error.details)
             return False
         self.session.set_model(model)
-        self.model_status.setText(f"Loaded {path.name} ({model.feature_spec_.describe()}). Press “Apply to all meshes”.")
+        self.model_status.setText(f"Loaded {path.name} ({model.feature_spec_.describe()}). Press “Apply to all”.")
         return True
 
     def _feature_kind_changed(self, kind: str) -> None:

@@ -16,7 +16,7 @@ EXPECTED = {
               "Space\tNext similar unit", "Shift+Space\tPrevious similar unit"],
     "calcium": ["A\tAccept", "R\tReject", "M\tMerge", "+\tAdd ROI", "N\tNext uncertain ROI", "Space\tPlay", "Del or Backspace\tDelete"],
     "morphology": ["T\tTrain", "N\tNext uncertain region", "1\tShaft brush", "2\tSpine brush", "3\tSoma brush",
-                   "E\tErase", "[\tSmaller brush", "]\tLarger brush", "Esc\tBack to navigate"],
+                   "V\tView", "E\tErase", "[\tSmaller brush", "]\tLarger brush", "Esc\tBack to view"],
     "factors": ["P\tPolygon", "B\tBrush", "E\tEraser", "V\tPan", "Backspace\tDrop last vertex", "Return or double-click\tClose polygon"],
 }
 
