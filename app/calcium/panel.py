@@ -214,9 +214,10 @@ class CalciumWorkspace(Workspace):
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.verticalHeader().setVisible(False)
         header = self.table.horizontalHeader()
-        header.setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
-        for column in (0, P_COLUMN, STATUS_COLUMN):
-            header.setSectionResizeMode(column, QHeaderView.ResizeMode.ResizeToContents)
+        # every column as wide as its values and title (six columns share ~330 px: stretched ones were cut to "…"),
+        # the last one takes what is left
+        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        header.setStretchLastSection(True)
         self.table.horizontalHeaderItem(2).setToolTip("Spatial correlation of the footprint with the data")
         self.table.horizontalHeaderItem(P_COLUMN).setToolTip(
             "Probability that the ROI is a cell: the classifier's, learnt from your accepts and rejects on every movie "
@@ -237,7 +238,7 @@ class CalciumWorkspace(Workspace):
         top.addWidget(self.table)
         top.setStretchFactor(0, 3)
         top.setStretchFactor(1, 1)
-        top.setSizes([700, 330])
+        top.setSizes([600, 430])  # the table shows its six columns whole
         splitter = QSplitter(Qt.Orientation.Vertical)
         splitter.addWidget(top)
         splitter.addWidget(self.traces)
