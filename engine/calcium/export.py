@@ -36,7 +36,6 @@ A folder holding anything but these files is refused rather than replaced.
 from __future__ import annotations
 
 import functools
-
 import io
 import os
 from pathlib import Path
@@ -104,7 +103,8 @@ def _shape_stats(ypix, xpix, lam, diameter: float) -> dict:
     y, x, lw = ypix[crop].astype(np.float64), xpix[crop].astype(np.float64), lam[crop].astype(np.float64)
     d = float(diameter)
     dists = np.hypot(y - np.median(y), x - np.median(x)) / d
-    mrs, mrs0 = float(dists.mean()), float(_disk_mean_radius(d)[min(y.size, len(_disk_mean_radius(d))) - 1])
+    disk_mean = _disk_mean_radius(d)
+    mrs, mrs0 = float(dists.mean()), float(disk_mean[min(y.size, len(disk_mean)) - 1])
     # fitMVGaus(thres=2) on coordinates in diameters: weighted covariance → ellipse radii.
     keep = lw > 0
     if keep.sum() >= 2:
