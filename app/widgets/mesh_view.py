@@ -47,6 +47,10 @@ class MeshView(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.canvas.native)
+        # The canvas (a QOpenGLWidget) gets its own native window: in a window without one, Qt composites every
+        # repaint of the WHOLE window through OpenGL (on Mesa's software rasterizer, tens of ms per progress-bar
+        # tick, in every workspace); as a native child it is composited alone and the rest stays raster.
+        self.canvas.native.setAttribute(Qt.WidgetAttribute.WA_NativeWindow)
         self.vertices = np.zeros((0, 3), dtype=np.float32)
         self.faces = np.zeros((0, 3), dtype=np.uint32)
         self.center = np.zeros(3)

@@ -363,3 +363,25 @@ def test_mesh_units_set_in_the_window_and_remembered(window, qtbot, shared_data)
     np.testing.assert_allclose(ws.entry.mesh.vertices, raw * 2.5)
     ws = open_in(window, qtbot, path)
     assert ws.entry.scale == 2.5 and ws.units.currentText() == "Scale ×" and ws.scale.value() == 2.5
+
+
+def test_the_3d_view_keeps_the_window_raster_and_draws_after_switching_workspaces(window, qtbot, dendrite):
+    """The canvas is a native child: the rest of the window is not composited through OpenGL (a QOpenGLWidget
+    otherwise turns every repaint of the whole window into an OpenGL frame), and the mesh still reaches the
+    screen after the workspace was hidden and shown again (read back from the X server, not grabbed)."""
+    from PyQt6.QtGui import QSurface
+
+    ws = open_in(window, qtbot, dendrite)
+
+    def on_screen():
+        native = ws.view.canvas.native
+        corner = native.mapToGlobal(QPoint(0, 0))
+        return native.screen().grabWindow(0, corner.x(), corner.y(), native.width(), native.height()).toImage()
+
+    qtbot.waitUntil(lambda: not is_blank(on_screen()), timeout=10000)
+    for key in ("ephys", "calcium", "morphology", "factors", "morphology"):
+        window.show_workspace(key)
+        qtbot.wait(100)
+        assert window.windowHandle().surfaceType() == QSurface.SurfaceType.RasterSurface, key
+    qtbot.waitUntil(lambda: not is_blank(on_screen()), timeout=10000)
+    assert not is_blank(save_screenshot(window, dendrite.parent / "window.png"))
