@@ -91,6 +91,25 @@ def freeze_long_lived() -> None:
     _modules_at_freeze = len(sys.modules)
 
 
+# Packages the first recording open, sort, CNMF, mesh open and HKS would import inside their job (measured by
+# benchmarks/gui_stalls.py): loading a C extension holds the GIL, stopping the window for up to 0.2 s.
+# Imported while the window is built instead (~0.25 s once, before it is shown). torch (the CNN jobs) is
+# left to its job: 700 modules and seconds of start-up, and its import stalled the window < 100 ms.
+JOB_MODULES = ("scipy.signal", "sklearn.cluster", "sklearn.decomposition", "sklearn.mixture", "sklearn.ensemble", "skimage.measure",
+               "trimesh", "robust_laplacian")
+
+
+def preload_job_modules() -> None:
+    """Import :data:`JOB_MODULES` now, on the GUI thread before it shows anything; a missing one is left to its job."""
+    import importlib
+
+    for name in JOB_MODULES:
+        try:
+            importlib.import_module(name)
+        except ImportError:  # an optional extra not installed: the job says so when it runs
+            pass
+
+
 def _lower_priority() -> None:
     try:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, 0) + JOB_NICENESS)

@@ -25,7 +25,7 @@ from PyQt6.QtWidgets import (
 )
 
 from app.dialogs import AboutDialog, PreferencesDialog, ShortcutsDialog, show_error
-from app.jobs import Job, JobError, JobManager, freeze_long_lived
+from app.jobs import Job, JobError, JobManager, freeze_long_lived, preload_job_modules
 from app.resources import icon, style_sheet
 from app.settings import Settings
 from app.widgets.job_panel import JobPanel
@@ -78,6 +78,7 @@ class MainWindow(QMainWindow):
         self._build_status_bar()
         self._build_menus()
         self._restore_state()
+        preload_job_modules()  # a job's first import would hold the GIL, and so stop this window
         freeze_long_lived()  # what start-up made lives until exit: full collections need not walk it
         laplacian.ISOLATE_FACES = 20_000  # its C++ would hold the GIL, and so stop this window, for 0.1 s and more
 

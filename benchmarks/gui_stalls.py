@@ -199,11 +199,14 @@ def main(args: list[str]) -> None:
         sampler.take()
         sampler.step = f"{loop}: {name}"
         collections_meter.take()
+        before = set(sys.modules)
         stall, wall = run_step(meter, action, done, **kw)
+        imported = collections.Counter(name.split(".")[0] for name in set(sys.modules) - before)
+        imported = ", ".join(f"{package} {n}" for package, n in imported.most_common(4))
         where = sampler.take() if stall > GOAL_MS else ""
         collected = collections_meter.take()
-        rows.append([loop, name, f"{stall:.0f}", f"{wall:.1f}", "yes" if stall <= GOAL_MS else "**no**", collected, where])
-        print(f"{loop:18s} {name:40s} {stall:8.0f} ms  {wall:6.1f} s  gc {collected}  {where}", file=sys.stderr, flush=True)
+        rows.append([loop, name, f"{stall:.0f}", f"{wall:.1f}", "yes" if stall <= GOAL_MS else "**no**", collected, imported, where])
+        print(f"{loop:18s} {name:40s} {stall:8.0f} ms  {wall:6.1f} s  gc {collected}  imports {imported}  {where}", file=sys.stderr, flush=True)
 
     def opening(path):
         jobs = []
@@ -231,7 +234,7 @@ def main(args: list[str]) -> None:
     print(f"- load average at the end: {os.getloadavg()[0]:.1f} (2 cores); a 10 ms timer on the GUI thread, the real window on Xvfb")
     print()
     markdown_table(rows, ["loop", "step", "longest stall (ms)", "step wall (s)", f"≤ {GOAL_MS} ms", "longest garbage collection (ms)",
-                          "where the GUI thread was"])
+                          "modules first imported (top packages)", "where the GUI thread was"])
     window.jobs.shutdown(5000)
     window.close()
     shutil.rmtree(work, ignore_errors=True)

@@ -71,13 +71,14 @@ class ImageView(QWidget):
         self.viewbox.sigRangeChanged.connect(lambda *_: self._show_detail())
         self.graphics.scene().sigMouseMoved.connect(self._mouse_moved)
         self.shape: tuple[int, int] | None = None
+        self._labels_shown: tuple | None = None  # (label map, colour table bytes, step) of the overlay drawn
 
     def set_image(self, image: np.ndarray, levels: tuple[float, float] | None = None, autorange: bool = True) -> None:
         image = np.asarray(image)
         if levels is None:
             finite = image[np.isfinite(image)] if image.dtype.kind == "f" else image
             sample = finite.ravel()[:: max(1, finite.size // 1_000_000)]
-            levels = (float(np.percentile(sample, 0.5)), float(np.percentile(sample, 99.8))) if sample.size else (0.0, 1.0)
+            levels = tuple(float(q) for q in np.percentile(sample, [0.5, 99.8])) if sample.size else (0.0, 1.0)  # one partition
         if image.shape[0] * image.shape[1] > DETAIL_PIXELS:
             self._full, self._step, self._levels = image, 0, levels
             self.image.setAutoDownsample(False)
@@ -114,13 +115,21 @@ class ImageView(QWidget):
         None: a full-size map, sampled here when large."""
         if labels is None:
             self.overlay.clear()
+            self._labels_shown = None
             return
-        if step is None:
-            labels, step = labels_for_display(np.asarray(labels))
         table = LABEL_COLORS if colors is None else np.asarray(colors, dtype=np.ubyte)
-        self.overlay.setImage(table[np.asarray(labels) % len(table)], autoLevels=False, levels=(0, 255))
-        rows, cols = labels.shape[:2]
-        self.overlay.setRect(QRectF(0, 0, cols * step, rows * step))
+        # a label map is replaced, never written in place: the same map in the same colours is drawn already
+        # (a result handler asks for it several times; colouring a 1-Mpixel overlay costs tens of ms)
+        shown = (labels, table.tobytes(), step)
+        previous = self._labels_shown
+        if previous is None or previous[0] is not labels or previous[1:] != shown[1:]:
+            self._labels_shown = shown
+            if step is None:
+                labels, step = labels_for_display(np.asarray(labels))
+            # take(mode="wrap") is table[labels % len(table)], 4-5x faster
+            self.overlay.setImage(np.take(table, labels, axis=0, mode="wrap"), autoLevels=False, levels=(0, 255))
+            rows, cols = labels.shape[:2]
+            self.overlay.setRect(QRectF(0, 0, cols * step, rows * step))
         if opacity is not None:
             self.overlay.setOpacity(opacity)
 

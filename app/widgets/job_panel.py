@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from PyQt6.QtCore import QTimer
-from PyQt6.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QToolButton, QVBoxLayout, QWidget
+from PyQt6.QtCore import Qt, QTimer
+from PyQt6.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QToolButton, QWidget
 
 from app.jobs import Job, JobManager, JobState
 
 KEEP_ENDED_MS = 2500  # an ended job's row stays this long so its outcome can be read
+NAME_WIDTH = 240  # px: a longer name (a long file name) is elided in the middle, whole in the tooltip
 
 
 def format_seconds(seconds: float | None) -> str:
@@ -27,7 +28,8 @@ class JobRow(QWidget):
         layout = QHBoxLayout(self)
         layout.setContentsMargins(4, 1, 2, 1)
         layout.setSpacing(4)
-        self.name = QLabel(job.name)
+        self.name = QLabel()
+        self._show_name(job.name)
         self.bar = QProgressBar()
         self.bar.setRange(0, 1000)
         self.bar.setFixedWidth(140)
@@ -44,6 +46,10 @@ class JobRow(QWidget):
         job.ended.connect(self._on_ended)
         self.refresh()
 
+    def _show_name(self, text: str) -> None:
+        self.name.setText(self.name.fontMetrics().elidedText(text, Qt.TextElideMode.ElideMiddle, NAME_WIDTH))
+        self.name.setToolTip(text)
+
     def _cancel(self) -> None:
         self.job.cancel()
         self.cancel_button.setEnabled(False)
@@ -54,7 +60,7 @@ class JobRow(QWidget):
         self.setToolTip(message)
         self.bar.setToolTip(message)
         if message:
-            self.name.setText(f"{self.job.name}: {message}" if len(message) < 40 else self.job.name)
+            self._show_name(f"{self.job.name}: {message}" if len(message) < 40 else self.job.name)
         self.refresh()
 
     def refresh(self) -> None:
@@ -63,7 +69,8 @@ class JobRow(QWidget):
 
     def _on_ended(self, job: Job) -> None:
         self.cancel_button.hide()
-        self.name.setText(job.name)
+        self.bar.hide()  # the outcome is in words; the row narrows for the jobs still running beside it
+        self._show_name(job.name)
         outcome = {JobState.FINISHED: "done", JobState.FAILED: "failed", JobState.CANCELLED: "cancelled"}[job.state]
         if job.state is JobState.FINISHED:
             self.bar.setValue(1000)
@@ -71,13 +78,17 @@ class JobRow(QWidget):
 
 
 class JobPanel(QWidget):
-    """Lists the manager's jobs; rows of ended jobs linger briefly, then go."""
+    """Lists the manager's jobs side by side; rows of ended jobs linger briefly, then go.
+
+    Jobs starting and ending leave the window's layout alone: rows sit in one line, and the status bar
+    keeps the height of a row once it has shown one (a change of height would lay out the workspace
+    again and redraw its 3D view, 50-150 ms on a software renderer)."""
 
     def __init__(self, manager: JobManager, parent: QWidget | None = None):
         super().__init__(parent)
         self.manager = manager
         self.rows: dict[Job, JobRow] = {}
-        self.layout_ = QVBoxLayout(self)
+        self.layout_ = QHBoxLayout(self)
         self.layout_.setContentsMargins(0, 0, 0, 0)
         self.layout_.setSpacing(1)
         self.timer = QTimer(self)
@@ -92,6 +103,9 @@ class JobPanel(QWidget):
         self.layout_.addWidget(row)
         self.setVisible(True)
         self.timer.start()
+        bar = self.parentWidget()
+        if bar is not None:
+            bar.setMinimumHeight(max(bar.minimumHeight(), bar.sizeHint().height()))
 
     def _tick(self) -> None:
         for job, row in list(self.rows.items()):

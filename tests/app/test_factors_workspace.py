@@ -473,3 +473,31 @@ def test_a_large_slice_is_drawn_at_the_detail_of_the_zoom(qtbot):
     small = np.zeros((256, 256), np.uint8)
     view.set_image(small)  # a small image: pyqtgraph's own downsampling, the array itself
     assert view.image.autoDownsample and view.image.image is small or np.array_equal(view.image.image, small)
+
+
+def test_the_same_label_map_is_coloured_once(qtbot, monkeypatch):
+    """A result handler asks for the region overlay several times: the same (read-only) map in the same
+    colours is coloured and handed to pyqtgraph once; new colours, a new map or None change it."""
+    from app.widgets.image_view import LABEL_COLORS, ImageView
+
+    view = ImageView(histogram=False)
+    qtbot.addWidget(view)
+    labels = np.zeros((300, 400), np.int32)
+    labels[50:150, 100:300] = 1
+    labels[200:250, 20:60] = 13  # beyond the table: colours wrap around
+    calls = []
+    set_image = view.overlay.setImage
+    monkeypatch.setattr(view.overlay, "setImage", lambda image, **kw: (calls.append(image), set_image(image, **kw)))
+    for _ in range(3):
+        view.set_labels(labels, opacity=0.5)
+    assert len(calls) == 1 and view.overlay.opacity() == 0.5
+    np.testing.assert_array_equal(view.overlay.image, LABEL_COLORS[labels % len(LABEL_COLORS)])
+    view.set_labels(labels, opacity=0.8)  # an opacity change only
+    assert len(calls) == 1 and view.overlay.opacity() == 0.8
+    colors = LABEL_COLORS.copy()
+    colors[1] = [1, 2, 3, 255]
+    view.set_labels(labels, colors=colors)
+    assert len(calls) == 2 and tuple(view.overlay.image[100, 200]) == (1, 2, 3, 255)
+    view.set_labels(None)
+    view.set_labels(labels, colors=colors)  # shown again after being cleared
+    assert len(calls) == 3

@@ -171,3 +171,54 @@ def test_the_window_freezes_long_lived_objects_and_releases_them_when_closed(win
     assert gc.get_freeze_count() > 10_000
     window.close()
     assert gc.get_freeze_count() == 0
+
+
+def test_jobs_starting_and_ending_leave_the_workspace_size_alone(window, qtbot):
+    """Job rows sit side by side in a status bar that keeps a row's height: a resize of the workspace would lay
+    it out again and redraw its 3D view (50-150 ms on a software renderer) at every job start and end."""
+    import threading
+
+    release = threading.Event()
+    first = window.run_job("First", lambda progress: release.wait(10), on_result=lambda r: None)
+    qtbot.waitUntil(lambda: len(window.job_panel.rows) == 1, timeout=3000)
+    qtbot.wait(50)
+    height = window.centralWidget().height()
+    second = window.run_job("A second job with a very long name, " * 4, lambda progress: release.wait(10),
+                            on_result=lambda r: None)
+    qtbot.waitUntil(lambda: len(window.job_panel.rows) == 2, timeout=3000)
+    qtbot.wait(50)
+    assert window.centralWidget().height() == height
+    name = window.job_panel.rows[second].name  # a long name is elided, whole in its tooltip
+    assert "…" in name.text() and len(name.text()) < len(name.toolTip())
+    assert name.toolTip().startswith("A second job")
+    release.set()
+    wait_for_job(qtbot, first)
+    wait_for_job(qtbot, second)
+    qtbot.waitUntil(lambda: not window.job_panel.rows, timeout=8000)
+    qtbot.wait(50)
+    assert window.centralWidget().height() == height
+
+
+def test_the_window_imports_the_jobs_packages_before_it_shows(qtbot, monkeypatch, tmp_path):
+    """A job's first import of a C extension holds the GIL and stops the window (sklearn in the first sort,
+    trimesh in the first mesh open): the window imports them while it is built."""
+    import subprocess
+    import sys
+
+    from app.jobs import JOB_MODULES
+
+    code = ("import sys; import app.jobs as jobs; assert not [m for m in jobs.JOB_MODULES if m in sys.modules], "
+            "'imported already'; jobs.preload_job_modules(); print([m for m in jobs.JOB_MODULES if m not in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+    assert {"sklearn.cluster", "trimesh", "skimage.measure"} <= set(JOB_MODULES)
+
+    import app.main
+
+    called = []
+    monkeypatch.setattr(app.main, "preload_job_modules", lambda: called.append(1))
+    monkeypatch.setenv("NEUROWB_CONFIG_DIR", str(tmp_path / "config"))
+    window = app.main.MainWindow(app.main.Settings())
+    qtbot.addWidget(window)
+    assert called == [1]
