@@ -19,7 +19,7 @@ from app.jobs import Job
 from app.session import Session
 from engine.errors import InputError
 from engine.factors import workflow
-from engine.factors.rois import RegionSet
+from engine.factors.rois import RegionSet, label_counts
 
 # The pipeline's settings and their defaults; remembered per image, those of saved results win on reopening.
 PIPELINE_DEFAULTS = {"patch_size": 128, "epochs": 4, "patches": 1024, "pixel_size_um": 0.0, "stride": 8, "k": 15,
@@ -189,7 +189,7 @@ class FactorsSession(Session):
         """The label image and each region's pixels; the current region stays, else the last one is current."""
         raster = self.regions.rasterize() if raster is None else raster
         raster.flags.writeable = False  # replaced at every edit, never written: jobs take it without a copy
-        self.counts = np.bincount(raster.ravel(), minlength=self.regions.next_label()) if counts is None else counts
+        self.counts = label_counts(raster, self.regions.next_label()) if counts is None else counts
         self.labels = raster if self.counts[1:].any() else None
         self.n_regions = int(np.count_nonzero(self.counts[1:]))
         labels = [r.label for r in self.regions.regions]

@@ -227,7 +227,9 @@ class RegionSet:
                     draw.line(pts, fill=value, width=max(1, int(round(2 * r))))
                 for x, y in pts:  # round caps and joints
                     draw.ellipse([x - r, y - r, x + r, y + r], fill=value)
-        painted = np.asarray(canvas, dtype=np.int32)
+        painted = np.array(canvas, dtype=np.int32)
+        if self.base is None:  # one pass (this runs after every edit of an 8-Mpixel slice)
+            return np.maximum(painted, 0, out=painted)
         out = np.where(painted > 0, painted, out)
         out[painted < 0] = 0
         return out
@@ -284,6 +286,14 @@ class RegionSet:
             raise InputError(f"The saved regions in '{path}' were drawn on a {rset.shape[0]}×{rset.shape[1]} image, "
                              f"this one is {shape[0]}×{shape[1]}: they belong to another image.")
         return rset
+
+
+def label_counts(labels: np.ndarray, n: int) -> np.ndarray:
+    """Pixels of each label 0 … n-1 in a label map (int64). One pass with no copy: ``np.bincount`` first
+    casts an 8-Mpixel int32 map to int64 and measures its range, 5x slower, and runs after every edit."""
+    from scipy.ndimage import histogram
+
+    return np.asarray(histogram(labels, -0.5, n - 0.5, n), dtype=np.int64)
 
 
 def _base_file_of(path: Path) -> str | None:

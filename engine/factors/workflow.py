@@ -47,7 +47,7 @@ from engine.factors import files
 from engine.factors.cnn import LATENT_DIM, PatchModel, TrainResult, train
 from engine.factors.dense import dense_latents
 from engine.factors.files import Grid, Latents
-from engine.factors.rois import ROIS_FILE, RegionSet
+from engine.factors.rois import ROIS_FILE, RegionSet, label_counts
 from engine.progress import Progress, as_progress
 from engine.storage import read_hand_work, remove_stale_temp, set_aside_damaged, workdir_for
 
@@ -427,6 +427,6 @@ def open_project_job(path: str | os.PathLike, device=None, progress: Progress | 
         project.regions = RegionSet(tuple(image.shape))
     progress.report(0.9, "drawing the regions")
     labels = project.regions.rasterize()  # here, not on the GUI thread (seconds on a whole slice)
-    counts = np.bincount(labels.ravel(), minlength=project.regions.next_label())  # pixels per label
+    counts = label_counts(labels, project.regions.next_label())  # pixels per label
     progress.report(1.0, "done")
     return {"image": image, "project": project, "labels": labels, "label_counts": counts}

@@ -98,3 +98,14 @@ def test_a_label_file_keeps_drawn_regions_on_top():
     assert rset.names == {1: "left", 2: "right", 3: "drawn"}
     out = rset.rasterize()
     assert out[0, 0] == 3 and out[3, 0] == 2 and out[0, 5] == 1
+
+
+def test_label_counts_equal_bincount_including_empty_and_erased_labels():
+    from engine.factors.rois import label_counts
+
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 5, size=(301, 457)).astype(np.int32)
+    labels[labels == 3] = 0  # a label with no pixel left
+    counts = label_counts(labels, 7)
+    assert counts.dtype == np.int64
+    np.testing.assert_array_equal(counts, np.bincount(labels.ravel(), minlength=7))
