@@ -91,11 +91,14 @@ def freeze_long_lived() -> None:
     _modules_at_freeze = len(sys.modules)
 
 
-# Packages the first recording open, sort, CNMF, mesh open and HKS would import inside their job (measured by
+# What the first recording open, sort, CNMF, mesh open and HKS would import inside their job (measured by
 # benchmarks/gui_stalls.py): loading a C extension holds the GIL, stopping the window for up to 0.2 s.
-# Imported while the window is built instead (~0.25 s once, before it is shown). torch (the CNN jobs) is
-# left to its job: 700 modules and seconds of start-up, and its import stalled the window < 100 ms.
-JOB_MODULES = ("scipy.signal", "sklearn.cluster", "sklearn.decomposition", "sklearn.mixture", "sklearn.ensemble", "skimage.measure",
+# Imported while the window is built instead (~0.3 s once, before it is shown). "module:name" also loads a
+# name that the package loads lazily (scikit-image does). torch (CNN jobs, CNMF's NMF) is left to its job:
+# 700 modules and seconds of start-up, and its import in a job stalled the window < 100 ms.
+JOB_MODULES = ("scipy.signal", "sklearn.cluster", "sklearn.decomposition", "sklearn.mixture", "sklearn.ensemble",
+               "skimage.measure:find_contours", "skimage.measure:regionprops",
+               "skimage.morphology:convex_hull_image",  # regionprops' solidity loads it (the ROI classifier)
                "trimesh", "robust_laplacian")
 
 
@@ -103,10 +106,13 @@ def preload_job_modules() -> None:
     """Import :data:`JOB_MODULES` now, on the GUI thread before it shows anything; a missing one is left to its job."""
     import importlib
 
-    for name in JOB_MODULES:
+    for entry in JOB_MODULES:
+        module, _, name = entry.partition(":")
         try:
-            importlib.import_module(name)
-        except ImportError:  # an optional extra not installed: the job says so when it runs
+            loaded = importlib.import_module(module)
+            if name:
+                getattr(loaded, name)
+        except (ImportError, AttributeError):  # an optional extra not installed: the job says so when it runs
             pass
 
 
