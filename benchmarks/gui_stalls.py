@@ -10,9 +10,10 @@ recording (open, sort, select units one after another); Calcium on the demo movi
 Run (needs a display for the 3D view; the shared data beside the repository):
 ``xvfb-run -a -s "-screen 0 1600x1000x24" python -m benchmarks.gui_stalls``; name loops to run only
 those (``... gui_stalls ephys calcium``; the loops are microarchitecture, morphology, ephys, calcium).
-``--without-3d`` builds the window without the Morphology workspace: its OpenGL view makes Qt composite
-the whole window through OpenGL at every repaint (on Mesa's software rasterizer, tens of ms a frame), so
-the other loops run with and without it tell what that composition costs. ``NEUROWB_STALL_DUMPS=file``
+``--without-3d`` builds the window without the Morphology workspace and its OpenGL view (which, until it
+got its own native window, made Qt composite the whole window through OpenGL at every repaint: on Mesa's
+software rasterizer tens of ms a frame), so the other loops run with and without it tell what it costs.
+Each row names the packages a step imported first (a C extension's import holds the GIL). ``NEUROWB_STALL_DUMPS=file``
 (py-spy on the PATH) appends every thread's native stack once per stall: which thread held the GIL, and
 where (each dump pauses the process, so the stall numbers of such a run are not the measurement).
 """
