@@ -14,7 +14,9 @@ Stages of :func:`run_cnmf`:
    diameter of overlap; a patch fits every center in its grown box (so cells across the border are
    modelled too) with ``n_background`` background components of its own, on the binned movie (shapes
    do not change over time, and averaging raises the transients' SNR; the full frame rate comes back
-   in step 6). Patches go through :func:`engine.parallel.parallel_map` (serial in this process for
+   in step 6). Each footprint is held to the blob around its seed during the fit (``SEED_THRESHOLD``,
+   :class:`engine.calcium.nmf._SeedHold`): inside its square box a component seeded on a quiet cell
+   otherwise moved onto a livelier neighbour, leaving its own cell without a component. Patches go through :func:`engine.parallel.parallel_map` (serial in this process for
    movies held in memory), each task carrying its box of the binned movie.
    Then a **greedy pass on the residual** (``residual_pass``, on by default): the binned movie minus
    the fitted model gets the same detection images and thresholds; its peaks farther than 1.2 radii
@@ -72,6 +74,9 @@ IN_MEMORY_BYTES = 2 * 2**30  # movies up to this size as float32 are held whole 
 SIZE_THRESHOLD = 0.2  # a footprint's size counts pixels at ≥ 20 % of its peak
 DUPLICATE_COSINE = 0.85  # footprints this alike are merged whatever their traces
 TRACE_SWEEPS = 5  # HALS sweeps of the full-rate activities (from the binned fit's) with the footprints fixed
+# NMF shapes are held to the blob around their seed at this fraction of their peak (nmf._SeedHold): without it
+# 5-9 components per doughnut-dim movie moved 7-14 px onto a livelier neighbour in the first fit.
+SEED_THRESHOLD = 0.2
 REFIT_ITERATIONS = 5  # HALS iterations of a patch fitted again with the centers the residual pass added
 
 
@@ -228,12 +233,14 @@ def _fit_patch(task: dict) -> dict:
         C_new = np.maximum(Y3.reshape(h * w, T)[pix] - model, 0.0)
         A0 = np.hstack([init["A"], A_new, init["b"]]).astype(np.float32)
         C0 = np.vstack([init["C"], C_new, init["f"]]).astype(np.float32)
+        # Only the new cells are held to their seeds: the first fit's were held there already (holding them
+        # again let two 173-199 px residual leftovers, no true cell, pass as cells on synth seed 1).
         res = hals(Y3, centers, neuron_radius=radius, n_background=task["n_background"], iterations=task["refit_iterations"],
-                   init=(A0, C0), backend=task.get("backend", "auto"))  # fmt: skip
+                   init=(A0, C0), seed_threshold=SEED_THRESHOLD, hold_neurons=np.arange(old, len(centers)), backend=task.get("backend", "auto"))  # fmt: skip
     else:
         temporal = int(max(1, min(task.get("temporal_factor", 30), T // 20)))
         res = fast_nmf(Y3, centers, neuron_radius=radius, n_background=task["n_background"], temporal_factor=temporal,
-                       backend=task.get("backend", "auto"))  # fmt: skip
+                       seed_threshold=SEED_THRESHOLD, backend=task.get("backend", "auto"))  # fmt: skip
     r_value = _patch_r_values(Y3, res, res.patches) if task.get("r_values", True) else np.zeros(len(centers), np.float32)
     return {**task, "A": res.A, "C": res.C, "b": res.b, "f": res.f, "r_value": r_value}
 
