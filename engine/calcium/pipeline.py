@@ -16,8 +16,9 @@ Stages of :func:`run_cnmf`:
    do not change over time, and averaging raises the transients' SNR; the full frame rate comes back
    in step 6). Each footprint is held to the blob around its seed during the fit (``SEED_THRESHOLD``,
    :class:`engine.calcium.nmf._SeedHold`): inside its square box a component seeded on a quiet cell
-   otherwise moved onto a livelier neighbour, leaving its own cell without a component. Patches go through :func:`engine.parallel.parallel_map` (serial in this process for
-   movies held in memory), each task carrying its box of the binned movie.
+   otherwise moved onto a livelier neighbour, leaving its own cell without a component. Patches go
+   through :func:`engine.parallel.parallel_map` (serial in this process for movies held in memory),
+   each task carrying its box of the binned movie.
    Then a **greedy pass on the residual** (``residual_pass``, on by default): the binned movie minus
    the fitted model gets the same detection images and thresholds; its peaks farther than 1.2 radii
    from where every fitted footprint's light is (the peak of the footprint blurred at the cell's scale:
@@ -236,7 +237,8 @@ def _fit_patch(task: dict) -> dict:
         # Only the new cells are held to their seeds: the first fit's were held there already (holding them
         # again let two 173-199 px residual leftovers, no true cell, pass as cells on synth seed 1).
         res = hals(Y3, centers, neuron_radius=radius, n_background=task["n_background"], iterations=task["refit_iterations"],
-                   init=(A0, C0), seed_threshold=SEED_THRESHOLD, hold_neurons=np.arange(old, len(centers)), backend=task.get("backend", "auto"))  # fmt: skip
+                   init=(A0, C0), seed_threshold=SEED_THRESHOLD, hold_neurons=np.arange(old, len(centers)),
+                   backend=task.get("backend", "auto"))  # fmt: skip
     else:
         temporal = int(max(1, min(task.get("temporal_factor", 30), T // 20)))
         res = fast_nmf(Y3, centers, neuron_radius=radius, n_background=task["n_background"], temporal_factor=temporal,
