@@ -148,3 +148,24 @@ def test_more_background_components(patch):
 def test_bad_input_says_what_to_do(patch, call, words):
     with pytest.raises(InputError, match=words):
         call(patch)
+
+
+def test_seed_hold_keeps_the_blob_at_the_seed():
+    """After a shape sweep a shape is cut to the blob (≥ 20 % of its peak, 8-connected) nearest its seed,
+    plus a pixel around it: a brighter separate blob in the same box (a livelier neighbour the shape was
+    moving to) is set to 0; a doughnut whose seed sits in its dark middle keeps its whole ring."""
+    h = w = 21
+    yy, xx = np.mgrid[0:h, 0:w]
+    own = np.exp(-((yy - 10) ** 2 + (xx - 5) ** 2) / 4.0)
+    neighbour = 2.0 * np.exp(-((yy - 10) ** 2 + (xx - 14) ** 2) / 4.0)  # 9 px away, inside the box
+    ring = np.exp(-((np.hypot(yy - 10, xx - 10) - 4.0) ** 2) / 1.0)
+    centers = np.array([[10.0, 5.0], [10.0, 10.0]])
+    layout = nmf._layout(centers, 10, (h, w), 1, nmf._Numpy())
+    A = np.stack([(own + neighbour).ravel(), ring.ravel(), np.ones(h * w)], axis=1).astype(np.float32)
+    nmf._SeedHold(layout, centers, 0.2)(nmf._Numpy(), A)
+    first = A[:, 0].reshape(h, w)
+    assert first[10, 14] == 0 and first[10, 5] == pytest.approx(1.0)
+    assert (first[own >= 0.2] > 0).all()  # its own blob untouched
+    on_ring = ring.ravel() >= 0.2
+    np.testing.assert_array_equal(A[on_ring, 1], ring.ravel()[on_ring].astype(np.float32))  # the ring is one blob
+    np.testing.assert_array_equal(A[:, 2], 1.0)  # backgrounds are not held

@@ -135,6 +135,34 @@ def test_anti_correlated_overlapping_component_is_rejected_not_a_touching_cell()
     assert not pipeline._compensating(A, np.abs(F), snr, np.ones(3, bool), 0.5).any()  # positively correlated: kept
 
 
+def test_anti_correlated_component_with_transients_of_its_own_is_kept():
+    """A cell under a brighter neighbour whose footprint took too much of it anti-correlates with
+    that neighbour, yet its trace has transients of its own; a compensator's is the neighbour's upside down."""
+    h = w = 20
+    yy, xx = np.mgrid[0:h, 0:w]
+
+    def disk(cy, cx, r=4.0):
+        return np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r**2)).ravel()
+
+    from scipy import sparse
+
+    A = sparse.csc_matrix(np.stack([disk(10, 9), disk(10, 11)], axis=1))
+    rng = np.random.default_rng(3)
+    T = 3000
+
+    def transients(rate):
+        spikes = (rng.random(T) < rate) * rng.lognormal(0, 0.3, T)
+        return np.convolve(spikes, np.exp(-np.arange(60) / 15.0))[:T]
+
+    bright, own = 4 * transients(0.01), transients(0.003)
+    cell = own - 0.1 * bright + 0.2 * rng.standard_normal(T)  # its own transients, less what the neighbour took
+    compensator = -0.5 * bright + 0.2 * rng.standard_normal(T)
+    snr = np.array([40.0, 8.0])
+    assert np.corrcoef(bright, cell)[0, 1] < -0.3
+    assert not pipeline._compensating(A, np.stack([bright, cell]), snr, np.ones(2, bool), 0.5).any()
+    assert pipeline._compensating(A, np.stack([bright, compensator]), snr, np.ones(2, bool), 0.5).tolist() == [False, True]
+
+
 def test_snr_threshold_is_what_white_noise_rarely_reaches():
     rng = np.random.default_rng(1)
     T = 3000
