@@ -24,7 +24,9 @@ Stages of :func:`run_cnmf`:
    from where every fitted footprint's light is (the peak of the footprint blurred at the cell's scale:
    not its centroid, which for a footprint that took two touching cells lies between them) are new
    centers (a dim cell on the shoulder of a bright neighbour is no local maximum until the neighbour is
-   taken away). Patches that got new centers are fitted again from the first fit, the new cells
+   taken away). A footprint of the first fit well above the median size that a rank-2 NMF of its pixels
+   parts into two cell-sized blobs with distinct activities took two touching cells: it keeps the part at
+   its seed, the other is a new center (:func:`_split_pairs`). Patches that got new centers are fitted again from the first fit, the new cells
    starting as Gaussians carrying what the fit left at their centers (``REFIT_ITERATIONS`` HALS
    iterations); the others keep their fit.
 5. **Merging**: a cell near a border is fitted by up to four patches. Copies whose footprints
@@ -81,6 +83,11 @@ TRACE_SWEEPS = 5  # HALS sweeps of the full-rate activities (from the binned fit
 # NMF shapes are held to the blob around their seed at this fraction of their peak (nmf._SeedHold): without it
 # 5-9 components per doughnut-dim movie moved 7-14 px onto a livelier neighbour in the first fit.
 SEED_THRESHOLD = 0.2
+# A first-fit footprint over SPLIT_AREA x the median footprint is tried as two touching cells (_split_pairs): each part
+# one blob of SPLIT_MIN_AREA to SPLIT_AREA x the median, their activities correlated below SPLIT_CORRELATION.
+SPLIT_AREA = 1.6
+SPLIT_MIN_AREA = 0.4
+SPLIT_CORRELATION = 0.7
 REFIT_ITERATIONS = 5  # HALS iterations of a patch fitted again with the centers the residual pass added
 
 
@@ -235,6 +242,10 @@ def _fit_patch(task: dict) -> dict:
         pix = rc[:, 0] * w + rc[:, 1]
         model = np.hstack([init["A"], init["b"]])[pix] @ np.vstack([init["C"], init["f"]])
         C_new = np.maximum(Y3.reshape(h * w, T)[pix] - model, 0.0)
+        # A cell split off a footprint of this patch (_split_pairs) starts from its part of the split.
+        for center, a, c in init.get("fresh", []):
+            i = int(np.argmin(np.hypot(*(fresh + task["box"][::2] - center).T)))
+            A_new[:, i], C_new[i] = a, c
         A0 = np.hstack([init["A"], A_new, init["b"]]).astype(np.float32)
         C0 = np.vstack([init["C"], C_new, init["f"]]).astype(np.float32)
         # Only the new cells are held to their seeds: the first fit's were held there already (holding them
@@ -292,6 +303,82 @@ def _residual_centers(binned: np.ndarray, parts: list[dict], shape, radius: floa
         return found
     distance = np.hypot(found[:, None, 0] - known[None, :, 0], found[:, None, 1] - known[None, :, 1]).min(axis=1)
     return found[distance >= 1.2 * radius]
+
+
+def _split_pairs(binned: np.ndarray, parts: list[dict], radius: float) -> list[np.ndarray]:
+    """Footprints of the first fit that took two touching cells, split in place; the second cells' centers.
+
+    A component whose footprint (pixels ≥ ``SIZE_THRESHOLD`` of its peak) is over ``SPLIT_AREA`` × the median
+    is refitted on its support as two: the residual there (the binned movie less the background and the other
+    components) gets a rank-2 NMF, started from the sign of the pixels' first principal component (their
+    correlation image parted in two). The split stands only when both parts are cell-sized, each one blob, at
+    least 1.5 radii apart, and their activities differ (correlation < ``SPLIT_CORRELATION``): the part nearer the
+    seed stays the component, the other becomes a new center whose start (shape, activity) is left in the part
+    (``part["fresh"]``) for the refit. Decided in the patch whose core holds the seed only."""
+    from scipy.ndimage import gaussian_filter, label
+
+    areas = np.concatenate([(p["A"] >= SIZE_THRESHOLD * p["A"].max(axis=0, initial=0)).sum(axis=0) for p in parts])
+    areas = areas[areas > 0]
+    if len(areas) == 0:
+        return []
+    median = float(np.median(areas))
+    found = []
+    for part in parts:
+        g0, g1, e0, e1 = part["box"]
+        q0, q1, s0, s1 = part["core"]
+        bh, bw = g1 - g0, e1 - e0
+        A, C = part["A"], part["C"]
+        for k in range(A.shape[1]):
+            cy, cx = part["centers"][k]
+            if not (q0 <= cy + g0 < q1 and s0 <= cx + e0 < s1) or A[:, k].max() <= 0:
+                continue
+            support = np.flatnonzero(A[:, k] >= SIZE_THRESHOLD * A[:, k].max())
+            if len(support) < SPLIT_AREA * median:
+                continue
+            sy, sx = np.divmod(support, bw)
+            Y = binned[:, g0 + sy, e0 + sx].T.astype(np.float64)
+            others = np.delete(np.arange(A.shape[1]), k)
+            R = Y - part["b"][support] @ part["f"] - A[support][:, others] @ C[others]
+            Z = R - R.mean(axis=1, keepdims=True)
+            Z /= np.linalg.norm(Z, axis=1, keepdims=True) + 1e-12
+            Z -= Z.mean(axis=0)
+            u = Z @ Z[int(np.argmax(A[support, k]))]
+            for _ in range(20):  # power iterations: the pixels' first principal component
+                u = Z @ (Z.T @ u)
+                u /= np.linalg.norm(u) + 1e-12
+            W = np.stack([u > 0, u <= 0], axis=1).astype(np.float64)
+            if W.sum(axis=0).min() == 0:
+                continue
+            H = np.maximum(W.T @ R / W.sum(axis=0)[:, None], 0)
+            for _ in range(30):  # rank-2 HALS
+                for j in range(2):
+                    H[j] = np.maximum(H[j] + (W[:, j] @ R - (W[:, j] @ W) @ H) / max(W[:, j] @ W[:, j], 1e-12), 0)
+                for j in range(2):
+                    W[:, j] = np.maximum(W[:, j] + (R @ H[j] - W @ (H @ H[j])) / max(H[j] @ H[j], 1e-12), 0)
+            if H.std(axis=1).min() <= 0 or np.corrcoef(H)[0, 1] >= SPLIT_CORRELATION:
+                continue
+            imgs, peaks, ok = [], [], True
+            for j in range(2):
+                img = np.zeros(bh * bw)
+                img[support] = W[:, j]
+                img = img.reshape(bh, bw)
+                mask = img >= SIZE_THRESHOLD * img.max() if img.max() > 0 else img > 0
+                n_blobs = label(mask, structure=np.ones((3, 3)))[1]
+                blur = gaussian_filter(img, radius / 2.0, mode="constant")
+                peaks.append(np.array(np.unravel_index(blur.argmax(), blur.shape), float))
+                imgs.append(img)
+                ok &= n_blobs == 1 and SPLIT_MIN_AREA * median <= mask.sum() <= SPLIT_AREA * median
+            if not ok or np.hypot(*(peaks[0] - peaks[1])) < 1.5 * radius:
+                continue
+            keep = int(np.hypot(*(peaks[1] - [cy, cx])) < np.hypot(*(peaks[0] - [cy, cx])))
+            new = 1 - keep
+            scale = [imgs[j].max() for j in range(2)]
+            A[:, k] = (imgs[keep] / scale[keep]).reshape(-1)
+            C[k] = H[keep] * scale[keep]
+            center = peaks[new] + [g0, e0]
+            part.setdefault("fresh", []).append((center, (imgs[new] / scale[new]).reshape(-1), H[new] * scale[new]))
+            found.append(center)
+    return found
 
 
 def _cosine(A: sparse.csc_matrix) -> sparse.coo_matrix:
@@ -631,7 +718,7 @@ def run_cnmf(
                               "r_values": r_values})  # fmt: skip
                 if earlier is not None:
                     part = earlier[len(tasks) - 1]
-                    tasks[-1]["init"] = {key: part[key] for key in ("A", "C", "b", "f")}
+                    tasks[-1]["init"] = {key: part[key] for key in ("A", "C", "b", "f", "fresh") if key in part}
         return tasks
 
     # 4a. Greedy pass on the residual: a cell on the shoulder of a brighter neighbour is no local
@@ -646,8 +733,12 @@ def run_cnmf(
     if search:
         t = time.perf_counter()
         new = _residual_centers(binned, parts, (h, w), radius, min_correlation, min_pnr)
+        split = np.asarray(_split_pairs(binned, parts, radius), dtype=np.float64).reshape(-1, 2)
+        if len(split) and len(new):  # a residual peak on a split-off cell is that cell
+            new = new[np.hypot(*(new[:, None] - split[None]).transpose(2, 0, 1)).min(axis=1) >= 1.2 * radius]
         info["centers_from_residual"] = len(new)
-        centers = np.vstack([centers, new])
+        info["footprints_split"] = len(split)
+        centers = np.vstack([centers, new, split])
         # Patches without new centers keep their fit (and get their r-values here).
         parts = parallel_map(_fit_patch, patch_tasks(centers, earlier=parts), scheduler=sched, progress=refit_progress,
                              label="patches", processes=True)  # fmt: skip

@@ -292,3 +292,37 @@ def test_first_fit_holds_each_footprint_to_its_seed():
     result = pipeline.run_cnmf(sim["movie"], fs=30.0)
     s = score(result, sim)
     assert s["recall"] == 1.0 and s["f1"] >= 0.95, s
+
+
+def _touching_pair_part(rng, traces_alike: bool) -> dict:
+    """One patch fit in which component 0 took two touching cells (8 px apart, radius 4) and components 1-3 are
+    single cells fitted right; the binned movie is exactly the cells plus noise."""
+    n, T = 40, 400
+    yy, xx = np.mgrid[0:n, 0:n]
+    cells = [(12, 10), (12, 18), (30, 8), (30, 22), (8, 32)]
+    shapes = np.stack([np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * 2.0**2)) * ((yy - y) ** 2 + (xx - x) ** 2 <= 16)
+                       for y, x in cells]).reshape(len(cells), -1)  # fmt: skip
+    spikes = (rng.random((len(cells), T)) < 0.03) * rng.uniform(2, 6, (len(cells), T))
+    traces = np.stack([np.convolve(s, np.exp(-np.arange(20) / 5.0))[:T] for s in spikes])
+    if traces_alike:
+        traces[1] = traces[0]
+    binned = (traces.T @ shapes + rng.normal(0, 0.05, (T, n * n))).reshape(T, n, n).astype(np.float32)
+    A = np.stack([shapes[0] + shapes[1], *shapes[2:]], axis=1).astype(np.float32)
+    A /= A.max(axis=0)
+    C = np.stack([traces[0] + traces[1], *traces[2:]]).astype(np.float32)
+    return binned, {"box": (0, n, 0, n), "core": (0, n, 0, n), "A": A, "C": C, "b": np.zeros((n * n, 1), np.float32),
+                    "f": np.zeros((1, T), np.float32), "centers": np.array([[12.0, 11.0], *cells[2:]], float)}  # fmt: skip
+
+
+def test_footprint_over_two_touching_cells_is_split():
+    binned, part = _touching_pair_part(np.random.default_rng(0), traces_alike=False)
+    found = pipeline._split_pairs(binned, [part], radius=4.0)
+    assert len(found) == 1 and np.hypot(*(found[0] - [12, 18])) <= 1.5  # the new center on the cell away from the seed
+    kept = part["A"][:, 0].reshape(40, 40)
+    assert np.hypot(*(np.array(np.unravel_index(kept.argmax(), kept.shape)) - [12, 10])) <= 1.5
+    assert kept[12, 18] < 0.2  # the component kept only the cell at its seed
+    (center, a, c), = part["fresh"]
+    assert a.reshape(40, 40)[12, 18] > 0.8 and a.reshape(40, 40)[12, 10] < 0.2
+    # Two cells with one activity are one component as far as the data can tell: not split.
+    binned, part = _touching_pair_part(np.random.default_rng(0), traces_alike=True)
+    assert pipeline._split_pairs(binned, [part], radius=4.0) == [] and "fresh" not in part
