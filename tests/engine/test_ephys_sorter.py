@@ -248,35 +248,48 @@ def _host_and_shadows(rng, n: int, shadow_amp: float):
     return templates, positions, times, units, amps, np.r_[np.zeros(450, bool), np.ones(450, bool), np.zeros(1350, bool)]
 
 
-def test_a_big_unit_carrying_a_neighbours_fit_of_its_misfit_is_not_the_shadow():
-    """A's spikes all coincide with B's (smaller) fits of its misfit: A is the host, not a shadow (the code before
-    this check dropped A, a 340 µV unit on drift-nonrigid). A unit firing only on A's spikes at a fraction of A's size,
-    and one of two equal halves fitting every spike together, still are shadows."""
+def test_a_big_unit_carrying_a_neighbours_fits_of_its_misfit_is_kept_and_the_fits_dropped():
+    """A's spikes all coincide with B's (smaller) fits of its misfit. Those fits are shadow spikes, which do not count
+    against A: A is no shadow unit (the code before dropped A as one: a 340 µV unit on drift-nonrigid), and B keeps its
+    own spikes. A unit firing only on A's spikes at a fraction of its size, and a template fitting collisions of two
+    neurons (their spikes at full size, a few % of their trains), still are shadow units; the neurons keep their spikes."""
     rng = np.random.default_rng(0)
     n = 60 * 30000
-    templates, positions, times, units, amps, _ = _host_and_shadows(rng, n, shadow_amp=17.0)
-    assert not _shadow_units(templates, times - 10, units, amps, positions, 15, 0.7).any()
+    templates, positions, times, units, amps, is_shadow = _host_and_shadows(rng, n, shadow_amp=17.0)
+
+    def cleaned(templates, positions, times, units, amps):
+        lone = _shadow_spikes(templates, times - 10, units, amps, positions, 15, n)
+        return lone, _shadow_units(templates, times - 10, units, positions, 15, 0.7, shadow_spikes=lone)
+
+    assert _shadow_units(templates, times - 10, units, positions, 15, 0.7).tolist() == [True, False, False, False]  # without
+    lone, shadow = cleaned(templates, positions, times, units, amps)
+    assert lone[is_shadow].all() and lone[~is_shadow].sum() <= 5 and not shadow.any()
     # a pure shadow: unit 3 moved next to A, firing only on A's spikes at 20 % of its size
     near = positions.copy()
     near[3] = [0.0, 20.0]
-    on_a = units == 0
-    t2, u2, a2 = np.r_[times, times[on_a] + 2], np.r_[units, np.full(on_a.sum(), 3)], np.r_[amps, 0.2 * amps[on_a]]
-    keep = u2 != 3
-    keep[len(times):] = True
-    assert _shadow_units(templates, t2[keep] - 10, u2[keep], a2[keep], near, 15, 0.7).tolist() == [False, False, False, True]
-    # two halves of one neuron's spikes, equal size: one of them goes
-    t3, u3, a3 = np.r_[times[on_a], times[on_a]], np.r_[np.zeros(450, int), np.full(450, 3)], np.r_[amps[on_a], amps[on_a]] / 2
-    assert _shadow_units(templates, t3 - 10, u3, a3, near, 15, 0.7).sum() == 1
+    on_a, far = units == 0, units == 3
+    t2, u2, a2 = np.r_[times[~far], times[on_a] + 2], np.r_[units[~far], np.full(on_a.sum(), 3)], np.r_[amps[~far], 0.2 * amps[on_a]]
+    lone, shadow = cleaned(templates, near, t2, u2, a2)
+    assert shadow.tolist() == [False, False, False, True]
+    # a template fitting 40 collisions of B's and C's spikes, 3x their size: it is the shadow, B and C keep theirs
+    both = np.sort(rng.choice(np.flatnonzero(units == 2), 40, replace=False))
+    b_own = np.flatnonzero((units == 1) & ~is_shadow)[:40]
+    times_bc = times.copy()
+    times_bc[both] = times[b_own] + 3  # C fires 0.1 ms after B on 40 of its spikes
+    t3, u3, a3 = np.r_[times_bc[~far], times[b_own] + 1], np.r_[units[~far], np.full(40, 3)], np.r_[amps[~far], np.full(40, 130.0)]
+    lone, shadow = cleaned(templates, near, t3, u3, a3)
+    assert shadow.tolist() == [False, False, False, True]
+    assert not lone[np.r_[b_own, both]].any()  # (the far unit's spikes come last: indices below it are unchanged)
 
 
 @pytest.mark.parametrize("shadow_amp", [17.0, 30.0])
 def test_a_units_fits_of_a_bigger_neighbours_misfit_are_dropped_and_chance_overlaps_kept(shadow_amp):
-    """B fits A's misfit on each of A's spikes (17 SD, or nearly its own 42, as on seed 1, where hosts were 3-6x larger): those spikes go,
-    B's own stay. C's spikes coincide with A's only by chance (~3 in 450): all kept."""
+    """B fits A's misfit on each of A's spikes (17 SD, or nearly its own 42, as on seed 1, where hosts were 3-6x
+    larger): those spikes go, B's own stay. C's spikes coincide with A's only by chance (~3 in 450): all kept."""
     rng = np.random.default_rng(1)
     n = 60 * 30000
     templates, positions, times, units, amps, is_shadow = _host_and_shadows(rng, n, shadow_amp)
-    dropped = _shadow_spikes(templates, times, units, amps, positions, 15, n)
+    dropped = _shadow_spikes(templates, times - 10, units, amps, positions, 15, n)
     assert dropped[is_shadow].all()
     assert dropped[~is_shadow].sum() <= 5  # B's own spikes that happen to fall on one of A's (chance)
     assert not dropped[units == 2].any() and not dropped[units == 0].any()
