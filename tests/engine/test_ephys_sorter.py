@@ -1,4 +1,5 @@
-"""Sorter: exact score bookkeeping, recovery of simulated units, merging of a unit cut in two by drift, reconstruction and residual."""
+"""Sorter: exact score bookkeeping, recovery of simulated units, merging of a unit cut in two by drift, shadow units and
+spikes (a unit fitting a bigger neighbour's misfit), reconstruction and residual."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from engine.ephys.groundtruth import compare, count_matches
 from engine.ephys.preprocess import ArrayRecording
 from engine.ephys.probe import Probe, linear_probe
 from engine.ephys.clustering import detect_peaks
-from engine.ephys.sorter import SortParams, _merge_split_units, _net_change, _Templates, _update_scores, sort_recording
+from engine.ephys.sorter import (SortParams, _merge_split_units, _net_change, _shadow_spikes, _shadow_units, _Templates, _update_scores,
+                                 sort_recording)
 from engine.ephys.synth import demo_probe, demo_recording
 from engine.errors import InputError
 
@@ -227,3 +229,67 @@ def test_merge_needs_trains_in_turn_alike_amplitudes_and_a_refractory_gap():
     feats[300:, 0] += 8.0
     assert _merge_split_units(np.array([[0, 1]]), times, units, np.full(600, 10.0), 2, n, fs, feats).tolist() == [0, 1]
     assert _merge_split_units(np.zeros((0, 2), int), train, np.zeros(len(train), int), np.ones(len(train)), 1, n, fs).tolist() == [0]
+
+
+def _host_and_shadows(rng, n: int, shadow_amp: float):
+    """Spike trains modelled on drift-nonrigid (seed 0): a big unit A (80 SD) whose every spike carries a fit of its
+    misfit by neighbour B (``shadow_amp``), B's own spikes (42 SD), an independent neighbour C (30 SD) and a far unit.
+    Templates (K, C, D) peak on one channel each, trough at sample 10. Returns (templates, positions, times, units, amps,
+    shadow mask of B's fits)."""
+    positions = np.array([[0.0, 0.0], [0.0, 40.0], [0.0, 80.0], [0.0, 600.0]])
+    templates = np.zeros((4, 4, 30), np.float32)
+    templates[np.arange(4), np.arange(4), 10] = -1.0
+    a = np.sort(rng.choice(np.arange(100, n - 100, 60), 450, replace=False))
+    b, c, far = (np.sort(rng.choice(np.arange(130, n - 100, 60), 450, replace=False)) for _ in range(3))
+    times = np.r_[a, a + 1, b, c, far]
+    units = np.r_[np.zeros(450, int), np.ones(450, int), np.ones(450, int), np.full(450, 2), np.full(450, 3)]
+    amps = np.r_[np.full(450, 80.0), np.full(450, shadow_amp), np.full(450, 42.0), np.full(450, 30.0), np.full(450, 50.0)]
+    amps = amps * rng.uniform(0.9, 1.1, len(amps))
+    return templates, positions, times, units, amps, np.r_[np.zeros(450, bool), np.ones(450, bool), np.zeros(1350, bool)]
+
+
+def test_a_big_unit_carrying_a_neighbours_fits_of_its_misfit_is_kept_and_the_fits_dropped():
+    """A's spikes all coincide with B's (smaller) fits of its misfit. Those fits are shadow spikes, which do not count
+    against A: A is no shadow unit (the code before dropped A as one: a 340 µV unit on drift-nonrigid), and B keeps its
+    own spikes. A unit firing only on A's spikes at a fraction of its size, and a template fitting collisions of two
+    neurons (their spikes at full size, a few % of their trains), still are shadow units; the neurons keep their spikes."""
+    rng = np.random.default_rng(0)
+    n = 60 * 30000
+    templates, positions, times, units, amps, is_shadow = _host_and_shadows(rng, n, shadow_amp=17.0)
+
+    def cleaned(templates, positions, times, units, amps):
+        lone = _shadow_spikes(templates, times - 10, units, amps, positions, 15, n)
+        return lone, _shadow_units(templates, times - 10, units, positions, 15, 0.7, shadow_spikes=lone)
+
+    assert _shadow_units(templates, times - 10, units, positions, 15, 0.7).tolist() == [True, False, False, False]  # without
+    lone, shadow = cleaned(templates, positions, times, units, amps)
+    assert lone[is_shadow].all() and lone[~is_shadow].sum() <= 5 and not shadow.any()
+    # a pure shadow: unit 3 moved next to A, firing only on A's spikes at 20 % of its size
+    near = positions.copy()
+    near[3] = [0.0, 20.0]
+    on_a, far = units == 0, units == 3
+    t2, u2, a2 = np.r_[times[~far], times[on_a] + 2], np.r_[units[~far], np.full(on_a.sum(), 3)], np.r_[amps[~far], 0.2 * amps[on_a]]
+    lone, shadow = cleaned(templates, near, t2, u2, a2)
+    assert shadow.tolist() == [False, False, False, True]
+    # a template fitting 40 collisions of B's and C's spikes, 3x their size: it is the shadow, B and C keep theirs
+    both = np.sort(rng.choice(np.flatnonzero(units == 2), 40, replace=False))
+    b_own = np.flatnonzero((units == 1) & ~is_shadow)[:40]
+    times_bc = times.copy()
+    times_bc[both] = times[b_own] + 3  # C fires 0.1 ms after B on 40 of its spikes
+    t3, u3, a3 = np.r_[times_bc[~far], times[b_own] + 1], np.r_[units[~far], np.full(40, 3)], np.r_[amps[~far], np.full(40, 130.0)]
+    lone, shadow = cleaned(templates, near, t3, u3, a3)
+    assert shadow.tolist() == [False, False, False, True]
+    assert not lone[np.r_[b_own, both]].any()  # (the far unit's spikes come last: indices below it are unchanged)
+
+
+@pytest.mark.parametrize("shadow_amp", [17.0, 30.0])
+def test_a_units_fits_of_a_bigger_neighbours_misfit_are_dropped_and_chance_overlaps_kept(shadow_amp):
+    """B fits A's misfit on each of A's spikes (17 SD, or nearly its own 42, as on seed 1, where hosts were 3-6x
+    larger): those spikes go, B's own stay. C's spikes coincide with A's only by chance (~3 in 450): all kept."""
+    rng = np.random.default_rng(1)
+    n = 60 * 30000
+    templates, positions, times, units, amps, is_shadow = _host_and_shadows(rng, n, shadow_amp)
+    dropped = _shadow_spikes(templates, times - 10, units, amps, positions, 15, n)
+    assert dropped[is_shadow].all()
+    assert dropped[~is_shadow].sum() <= 5  # B's own spikes that happen to fall on one of A's (chance)
+    assert not dropped[units == 2].any() and not dropped[units == 0].any()
