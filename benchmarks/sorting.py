@@ -8,7 +8,9 @@ Cases
   noise 5 µV, 2-column probe at 20 µm pitch (SpikeInterface's default generated probe).
 * **hard** — the same with 32 units and noise 10 µV.
   Both are saved once as a binary folder; every sorter reads that same file. Ours is timed end to
-  end (open raw file → filter/whiten → detect → cluster → deconvolve → Phy folder written);
+  end (open raw file → filter/whiten → detect → cluster → deconvolve → Phy folder written), in a fresh
+  process whose peak memory is reported (``peak_anon_mb``: its own memory; ``peak_rss_mb``: RSS, which also
+  counts the pages of the memory-mapped whitened file read so far);
   peers through ``run_sorter`` (their own preprocessing and output included). Scores with
   ``compare_sorter_to_ground_truth(delta_time=0.4 ms)``: accuracy = tp/(tp+fn+fp) per ground-truth
   unit, well detected = accuracy ≥ 0.8, false-positive units = best agreement < 0.2.
