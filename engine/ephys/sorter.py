@@ -409,7 +409,7 @@ def _residual_snippets(residual, tpl: _Templates, starts, units, amps, channels)
     un = torch.as_tensor(units, dtype=torch.long, device=dev)
     a = torch.as_tensor(amps, dtype=torch.float32, device=dev)
     windows = residual[st[:, None, None] + torch.arange(tpl.d, device=dev), channels[:, :, None]]
-    return windows + a[:, None, None] * torch.take_along_dim(tpl.w_t[un], channels[:, :, None], dim=1)
+    return windows + a[:, None, None] * tpl.w_t[un[:, None], channels]  # (n, m, D), not the (n, C, D) of w_t[un]
 
 
 def _merge_duplicates(templates: np.ndarray, units: np.ndarray, typical: np.ndarray, similarity: float):
