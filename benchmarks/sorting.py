@@ -84,15 +84,14 @@ def _run_ours(raw_path: Path, n_channels: int, fs: float, positions: np.ndarray,
     import json
     import subprocess
 
-    out.mkdir(parents=True, exist_ok=True)
-    np.save(out / "positions.npy", np.asarray(positions, np.float64))
-    job = dict(raw=str(raw_path), n_channels=n_channels, fs=fs, dtype=dtype, out=str(out), offset=offset, motion=motion, gain=gain)
+    job = dict(raw=str(raw_path), n_channels=n_channels, fs=fs, dtype=dtype, out=str(out), offset=offset, motion=motion, gain=gain,
+               positions=np.asarray(positions, float).tolist())
     proc = subprocess.run([sys.executable, "-c", "from benchmarks.sorting import _sort_child; _sort_child()", json.dumps(job)],
                           capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
     if proc.returncode:
         raise RuntimeError(f"our sort failed: {proc.stderr[-2000:]}")
     report = json.loads(proc.stdout.strip().splitlines()[-1])
-    spikes = np.load(out / "spikes.npz")
+    spikes = np.load(out.with_name(f"{out.name}_spikes.npz"))
     result = SimpleNamespace(spike_times=spikes["times"], spike_units=spikes["units"], n_units=report["n_units"], info=report["info"],
                              peak_rss_mb=report["peak_rss_mb"], peak_anon_mb=report["peak_anon_mb"])
     return result, report["wall_s"]
@@ -100,7 +99,7 @@ def _run_ours(raw_path: Path, n_channels: int, fs: float, positions: np.ndarray,
 
 def _sort_child() -> None:
     """The child of :func:`_run_ours`: sorts the job in ``sys.argv[1]`` (JSON), saves the spikes beside the Phy
-    folder and prints one JSON line. Peak memory two ways: the peak RSS (``ru_maxrss``: it also counts the pages of
+    folder (``<folder>_spikes.npz``) and prints one JSON line. Peak memory two ways: the peak RSS (``ru_maxrss``: it also counts the pages of
     the memory-mapped whitened file that were read, which the kernel drops under pressure and which grow with the
     recording's length up to the free RAM) and the peak of the process's own (anonymous) memory, sampled every 20 ms."""
     import json
@@ -127,12 +126,12 @@ def _sort_child() -> None:
     sampler.start()
     _own_threads()
     start = time.perf_counter()
-    result = _sort(Path(job["raw"]), job["n_channels"], job["fs"], np.load(out / "positions.npy"), job["dtype"], out, job["offset"],
+    result = _sort(Path(job["raw"]), job["n_channels"], job["fs"], np.array(job["positions"]), job["dtype"], out, job["offset"],
                    job["motion"], job["gain"])
     wall = time.perf_counter() - start
     done.set()
     sampler.join()
-    np.savez(out / "spikes.npz", times=result.spike_times, units=result.spike_units)
+    np.savez(out.with_name(f"{out.name}_spikes.npz"), times=result.spike_times, units=result.spike_units)
     info = {k: v for k, v in result.info.items() if k != "params"}
     print(json.dumps({"wall_s": wall, "n_units": result.n_units, "info": info, "peak_anon_mb": peak_anon[0] / 1024,
                       "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}, default=str))
