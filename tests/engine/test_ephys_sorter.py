@@ -77,6 +77,23 @@ def test_template_products_equal_dense_definitions():
     np.testing.assert_allclose(got, np.take_along_axis(windows, chans[:, :, None], axis=1), atol=1e-4)
 
 
+def test_template_similarity_is_the_best_lagged_cosine():
+    """template_similarity = max over lags of the cosine between the overlapping parts, written out pair by pair."""
+    from engine.ephys.clustering import MAX_LAG, template_similarity
+
+    rng = np.random.default_rng(2)
+    templates = rng.standard_normal((5, 6, 20))
+    templates[3] = np.roll(templates[1], 3, axis=1) * 2.0  # a shifted, scaled copy: similarity near 1
+    got = template_similarity(templates)
+    unit = templates / np.linalg.norm(templates.reshape(5, -1), axis=1)[:, None, None]
+    for i in range(5):
+        for j in range(5):
+            best = max(float((unit[i][:, max(lag, 0): 20 + min(lag, 0)] * unit[j][:, max(-lag, 0): 20 + min(-lag, 0)]).sum())
+                       for lag in range(-MAX_LAG, MAX_LAG + 1))
+            assert got[i, j] == pytest.approx(best, abs=1e-12)
+    assert got[1, 3] > 0.8
+
+
 def test_detect_peaks_equals_max_filter_definition():
     """The sparse detection = the dense definition: the maximum of a max-filtered ±h window over the
     exclusion zone's channels, above threshold, first of equal values."""
