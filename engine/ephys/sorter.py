@@ -255,9 +255,13 @@ def _update_scores(padded, tpl: _Templates, unit, starts, amps) -> None:
     if len(starts) == 0:
         return
     d = tpl.d
-    cols = (starts[:, None] + torch.arange(0, 2 * d - 1, device=padded.device)[None, :]).reshape(-1)  # P + τ + lag
-    vals = (-amps[:, None, None] * tpl.wtw[unit]).permute(1, 0, 2).reshape(tpl.k, -1)  # (K, n·L)
-    padded.index_add_(1, cols, vals)
+    # in pieces of spikes: the (K, n·L) values of a greedy pass over a batch reached GBs with hundreds of units
+    step = max(1, 2**24 // (tpl.k * (2 * d - 1)))
+    for i in range(0, len(starts), step):
+        cols = (starts[i: i + step, None] + torch.arange(0, 2 * d - 1, device=padded.device)[None, :]).reshape(-1)  # P + τ + lag
+        w = tpl.wtw[unit[i: i + step]] if torch.is_tensor(unit) and unit.dim() else tpl.wtw[unit][None]
+        vals = (-amps[i: i + step, None, None] * w).permute(1, 0, 2).reshape(tpl.k, -1)  # (K, n·L)
+        padded.index_add_(1, cols, vals)
 
 
 def _net_change(st_old, a_old, st_new, a_new):
