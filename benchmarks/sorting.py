@@ -8,7 +8,9 @@ Cases
   noise 5 µV, 2-column probe at 20 µm pitch (SpikeInterface's default generated probe).
 * **hard** — the same with 32 units and noise 10 µV.
   Both are saved once as a binary folder; every sorter reads that same file. Ours is timed end to
-  end (open raw file → filter/whiten → detect → cluster → deconvolve → Phy folder written);
+  end (open raw file → filter/whiten → detect → cluster → deconvolve → Phy folder written), in a fresh
+  process whose peak memory is reported (``peak_anon_mb``: its own memory; ``peak_rss_mb``: RSS, which also
+  counts the pages of the memory-mapped whitened file read so far);
   peers through ``run_sorter`` (their own preprocessing and output included). Scores with
   ``compare_sorter_to_ground_truth(delta_time=0.4 ms)``: accuracy = tp/(tp+fn+fp) per ground-truth
   unit, well detected = accuracy ≥ 0.8, false-positive units = best agreement < 0.2.
@@ -24,8 +26,10 @@ Cases
   with ``motion='off'`` (the sorter before drift correction), and the peers on the same saved file, scored as
   above. Kilosort 4 (``--peers ...,kilosort4``) needs the ``kilosort`` package where the benchmark runs; it is
   kept out of our environment (e.g. a separate venv that sees ours through a ``.pth`` file), on the CPU.
-* **throughput-384** — ours on 384 × 30 kHz (the drift-zigzag 384 file): × real time and peak memory
-  (RSS of a fresh process), from which an hour is extrapolated.
+* **throughput-384** — ours on 384 × 30 kHz int16 files of each ``--throughput-durations`` (the drift-zigzag
+  384-site recording repeated to length): × real time, and peak memory of the sorting process (every sort of ours
+  runs in a fresh process: its own peak anonymous memory and its peak RSS, which also counts the pages of the
+  memory-mapped whitened file); an hour is extrapolated from the two longest.
 * **threads** — throughput: ours on the easy recording with 1 and 2 threads, alternating, best of 2.
 * **locust** — the real 4-channel locust recordings in ../shared/data/ephys/locust (15 kHz, int16,
   offset 2056, gain unknown → µV = ADC counts), sorted with a tetrode-like geometry (4 contacts on
@@ -42,6 +46,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -72,22 +77,75 @@ def _own_threads() -> None:
 
 
 def _run_ours(raw_path: Path, n_channels: int, fs: float, positions: np.ndarray, dtype: str, out: Path, offset: float = 0.0,
-              motion: str = "auto"):
+              motion: str = "auto", gain: float = 1.0) -> tuple[SimpleNamespace, float]:
+    """Sort in a fresh process, so its peak memory is the sort's alone (not the generator's or the peers'):
+    (result with spike_times, spike_units, n_units, info, peak_rss_mb, peak_anon_mb; wall seconds). The time
+    is taken in that process around the sort, after its imports (as in this one, where they are loaded)."""
+    import json
+    import subprocess
+
+    job = dict(raw=str(raw_path), n_channels=n_channels, fs=fs, dtype=dtype, out=str(out), offset=offset, motion=motion, gain=gain,
+               positions=np.asarray(positions, float).tolist())
+    proc = subprocess.run([sys.executable, "-c", "from benchmarks.sorting import _sort_child; _sort_child()", json.dumps(job)],
+                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    if proc.returncode:
+        raise RuntimeError(f"our sort failed: {proc.stderr[-2000:]}")
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    spikes = np.load(out.with_name(f"{out.name}_spikes.npz"))
+    result = SimpleNamespace(spike_times=spikes["times"], spike_units=spikes["units"], n_units=report["n_units"], info=report["info"],
+                             peak_rss_mb=report["peak_rss_mb"], peak_anon_mb=report["peak_anon_mb"])
+    return result, report["wall_s"]
+
+
+def _sort_child() -> None:
+    """The child of :func:`_run_ours`: sorts the job in ``sys.argv[1]`` (JSON), saves the spikes beside the Phy
+    folder (``<folder>_spikes.npz``) and prints one JSON line. Peak memory two ways: the peak RSS (``ru_maxrss``: it also counts the pages of
+    the memory-mapped whitened file that were read, which the kernel drops under pressure and which grow with the
+    recording's length up to the free RAM) and the peak of the process's own (anonymous) memory, sampled every 20 ms."""
+    import json
+    import resource
+    import threading
+
+    import scipy.signal  # noqa: F401 -- loaded before the clock starts, as in the benchmark's own process
+    import torch  # noqa: F401
+
+    import engine.ephys.sorter  # noqa: F401
+
+    job = json.loads(sys.argv[1])
+    out = Path(job["out"])
+    peak_anon = [0]
+    done = threading.Event()
+
+    def sample_anon() -> None:
+        while not done.wait(0.02):
+            with open("/proc/self/status") as f:
+                kb = next((int(line.split()[1]) for line in f if line.startswith("RssAnon:")), 0)
+            peak_anon[0] = max(peak_anon[0], kb)
+
+    sampler = threading.Thread(target=sample_anon, daemon=True)
+    sampler.start()
     _own_threads()
     start = time.perf_counter()
-    result = _sort(raw_path, n_channels, fs, positions, dtype, out, offset, motion)
-    return result, time.perf_counter() - start
+    result = _sort(Path(job["raw"]), job["n_channels"], job["fs"], np.array(job["positions"]), job["dtype"], out, job["offset"],
+                   job["motion"], job["gain"])
+    wall = time.perf_counter() - start
+    done.set()
+    sampler.join()
+    np.savez(out.with_name(f"{out.name}_spikes.npz"), times=result.spike_times, units=result.spike_units)
+    info = {k: v for k, v in result.info.items() if k != "params"}
+    print(json.dumps({"wall_s": wall, "n_units": result.n_units, "info": info, "peak_anon_mb": peak_anon[0] / 1024,
+                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}, default=str))
 
 
 def _sort(raw_path: Path, n_channels: int, fs: float, positions: np.ndarray, dtype: str, out: Path, offset: float = 0.0,
-          motion: str = "auto"):
+          motion: str = "auto", gain: float = 1.0):
     """Raw file → Phy folder with the threads as they are set."""
     from engine.ephys.io import RawRecording, RecordingParams
     from engine.ephys.phy import write_phy
     from engine.ephys.probe import Probe
     from engine.ephys.sorter import SortParams, sort_recording
 
-    params = RecordingParams(n_channels=n_channels, sample_rate=fs, dtype=dtype, offset=offset)
+    params = RecordingParams(n_channels=n_channels, sample_rate=fs, dtype=dtype, gain_uv=gain, offset=offset)
     result = sort_recording(RawRecording(raw_path, params), Probe(positions, np.arange(n_channels)), SortParams(motion=motion))
     write_phy(result, out, raw_path=raw_path, recording_params=params)
     return result
@@ -155,7 +213,8 @@ def si_case(name: str, n_units: int, noise: float, duration: float, seed: int, p
         found = NumpySorting.from_samples_and_labels([result.spike_times], [result.spike_units], 30000.0)
         label = "neurowb (ours)" if motion == "auto" else "neurowb, motion off"
         rows.append({"case": name, "sorter": label, **_score_si(gt, found), "wall_s": wall, "x_realtime": duration / wall,
-                     "stages": _stages(result), "drift": result.info.get("drift_correction")})
+                     "stages": _stages(result), "drift": result.info.get("drift_correction"), "peak_anon_mb": result.peak_anon_mb,
+                     "peak_rss_mb": result.peak_rss_mb})
         print(f"{name}: ours ({motion}) done in {wall:.1f} s: {rows[-1]}", file=sys.stderr, flush=True)  # a long run's partial results
 
     def peer(name_: str) -> None:
@@ -177,6 +236,31 @@ def si_case(name: str, n_units: int, noise: float, duration: float, seed: int, p
     ours("off")
     for p in peers[1:]:
         peer(p)
+    return rows
+
+
+def throughput_case(durations: list[float], base_duration: float, seed: int, work: Path) -> list[dict]:
+    """Ours on 384 × 30 kHz int16 files of each duration (the drift-zigzag 384-site recording of ``base_duration`` s,
+    at 0.25 µV per count, repeated to length: the same spikes and drift again, enough for time and memory), each
+    sorted in a fresh process with the defaults (non-rigid drift correction)."""
+    folder = work / "throughput-384"
+    rec, _gt = _drifting_recording("zigzag", 384, 100, base_duration, seed, folder)
+    base = np.memmap(next((folder / "recording").glob("traces_cached_seg0.raw")), dtype=np.float32, mode="r").reshape(-1, 384)
+    positions = rec.get_probe().contact_positions
+    rows = []
+    for duration in durations:
+        raw = folder / f"tiled_{duration:g}s.raw"
+        n = int(duration * 30000)
+        with open(raw, "wb") as f:
+            for a in range(0, n, len(base)):
+                f.write(np.clip(np.round(base[: min(len(base), n - a)] / 0.25), -32768, 32767).astype(np.int16).tobytes())
+        os.sync()
+        result, wall = _run_ours(raw, 384, 30000.0, positions, "int16", folder / f"phy_{duration:g}s", gain=0.25)
+        rows.append({"duration_s": duration, "wall_s": wall, "x_realtime": duration / wall, "stages": _stages(result),
+                     "units": result.n_units, "spikes": len(result.spike_times), "peak_anon_mb": result.peak_anon_mb,
+                     "peak_rss_mb": result.peak_rss_mb})
+        print(f"throughput-384 {duration:g} s: {rows[-1]}", file=sys.stderr, flush=True)
+        raw.unlink()
     return rows
 
 
@@ -248,6 +332,7 @@ def main(argv=None) -> int:
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of simulated recording (default 60)")
     parser.add_argument("--cases", default="easy,hard,own,locust")
     parser.add_argument("--duration-384", type=float, default=30.0, help="seconds of the 384-site drift cases (default 30)")
+    parser.add_argument("--throughput-durations", default="30,120", help="seconds of the throughput-384 files (default 30,120)")
     parser.add_argument("--no-peers", action="store_true", help="skip SpikeInterface's sorters")
     parser.add_argument("--peers", default="spykingcircus2,tridesclous2")
     parser.add_argument("--seed", type=int, default=0)
@@ -275,6 +360,17 @@ def main(argv=None) -> int:
             n_units = 40 if int(sites) <= 128 else 100
             duration = args.duration if int(sites) <= 128 else args.duration_384
             rows += si_case(f"{case} ({n_units} units, {duration:g} s)", n_units, 0.0, duration, args.seed, peers, work, drift=(kind, int(sites)))
+        if have_si and "throughput-384" in cases:
+            durations = [float(v) for v in args.throughput_durations.split(",")]
+            print("Throughput and peak memory, ours on 384 × 30 kHz int16 (each duration sorted in a fresh process):\n")
+            tp = throughput_case(durations, args.duration_384, args.seed, work)
+            markdown_table(tp, ["duration_s", "wall_s", "x_realtime", "stages", "units", "spikes", "peak_anon_mb", "peak_rss_mb"])
+            if len(tp) >= 2:  # a fixed cost plus a cost per recorded second, from the two longest
+                (d0, w0), (d1, w1) = [(r["duration_s"], r["wall_s"]) for r in tp[-2:]]
+                hour = w1 + (w1 - w0) / (d1 - d0) * (3600 - d1)
+                print(f"\nan hour extrapolated: {hour / 60:.0f} min ({3600 / hour:.2f}x real time); whitened scratch file "
+                      f"{3600 * 30000 * 384 * 4 / 1e9:.0f} GB")
+            print()
         if have_si and "threads" in cases:
             print("Throughput, ours on the easy recording (best of 2, alternating):\n")
             markdown_table(threads_case(args.duration, args.seed, work), ["threads", "wall_s", "x_realtime", "stages"])
@@ -283,8 +379,10 @@ def main(argv=None) -> int:
             rows.append(own_case("16 units, 5 µV", 16, 5.0, args.duration, args.seed, work))
             rows.append(own_case("32 units, 10 µV", 32, 10.0, args.duration, args.seed, work))
         if rows:
-            markdown_table(rows, ["case", "sorter", "well", "mean_acc", "units", "fp_units", "redundant", "wall_s", "x_realtime", "stages", "drift"])
-            print("\nstages: our seconds for preprocess / detect / drift (estimate, correct, detect again) / cluster / deconvolve")
+            markdown_table(rows, ["case", "sorter", "well", "mean_acc", "units", "fp_units", "redundant", "wall_s", "x_realtime", "stages", "drift",
+                                  "peak_anon_mb", "peak_rss_mb"])
+            print("\nstages: our seconds for preprocess / detect / drift (estimate, correct, detect again) / cluster / deconvolve; "
+                  "peak_anon_mb: our sort's peak own memory, peak_rss_mb: its peak RSS with the mapped whitened file's pages (MiB)")
         if "locust" in cases:
             if not SHARED.is_dir():
                 print(f"\n{SHARED} not found: locust case skipped.")

@@ -10,8 +10,8 @@ from engine.ephys.groundtruth import compare, count_matches
 from engine.ephys.preprocess import ArrayRecording
 from engine.ephys.probe import Probe, linear_probe
 from engine.ephys.clustering import detect_peaks
-from engine.ephys.sorter import (SortParams, _merge_split_units, _net_change, _shadow_spikes, _shadow_units, _Templates, _update_scores,
-                                 sort_recording)
+from engine.ephys.sorter import (SortParams, _merge_split_units, _net_change, _residual, _residual_snippets, _shadow_spikes,
+                                 _shadow_units, _spike_matrix, _template_update, _Templates, _update_scores, sort_recording)
 from engine.ephys.synth import demo_probe, demo_recording
 from engine.errors import InputError
 
@@ -46,6 +46,53 @@ def test_score_updates_equal_recomputed_scores():
     # templates are unit norm and of the requested rank
     assert np.allclose(np.linalg.norm(tpl.w.reshape(k, -1), axis=1), 1, atol=1e-5)
     assert all(np.linalg.matrix_rank(w, tol=1e-5) == 3 for w in tpl.w)
+
+
+def test_template_products_equal_dense_definitions():
+    """The rank-R cross-correlations = the full conv of the templates; the residual, the template update's
+    Σ a·(window + a·W) and the PC channels' snippets from the sparse spike matrix = the same from explicit
+    (n, C, D) windows of x minus every spike's template."""
+    import torch
+
+    rng = np.random.default_rng(1)
+    k, c, d, t = 4, 9, 13, 300
+    tpl = _Templates(rng.standard_normal((k, c, d)), rank=3, device=torch.device("cpu"))
+    w = torch.as_tensor(tpl.w)
+    np.testing.assert_allclose(tpl.wtw.numpy(), torch.nn.functional.conv1d(w, w, padding=d - 1).numpy(), atol=1e-5)
+    x = torch.as_tensor(rng.standard_normal((t, c)).astype(np.float32))
+    starts = np.array([3, 10, 14, 100, 110, 250, 287])  # overlapping spikes, of one unit and of several
+    units = np.array([0, 1, 0, 2, 3, 1, 3])
+    amps = rng.uniform(2, 8, len(starts)).astype(np.float32)
+    model = np.zeros((t, c), np.float32)
+    for s, u, a in zip(starts, units, amps):
+        model[s: s + d] += a * tpl.w[u].T
+    windows = np.stack([(x.numpy() - model)[s: s + d].T + a * tpl.w[u] for s, u, a in zip(starts, units, amps)])  # (n, C, D)
+    spikes = _spike_matrix(tpl, starts, units, amps, t)
+    residual = _residual(x, tpl, spikes)
+    np.testing.assert_allclose(residual.numpy(), x.numpy() - model, atol=1e-4)
+    acc = np.zeros((k, c, d), np.float32)
+    np.add.at(acc, units, amps[:, None, None] * windows)
+    np.testing.assert_allclose(_template_update(residual, tpl, spikes, units, amps).numpy(), acc, atol=1e-3)
+    chans = rng.integers(0, c, (len(starts), 3))
+    got = _residual_snippets(residual, tpl, starts, units, amps, torch.as_tensor(chans)).numpy()
+    np.testing.assert_allclose(got, np.take_along_axis(windows, chans[:, :, None], axis=1), atol=1e-4)
+
+
+def test_template_similarity_is_the_best_lagged_cosine():
+    """template_similarity = max over lags of the cosine between the overlapping parts, written out pair by pair."""
+    from engine.ephys.clustering import MAX_LAG, template_similarity
+
+    rng = np.random.default_rng(2)
+    templates = rng.standard_normal((5, 6, 20))
+    templates[3] = np.roll(templates[1], 3, axis=1) * 2.0  # a shifted, scaled copy: similarity near 1
+    got = template_similarity(templates)
+    unit = templates / np.linalg.norm(templates.reshape(5, -1), axis=1)[:, None, None]
+    for i in range(5):
+        for j in range(5):
+            best = max(float((unit[i][:, max(lag, 0): 20 + min(lag, 0)] * unit[j][:, max(-lag, 0): 20 + min(-lag, 0)]).sum())
+                       for lag in range(-MAX_LAG, MAX_LAG + 1))
+            assert got[i, j] == pytest.approx(best, abs=1e-12)
+    assert got[1, 3] > 0.8
 
 
 def test_detect_peaks_equals_max_filter_definition():
