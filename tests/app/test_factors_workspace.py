@@ -269,9 +269,11 @@ def test_rotated_view_keeps_image_pixels(window, qtbot, tmp_path):
     assert drawn.min(0).tolist() == [40, 30] and drawn.max(0).tolist() == [100, 90] and len(drawn) == 61 * 61
 
     # hover names the pixel under the mouse
-    def hovered():
-        qtbot.mouseMove(target, ws.canvas.scene_position(65, 170))
+    def hovered():  # a pause after each move, as a hand makes: moves sent within one event-loop turn can be
+        qtbot.mouseMove(target, ws.canvas.scene_position(65, 170))  # delivered out of order when the window
+        qtbot.wait(30)  # holds a native child (the 3D view's canvas), so the last one read was the first sent
         qtbot.mouseMove(target, ws.canvas.scene_position(70, 180))
+        qtbot.wait(30)
         return "row 70, col 180" in ws.bars.plotItem.titleLabel.text
 
     qtbot.waitUntil(hovered, timeout=5000)
