@@ -29,7 +29,7 @@ from app.ephys.params_dialog import RecordingParamsDialog
 from app.ephys.session import EphysSession
 from app.session import from_session
 from app.ephys.traces import TraceLoader, TracePanel, TraceRequest, load_traces
-from app.ephys.views import SimilarList, UnitTable, UnitViews, selection_color
+from app.ephys.views import MAX_SHOWN, SimilarList, UnitTable, UnitViews, selection_color
 from app.jobs import Job
 from app.widgets.job_box import JobBox
 from app.workspace import InfoBox, Workspace
@@ -121,6 +121,12 @@ class EphysWorkspace(Workspace):
         self.redraw_timer.setSingleShot(True)
         self.redraw_timer.setInterval(15)
         self.redraw_timer.timeout.connect(self.redraw)
+        # the unit views and the drift map follow a selection one event-loop turn after the table, traces and
+        # similar units (what was clicked answers first); selections in between draw only the latest
+        self.views_timer = QTimer(self)
+        self.views_timer.setSingleShot(True)
+        self.views_timer.setInterval(0)
+        self.views_timer.timeout.connect(self._show_selected_units)
         self.view_state_timer = QTimer(self)  # the view is saved once a burst of scrolling or clicking settles
         self.view_state_timer.setSingleShot(True)
         self.view_state_timer.setInterval(500)
@@ -262,7 +268,7 @@ class EphysWorkspace(Workspace):
         channel_row.addWidget(self.first_channel)
         channel_row.addWidget(QLabel("count"))
         channel_row.addWidget(self.n_shown)
-        self.window_seconds.valueChanged.connect(self._window_changed)
+        self.window_seconds.valueChanged.connect(lambda _value: self._window_changed())
         self.spacing.valueChanged.connect(self._spacing_edited)
         self.spacing_auto.toggled.connect(lambda on: on and self._auto_spacing())
         self.first_channel.valueChanged.connect(lambda _v: self.redraw())
@@ -389,7 +395,7 @@ class EphysWorkspace(Workspace):
     selected = from_session()
     sort_job = from_session()
 
-    def _set_recording(self, path: Path, recording: RawRecording, source: TraceSource) -> None:
+    def _set_recording(self, path: Path, recording: RawRecording, source: TraceSource, redraw: bool = True) -> None:
         self.session.set_recording(path, recording, source)
         p = recording.params
         self.info.update_values({"file": path.name, "n_channels": recording.n_channels, "sample_rate": recording.sample_rate,
@@ -409,7 +415,7 @@ class EphysWorkspace(Workspace):
                                   "kept under a dated name).")
         self.output_label.setToolTip(str(folder))
         self._auto_spacing(redraw=False)
-        self._window_changed()
+        self._window_changed(redraw)
 
     def _probe_text(self) -> str:
         return self.probe_path.name if self.probe_path is not None else "linear (assumed)"
@@ -427,13 +433,14 @@ class EphysWorkspace(Workspace):
 
     def _show_phy(self, out: dict, restore_view: bool = True) -> None:
         self._flush_view_state()
+        self.progress_bar.setValue(1000)  # first: a progress bar repaints the window's changed parts at once
         curation, recording = out["curation"], out["recording"]
         if recording is not None:
             path = recording.path
             if self.recording is not None and self.recording.path == recording.path:
                 recording = self.recording  # keep the open memmap
                 out["source"].recording = recording
-            self._set_recording(path, recording, out["source"])
+            self._set_recording(path, recording, out["source"], redraw=False)  # the curation's selection redraws
         if out["note"]:
             show_error(self, "Raw recording not found", out["note"])
         self._set_curation(curation)
@@ -441,7 +448,6 @@ class EphysWorkspace(Workspace):
             self.restore_view_state(engine_curation.read_view_state(curation.folder))
         self._stage_counts_units = True
         self._update_counts()
-        self.progress_bar.setValue(1000)
         if self.recording is not None:
             self.loaded(self.recording.path)
         else:
@@ -551,8 +557,7 @@ class EphysWorkspace(Workspace):
         else:
             self.saved_label.setText("")
         self._fill_table([])
-        self.select(self.units.visible_clusters()[:1] if curation is not None else [])
-        self.redraw()
+        self.select(self.units.visible_clusters()[:1] if curation is not None else [])  # redraws the traces
 
     def _fill_table(self, selected: list[int]) -> None:
         self.units.set_rows(self.curation.rows() if self.curation is not None else [], selected)
@@ -598,14 +603,6 @@ class EphysWorkspace(Workspace):
 
     def _selection_changed(self, clusters: list[int]) -> None:
         c = self.curation
-        shown = self._waveforms
-        if c is not None:
-            missing = [cid for cid in self.selected[:3] if cid not in self._waveforms]
-            if missing:  # the model's mean now; the spikes read from the recording in the background, latest selection wins
-                shown = {**self._waveforms, **{cid: c.waveforms(None, cid) for cid in missing}}
-                self._load_waveforms(c, missing)
-        self.views.show_units(c, self.selected[:3], shown)
-        self.drift.show_units(c.spike_clusters if c is not None else None, self.selected)
         if c is not None and self.selected:
             self.similar.show_similar([(cid, s, c.groups.get(cid, "unsorted")) for cid, s in c.similar(self.selected[0])],
                                       paired=self.selected[1] if len(self.selected) > 1 else None)
@@ -614,6 +611,20 @@ class EphysWorkspace(Workspace):
         self._update_counts()
         self._refresh_controls()
         self.redraw()
+        self.views_timer.start()
+
+    def _show_selected_units(self) -> None:
+        """Draw the selected units on the unit views and the drift map (the model's mean waveforms until their
+        spikes are read in the background, latest selection wins)."""
+        c = self.curation
+        shown = self._waveforms
+        if c is not None:
+            missing = [cid for cid in self.selected[:MAX_SHOWN] if cid not in self._waveforms]
+            if missing:
+                shown = {**self._waveforms, **{cid: c.waveforms(None, cid) for cid in missing}}
+                self._load_waveforms(c, missing)
+        self.views.show_units(c, self.selected[:MAX_SHOWN], shown)
+        self.drift.show_units(c.spike_clusters if c is not None else None, self.selected)
 
     def _load_waveforms(self, curation: Curation, clusters: list[int]) -> None:
         """Read the spike waveforms of ``clusters`` off the GUI thread (40 short preprocessed windows each); a newer
@@ -633,7 +644,7 @@ class EphysWorkspace(Workspace):
                 return
             self._waveforms.update(result)
             if self.selected == selection:
-                self.views.update_waveforms(curation, self.selected[:3], self._waveforms)
+                self.views.update_waveforms(curation, self.selected[:MAX_SHOWN], self._waveforms)
                 self.redraw()  # the highlighted spikes on the traces use the waveforms' trough
 
         job.finished.connect(done)
@@ -741,7 +752,7 @@ class EphysWorkspace(Workspace):
             return 10.0
         return min(10.0, MAX_WINDOW_VALUES / max(self.source.n_channels, 1) / self.recording.sample_rate)
 
-    def _window_changed(self) -> None:
+    def _window_changed(self, redraw: bool = True) -> None:
         if self.recording is None:
             return
         width = min(self.window_seconds.value(), self._max_window(), self.recording.duration)
@@ -753,7 +764,8 @@ class EphysWorkspace(Workspace):
         self.view_start = min(self.view_start, steps / SCROLL_STEPS_PER_SECOND)
         self.scroll.setValue(int(round(self.view_start * SCROLL_STEPS_PER_SECOND)))
         self.scroll.blockSignals(False)
-        self.redraw()
+        if redraw:
+            self.redraw()
 
     def _scrolled(self, value: int) -> None:
         self.view_start = value / SCROLL_STEPS_PER_SECOND

@@ -14,7 +14,7 @@ import numpy as np
 import pyqtgraph as pg
 from PyQt6.QtCore import QPointF, Qt, pyqtSignal
 from PyQt6.QtGui import QBrush, QColor
-from PyQt6.QtWidgets import (QAbstractItemView, QHeaderView, QLabel, QLineEdit, QSizePolicy, QTableWidget, QTableWidgetItem,
+from PyQt6.QtWidgets import (QAbstractItemView, QGraphicsItem, QHeaderView, QLabel, QLineEdit, QSizePolicy, QTableWidget, QTableWidgetItem,
                              QVBoxLayout, QWidget)
 
 from app.widgets.number_item import NumberItem
@@ -23,6 +23,7 @@ from engine.errors import InputError
 
 # Colors of the selected units, in selection order (the first is the current unit), as Phy.
 SELECTION_COLORS = ("#1f77d0", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf")
+MAX_SHOWN = 3  # selected units drawn on the unit views (Phy's views too show a few)
 LABEL_BACKGROUNDS = {"good": "#dcfce7", "mua": "#fef3c7", "noise": "#e5e7eb", "unsorted": None}
 LABEL_FOREGROUNDS = {"good": "#166534", "mua": "#92400e", "noise": "#6b7280", "unsorted": "#1f2937"}
 COLUMNS = (("cluster_id", "ID", "{:d}", "Cluster id (Phy's)"),
@@ -230,12 +231,19 @@ def points_in_polygon(x: np.ndarray, y: np.ndarray, polygon: np.ndarray) -> np.n
     return inside
 
 
+def _title(plot: pg.PlotItem, text: str) -> None:
+    if plot.titleLabel.text != text:  # a new title lays out its label again
+        plot.setTitle(text, size="9pt")
+
+
 def _plot(layout: pg.GraphicsLayout, row: int, col: int, title: str, rowspan: int = 1) -> pg.PlotItem:
     plot = layout.addPlot(row=row, col=col, rowspan=rowspan)
     plot.setTitle(title, size="9pt")
     plot.setMenuEnabled(False)
     plot.hideButtons()
     plot.getAxis("left").setWidth(40)
+    for name in ("left", "bottom"):  # an axis whose range stands is drawn from a pixmap, not replayed tick by tick
+        plot.getAxis(name).setCacheMode(QGraphicsItem.CacheMode.DeviceCoordinateCache)
     return plot
 
 
@@ -280,7 +288,18 @@ class UnitViews(QWidget):
             self.lasso_curves[plot] = curve
         self.lasso: list[tuple[float, float]] = []
         self.lasso_plot = self.amplitude
-        self._items: list = []  # (plot, item) drawn for the current selection
+        # Every item is made once and given new data per selection: adding and removing pyqtgraph items
+        # (signal connections, scene bookkeeping, text documents) cost more than drawing them. The unit
+        # of selection place i is drawn above place i + 1 (the current unit on top).
+        self._faint = [self._item(self.waveforms, pg.PlotCurveItem(), 5 - i) for i in range(2)]  # its spikes
+        self._means = [self._item(self.waveforms, pg.PlotCurveItem(), 10 - i) for i in range(MAX_SHOWN)]
+        self._channel_labels: list[pg.TextItem] = []  # made as more channels are shown
+        self._footprint = self._item(self.footprint, pg.ScatterPlotItem(pen=pg.mkPen("#9ca3af", width=0.5), symbol="s"), 1)
+        self._footprint_other = self._item(self.footprint, pg.ScatterPlotItem(size=20, brush=None, symbol="o"), 2)
+        self._correlogram = self._item(self.correlogram, pg.BarGraphItem(x=[0], height=[0], width=1, pen=pg.mkPen(None)), 1)
+        self._isi = [self._item(self.isi, pg.BarGraphItem(x=[0], height=[0], width=1, pen=pg.mkPen(None)), 2 - i) for i in range(2)]
+        self._amplitudes = [self._item(self.amplitude, pg.ScatterPlotItem(size=4, pen=None), 10 - i) for i in range(MAX_SHOWN)]
+        self._features = [self._item(self.features, pg.ScatterPlotItem(size=4, pen=None), 10 - i) for i in range(MAX_SHOWN)]
         self.amplitude_points: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # cluster → (t, amp V, spike idx)
         self.feature_points: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # cluster → (x, y, spike idx)
         self.feature_channels: tuple[int, int] | None = None
@@ -298,18 +317,31 @@ class UnitViews(QWidget):
         self.graphics.scene().sigMouseClicked.connect(self._clicked)
 
     # -- drawing ------------------------------------------------------------------------------------
+    @staticmethod
+    def _item(plot, item, z: float):
+        item.setZValue(z)
+        item.setVisible(False)
+        plot.addItem(item)
+        return item
+
+    @property
+    def drawn(self) -> list:
+        """The items showing the selected units now."""
+        items = self._faint + self._means + self._channel_labels + [self._footprint, self._footprint_other, self._correlogram]
+        return [item for item in items + self._isi + self._amplitudes + self._features if item.isVisible()]
+
     def clear(self) -> None:
-        for plot, item in self._items:
-            plot.removeItem(item)
-        self._items = []
+        for item in self.drawn:
+            item.setVisible(False)
         self.amplitude_points = {}
         self.feature_points = {}
         self.feature_channels = None
         self.clear_lasso()
 
     def show_units(self, curation, clusters: list[int], waveforms: dict[int, dict]) -> None:
-        """Draw every view for ``clusters`` (the first is the current unit); ``waveforms``: cluster →
-        :meth:`Curation.waveforms` output."""
+        """Draw every view for ``clusters`` (the first is the current unit; at most :data:`MAX_SHOWN`);
+        ``waveforms``: cluster → :meth:`Curation.waveforms` output."""
+        clusters = list(clusters)[:MAX_SHOWN]
         if self._shown is None or not clusters or not self._shown[1] or self._shown[1][0] != clusters[0]:
             self._feature_choice = None  # as in Phy, a new current unit starts on its own best channels
         self.clear()
@@ -329,12 +361,9 @@ class UnitViews(QWidget):
 
     def update_waveforms(self, curation, clusters: list[int], waveforms: dict[int, dict]) -> None:
         """Redraw only the waveform view (the spikes read in the background arrived); the other views stand."""
-        if self._shown is None or self._shown[0] is not curation or list(self._shown[1]) != list(clusters):
+        if self._shown is None or self._shown[0] is not curation or list(self._shown[1]) != list(clusters)[:MAX_SHOWN]:
             return self.show_units(curation, clusters, waveforms)
-        for plot, item in [pair for pair in self._items if pair[0] is self.waveforms]:
-            plot.removeItem(item)
-            self._items.remove((plot, item))
-        self._draw_waveforms(curation, clusters, waveforms)
+        self._draw_waveforms(curation, self._shown[1], waveforms)
 
     def _draw_waveforms(self, curation, clusters, waveforms) -> None:
         pos = curation.positions
@@ -346,7 +375,9 @@ class UnitViews(QWidget):
         width = 0.85 * dx
         peak = max((np.abs(waveforms[c]["mean"][:, channels]).max() for c in clusters if c in waveforms), default=1.0)
         scale = 1.6 * dy / max(peak, 1e-9)  # the largest deflection spans ~1.6 rows: overlaps a little, like Phy
-        for i, c in reversed(list(enumerate(clusters))):  # the current unit drawn last, on top
+        for item in self._faint + self._means:
+            item.setVisible(False)
+        for i, c in enumerate(clusters):
             w = waveforms.get(c)
             if w is None:
                 continue
@@ -354,29 +385,32 @@ class UnitViews(QWidget):
             x_local = np.linspace(-width / 2, width / 2, d)
             color = QColor(selection_color(i))
             samples = w["samples"]
-            if len(samples) and i < 2:
+            if len(samples) and i < len(self._faint):  # the spikes themselves, faint, under the means
                 faint = QColor(color)
                 faint.setAlpha(40)
-                xs_all, ys_all = [], []
-                for ch in channels:
-                    for s in samples[:, :, ch]:
-                        xs_all += [pos[ch, 0] + x_local, [np.nan]]
-                        ys_all += [pos[ch, 1] + s * scale, [np.nan]]
-                self._add(self.waveforms, pg.PlotCurveItem(np.concatenate(xs_all), np.concatenate(ys_all), connect="finite",
-                                                        pen=pg.mkPen(faint, width=1)))
-            xm, ym = [], []
-            for ch in channels:
-                xm += [pos[ch, 0] + x_local, [np.nan]]
-                ym += [pos[ch, 1] + w["mean"][:, ch] * scale, [np.nan]]
-            self._add(self.waveforms, pg.PlotCurveItem(np.concatenate(xm), np.concatenate(ym), connect="finite",
-                                                    pen=pg.mkPen(color, width=2)))
-        for ch in channels:
-            label = pg.TextItem(str(ch), color="#6b7280", anchor=(1.0, 0.5))
+                n = samples.shape[0]
+                x = np.concatenate([pos[channels, 0][:, None, None] + np.broadcast_to(x_local, (len(channels), n, d)),
+                                    np.full((len(channels), n, 1), np.nan)], axis=2)
+                y = np.concatenate([pos[channels, 1][:, None, None] + samples[:, :, channels].transpose(2, 0, 1) * scale,
+                                    np.full((len(channels), n, 1), np.nan)], axis=2)
+                self._faint[i].setData(x.ravel(), y.ravel(), connect="finite", pen=pg.mkPen(faint, width=1))
+                self._faint[i].setVisible(True)
+            x = np.concatenate([pos[channels, 0][:, None] + x_local, np.full((len(channels), 1), np.nan)], axis=1)
+            y = np.concatenate([pos[channels, 1][:, None] + w["mean"][:, channels].T * scale, np.full((len(channels), 1), np.nan)], axis=1)
+            self._means[i].setData(x.ravel(), y.ravel(), connect="finite", pen=pg.mkPen(color, width=2))
+            self._means[i].setVisible(True)
+        while len(self._channel_labels) < len(channels):
+            self._channel_labels.append(self._item(self.waveforms, pg.TextItem("", color="#6b7280", anchor=(1.0, 0.5)), 20))
+        for label, ch in zip(self._channel_labels, channels):
+            if label.textItem.toPlainText() != str(ch):
+                label.setText(str(ch))
             label.setPos(pos[ch, 0] - width / 2, pos[ch, 1])
-            self._add(self.waveforms, label)
+            label.setVisible(True)
+        for label in self._channel_labels[len(channels):]:
+            label.setVisible(False)
         shown = pos[channels]
-        self.waveforms.setXRange(shown[:, 0].min() - 0.8 * width, shown[:, 0].max() + 0.55 * width, padding=0)  # room for labels
-        self.waveforms.setYRange(shown[:, 1].min() - dy, shown[:, 1].max() + dy, padding=0)
+        self.waveforms.setRange(xRange=(shown[:, 0].min() - 0.8 * width, shown[:, 0].max() + 0.55 * width),  # room for labels
+                                yRange=(shown[:, 1].min() - dy, shown[:, 1].max() + dy), padding=0)
 
     def _draw_footprint(self, curation, clusters) -> None:
         pos = curation.positions
@@ -388,72 +422,72 @@ class UnitViews(QWidget):
             c = QColor(color)
             c.setAlpha(int(25 + 230 * r))
             brushes.append(pg.mkBrush(c))
-        self._add(self.footprint, pg.ScatterPlotItem(pos[:, 0], pos[:, 1], size=6 + 12 * rel, brush=brushes,
-                                                  pen=pg.mkPen("#9ca3af", width=0.5), symbol="s"))
+        self._footprint.setData(pos[:, 0], pos[:, 1], size=6 + 12 * rel, brush=brushes)
+        self._footprint.setVisible(True)
         if len(clusters) > 1:
-            other = curation.footprint(clusters[1])
-            top = np.argsort(-other)[:3]
-            self._add(self.footprint, pg.ScatterPlotItem(pos[top, 0], pos[top, 1], size=20, brush=None,
-                                                      pen=pg.mkPen(selection_color(1), width=2), symbol="o"))
-        self.footprint.setXRange(pos[:, 0].min() - 20, pos[:, 0].max() + 20, padding=0)
-        self.footprint.setYRange(pos[:, 1].min() - 20, pos[:, 1].max() + 20, padding=0)
+            top = np.argsort(-curation.footprint(clusters[1]))[:3]
+            self._footprint_other.setData(pos[top, 0], pos[top, 1], pen=pg.mkPen(selection_color(1), width=2))
+            self._footprint_other.setVisible(True)
+        self.footprint.setRange(xRange=(pos[:, 0].min() - 20, pos[:, 0].max() + 20),
+                                yRange=(pos[:, 1].min() - 20, pos[:, 1].max() + 20), padding=0)
 
     def _draw_correlograms(self, curation, clusters) -> None:
         a = clusters[0]
         b = clusters[1] if len(clusters) > 1 else a
         centers, counts = curation.correlogram(a, b)
-        self.correlogram.setTitle("Autocorrelogram" if a == b else f"Cross-correlogram {a} → {b}", size="9pt")
+        _title(self.correlogram, "Autocorrelogram" if a == b else f"Cross-correlogram {a} → {b}")
         color = selection_color(0) if a == b else "#6b21a8"
-        self._bars(self.correlogram, centers * 1e3, counts, color)
+        self._bars(self.correlogram, self._correlogram, centers * 1e3, counts, color)
         for i, c in enumerate(clusters[:2]):
             edges, isi_counts = curation.isi_histogram(c)
             centers_ms = (edges[:-1] + edges[1:]) / 2 * 1e3
-            self._bars(self.isi, centers_ms, isi_counts, selection_color(i), alpha=180 if i == 0 else 110)
+            self._bars(self.isi, self._isi[i], centers_ms, isi_counts, selection_color(i), alpha=180 if i == 0 else 110)
         row = curation.row(a)
-        self.isi.setTitle(f"ISI histogram · {row['isi_violations']} below 1.5 ms", size="9pt")
+        _title(self.isi, f"ISI histogram · {row['isi_violations']} below 1.5 ms")
 
-    def _add(self, plot, item) -> None:
-        plot.addItem(item)
-        self._items.append((plot, item))
-
-    def _bars(self, plot, centers, counts, color, alpha=200) -> None:
+    @staticmethod
+    def _bars(plot, item, centers, counts, color, alpha=200) -> None:
         if len(centers) == 0:
             return
         width = float(np.median(np.diff(centers))) if len(centers) > 1 else 1.0
         c = QColor(color)
         c.setAlpha(alpha)
-        self._add(plot, pg.BarGraphItem(x=centers, height=counts, width=width * 0.95, brush=pg.mkBrush(c), pen=pg.mkPen(None)))
-        plot.setXRange(centers[0] - width, centers[-1] + width, padding=0)
-        plot.setYRange(0, max(float(np.max(counts)) * 1.1, 1.0), padding=0)
+        item.setOpts(x=centers, height=counts, width=width * 0.95, brush=pg.mkBrush(c))
+        item.setVisible(True)
+        plot.setRange(xRange=(centers[0] - width, centers[-1] + width), yRange=(0, max(float(np.max(counts)) * 1.1, 1.0)), padding=0)
 
     def _draw_amplitudes(self, curation, clusters) -> None:
-        for i, c in enumerate(reversed(clusters)):  # the current unit drawn last, on top
+        for i, c in enumerate(clusters):
             t, amp_uv, spikes = curation.amplitudes_of(c)
             amp = amp_uv * 1e-6  # volts: the axis shows µV with its SI prefix
             self.amplitude_points[c] = (t, amp, spikes)
-            color = QColor(selection_color(len(clusters) - 1 - i))
+            color = QColor(selection_color(i))
             color.setAlpha(170)
-            self._add(self.amplitude, pg.ScatterPlotItem(t, amp, size=4, pen=None, brush=pg.mkBrush(color)))
-        self.amplitude.setXRange(0, curation.duration, padding=0.01)
+            self._amplitudes[i].setData(t, amp, brush=pg.mkBrush(color))
+            self._amplitudes[i].setVisible(True)
         top = max((float(v[1].max()) for v in self.amplitude_points.values() if len(v[1])), default=1e-6)
-        self.amplitude.setYRange(0, top * 1.08, padding=0)
+        margin = 0.01 * curation.duration
+        self.amplitude.setRange(xRange=(-margin, curation.duration + margin), yRange=(0, top * 1.08), padding=0)
 
     def _draw_features(self, curation, clusters) -> None:
         """Phy's feature view: each spike's first PC on two channels (the current unit's best two, or those
         picked on the waveform view)."""
+        for item in self._features:
+            item.setVisible(False)
         if not curation.has_features:
-            self.features.setTitle("Features (none in this folder)", size="9pt")
+            _title(self.features, "Features (none in this folder)")
             return
         a, b = self._feature_choice or (int(c) for c in np.argsort(-curation.footprint(clusters[0]))[:2])
         self.feature_channels = (a, b)
-        self.features.setTitle(f"Features · PC1 on ch {a} → ch {b}", size="9pt")
-        for i, c in enumerate(reversed(clusters)):
+        _title(self.features, f"Features · PC1 on ch {a} → ch {b}")
+        for i, c in enumerate(clusters):
             f, spikes = curation.features_of(c, [a, b])
             self.feature_points[c] = (f[:, 0], f[:, 1], spikes)
-            color = QColor(selection_color(len(clusters) - 1 - i))
+            color = QColor(selection_color(i))
             color.setAlpha(170)
             shown = ~np.isnan(f).any(1)  # spikes whose template has no feature on a or b
-            self._add(self.features, pg.ScatterPlotItem(f[shown, 0], f[shown, 1], size=4, pen=None, brush=pg.mkBrush(color)))
+            self._features[i].setData(f[shown, 0], f[shown, 1], brush=pg.mkBrush(color))
+            self._features[i].setVisible(True)
         self.features.enableAutoRange()
 
     def set_feature_channel(self, axis: int, channel: int) -> None:
@@ -465,9 +499,6 @@ class UnitViews(QWidget):
             chosen[1 - axis] = chosen[axis]
         chosen[axis] = int(channel)
         self._feature_choice = (chosen[0], chosen[1])
-        for plot, item in [pi for pi in self._items if pi[0] is self.features]:
-            plot.removeItem(item)
-            self._items.remove((plot, item))
         self.feature_points = {}
         if self.lasso_plot is self.features:
             self.clear_lasso()

@@ -91,6 +91,7 @@ def test_drift_map_follows_sorts_and_phy_folders(window, qtbot, recording, tmp_p
     # selecting a unit draws its spikes in its colour on the map
     cid = int(ws.curation.cluster_ids[0])
     ws.select([cid])
+    qtbot.waitUntil(lambda: not ws.views_timer.isActive())  # the map follows the table one event-loop turn later
     (highlight,) = ws.drift.highlights
     x, y = highlight.getData()
     mine = ws.curation.spike_clusters == cid

@@ -27,6 +27,12 @@ def click_row(qtbot, ws, cluster, modifier=Qt.KeyboardModifier.NoModifier):
     row = ws.units.row_of(cluster)
     rect = ws.table.visualItemRect(ws.table.item(row, 0))
     qtbot.mouseClick(ws.table.viewport(), Qt.MouseButton.LeftButton, modifier, rect.center())
+    views_drawn(qtbot, ws)
+
+
+def views_drawn(qtbot, ws):
+    """The unit views follow a selection one event-loop turn after the table and traces."""
+    qtbot.waitUntil(lambda: not ws.views_timer.isActive(), timeout=5000)
 
 
 def click_check(qtbot, box):
@@ -74,7 +80,7 @@ def test_sort_view_curate_and_reload(window, qtbot, recording, tmp_path, monkeyp
     click_row(qtbot, ws, a)
     assert ws.selected == [a]
     assert a in ws.views.amplitude_points and len(ws.views.amplitude_points[a][0]) == rows[a]["n_spikes"]
-    assert ws.views._items  # waveforms, footprint, correlograms drawn
+    assert ws.views.drawn  # waveforms, footprint, correlograms drawn
     assert ws.similar.rowCount() == len(ids) - 1
 
     # Phy's wizard keys: Space pairs the unit with its most similar one, then the next; Shift+Space goes back
@@ -160,6 +166,7 @@ def test_sort_view_curate_and_reload(window, qtbot, recording, tmp_path, monkeyp
     click_row(qtbot, ws, rest)
     click_row(qtbot, ws, c_unit, Qt.KeyboardModifier.ControlModifier)
     qtbot.keyClick(ws, Qt.Key.Key_G)
+    views_drawn(qtbot, ws)
     merged = rest + 1
     assert ws.selected == [merged] and ws.views.feature_channels is not None
     fx, fy, spikes = ws.views.feature_points[merged]
@@ -175,6 +182,7 @@ def test_sort_view_curate_and_reload(window, qtbot, recording, tmp_path, monkeyp
                          ws.views.plot_position(ws.views.features, x, y))
     assert len(ws.views.lasso) == 4 and ws.views.lasso_plot is ws.views.features
     qtbot.keyClick(ws, Qt.Key.Key_K)
+    views_drawn(qtbot, ws)
     back = set(ws.curation.spikes(merged + 1).tolist())
     assert len(back & c_spikes) > 0.95 * len(c_spikes) and len(back - c_spikes) < 0.05 * len(c_spikes)
     # Phy's feature axes: Ctrl-click a channel on the waveform view for x, Shift-click another for y
@@ -559,10 +567,12 @@ def test_selected_units_waveforms_are_read_off_the_gui_thread_latest_selection_w
     monkeypatch.setattr(engine_curation.Curation, "waveforms", slow)
     started = time.perf_counter()
     ws.select([a])
-    assert time.perf_counter() - started < 5 and ws.selected == [a] and ws.views._items  # drawn without the read
+    views_drawn(qtbot, ws)
+    assert time.perf_counter() - started < 5 and ws.selected == [a] and ws.views.drawn  # drawn without the read
     job_a = ws._waveform_job
     assert job_a.is_running and a not in ws._waveforms
     ws.select([b])
+    views_drawn(qtbot, ws)
     job_b = ws._waveform_job
     assert job_b is not job_a
     release.set()
@@ -571,3 +581,32 @@ def test_selected_units_waveforms_are_read_off_the_gui_thread_latest_selection_w
     assert threads and all(t is not threading.main_thread() for t in threads)
     assert b in ws._waveforms and len(ws._waveforms[b]["samples"]) > 0  # the spikes of the unit shown
     assert ws.selected == [b]
+
+
+def test_sorted_units_arrive_in_turns_and_views_keep_their_items(window, qtbot, recording, monkeypatch):
+    """The sort's result redraws the traces once, and leaves the unit views to the next event-loop turn; of
+    several selections made in one turn the views draw only the latest, into the items they already hold
+    (adding and removing plot items per selection cost more than drawing them)."""
+    ws = open_in(window, qtbot, recording)
+    views_drawn(qtbot, ws)  # the opened recording's empty views
+    redraws, drawn = [], []
+    show_units = ws.views.show_units
+    monkeypatch.setattr(ws, "redraw", lambda: redraws.append(1))
+    monkeypatch.setattr(ws.views, "show_units", lambda c, clusters, w: (drawn.append(list(clusters)), show_units(c, clusters, w)))
+    job = ws.run_sort()
+    after_result = []  # connected after the workspace's handler: runs right after it
+    job.finished.connect(lambda _out: after_result.append((len(redraws), len(drawn))))
+    wait_for_job(qtbot, job, timeout=120000)
+    assert after_result == [(1, 0)]  # one trace redraw; no view drawn inside the result handler
+    views_drawn(qtbot, ws)
+    assert drawn == [ws.selected] and ws.selected == ws.units.visible_clusters()[:1]
+    plots = (ws.views.waveforms, ws.views.footprint, ws.views.correlogram, ws.views.isi, ws.views.amplitude, ws.views.features)
+    items = [list(plot.items) for plot in plots]
+    a, b, c = [int(k) for k in ws.curation.cluster_ids[:3]]
+    drawn.clear()
+    for selection in ([a], [b], [c, a]):
+        ws.select(selection)
+    views_drawn(qtbot, ws)
+    assert drawn == [[c, a]] and ws.views.amplitude_points.keys() == {a, c}
+    assert [list(plot.items) for plot in plots] == items  # the same items, given new data
+    assert ws.views._means[1].isVisible() and not ws.views._means[2].isVisible()
