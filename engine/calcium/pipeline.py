@@ -317,6 +317,8 @@ def _split_pairs(binned: np.ndarray, parts: list[dict], radius: float) -> list[n
     (``part["fresh"]``) for the refit. Decided in the patch whose core holds the seed only."""
     from scipy.ndimage import gaussian_filter, label
 
+    from engine.calcium.nmf import rank2_nmf
+
     areas = np.concatenate([(p["A"] >= SIZE_THRESHOLD * p["A"].max(axis=0, initial=0)).sum(axis=0) for p in parts])
     areas = areas[areas > 0]
     if len(areas) == 0:
@@ -349,12 +351,7 @@ def _split_pairs(binned: np.ndarray, parts: list[dict], radius: float) -> list[n
             W = np.stack([u > 0, u <= 0], axis=1).astype(np.float64)
             if W.sum(axis=0).min() == 0:
                 continue
-            H = np.maximum(W.T @ R / W.sum(axis=0)[:, None], 0)
-            for _ in range(30):  # rank-2 HALS
-                for j in range(2):
-                    H[j] = np.maximum(H[j] + (W[:, j] @ R - (W[:, j] @ W) @ H) / max(W[:, j] @ W[:, j], 1e-12), 0)
-                for j in range(2):
-                    W[:, j] = np.maximum(W[:, j] + (R @ H[j] - W @ (H @ H[j])) / max(H[j] @ H[j], 1e-12), 0)
+            W, H = rank2_nmf(R, W)
             if H.std(axis=1).min() <= 0 or np.corrcoef(H)[0, 1] >= SPLIT_CORRELATION:
                 continue
             imgs, peaks, ok = [], [], True
@@ -534,12 +531,6 @@ def _deconvolve(F: np.ndarray, scheduler, progress: Progress):
     return out.C.astype(np.float32), out.S.astype(np.float32), out.b, out.g, out.sigma
 
 
-def _skewness(F: np.ndarray) -> np.ndarray:
-    """Sample skewness of each row (scipy.stats costs seconds to import)."""
-    Z = F - F.mean(axis=1, keepdims=True)
-    return (Z**3).mean(axis=1) / np.maximum((Z**2).mean(axis=1), 1e-24) ** 1.5
-
-
 def _compensating(A: sparse.csc_matrix, F: np.ndarray, snr: np.ndarray, accepted: np.ndarray, min_overlap: float) -> np.ndarray:
     """Accepted components that only make up for an overlapping one's misfit: of two accepted footprints
     overlapping that much (cosine ≥ ``min_overlap``) whose fluorescence traces anti-correlate, the
@@ -550,6 +541,8 @@ def _compensating(A: sparse.csc_matrix, F: np.ndarray, snr: np.ndarray, accepted
     anti-correlates with that neighbour too but keeps its transients: on the 24 benchmark movies the only
     component the test without skewness rejected was such a cell (doughnut-dim seed 5: IoU 0.67 with
     its cell, skewness 1.27; true cells there 0.45–7.8). Compensators an earlier pipeline made had 0.31 and -0.35."""
+    from scipy.stats import skew
+
     out = np.zeros(len(accepted), bool)
     if A.shape[1] < 2:
         return out
@@ -558,7 +551,7 @@ def _compensating(A: sparse.csc_matrix, F: np.ndarray, snr: np.ndarray, accepted
     rows, cols = G.row[pick], G.col[pick]
     anti = _correlation(F, rows, cols) < 0
     weaker = np.where(snr[rows] < snr[cols], rows, cols)[anti]
-    own_transients = _skewness(F[weaker]) >= OWN_TRANSIENTS_SKEW
+    own_transients = skew(F[weaker], axis=1) >= OWN_TRANSIENTS_SKEW  # NaN (a flat trace): no transients
     out[weaker[~own_transients]] = True
     return out
 
