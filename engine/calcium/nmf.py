@@ -717,6 +717,19 @@ def _result(xp, A, C, layout: _Layout, centers) -> NMFResult:
                      f=np.ascontiguousarray(C[n:]), image_shape=layout.shape, centers=np.asarray(centers), patches=layout.patches)  # fmt: skip
 
 
+def rank2_nmf(R: np.ndarray, W: np.ndarray, iterations: int = 30) -> tuple[np.ndarray, np.ndarray]:
+    """``R`` (pixels × frames) ≈ ``W H`` with two non-negative parts, by HALS from the start shapes ``W``
+    (pixels × 2, each with some pixel > 0); ``H`` starts as each part's mean of ``R`` (clipped at 0).
+    Returns the fitted (W, H); ``W`` is updated in place."""
+    H = np.maximum(W.T @ R / W.sum(axis=0)[:, None], 0)
+    for _ in range(iterations):
+        for j in range(2):
+            H[j] = np.maximum(H[j] + (W[:, j] @ R - (W[:, j] @ W) @ H) / max(W[:, j] @ W[:, j], 1e-12), 0)
+        for j in range(2):
+            W[:, j] = np.maximum(W[:, j] + (R @ H[j] - W @ (H @ H[j])) / max(H[j] @ H[j], 1e-12), 0)
+    return W, H
+
+
 def mse(Y3: np.ndarray, A: np.ndarray, C: np.ndarray, chunk: int = 1024) -> float:
     """Mean squared error of ``A C`` (all components, background included) against the data.
 

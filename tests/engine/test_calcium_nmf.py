@@ -169,3 +169,19 @@ def test_seed_hold_keeps_the_blob_at_the_seed():
     on_ring = ring.ravel() >= 0.2
     np.testing.assert_array_equal(A[on_ring, 1], ring.ravel()[on_ring].astype(np.float32))  # the ring is one blob
     np.testing.assert_array_equal(A[:, 2], 1.0)  # backgrounds are not held
+
+
+def test_rank2_nmf_parts_two_overlapping_cells():
+    """Two overlapping blobs with different activities, started from a rough halving of the pixels: the
+    fit explains the data (relative error < 1 %) and each part is one blob with its own activity."""
+    rng = np.random.default_rng(0)
+    x = np.arange(40.0)
+    shapes = np.stack([np.exp(-((x - 14) ** 2) / 20), np.exp(-((x - 26) ** 2) / 20)], axis=1)
+    activities = rng.gamma(1.0, size=(2, 300))
+    R = shapes @ activities
+    W = np.stack([x < 20, x >= 20], axis=1).astype(np.float64)
+    W, H = nmf.rank2_nmf(R, W)
+    assert (W >= 0).all() and (H >= 0).all()
+    assert np.linalg.norm(R - W @ H) < 0.01 * np.linalg.norm(R)
+    assert W[:, 0].argmax() == 14 and W[:, 1].argmax() == 26
+    assert np.corrcoef(H[0], activities[0])[0, 1] > 0.99 and np.corrcoef(H[1], activities[1])[0, 1] > 0.99
