@@ -116,7 +116,14 @@ class MainWindow(QMainWindow):
         self.job_panel = JobPanel(self.jobs)
         status.addPermanentWidget(self.job_panel)
         status.addPermanentWidget(self.device_label)
+        self.jobs.job_added.connect(self._keep_status_bar_height)  # after the panel's own slot: its row is shown
         self.refresh_device_label()
+
+    def _keep_status_bar_height(self, _job=None) -> None:
+        """The status bar keeps the height of a job row once it has shown one: a job ending would otherwise
+        shrink it and lay the workspace out again, which redraws a 3D view (50-150 ms on a software renderer)."""
+        status = self.statusBar()
+        status.setMinimumHeight(max(status.minimumHeight(), status.sizeHint().height()))
 
     def _action(self, text: str, slot: Callable, shortcut: Any = None, tip: str = "") -> QAction:
         action = QAction(text, self)

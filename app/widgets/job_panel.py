@@ -80,9 +80,8 @@ class JobRow(QWidget):
 class JobPanel(QWidget):
     """Lists the manager's jobs side by side; rows of ended jobs linger briefly, then go.
 
-    Jobs starting and ending leave the window's layout alone: rows sit in one line, and the status bar
-    keeps the height of a row once it has shown one (a change of height would lay out the workspace
-    again and redraw its 3D view, 50-150 ms on a software renderer)."""
+    Rows sit in one line, so a second job leaves the panel's height alone (the window that holds the
+    panel keeps its status bar at a row's height once it has shown one)."""
 
     def __init__(self, manager: JobManager, parent: QWidget | None = None):
         super().__init__(parent)
@@ -103,9 +102,6 @@ class JobPanel(QWidget):
         self.layout_.addWidget(row)
         self.setVisible(True)
         self.timer.start()
-        bar = self.parentWidget()
-        if bar is not None:
-            bar.setMinimumHeight(max(bar.minimumHeight(), bar.sizeHint().height()))
 
     def _tick(self) -> None:
         for job, row in list(self.rows.items()):
