@@ -374,7 +374,7 @@ class MorphologyWorkspace(Workspace):
         self.info.update_values({**entry.summary, "file": entry.path.name,
                                  "units": f"{units} (×{entry.scale:g})" if entry.scale != 1 else units})
         self._show_units(entry)
-        self.view.set_mesh(entry.mesh.vertices, entry.mesh.faces, entry.picker)  # no ring, no highlight
+        self.view.set_mesh(entry.mesh.vertices, entry.mesh.faces, entry.picker, entry.surface)  # no ring, no highlight
         mode = "P(spine)" if entry.proba is not None else "HKS" if entry.hks is not None else \
             "File labels" if entry.file_labels is not None else "Hand labels"
         self._setup_timescale()

@@ -18,6 +18,8 @@ from vispy import scene  # noqa: E402
 
 from app.widgets.colormaps import lut, map_values  # noqa: E402
 from app.widgets.mesh_visual import IndexedMesh  # noqa: E402
+from engine.mesh.entries import Surface  # noqa: E402
+from engine.mesh.io import Mesh  # noqa: E402
 from engine.mesh.picking import Picker  # noqa: E402
 
 BASE_COLOR = (0.78, 0.80, 0.84, 1.0)
@@ -70,22 +72,22 @@ class MeshView(QWidget):
         self.canvas.native.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
 
     # -- data ----------------------------------------------------------------------------
-    def set_mesh(self, vertices: np.ndarray, faces: np.ndarray, picker: Picker | None = None) -> None:
+    def set_mesh(self, vertices: np.ndarray, faces: np.ndarray, picker: Picker | None = None,
+                 surface: Surface | None = None) -> None:
         """Show a new mesh in the base color and frame the camera on it.
 
-        ``picker`` (built on ``vertices`` in a background job for big meshes) enables vertex picking.
+        ``picker`` and ``surface`` (built on the mesh in the background job that opened it) enable vertex
+        picking and give what is uploaded; made here when not given.
         """
         self.overlay, self._coloring = None, ("base",)
         self.show_cursor(None)  # a ring on the previous mesh means nothing here
-        # Center for float32 precision on the GPU (nm coordinates are large numbers).
-        self.center = vertices.mean(axis=0) if len(vertices) else np.zeros(3)
-        self.vertices = np.ascontiguousarray(vertices - self.center, dtype=np.float32)
-        self.faces = np.ascontiguousarray(faces, dtype=np.uint32)
+        surface = surface if surface is not None else Surface.of(Mesh(vertices, faces))
+        self.center, self.vertices, self.faces = surface.center, surface.vertices, surface.faces
         self.picker = picker if picker is not None else Picker(vertices, faces)
         if self.mesh is not None:
             self.mesh.parent = None
         # Geometry is uploaded here once; recolors upload only per-vertex values or colors.
-        self.mesh = IndexedMesh(self.vertices, self.faces, color=BASE_COLOR, parent=self.view.scene)
+        self.mesh = IndexedMesh(self.vertices, self.faces, surface.normals, color=BASE_COLOR, parent=self.view.scene)
         self.reset_view()
 
     def reset_view(self) -> None:

@@ -19,6 +19,7 @@ features, the indexed triangles are drawn directly ("forward").
 from __future__ import annotations
 
 import numpy as np
+from PyQt6.QtCore import QTimer
 from vispy.geometry import MeshData
 from vispy.gloo import FrameBuffer, IndexBuffer, Program, RenderBuffer, Texture2D, VertexBuffer, gl
 from vispy.scene.visuals import create_visual_node
@@ -189,22 +190,6 @@ void main() {{
 LIGHT_OFFSET = (-0.4, 0.5)  # (right, up) relative to the direction toward the camera
 
 
-def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    """Area-weighted unit normals (n, 3) float32; +z for vertices used by no face."""
-    v = vertices
-    face_normals = np.cross(v[faces[:, 1]] - v[faces[:, 0]], v[faces[:, 2]] - v[faces[:, 0]])  # length: 2 × area
-    corners = faces.ravel()  # face-major, matching np.repeat(face_normals, 3)
-    normals = np.empty(v.shape, dtype=np.float32)
-    for axis in range(3):
-        normals[:, axis] = np.bincount(corners, weights=np.repeat(face_normals[:, axis], 3), minlength=len(v))
-    length = np.linalg.norm(normals, axis=1)
-    empty = length == 0
-    normals[empty] = (0.0, 0.0, 1.0)
-    length[empty] = 1.0
-    normals /= length[:, None]
-    return normals
-
-
 class DataTexture:
     """One element of a float32 array per texel of a float texture DATA_WIDTH texels wide, row
     after row, fetched by index with ``texel()`` in the shaders."""
@@ -233,7 +218,8 @@ class IndexedMeshVisual(Visual):
     """Triangles drawn through an index buffer, colored by a uniform color, a scalar + colormap, or
     RGBA per vertex. Used as the scene node IndexedMesh (drawing needs the node's canvas)."""
 
-    def __init__(self, vertices: np.ndarray, faces: np.ndarray, color=(0.5, 0.5, 0.5, 1.0)):
+    def __init__(self, vertices: np.ndarray, faces: np.ndarray, normals: np.ndarray, color=(0.5, 0.5, 0.5, 1.0)):
+        """``vertices`` float32, ``faces`` uint32 and unit ``normals`` float32 (:class:`engine.mesh.entries.Surface`)."""
         self._gbuffer = ModularProgram(GBUFFER_VERTEX, GBUFFER_FRAGMENT)  # before Visual's init sets transforms
         super().__init__(vcode=FORWARD_VERTEX, fcode=FORWARD_FRAGMENT)
         self.set_gl_state("opaque", depth_test=True, cull_face=False)
@@ -243,7 +229,7 @@ class IndexedMeshVisual(Visual):
         self._bounds = np.c_[self.vertices.min(axis=0), self.vertices.max(axis=0)] if len(vertices) else np.zeros((3, 2))
         self._index_buffer = IndexBuffer(self.faces)
         positions = VertexBuffer(self.vertices)
-        normals = VertexBuffer(vertex_normals(self.vertices, self.faces))
+        normals = VertexBuffer(np.ascontiguousarray(normals, dtype=np.float32))
         self.shared_program["a_position"] = positions
         self.shared_program["a_normal"] = normals
         self._gbuffer["a_position"] = positions
@@ -411,10 +397,14 @@ class IndexedMeshVisual(Visual):
         key = (viewport, self._transform_fingerprint())
         moving, self._last_key = key != self._last_key, key
         if key != self._gbuffer_key:
-            if moving and self._gbuffer_key is not None:
+            if moving:
                 # While the camera moves, draw the triangles directly: with gl_PrimitiveID llvmpipe's
                 # G-buffer pass costs ~1.4x a direct draw. The G-buffer is redrawn once it stops.
+                # So is a new mesh's first frame, and the G-buffer drawn at the next event-loop turn: the
+                # window then waits for one direct draw, not for the texture uploads, G-buffer and resolve.
                 self._draw_forward()
+                if self._gbuffer_key is None and self.canvas is not None:
+                    QTimer.singleShot(0, self.canvas.update)  # vispy ignores an update asked for while it draws
                 return
             self._prepare_draw(self)
             self._draw_gbuffer(canvas, viewport)

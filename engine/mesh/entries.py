@@ -23,6 +23,28 @@ from engine.mesh.picking import Picker
 
 
 @dataclass
+class Surface:
+    """A mesh as a 3-D view uploads it, made in the job that opens the mesh so that the window's thread only
+    uploads: vertices as float32 about their mean ``center`` (float32 keeps nm coordinates precise on a GPU),
+    faces as uint32, and unit area-weighted vertex normals (float32; a shading that lights both sides of a
+    face needs no outward orientation)."""
+
+    center: np.ndarray
+    vertices: np.ndarray
+    faces: np.ndarray
+    normals: np.ndarray
+
+    @classmethod
+    def of(cls, mesh: Mesh) -> "Surface":
+        from engine.mesh.features import vertex_normals
+
+        center = mesh.vertices.mean(axis=0) if mesh.n_vertices else np.zeros(3)
+        return cls(center, np.ascontiguousarray(mesh.vertices - center, dtype=np.float32),
+                   np.ascontiguousarray(mesh.faces, dtype=np.uint32),
+                   np.ascontiguousarray(vertex_normals(mesh, outward=False), dtype=np.float32))
+
+
+@dataclass
 class MeshEntry:
     """One opened mesh and everything computed or drawn on it."""
 
@@ -39,6 +61,7 @@ class MeshEntry:
     points: dict | None = None  # a loaded point table: path, points, nearest vertex, distance (locate_points)
     scale: float = 1.0  # the file's coordinates were multiplied by this (e.g. 8: hemibrain voxels → nm)
     log_hks: np.ndarray | None = None  # log of ``hks.hks`` as the view colours it (one timescale contiguous)
+    surface: Surface | None = None  # the mesh as the 3-D view uploads it
 
     @property
     def has_labels(self) -> bool:
@@ -85,9 +108,9 @@ def open_mesh_entry(path: Path, kind: str = spines.DEFAULT_KIND, scale: float = 
             file_labels = spines.map_labels(raw, spines.guess_label_map(label_path, raw))
         except InputError:  # labels of an unknown convention: show the mesh without them
             file_labels = None
-    progress.report(0.9, "preparing picking")
+    progress.report(0.9, "preparing picking and drawing")
     return MeshEntry(path, mesh, summary, file_labels, editor, spines.FeatureSpec.default(mesh.units, kind=kind),
-                     Picker(mesh.vertices, mesh.faces), scale=float(scale))
+                     Picker(mesh.vertices, mesh.faces), scale=float(scale), surface=Surface.of(mesh))
 
 
 def locate_points(entry: MeshEntry, path: Path, progress=None) -> dict:

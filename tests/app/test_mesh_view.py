@@ -21,6 +21,7 @@ def view(qtbot):
     view.show()
     qtbot.waitExposed(view)
     view.set_mesh(sphere.get_vertices() * 1000.0 + 5000.0, sphere.get_faces())  # nm-like, off-origin
+    qtbot.waitUntil(lambda: view.mesh._gbuffer_key is not None, timeout=5000)  # drawn, then its G-buffer
     return view
 
 
@@ -136,3 +137,25 @@ def test_widget_screenshot_taken_as_the_gbuffer_is_redrawn_shows_the_mesh(view):
     x, y = view.screen_position(front_vertex(view))
     pixel = image_to_array(view.grab().toImage())[int(round(y)), int(round(x)), :3].astype(int)  # the G-buffer is redrawn
     assert pixel[0] > pixel[2] + 80 and pixel[1] > pixel[2] + 80, pixel  # viridis yellow, not the window background
+
+
+def test_a_new_mesh_is_first_drawn_directly_and_its_gbuffer_follows(qtbot):
+    """The window waits for one direct draw of a new mesh's triangles (on a software renderer the G-buffer pass,
+    its texture uploads and the resolve cost more); the G-buffer is drawn at the next turn of the event loop."""
+    sphere = create_sphere(rows=40, cols=40, radius=1.0)
+    view = MeshView()
+    qtbot.addWidget(view)
+    view.resize(400, 300)
+    view.show()
+    qtbot.waitExposed(view)
+    draws = []
+    parser = view.canvas.context.shared.parser
+    parse = parser.parse
+    parser.parse = lambda commands: (draws.extend(c[2] for c in commands if c[0] == "DRAW"), parse(commands))[1]
+    view.set_mesh(sphere.get_vertices(), sphere.get_faces())
+    qtbot.waitUntil(lambda: view.mesh._gbuffer_key is not None, timeout=5000)
+    assert draws[:3] == ["triangles", "triangles", "triangle_strip"]  # direct; then G-buffer and resolve
+    first_frame = view.mesh._gbuffer_key
+    x, y = view.screen_position(front_vertex(view))
+    pixel = image_to_array(view.grab().toImage())[int(round(y)), int(round(x)), :3].astype(int)
+    assert view.mesh._gbuffer_key == first_frame and 100 < pixel.mean() < 250  # the shaded base colour
