@@ -545,15 +545,16 @@ class FactorsWorkspace(Workspace):
                            image=self.image if settings["mask_background"] else None, on_result=self._factorized)
 
     def _factorized(self, factors) -> None:
-        self.session.take_factors(factors)
+        self.progress_bar.setValue(1000)  # first: a progress bar repaints the window's changed parts at once
+        self.overlay_kind.blockSignals(True)  # the new factors are drawn once, as the heatmap of the first chosen factor
+        self.overlay_kind.setCurrentText("Factor heatmap")
+        self.overlay_kind.blockSignals(False)
+        self.session.take_factors(factors)  # the views follow (results_changed, selection_changed)
         left_out = getattr(factors, "background_positions", 0)
         background = (f" {left_out:,} of {int(np.prod(factors.grid_shape)):,} positions were background outside the tissue, "
                       "left out." if left_out else "")
         self.stage_label.setText(f"NMF: {factors.k} factors, relative error {factors.relative_error:.3f} after {factors.n_iter} "
                                  f"iterations ({factors.seconds:.1f} s).{background}")
-        self.progress_bar.setValue(1000)
-        if self.selection is not None and self.selection.pairs:
-            self.show_factor(self.selection.pairs[0][0])
 
     def cluster(self) -> Job | None:
         if self.factors is None or self.cluster_region.currentData() is None:

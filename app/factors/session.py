@@ -216,6 +216,8 @@ class FactorsSession(Session):
         self._take_results(latents=latents, factors=None)
 
     def take_factors(self, factors) -> None:
+        """New factors: the factor shown is the one chosen first (an index of the old factors means nothing here)."""
+        self.current_factor = None
         self._take_results(latents=self.latents, factors=factors)
 
     def take_clusters(self, clusters) -> None:

@@ -89,11 +89,17 @@ def test_draw_train_browse_select_cluster_export_restore(window, qtbot, mosaic, 
     assert ws.model is not None and "validation accuracy" in ws.stage_label.text()
     run_button(qtbot, ws, ws.extract_button)
     assert ws.latents.values.shape == (32, 32, 64)
+    layers = []  # what the NMF result draws as the layer over the image
+    set_layer = ws.canvas.set_layer
+    ws.canvas.set_layer = lambda rgba, *args, **kw: (layers.append(rgba is not None), set_layer(rgba, *args, **kw))[1]
     run_button(qtbot, ws, ws.nmf_button)
+    del ws.canvas.set_layer
     f = ws.factors
     assert f.codes.shape == (32, 32, 5) and ws.factor_list.count() == 5
     assert ws.view.heatmap.image is not None  # the best factor is shown at once
+    assert layers == [True]  # once: the heatmap of the factor chosen first
     sel = ws.selection
+    assert ws.current_factor == sel.pairs[0][0]
     assert sel.scores.shape == (5, 3) and len(sel.pairs) == 3 and ws.p.value() == 3
     assert len(ws.scores.marks.data) == 3
 
