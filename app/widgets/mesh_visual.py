@@ -12,8 +12,9 @@ the mesh is drawn deferred: a G-buffer pass stores, per pixel, the face, barycen
 coordinates, depth and lighting, and is redone only when the camera or the viewport has changed;
 every draw then colors the pixels from that buffer (a pass over the mesh's screen rectangle
 with a few texture reads per pixel), so a recolor or a cursor move costs pixels, not triangles.
-While the camera moves, for vispy's picking renders, and where the context lacks those
-features, the indexed triangles are drawn directly ("forward").
+While the camera moves, for a new mesh's first frame (its G-buffer follows a turn later), for
+vispy's picking renders, and where the context lacks those features, the indexed triangles are
+drawn directly ("forward").
 """
 
 from __future__ import annotations
