@@ -313,3 +313,50 @@ def initial_templates(
         merged[g] = np.tensordot(counts / counts.sum(), templates[members], axes=1)
     labels = np.where(labels >= 0, group[np.maximum(labels, 0)], -1)
     return merged, tpcs, labels
+
+
+def split_units(features: np.ndarray, labels: np.ndarray, min_cluster: int = 25, valley_ratio: float = 0.4, min_fraction: float = 0.15,
+                max_footprint_similarity: float = 0.9, max_points: int = 2000, seed: int = 0) -> np.ndarray:
+    """Labels after splitting every unit whose spikes hold two neurons; new units are numbered from ``labels.max() + 1``.
+
+    ``features``: (n, P, C) per spike, P temporal-PC coefficients on each of C channels shared by the unit's spikes
+    (the sorter's PC features of residual + own template). A unit is cut in two (k-means in the PCA of its features)
+    and the cut is kept when (a) the projection on the line between the two halves is bimodal (:func:`_bimodal`,
+    as clustering's splits), (b) each half holds ≥ ``min_cluster`` spikes and ≥ ``min_fraction`` of the unit (a
+    small minority is the unit's own spikes bent by collisions with a neighbour), and (c) the halves' spatial
+    footprints (per-channel norm of the mean features) differ: cosine < ``max_footprint_similarity`` — two neurons
+    sit at two places; one neuron's spikes of two sizes (bursts) or two drift phases keep one footprint shape.
+    Halves are tried again, so a unit holding three neurons can end as three.
+    """
+    from sklearn.cluster import KMeans
+    from sklearn.decomposition import PCA
+
+    labels = np.asarray(labels).copy()
+    if len(labels) == 0:
+        return labels
+    rng = np.random.default_rng(seed)
+    flat = features.reshape(len(features), -1)
+    next_label = int(labels.max()) + 1
+    stack = [np.flatnonzero(labels == u) for u in np.unique(labels)]
+    while stack:
+        idx = stack.pop()
+        need = max(min_cluster, min_fraction * len(idx))
+        if len(idx) < 2 * need:
+            continue
+        fit = idx if len(idx) <= max_points else np.sort(rng.choice(idx, max_points, replace=False))
+        pca = PCA(min(6, flat.shape[1], len(fit) - 1), random_state=seed).fit(flat[fit])
+        x = pca.transform(flat[idx])
+        side = KMeans(2, n_init=2, random_state=seed).fit(pca.transform(flat[fit])).predict(x)
+        a, b = np.flatnonzero(side == 0), np.flatnonzero(side == 1)
+        if min(len(a), len(b)) < need:
+            continue
+        proj, lab = _pair_projection(x, a, b)
+        if not _bimodal(proj, lab, valley_ratio):
+            continue
+        fa, fb = (np.linalg.norm(features[idx[s]].mean(0), axis=0) for s in (a, b))
+        if fa @ fb >= max_footprint_similarity * np.linalg.norm(fa) * np.linalg.norm(fb):
+            continue
+        labels[idx[b]] = next_label
+        next_label += 1
+        stack += [idx[a], idx[b]]
+    return labels

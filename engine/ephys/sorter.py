@@ -70,7 +70,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.device import single_threaded
-from engine.ephys.clustering import detect_peaks, initial_templates
+from engine.ephys.clustering import detect_peaks, initial_templates, split_units
 from engine.ephys.motion import LOCALIZE_RADIUS_UM, check_mode, check_probe, correct_in_place, estimate_motion, localize_peaks, spike_positions
 from engine.ephys.preprocess import PreprocessParams, Preprocessor
 from engine.ephys.probe import Probe, linear_probe
@@ -564,6 +564,18 @@ def _merged_templates(templates: np.ndarray, group: np.ndarray, counts: np.ndarr
     return out
 
 
+def _snippet_template(xw, starts: np.ndarray, d: int, rank: int, max_spikes: int = 300):
+    """(template (C, D), amplitudes, trough) of spikes whose windows start at ``starts`` in the whitened data ``xw``:
+    the rank-``rank`` unit-norm mean of ≤ ``max_spikes`` of their windows, each spike's projection on it, and the
+    template's trough (largest |value| on its peak channel) within the window."""
+    snippets = np.stack([np.asarray(xw[s: s + d]) for s in starts]).astype(np.float32)  # (n, D, C)
+    pick = np.linspace(0, len(starts) - 1, min(len(starts), max_spikes)).astype(int)
+    u, s, vt = _low_rank(snippets[pick].mean(0).T, rank)
+    w = ((u * s) @ vt).astype(np.float32)
+    peak = np.abs(w).max(axis=1).argmax()
+    return w, np.maximum(np.einsum("ndc,cd->n", snippets, w), 0.0), int(np.abs(w[peak]).argmax())
+
+
 def _coincident_larger(times: np.ndarray, amps: np.ndarray, others_t: np.ndarray, others_a: np.ndarray, window: int,
                        ratio: float) -> np.ndarray:
     """Mask of spikes (``times`` sorted, ``amps``) with a spike of ``others`` (sorted) within ±``window`` samples whose
@@ -944,13 +956,33 @@ def sort_recording(
             times, amps, mus, pc_features = times[keep], amps[keep], mus[keep], feats[keep]
             units = index[units[keep]]
             split_pairs = index[split_pairs[~shadow[split_pairs].any(axis=1)]] if len(split_pairs) else split_pairs
+            # a unit holding two neurons (two clouds of PC features, two footprints) becomes two, each with the template
+            # of its own spikes; each new unit is a merge candidate of its parent, so the halves of a drifting neuron
+            # (firing in turn) are made one again below
+            unit_templates, unit_pc_chans = templates[kept], pc_chans_np[kept]
+            n_before = len(kept)
+            split = split_units(pc_features, units, params.min_cluster, params.valley_ratio, seed=params.seed)
+            if len(split) and split.max() >= n_before:
+                children = np.arange(n_before, split.max() + 1)
+                parents = np.array([units[split == c][0] for c in children])
+                unit_templates = np.concatenate([unit_templates, np.zeros((len(children), *unit_templates.shape[1:]), unit_templates.dtype)])
+                unit_pc_chans = np.concatenate([unit_pc_chans, unit_pc_chans[parents]])
+                windows = starts[keep]
+                for u in np.r_[np.unique(parents), children]:
+                    m = np.flatnonzero(split == u)
+                    unit_templates[u], amps[m], trough_u = _snippet_template(xw, windows[m], d, params.rank)
+                    times[m] = windows[m] + trough_u
+                split_pairs = np.concatenate([split_pairs.reshape(-1, 2), np.c_[parents, children]])
+                units = split
+            timings["n_split_units"] = int(len(unit_templates) - n_before)
             # a neuron cut in two (halves firing in turn as the probe drifted, or one cloud of spikes) becomes one unit
-            group = _merge_split_units(split_pairs, times, units, amps, len(kept), n_t, fs, pc_features.reshape(len(units), -1),
+            n_kept = len(unit_templates)
+            group = _merge_split_units(split_pairs, times, units, amps, n_kept, n_t, fs, pc_features.reshape(len(units), -1),
                                        params.valley_ratio, params.min_cluster)
-            timings["n_merged_splits"] = int(len(kept) - (group.max() + 1 if len(kept) else 0))
-            per_template = np.bincount(units, minlength=len(kept))
-            templates = _merged_templates(templates[kept], group, per_template) if len(kept) else templates[kept]
-            unit_pc = pc_chans_np[kept][np.unique(group, return_index=True)[1]] if len(kept) else pc_chans_np[:0]  # a group's members share them
+            timings["n_merged_splits"] = int(n_kept - (group.max() + 1 if n_kept else 0))
+            per_template = np.bincount(units, minlength=n_kept)
+            templates = _merged_templates(unit_templates, group, per_template) if n_kept else unit_templates
+            unit_pc = unit_pc_chans[np.unique(group, return_index=True)[1]] if n_kept else unit_pc_chans  # a group's members share them
             # drop units with too few spikes (counted after merging)
             counts = np.bincount(group[units], minlength=len(templates))
             keep_units = counts >= params.min_spikes
