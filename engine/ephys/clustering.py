@@ -256,7 +256,8 @@ def initial_templates(
     from sklearn.decomposition import PCA
 
     progress = as_progress(progress)
-    data = np.asarray(data)  # a plain view of a memmap: slicing a np.memmap per spike is ~6x slower
+    if isinstance(data, np.ndarray):
+        data = np.asarray(data)  # a plain view of a memmap: slicing a np.memmap per spike is ~6x slower
     rng = np.random.default_rng(seed)
     n_ch = neighbours.shape[0]
     picked = []
