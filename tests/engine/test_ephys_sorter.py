@@ -416,3 +416,33 @@ def test_a_unit_holding_two_neurons_after_deconvolution_is_split(monkeypatch):
     c = compare(st, su, result.spike_times, result.spike_units, fs)
     assert result.n_units == 3 and c.well_detected(0.9) == 3, (c.accuracy, c.summary())
     assert result.info["n_split_units"] == 1
+
+
+def test_residual_detection_finds_a_small_unit_the_first_detection_missed():
+    """Two big units and a small one (45 µV on noise of 10 µV: its spikes rarely reach the 5.5 SD detection threshold,
+    too few for a cluster). With the residual pass (threshold 4.5) the small unit is found and well detected; without
+    it (the default), the sort has the two big units only."""
+    rng = np.random.default_rng(5)
+    fs, pos, duration = 30000.0, demo_probe(16), 30.0
+    n, trough = int(duration * fs), 22
+    t_ms = (np.arange(75) - trough) / fs * 1e3
+    wave = -np.exp(-0.5 * (t_ms / 0.15) ** 2) + 0.3 * np.exp(-0.5 * ((t_ms - 0.45) / 0.3) ** 2)
+    x = rng.standard_normal((n, 16)).astype(np.float32) * 10.0
+    st, su = [], []
+    for k, (where, amp, rate) in enumerate([((16.0, 60.0), 150.0, 8.0), ((16.0, 260.0), 150.0, 8.0), ((16.0, 160.0), 45.0, 12.0)]):
+        times = np.cumsum(0.002 + rng.exponential(1 / rate, 600))
+        for t in times[(times * fs > trough) & (times * fs < n - 75 + trough)]:
+            i = int(t * fs) - trough
+            x[i: i + 75] += amp * wave[:, None] * np.exp(-np.linalg.norm(pos - np.array(where), axis=1) / 28.0)[None]
+            st.append(i + trough)
+            su.append(k)
+    order = np.argsort(st)
+    st, su = np.array(st)[order], np.array(su)[order]
+    rec, probe = ArrayRecording(x, fs), Probe(pos, np.arange(16))
+    first_only = sort_recording(rec, probe, SortParams(motion="off", seed=0))
+    c = compare(st, su, first_only.spike_times, first_only.spike_units, fs)
+    assert first_only.n_units == 2 and c.accuracy[2] < 0.2, c.accuracy
+    with_residual = sort_recording(rec, probe, SortParams(motion="off", seed=0, residual_threshold=4.5))
+    c = compare(st, su, with_residual.spike_times, with_residual.spike_units, fs)
+    assert with_residual.info["n_residual_units"] >= 1
+    assert with_residual.n_units == 3 and c.well_detected(0.85) == 3, c.accuracy
