@@ -1053,7 +1053,7 @@ def sort_recording(
             # (firing in turn) are made one again below
             unit_templates, unit_pc_chans = templates[kept], pc_chans_np[kept]
             n_before = len(kept)
-            split = split_units(pc_features, units, params.min_cluster, params.valley_ratio, seed=params.seed)
+            split = split_units(pc_features, units, params.min_cluster, params.valley_ratio)
             if len(split) and split.max() >= n_before:
                 children = np.arange(n_before, split.max() + 1)
                 parents = np.array([units[split == c][0] for c in children])
