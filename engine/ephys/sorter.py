@@ -117,7 +117,7 @@ class SortParams:
     # > 0: threshold crossings of the last pass's residual (in its SDs) are clustered into new units and that pass runs
     # again with them, finding neurons the first detection rarely reached. Off by default: on drift-nonrigid-128 at
     # 4.5 it found 3 of seed 1's 4 missed units (mean accuracy 0.890 → 0.909) but cut a known unit in two on seed 0
-    # (0.872 → 0.867), and the extra pass costs a quarter of the sort's time
+    # (0.872 → 0.867), and the extra matching pass costs about a fifth of the sort's time
     residual_threshold: float = 0.0
     # templates this similar within split_radius_um may be one neuron cut in two, merged when their spikes say so
     # (_merge_split_units); the halves of a unit 8 µm from the probe measured 0.649 (drift-nonrigid seed 1)
