@@ -40,6 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--probe", metavar="PROBE", help="probeinterface .json or Kilosort channel map (.json / .mat)")
     p.add_argument("-o", "--output", metavar="PHY_DIR", required=True, help="output folder (created)")
     p.add_argument("--threshold", type=positive_float, help="spike score threshold in noise SDs (default 6)")
+    p.add_argument("--residual-threshold", type=positive_float, metavar="SD",
+                   help="also look for units in the residual of the deconvolution, at this threshold in its SDs (e.g. 4.5; "
+                   "default off): finds small units the first detection missed, at the cost of one more matching pass")
     p.add_argument("--motion", choices=("auto", "rigid", "nonrigid", "off"), default="auto",
                    help="drift correction (default auto: estimated when the probe has ≥ 4 rows over ≥ 60 µm, corrected when it "
                    "moves ≥ 5 µm; rigid below 1 mm of probe, per depth window above)")
@@ -114,6 +117,8 @@ def _run_sort(args: argparse.Namespace) -> int:
     sort_params = SortParams(motion=args.motion)
     if args.threshold is not None:
         sort_params.threshold = args.threshold
+    if args.residual_threshold is not None:
+        sort_params.residual_threshold = args.residual_threshold
     logging.getLogger("engine.ephys").setLevel(logging.WARNING)
     with progress_bar("sorting") as progress:
         out = sort_job(args.raw, params, args.probe, sort_params, folder=args.output, progress=progress)

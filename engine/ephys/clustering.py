@@ -256,7 +256,8 @@ def initial_templates(
     from sklearn.decomposition import PCA
 
     progress = as_progress(progress)
-    data = np.asarray(data)  # a plain view of a memmap: slicing a np.memmap per spike is ~6x slower
+    if isinstance(data, np.ndarray):
+        data = np.asarray(data)  # a plain view of a memmap: slicing a np.memmap per spike is ~6x slower
     rng = np.random.default_rng(seed)
     n_ch = neighbours.shape[0]
     picked = []
@@ -313,3 +314,54 @@ def initial_templates(
         merged[g] = np.tensordot(counts / counts.sum(), templates[members], axes=1)
     labels = np.where(labels >= 0, group[np.maximum(labels, 0)], -1)
     return merged, tpcs, labels
+
+
+def split_units(features: np.ndarray, labels: np.ndarray, min_cluster: int = 25, valley_ratio: float = 0.4, min_fraction: float = 0.15,
+                max_footprint_similarity: float = 0.9, n_components: int = 6) -> np.ndarray:
+    """Labels after splitting every unit whose spikes hold two neurons; new units are numbered from ``labels.max() + 1``.
+
+    ``features``: (n, P, C) per spike, P temporal-PC coefficients on each of C channels shared by the unit's spikes
+    (the sorter's PC features of residual + own template). A unit is cut in two (2-means in the first
+    ``n_components`` PCs of its features, started from the cut at the median of the first) and the cut is kept when
+    (a) the projection on the line between the two halves is bimodal (:func:`_bimodal`, as clustering's splits),
+    (b) each half holds ≥ ``min_cluster`` spikes and ≥ ``min_fraction`` of the unit (a small minority is the unit's
+    own spikes bent by collisions with a neighbour), and (c) the halves' spatial footprints (per-channel norm of the
+    mean features) differ: cosine < ``max_footprint_similarity`` — two neurons sit at two places; one neuron's spikes
+    of two sizes (bursts) or two drift phases keep one footprint shape. Halves are tried again, so a unit holding
+    three neurons can end as three. numpy only: sklearn's per-call overhead was 0.5 s for 86 units at 384 sites.
+    """
+    labels = np.asarray(labels).copy()
+    if len(labels) == 0:
+        return labels
+    flat = features.reshape(len(features), -1).astype(np.float64)
+    next_label = int(labels.max()) + 1
+    stack = [np.flatnonzero(labels == u) for u in np.unique(labels)]
+    while stack:
+        idx = stack.pop()
+        need = max(min_cluster, min_fraction * len(idx))
+        if len(idx) < 2 * need:
+            continue
+        x = flat[idx] - flat[idx].mean(0)
+        x = x @ np.linalg.svd(x, full_matrices=False)[2][:n_components].T
+        side = x[:, 0] > np.median(x[:, 0])
+        for _ in range(50):  # Lloyd's iterations of 2-means
+            if side.all() or not side.any():
+                break
+            c0, c1 = x[~side].mean(0), x[side].mean(0)
+            new = ((x - c1) ** 2).sum(1) < ((x - c0) ** 2).sum(1)
+            if np.array_equal(new, side):
+                break
+            side = new
+        a, b = np.flatnonzero(~side), np.flatnonzero(side)
+        if min(len(a), len(b)) < need:
+            continue
+        proj, lab = _pair_projection(x, a, b)
+        if not _bimodal(proj, lab, valley_ratio):
+            continue
+        fa, fb = (np.linalg.norm(features[idx[s]].mean(0), axis=0) for s in (a, b))
+        if fa @ fb >= max_footprint_similarity * np.linalg.norm(fa) * np.linalg.norm(fb):
+            continue
+        labels[idx[b]] = next_label
+        next_label += 1
+        stack += [idx[a], idx[b]]
+    return labels

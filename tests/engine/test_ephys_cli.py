@@ -54,8 +54,8 @@ def test_round_trip(tmp_path, capsys):
     assert "SNR" in table and "ISI viol" in table
     lines = (tmp_path / "metrics.csv").read_text().splitlines()
     assert lines[0].startswith("cluster_id,n_spikes,firing_rate") and len(lines) == n_sorted + 1
-    # without a probe: linear with a warning; without layout flags: the sidecar's
-    assert run(["sort", str(raw), "-o", str(tmp_path / "phy2")]) == 0
+    # without a probe: linear with a warning; without layout flags: the sidecar's (and the residual pass on)
+    assert run(["sort", str(raw), "-o", str(tmp_path / "phy2"), "--residual-threshold", "4.5"]) == 0
     assert "linear probe" in capsys.readouterr().err
 
 
@@ -86,3 +86,5 @@ def test_bad_inputs(tmp_path, capsys):
     assert "needs contacts along the probe's depth" in err and "1 row" in err and err.count("\n") == 1
     assert run(["sort", str(good), "--n-channels", "8", "--fs", "30000", "--motion", "sideways", "-o", "x"]) == 2
     assert "invalid choice: 'sideways'" in capsys.readouterr().err
+    assert run(["sort", str(good), "--n-channels", "8", "--fs", "30000", "--residual-threshold", "-1", "-o", "x"]) == 2
+    assert "--residual-threshold" in capsys.readouterr().err
