@@ -18,6 +18,7 @@ import dataclasses
 from pathlib import Path
 
 import numpy as np
+from PyQt6 import sip
 from PyQt6.QtCore import Qt, QTimer
 from PyQt6.QtGui import QKeySequence
 from PyQt6.QtWidgets import (QApplication, QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGridLayout, QGroupBox, QHBoxLayout,
@@ -640,7 +641,7 @@ class EphysWorkspace(Workspace):
         selection = list(self.selected)
 
         def done(result: dict) -> None:
-            if curation is not self.curation:
+            if sip.isdeleted(self.views) or curation is not self.curation:  # the workspace closed meanwhile
                 return
             self._waveforms.update(result)
             if self.selected == selection:
