@@ -579,6 +579,17 @@ def _coincident_larger(times: np.ndarray, amps: np.ndarray, others_t: np.ndarray
     return top >= ratio * amps
 
 
+def _by_unit(units: np.ndarray, k: int) -> list[np.ndarray]:
+    """Indices of each unit's spikes, in increasing order: one stable sort, not a pass over all spikes per unit."""
+    order = np.argsort(units, kind="stable")
+    return np.split(order, np.cumsum(np.bincount(units, minlength=k))[:-1])
+
+
+def _coincident(times: np.ndarray, others: np.ndarray, window: int) -> np.ndarray:
+    """Mask of ``times`` with a spike of ``others`` (sorted) within ±``window`` samples."""
+    return np.searchsorted(others, times + window, side="right") > np.searchsorted(others, times - window, side="left")
+
+
 def _shadow_units(templates: np.ndarray, starts: np.ndarray, units: np.ndarray, positions: np.ndarray, window: int,
                   max_fraction: float, radius: float = 150.0, shadow_spikes: np.ndarray | None = None) -> np.ndarray:
     """Boolean mask of "shadow" units: units whose spikes fall within ±``window`` samples of a spike of a
@@ -586,7 +597,11 @@ def _shadow_units(templates: np.ndarray, starts: np.ndarray, units: np.ndarray, 
     chance a few % of the time (1 ms × the neighbours' summed rate); a unit near 100 % is explaining
     another unit's misfit. Removed one at a time, the worst first, and recounted: the real unit a
     shadow rides on is then no longer flagged because of its shadow. ``shadow_spikes`` (:func:`_shadow_spikes`)
-    count for their own unit, not against the unit they ride on: that one is their host."""
+    count for their own unit, not against the unit they ride on: that one is their host.
+
+    Counted per pair of nearby units (sorted spike times merged with ``searchsorted``): each spike keeps the number of
+    nearby units it coincides with, and dropping a shadow only updates its neighbours' counts, so the cost is the
+    neighbour pairs × their spikes, not units × all spikes per removal."""
     k = len(templates)
     shadow = np.zeros(k, bool)
     if k < 2 or len(starts) == 0:
@@ -600,22 +615,24 @@ def _shadow_units(templates: np.ndarray, starts: np.ndarray, units: np.ndarray, 
     hosts = np.ones(len(times), bool) if shadow_spikes is None else ~shadow_spikes[order]
     close = np.linalg.norm(centre[:, None] - centre[None], axis=2) <= radius
     np.fill_diagonal(close, False)
+    members = _by_unit(units, k)
+    mine = [times[m] for m in members]
+    hosted = [times[m[hosts[m]]] for m in members]  # the spikes a unit can be a host with
 
-    def fraction(u: int) -> float:
-        mine = times[units == u]
-        others = times[np.isin(units, np.flatnonzero(close[u] & ~shadow)) & hosts]
-        if len(mine) == 0 or len(others) == 0:
-            return 0.0
-        idx = np.clip(np.searchsorted(others, mine), 1, len(others) - 1)
-        gap = np.minimum(np.abs(mine - others[idx - 1]), np.abs(others[idx] - mine))
-        return float((gap <= window).mean())
+    def hits(u: int, j: int) -> np.ndarray:
+        return _coincident(mine[u], hosted[j], window)
 
+    count = [sum((hits(u, j).astype(np.int32) for j in np.flatnonzero(close[u])), np.zeros(len(mine[u]), np.int32)) for u in range(k)]
+    frac = np.array([float((c > 0).mean()) if len(c) else 0.0 for c in count])
     while True:
-        frac = np.array([0.0 if shadow[u] else fraction(u) for u in range(k)])
         worst = int(frac.argmax())
         if frac[worst] < max_fraction:
             return shadow
         shadow[worst] = True
+        frac[worst] = 0.0
+        for u in np.flatnonzero(close[worst] & ~shadow):
+            count[u] -= hits(u, worst)
+            frac[u] = float((count[u] > 0).mean()) if len(count[u]) else 0.0
 
 
 def _shadow_spikes(templates: np.ndarray, starts: np.ndarray, units: np.ndarray, amps: np.ndarray, positions: np.ndarray,
@@ -643,7 +660,7 @@ def _shadow_spikes(templates: np.ndarray, starts: np.ndarray, units: np.ndarray,
     times = starts + np.abs(templates[np.arange(k), peak]).argmax(axis=1)[units]
     order = np.argsort(times, kind="stable")
     t, u, a = times[order], units[order], amps[order]
-    members = [np.flatnonzero(u == i) for i in range(k)]
+    members = _by_unit(u, k)
     for i, j in np.argwhere(close):
         mine, host = members[i], members[j]
         if len(mine) == 0 or len(host) == 0:
