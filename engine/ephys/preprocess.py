@@ -315,10 +315,10 @@ class Int16Traces:
         return self._data[index] * self._step(index)
 
     def __setitem__(self, index, values) -> None:
-        q = np.rint(np.asarray(values, np.float32) / self._step(index))
-        over = np.abs(q) > 32767
-        if over.any():
-            self.clipped += int(over.sum())
+        q = np.asarray(values, np.float32) / self._step(index)
+        np.rint(q, out=q)
+        if q.size and (q.max() > 32767 or q.min() < -32767):  # two fast reductions; counted only when it happens
+            self.clipped += int(np.count_nonzero(np.abs(q) > 32767))
             np.clip(q, -32767, 32767, out=q)
         self._data[index] = q
 

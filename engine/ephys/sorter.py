@@ -224,8 +224,9 @@ class _Templates:
             self.wtw[jj] = torch.einsum("jrks,jrksl->jkl", gram[jj], xcorr.reshape(jj.stop - j, rank, self.k, rank, -1))
         self.w_t = w_t
 
-    def scores(self, x, step: int = 8192):
-        """x: (T, C) tensor (as stored: no transposed copy) → (K, T - D + 1) scores μ_k(t) = <X[t:t+D], W_k> = [(U_kᵀX) ⋆ (S_k V_kᵀ)]_t.
+    def scores(self, x, step: int = 8192, out=None):
+        """x: (T, C) tensor (as stored: no transposed copy) → (K, T - D + 1) scores μ_k(t) = <X[t:t+D], W_k> = [(U_kᵀX) ⋆ (S_k V_kᵀ)]_t,
+        written into ``out`` when given (a view of the caller's padded array: no second K × T copy).
 
         The temporal part is a depthwise conv1d (one filter per projected row, then a sum over
         the R rows): on CPU it runs ~10x faster than the equivalent conv with groups=K. Done in
@@ -237,7 +238,8 @@ class _Templates:
         n_out = x.shape[0] - self.d + 1
         if x.device.type != "cpu":
             step = max(n_out, 1)
-        out = torch.empty((self.k, max(n_out, 0)), dtype=x.dtype, device=x.device)
+        if out is None:
+            out = torch.empty((self.k, max(n_out, 0)), dtype=x.dtype, device=x.device)
         filters = self.sv.reshape(self.k * self.rank, 1, self.d)
         for a in range(0, n_out, step):
             b = min(a + step, n_out)
@@ -289,12 +291,9 @@ def _deconvolve_batch(x, tpl: _Templates, core: tuple[int, int], params: SortPar
     import torch
     from scipy.signal import find_peaks
 
-    raw = tpl.scores(x)
-    t_len = raw.shape[1]
-    padded = torch.zeros((tpl.k, t_len + 2 * (tpl.d - 1)), device=raw.device)
-    scores = padded[:, tpl.d - 1: tpl.d - 1 + t_len]
-    scores.copy_(raw)
-    del raw
+    t_len = max(x.shape[0] - tpl.d + 1, 0)
+    padded = torch.zeros((tpl.k, t_len + 2 * (tpl.d - 1)), dtype=x.dtype, device=x.device)
+    scores = tpl.scores(x, out=padded[:, tpl.d - 1: tpl.d - 1 + t_len])
     if sigma is None:
         med = scores.median(dim=1, keepdim=True).values
         sigma = ((scores - med).abs().median(dim=1).values / 0.6745).clamp_min(1e-6)
@@ -932,9 +931,8 @@ def sort_recording(
                 if last:
                     feats = np.concatenate(feats)[order] if feats else np.zeros((0, tpcs.shape[0], n_pc), np.float32)
                 prev_u = units
-                for k in range(tpl.k):
-                    mk = mus[units == k]
-                    typical[k] = np.median(mk) if len(mk) else 0.0
+                for k, members in enumerate(_by_unit(units.astype(np.int64), tpl.k)):
+                    typical[k] = np.median(mus[members]) if len(members) else 0.0
                 # template update: W_k ∝ Σ a R_t, low rank, unit norm (keep the old one if unit k found nothing)
                 new = tpl.w.copy()
                 for k in range(tpl.k):
