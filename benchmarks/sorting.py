@@ -380,7 +380,7 @@ def main(argv=None) -> int:
                 (d0, w0), (d1, w1) = [(r["duration_s"], r["wall_s"]) for r in tp[-2:]]
                 hour = w1 + (w1 - w0) / (d1 - d0) * (3600 - d1)
                 print(f"\nan hour extrapolated: {hour / 60:.0f} min ({3600 / hour:.2f}x real time); whitened scratch file "
-                      f"{3600 * 30000 * 384 * 4 / 1e9:.0f} GB")
+                      f"(int16) {3600 * 30000 * 384 * 2 / 1e9:.0f} GB")
             print()
         if have_si and "threads" in cases:
             print("Throughput, ours on the easy recording (best of 2, alternating):\n")

@@ -701,12 +701,14 @@ def _in_order(run_batch, starts, state, workers: int, check):
     with single_threaded(), ThreadPoolExecutor(max_workers=workers, thread_name_prefix="neurowb-batch") as pool:
         futures = [pool.submit(run_batch, a, state) for a in starts[1:]]
         try:
-            for f in futures:
+            for i in range(len(futures)):
                 check()
+                f, futures[i] = futures[i], None  # a future keeps its result: drop it once taken (a template pass's (K, C, D) sums)
                 yield f.result()
         finally:
             for f in futures:
-                f.cancel()
+                if f is not None:
+                    f.cancel()
 
 
 def check_finite(recording, progress=None, block_bytes: int = 32 * 2**20) -> None:
