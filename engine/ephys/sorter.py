@@ -115,6 +115,9 @@ class SortParams:
     motion: str = "auto"  # drift correction: "auto", "rigid", "nonrigid" or "off" (engine/ephys/motion.py)
     motion_min_um: float = 5.0  # auto corrects when the estimated displacement reaches this (static benchmarks: ≤ 0.2 µm)
     motion_nonrigid_span_um: float = 1000.0  # auto estimates per depth window on probes spanning at least this
+    # the whitened scratch file: int16 (half the disk; reading it back costs a conversion) once float32 would exceed
+    # this many GB (384 sites: 87 s of recording), float32 below
+    int16_scratch_gb: float = 4.0
     seed: int = 0
     device: str | None = None
 
@@ -744,8 +747,9 @@ def sort_recording(
 ) -> Sorting:
     """Sort a recording (RawRecording or ArrayRecording): preprocess → initialize → deconvolve.
 
-    ``workdir`` receives the whitened data (``whitened.npy``, int16 in steps of 1/200 noise SD:
-    :class:`~engine.ephys.preprocess.Int16Traces`; deleted afterwards unless it was asked for); default a temporary folder.
+    ``workdir`` receives the whitened data (``whitened.npy``: float32, or above ``params.int16_scratch_gb`` int16 in
+    steps of 1/200 noise SD, :class:`~engine.ephys.preprocess.Int16Traces`; deleted afterwards unless it was asked
+    for); default a temporary folder.
     """
     import torch
 
@@ -791,8 +795,10 @@ def sort_recording(
         pre = Preprocessor(fs, probe.channel_map, probe.positions, preprocess)
         # the whitening is estimated from the filtered data as written (not filtered twice)
         workers = _batch_workers(torch.device("cpu"))  # CPU threads for filtering and detection
-        # int16 (as Kilosort's): 2 bytes per sample of temporary disk, 83 GB for an hour of 384 channels
-        xw = pre.write(recording, workdir / "whitened.npy", progress=p_pre, fit_seconds=6.0, workers=workers, dtype=np.int16)
+        # long recordings as int16 (as Kilosort's): 2 bytes per sample of temporary disk, 83 GB for an hour of 384 channels
+        int16 = recording.n_samples * probe.n_channels * 4 > params.int16_scratch_gb * 1e9
+        xw = pre.write(recording, workdir / "whitened.npy", progress=p_pre, fit_seconds=6.0, workers=workers,
+                       dtype=np.int16 if int16 else np.float32)
         n_t, n_ch = xw.shape
         timings["preprocess_s"] = time.perf_counter() - t_start
 
@@ -981,7 +987,9 @@ def sort_recording(
             peak_ch = np.abs(templates).max(axis=2).argmax(axis=1)
             troughs = np.array([int(np.abs(templates[k, peak_ch[k]]).argmax()) for k in range(len(templates))], dtype=np.int64)
         timings["deconvolve_s"] = time.perf_counter() - t0
-        timings["scratch_clipped"] = xw.clipped  # whitened samples beyond the int16 file's ±164 SD
+        timings["scratch"] = "int16" if int16 else "float32"
+        if int16:
+            timings["scratch_clipped"] = xw.clipped  # whitened samples beyond the int16 file's ±164 SD
         timings["total_s"] = time.perf_counter() - t_start
         timings["device"] = str(device)
         spike_units = units.astype(np.int64)
