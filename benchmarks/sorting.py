@@ -110,10 +110,13 @@ def _sort_child() -> None:
     import torch  # noqa: F401
 
     import engine.ephys.sorter  # noqa: F401
+    from engine.progress import Progress
 
     job = json.loads(sys.argv[1])
     out = Path(job["out"])
     peak_anon = [0]
+    stage = ["Starting"]  # the sort's current stage (its progress message up to the first colon)
+    per_stage: dict[str, int] = {}  # peak own memory (kB) seen during each stage: where memory goes
     done = threading.Event()
 
     def sample_anon() -> None:
@@ -121,24 +124,29 @@ def _sort_child() -> None:
             with open("/proc/self/status") as f:
                 kb = next((int(line.split()[1]) for line in f if line.startswith("RssAnon:")), 0)
             peak_anon[0] = max(peak_anon[0], kb)
+            per_stage[stage[0]] = max(per_stage.get(stage[0], 0), kb)
+
+    def on_progress(_fraction: float, message: str) -> None:
+        stage[0] = message.split(":")[0] or stage[0]
 
     sampler = threading.Thread(target=sample_anon, daemon=True)
     sampler.start()
     _own_threads()
     start = time.perf_counter()
     result = _sort(Path(job["raw"]), job["n_channels"], job["fs"], np.array(job["positions"]), job["dtype"], out, job["offset"],
-                   job["motion"], job["gain"])
+                   job["motion"], job["gain"], progress=Progress(on_progress, min_interval=0.0))
     wall = time.perf_counter() - start
     done.set()
     sampler.join()
     np.savez(out.with_name(f"{out.name}_spikes.npz"), times=result.spike_times, units=result.spike_units)
     info = {k: v for k, v in result.info.items() if k != "params"}
+    info["peak_anon_mb_by_stage"] = {k: round(v / 1024) for k, v in per_stage.items()}
     print(json.dumps({"wall_s": wall, "n_units": result.n_units, "info": info, "peak_anon_mb": peak_anon[0] / 1024,
                       "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}, default=str))
 
 
 def _sort(raw_path: Path, n_channels: int, fs: float, positions: np.ndarray, dtype: str, out: Path, offset: float = 0.0,
-          motion: str = "auto", gain: float = 1.0):
+          motion: str = "auto", gain: float = 1.0, progress=None):
     """Raw file → Phy folder with the threads as they are set."""
     from engine.ephys.io import RawRecording, RecordingParams
     from engine.ephys.phy import write_phy
@@ -146,7 +154,8 @@ def _sort(raw_path: Path, n_channels: int, fs: float, positions: np.ndarray, dty
     from engine.ephys.sorter import SortParams, sort_recording
 
     params = RecordingParams(n_channels=n_channels, sample_rate=fs, dtype=dtype, gain_uv=gain, offset=offset)
-    result = sort_recording(RawRecording(raw_path, params), Probe(positions, np.arange(n_channels)), SortParams(motion=motion))
+    result = sort_recording(RawRecording(raw_path, params), Probe(positions, np.arange(n_channels)), SortParams(motion=motion),
+                            progress=progress)
     write_phy(result, out, raw_path=raw_path, recording_params=params)
     return result
 
@@ -258,7 +267,8 @@ def throughput_case(durations: list[float], base_duration: float, seed: int, wor
         result, wall = _run_ours(raw, 384, 30000.0, positions, "int16", folder / f"phy_{duration:g}s", gain=0.25)
         rows.append({"duration_s": duration, "wall_s": wall, "x_realtime": duration / wall, "stages": _stages(result),
                      "units": result.n_units, "spikes": len(result.spike_times), "peak_anon_mb": result.peak_anon_mb,
-                     "peak_rss_mb": result.peak_rss_mb})
+                     "peak_rss_mb": result.peak_rss_mb,
+                     "peak_anon_mb_by_stage": " / ".join(f"{k} {v}" for k, v in result.info.get("peak_anon_mb_by_stage", {}).items())})
         print(f"throughput-384 {duration:g} s: {rows[-1]}", file=sys.stderr, flush=True)
         raw.unlink()
     return rows
@@ -364,12 +374,13 @@ def main(argv=None) -> int:
             durations = [float(v) for v in args.throughput_durations.split(",")]
             print("Throughput and peak memory, ours on 384 × 30 kHz int16 (each duration sorted in a fresh process):\n")
             tp = throughput_case(durations, args.duration_384, args.seed, work)
-            markdown_table(tp, ["duration_s", "wall_s", "x_realtime", "stages", "units", "spikes", "peak_anon_mb", "peak_rss_mb"])
+            markdown_table(tp, ["duration_s", "wall_s", "x_realtime", "stages", "units", "spikes", "peak_anon_mb", "peak_rss_mb",
+                                "peak_anon_mb_by_stage"])
             if len(tp) >= 2:  # a fixed cost plus a cost per recorded second, from the two longest
                 (d0, w0), (d1, w1) = [(r["duration_s"], r["wall_s"]) for r in tp[-2:]]
                 hour = w1 + (w1 - w0) / (d1 - d0) * (3600 - d1)
                 print(f"\nan hour extrapolated: {hour / 60:.0f} min ({3600 / hour:.2f}x real time); whitened scratch file "
-                      f"{3600 * 30000 * 384 * 4 / 1e9:.0f} GB")
+                      f"(int16) {3600 * 30000 * 384 * 2 / 1e9:.0f} GB")
             print()
         if have_si and "threads" in cases:
             print("Throughput, ours on the easy recording (best of 2, alternating):\n")

@@ -73,7 +73,7 @@ def extract_snippets(data, times: np.ndarray, channels: np.ndarray, start_offset
         a = int(t) + start_offset
         lo, hi = max(a, 0), min(a + n_samples, data.shape[0])
         if hi > lo:
-            out[i, lo - a: hi - a][:, valid] = data[lo:hi][:, channels[valid]]
+            out[i, lo - a: hi - a][:, valid] = data[lo:hi, channels[valid]]
     return out
 
 
@@ -256,8 +256,7 @@ def initial_templates(
     from sklearn.decomposition import PCA
 
     progress = as_progress(progress)
-    if isinstance(data, np.ndarray):
-        data = np.asarray(data)  # a plain view of a memmap: slicing a np.memmap per spike is ~6x slower
+    data = np.asarray(data) if isinstance(data, np.memmap) else data  # a plain view: slicing a np.memmap per spike is ~6x slower
     rng = np.random.default_rng(seed)
     n_ch = neighbours.shape[0]
     picked = []

@@ -152,10 +152,13 @@ def _raster(times_s, depths, amps, n_bins, bin_s, y0, n_y, smooth_um):
 
 
 def _pairwise_shifts(raster, max_shift: int, horizon: int, device, progress=None):
-    """(D, C): D[i, j] ≈ p_j − p_i (µm) and the normalised correlation C[i, j] (0 beyond the horizon)."""
+    """Banded (T, 2H+1), H = min(``horizon``, T − 1): D[i, o] ≈ p_j − p_i (µm) and the normalised correlation C[i, o]
+    of bins i and j = i + o − H (0 where j is outside the recording): only the pairs within the horizon are kept, so
+    memory and time grow linearly with the recording's length (dense T × T matrices: 200 MB per window at an hour)."""
     import torch
 
     t_len, n_y = raster.shape
+    h = min(horizon, t_len - 1)
     length = 1 << int(np.ceil(np.log2(n_y + max_shift + 1)))
     r = torch.as_tensor(raster, dtype=torch.float32, device=device)
     r = r - r.mean(dim=1, keepdim=True)
@@ -163,8 +166,8 @@ def _pairwise_shifts(raster, max_shift: int, horizon: int, device, progress=None
     f = torch.fft.rfft(r, n=length, dim=1)
     lags = torch.cat([torch.arange(0, max_shift + 1), torch.arange(length - max_shift, length)]).to(device)
     lag_values = torch.cat([torch.arange(0, max_shift + 1), torch.arange(-max_shift, 0)]).to(device).float()
-    shifts = np.zeros((t_len, t_len))
-    corr = np.zeros((t_len, t_len))
+    shifts = np.zeros((t_len, 2 * h + 1))
+    corr = np.zeros((t_len, 2 * h + 1))
     step = max(1, int(2**24 // max(1, length * min(t_len, 2 * horizon + 1))))
     for i0 in range(0, t_len, step):
         if progress is not None:
@@ -183,34 +186,53 @@ def _pairwise_shifts(raster, max_shift: int, horizon: int, device, progress=None
         right = cc_sorted.gather(2, (pos + 1).clamp_max(len(order) - 1)[..., None])[..., 0]
         denom = left - 2 * peak + right
         sub = torch.where(denom < -1e-12, 0.5 * (left - right) / denom, torch.zeros_like(denom)).clamp(-0.5, 0.5)
-        shifts[i0:i1, j0:j1] = (lag_values[best] + sub).cpu().numpy()
-        c = peak.cpu().numpy()
-        ii, jj = np.meshgrid(np.arange(i0, i1), np.arange(j0, j1), indexing="ij")
-        c[np.abs(ii - jj) > horizon] = 0.0
-        corr[i0:i1, j0:j1] = c
+        # (i, j) of the chunk → band (i, o = j − i + H)
+        j = np.arange(i0, i1)[:, None] + np.arange(-h, h + 1)[None]
+        inside = (j >= 0) & (j < t_len)
+        cols = np.clip(j, j0, j1 - 1) - j0
+        for band, values in ((shifts, (lag_values[best] + sub).cpu().numpy()), (corr, peak.cpu().numpy())):
+            band[i0:i1] = np.where(inside, np.take_along_axis(values, cols, axis=1), 0.0)
     return shifts, corr
 
 
+def _band_transpose(band: np.ndarray) -> np.ndarray:
+    """The band of the transposed matrix: out[i, o] = M[j, i] with j = i + o − H (0 outside the matrix)."""
+    t_len, width = band.shape
+    h = width // 2
+    j = np.arange(t_len)[:, None] + np.arange(-h, h + 1)[None]
+    inside = (j >= 0) & (j < t_len)
+    return np.where(inside, band[np.clip(j, 0, t_len - 1), width - 1 - np.arange(width)[None]], 0.0)
+
+
 def _solve(shifts, corr, min_correlation: float, smoothness: float) -> np.ndarray:
-    """Robust weighted least squares for p from the pairwise shifts (see the module docstring)."""
-    t_len = len(shifts)
+    """Robust weighted least squares for p from the banded pairwise shifts (see the module docstring): the normal
+    equations are a banded symmetric positive-definite system (graph Laplacian of the weights + λ × the path's + 1e-6 I)."""
+    from scipy.linalg import solveh_banded
+
+    t_len, width = shifts.shape
+    h = width // 2
     w = np.where(corr >= min_correlation, corr, 0.0)
-    np.fill_diagonal(w, 0.0)
-    w = np.minimum(w, w.T)  # symmetric
-    d = 0.5 * (shifts - shifts.T)  # antisymmetric
-    lap_t = np.zeros((t_len, t_len))
-    if t_len > 1:
-        idx = np.arange(t_len - 1)
-        lap_t[idx, idx] += 1
-        lap_t[idx + 1, idx + 1] += 1
-        lap_t[idx, idx + 1] -= 1
-        lap_t[idx + 1, idx] -= 1
+    w[:, h] = 0.0  # a bin with itself
+    w = np.minimum(w, _band_transpose(w))  # symmetric
+    d = 0.5 * (shifts - _band_transpose(shifts))  # antisymmetric
+    j = np.arange(t_len)[:, None] + np.arange(-h, h + 1)[None]
+    inside = (j >= 0) & (j < t_len)
+    j = np.clip(j, 0, t_len - 1)
+    path = np.full(t_len, 2.0)  # λ × the Laplacian of the path t – t+1: diagonal 2 (1 at the ends), next to it −1
+    path[[0, -1]] = 1.0
+    if t_len == 1:
+        path[:] = 0.0
     p = np.zeros(t_len)
     for _ in range(3):
-        a = np.diag(w.sum(axis=1)) - w + smoothness * lap_t + 1e-6 * np.eye(t_len)
-        b = (w * d).sum(axis=0)
-        p = np.linalg.solve(a, b)
-        resid = np.abs(p[None, :] - p[:, None] - d)
+        upper = np.zeros((h + 1, t_len))  # solveh_banded's upper form: upper[h − k, i + k] = A[i, i + k]
+        upper[h] = w.sum(axis=1) + smoothness * path + 1e-6
+        for k in range(1, h + 1):
+            upper[h - k, k:] = -w[: t_len - k, h + k]
+        if h:
+            upper[h - 1, 1:] -= smoothness
+        b = -(w * d).sum(axis=1)  # Σ_i w_ij d_ij = −Σ_i w_ji d_ji (w symmetric, d antisymmetric)
+        p = solveh_banded(upper, b)
+        resid = np.where(inside, np.abs(p[j] - p[:, None] - d), 0.0)
         scale = np.median(resid[w > 0]) if (w > 0).any() else 0.0
         w = np.where(resid <= max(4.0 * 1.4826 * scale, 1.0), w, 0.0)  # drop pairs far beyond the others
     return p - np.median(p)

@@ -126,6 +126,9 @@ class SortParams:
     motion: str = "auto"  # drift correction: "auto", "rigid", "nonrigid" or "off" (engine/ephys/motion.py)
     motion_min_um: float = 5.0  # auto corrects when the estimated displacement reaches this (static benchmarks: ≤ 0.2 µm)
     motion_nonrigid_span_um: float = 1000.0  # auto estimates per depth window on probes spanning at least this
+    # the whitened scratch file: int16 (half the disk; reading it back costs a conversion) once float32 would exceed
+    # this many GB (384 sites: 87 s of recording), float32 below
+    int16_scratch_gb: float = 4.0
     seed: int = 0
     device: str | None = None
 
@@ -235,8 +238,9 @@ class _Templates:
             self.wtw[jj] = torch.einsum("jrks,jrksl->jkl", gram[jj], xcorr.reshape(jj.stop - j, rank, self.k, rank, -1))
         self.w_t = w_t
 
-    def scores(self, x, step: int = 8192):
-        """x: (T, C) tensor (as stored: no transposed copy) → (K, T - D + 1) scores μ_k(t) = <X[t:t+D], W_k> = [(U_kᵀX) ⋆ (S_k V_kᵀ)]_t.
+    def scores(self, x, step: int = 8192, out=None):
+        """x: (T, C) tensor (as stored: no transposed copy) → (K, T - D + 1) scores μ_k(t) = <X[t:t+D], W_k> = [(U_kᵀX) ⋆ (S_k V_kᵀ)]_t,
+        written into ``out`` when given (a view of the caller's padded array: no second K × T copy).
 
         The temporal part is a depthwise conv1d (one filter per projected row, then a sum over
         the R rows): on CPU it runs ~10x faster than the equivalent conv with groups=K. Done in
@@ -248,7 +252,8 @@ class _Templates:
         n_out = x.shape[0] - self.d + 1
         if x.device.type != "cpu":
             step = max(n_out, 1)
-        out = torch.empty((self.k, max(n_out, 0)), dtype=x.dtype, device=x.device)
+        if out is None:
+            out = torch.empty((self.k, max(n_out, 0)), dtype=x.dtype, device=x.device)
         filters = self.sv.reshape(self.k * self.rank, 1, self.d)
         for a in range(0, n_out, step):
             b = min(a + step, n_out)
@@ -300,12 +305,9 @@ def _deconvolve_batch(x, tpl: _Templates, core: tuple[int, int], params: SortPar
     import torch
     from scipy.signal import find_peaks
 
-    raw = tpl.scores(x)
-    t_len = raw.shape[1]
-    padded = torch.zeros((tpl.k, t_len + 2 * (tpl.d - 1)), device=raw.device)
-    scores = padded[:, tpl.d - 1: tpl.d - 1 + t_len]
-    scores.copy_(raw)
-    del raw
+    t_len = max(x.shape[0] - tpl.d + 1, 0)
+    padded = torch.zeros((tpl.k, t_len + 2 * (tpl.d - 1)), dtype=x.dtype, device=x.device)
+    scores = tpl.scores(x, out=padded[:, tpl.d - 1: tpl.d - 1 + t_len])
     if sigma is None:
         med = scores.median(dim=1, keepdim=True).values
         sigma = ((scores - med).abs().median(dim=1).values / 0.6745).clamp_min(1e-6)
@@ -658,6 +660,17 @@ def _coincident_larger(times: np.ndarray, amps: np.ndarray, others_t: np.ndarray
     return top >= ratio * amps
 
 
+def _by_unit(units: np.ndarray, k: int) -> list[np.ndarray]:
+    """Indices of each unit's spikes, in increasing order: one stable sort, not a pass over all spikes per unit."""
+    order = np.argsort(units, kind="stable")
+    return np.split(order, np.cumsum(np.bincount(units, minlength=k))[:-1])
+
+
+def _coincident(times: np.ndarray, others: np.ndarray, window: int) -> np.ndarray:
+    """Mask of ``times`` with a spike of ``others`` (sorted) within ±``window`` samples."""
+    return np.searchsorted(others, times + window, side="right") > np.searchsorted(others, times - window, side="left")
+
+
 def _shadow_units(templates: np.ndarray, starts: np.ndarray, units: np.ndarray, positions: np.ndarray, window: int,
                   max_fraction: float, radius: float = 150.0, shadow_spikes: np.ndarray | None = None) -> np.ndarray:
     """Boolean mask of "shadow" units: units whose spikes fall within ±``window`` samples of a spike of a
@@ -665,7 +678,11 @@ def _shadow_units(templates: np.ndarray, starts: np.ndarray, units: np.ndarray, 
     chance a few % of the time (1 ms × the neighbours' summed rate); a unit near 100 % is explaining
     another unit's misfit. Removed one at a time, the worst first, and recounted: the real unit a
     shadow rides on is then no longer flagged because of its shadow. ``shadow_spikes`` (:func:`_shadow_spikes`)
-    count for their own unit, not against the unit they ride on: that one is their host."""
+    count for their own unit, not against the unit they ride on: that one is their host.
+
+    Counted per pair of nearby units (sorted spike times merged with ``searchsorted``): each spike keeps the number of
+    nearby units it coincides with, and dropping a shadow only updates its neighbours' counts, so the cost is the
+    neighbour pairs × their spikes, not units × all spikes per removal."""
     k = len(templates)
     shadow = np.zeros(k, bool)
     if k < 2 or len(starts) == 0:
@@ -679,22 +696,24 @@ def _shadow_units(templates: np.ndarray, starts: np.ndarray, units: np.ndarray, 
     hosts = np.ones(len(times), bool) if shadow_spikes is None else ~shadow_spikes[order]
     close = np.linalg.norm(centre[:, None] - centre[None], axis=2) <= radius
     np.fill_diagonal(close, False)
+    members = _by_unit(units, k)
+    mine = [times[m] for m in members]
+    hosted = [times[m[hosts[m]]] for m in members]  # the spikes a unit can be a host with
 
-    def fraction(u: int) -> float:
-        mine = times[units == u]
-        others = times[np.isin(units, np.flatnonzero(close[u] & ~shadow)) & hosts]
-        if len(mine) == 0 or len(others) == 0:
-            return 0.0
-        idx = np.clip(np.searchsorted(others, mine), 1, len(others) - 1)
-        gap = np.minimum(np.abs(mine - others[idx - 1]), np.abs(others[idx] - mine))
-        return float((gap <= window).mean())
+    def hits(u: int, j: int) -> np.ndarray:
+        return _coincident(mine[u], hosted[j], window)
 
+    count = [sum((hits(u, j).astype(np.int32) for j in np.flatnonzero(close[u])), np.zeros(len(mine[u]), np.int32)) for u in range(k)]
+    frac = np.array([float((c > 0).mean()) if len(c) else 0.0 for c in count])
     while True:
-        frac = np.array([0.0 if shadow[u] else fraction(u) for u in range(k)])
         worst = int(frac.argmax())
         if frac[worst] < max_fraction:
             return shadow
         shadow[worst] = True
+        frac[worst] = 0.0
+        for u in np.flatnonzero(close[worst] & ~shadow):
+            count[u] -= hits(u, worst)
+            frac[u] = float((count[u] > 0).mean()) if len(count[u]) else 0.0
 
 
 def _shadow_spikes(templates: np.ndarray, starts: np.ndarray, units: np.ndarray, amps: np.ndarray, positions: np.ndarray,
@@ -722,7 +741,7 @@ def _shadow_spikes(templates: np.ndarray, starts: np.ndarray, units: np.ndarray,
     times = starts + np.abs(templates[np.arange(k), peak]).argmax(axis=1)[units]
     order = np.argsort(times, kind="stable")
     t, u, a = times[order], units[order], amps[order]
-    members = [np.flatnonzero(u == i) for i in range(k)]
+    members = _by_unit(u, k)
     for i, j in np.argwhere(close):
         mine, host = members[i], members[j]
         if len(mine) == 0 or len(host) == 0:
@@ -764,12 +783,14 @@ def _in_order(run_batch, starts, state, workers: int, check):
     with single_threaded(), ThreadPoolExecutor(max_workers=workers, thread_name_prefix="neurowb-batch") as pool:
         futures = [pool.submit(run_batch, a, state) for a in starts[1:]]
         try:
-            for f in futures:
+            for i in range(len(futures)):
                 check()
+                f, futures[i] = futures[i], None  # a future keeps its result: drop it once taken (a template pass's (K, C, D) sums)
                 yield f.result()
         finally:
             for f in futures:
-                f.cancel()
+                if f is not None:
+                    f.cancel()
 
 
 def check_finite(recording, progress=None, block_bytes: int = 32 * 2**20) -> None:
@@ -805,8 +826,9 @@ def sort_recording(
 ) -> Sorting:
     """Sort a recording (RawRecording or ArrayRecording): preprocess → initialize → deconvolve.
 
-    ``workdir`` receives the whitened data (``whitened.npy``, float32, deleted afterwards unless it
-    was asked for); default a temporary folder.
+    ``workdir`` receives the whitened data (``whitened.npy``: float32, or above ``params.int16_scratch_gb`` int16 in
+    steps of 1/200 noise SD, :class:`~engine.ephys.preprocess.Int16Traces`; deleted afterwards unless it was asked
+    for); default a temporary folder.
     """
     import torch
 
@@ -852,7 +874,10 @@ def sort_recording(
         pre = Preprocessor(fs, probe.channel_map, probe.positions, preprocess)
         # the whitening is estimated from the filtered data as written (not filtered twice)
         workers = _batch_workers(torch.device("cpu"))  # CPU threads for filtering and detection
-        xw = pre.write(recording, workdir / "whitened.npy", progress=p_pre, fit_seconds=6.0, workers=workers)
+        # long recordings as int16 (as Kilosort's): 2 bytes per sample of temporary disk, 83 GB for an hour of 384 channels
+        int16 = recording.n_samples * probe.n_channels * 4 > params.int16_scratch_gb * 1e9
+        xw = pre.write(recording, workdir / "whitened.npy", progress=p_pre, fit_seconds=6.0, workers=workers,
+                       dtype=np.int16 if int16 else np.float32)
         n_t, n_ch = xw.shape
         timings["preprocess_s"] = time.perf_counter() - t_start
 
@@ -1008,9 +1033,8 @@ def sort_recording(
                 if last:
                     feats = np.concatenate(feats)[order] if feats else np.zeros((0, tpcs.shape[0], n_pc), np.float32)
                 prev_u = units
-                for k in range(tpl.k):
-                    mk = mus[units == k]
-                    typical[k] = np.median(mk) if len(mk) else 0.0
+                for k, members in enumerate(_by_unit(units.astype(np.int64), tpl.k)):
+                    typical[k] = np.median(mus[members]) if len(members) else 0.0
                 # template update: W_k ∝ Σ a R_t, low rank, unit norm (keep the old one if unit k found nothing)
                 new = tpl.w.copy()
                 for k in range(tpl.k):
@@ -1087,6 +1111,9 @@ def sort_recording(
             peak_ch = np.abs(templates).max(axis=2).argmax(axis=1)
             troughs = np.array([int(np.abs(templates[k, peak_ch[k]]).argmax()) for k in range(len(templates))], dtype=np.int64)
         timings["deconvolve_s"] = time.perf_counter() - t0
+        timings["scratch"] = "int16" if int16 else "float32"
+        if int16:
+            timings["scratch_clipped"] = xw.clipped  # whitened samples beyond the int16 file's ±164 SD
         timings["total_s"] = time.perf_counter() - t_start
         timings["device"] = str(device)
         spike_units = units.astype(np.int64)

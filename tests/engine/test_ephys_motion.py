@@ -168,3 +168,68 @@ def test_banded_correction_equals_the_dense_product(monkeypatch):
     correct_in_place(dense, FS, pos, motion)
     assert np.abs(banded - dense).max() < 2e-3
     assert np.abs(dense - x).mean() > 0.1  # it did move the traces
+
+
+def _dense_shifts_and_solve(raster, max_shift, horizon, min_correlation=0.1, smoothness=1.0):
+    """The estimate as first written, with dense T × T matrices of pairwise shifts and weights (the reference for the
+    banded one: the same p)."""
+    import torch
+
+    t_len, n_y = raster.shape
+    length = 1 << int(np.ceil(np.log2(n_y + max_shift + 1)))
+    r = torch.as_tensor(raster, dtype=torch.float32)
+    r = r - r.mean(dim=1, keepdim=True)
+    norm = r.norm(dim=1).clamp_min(1e-9)
+    f = torch.fft.rfft(r, n=length, dim=1)
+    lags = torch.cat([torch.arange(0, max_shift + 1), torch.arange(length - max_shift, length)])
+    lag_values = torch.cat([torch.arange(0, max_shift + 1), torch.arange(-max_shift, 0)]).float()
+    cc = torch.fft.irfft(torch.conj(f[:, None]) * f[None], n=length, dim=2)[:, :, lags] / (norm[:, None, None] * norm[None, :, None])
+    best = cc.argmax(dim=2)
+    peak = cc.gather(2, best[..., None])[..., 0]
+    order = torch.argsort(lag_values)
+    cc_sorted = cc[:, :, order]
+    pos = torch.argsort(order)[best]
+    left = cc_sorted.gather(2, (pos - 1).clamp_min(0)[..., None])[..., 0]
+    right = cc_sorted.gather(2, (pos + 1).clamp_max(len(order) - 1)[..., None])[..., 0]
+    denom = left - 2 * peak + right
+    sub = torch.where(denom < -1e-12, 0.5 * (left - right) / denom, torch.zeros_like(denom)).clamp(-0.5, 0.5)
+    shifts = (lag_values[best] + sub).numpy().astype(float)
+    corr = peak.numpy().astype(float)
+    ii, jj = np.meshgrid(np.arange(t_len), np.arange(t_len), indexing="ij")
+    corr[np.abs(ii - jj) > horizon] = 0.0
+    w = np.where(corr >= min_correlation, corr, 0.0)
+    np.fill_diagonal(w, 0.0)
+    w = np.minimum(w, w.T)
+    d = 0.5 * (shifts - shifts.T)
+    lap_t = np.zeros((t_len, t_len))
+    if t_len > 1:
+        idx = np.arange(t_len - 1)
+        lap_t[idx, idx] += 1
+        lap_t[idx + 1, idx + 1] += 1
+        lap_t[idx, idx + 1] -= 1
+        lap_t[idx + 1, idx] -= 1
+    for _ in range(3):
+        a = np.diag(w.sum(axis=1)) - w + smoothness * lap_t + 1e-6 * np.eye(t_len)
+        p = np.linalg.solve(a, (w * d).sum(axis=0))
+        resid = np.abs(p[None, :] - p[:, None] - d)
+        scale = np.median(resid[w > 0]) if (w > 0).any() else 0.0
+        w = np.where(resid <= max(4.0 * 1.4826 * scale, 1.0), w, 0.0)
+    return p - np.median(p)
+
+
+@pytest.mark.parametrize("t_len, n_y, horizon", [(40, 120, 5), (4, 120, 10), (300, 400, 60)])
+def test_banded_motion_solve_equals_the_dense_one(t_len, n_y, horizon):
+    """Pairwise shifts kept in a band of ±horizon bins and solved as a banded system: the same displacement as the dense
+    T × T matrices (which cost 200 MB per depth window for an hour); a horizon beyond the recording, and a raster
+    computed in two pieces (the last case), included. Bad bins (noise only) exercise the weights and the robust drops."""
+    from engine.ephys.motion import _pairwise_shifts, _solve
+
+    rng = np.random.default_rng(t_len)
+    truth = 12 * np.sin(np.arange(t_len) / 7.0)
+    yy = np.arange(n_y)
+    peaks = rng.uniform(20, n_y - 20, 8)
+    raster = sum(np.exp(-0.5 * ((yy[None] - c - truth[:, None]) / 3.0) ** 2) for c in peaks) + 0.05 * rng.random((t_len, n_y))
+    raster[rng.random(t_len) < 0.1] = rng.random((1, n_y))  # a few bins of noise
+    shifts, corr = _pairwise_shifts(raster, 30, horizon, None)
+    assert shifts.shape == (t_len, 2 * min(horizon, t_len - 1) + 1)
+    np.testing.assert_allclose(_solve(shifts, corr, 0.1, 1.0), _dense_shifts_and_solve(raster, 30, horizon), atol=1e-6)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.ephys.preprocess import ArrayRecording, PreprocessParams, Preprocessor, bandpass_sos, filter_margin, zca
+from engine.ephys.preprocess import ArrayRecording, Int16Traces, PreprocessParams, Preprocessor, bandpass_sos, filter_margin, zca
 from engine.ephys.probe import linear_probe
 
 
@@ -88,3 +88,25 @@ def test_median_rows_equals_np_median():
         x[:, : n // 2] = x[:, :1]  # ties
         np.testing.assert_array_equal(median_rows(x), np.median(x, axis=1))
         np.testing.assert_array_equal(median_rows(x.astype(np.float32)), np.median(x.astype(np.float32), axis=1))
+
+
+@pytest.mark.parametrize("whiten", ["global", "none"])
+def test_int16_file_matches_the_float32_file_to_its_rounding(tmp_path, whiten):
+    """write(dtype=int16): the same whitening, and traces within the rounding of two int16 stages (filtered, then
+    whitened: well under 0.01 noise SD) of the float32 file; reading (rows, channels) equals reading rows then channels;
+    values beyond the range are clipped and counted."""
+    rec = _recording()
+    params = PreprocessParams(whiten=whiten, chunk_seconds=0.07, common_reference=True)
+    ref = Preprocessor(rec.sample_rate, np.arange(8), None, params)
+    expected = np.load(ref.write(rec, tmp_path / "f.npy", fit_seconds=0.6).filename)
+    pre = Preprocessor(rec.sample_rate, np.arange(8), None, params)
+    got = pre.write(rec, tmp_path / "i.npy", fit_seconds=0.6, dtype=np.int16)
+    assert isinstance(got, Int16Traces) and np.load(tmp_path / "i.npy").dtype == np.int16 and got.shape == expected.shape
+    np.testing.assert_allclose(pre.whitening, ref.whitening, rtol=1e-3, atol=1e-5)
+    sd = np.median(np.abs(expected), axis=0) / 0.6745  # the noise SD of each channel (1 when whitened)
+    err = (got[:] - expected) / sd
+    assert np.abs(err).max() < 0.01 and 0 < np.abs(err).std() < 0.003
+    chans = np.array([5, 0, 3])
+    np.testing.assert_array_equal(got[100:200, chans], got[100:200][:, chans])
+    got[0:2] = np.array([[1e6] * 8, [0.5] * 8], np.float32) * sd
+    assert got.clipped == 8 and np.allclose(got[0], 32767 * got.step) and np.allclose(got[1], 0.5 * sd, atol=got.step)

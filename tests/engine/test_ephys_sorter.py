@@ -10,7 +10,7 @@ from engine.ephys.groundtruth import compare, count_matches
 from engine.ephys.preprocess import ArrayRecording
 from engine.ephys.probe import Probe, linear_probe
 from engine.ephys.clustering import detect_peaks
-from engine.ephys.sorter import (SortParams, _merge_split_units, _net_change, _residual, _residual_snippets, _shadow_spikes,
+from engine.ephys.sorter import (SortParams, _by_unit, _merge_split_units, _net_change, _residual, _residual_snippets, _shadow_spikes,
                                  _shadow_units, _spike_matrix, _template_update, _Templates, _update_scores, sort_recording)
 from engine.ephys.synth import demo_probe, demo_recording
 from engine.errors import InputError
@@ -446,3 +446,93 @@ def test_residual_detection_finds_a_small_unit_the_first_detection_missed():
     c = compare(st, su, with_residual.spike_times, with_residual.spike_units, fs)
     assert with_residual.info["n_residual_units"] >= 1
     assert with_residual.n_units == 3 and c.well_detected(0.85) == 3, c.accuracy
+
+
+def _shadow_units_dense(templates, starts, units, positions, window, max_fraction, radius=150.0, shadow_spikes=None):
+    """The definition of shadow units as first written: every unit's coincidences recounted over all spikes after each
+    removal (units × spikes per removal; minutes at 300 s of 384 channels). The reference for :func:`_shadow_units`."""
+    k = len(templates)
+    shadow = np.zeros(k, bool)
+    if k < 2 or len(starts) == 0:
+        return shadow
+    peak = np.abs(templates).max(axis=2).argmax(axis=1)
+    centre = positions[peak]
+    troughs = np.abs(templates[np.arange(k), peak]).argmax(axis=1)
+    times = starts + troughs[units]
+    order = np.argsort(times, kind="stable")
+    times, units = times[order], units[order]
+    hosts = np.ones(len(times), bool) if shadow_spikes is None else ~shadow_spikes[order]
+    close = np.linalg.norm(centre[:, None] - centre[None], axis=2) <= radius
+    np.fill_diagonal(close, False)
+
+    def fraction(u):
+        mine = times[units == u]
+        others = times[np.isin(units, np.flatnonzero(close[u] & ~shadow)) & hosts]
+        if len(mine) == 0 or len(others) == 0:
+            return 0.0
+        idx = np.clip(np.searchsorted(others, mine), 1, len(others) - 1)
+        gap = np.minimum(np.abs(mine - others[idx - 1]), np.abs(others[idx] - mine))
+        return float((gap <= window).mean())
+
+    while True:
+        frac = np.array([0.0 if shadow[u] else fraction(u) for u in range(k)])
+        worst = int(frac.argmax())
+        if frac[worst] < max_fraction:
+            return shadow
+        shadow[worst] = True
+
+
+def _riding_units(seed: int, k: int = 14, n: int = 30 * 30000):
+    """Units on a 300 µm stretch (most pairs within 150 µm), some riding on others' spikes at ±0-20 samples on 20-100 %
+    of their own: shadows of shadows, hosts of several, near-ties; a few units with 0, 1 or 2 spikes."""
+    rng = np.random.default_rng(seed)
+    positions = np.c_[np.zeros(k), np.linspace(0, 300, k)]
+    templates = np.zeros((k, k, 30), np.float32)
+    templates[np.arange(k), np.arange(k), rng.integers(5, 20, k)] = -1.0
+    times, units, amps = [], [], []
+    for u in range(k):
+        count = int(rng.choice([0, 1, 2, 300, 600]))
+        own = rng.integers(0, n, count)
+        amp = rng.uniform(20, 60, count)
+        if u and count > 2 and rng.random() < 0.8:  # rides on an earlier unit on some of its spikes, smaller
+            host = np.concatenate(times)[np.concatenate(units) == rng.integers(0, u)]
+            if len(host):
+                m = int(rng.uniform(0.3, 1.0) * count)
+                own[:m] = rng.choice(host, m) + rng.integers(-12, 13, m)
+                amp[:m] = rng.uniform(5, 15, m)
+        times.append(own)
+        units.append(np.full(count, u))
+        amps.append(amp)
+    return templates, positions, *map(np.concatenate, (times, units, amps)), n
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_shadow_units_and_spikes_per_unit_pair_equal_the_dense_definition(seed):
+    """The per-pair counts (sorted merges, counts updated per removal) give exactly the units and spikes the dense
+    recount over all spikes gave, with and without shadow spikes, for several windows and thresholds."""
+    templates, positions, times, units, amps, n = _riding_units(seed)
+    assert [m.tolist() for m in _by_unit(units, len(templates))] == [np.flatnonzero(units == u).tolist() for u in range(len(templates))]
+    found = []
+    for window, max_fraction in [(15, 0.7), (5, 0.5), (0, 0.3)]:
+        lone = _shadow_spikes(templates, times, units, amps, positions, window, n)
+        for spikes in (None, lone):
+            new = _shadow_units(templates, times, units, positions, window, max_fraction, shadow_spikes=spikes)
+            old = _shadow_units_dense(templates, times, units, positions, window, max_fraction, shadow_spikes=spikes)
+            assert new.tolist() == old.tolist()
+            found.append(int(old.sum()))
+        found.append(int(lone.sum()))
+    assert max(found) >= 1  # shadows (units or spikes) are found: the comparison is not between two empty masks
+
+
+def test_int16_scratch_file_sorts_like_float32(small_sort, tmp_path):
+    """A recording over ``int16_scratch_gb`` is whitened into an int16 file (half the disk): the same units, the same
+    spikes within a sample (rounding at 1/200 noise SD moves a marginal peak at most), amplitudes within 1 %."""
+    rec, st, su, ref = small_sort
+    probe = Probe(demo_probe(12), np.arange(12))
+    got = sort_recording(rec, probe, SortParams(seed=0, int16_scratch_gb=0.0), workdir=tmp_path)
+    assert ref.info["scratch"] == "float32" and got.info["scratch"] == "int16" and got.info["scratch_clipped"] == 0
+    assert np.load(tmp_path / "whitened.npy", mmap_mode="r").dtype == np.int16
+    assert got.n_units == ref.n_units and len(got.spike_times) == len(ref.spike_times)
+    assert np.abs(got.spike_times - ref.spike_times).max() <= 1
+    np.testing.assert_array_equal(got.spike_units, ref.spike_units)
+    np.testing.assert_allclose(got.amplitudes, ref.amplitudes, rtol=0.01)
