@@ -587,13 +587,14 @@ class _ResidualView:
         self.templates, self.d = templates, templates.shape[2]
         self.shape = xw.shape
 
-    def __getitem__(self, rows: slice) -> np.ndarray:
+    def __getitem__(self, index) -> np.ndarray:
+        rows, cols = index if isinstance(index, tuple) else (index, slice(None))  # data[lo:hi] or data[lo:hi, channels]
         lo, hi, _ = rows.indices(self.shape[0])
-        out = np.array(self.xw[lo:hi], dtype=np.float32)
+        out = np.array(self.xw[lo:hi, cols], dtype=np.float32)
         for i in range(np.searchsorted(self.starts, lo - self.d + 1), np.searchsorted(self.starts, hi)):
             s = int(self.starts[i])
             a, b = max(s, lo), min(s + self.d, hi)
-            out[a - lo: b - lo] -= self.amps[i] * self.templates[self.units[i]][:, a - s: b - s].T
+            out[a - lo: b - lo] -= self.amps[i] * self.templates[self.units[i]][cols, a - s: b - s].T
         return out
 
 
