@@ -638,12 +638,16 @@ def _snippet_template(xw, starts: np.ndarray, d: int, rank: int, max_spikes: int
     """(template (C, D), amplitudes, trough) of spikes whose windows start at ``starts`` in the whitened data ``xw``:
     the rank-``rank`` unit-norm mean of ≤ ``max_spikes`` of their windows, each spike's projection on it, and the
     template's trough (largest |value| on its peak channel) within the window."""
-    snippets = np.stack([np.asarray(xw[s: s + d]) for s in starts]).astype(np.float32)  # (n, D, C)
+    def windows(part: np.ndarray) -> np.ndarray:  # (n, D, C)
+        return np.stack([np.asarray(xw[s: s + d], dtype=np.float32) for s in part])
+
     pick = np.linspace(0, len(starts) - 1, min(len(starts), max_spikes)).astype(int)
-    u, s, vt = _low_rank(snippets[pick].mean(0).T, rank)
+    u, s, vt = _low_rank(windows(starts[pick]).mean(0).T, rank)
     w = ((u * s) @ vt).astype(np.float32)
     peak = np.abs(w).max(axis=1).argmax()
-    return w, np.maximum(np.einsum("ndc,cd->n", snippets, w), 0.0), int(np.abs(w[peak]).argmax())
+    # amplitudes read in pieces: all of a big unit's windows at 384 sites would be GBs
+    amps = np.concatenate([np.einsum("ndc,cd->n", windows(part), w) for part in np.array_split(starts, max(1, -(-len(starts) // 1024)))])
+    return w, np.maximum(amps, 0.0), int(np.abs(w[peak]).argmax())
 
 
 def _coincident_larger(times: np.ndarray, amps: np.ndarray, others_t: np.ndarray, others_a: np.ndarray, window: int,
