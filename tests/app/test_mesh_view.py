@@ -12,14 +12,19 @@ from app.widgets.mesh_view import MeshView
 from app.widgets.mesh_visual import DATA_WIDTH
 
 
-@pytest.fixture
-def view(qtbot):
-    sphere = create_sphere(rows=40, cols=40, radius=1.0)
+def shown_view(qtbot) -> MeshView:
     view = MeshView()
     qtbot.addWidget(view)
     view.resize(400, 300)
     view.show()
     qtbot.waitExposed(view)
+    return view
+
+
+@pytest.fixture
+def view(qtbot):
+    sphere = create_sphere(rows=40, cols=40, radius=1.0)
+    view = shown_view(qtbot)
     view.set_mesh(sphere.get_vertices() * 1000.0 + 5000.0, sphere.get_faces())  # nm-like, off-origin
     qtbot.waitUntil(lambda: view.mesh._gbuffer_key is not None, timeout=5000)  # drawn, then its G-buffer
     return view
@@ -143,11 +148,7 @@ def test_a_new_mesh_is_first_drawn_directly_and_its_gbuffer_follows(qtbot):
     """The window waits for one direct draw of a new mesh's triangles (on a software renderer the G-buffer pass,
     its texture uploads and the resolve cost more); the G-buffer is drawn at the next turn of the event loop."""
     sphere = create_sphere(rows=40, cols=40, radius=1.0)
-    view = MeshView()
-    qtbot.addWidget(view)
-    view.resize(400, 300)
-    view.show()
-    qtbot.waitExposed(view)
+    view = shown_view(qtbot)
     draws = []
     parser = view.canvas.context.shared.parser
     parse = parser.parse

@@ -378,28 +378,35 @@ def test_split_units_separates_two_neurons_and_keeps_one_neuron_whole():
     assert len(np.unique(split_units(odd, np.zeros(500, int)))) == 1
 
 
+def _units_on_16_sites(rng, units, duration: float, n_spikes: int):
+    """A 16-site recording (noise SD 10 µV) with one spike shape per unit at ``(where, amplitude µV, rate Hz)``, decaying
+    28 µm away from where; → (recording, probe, true trough times, true units)."""
+    fs, pos = 30000.0, demo_probe(16)
+    n, trough = int(duration * fs), 22
+    t_ms = (np.arange(75) - trough) / fs * 1e3
+    wave = -np.exp(-0.5 * (t_ms / 0.15) ** 2) + 0.3 * np.exp(-0.5 * ((t_ms - 0.45) / 0.3) ** 2)
+    x = rng.standard_normal((n, 16)).astype(np.float32) * 10.0
+    st, su = [], []
+    for k, (where, amp, rate) in enumerate(units):
+        times = np.cumsum(0.002 + rng.exponential(1 / rate, n_spikes))
+        for t in times[(times * fs > trough) & (times * fs < n - 75 + trough)]:
+            i = int(t * fs) - trough
+            x[i: i + 75] += amp * wave[:, None] * np.exp(-np.linalg.norm(pos - np.array(where), axis=1) / 28.0)[None]
+            st.append(i + trough)
+            su.append(k)
+    order = np.argsort(st)
+    return ArrayRecording(x, fs), Probe(pos, np.arange(16)), np.array(st)[order], np.array(su)[order]
+
+
 def test_a_unit_holding_two_neurons_after_deconvolution_is_split(monkeypatch):
     """Two neurons 30 µm apart with the same waveform, firing throughout, given to the deconvolution as ONE template
     (their mean: what clustering hands over when it misses the pair) → the unit is split after the last pass and both
     neurons come out well detected. Before the split check: one unit, each neuron at accuracy ≤ 0.5."""
     import engine.ephys.sorter as sorter
 
-    rng = np.random.default_rng(3)
-    fs, pos, duration = 30000.0, demo_probe(16), 24.0
-    n, trough = int(duration * fs), 22
-    t_ms = (np.arange(75) - trough) / fs * 1e3
-    wave = -np.exp(-0.5 * (t_ms / 0.15) ** 2) + 0.3 * np.exp(-0.5 * ((t_ms - 0.45) / 0.3) ** 2)
-    x = rng.standard_normal((n, 16)).astype(np.float32) * 10.0
-    st, su = [], []
-    for k, where in enumerate([(16.0, 150.0), (16.0, 180.0), (16.0, 20.0)]):
-        times = np.cumsum(0.002 + rng.exponential(1 / 8.0, 400))
-        for t in times[(times * fs > trough) & (times * fs < n - 75 + trough)]:
-            i = int(t * fs) - trough
-            x[i: i + 75] += 120.0 * wave[:, None] * np.exp(-np.linalg.norm(pos - np.array(where), axis=1) / 28.0)[None]
-            st.append(i + trough)
-            su.append(k)
-    order = np.argsort(st)
-    st, su = np.array(st)[order], np.array(su)[order]
+    rec, probe, st, su = _units_on_16_sites(np.random.default_rng(3), [((16.0, 150.0), 120.0, 8.0), ((16.0, 180.0), 120.0, 8.0),
+                                                                       ((16.0, 20.0), 120.0, 8.0)], 24.0, 400)
+    pos = probe.positions
     original = sorter.initial_templates
 
     def one_template_for_the_pair(*args, **kwargs):
@@ -412,8 +419,8 @@ def test_a_unit_holding_two_neurons_after_deconvolution_is_split(monkeypatch):
         return np.concatenate([templates[rest], merged[None]]), tpcs, np.full_like(labels, -1)
 
     monkeypatch.setattr(sorter, "initial_templates", one_template_for_the_pair)
-    result = sort_recording(ArrayRecording(x, fs), Probe(pos, np.arange(16)), SortParams(motion="off", seed=0))
-    c = compare(st, su, result.spike_times, result.spike_units, fs)
+    result = sort_recording(rec, probe, SortParams(motion="off", seed=0))
+    c = compare(st, su, result.spike_times, result.spike_units, rec.sample_rate)
     assert result.n_units == 3 and c.well_detected(0.9) == 3, (c.accuracy, c.summary())
     assert result.info["n_split_units"] == 1
 
@@ -422,23 +429,9 @@ def test_residual_detection_finds_a_small_unit_the_first_detection_missed():
     """Two big units and a small one (45 µV on noise of 10 µV: its spikes rarely reach the 5.5 SD detection threshold,
     too few for a cluster). With the residual pass (threshold 4.5) the small unit is found and well detected; without
     it (the default), the sort has the two big units only."""
-    rng = np.random.default_rng(5)
-    fs, pos, duration = 30000.0, demo_probe(16), 30.0
-    n, trough = int(duration * fs), 22
-    t_ms = (np.arange(75) - trough) / fs * 1e3
-    wave = -np.exp(-0.5 * (t_ms / 0.15) ** 2) + 0.3 * np.exp(-0.5 * ((t_ms - 0.45) / 0.3) ** 2)
-    x = rng.standard_normal((n, 16)).astype(np.float32) * 10.0
-    st, su = [], []
-    for k, (where, amp, rate) in enumerate([((16.0, 60.0), 150.0, 8.0), ((16.0, 260.0), 150.0, 8.0), ((16.0, 160.0), 45.0, 12.0)]):
-        times = np.cumsum(0.002 + rng.exponential(1 / rate, 600))
-        for t in times[(times * fs > trough) & (times * fs < n - 75 + trough)]:
-            i = int(t * fs) - trough
-            x[i: i + 75] += amp * wave[:, None] * np.exp(-np.linalg.norm(pos - np.array(where), axis=1) / 28.0)[None]
-            st.append(i + trough)
-            su.append(k)
-    order = np.argsort(st)
-    st, su = np.array(st)[order], np.array(su)[order]
-    rec, probe = ArrayRecording(x, fs), Probe(pos, np.arange(16))
+    rec, probe, st, su = _units_on_16_sites(np.random.default_rng(5), [((16.0, 60.0), 150.0, 8.0), ((16.0, 260.0), 150.0, 8.0),
+                                                                       ((16.0, 160.0), 45.0, 12.0)], 30.0, 600)
+    fs = rec.sample_rate
     first_only = sort_recording(rec, probe, SortParams(motion="off", seed=0))
     c = compare(st, su, first_only.spike_times, first_only.spike_units, fs)
     assert first_only.n_units == 2 and c.accuracy[2] < 0.2, c.accuracy
