@@ -51,6 +51,15 @@ def draw_square(qtbot, ws, top, left, bottom, right, close_by_double_click=False
         qtbot.keyClick(ws.canvas, Qt.Key.Key_Return)
 
 
+def move_onto(qtbot, target, near, spot) -> None:
+    """Move the pointer to ``near``, then onto ``spot``, pausing after each move as a hand does: moves sent within one
+    event-loop turn can be delivered out of order when the window holds a native child (the 3D view's canvas), so the
+    last one read was the first sent."""
+    for position in (near, spot):
+        qtbot.mouseMove(target, position)
+        qtbot.wait(30)
+
+
 def test_draw_train_browse_select_cluster_export_restore(window, qtbot, mosaic, tmp_path):
     ws = open_in(window, qtbot, mosaic)
     assert [r.name for r in ws.regions.regions] == ["stripes", "blobs", "fine noise"]
@@ -130,8 +139,7 @@ def test_draw_train_browse_select_cluster_export_restore(window, qtbot, mosaic, 
 
     # hovering shows every factor's value there and the region
     def hovered():  # moving onto the spot again until Qt delivers a move event there
-        qtbot.mouseMove(ws.view.click_target(), ws.view.scene_position(90, 140))
-        qtbot.mouseMove(ws.view.click_target(), ws.view.scene_position(100, 150))
+        move_onto(qtbot, ws.view.click_target(), ws.view.scene_position(90, 140), ws.view.scene_position(100, 150))
         return "row 100, col 150" in ws.bars.plotItem.titleLabel.text
 
     qtbot.waitUntil(hovered, timeout=5000)
@@ -275,11 +283,8 @@ def test_rotated_view_keeps_image_pixels(window, qtbot, tmp_path):
     assert drawn.min(0).tolist() == [40, 30] and drawn.max(0).tolist() == [100, 90] and len(drawn) == 61 * 61
 
     # hover names the pixel under the mouse
-    def hovered():  # a pause after each move, as a hand makes: moves sent within one event-loop turn can be
-        qtbot.mouseMove(target, ws.canvas.scene_position(65, 170))  # delivered out of order when the window
-        qtbot.wait(30)  # holds a native child (the 3D view's canvas), so the last one read was the first sent
-        qtbot.mouseMove(target, ws.canvas.scene_position(70, 180))
-        qtbot.wait(30)
+    def hovered():
+        move_onto(qtbot, target, ws.canvas.scene_position(65, 170), ws.canvas.scene_position(70, 180))
         return "row 70, col 180" in ws.bars.plotItem.titleLabel.text
 
     qtbot.waitUntil(hovered, timeout=5000)
